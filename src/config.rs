@@ -1,0 +1,445 @@
+//! TOML configuration: the daemon's public interface for operators and tests.
+//!
+//! Owns parsing, defaults and validation (`proxyseg config check`). It never touches the
+//! network or the disk beyond reading the config file and statting the paths it names.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole daemon configuration, one struct per TOML table.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[dicom]`: the DICOM listener and its peers.
+    pub dicom: DicomConfig,
+    /// `[storage]`: where spool, outbox and the SQLite index live.
+    pub storage: StorageConfig,
+    /// `[pipeline]`: study assembly and workers.
+    pub pipeline: PipelineConfig,
+    /// `[engine]`: ONNX Runtime and model bundles.
+    pub engine: EngineConfig,
+    /// `[seg]`: how DICOM SEG results are written.
+    pub seg: SegConfig,
+    /// `[log]`: logging format and filter.
+    pub log: LogConfig,
+}
+
+/// `[dicom]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomConfig {
+    /// Our AE title; the called AE of every incoming association must equal it.
+    pub ae_title: String,
+    /// Plain (non-TLS) listen address.
+    pub listen: String,
+    /// Maximum number of concurrent associations (plain + TLS together).
+    pub max_associations: usize,
+    /// Maximum PDU length we accept and announce, in bytes.
+    pub max_pdu: u32,
+    /// Only peers listed in `[[dicom.peers]]` may associate (calling AE and source host).
+    pub require_known_peers: bool,
+    /// Seconds of silence before an association is aborted.
+    pub read_timeout_s: u64,
+    /// Seconds a single write to the peer may take.
+    pub write_timeout_s: u64,
+    /// Refuse new associations while free space in `data_dir` is below this many MiB.
+    pub min_free_disk_mb: u64,
+    /// Largest dataset accepted in one C-STORE, in MiB.
+    pub max_object_mb: u64,
+    /// Known peers: who may send, and where results for their studies go back.
+    pub peers: Vec<PeerConfig>,
+    /// Optional DICOM TLS listener.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        DicomConfig {
+            ae_title: "PROXYSEG".into(),
+            listen: "127.0.0.1:11112".into(),
+            max_associations: 32,
+            max_pdu: 65536,
+            require_known_peers: true,
+            read_timeout_s: 60,
+            write_timeout_s: 60,
+            min_free_disk_mb: 1024,
+            max_object_mb: 2048,
+            peers: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
+/// One `[[dicom.peers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's AE title (calling AE when it sends to us; called AE when we send to it).
+    pub ae_title: String,
+    /// Host name or IP address; incoming associations must come from it.
+    pub host: String,
+    /// Port of the peer's own SCP, where results are delivered.
+    pub port: u16,
+    /// Deliver to this peer over DICOM TLS.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// `[dicom.tls]` table: a second listener that speaks DICOM over TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// TLS listen address, e.g. "127.0.0.1:2762".
+    pub listen: String,
+    /// PEM certificate chain of this server.
+    pub certificate: PathBuf,
+    /// PEM private key of this server.
+    pub private_key: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[storage]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Root of spool/, outbox/, cache/ and proxyseg.sqlite.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { data_dir: PathBuf::from("var") }
+    }
+}
+
+/// `[pipeline]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// A study is complete when no instance arrived for this many seconds.
+    pub stable_age_s: f64,
+    /// How often the assembler looks for stable studies, in milliseconds.
+    pub scan_interval_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig { stable_age_s: 30.0, scan_interval_ms: 500 }
+    }
+}
+
+/// `[engine]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Path of libonnxruntime.so; else ORT_DYLIB_PATH, else the wheel in `.venv`.
+    pub onnxruntime: Option<PathBuf>,
+    /// Execution providers in order of preference: "tensorrt", "cuda", "cpu".
+    pub providers: Vec<String>,
+    /// Folder holding one sub-folder per model bundle (`<name>/manifest.toml`).
+    pub models_dir: PathBuf,
+    /// Threads ONNX Runtime may use inside one graph run (0 = ORT default).
+    pub intra_threads: usize,
+    /// Number of inference jobs that run at the same time.
+    pub workers: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            onnxruntime: None,
+            providers: vec!["tensorrt".into(), "cuda".into(), "cpu".into()],
+            models_dir: PathBuf::from("models"),
+            intra_threads: 0,
+            workers: 1,
+        }
+    }
+}
+
+/// `[seg]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegConfig {
+    /// Leave out frames whose mask is empty (default false: many viewers misplace sparse SEGs).
+    pub omit_empty_frames: bool,
+    /// Manufacturer written into every SEG.
+    pub manufacturer: String,
+}
+
+impl Default for SegConfig {
+    fn default() -> Self {
+        SegConfig { omit_empty_frames: false, manufacturer: "proxyseg".into() }
+    }
+}
+
+/// `[log]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "human" or "json".
+    pub format: String,
+    /// tracing EnvFilter directive; RUST_LOG overrides it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "human".into(), filter: "info,ort=warn".into() }
+    }
+}
+
+/// A problem found in a config file, with the key that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `dicom.peers[1].port`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Errors while loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The path we tried.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had unknown keys / wrong types.
+    #[error("config {path} is not valid: {message}")]
+    Parse {
+        /// The path we read.
+        path: PathBuf,
+        /// The parser's message (it names the key and line).
+        message: String,
+    },
+    /// Semantic problems, each with its key.
+    #[error("config {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The path we read.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths in it are resolved against
+    /// the directory that holds the config file's parent (the project root for `config/x.toml`)
+    /// only if they do not exist relative to the working directory; see [`Config::resolve_paths`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let cfg = Config::parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_owned(), problems })
+        }
+    }
+
+    /// Parses TOML text without semantic validation.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Every semantic problem, each naming its key. Empty means valid.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            out.push(Problem { key: key.to_string(), message })
+        };
+        let d = &self.dicom;
+        if let Err(m) = check_ae_title(&d.ae_title) {
+            bad("dicom.ae_title", m);
+        }
+        if d.listen.parse::<SocketAddr>().is_err() {
+            bad("dicom.listen", format!("{:?} is not an IP:port address", d.listen));
+        }
+        if d.max_associations == 0 {
+            bad("dicom.max_associations", "must be at least 1".into());
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&d.max_pdu) {
+            bad("dicom.max_pdu", format!("{} is outside 4096..=16777216", d.max_pdu));
+        }
+        if d.read_timeout_s == 0 {
+            bad("dicom.read_timeout_s", "must be at least 1".into());
+        }
+        if d.write_timeout_s == 0 {
+            bad("dicom.write_timeout_s", "must be at least 1".into());
+        }
+        if d.max_object_mb == 0 {
+            bad("dicom.max_object_mb", "must be at least 1".into());
+        }
+        if d.require_known_peers && d.peers.is_empty() {
+            bad(
+                "dicom.require_known_peers",
+                "is true but no [[dicom.peers]] are listed: nobody could send".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in d.peers.iter().enumerate() {
+            if let Err(m) = check_ae_title(&p.ae_title) {
+                bad(&format!("dicom.peers[{i}].ae_title"), m);
+            }
+            if p.host.trim().is_empty() {
+                bad(&format!("dicom.peers[{i}].host"), "must not be empty".into());
+            }
+            if p.port == 0 {
+                bad(&format!("dicom.peers[{i}].port"), "must not be 0".into());
+            }
+            if !seen.insert(p.ae_title.trim().to_string()) {
+                bad(
+                    &format!("dicom.peers[{i}].ae_title"),
+                    format!("{:?} is listed twice", p.ae_title),
+                );
+            }
+        }
+        if let Some(t) = &d.tls {
+            if t.listen.parse::<SocketAddr>().is_err() {
+                bad("dicom.tls.listen", format!("{:?} is not an IP:port address", t.listen));
+            } else if t.listen == d.listen {
+                bad("dicom.tls.listen", "must differ from dicom.listen".into());
+            }
+            for (key, p) in [
+                ("dicom.tls.certificate", Some(&t.certificate)),
+                ("dicom.tls.private_key", Some(&t.private_key)),
+                ("dicom.tls.client_ca", t.client_ca.as_ref()),
+            ] {
+                if let Some(p) = p {
+                    if !p.is_file() {
+                        bad(key, format!("{} is not a readable file", p.display()));
+                    }
+                }
+            }
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            bad("storage.data_dir", "must not be empty".into());
+        }
+        if !(self.pipeline.stable_age_s.is_finite() && self.pipeline.stable_age_s >= 0.0) {
+            bad("pipeline.stable_age_s", "must be a number >= 0".into());
+        }
+        if self.pipeline.scan_interval_ms == 0 {
+            bad("pipeline.scan_interval_ms", "must be at least 1".into());
+        }
+        for (i, p) in self.engine.providers.iter().enumerate() {
+            if !matches!(p.as_str(), "tensorrt" | "cuda" | "cpu") {
+                bad(
+                    &format!("engine.providers[{i}]"),
+                    format!("{p:?} is not one of \"tensorrt\", \"cuda\", \"cpu\""),
+                );
+            }
+        }
+        if self.engine.workers == 0 {
+            bad("engine.workers", "must be at least 1".into());
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            bad("log.format", format!("{:?} is not \"human\" or \"json\"", self.log.format));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            bad("log.filter", e.to_string());
+        }
+        out
+    }
+
+    /// Finds the peer with this AE title (trailing spaces ignored).
+    pub fn peer(&self, ae_title: &str) -> Option<&PeerConfig> {
+        let ae = ae_title.trim();
+        self.dicom.peers.iter().find(|p| p.ae_title.trim() == ae)
+    }
+}
+
+/// Checks the DICOM AE title rules: 1..=16 characters of the default repertoire, no
+/// backslash or control characters, not only spaces.
+pub fn check_ae_title(ae: &str) -> Result<(), String> {
+    let t = ae.trim();
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if ae.len() > 16 {
+        return Err(format!("{ae:?} is longer than 16 characters"));
+    }
+    if ae.chars().any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\') {
+        return Err(format!("{ae:?} holds characters not allowed in an AE title"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_a_peer() {
+        let c = Config::parse("").unwrap();
+        let p = c.validate();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "dicom.require_known_peers");
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let c = Config::parse(
+            r#"
+            [dicom]
+            ae_title = "WAY-TOO-LONG-AE-TITLE"
+            listen = "nowhere"
+            max_pdu = 10
+            [[dicom.peers]]
+            ae_title = "PACS"
+            host = "127.0.0.1"
+            port = 0
+            [[dicom.peers]]
+            ae_title = "PACS"
+            host = ""
+            port = 104
+            [engine]
+            providers = ["gpu"]
+            "#,
+        )
+        .unwrap();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "dicom.ae_title",
+                "dicom.listen",
+                "dicom.max_pdu",
+                "dicom.peers[0].port",
+                "dicom.peers[1].host",
+                "dicom.peers[1].ae_title",
+                "engine.providers[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Config::parse("[dicom]\naetitle = \"X\"\n").unwrap_err();
+        assert!(e.contains("aetitle"), "{e}");
+    }
+
+    #[test]
+    fn peer_lookup_ignores_padding() {
+        let c = Config::parse(
+            "[[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n",
+        )
+        .unwrap();
+        assert!(c.peer("PACS  ").is_some());
+        assert!(c.peer("OTHER").is_none());
+    }
+}

@@ -1,0 +1,4 @@
+//! The `proxyseg` command line.
+fn main() {
+    println!("proxyseg skeleton");
+}
