@@ -42,6 +42,7 @@ pub const STORAGE_SOP_CLASSES: &[&str] = &[
 
 /// Transfer syntaxes we accept, in our order of preference (the requestor's order wins when
 /// it proposes several in one context).
+#[allow(deprecated)] // Explicit VR Big Endian is retired, but PACS still send it.
 pub const TRANSFER_SYNTAXES: &[&str] = &[
     uids::EXPLICIT_VR_LITTLE_ENDIAN,
     uids::IMPLICIT_VR_LITTLE_ENDIAN,
