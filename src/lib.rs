@@ -5,4 +5,13 @@
 //! PACS as a DICOM SEG object. The modules follow the data flow of `DESIGN.md`.
 
 pub mod config;
+pub mod daemon;
 pub mod dicom;
+pub mod ops;
+pub mod pipeline;
+pub mod store;
+
+/// Implementation Class UID written in every file meta group and association we originate.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.81540919461728474236106372858512394137";
+/// Implementation Version Name.
+pub const IMPLEMENTATION_VERSION_NAME: &str = "PROXYSEG_010";

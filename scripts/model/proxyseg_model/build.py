@@ -1,0 +1,67 @@
+"""One factory per bundle size (as segment-anything's build_sam.py)."""
+from __future__ import annotations
+
+import torch
+
+from .ppg import PPGConfig, ProxyPromptSAM, SAMConfig
+
+# real SAM checkpoints (segment-anything's build_sam.py numbers)
+_REAL = {
+    "vit_b": dict(encoder_dim=768, encoder_depth=12, encoder_heads=12, global_attn_indexes=[2, 5, 8, 11]),
+    "vit_l": dict(encoder_dim=1024, encoder_depth=24, encoder_heads=16, global_attn_indexes=[5, 11, 17, 23]),
+    "vit_h": dict(encoder_dim=1280, encoder_depth=32, encoder_heads=16, global_attn_indexes=[7, 15, 23, 31]),
+}
+
+
+def build_phantom_tiny(**ppg_overrides) -> ProxyPromptSAM:
+    """S=256 tiny SAM (ViT 192 x 6, C=128, 16x16 embedding) + PPG (Vim 96 x 4)."""
+    sam = SAMConfig()
+    ppg = PPGConfig(embed_dim=sam.embed_dim, **ppg_overrides)
+    return ProxyPromptSAM(sam, ppg, name="phantom-tiny")
+
+
+def build_test_tiny(**ppg_overrides) -> ProxyPromptSAM:
+    """A much smaller config for fast unit tests (S=64, 4x4 embedding)."""
+    sam = SAMConfig(img_size=64, encoder_dim=32, encoder_depth=2, encoder_heads=2, global_attn_indexes=[1],
+                    window_size=2, embed_dim=32, decoder_depth=1, decoder_mlp=64, decoder_heads=2)
+    ppg = PPGConfig(embed_dim=32, vim_img_size=64, vim_dim=16, vim_depth=1, vim_state=4, grid=4, key_dim=16,
+                    value_dim=32, token_grid=2, ccm_dim=16, ccm_depth=4)
+    for k, v in ppg_overrides.items():
+        setattr(ppg, k, v)
+    return ProxyPromptSAM(sam, ppg, name="test-tiny")
+
+
+def build_real(kind: str, checkpoint: str | None = None, **ppg_overrides) -> ProxyPromptSAM:
+    """SAM ViT-B/L/H at S=1024 (64x64 embedding, C=256) + PPG (Vim 192 x 8 at 256x256 input).
+
+    The PPG runs on a 16x16 grid (SAM embeddings average-pooled 4x), so its cost does not grow
+    with S. `checkpoint` is an official segment-anything .pth (state dict of `Sam`).
+    """
+    sam = SAMConfig(img_size=1024, window_size=14, embed_dim=256, decoder_depth=2, decoder_mlp=2048,
+                    decoder_heads=8, **_REAL[kind])
+    ppg = PPGConfig(embed_dim=256, vim_dim=192, vim_depth=8, vim_state=16, grid=16, key_dim=64, value_dim=256,
+                    token_grid=8, ccm_dim=128)
+    for k, v in ppg_overrides.items():
+        setattr(ppg, k, v)
+    model = ProxyPromptSAM(sam, ppg, name=f"sam-{kind}")
+    if checkpoint:
+        load_sam_checkpoint(model, checkpoint)
+    return model
+
+
+def load_sam_checkpoint(model: ProxyPromptSAM, path: str) -> None:
+    """Load an official SAM state dict (keys image_encoder.*, prompt_encoder.*, mask_decoder.*)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith(("pixel_mean", "pixel_std"))}
+    missing, unexpected = model.sam.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+FACTORIES = {"phantom-tiny": build_phantom_tiny, "test-tiny": build_test_tiny,
+             "vit_b": lambda **kw: build_real("vit_b", **kw), "vit_l": lambda **kw: build_real("vit_l", **kw),
+             "vit_h": lambda **kw: build_real("vit_h", **kw)}
+
+
+def build(name: str, **kw) -> ProxyPromptSAM:
+    return FACTORIES[name](**kw)

@@ -1,0 +1,153 @@
+"""Proxy Prompt Generator (PPG) + SAM: the composition of the paper's Fig. 3.
+
+Graph split for ONNX (DESIGN.md, contract 1):
+  image_encoder     SAMBackbone.encode                     image -> image_embeddings
+  support_encoder   ProxyPromptGenerator.encode_support    CSM steps 1-2 -> keys, values
+  prompt_generator  ProxyPromptGenerator.generate_prompts  CSM step 3 + CCM -> prompt tokens
+  mask_decoder      SAMBackbone.decode                     -> mask logits, iou scores
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ccm import ContextualColorizationModule
+from .csm import BridgeUnit, SelectiveMap, VisionMamba
+from .sam import SAMBackbone
+
+
+@dataclass
+class PPGConfig:
+    embed_dim: int = 128          # C of SAM's embeddings
+    vim_img_size: int = 256       # the Vim branch always sees 256 x 256 (16 x 16 tokens)
+    vim_dim: int = 96
+    vim_depth: int = 4
+    vim_state: int = 8
+    grid: int = 16                # PPG works on a grid x grid map (SAM embeddings pooled to it)
+    key_dim: int = 64
+    value_dim: int = 128
+    token_grid: int = 8           # prompt tokens T = token_grid ** 2
+    ccm_dim: int = 96
+    ccm_depth: int = 4
+    use_selective_map: bool = True
+    use_ccm: bool = True
+
+
+@dataclass
+class SAMConfig:
+    img_size: int = 256
+    encoder_dim: int = 192
+    encoder_depth: int = 6
+    encoder_heads: int = 6
+    global_attn_indexes: list = field(default_factory=lambda: [2, 5])
+    window_size: int = 8
+    embed_dim: int = 128
+    decoder_depth: int = 2
+    decoder_mlp: int = 512
+    decoder_heads: int = 4
+
+
+class ProxyPromptGenerator(nn.Module):
+    def __init__(self, cfg: PPGConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vim = VisionMamba(img_size=cfg.vim_img_size, patch_size=16, in_chans=4, embed_dim=cfg.vim_dim,
+                               depth=cfg.vim_depth, d_state=cfg.vim_state, out_size=cfg.grid)
+        self.bridge = BridgeUnit(cfg.embed_dim, cfg.vim_dim, cfg.value_dim)
+        self.selective_map = SelectiveMap(cfg.embed_dim, cfg.key_dim, enabled=cfg.use_selective_map)
+        self.tokens = cfg.token_grid ** 2
+        hw = cfg.grid * cfg.grid
+        if cfg.use_ccm:
+            self.ccm = ContextualColorizationModule(cfg.embed_dim, cfg.value_dim, cfg.ccm_dim, cfg.embed_dim,
+                                                    hw=hw, tokens=self.tokens, depth=cfg.ccm_depth)
+        else:  # ablation "without CCM": context tokens -> prompt tokens by a linear map
+            self.ccm = None
+            self.ctx_pe = nn.Parameter(torch.randn(1, self.tokens, cfg.value_dim) * 0.02)
+            self.no_ccm_out = nn.Sequential(nn.LayerNorm(cfg.value_dim), nn.Linear(cfg.value_dim, cfg.embed_dim))
+
+    def _to_grid(self, emb: torch.Tensor) -> torch.Tensor:
+        g = self.cfg.grid
+        if emb.shape[-1] == g:
+            return emb
+        return F.avg_pool2d(emb, kernel_size=emb.shape[-1] // g)
+
+    def encode_support(self, support_images, support_masks, support_embeddings):
+        """CSM steps 1-2 (run once per support set; cached by the engine).
+
+        Arguments:
+          support_images (torch.Tensor): N x 3 x S x S normalised, padded support images.
+          support_masks (torch.Tensor): N x K x S x S binary masks, one per object.
+          support_embeddings (torch.Tensor): N x C x h x w SAM image embeddings of the images.
+        Returns:
+          support_keys (torch.Tensor): N x Ck x g x g memory keys (g = cfg.grid).
+          support_values (torch.Tensor): N x K x Cv x g x g object-level values (Bridge Unit).
+        """
+        n, k = support_masks.shape[:2]
+        vs = self.cfg.vim_img_size
+        imgs, masks = support_images, support_masks
+        if imgs.shape[-1] != vs:
+            imgs = F.interpolate(imgs, size=(vs, vs), mode="bilinear", align_corners=False)
+            masks = F.interpolate(masks, size=(vs, vs), mode="bilinear", align_corners=False)
+        x = torch.cat([imgs.unsqueeze(1).expand(-1, k, -1, -1, -1), masks.unsqueeze(2)], dim=2)
+        feats = self.vim(x.reshape(n * k, 4, vs, vs))
+        feats = feats.reshape(n, k, feats.shape[1], feats.shape[2], feats.shape[3])
+        emb = self._to_grid(support_embeddings)
+        values = self.bridge(emb, feats)
+        keys = self.selective_map.keys(emb)
+        return keys, values
+
+    def generate_prompts(self, image_embeddings, support_keys, support_values):
+        """CSM step 3 (Selective Map) + CCM (run once per target image or frame).
+
+        Arguments:
+          image_embeddings (torch.Tensor): 1 x C x h x w target embeddings F_t.
+          support_keys (torch.Tensor): N x Ck x g x g.
+          support_values (torch.Tensor): N x K x Cv x g x g.
+        Returns:
+          (torch.Tensor): K x T x C prompt tokens (the proxy prompt), T = token_grid^2.
+        """
+        emb = self._to_grid(image_embeddings)
+        ctx = self.selective_map(emb, support_keys, support_values)  # K x Cv x g x g
+        k = ctx.shape[0]
+        pool = self.cfg.grid // self.cfg.token_grid
+        ctx_tokens = F.avg_pool2d(ctx, pool).flatten(2).transpose(1, 2)  # K x T x Cv
+        if self.ccm is None:
+            return self.no_ccm_out(ctx_tokens + self.ctx_pe)
+        target = emb.flatten(2).transpose(1, 2).expand(k, -1, -1)  # K x HW x C
+        return self.ccm(target, ctx_tokens)
+
+
+class ProxyPromptSAM(nn.Module):
+    """SAM + PPG. `forward` runs one episode (one target, N support pairs, K objects)."""
+
+    def __init__(self, sam_cfg: SAMConfig, ppg_cfg: PPGConfig, name: str = "phantom-tiny"):
+        super().__init__()
+        self.name = name
+        self.sam_cfg, self.ppg_cfg = sam_cfg, ppg_cfg
+        self.sam = SAMBackbone(**asdict(sam_cfg))
+        self.ppg = ProxyPromptGenerator(ppg_cfg)
+
+    @property
+    def img_size(self) -> int:
+        return self.sam_cfg.img_size
+
+    def forward(self, target_image, support_images, support_masks):
+        """
+        Arguments:
+          target_image (torch.Tensor): 1 x 3 x S x S.
+          support_images (torch.Tensor): N x 3 x S x S.
+          support_masks (torch.Tensor): N x K x S x S.
+        Returns:
+          mask_logits (torch.Tensor): K x 1 x 4h x 4w; iou_scores (torch.Tensor): K x 1.
+        """
+        emb = self.sam.encode(torch.cat([target_image, support_images], 0))
+        t_emb, s_emb = emb[:1], emb[1:]
+        keys, values = self.ppg.encode_support(support_images, support_masks, s_emb)
+        tokens = self.ppg.generate_prompts(t_emb, keys, values)
+        return self.sam.decode(t_emb, tokens)
+
+    def config_dict(self) -> dict:
+        return {"name": self.name, "sam": asdict(self.sam_cfg), "ppg": asdict(self.ppg_cfg)}

@@ -1,0 +1,1071 @@
+//! The storage SCP: accepts associations from PACS peers, answers C-ECHO, and stores C-STORE
+//! data sets durably in the spool and the index.
+//!
+//! Invariants: a C-STORE success is sent only after the instance's file and directory were
+//! fsynced and its index row committed; a rejected or broken data set leaves nothing in the
+//! spool; one bad association never disturbs the others. P-DATA is streamed to disk one PDU at
+//! a time (at most `max_pdu` bytes buffered per association).
+
+use crate::config::Config;
+use crate::dicom::dimse::{self, field, status, Command};
+use crate::dicom::sop;
+use crate::store::instances::{self, InstanceRecord, Recorded};
+use crate::store::{spool, Db, Spool};
+use dicom_core::Tag;
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
+use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, PDataValue, PDataValueType, UserIdentity,
+};
+use dicom_ul::Pdu;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Mutex, Semaphore};
+
+/// Counters the SCP keeps (exported as metrics later).
+#[derive(Debug, Default)]
+pub struct ScpStats {
+    /// Associations accepted.
+    pub associations: AtomicU64,
+    /// Associations rejected (any reason).
+    pub rejected: AtomicU64,
+    /// Associations currently open.
+    pub active: AtomicU64,
+    /// Instances stored (new or replaced).
+    pub stored: AtomicU64,
+    /// Identical duplicates acknowledged without rewriting.
+    pub duplicates: AtomicU64,
+    /// C-STORE requests answered with a failure status.
+    pub failed: AtomicU64,
+}
+
+/// Shared state of all associations.
+pub struct Scp {
+    cfg: Arc<Config>,
+    db: Db,
+    spool: Spool,
+    slots: Arc<Semaphore>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    locks: Vec<Mutex<()>>,
+    /// Counters.
+    pub stats: ScpStats,
+}
+
+/// Errors that end one association (never the daemon).
+#[derive(Debug, thiserror::Error)]
+enum AssocError {
+    #[error("association negotiation failed: {0}")]
+    Establish(String),
+    #[error("peer silent for {0:?}")]
+    Timeout(Duration),
+    #[error("upper layer: {0}")]
+    Ul(String),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("local I/O: {0}")]
+    Io(String),
+}
+
+/// Why a C-STORE was refused: the DIMSE status and Error Comment sent back.
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    comment: String,
+}
+
+impl Refusal {
+    fn new(status: u16, comment: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            comment: comment.into(),
+        }
+    }
+}
+
+/// Access control: the called AE must be ours; with `require_known_peers`, the calling AE
+/// must be a configured peer whose host is where the connection came from.
+struct PeerAccess {
+    cfg: Arc<Config>,
+    peer_ip: IpAddr,
+}
+
+impl AccessControl for PeerAccess {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if called_ae_title.trim() != this_ae_title.trim() {
+            tracing::warn!(called = called_ae_title, calling = calling_ae_title, peer = %self.peer_ip, "rejected: called AE is not ours");
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        if self.cfg.dicom.require_known_peers {
+            let known = self
+                .cfg
+                .peer(calling_ae_title)
+                .is_some_and(|p| host_matches(&p.host, self.peer_ip));
+            if !known {
+                tracing::warn!(calling = calling_ae_title, peer = %self.peer_ip, "rejected: calling AE / host is not a known peer");
+                return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True when `host` (an IP or a name) designates `ip`.
+fn host_matches(host: &str, ip: IpAddr) -> bool {
+    let canon = |a: IpAddr| match a {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let ip = canon(ip);
+    if let Ok(h) = host.parse::<IpAddr>() {
+        return canon(h) == ip;
+    }
+    use std::net::ToSocketAddrs;
+    (host, 0)
+        .to_socket_addrs()
+        .map(|mut it| it.any(|a| canon(a.ip()) == ip))
+        .unwrap_or(false)
+}
+
+impl Scp {
+    /// Creates the SCP over an open index and spool.
+    pub fn new(
+        cfg: Arc<Config>,
+        db: Db,
+        spool: Spool,
+    ) -> Result<Arc<Scp>, crate::dicom::tls::TlsError> {
+        let tls = cfg
+            .dicom
+            .tls
+            .as_ref()
+            .map(crate::dicom::tls::server_config)
+            .transpose()?;
+        Ok(Arc::new(Scp {
+            slots: Arc::new(Semaphore::new(cfg.dicom.max_associations)),
+            cfg,
+            db,
+            spool,
+            tls,
+            locks: (0..64).map(|_| Mutex::new(())).collect(),
+            stats: ScpStats::default(),
+        }))
+    }
+
+    /// Accepts connections on `listener` until `shutdown` turns true; `tls` selects DICOM TLS.
+    /// Returns after every association it started has ended.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: bool,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => {
+                        let scp = self.clone();
+                        let sd = shutdown.clone();
+                        tasks.spawn(async move { scp.handle_connection(stream, addr, tls, sd).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        // Graceful: in-flight stores finish (their associations end after the current message).
+        let grace = Duration::from_secs(30);
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!("associations still open after {grace:?}: aborting them");
+            tasks.abort_all();
+        }
+    }
+
+    async fn handle_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        addr: SocketAddr,
+        tls: bool,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %addr, max = self.cfg.dicom.max_associations, "rejected: too many associations");
+            reject_raw(
+                stream,
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                tls,
+            )
+            .await;
+            return;
+        };
+        let reserve = self.cfg.dicom.min_free_disk_mb * 1024 * 1024;
+        match spool::free_bytes(self.spool.root()) {
+            Ok(free) if free < reserve => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(peer = %addr, free_mb = free / 1048576, reserve_mb = self.cfg.dicom.min_free_disk_mb, "rejected: free disk below the reserve");
+                reject_raw(
+                    stream,
+                    AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
+                    tls,
+                )
+                .await;
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read free disk space"),
+            _ => {}
+        }
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        let result = if tls {
+            self.run_tls(stream, addr, shutdown).await
+        } else {
+            self.run_plain(stream, addr, shutdown).await
+        };
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+        if let Err(e) = result {
+            tracing::warn!(peer = %addr, error = %e, "association ended with an error");
+        }
+    }
+
+    fn options(
+        &self,
+        peer_ip: IpAddr,
+    ) -> ServerAssociationOptions<
+        'static,
+        PeerAccess,
+        dicom_ul::association::server::DefaultNegotiation,
+    > {
+        let d = &self.cfg.dicom;
+        let mut o = ServerAssociationOptions::new()
+            .ae_access_control(PeerAccess {
+                cfg: self.cfg.clone(),
+                peer_ip,
+            })
+            .ae_title(d.ae_title.clone())
+            .with_abstract_syntax(uids::VERIFICATION)
+            .max_pdu_length(d.max_pdu)
+            .strict(true)
+            .read_timeout(Duration::from_secs(d.read_timeout_s))
+            .write_timeout(Duration::from_secs(d.write_timeout_s));
+        for sc in sop::STORAGE_SOP_CLASSES {
+            o = o.with_abstract_syntax(*sc);
+        }
+        for ts in sop::TRANSFER_SYNTAXES {
+            o = o.with_transfer_syntax(*ts);
+        }
+        if let Some(t) = &self.tls {
+            o = o.tls_config(t.clone());
+        }
+        o
+    }
+
+    async fn run_plain(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), AssocError> {
+        let opts = self.options(addr.ip());
+        let limit = Duration::from_secs(self.cfg.dicom.read_timeout_s);
+        let assoc = tokio::time::timeout(limit, opts.establish_async(stream))
+            .await
+            .map_err(|_| AssocError::Timeout(limit))?
+            .map_err(|e| self.establish_failed(addr, e))?;
+        self.run_association(assoc, addr, shutdown).await
+    }
+
+    async fn run_tls(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), AssocError> {
+        let opts = self.options(addr.ip());
+        let limit = Duration::from_secs(self.cfg.dicom.read_timeout_s);
+        let assoc = tokio::time::timeout(limit, opts.establish_tls_async(stream))
+            .await
+            .map_err(|_| AssocError::Timeout(limit))?
+            .map_err(|e| self.establish_failed(addr, e))?;
+        self.run_association(assoc, addr, shutdown).await
+    }
+
+    fn establish_failed(&self, addr: SocketAddr, e: dicom_ul::association::Error) -> AssocError {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        AssocError::Establish(format!("{addr}: {e}"))
+    }
+
+    async fn run_association<S>(
+        &self,
+        mut assoc: dicom_ul::association::server::AsyncServerAssociation<S>,
+        addr: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), AssocError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        self.stats.associations.fetch_add(1, Ordering::Relaxed);
+        let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
+            .trim()
+            .to_string();
+        let span = tracing::info_span!("assoc", peer = %addr, calling = %calling);
+        let _g = span.enter();
+        tracing::info!(
+            contexts = assoc.presentation_contexts().len(),
+            "association accepted"
+        );
+        let limit = Duration::from_secs(self.cfg.dicom.read_timeout_s);
+        let mut cmd_buf: Vec<u8> = Vec::new();
+        let mut cmd_ctx: Option<u8> = None;
+        let mut incoming: Option<Incoming> = None;
+        let mut pending: std::collections::VecDeque<PDataValue> = Default::default();
+        loop {
+            if *shutdown.borrow() && incoming.is_none() && cmd_buf.is_empty() {
+                tracing::info!("shutting down: aborting idle association");
+                let _ = assoc.abort().await;
+                return Ok(());
+            }
+            let pdv = match pending.pop_front() {
+                Some(p) => p,
+                None => {
+                    let pdu = tokio::select! {
+                        r = tokio::time::timeout(limit, assoc.receive()) => match r {
+                            Err(_) => {
+                                if let Some(inc) = incoming.take() { inc.discard(&self.spool); }
+                                let _ = assoc.abort().await;
+                                return Err(AssocError::Timeout(limit));
+                            }
+                            Ok(Err(e)) => {
+                                if let Some(inc) = incoming.take() { inc.discard(&self.spool); }
+                                return Err(AssocError::Ul(e.to_string()));
+                            }
+                            Ok(Ok(pdu)) => pdu,
+                        },
+                        _ = shutdown.changed(), if incoming.is_none() && cmd_buf.is_empty() => continue,
+                    };
+                    match pdu {
+                        Pdu::PData { data } => {
+                            pending.extend(data);
+                            continue;
+                        }
+                        Pdu::ReleaseRQ => {
+                            if let Some(inc) = incoming.take() {
+                                inc.discard(&self.spool);
+                                tracing::warn!(
+                                    "release requested in the middle of a data set: discarded it"
+                                );
+                            }
+                            assoc
+                                .send(&Pdu::ReleaseRP)
+                                .await
+                                .map_err(|e| AssocError::Ul(e.to_string()))?;
+                            tracing::info!("association released");
+                            return Ok(());
+                        }
+                        Pdu::AbortRQ { source } => {
+                            if let Some(inc) = incoming.take() {
+                                inc.discard(&self.spool);
+                            }
+                            tracing::info!(?source, "association aborted by peer");
+                            return Ok(());
+                        }
+                        other => {
+                            if let Some(inc) = incoming.take() {
+                                inc.discard(&self.spool);
+                            }
+                            let _ = assoc.abort().await;
+                            return Err(AssocError::Protocol(format!(
+                                "unexpected PDU {}",
+                                other.short_description()
+                            )));
+                        }
+                    }
+                }
+            };
+            // One presentation data value at a time.
+            let pc = assoc
+                .presentation_contexts()
+                .iter()
+                .find(|p| {
+                    p.id == pdv.presentation_context_id
+                        && p.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance
+                })
+                .cloned();
+            let Some(pc) = pc else {
+                if let Some(inc) = incoming.take() {
+                    inc.discard(&self.spool);
+                }
+                let _ = assoc.abort().await;
+                return Err(AssocError::Protocol(format!(
+                    "P-DATA on presentation context {} which was not accepted",
+                    pdv.presentation_context_id
+                )));
+            };
+            match pdv.value_type {
+                PDataValueType::Command => {
+                    if incoming.is_some() {
+                        if let Some(inc) = incoming.take() {
+                            inc.discard(&self.spool);
+                        }
+                        let _ = assoc.abort().await;
+                        return Err(AssocError::Protocol(
+                            "command fragment inside a data set".into(),
+                        ));
+                    }
+                    if cmd_buf.len() + pdv.data.len() > 64 * 1024 {
+                        let _ = assoc.abort().await;
+                        return Err(AssocError::Protocol(
+                            "command set larger than 64 KiB".into(),
+                        ));
+                    }
+                    cmd_ctx = Some(pdv.presentation_context_id);
+                    cmd_buf.extend_from_slice(&pdv.data);
+                    if !pdv.is_last {
+                        continue;
+                    }
+                    let bytes = std::mem::take(&mut cmd_buf);
+                    let cmd = match Command::parse(&bytes) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = assoc.abort().await;
+                            return Err(AssocError::Protocol(e.to_string()));
+                        }
+                    };
+                    match cmd.field {
+                        field::C_ECHO_RQ => {
+                            let rsp = dimse::echo_response(cmd.message_id, &cmd.sop_class_uid)
+                                .map_err(|e| AssocError::Io(e.to_string()))?;
+                            send_command(&mut assoc, pc.id, rsp).await?;
+                            tracing::debug!(message_id = cmd.message_id, "C-ECHO answered");
+                        }
+                        field::C_STORE_RQ if cmd.has_dataset => {
+                            incoming = Some(
+                                self.begin_store(
+                                    cmd,
+                                    &pc.abstract_syntax,
+                                    &pc.transfer_syntax,
+                                    &calling,
+                                )
+                                .map_err(|e| AssocError::Io(e.to_string()))?,
+                            );
+                        }
+                        other => {
+                            tracing::warn!(
+                                command = format!("{other:#06x}"),
+                                "unsupported DIMSE command"
+                            );
+                            if cmd.has_dataset {
+                                // Swallow its data set, then answer.
+                                incoming = Some(Incoming::swallow(cmd));
+                            } else {
+                                let rsp = dimse::store_response(
+                                    cmd.message_id,
+                                    &cmd.sop_class_uid,
+                                    &cmd.sop_instance_uid,
+                                    status::UNRECOGNIZED_OPERATION,
+                                    Some("unsupported DIMSE command"),
+                                )
+                                .map_err(|e| AssocError::Io(e.to_string()))?;
+                                send_command(&mut assoc, pc.id, rsp).await?;
+                            }
+                        }
+                    }
+                }
+                PDataValueType::Data => {
+                    let Some(inc) = incoming.as_mut() else {
+                        let _ = assoc.abort().await;
+                        return Err(AssocError::Protocol(
+                            "data set fragment without a command".into(),
+                        ));
+                    };
+                    if cmd_ctx != Some(pdv.presentation_context_id) {
+                        if let Some(inc) = incoming.take() {
+                            inc.discard(&self.spool);
+                        }
+                        let _ = assoc.abort().await;
+                        return Err(AssocError::Protocol(
+                            "data set on another presentation context than its command".into(),
+                        ));
+                    }
+                    inc.write(&pdv.data, self.cfg.dicom.max_object_mb * 1024 * 1024);
+                    if pdv.is_last {
+                        let Some(inc) = incoming.take() else { continue };
+                        let (st, comment, cmd) = self.finish_store(inc, &calling, addr.ip()).await;
+                        let rsp = dimse::store_response(
+                            cmd.message_id,
+                            &cmd.sop_class_uid,
+                            &cmd.sop_instance_uid,
+                            st,
+                            comment.as_deref(),
+                        )
+                        .map_err(|e| AssocError::Io(e.to_string()))?;
+                        send_command(&mut assoc, pc.id, rsp).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the temp file for a C-STORE and writes its Part 10 preamble and meta group.
+    fn begin_store(
+        &self,
+        cmd: Command,
+        context_sop: &str,
+        ts: &str,
+        calling: &str,
+    ) -> Result<Incoming, crate::store::SpoolError> {
+        let context_sop = sop::trim_uid(context_sop).to_string();
+        let ts = sop::trim_uid(ts).to_string();
+        if cmd.sop_class_uid != context_sop {
+            return Ok(Incoming::refused(
+                cmd,
+                Refusal::new(
+                    status::SOP_CLASS_NOT_SUPPORTED,
+                    format!(
+                        "command SOP class {} differs from the presentation context's",
+                        context_sop
+                    ),
+                ),
+            ));
+        }
+        if !sop::is_valid_uid(&cmd.sop_instance_uid) {
+            return Ok(Incoming::refused(
+                cmd,
+                Refusal::new(
+                    status::CANNOT_UNDERSTAND,
+                    "invalid Affected SOP Instance UID",
+                ),
+            ));
+        }
+        let (file, path) = self.spool.create_temp()?;
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(cmd.sop_class_uid.clone())
+            .media_storage_sop_instance_uid(cmd.sop_instance_uid.clone())
+            .transfer_syntax(ts.clone())
+            .source_application_entity_title(calling.to_string())
+            .implementation_class_uid(crate::IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(crate::IMPLEMENTATION_VERSION_NAME)
+            .build();
+        let mut inc = Incoming {
+            cmd,
+            ts,
+            state: IncomingState::Writing {
+                file: std::io::BufWriter::with_capacity(256 * 1024, file),
+                path,
+                hash: Sha256::new(),
+                len: 0,
+            },
+        };
+        match meta {
+            Ok(meta) => {
+                if let IncomingState::Writing { file, .. } = &mut inc.state {
+                    let r = file
+                        .write_all(&PART10_PREAMBLE)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| meta.write(&mut *file).map_err(|e| e.to_string()));
+                    if let Err(e) = r {
+                        inc.fail(
+                            &self.spool,
+                            Refusal::new(
+                                status::OUT_OF_RESOURCES,
+                                format!("cannot write spool file: {e}"),
+                            ),
+                        );
+                    }
+                }
+            }
+            Err(e) => inc.fail(
+                &self.spool,
+                Refusal::new(
+                    status::CANNOT_UNDERSTAND,
+                    format!("bad meta information: {e}"),
+                ),
+            ),
+        }
+        Ok(inc)
+    }
+
+    /// Completes a C-STORE: fsync, validate, commit to spool and index. Returns the status,
+    /// the error comment and the command to answer.
+    async fn finish_store(
+        &self,
+        inc: Incoming,
+        calling: &str,
+        ip: IpAddr,
+    ) -> (u16, Option<String>, Command) {
+        let Incoming { cmd, ts, state } = inc;
+        let (file, path, hash, len) = match state {
+            IncomingState::Writing {
+                file,
+                path,
+                hash,
+                len,
+            } => (file, path, hash, len),
+            IncomingState::Refused(r) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sop = %cmd.sop_instance_uid, status = format!("{:#06x}", r.status), reason = %r.comment, "C-STORE refused");
+                return (r.status, Some(r.comment), cmd);
+            }
+            IncomingState::Swallow => {
+                return (
+                    status::UNRECOGNIZED_OPERATION,
+                    Some("unsupported DIMSE command".into()),
+                    cmd,
+                );
+            }
+        };
+        let sha = hex::encode(hash.finalize());
+        let spool = self.spool.clone();
+        let cmd2 = cmd.clone();
+        let calling2 = calling.to_string();
+        let checked =
+            tokio::task::spawn_blocking(move || -> Result<(InstanceRecord, PathBuf), Refusal> {
+                let r = (|| {
+                    let file = file.into_inner().map_err(|e| {
+                        Refusal::new(
+                            status::OUT_OF_RESOURCES,
+                            format!("cannot write spool file: {}", e.error()),
+                        )
+                    })?;
+                    file.sync_all().map_err(|e| {
+                        Refusal::new(
+                            status::OUT_OF_RESOURCES,
+                            format!("cannot fsync spool file: {e}"),
+                        )
+                    })?;
+                    let size = file.metadata().map(|m| m.len()).unwrap_or(len);
+                    drop(file);
+                    let mut rec = validate(&path, &cmd2, &ts)?;
+                    rec.calling_ae = calling2;
+                    rec.source_host = ip.to_string();
+                    rec.size_bytes = size;
+                    rec.sha256 = sha;
+                    let dest = spool
+                        .final_path(&rec.study_uid, &rec.series_uid, &rec.sop_instance_uid)
+                        .map_err(|e| {
+                            Refusal::new(status::DATASET_DOES_NOT_MATCH_SOP_CLASS, e.to_string())
+                        })?;
+                    rec.path = dest.to_string_lossy().into_owned();
+                    Ok(rec)
+                })();
+                match r {
+                    Ok(rec) => Ok((rec, path)),
+                    Err(e) => {
+                        spool.discard(&path);
+                        Err(e)
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Refusal::new(
+                    status::PROCESSING_FAILURE,
+                    format!("validation task failed: {e}"),
+                ))
+            });
+        let (rec, temp) = match checked {
+            Ok(r) => r,
+            Err(r) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sop = %cmd.sop_instance_uid, status = format!("{:#06x}", r.status), reason = %r.comment, "C-STORE refused");
+                return (r.status, Some(r.comment), cmd);
+            }
+        };
+        match self.commit(rec, temp).await {
+            Ok(()) => (status::SUCCESS, None, cmd),
+            Err(r) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(sop = %cmd.sop_instance_uid, reason = %r.comment, "C-STORE failed while committing");
+                (r.status, Some(r.comment), cmd)
+            }
+        }
+    }
+
+    /// Renames the temp file into place and records it; idempotent for identical copies.
+    async fn commit(&self, rec: InstanceRecord, temp_path: PathBuf) -> Result<(), Refusal> {
+        let lock = &self.locks[lock_index(&rec.sop_instance_uid, self.locks.len())];
+        let _guard = lock.lock().await;
+        let uid = rec.sop_instance_uid.clone();
+        let existing = self
+            .db
+            .read(|c| instances::existing(c, &uid))
+            .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?;
+        if let Some((sha, path)) = &existing {
+            if *sha == rec.sha256 && Path::new(path).is_file() {
+                self.spool.discard(&temp_path);
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(sop = %uid, "identical duplicate: kept the stored copy");
+                return Ok(());
+            }
+        }
+        let spool = self.spool.clone();
+        let dest = PathBuf::from(&rec.path);
+        let tp = temp_path.clone();
+        tokio::task::spawn_blocking(move || spool.commit(&tp, &dest))
+            .await
+            .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?
+            .map_err(|e| {
+                self.spool.discard(&temp_path);
+                Refusal::new(status::OUT_OF_RESOURCES, e.to_string())
+            })?;
+        let r = rec.clone();
+        let outcome = self
+            .db
+            .write(move |c| instances::record(c, &r))
+            .await
+            .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, format!("index: {e}")))?;
+        self.stats.stored.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Recorded::New => {
+                tracing::info!(sop = %uid, study = %rec.study_uid, modality = %rec.modality, bytes = rec.size_bytes, "stored")
+            }
+            Recorded::Replaced { old_path } => {
+                tracing::warn!(sop = %uid, "a different copy of this instance arrived: replaced the stored one after the new one was durable");
+                if let Some(old) = old_path {
+                    if let Err(e) = std::fs::remove_file(&old) {
+                        tracing::warn!(path = %old, error = %e, "cannot remove the replaced copy");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The C-STORE being received on an association.
+struct Incoming {
+    cmd: Command,
+    ts: String,
+    state: IncomingState,
+}
+
+enum IncomingState {
+    /// Streaming into a temp file.
+    Writing {
+        file: std::io::BufWriter<std::fs::File>,
+        path: PathBuf,
+        hash: Sha256,
+        len: u64,
+    },
+    /// Already refused: the rest of the data set is read and dropped, then the refusal sent.
+    Refused(Refusal),
+    /// An unsupported command's data set: read and dropped.
+    Swallow,
+}
+
+impl Incoming {
+    fn refused(cmd: Command, r: Refusal) -> Incoming {
+        Incoming {
+            cmd,
+            ts: String::new(),
+            state: IncomingState::Refused(r),
+        }
+    }
+
+    fn swallow(cmd: Command) -> Incoming {
+        Incoming {
+            cmd,
+            ts: String::new(),
+            state: IncomingState::Swallow,
+        }
+    }
+
+    /// Appends a data fragment; on a local failure or an oversized data set, switches to
+    /// refusing (the temp file is removed at once).
+    fn write(&mut self, data: &[u8], max_len: u64) {
+        let failure = match &mut self.state {
+            IncomingState::Writing {
+                file, hash, len, ..
+            } => {
+                *len += data.len() as u64;
+                if *len > max_len {
+                    Some(Refusal::new(
+                        status::OUT_OF_RESOURCES,
+                        format!(
+                            "data set larger than dicom.max_object_mb ({} MiB)",
+                            max_len / 1048576
+                        ),
+                    ))
+                } else {
+                    hash.update(data);
+                    file.write_all(data).err().map(|e| {
+                        Refusal::new(
+                            status::OUT_OF_RESOURCES,
+                            format!("cannot write spool file: {e}"),
+                        )
+                    })
+                }
+            }
+            _ => None,
+        };
+        if let Some(r) = failure {
+            self.fail_in_place(r);
+        }
+    }
+
+    fn fail_in_place(&mut self, r: Refusal) {
+        let old = std::mem::replace(&mut self.state, IncomingState::Refused(r));
+        if let IncomingState::Writing { path, file, .. } = old {
+            drop(file);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove temp file");
+            }
+        }
+    }
+
+    fn fail(&mut self, _spool: &Spool, r: Refusal) {
+        self.fail_in_place(r);
+    }
+
+    /// Drops whatever was written (association ended mid data set).
+    fn discard(self, spool: &Spool) {
+        if let IncomingState::Writing { path, file, .. } = self.state {
+            drop(file);
+            spool.discard(&path);
+            tracing::warn!(sop = %self.cmd.sop_instance_uid, "association ended mid data set: nothing stored");
+        }
+    }
+}
+
+fn lock_index(uid: &str, n: usize) -> usize {
+    let h = Sha256::digest(uid.as_bytes());
+    (h[0] as usize) % n
+}
+
+async fn send_command<S>(
+    assoc: &mut dicom_ul::association::server::AsyncServerAssociation<S>,
+    pc_id: u8,
+    bytes: Vec<u8>,
+) -> Result<(), AssocError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let pdu = Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc_id,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: bytes,
+        }],
+    };
+    assoc
+        .send(&pdu)
+        .await
+        .map_err(|e| AssocError::Ul(e.to_string()))
+}
+
+/// Reads the A-ASSOCIATE-RQ (bounded) and answers A-ASSOCIATE-RJ (transient, service
+/// provider presentation) without negotiating. TLS connections are simply closed.
+async fn reject_raw(
+    mut stream: TcpStream,
+    reason: AssociationRJServiceProviderPresentationReason,
+    tls: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if tls {
+        return;
+    }
+    let read = async {
+        let mut head = [0u8; 6];
+        stream.read_exact(&mut head).await?;
+        let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]).min(1 << 20) as u64;
+        let mut sink = tokio::io::sink();
+        tokio::io::copy(&mut (&mut stream).take(len), &mut sink).await?;
+        std::io::Result::Ok(head[0])
+    };
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(0x01)) => {}
+        _ => return,
+    }
+    let pdu = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(reason),
+    });
+    let mut buf = Vec::new();
+    if dicom_ul::pdu::write_pdu(&mut buf, &pdu).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&buf)).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Largest Rows or Columns we accept.
+const MAX_DIM: u32 = 32768;
+/// Largest Number of Frames we accept.
+const MAX_FRAMES: u64 = 100_000;
+
+/// Parses the stored file and checks it against its command and presentation context; builds
+/// the index record on success.
+fn validate(path: &Path, cmd: &Command, ts: &str) -> Result<InstanceRecord, Refusal> {
+    let obj = OpenFileOptions::new().open_file(path).map_err(|e| {
+        Refusal::new(
+            status::CANNOT_UNDERSTAND,
+            format!("data set does not parse: {e}"),
+        )
+    })?;
+    let text = |tag: Tag| -> String {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+            .unwrap_or_default()
+    };
+    let int = |tag: Tag| -> Option<i64> {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<i64>().ok())
+    };
+    let sop_class = text(tags::SOP_CLASS_UID);
+    let sop_instance = text(tags::SOP_INSTANCE_UID);
+    if sop_class != cmd.sop_class_uid {
+        return Err(Refusal::new(
+            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            format!(
+                "SOPClassUID {sop_class:?} differs from the command's {}",
+                cmd.sop_class_uid
+            ),
+        ));
+    }
+    if sop_instance != cmd.sop_instance_uid {
+        return Err(Refusal::new(
+            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOPInstanceUID differs from the command's",
+        ));
+    }
+    let study = text(tags::STUDY_INSTANCE_UID);
+    let series = text(tags::SERIES_INSTANCE_UID);
+    for (name, v) in [("StudyInstanceUID", &study), ("SeriesInstanceUID", &series)] {
+        if !sop::is_valid_uid(v) {
+            return Err(Refusal::new(
+                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                format!("missing or invalid {name}"),
+            ));
+        }
+    }
+    check_pixels(&obj, ts)?;
+    Ok(InstanceRecord {
+        sop_instance_uid: sop_instance,
+        sop_class_uid: sop_class,
+        study_uid: study,
+        series_uid: series,
+        patient_id: text(tags::PATIENT_ID),
+        patient_name: text(tags::PATIENT_NAME),
+        modality: text(tags::MODALITY),
+        body_part: text(tags::BODY_PART_EXAMINED),
+        series_description: text(tags::SERIES_DESCRIPTION),
+        series_number: int(tags::SERIES_NUMBER),
+        instance_number: int(tags::INSTANCE_NUMBER),
+        transfer_syntax: ts.to_string(),
+        calling_ae: String::new(),
+        source_host: String::new(),
+        size_bytes: 0,
+        sha256: String::new(),
+        path: String::new(),
+        received_at: crate::store::db::now(),
+    })
+}
+
+/// Checks image dimensions and, for native (uncompressed) pixel data, that its length agrees
+/// with Rows x Columns x Samples x Bits Allocated x Frames.
+fn check_pixels(obj: &dicom_object::DefaultDicomObject, ts: &str) -> Result<(), Refusal> {
+    let Some(pixel) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
+        return Ok(());
+    };
+    let bad = |m: String| Refusal::new(status::DATASET_DOES_NOT_MATCH_SOP_CLASS, m);
+    let u = |tag: Tag, name: &str| -> Result<u64, Refusal> {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<u64>().ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "Pixel Data present but {name} missing or not a number"
+                ))
+            })
+    };
+    let rows = u(tags::ROWS, "Rows")?;
+    let cols = u(tags::COLUMNS, "Columns")?;
+    let spp = u(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?;
+    let bits = u(tags::BITS_ALLOCATED, "BitsAllocated")?;
+    let frames = match obj.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
+        Some(e) => e
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| bad("NumberOfFrames is not a number".into()))?,
+        None => 1,
+    };
+    if rows == 0 || cols == 0 || rows > MAX_DIM as u64 || cols > MAX_DIM as u64 {
+        return Err(bad(format!("absurd image size {rows}x{cols}")));
+    }
+    if !matches!(spp, 1 | 3 | 4) {
+        return Err(bad(format!("SamplesPerPixel {spp} is not 1, 3 or 4")));
+    }
+    if !matches!(bits, 1 | 8 | 16 | 32 | 64) {
+        return Err(bad(format!(
+            "BitsAllocated {bits} is not 1, 8, 16, 32 or 64"
+        )));
+    }
+    if frames == 0 || frames > MAX_FRAMES {
+        return Err(bad(format!("absurd NumberOfFrames {frames}")));
+    }
+    use dicom_encoding::TransferSyntaxIndex;
+    let native = !dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(ts)
+        .map(|t| t.is_encapsulated_pixel_data())
+        .unwrap_or(false);
+    if native {
+        let bits_total = rows * cols * spp * bits * frames;
+        let expected = bits_total.div_ceil(8);
+        let actual = match pixel.value() {
+            dicom_core::DicomValue::Primitive(v) => v.calculate_byte_len() as u64,
+            _ => return Err(bad("native Pixel Data is encapsulated".into())),
+        };
+        if actual != expected && actual != expected + (expected % 2) {
+            return Err(bad(format!("Pixel Data holds {actual} bytes; Rows x Columns x Samples x Bits x Frames needs {expected}")));
+        }
+    } else if let dicom_core::DicomValue::PixelSequence(seq) = pixel.value() {
+        if seq.fragments().is_empty() {
+            return Err(bad("encapsulated Pixel Data has no fragments".into()));
+        }
+    }
+    Ok(())
+}
+
+/// 128-byte zero preamble followed by the "DICM" prefix of a Part 10 file.
+const PART10_PREAMBLE: [u8; 132] = {
+    let mut p = [0u8; 132];
+    p[128] = b'D';
+    p[129] = b'I';
+    p[130] = b'C';
+    p[131] = b'M';
+    p
+};

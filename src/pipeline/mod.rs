@@ -1,0 +1,4 @@
+//! The pipeline: study assembly now; routing and the workers that move jobs between states
+//! come with the engine, SEG and admin layers.
+
+pub mod assemble;

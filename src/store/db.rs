@@ -1,0 +1,294 @@
+//! The SQLite index: schema, migrations, and a single writer thread with group commit.
+//!
+//! All writes go through one thread that batches whatever is queued into one transaction
+//! (each request inside its own SAVEPOINT, so one failing request never undoes another) and
+//! answers every request only after COMMIT returned. With `synchronous=FULL` in WAL mode, an
+//! answered write is durable. Reads use a separate connection.
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+/// Errors from the index.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite reported an error.
+    #[error("sqlite error in {context}: {source}")]
+    Sqlite {
+        /// What we were doing.
+        context: String,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The batch holding this write failed to commit.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// The writer thread is gone (daemon shutting down or crashed).
+    #[error("the database writer has stopped")]
+    WriterGone,
+    /// The database was written by a newer proxyseg.
+    #[error("database schema version {found} is newer than this proxyseg ({supported})")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version we know.
+        supported: i64,
+    },
+}
+
+impl DbError {
+    fn sql(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> DbError {
+        let context = context.into();
+        move |source| DbError::Sqlite { context, source }
+    }
+}
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: instances, studies, jobs and their history.
+    r#"
+    CREATE TABLE instances (
+        sop_instance_uid TEXT PRIMARY KEY,
+        sop_class_uid TEXT NOT NULL,
+        study_uid TEXT NOT NULL,
+        series_uid TEXT NOT NULL,
+        patient_id TEXT NOT NULL DEFAULT '',
+        patient_name TEXT NOT NULL DEFAULT '',
+        modality TEXT NOT NULL DEFAULT '',
+        body_part TEXT NOT NULL DEFAULT '',
+        series_description TEXT NOT NULL DEFAULT '',
+        series_number INTEGER,
+        instance_number INTEGER,
+        transfer_syntax TEXT NOT NULL,
+        calling_ae TEXT NOT NULL,
+        source_host TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        path TEXT NOT NULL,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX instances_study ON instances(study_uid);
+    CREATE INDEX instances_series ON instances(series_uid);
+    CREATE TABLE studies (
+        study_uid TEXT PRIMARY KEY,
+        patient_id TEXT NOT NULL DEFAULT '',
+        calling_ae TEXT NOT NULL,
+        first_received_at REAL NOT NULL,
+        last_received_at REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('receiving', 'complete')),
+        completed_at REAL
+    );
+    CREATE INDEX studies_state ON studies(state, last_received_at);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+        state TEXT NOT NULL,
+        calling_ae TEXT NOT NULL,
+        instance_count INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE INDEX jobs_study ON jobs(study_uid);
+    CREATE TABLE job_events (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        state TEXT NOT NULL,
+        at REAL NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX job_events_job ON job_events(job_id);
+    "#,
+];
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+/// Handle to the index. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    path: PathBuf,
+    writer: mpsc::Sender<WriteJob>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(DbError::sql(format!("opening {}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(DbError::sql("busy_timeout"))?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(DbError::sql("setting pragmas"))?;
+    Ok(conn)
+}
+
+/// Applies every pending migration inside one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(DbError::sql("reading user_version"))?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(DbError::TooNew {
+            found: version,
+            supported,
+        });
+    }
+    let tx = conn
+        .transaction()
+        .map_err(DbError::sql("begin migration"))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)
+            .map_err(DbError::sql(format!("migration {}", i + 1)))?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {supported}"))
+        .map_err(DbError::sql("writing user_version"))?;
+    tx.commit().map_err(DbError::sql("commit migration"))
+}
+
+impl Db {
+    /// Opens (creating and migrating if needed) the database at `path` and starts its writer.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let mut conn = open_conn(path)?;
+        migrate(&mut conn)?;
+        let reader = open_conn(path)?;
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| DbError::Commit(format!("cannot start writer thread: {e}")))?;
+        Ok(Db {
+            path: path.to_owned(),
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` inside the writer's next batch; resolves after the batch committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        rx.await.map_err(|_| DbError::WriterGone)?
+    }
+
+    /// Blocking variant of [`Db::write`], for threads outside the async runtime.
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        rx.blocking_recv().map_err(|_| DbError::WriterGone)?
+    }
+
+    fn submit<T, F>(
+        &self,
+        f: F,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<T, DbError>>, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: WriteJob = Box::new(move |conn| {
+            let r = f(conn);
+            let ok = r.is_ok();
+            (
+                ok,
+                Box::new(move |commit: Result<(), String>| {
+                    let out = match (r, commit) {
+                        (Err(e), _) => Err(DbError::Sqlite {
+                            context: "write".into(),
+                            source: e,
+                        }),
+                        (Ok(_), Err(c)) => Err(DbError::Commit(c)),
+                        (Ok(v), Ok(())) => Ok(v),
+                    };
+                    let _ = tx.send(out);
+                }),
+            )
+        });
+        self.writer.send(job).map_err(|_| DbError::WriterGone)?;
+        Ok(rx)
+    }
+
+    /// Runs a read on the reader connection.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, DbError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(DbError::sql("read"))
+    }
+}
+
+/// Largest number of requests committed together.
+const MAX_BATCH: usize = 512;
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot begin write transaction");
+            // Dropping the jobs unanswered makes every caller see WriterGone for this batch.
+            drop(batch);
+            continue;
+        }
+        let mut completions = Vec::with_capacity(batch.len());
+        for job in batch {
+            let savepoint = conn.execute_batch("SAVEPOINT req");
+            let (ok, completion) = job(&conn);
+            // A failed request is rolled back to its own savepoint; the others stay.
+            let end = if ok {
+                "RELEASE req"
+            } else {
+                "ROLLBACK TO req; RELEASE req"
+            };
+            if let (Ok(()), Err(e)) = (savepoint, conn.execute_batch(end)) {
+                tracing::error!(error = %e, "savepoint handling failed");
+            }
+            completions.push(completion);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for c in completions {
+            c(commit.clone());
+        }
+    }
+}
+
+/// Seconds since the Unix epoch as f64, the time unit of every timestamp column.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,12 @@
+//! Durable state: the spool of received instances, the SQLite index and the job state machine.
+//!
+//! Nothing here ever reports an instance as stored before both its file and its index row are
+//! durable on disk.
+
+pub mod db;
+pub mod instances;
+pub mod jobs;
+pub mod spool;
+
+pub use db::{Db, DbError};
+pub use spool::{Spool, SpoolError};

@@ -1,0 +1,164 @@
+//! The spool: one Part 10 file per received instance, under `data_dir/spool/`.
+//!
+//! Files are written to `spool/.tmp/`, fsynced, renamed into
+//! `spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`, and the directories fsynced. A file
+//! only exists under its final name once its bytes are durable; a rename over an older copy
+//! replaces it atomically, so the older copy is never lost before the new one is safe.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+/// Errors from the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What we did.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A UID that would not make a safe path component.
+    #[error("{0:?} is not a valid DICOM UID")]
+    BadUid(String),
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError {
+    let path = path.to_owned();
+    move |source| SpoolError::Io { op, path, source }
+}
+
+/// The spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    /// Opens the spool under `data_dir`, creating it, and deletes leftover temp files (they
+    /// were never acknowledged, so nobody is owed them). Returns how many were removed.
+    pub fn open(data_dir: &Path) -> Result<(Spool, usize), SpoolError> {
+        let root = data_dir.join("spool");
+        let tmp = root.join(".tmp");
+        fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        let mut removed = 0;
+        for entry in fs::read_dir(&tmp).map_err(io("list", &tmp))? {
+            let entry = entry.map_err(io("list", &tmp))?;
+            fs::remove_file(entry.path()).map_err(io("remove", &entry.path()))?;
+            removed += 1;
+        }
+        sync_dir(&tmp)?;
+        Ok((Spool { root }, removed))
+    }
+
+    /// The spool root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates a new temp file for an incoming instance.
+    pub fn create_temp(&self) -> Result<(File, PathBuf), SpoolError> {
+        let name = format!("{:032x}.part", rand::random::<u128>());
+        let path = self.root.join(".tmp").join(name);
+        let f = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        Ok((f, path))
+    }
+
+    /// Where an instance lives once committed.
+    pub fn final_path(&self, study: &str, series: &str, sop: &str) -> Result<PathBuf, SpoolError> {
+        for uid in [study, series, sop] {
+            if !crate::dicom::sop::is_valid_uid(uid) {
+                return Err(SpoolError::BadUid(uid.to_string()));
+            }
+        }
+        Ok(self
+            .root
+            .join(study)
+            .join(series)
+            .join(format!("{sop}.dcm")))
+    }
+
+    /// Moves a fully written and fsynced temp file to `dest` and makes the rename durable.
+    pub fn commit(&self, temp: &Path, dest: &Path) -> Result<(), SpoolError> {
+        let series_dir = dest
+            .parent()
+            .ok_or_else(|| SpoolError::BadUid(dest.display().to_string()))?;
+        if !series_dir.is_dir() {
+            let study_dir = series_dir.parent().unwrap_or(&self.root);
+            let study_new = !study_dir.is_dir();
+            fs::create_dir_all(series_dir).map_err(io("create", series_dir))?;
+            if study_new {
+                sync_dir(&self.root)?;
+            }
+            sync_dir(study_dir)?;
+        }
+        fs::rename(temp, dest).map_err(io("rename into", dest))?;
+        sync_dir(series_dir)?;
+        if let Some(tmp_dir) = temp.parent() {
+            sync_dir(tmp_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a temp file that will not be committed.
+    pub fn discard(&self, temp: &Path) {
+        if let Err(e) = fs::remove_file(temp) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %temp.display(), error = %e, "cannot remove temp file");
+            }
+        }
+    }
+}
+
+/// fsyncs a directory so that renames and creations inside it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
+}
+
+/// Free bytes available to us on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn commit_replaces_and_cleans_temps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let dest = spool.final_path("1.2", "1.2.3", "1.2.3.4").unwrap();
+        for body in [b"first".as_slice(), b"second"] {
+            let (mut f, tmp) = spool.create_temp().unwrap();
+            f.write_all(body).unwrap();
+            f.sync_all().unwrap();
+            spool.commit(&tmp, &dest).unwrap();
+        }
+        assert_eq!(fs::read(&dest).unwrap(), b"second");
+        let (_f, _leftover) = spool.create_temp().unwrap();
+        let (_, removed) = Spool::open(dir.path()).unwrap();
+        assert_eq!(removed, 1);
+        assert!(spool.final_path("1.2", "../x", "1").is_err());
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+    }
+}
