@@ -14,7 +14,7 @@ _REAL = {
 
 
 def build_phantom_tiny(**ppg_overrides) -> ProxyPromptSAM:
-    """S=256 tiny SAM (ViT 192 x 6, C=128, 16x16 embedding) + PPG (Vim 96 x 4)."""
+    """S=256 tiny SAM (ViT 128 x 4, C=128, 16x16 embedding) + PPG (Vim 96 x 4)."""
     sam = SAMConfig()
     ppg = PPGConfig(embed_dim=sam.embed_dim, **ppg_overrides)
     return ProxyPromptSAM(sam, ppg, name="phantom-tiny")

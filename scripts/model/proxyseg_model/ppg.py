@@ -39,10 +39,10 @@ class PPGConfig:
 @dataclass
 class SAMConfig:
     img_size: int = 256
-    encoder_dim: int = 192
-    encoder_depth: int = 6
-    encoder_heads: int = 6
-    global_attn_indexes: list = field(default_factory=lambda: [2, 5])
+    encoder_dim: int = 128
+    encoder_depth: int = 4
+    encoder_heads: int = 4
+    global_attn_indexes: list = field(default_factory=lambda: [1, 3])
     window_size: int = 8
     embed_dim: int = 128
     decoder_depth: int = 2

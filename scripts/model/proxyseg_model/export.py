@@ -1,0 +1,253 @@
+"""Export a trained ProxyPromptSAM to the four-graph ONNX bundle (contract 1, DESIGN.md).
+
+  image_encoder.onnx     image f32[B,3,S,S]                              -> image_embeddings f32[B,C,h,w]
+  support_encoder.onnx   support_images f32[N,3,S,S], support_masks f32[N,K,S,S],
+                         support_embeddings f32[N,C,h,w]                 -> support_keys f32[N,Ck,g,g],
+                                                                            support_values f32[N,K,Cv,g,g]
+  prompt_generator.onnx  image_embeddings f32[1,C,h,w], support_keys, support_values
+                                                                         -> prompt_tokens f32[K,T,C]
+  mask_decoder.onnx      image_embeddings f32[1,C,h,w], prompt_tokens f32[K,T,C]
+                                                                         -> mask_logits f32[K,1,4h,4w],
+                                                                            iou_scores f32[K,1]
+LoRA is merged first; opset 17; fp32; no custom ops. Graphs over 2 GB (ViT-H) are written with
+ONNX external data. Every graph's metadata_props repeats the manifest's key numbers.
+
+  python -m proxyseg_model.export --checkpoint runs/ppg.pt --out ../../models/phantom-tiny
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from .lora import merge_lora
+from .preprocess import PIXEL_MEAN, PIXEL_STD
+from .tomlw import dumps
+
+CONTRACT = 1
+VERSION = "1.0.0"
+MAX_OBJECTS = 3
+MAX_PAIRS = 16
+OPSET = 17
+GRAPHS = ("image_encoder", "support_encoder", "prompt_generator", "mask_decoder")
+
+
+class ImageEncoderGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.sam = model.sam
+
+    def forward(self, image):
+        """image: B x 3 x S x S -> image_embeddings: B x C x h x w."""
+        return self.sam.encode(image)
+
+
+class SupportEncoderGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.ppg = model.ppg
+
+    def forward(self, support_images, support_masks, support_embeddings):
+        """N x 3 x S x S, N x K x S x S, N x C x h x w -> keys N x Ck x g x g, values N x K x Cv x g x g."""
+        return self.ppg.encode_support(support_images, support_masks, support_embeddings)
+
+
+class PromptGeneratorGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.ppg = model.ppg
+
+    def forward(self, image_embeddings, support_keys, support_values):
+        """1 x C x h x w, N x Ck x g x g, N x K x Cv x g x g -> prompt_tokens K x T x C."""
+        return self.ppg.generate_prompts(image_embeddings, support_keys, support_values)
+
+
+class MaskDecoderGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.sam = model.sam
+
+    def forward(self, image_embeddings, prompt_tokens):
+        """1 x C x h x w, K x T x C -> mask_logits K x 1 x 4h x 4w, iou_scores K x 1."""
+        return self.sam.decode(image_embeddings, prompt_tokens)
+
+
+def dims(model) -> dict:
+    S = model.img_size
+    h = S // 16
+    g = model.ppg_cfg.grid
+    return {"S": S, "C": model.sam_cfg.embed_dim, "h": h, "w": h, "T": model.ppg_cfg.token_grid ** 2,
+            "Ck": model.ppg_cfg.key_dim, "Cv": model.ppg_cfg.value_dim, "g": g, "low_res": 4 * h}
+
+
+def metadata(model) -> dict:
+    d = dims(model)
+    return {"contract": str(CONTRACT), "name": model.name, "version": VERSION, "family": "sam",
+            "input_size": str(d["S"]), "embed_dim": str(d["C"]), "embed_size": f"{d['h']},{d['w']}",
+            "prompt_tokens": str(d["T"]), "max_objects": str(MAX_OBJECTS), "max_pairs": str(MAX_PAIRS)}
+
+
+def example_inputs(model, n: int = 3, k: int = 2, seed: int = 0):
+    """Fixed random inputs with distinct N and K (so no dimension is traced as a constant)."""
+    d = dims(model)
+    g = torch.Generator().manual_seed(seed)
+    S, C, h = d["S"], d["C"], d["h"]
+    return {
+        "image": torch.randn(1, 3, S, S, generator=g),
+        "support_images": torch.randn(n, 3, S, S, generator=g),
+        "support_masks": (torch.rand(n, k, S, S, generator=g) > 0.5).float(),
+        "support_embeddings": torch.randn(n, C, h, h, generator=g),
+        "image_embeddings": torch.randn(1, C, h, h, generator=g),
+    }
+
+
+def prepare_for_export(model):
+    m = copy.deepcopy(model).eval()
+    merge_lora(m)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def export_graphs(model, out: Path, external_data: bool | None = None) -> dict:
+    """Export the four graphs of an (already merged, eval) model into `out`. Returns sizes."""
+    out.mkdir(parents=True, exist_ok=True)
+    ex = example_inputs(model)
+    with torch.no_grad():
+        keys, values = model.ppg.encode_support(ex["support_images"], ex["support_masks"], ex["support_embeddings"])
+        tokens = model.ppg.generate_prompts(ex["image_embeddings"], keys, values)
+    specs = {
+        "image_encoder": (ImageEncoderGraph(model), (ex["image"],), ["image"], ["image_embeddings"],
+                          {"image": {0: "B"}, "image_embeddings": {0: "B"}}),
+        "support_encoder": (SupportEncoderGraph(model), (ex["support_images"], ex["support_masks"], ex["support_embeddings"]),
+                            ["support_images", "support_masks", "support_embeddings"], ["support_keys", "support_values"],
+                            {"support_images": {0: "N"}, "support_masks": {0: "N", 1: "K"},
+                             "support_embeddings": {0: "N"}, "support_keys": {0: "N"},
+                             "support_values": {0: "N", 1: "K"}}),
+        "prompt_generator": (PromptGeneratorGraph(model), (ex["image_embeddings"], keys, values),
+                             ["image_embeddings", "support_keys", "support_values"], ["prompt_tokens"],
+                             {"support_keys": {0: "N"}, "support_values": {0: "N", 1: "K"}, "prompt_tokens": {0: "K"}}),
+        "mask_decoder": (MaskDecoderGraph(model), (ex["image_embeddings"], tokens),
+                         ["image_embeddings", "prompt_tokens"], ["mask_logits", "iou_scores"],
+                         {"prompt_tokens": {0: "K"}, "mask_logits": {0: "K"}, "iou_scores": {0: "K"}}),
+    }
+    meta = metadata(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    big = external_data if external_data is not None else n_params * 4 > 1.8e9
+    sizes = {}
+    for name, (mod, args, ins, outs, dyn) in specs.items():
+        path = out / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(mod, args, str(path), dynamo=False, opset_version=OPSET, input_names=ins,
+                              output_names=outs, dynamic_axes=dyn, do_constant_folding=True)
+        proto = onnx.load(str(path))
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            p = proto.metadata_props.add()
+            p.key, p.value = k, v
+        if big:
+            onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=f"{name}.onnx.data")
+        else:
+            onnx.save(proto, str(path))
+        sizes[name] = sum(f.stat().st_size for f in out.glob(f"{name}.onnx*"))
+    return sizes
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                       stderr=subprocess.DEVNULL).decode().strip()
+    except Exception:
+        return "uncommitted"
+
+
+def manifest(model, provenance: dict, evaluation: dict | None = None) -> dict:
+    d = dims(model)
+    m = {"contract": CONTRACT, "name": model.name, "version": VERSION, "family": "sam", "input_size": d["S"],
+         "pixel_mean": [float(x) for x in PIXEL_MEAN.round(3)], "pixel_std": [float(x) for x in PIXEL_STD.round(3)],
+         "embed_dim": d["C"], "embed_size": [d["h"], d["w"]], "prompt_tokens": d["T"], "max_objects": MAX_OBJECTS,
+         "max_pairs": MAX_PAIRS, "low_res_size": [d["low_res"], d["low_res"]],
+         "graphs": {g: f"{g}.onnx" for g in GRAPHS},
+         "outputs": {"support_keys": f"f32[N,{d['Ck']},{d['g']},{d['g']}]",
+                     "support_values": f"f32[N,K,{d['Cv']},{d['g']},{d['g']}]"},
+         "provenance": provenance}
+    if evaluation:
+        m["evaluation"] = evaluation
+    return m
+
+
+def write_manifest(path: Path, m: dict):
+    path.write_text("# proxyseg model bundle manifest (ONNX contract 1, see DESIGN.md)\n" + dumps(m))
+
+
+def main(argv=None):
+    from .train import load_checkpoint
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--notes", default="")
+    ap.add_argument("--data", default="", help="provenance text about the training data")
+    ap.add_argument("--command", action="append", default=[], help="provenance: commands that produced it")
+    ap.add_argument("--generator-seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    model, ck = load_checkpoint(Path(args.checkpoint))
+    model = prepare_for_export(model)
+    out = Path(args.out)
+    sizes = export_graphs(model, out)
+    prov = {"generator_seed": args.generator_seed, "commands": args.command, "git_commit": git_commit(),
+            "data": args.data, "notes": args.notes, "training": {k: str(v) for k, v in ck.get("extra", {}).items()},
+            "graph_bytes": sizes}
+    old = out / "manifest.toml"
+    evaluation = None
+    if old.exists():
+        import tomllib
+        evaluation = tomllib.loads(old.read_text()).get("evaluation")
+    write_manifest(old, manifest(model, prov, evaluation))
+    print({k: f"{v / 1e6:.2f} MB" for k, v in sizes.items()}, f"total {sum(sizes.values()) / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
+
+
+def check_parity(model, folder: Path, n: int = 2, k: int = 3, seed: int = 1) -> dict:
+    """Run torch and ONNX Runtime on the same fixed inputs (N, K other than the traced ones).
+
+    Returns max abs differences per output and the fraction of low-res mask pixels whose
+    sign (logit > 0) agrees.
+    """
+    import onnxruntime as ort
+    ex = example_inputs(model, n=n, k=k, seed=seed)
+    sess = {g: ort.InferenceSession(str(Path(folder) / f"{g}.onnx"), providers=["CPUExecutionProvider"])
+            for g in GRAPHS}
+    with torch.no_grad():
+        emb_t = model.sam.encode(torch.cat([ex["image"], ex["support_images"]]))
+        keys_t, values_t = model.ppg.encode_support(ex["support_images"], ex["support_masks"], emb_t[1:])
+        tok_t = model.ppg.generate_prompts(emb_t[:1], keys_t, values_t)
+        logits_t, iou_t = model.sam.decode(emb_t[:1], tok_t)
+    emb_o = sess["image_encoder"].run(None, {"image": torch.cat([ex["image"], ex["support_images"]]).numpy()})[0]
+    keys_o, values_o = sess["support_encoder"].run(None, {"support_images": ex["support_images"].numpy(),
+                                                          "support_masks": ex["support_masks"].numpy(),
+                                                          "support_embeddings": emb_o[1:]})
+    tok_o = sess["prompt_generator"].run(None, {"image_embeddings": emb_o[:1], "support_keys": keys_o,
+                                                "support_values": values_o})[0]
+    logits_o, iou_o = sess["mask_decoder"].run(None, {"image_embeddings": emb_o[:1], "prompt_tokens": tok_o})
+
+    def diff(a, b):
+        return float(np.abs(a.numpy() - b).max())
+    return {"image_embeddings": diff(emb_t, emb_o), "support_keys": diff(keys_t, keys_o),
+            "support_values": diff(values_t, values_o), "prompt_tokens": diff(tok_t, tok_o),
+            "mask_logits": diff(logits_t, logits_o), "iou_scores": diff(iou_t, iou_o),
+            "mask_agreement": float(((logits_t.numpy() > 0) == (logits_o > 0)).mean()),
+            "shapes": {"support_keys": list(keys_o.shape), "support_values": list(values_o.shape),
+                       "prompt_tokens": list(tok_o.shape), "mask_logits": list(logits_o.shape)}}

@@ -1,0 +1,246 @@
+//! Shared helpers for integration tests: free ports, the real daemon binary on a temp data
+//! dir, and the real peer tools (dcmtk, the project venv's Python). Missing tools are a test
+//! failure with a message saying how to install them, never a silent skip.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's Python; panics with instructions when absent.
+pub fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(p.is_file(), "{} missing: run scripts/test (it creates .venv with pydicom, pynetdicom, highdicom)", p.display());
+    p
+}
+
+/// Asserts a command-line tool is on PATH.
+pub fn require_tool(name: &str) {
+    let ok = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "{name} not found on PATH: run scripts/test, which installs dcmtk, dicom3tools and orthanc");
+}
+
+/// pydicom's bundled test files.
+pub fn pydicom_files() -> PathBuf {
+    let out = Command::new(python())
+        .args(["-c", "import pydicom.data, os; print(os.path.dirname(pydicom.data.__file__))"])
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "pydicom is not importable: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("test_files")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Options for a test daemon.
+#[derive(Clone)]
+pub struct Opts {
+    /// Seconds of peer silence before abort.
+    pub read_timeout_s: u64,
+    /// Association limit.
+    pub max_associations: usize,
+    /// Free disk reserve in MiB.
+    pub min_free_disk_mb: u64,
+    /// Require known peers.
+    pub require_known_peers: bool,
+    /// Host configured for every peer.
+    pub peer_host: String,
+    /// Max PDU.
+    pub max_pdu: u32,
+    /// Extra TOML appended verbatim (whole tables only, e.g. `[dicom.tls]`).
+    pub extra: String,
+    /// Stable age.
+    pub stable_age_s: f64,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            read_timeout_s: 10,
+            max_associations: 32,
+            min_free_disk_mb: 1,
+            require_known_peers: true,
+            peer_host: "127.0.0.1".into(),
+            max_pdu: 65536,
+            extra: String::new(),
+            stable_age_s: 1.0,
+        }
+    }
+}
+
+/// A running daemon on a temp data dir; killed on drop.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+/// AE titles every test daemon knows as peers.
+pub const PEERS: &[&str] = &["STORESCU", "ECHOSCU", "PYNETDICOM", "DCMSEND", "SENDER"];
+
+impl Daemon {
+    /// Starts a daemon with `opts` and waits until it listens.
+    pub fn start(opts: Opts) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut toml = format!(
+            "[dicom]\nlisten = \"127.0.0.1:{port}\"\nread_timeout_s = {}\nmax_associations = {}\nmin_free_disk_mb = {}\nrequire_known_peers = {}\nmax_pdu = {}\n",
+            opts.read_timeout_s, opts.max_associations, opts.min_free_disk_mb, opts.require_known_peers, opts.max_pdu
+        );
+        for (i, ae) in PEERS.iter().enumerate() {
+            toml += &format!("[[dicom.peers]]\nae_title = \"{ae}\"\nhost = \"{}\"\nport = {}\n", opts.peer_host, 40000 + i);
+        }
+        toml += &format!(
+            "[storage]\ndata_dir = \"{}\"\n[pipeline]\nstable_age_s = {}\nscan_interval_ms = 100\n[log]\nfilter = \"debug,dicom_ul=info\"\n{}\n",
+            dir.path().join("var").display(),
+            opts.stable_age_s,
+            opts.extra
+        );
+        let config = dir.path().join("proxyseg.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut d = Daemon { dir, port, config, child: None };
+        d.spawn();
+        d
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("var")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start proxyseg");
+        self.child = Some(child);
+        self.wait_listening(&format!("127.0.0.1:{}", self.port));
+    }
+
+    /// Waits until `addr` accepts TCP connections.
+    pub fn wait_listening(&mut self, addr: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("proxyseg exited early ({st}); log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("proxyseg did not listen on {addr}; log:\n{}", self.log());
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("daemon.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status success.
+    pub fn terminate(&mut self) -> bool {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while Instant::now() < deadline {
+                if let Ok(Some(st)) = c.try_wait() {
+                    return st.success();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        false
+    }
+
+    /// Pid of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Starts it again on the same data dir and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Opens the index read-only.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(self.data_dir().join("proxyseg.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+    }
+
+    /// Number of indexed instances.
+    pub fn instance_count(&self) -> i64 {
+        self.db().query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0)).unwrap()
+    }
+
+    /// Files in spool/.tmp.
+    pub fn temp_files(&self) -> usize {
+        std::fs::read_dir(self.data_dir().join("spool/.tmp")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Runs `echoscu` against the daemon; true on success.
+    pub fn echo(&self) -> bool {
+        run("echoscu", &["-aet", "ECHOSCU", "-aec", "PROXYSEG", "127.0.0.1", &self.port.to_string()]).status.success()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs a program with TCP_NODELAY=1 (dcmtk) and returns its output.
+pub fn run(prog: &str, args: &[&str]) -> Output {
+    require_tool(prog);
+    Command::new(prog).args(args).env("TCP_NODELAY", "1").output().unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+}
+
+/// Runs a Python script from tests/python with the venv's Python.
+pub fn run_py(script: &str, args: &[&str]) -> Output {
+    Command::new(python()).arg(root().join("tests/python").join(script)).args(args).output().unwrap()
+}
+
+/// Output as text for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Path of a spool file for an instance, from the index.
+pub fn stored_path(d: &Daemon, sop: &str) -> Option<PathBuf> {
+    d.db().query_row("SELECT path FROM instances WHERE sop_instance_uid = ?1", [sop], |r| r.get::<_, String>(0)).ok().map(PathBuf::from)
+}
+
+/// True when `p` exists.
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

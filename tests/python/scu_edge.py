@@ -1,0 +1,243 @@
+"""Hostile and broken SCU behaviour against proxyseg, one case per call.
+
+Usage: scu_edge.py CASE PORT
+Prints one JSON object describing what the SCP did; the Rust test asserts on it.
+Well-formed cases use pynetdicom; cases pynetdicom refuses to produce (P-DATA on a rejected
+context, a half-sent data set, a dropped TCP connection, an idle association) use a minimal
+raw upper-layer client written here.
+"""
+import json
+import socket
+import struct
+import sys
+import time
+from io import BytesIO
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pynetdicom import AE, debug_logger  # noqa: F401
+from pynetdicom.sop_class import RTPlanStorage, Verification
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+
+
+def encode(ds, implicit=True):
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = implicit
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def assoc(port, calling="PYNETDICOM", called="PROXYSEG", contexts=((CT, [IMPLICIT_LE]),)):
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = 5
+    ae.dimse_timeout = 10
+    ae.network_timeout = 10
+    for sop, ts in contexts:
+        ae.add_requested_context(sop, ts)
+    return ae.associate("127.0.0.1", port, ae_title=called)
+
+
+def rejection(a):
+    r = a.acceptor.primitive if a.acceptor else None
+    if a.is_rejected and r is not None:
+        return {"rejected": True, "result": int(r.result), "source": int(r.result_source), "reason": int(r.diagnostic)}
+    return {"rejected": a.is_rejected, "established": a.is_established}
+
+
+def store_raw(port, ds_bytes, sop_class=CT, sop_instance="1.2.3.4", ctx_sop=CT, ts=IMPLICIT_LE):
+    """C-STORE with arbitrary data set bytes over the raw client; returns status and comment.
+
+    (pynetdicom cannot send a command whose SOP class differs from its data set's, and its
+    reactor drops responses to messages sent through its low-level DIMSE API.)
+    """
+    s = raw_assoc(port, sop=ctx_sop, ts=ts)
+    s.sendall(pdata(1, store_command(sop_instance, sop_class), True, True))
+    step = 16000
+    for i in range(0, len(ds_bytes), step):
+        s.sendall(pdata(1, ds_bytes[i:i + step], False, i + step >= len(ds_bytes)))
+    t, body = read_pdu(s, 10)
+    if t != 4:
+        return {"status": None, "pdu": t}
+    rsp = pydicom.dcmread(BytesIO(body[6:]), force=True)
+    rsp.file_meta = pydicom.dataset.FileMetaDataset()
+    rsp.file_meta.TransferSyntaxUID = IMPLICIT_LE
+    out = {"status": int(rsp.Status)}
+    if "ErrorComment" in rsp:
+        out["comment"] = str(rsp.ErrorComment)
+    s.sendall(struct.pack(">BBI", 5, 0, 4) + b"\0" * 4)
+    read_pdu(s, 5)
+    s.close()
+    return out
+
+
+def mr_small():
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    del ds.file_meta
+    return ds
+
+
+# ---- minimal raw upper layer -------------------------------------------------------------
+
+def ae16(s):
+    return s.ljust(16).encode()
+
+
+def item(t, body):
+    return struct.pack(">BBH", t, 0, len(body)) + body
+
+
+def associate_rq(called="PROXYSEG", calling="PYNETDICOM", sop=CT, ts=IMPLICIT_LE, pcid=1):
+    app = item(0x10, b"1.2.840.10008.3.1.1.1")
+    pc = item(0x20, bytes([pcid, 0, 0, 0]) + item(0x30, sop.encode()) + item(0x40, ts.encode()))
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4.5"))
+    body = struct.pack(">HH", 1, 0) + ae16(called) + ae16(calling) + b"\0" * 32 + app + pc + user
+    return struct.pack(">BBI", 1, 0, len(body)) + body
+
+
+def pdata(pcid, payload, command, last):
+    hdr = (1 if command else 0) | (2 if last else 0)
+    pdv = struct.pack(">IBB", len(payload) + 2, pcid, hdr) + payload
+    return struct.pack(">BBI", 4, 0, len(pdv)) + pdv
+
+
+def read_pdu(s, timeout=5.0):
+    s.settimeout(timeout)
+    head = b""
+    while len(head) < 6:
+        chunk = s.recv(6 - len(head))
+        if not chunk:
+            return None, b""
+        head += chunk
+    t, _, n = struct.unpack(">BBI", head)
+    body = b""
+    while len(body) < n:
+        chunk = s.recv(n - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return t, body
+
+
+def raw_assoc(port, sop=CT, ts=IMPLICIT_LE):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(associate_rq(sop=sop, ts=ts))
+    t, body = read_pdu(s)
+    assert t == 2, f"expected A-ASSOCIATE-AC, got PDU type {t}"
+    return s
+
+
+def store_command(sop_instance, sop_class=CT):
+    from pydicom.dataset import Dataset
+    c = Dataset()
+    c.AffectedSOPClassUID = sop_class
+    c.CommandField = 0x0001
+    c.MessageID = 7
+    c.Priority = 0
+    c.CommandDataSetType = 0
+    c.AffectedSOPInstanceUID = sop_instance
+    body = encode(c)
+    c.CommandGroupLength = len(body)
+    return encode(c)
+
+
+def outcome_after(s, timeout):
+    """What the SCP does next: 'abort', 'closed', 'silent' or a PDU type."""
+    try:
+        t, _ = read_pdu(s, timeout)
+    except socket.timeout:
+        return "silent"
+    except (ConnectionResetError, BrokenPipeError):
+        return "closed"
+    if t is None:
+        return "closed"
+    return "abort" if t == 7 else f"pdu-{t}"
+
+
+# ---- cases -------------------------------------------------------------------------------
+
+def case(name, port):
+    if name == "unknown_calling_ae":
+        return rejection(assoc(port, calling="STRANGER"))
+    if name == "wrong_called_ae":
+        return rejection(assoc(port, called="SOMEONE_ELSE"))
+    if name == "unsupported_sop_class":
+        a = assoc(port, contexts=((RTPlanStorage, [IMPLICIT_LE]), (Verification, [IMPLICIT_LE])))
+        res = {c.abstract_syntax: int(c.result) for c in a.rejected_contexts}
+        out = {"established": a.is_established, "rejected_contexts": res}
+        if a.is_established:
+            a.release()
+        return out
+    if name == "unsupported_transfer_syntax":
+        a = assoc(port, contexts=((CT, ["1.2.840.10008.1.2.4.100"]), (Verification, [IMPLICIT_LE])))
+        res = {c.abstract_syntax: int(c.result) for c in a.rejected_contexts}
+        out = {"established": a.is_established, "rejected_contexts": res}
+        if a.is_established:
+            a.release()
+        return out
+    if name == "store_on_rejected_context":
+        s = raw_assoc(port)
+        s.sendall(pdata(99, store_command("1.2.3.99"), True, True))
+        return {"after": outcome_after(s, 5)}
+    if name == "sop_class_mismatch":
+        ds = mr_small()
+        return store_raw(port, encode(ds), sop_class=CT, sop_instance=ds.SOPInstanceUID, ctx_sop=CT)
+    if name == "short_pixel_data":
+        ds = mr_small()
+        ds.PixelData = ds.PixelData[:-64]
+        return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
+    if name == "long_pixel_data":
+        ds = mr_small()
+        ds.PixelData = ds.PixelData + b"\0" * 64
+        return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
+    if name == "truncated_dataset":
+        # pydicom's MR_truncated: Pixel Data declares 8192 bytes, only 8130 follow.
+        raw = open(get_testdata_file("MR_truncated.dcm"), "rb").read()
+        meta = pydicom.dcmread(get_testdata_file("MR_truncated.dcm"), stop_before_pixels=True)
+        group_len = struct.unpack("<I", raw[140:144])[0]
+        body = raw[144 + group_len:]
+        ts = str(meta.file_meta.TransferSyntaxUID)
+        return store_raw(port, body, sop_class=MR, sop_instance=meta.SOPInstanceUID, ctx_sop=MR, ts=ts)
+    if name == "garbage_dataset":
+        return store_raw(port, bytes(range(256)) * 40, sop_class=CT, sop_instance="1.2.3.5")
+    if name == "absurd_dimensions":
+        ds = mr_small()
+        ds.Rows = 60000
+        ds.Columns = 60000
+        return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
+    if name == "abort_mid_transfer":
+        s = raw_assoc(port)
+        body = encode(mr_small())
+        s.sendall(pdata(1, store_command("1.2.3.6"), True, True))
+        s.sendall(pdata(1, body[:4000], False, False))
+        s.sendall(struct.pack(">BBIBBBB", 7, 0, 4, 0, 0, 0, 0))
+        time.sleep(0.5)
+        s.close()
+        return {"sent": "partial data set then A-ABORT"}
+    if name == "tcp_drop_mid_transfer":
+        s = raw_assoc(port)
+        body = encode(mr_small())
+        s.sendall(pdata(1, store_command("1.2.3.7"), True, True))
+        s.sendall(pdata(1, body[:4000], False, False))
+        s.close()
+        time.sleep(0.5)
+        return {"sent": "partial data set then TCP close"}
+    if name == "idle_association":
+        s = raw_assoc(port)
+        t0 = time.time()
+        what = outcome_after(s, 15)
+        return {"after": what, "seconds": round(time.time() - t0, 2)}
+    if name == "valid_store":
+        ds = mr_small()
+        return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
+    raise SystemExit(f"unknown case {name}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(case(sys.argv[1], int(sys.argv[2]))))
