@@ -1043,7 +1043,16 @@ fn check_pixels(obj: &dicom_object::DefaultDicomObject, ts: &str) -> Result<(), 
         .map(|t| t.is_encapsulated_pixel_data())
         .unwrap_or(false);
     if native {
-        let bits_total = rows * cols * spp * bits * frames;
+        // YBR_FULL_422 stores two luminance and two chroma samples per two pixels.
+        let photometric = obj
+            .element_opt(tags::PHOTOMETRIC_INTERPRETATION)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let samples = if spp == 3 && photometric == "YBR_FULL_422" { 2 } else { spp };
+        let bits_total = rows * cols * samples * bits * frames;
         let expected = bits_total.div_ceil(8);
         let actual = match pixel.value() {
             dicom_core::DicomValue::Primitive(v) => v.calculate_byte_len() as u64,

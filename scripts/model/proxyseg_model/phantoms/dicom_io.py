@@ -336,12 +336,15 @@ def write_case(case: dict, out: Path, seed: int, role: str = "image") -> tuple[P
     elif fam == "us":
         img = out / "image.dcm"
         srcs = [write_us(case, img, seed, role)]
+    elif case["pixels"].shape[0] == 1:  # one MR slice: a single file
+        write_mr(case, out / "series-tmp", seed, role)
+        img = out / "image.dcm"
+        (out / "series-tmp" / "slice-01.dcm").replace(img)
+        (out / "series-tmp").rmdir()
     else:
         img = out / "series"
-        srcs = write_mr(case, img, seed, role)
-    srcs = [pydicom.dcmread(s.filename) if getattr(s, "filename", None) else s for s in srcs]
-    if fam != "mr":
-        srcs = [pydicom.dcmread(img)]
+        write_mr(case, img, seed, role)
+    srcs = load_images(img)
     seg = out / "mask.seg.dcm"
     write_seg(srcs, case["masks"], fam, seg, seed, role)
     return img, seg

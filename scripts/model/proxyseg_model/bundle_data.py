@@ -1,0 +1,156 @@
+"""Demo data and Rust parity fixtures shipped with a bundle (all DICOM; regenerated from seeds).
+
+  support-sets/<name>/supportset.toml + pairs/NN/image.dcm + pairs/NN/mask.seg.dcm
+      fundus-disc-cup-vessels (OP, EYE, K=3), us-intrapartum-ps-fh (US, PELVIS, K=2),
+      mr-prostate (MR, PROSTATE, K=1); pairs are training pairs (seeds 0..PAIRS-1)
+  demo-studies/<family>/ one held-out demo study (fundus: 1 RGB image; us: 8-frame cine;
+      mr: 8-slice series) and truth/ with its ground-truth SEG
+  fixtures/ fixtures.json + raw little-endian tensors, computed with ONNX Runtime (CPU)
+      on the bundle's graphs through runtime.OrtBundle (the Python reference path)
+
+  python -m proxyseg_model.bundle_data --bundle ../../models/phantom-tiny
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+from .phantoms import OBJECTS, generate_case
+from .phantoms.dicom_io import (FAMILY_INFO, OBJECT_CODES, OBJECT_COLORS, ANATOMICAL_STRUCTURE, dataset_displays,
+                                load_images, read_seg_masks, write_case, write_seg)
+from .tomlw import Inline, dumps
+
+PAIRS = 5
+SUPPORT_SETS = {
+    "fundus": ("fundus-disc-cup-vessels", "Colour fundus photograph (phantom): optic disc, optic cup, vessels"),
+    "us": ("us-intrapartum-ps-fh", "Intrapartum transperineal ultrasound (phantom): pubic symphysis, fetal head"),
+    "mr": ("mr-prostate", "T2-weighted prostate MR (phantom): prostate"),
+}
+
+
+def _code(c):
+    return Inline(scheme=c.scheme_designator, code=c.value, meaning=c.meaning)
+
+
+def write_support_sets(bundle: Path, pairs: int = PAIRS):
+    for fam, (name, desc) in SUPPORT_SETS.items():
+        folder = bundle / "support-sets" / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        spec = {"name": name, "description": desc, "bundle": bundle.name,
+                "match": {"modality": FAMILY_INFO[fam]["modality"], "body_part": FAMILY_INFO[fam]["body_part"]},
+                "objects": [{"label": o, "category": _code(ANATOMICAL_STRUCTURE), "type": _code(OBJECT_CODES[o]),
+                             "color": OBJECT_COLORS[o]} for o in OBJECTS[fam]],
+                "pairs": []}
+        for i in range(pairs):
+            seed = data.FEWSHOT[i]
+            case = generate_case(fam, seed)
+            d = folder / "pairs" / f"{i + 1:02d}"
+            write_case(case, d, seed, role="support")
+            spec["pairs"].append({"image": f"pairs/{i + 1:02d}/image.dcm", "mask": f"pairs/{i + 1:02d}/mask.seg.dcm"})
+        (folder / "supportset.toml").write_text(dumps(spec))
+
+
+def write_demo_studies(bundle: Path):
+    for fam, kw in (("fundus", {}), ("us", {"frames": 8}), ("mr", {"slices": 8})):
+        folder = bundle / "demo-studies" / fam
+        if folder.exists():
+            shutil.rmtree(folder)
+        case = generate_case(fam, data.DEMO, **kw)
+        tmp = folder / "tmp"
+        img, seg = write_case(case, tmp, data.DEMO, role="demo")
+        (folder / "truth").mkdir(parents=True)
+        seg.replace(folder / "truth" / "truth.seg.dcm")
+        if img.is_dir():
+            for p in sorted(img.glob("*.dcm")):
+                p.replace(folder / p.name)
+            img.rmdir()
+        else:
+            img.replace(folder / ("image.dcm" if fam == "fundus" else "cine.dcm"))
+        tmp.rmdir()
+
+
+def demo_study_sources(bundle: Path, fam: str):
+    folder = bundle / "demo-studies" / fam
+    return load_images(folder) if fam == "mr" else load_images(next(folder.glob("*.dcm")))
+
+
+def _save(folder: Path, name: str, arr: np.ndarray, dtype: str) -> dict:
+    a = np.ascontiguousarray(arr.astype("<f4" if dtype == "f32" else "u1"))
+    (folder / name).write_bytes(a.tobytes())
+    return {"file": name, "dtype": dtype, "shape": list(a.shape)}
+
+
+def write_fixtures(bundle: Path):
+    from .preprocess import resized_size
+    from .runtime import OrtBundle, load_support_set_tensors
+    rt = OrtBundle(bundle)
+    S = rt.S
+    fx = bundle / "fixtures"
+    if fx.exists():
+        shutil.rmtree(fx)
+    (fx / "inputs").mkdir(parents=True)
+    cases = []
+    plan = [("fundus", "demo-studies/fundus/image.dcm", [0]), ("us", "demo-studies/us/cine.dcm", [0, 1]),
+            ("mr", "demo-studies/mr/slice-04.dcm", [0])]
+    for fam, rel, frames in plan:
+        name, _ = SUPPORT_SETS[fam]
+        sup = load_support_set_tensors(bundle / "support-sets" / name, S)
+        si, sm = sup["images"].numpy(), sup["masks"].numpy()
+        ctx = rt.support_context(si, sm)
+        src = bundle / rel
+        shutil.copy(src, fx / "inputs" / f"{fam}-{src.name}")
+        ds = load_images(src)[0]
+        disp = dataset_displays(ds)
+        entry = {"name": fam, "input": f"inputs/{fam}-{src.name}", "source_in_bundle": rel,
+                 "support_set": f"support-sets/{name}", "objects": OBJECTS[fam],
+                 "support": {
+                     "support_masks": _save(fx, f"{fam}-support_masks.u8", sm, "u8"),
+                     "support_embeddings": _save(fx, f"{fam}-support_embeddings.f32", ctx["support_embeddings"], "f32"),
+                     "support_keys": _save(fx, f"{fam}-support_keys.f32", ctx["support_keys"], "f32"),
+                     "support_values": _save(fx, f"{fam}-support_values.f32", ctx["support_values"], "f32")},
+                 "frames": []}
+        for f in frames:
+            masks, out = rt.segment_display(disp[f], ctx)
+            rows, cols = disp[f].shape[:2]
+            p = f"{fam}-f{f}"
+            entry["frames"].append({
+                "frame": f, "orig_hw": [rows, cols], "resized_hw": list(resized_size(rows, cols, S)),
+                "tensors": {"image": _save(fx, f"{p}-image.f32", out["image"], "f32"),
+                            "image_embeddings": _save(fx, f"{p}-image_embeddings.f32", out["image_embeddings"], "f32"),
+                            "prompt_tokens": _save(fx, f"{p}-prompt_tokens.f32", out["prompt_tokens"], "f32"),
+                            "mask_logits": _save(fx, f"{p}-mask_logits.f32", out["mask_logits"], "f32"),
+                            "iou_scores": _save(fx, f"{p}-iou_scores.f32", out["iou_scores"], "f32"),
+                            "masks": _save(fx, f"{p}-masks.u8", masks, "u8")}})
+        cases.append(entry)
+    doc = {"bundle": bundle.name, "input_size": S, "byte_order": "little-endian",
+           "tolerance": {"mask_logits_max_abs": 1e-3, "mask_agreement_min": 0.999},
+           "description": ("Expected tensors for the Rust engine's parity test. Support context from the named "
+                           "support set (all pairs, in supportset.toml order; K = all objects in order). Each "
+                           "frame: preprocessed image [1,3,S,S] (preprocess.py), image_embeddings, prompt_tokens, "
+                           "mask_logits, iou_scores, and the final masks u8 0/1 [K,rows,cols] after postprocess. "
+                           "Computed with onnxruntime (CPU) on this bundle's graphs."),
+           "cases": cases}
+    (fx / "fixtures.json").write_text(json.dumps(doc, indent=1))
+    return doc
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--fixtures-only", action="store_true")
+    args = ap.parse_args(argv)
+    bundle = Path(args.bundle)
+    if not args.fixtures_only:
+        write_support_sets(bundle)
+        write_demo_studies(bundle)
+    write_fixtures(bundle)
+
+
+if __name__ == "__main__":
+    main()
