@@ -233,6 +233,27 @@ def case(name, port):
         t0 = time.time()
         what = outcome_after(s, 15)
         return {"after": what, "seconds": round(time.time() - t0, 2)}
+    if name == "hold":
+        s = raw_assoc(port)
+        print(json.dumps({"holding": True}), flush=True)
+        time.sleep(6)
+        s.close()
+        return {"held": True}
+    if name == "slow_store":
+        # One data set sent over ~2 s in small fragments: the daemon is asked to stop meanwhile.
+        ds = mr_small()
+        body = encode(ds)
+        s = raw_assoc(port, sop=MR)
+        s.sendall(pdata(1, store_command(ds.SOPInstanceUID, MR), True, True))
+        step = len(body) // 10 + 1
+        for i in range(0, len(body), step):
+            s.sendall(pdata(1, body[i:i + step], False, i + step >= len(body)))
+            time.sleep(0.2)
+        t, rsp = read_pdu(s, 10)
+        status = None
+        if t == 4:
+            status = int(pydicom.dcmread(BytesIO(rsp[6:]), force=True).Status)
+        return {"status": status}
     if name == "valid_store":
         ds = mr_small()
         return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
