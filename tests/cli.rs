@@ -6,13 +6,21 @@ fn check(toml: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");
     std::fs::write(&p, toml).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_proxyseg")).args(["config", "check", "--config"]).arg(&p).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args(["config", "check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn shipped_config_is_valid() {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/proxyseg.toml");
-    let o = Command::new(env!("CARGO_BIN_EXE_proxyseg")).args(["config", "check", "--config"]).arg(p).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args(["config", "check", "--config"])
+        .arg(p)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -21,7 +29,13 @@ fn problems_are_listed_with_their_keys() {
     let o = check("[dicom]\nlisten = \"nowhere\"\nmax_associations = 0\n[[dicom.peers]]\nae_title = \"A\\\\B\"\nhost = \"h\"\nport = 0\n[log]\nformat = \"xml\"\n");
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    for key in ["dicom.listen", "dicom.max_associations", "dicom.peers[0].ae_title", "dicom.peers[0].port", "log.format"] {
+    for key in [
+        "dicom.listen",
+        "dicom.max_associations",
+        "dicom.peers[0].ae_title",
+        "dicom.peers[0].port",
+        "log.format",
+    ] {
         assert!(err.contains(key), "{key} missing from:\n{err}");
     }
 }
@@ -31,7 +45,10 @@ fn unknown_keys_and_missing_files_are_errors() {
     let o = check("[dicom]\nae_titel = \"X\"\n");
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("ae_titel"));
-    let o = Command::new(env!("CARGO_BIN_EXE_proxyseg")).args(["config", "check", "--config", "/nonexistent.toml"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args(["config", "check", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.toml"));
 }

@@ -6,12 +6,25 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 
 fn echo_output(d: &Daemon) -> std::process::Output {
-    run("echoscu", &["-aet", "ECHOSCU", "-aec", "PROXYSEG", "127.0.0.1", &d.port.to_string()])
+    run(
+        "echoscu",
+        &[
+            "-aet",
+            "ECHOSCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &d.port.to_string(),
+        ],
+    )
 }
 
 #[test]
 fn association_limit_rejects_transiently_and_recovers() {
-    let d = Daemon::start(Opts { max_associations: 1, ..Opts::default() });
+    let d = Daemon::start(Opts {
+        max_associations: 1,
+        ..Opts::default()
+    });
     let mut hold = Command::new(python())
         .arg(root().join("tests/python/scu_edge.py"))
         .args(["hold", &d.port.to_string()])
@@ -19,36 +32,80 @@ fn association_limit_rejects_transiently_and_recovers() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(hold.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(hold.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.contains("holding"), "holder did not associate: {line}");
     let out = echo_output(&d);
     assert!(!out.status.success(), "second association must be refused");
     let t = text(&out);
-    assert!(t.contains("Rejected Transient") && t.contains("Local Limit Exceeded"), "{t}");
+    assert!(
+        t.contains("Rejected Transient") && t.contains("Local Limit Exceeded"),
+        "{t}"
+    );
     let _ = hold.kill();
     let _ = hold.wait();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(d.echo(), "after the holder left, associations are accepted again");
+    assert!(
+        d.echo(),
+        "after the holder left, associations are accepted again"
+    );
 }
 
 #[test]
 fn low_free_disk_refuses_new_associations() {
-    let d = Daemon::start(Opts { min_free_disk_mb: 1 << 40, ..Opts::default() });
+    let d = Daemon::start(Opts {
+        min_free_disk_mb: 1 << 40,
+        ..Opts::default()
+    });
     let out = echo_output(&d);
     let t = text(&out);
-    assert!(!out.status.success() && t.contains("Rejected Transient") && t.contains("Temporary Congestion"), "{t}");
-    assert!(d.log().contains("free disk below the reserve"), "refusal not logged");
+    assert!(
+        !out.status.success()
+            && t.contains("Rejected Transient")
+            && t.contains("Temporary Congestion"),
+        "{t}"
+    );
+    assert!(
+        d.log().contains("free disk below the reserve"),
+        "refusal not logged"
+    );
 }
 
 #[test]
 fn known_peer_must_come_from_its_host() {
-    let d = Daemon::start(Opts { peer_host: "127.0.0.2".into(), ..Opts::default() });
+    let d = Daemon::start(Opts {
+        peer_host: "127.0.0.2".into(),
+        ..Opts::default()
+    });
     let out = echo_output(&d);
     let t = text(&out);
-    assert!(!out.status.success() && t.contains("Rejected Permanent") && t.contains("Calling AE Title Not Recognized"), "{t}");
-    let open = Daemon::start(Opts { require_known_peers: false, ..Opts::default() });
-    let out = run("echoscu", &["-aet", "ANYBODY", "-aec", "PROXYSEG", "127.0.0.1", &open.port.to_string()]);
-    assert!(out.status.success(), "require_known_peers = false lets anyone in:\n{}", text(&out));
+    assert!(
+        !out.status.success()
+            && t.contains("Rejected Permanent")
+            && t.contains("Calling AE Title Not Recognized"),
+        "{t}"
+    );
+    let open = Daemon::start(Opts {
+        require_known_peers: false,
+        ..Opts::default()
+    });
+    let out = run(
+        "echoscu",
+        &[
+            "-aet",
+            "ANYBODY",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &open.port.to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "require_known_peers = false lets anyone in:\n{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -66,9 +123,19 @@ fn sigterm_finishes_the_store_in_flight_then_exits() {
     let killer = std::thread::spawn(move || unsafe { libc::kill(pid as i32, libc::SIGTERM) });
     killer.join().unwrap();
     let out = slow.wait_with_output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
-    assert_eq!(v["status"], 0, "the in-flight store must complete with success: {v}\n{}", d.log());
-    assert!(d.terminate(), "daemon must exit 0 after SIGTERM:\n{}", d.log());
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(
+        v["status"],
+        0,
+        "the in-flight store must complete with success: {v}\n{}",
+        d.log()
+    );
+    assert!(
+        d.terminate(),
+        "daemon must exit 0 after SIGTERM:\n{}",
+        d.log()
+    );
     assert_eq!(d.instance_count(), 1);
     assert!(d.log().contains("shutdown requested"));
 }

@@ -48,9 +48,24 @@ fn ts_of(path: &std::path::Path) -> String {
 #[test]
 fn echoscu_is_answered() {
     let d = Daemon::start(Opts::default());
-    let out = run("echoscu", &["-v", "-aet", "ECHOSCU", "-aec", "PROXYSEG", "127.0.0.1", &d.port.to_string()]);
+    let out = run(
+        "echoscu",
+        &[
+            "-v",
+            "-aet",
+            "ECHOSCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &d.port.to_string(),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Success"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Success"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -61,17 +76,61 @@ fn every_pydicom_file_is_stored_unchanged_in_its_own_transfer_syntax() {
     let mut uids = std::collections::HashSet::new();
     for (name, opt) in FILES {
         let path = dir.join(name);
-        assert!(path.is_file(), "{} is not in the pydicom wheel", path.display());
-        let out = run("storescu", &["-R", opt, "-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1", &port, path.to_str().unwrap()]);
-        assert!(out.status.success(), "storescu {opt} {name} failed:\n{}\ndaemon log:\n{}", text(&out), d.log());
+        assert!(
+            path.is_file(),
+            "{} is not in the pydicom wheel",
+            path.display()
+        );
+        let out = run(
+            "storescu",
+            &[
+                "-R",
+                opt,
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "PROXYSEG",
+                "127.0.0.1",
+                &port,
+                path.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "storescu {opt} {name} failed:\n{}\ndaemon log:\n{}",
+            text(&out),
+            d.log()
+        );
         let sop = sop_uid(&path);
         uids.insert(sop.clone());
         let stored = stored_path(&d, &sop).unwrap_or_else(|| panic!("{name} not indexed"));
-        let cmp = run_py("same_dataset.py", &[path.to_str().unwrap(), stored.to_str().unwrap()]);
-        assert!(cmp.status.success(), "{name}: stored data set differs:\n{}", text(&cmp));
-        let ts: String = d.db().query_row("SELECT transfer_syntax FROM instances WHERE sop_instance_uid = ?1", [&sop], |r| r.get(0)).unwrap();
-        assert_eq!(ts, ts_of(&path), "{name} was not kept in its own transfer syntax");
-        assert_eq!(ts_of(&stored), ts, "{name}: spool file meta names another transfer syntax");
+        let cmp = run_py(
+            "same_dataset.py",
+            &[path.to_str().unwrap(), stored.to_str().unwrap()],
+        );
+        assert!(
+            cmp.status.success(),
+            "{name}: stored data set differs:\n{}",
+            text(&cmp)
+        );
+        let ts: String = d
+            .db()
+            .query_row(
+                "SELECT transfer_syntax FROM instances WHERE sop_instance_uid = ?1",
+                [&sop],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            ts,
+            ts_of(&path),
+            "{name} was not kept in its own transfer syntax"
+        );
+        assert_eq!(
+            ts_of(&stored),
+            ts,
+            "{name}: spool file meta names another transfer syntax"
+        );
     }
     // The MR_small variants share one SOP Instance UID: each later copy replaced the earlier.
     assert_eq!(d.instance_count() as usize, uids.len());
@@ -85,17 +144,60 @@ fn storescu_variants_all_store() {
     let gdir = gen.path().to_str().unwrap();
     let out = run_py("make_instances.py", &[gdir, "84", "3"]);
     assert!(out.status.success(), "{}", text(&out));
-    let mut files: Vec<String> = std::fs::read_dir(gen.path()).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    let mut files: Vec<String> = std::fs::read_dir(gen.path())
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
     files.sort();
 
     // Without -R: 128 proposed contexts (SEG is not among them), we accept what we know.
-    let out = run("storescu", &["-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1", &port, &files[0]]);
+    let out = run(
+        "storescu",
+        &[
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &port,
+            &files[0],
+        ],
+    );
     assert!(out.status.success(), "storescu without -R:\n{}", text(&out));
     // Small PDUs both ways: many fragments per data set.
-    let out = run("storescu", &["-R", "-pdu", "4096", "--max-send-pdu", "4096", "-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1", &port, &files[1]]);
+    let out = run(
+        "storescu",
+        &[
+            "-R",
+            "-pdu",
+            "4096",
+            "--max-send-pdu",
+            "4096",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &port,
+            &files[1],
+        ],
+    );
     assert!(out.status.success(), "storescu -pdu 4096:\n{}", text(&out));
     // --abort instead of release after the store: the acknowledged instance stays.
-    let out = run("storescu", &["-R", "--abort", "-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1", &port, &files[2]]);
+    let out = run(
+        "storescu",
+        &[
+            "-R",
+            "--abort",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &port,
+            &files[2],
+        ],
+    );
     assert!(out.status.success(), "storescu --abort:\n{}", text(&out));
     assert_eq!(d.instance_count(), 3);
 
@@ -105,9 +207,24 @@ fn storescu_variants_all_store() {
             let port = port.clone();
             let chunk: Vec<String> = files[4 + k * 10..4 + (k + 1) * 10].to_vec();
             std::thread::spawn(move || {
-                let mut args: Vec<String> = ["-R", "-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1", &port].iter().map(|s| s.to_string()).collect();
+                let mut args: Vec<String> = [
+                    "-R",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "PROXYSEG",
+                    "127.0.0.1",
+                    &port,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
                 args.extend(chunk);
-                std::process::Command::new("storescu").args(&args).env("TCP_NODELAY", "1").output().unwrap()
+                std::process::Command::new("storescu")
+                    .args(&args)
+                    .env("TCP_NODELAY", "1")
+                    .output()
+                    .unwrap()
             })
         })
         .collect();
@@ -118,10 +235,26 @@ fn storescu_variants_all_store() {
     assert_eq!(d.instance_count(), 83, "3 + 80 distinct instances expected");
     assert_eq!(d.temp_files(), 0);
     // Re-sending identical copies is idempotent and logged.
-    let out = run("storescu", &["-R", "-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1", &port, &files[0], &files[1]]);
+    let out = run(
+        "storescu",
+        &[
+            "-R",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &port,
+            &files[0],
+            &files[1],
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(d.instance_count(), 83);
-    assert!(d.log().contains("identical duplicate"), "duplicate not logged");
+    assert!(
+        d.log().contains("identical duplicate"),
+        "duplicate not logged"
+    );
 
     // A different copy under the same SOP Instance UID replaces the stored one (after the new
     // one is durable) and is logged.
@@ -132,12 +265,34 @@ fn storescu_variants_all_store() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let out = run("storescu", &["-R", "-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1", &port, changed.to_str().unwrap()]);
+    let out = run(
+        "storescu",
+        &[
+            "-R",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &port,
+            changed.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(d.instance_count(), 83);
     let sop = sop_uid(&changed);
     let stored = stored_path(&d, &sop).unwrap();
-    let cmp = run_py("same_dataset.py", &[changed.to_str().unwrap(), stored.to_str().unwrap()]);
-    assert!(cmp.status.success(), "replacement not stored:\n{}", text(&cmp));
-    assert!(d.log().contains("replaced the stored one"), "replacement not logged");
+    let cmp = run_py(
+        "same_dataset.py",
+        &[changed.to_str().unwrap(), stored.to_str().unwrap()],
+    );
+    assert!(
+        cmp.status.success(),
+        "replacement not stored:\n{}",
+        text(&cmp)
+    );
+    assert!(
+        d.log().contains("replaced the stored one"),
+        "replacement not logged"
+    );
 }

@@ -9,35 +9,72 @@ use serde_json::Value;
 fn case(d: &Daemon, name: &str) -> Value {
     let out = run_py("scu_edge.py", &[name, &d.port.to_string()]);
     assert!(out.status.success(), "case {name} crashed:\n{}", text(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("case {name}: bad JSON ({e}):\n{}", text(&out)));
-    assert!(d.echo(), "C-ECHO failed after case {name}; daemon log:\n{}", d.log());
-    assert_eq!(d.temp_files(), 0, "case {name} left a temp file in the spool");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("case {name}: bad JSON ({e}):\n{}", text(&out)));
+    assert!(
+        d.echo(),
+        "C-ECHO failed after case {name}; daemon log:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        d.temp_files(),
+        0,
+        "case {name} left a temp file in the spool"
+    );
     v
 }
 
 #[test]
 fn hostile_and_broken_peers_get_proper_answers_and_the_daemon_keeps_serving() {
-    let d = Daemon::start(Opts { read_timeout_s: 2, ..Opts::default() });
+    let d = Daemon::start(Opts {
+        read_timeout_s: 2,
+        ..Opts::default()
+    });
 
     let v = case(&d, "unknown_calling_ae");
-    assert_eq!((v["rejected"].as_bool(), v["result"].as_i64(), v["source"].as_i64(), v["reason"].as_i64()), (Some(true), Some(1), Some(1), Some(3)), "{v}");
+    assert_eq!(
+        (
+            v["rejected"].as_bool(),
+            v["result"].as_i64(),
+            v["source"].as_i64(),
+            v["reason"].as_i64()
+        ),
+        (Some(true), Some(1), Some(1), Some(3)),
+        "{v}"
+    );
     let v = case(&d, "wrong_called_ae");
-    assert_eq!((v["rejected"].as_bool(), v["reason"].as_i64()), (Some(true), Some(7)), "{v}");
+    assert_eq!(
+        (v["rejected"].as_bool(), v["reason"].as_i64()),
+        (Some(true), Some(7)),
+        "{v}"
+    );
 
     let v = case(&d, "unsupported_sop_class");
     assert_eq!(v["established"], true, "{v}");
-    assert_eq!(v["rejected_contexts"]["1.2.840.10008.5.1.4.1.1.481.5"], 3, "RT Plan must be refused as abstract syntax not supported: {v}");
+    assert_eq!(
+        v["rejected_contexts"]["1.2.840.10008.5.1.4.1.1.481.5"], 3,
+        "RT Plan must be refused as abstract syntax not supported: {v}"
+    );
     let v = case(&d, "unsupported_transfer_syntax");
-    assert_eq!(v["rejected_contexts"]["1.2.840.10008.5.1.4.1.1.2"], 4, "MPEG2 must be refused as transfer syntax not supported: {v}");
+    assert_eq!(
+        v["rejected_contexts"]["1.2.840.10008.5.1.4.1.1.2"], 4,
+        "MPEG2 must be refused as transfer syntax not supported: {v}"
+    );
 
     let v = case(&d, "store_on_rejected_context");
-    assert!(matches!(v["after"].as_str(), Some("abort") | Some("closed")), "P-DATA on an unknown context must abort: {v}");
+    assert!(
+        matches!(v["after"].as_str(), Some("abort") | Some("closed")),
+        "P-DATA on an unknown context must abort: {v}"
+    );
 
     let v = case(&d, "sop_class_mismatch");
     status_is(&d, &v, 0xA900);
     let v = case(&d, "short_pixel_data");
     status_is(&d, &v, 0xA900);
-    assert!(v["comment"].as_str().unwrap_or("").contains("Pixel Data"), "{v}");
+    assert!(
+        v["comment"].as_str().unwrap_or("").contains("Pixel Data"),
+        "{v}"
+    );
     let v = case(&d, "long_pixel_data");
     status_is(&d, &v, 0xA900);
     let v = case(&d, "truncated_dataset");
@@ -49,24 +86,50 @@ fn hostile_and_broken_peers_get_proper_answers_and_the_daemon_keeps_serving() {
     case(&d, "abort_mid_transfer");
     case(&d, "tcp_drop_mid_transfer");
     let v = case(&d, "idle_association");
-    assert!(matches!(v["after"].as_str(), Some("abort") | Some("closed")), "idle association must be closed: {v}");
-    assert!(v["seconds"].as_f64().unwrap() < 6.0, "idle association lived too long: {v}");
+    assert!(
+        matches!(v["after"].as_str(), Some("abort") | Some("closed")),
+        "idle association must be closed: {v}"
+    );
+    assert!(
+        v["seconds"].as_f64().unwrap() < 6.0,
+        "idle association lived too long: {v}"
+    );
 
-    assert_eq!(d.instance_count(), 0, "a refused or broken data set was indexed");
+    assert_eq!(
+        d.instance_count(),
+        0,
+        "a refused or broken data set was indexed"
+    );
     let spool_files = walk(&d.data_dir().join("spool"));
-    assert!(spool_files.is_empty(), "refused data left files: {spool_files:?}");
+    assert!(
+        spool_files.is_empty(),
+        "refused data left files: {spool_files:?}"
+    );
 
     let v = case(&d, "valid_store");
     status_is(&d, &v, 0);
     assert_eq!(d.instance_count(), 1);
     let log = d.log();
-    for reason in ["Pixel Data holds", "does not parse", "absurd image size", "SOPClassUID"] {
-        assert!(log.contains(reason), "rejection reason {reason:?} not logged");
+    for reason in [
+        "Pixel Data holds",
+        "does not parse",
+        "absurd image size",
+        "SOPClassUID",
+    ] {
+        assert!(
+            log.contains(reason),
+            "rejection reason {reason:?} not logged"
+        );
     }
 }
 
 fn status_is(d: &Daemon, v: &Value, want: i64) {
-    assert_eq!(v["status"].as_i64(), Some(want), "{v}\ndaemon log:\n{}", d.log());
+    assert_eq!(
+        v["status"].as_i64(),
+        Some(want),
+        "{v}\ndaemon log:\n{}",
+        d.log()
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

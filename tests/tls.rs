@@ -8,29 +8,95 @@ use std::process::Command;
 
 fn openssl(dir: &Path, args: &[&str]) {
     require_tool("openssl");
-    let o = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
+    let o = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "openssl {args:?}:\n{}", text(&o));
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
 fn make_pki(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=proxyseg test CA"]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=proxyseg test CA",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
     for name in ["server", "client"] {
-        openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
-        openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "2", "-extfile", "san.ext"]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ],
+        );
     }
 }
 
 fn tls_daemon(pki: &Path, mutual: bool) -> (Daemon, u16) {
     let tls_port = free_port();
-    let ca = if mutual { format!("client_ca = \"{}\"\n", pki.join("ca.crt").display()) } else { String::new() };
+    let ca = if mutual {
+        format!("client_ca = \"{}\"\n", pki.join("ca.crt").display())
+    } else {
+        String::new()
+    };
     let extra = format!(
         "[dicom.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n{ca}",
         pki.join("server.crt").display(),
         pki.join("server.key").display()
     );
-    let mut d = Daemon::start(Opts { extra, read_timeout_s: 5, ..Opts::default() });
+    let mut d = Daemon::start(Opts {
+        extra,
+        read_timeout_s: 5,
+        ..Opts::default()
+    });
     d.wait_listening(&format!("127.0.0.1:{tls_port}"));
     (d, tls_port)
 }
@@ -48,27 +114,160 @@ fn dicom_tls_and_mutual_tls_with_dcmtk() {
     // Server-authenticated TLS: an anonymous client that trusts our CA gets through.
     let (d, tls_port) = tls_daemon(p, false);
     let tp = tls_port.to_string();
-    let out = run("echoscu", &["+tla", "+cf", &ca, "-aet", "ECHOSCU", "-aec", "PROXYSEG", "127.0.0.1", &tp]);
-    assert!(out.status.success(), "echoscu +tls:\n{}\n{}", text(&out), d.log());
-    let out = run("storescu", &["+tla", "+cf", &ca, "-R", "-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1", &tp, &ct]);
-    assert!(out.status.success(), "storescu +tls:\n{}\n{}", text(&out), d.log());
+    let out = run(
+        "echoscu",
+        &[
+            "+tla",
+            "+cf",
+            &ca,
+            "-aet",
+            "ECHOSCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &tp,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "echoscu +tls:\n{}\n{}",
+        text(&out),
+        d.log()
+    );
+    let out = run(
+        "storescu",
+        &[
+            "+tla",
+            "+cf",
+            &ca,
+            "-R",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &tp,
+            &ct,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "storescu +tls:\n{}\n{}",
+        text(&out),
+        d.log()
+    );
     assert_eq!(d.instance_count(), 1);
     // Plain DICOM on the TLS port is refused.
-    let out = run("echoscu", &["-to", "5", "-ta", "5", "-aet", "ECHOSCU", "-aec", "PROXYSEG", "127.0.0.1", &tp]);
-    assert!(!out.status.success(), "plain echoscu must fail on the TLS port:\n{}", text(&out));
+    let out = run(
+        "echoscu",
+        &[
+            "-to",
+            "5",
+            "-ta",
+            "5",
+            "-aet",
+            "ECHOSCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &tp,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "plain echoscu must fail on the TLS port:\n{}",
+        text(&out)
+    );
     assert!(d.echo(), "the plain port still serves");
     drop(d);
 
     // Mutual TLS: the client certificate is required.
     let (d, tls_port) = tls_daemon(p, true);
     let tp = tls_port.to_string();
-    let out = run("echoscu", &["+tls", &ck, &cc, "+cf", &ca, "-aet", "ECHOSCU", "-aec", "PROXYSEG", "127.0.0.1", &tp]);
-    assert!(out.status.success(), "echoscu with a client certificate:\n{}\n{}", text(&out), d.log());
-    let out = run("storescu", &["+tls", &ck, &cc, "+cf", &ca, "-R", "-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1", &tp, &ct]);
-    assert!(out.status.success(), "storescu with a client certificate:\n{}\n{}", text(&out), d.log());
-    let out = run("echoscu", &["+tla", "+cf", &ca, "-aet", "ECHOSCU", "-aec", "PROXYSEG", "127.0.0.1", &tp]);
-    assert!(!out.status.success(), "a client without certificate must be refused under mutual TLS:\n{}", text(&out));
-    let out = run("echoscu", &["-to", "5", "-ta", "5", "-aet", "ECHOSCU", "-aec", "PROXYSEG", "127.0.0.1", &tp]);
-    assert!(!out.status.success(), "plain echoscu must fail on the TLS port:\n{}", text(&out));
+    let out = run(
+        "echoscu",
+        &[
+            "+tls",
+            &ck,
+            &cc,
+            "+cf",
+            &ca,
+            "-aet",
+            "ECHOSCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &tp,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "echoscu with a client certificate:\n{}\n{}",
+        text(&out),
+        d.log()
+    );
+    let out = run(
+        "storescu",
+        &[
+            "+tls",
+            &ck,
+            &cc,
+            "+cf",
+            &ca,
+            "-R",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &tp,
+            &ct,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "storescu with a client certificate:\n{}\n{}",
+        text(&out),
+        d.log()
+    );
+    let out = run(
+        "echoscu",
+        &[
+            "+tla",
+            "+cf",
+            &ca,
+            "-aet",
+            "ECHOSCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &tp,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a client without certificate must be refused under mutual TLS:\n{}",
+        text(&out)
+    );
+    let out = run(
+        "echoscu",
+        &[
+            "-to",
+            "5",
+            "-ta",
+            "5",
+            "-aet",
+            "ECHOSCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &tp,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "plain echoscu must fail on the TLS port:\n{}",
+        text(&out)
+    );
     assert!(d.echo());
 }

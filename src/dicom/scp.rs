@@ -250,8 +250,12 @@ impl Scp {
         };
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
-        if let Err(e) = result {
-            tracing::warn!(peer = %addr, error = %e, "association ended with an error");
+        match result {
+            Err(e) if Self::is_probe(&e) => {
+                tracing::debug!(peer = %addr, "connection closed before association")
+            }
+            Err(e) => tracing::warn!(peer = %addr, error = %e, "association ended with an error"),
+            Ok(()) => {}
         }
     }
 
@@ -320,6 +324,12 @@ impl Scp {
     fn establish_failed(&self, addr: SocketAddr, e: dicom_ul::association::Error) -> AssocError {
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         AssocError::Establish(format!("{addr}: {e}"))
+    }
+
+    /// Port probes (load balancers, monitoring) connect and close without a word: not worth
+    /// a warning.
+    fn is_probe(e: &AssocError) -> bool {
+        matches!(e, AssocError::Establish(m) if m.ends_with("connection closed by peer"))
     }
 
     async fn run_association<S>(
@@ -1051,7 +1061,11 @@ fn check_pixels(obj: &dicom_object::DefaultDicomObject, ts: &str) -> Result<(), 
             .and_then(|e| e.to_str().ok())
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        let samples = if spp == 3 && photometric == "YBR_FULL_422" { 2 } else { spp };
+        let samples = if spp == 3 && photometric == "YBR_FULL_422" {
+            2
+        } else {
+            spp
+        };
         let bits_total = rows * cols * samples * bits * frames;
         let expected = bits_total.div_ceil(8);
         let actual = match pixel.value() {

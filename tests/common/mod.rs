@@ -17,29 +17,52 @@ pub fn root() -> PathBuf {
 /// The venv's Python; panics with instructions when absent.
 pub fn python() -> PathBuf {
     let p = root().join(".venv/bin/python");
-    assert!(p.is_file(), "{} missing: run scripts/test (it creates .venv with pydicom, pynetdicom, highdicom)", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/test (it creates .venv with pydicom, pynetdicom, highdicom)",
+        p.display()
+    );
     p
 }
 
 /// Asserts a command-line tool is on PATH.
 pub fn require_tool(name: &str) {
-    let ok = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "{name} not found on PATH: run scripts/test, which installs dcmtk, dicom3tools and orthanc");
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{name} not found on PATH: run scripts/test, which installs dcmtk, dicom3tools and orthanc"
+    );
 }
 
 /// pydicom's bundled test files.
 pub fn pydicom_files() -> PathBuf {
     let out = Command::new(python())
-        .args(["-c", "import pydicom.data, os; print(os.path.dirname(pydicom.data.__file__))"])
+        .args([
+            "-c",
+            "import pydicom.data, os; print(os.path.dirname(pydicom.data.__file__))",
+        ])
         .output()
         .expect("run python");
-    assert!(out.status.success(), "pydicom is not importable: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pydicom is not importable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("test_files")
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Options for a test daemon.
@@ -99,7 +122,11 @@ impl Daemon {
             opts.read_timeout_s, opts.max_associations, opts.min_free_disk_mb, opts.require_known_peers, opts.max_pdu
         );
         for (i, ae) in PEERS.iter().enumerate() {
-            toml += &format!("[[dicom.peers]]\nae_title = \"{ae}\"\nhost = \"{}\"\nport = {}\n", opts.peer_host, 40000 + i);
+            toml += &format!(
+                "[[dicom.peers]]\nae_title = \"{ae}\"\nhost = \"{}\"\nport = {}\n",
+                opts.peer_host,
+                40000 + i
+            );
         }
         toml += &format!(
             "[storage]\ndata_dir = \"{}\"\n[pipeline]\nstable_age_s = {}\nscan_interval_ms = 100\n[log]\nfilter = \"debug,dicom_ul=info\"\n{}\n",
@@ -109,7 +136,12 @@ impl Daemon {
         );
         let config = dir.path().join("proxyseg.toml");
         std::fs::write(&config, toml).unwrap();
-        let mut d = Daemon { dir, port, config, child: None };
+        let mut d = Daemon {
+            dir,
+            port,
+            config,
+            child: None,
+        };
         d.spawn();
         d
     }
@@ -120,7 +152,11 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -139,7 +175,11 @@ impl Daemon {
             if TcpStream::connect(addr).is_ok() {
                 return;
             }
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("proxyseg exited early ({st}); log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -194,22 +234,42 @@ impl Daemon {
 
     /// Opens the index read-only.
     pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(self.data_dir().join("proxyseg.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+        rusqlite::Connection::open_with_flags(
+            self.data_dir().join("proxyseg.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
     }
 
     /// Number of indexed instances.
     pub fn instance_count(&self) -> i64 {
-        self.db().query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0)).unwrap()
+        self.db()
+            .query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0))
+            .unwrap()
     }
 
     /// Files in spool/.tmp.
     pub fn temp_files(&self) -> usize {
-        std::fs::read_dir(self.data_dir().join("spool/.tmp")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.data_dir().join("spool/.tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Runs `echoscu` against the daemon; true on success.
     pub fn echo(&self) -> bool {
-        run("echoscu", &["-aet", "ECHOSCU", "-aec", "PROXYSEG", "127.0.0.1", &self.port.to_string()]).status.success()
+        run(
+            "echoscu",
+            &[
+                "-aet",
+                "ECHOSCU",
+                "-aec",
+                "PROXYSEG",
+                "127.0.0.1",
+                &self.port.to_string(),
+            ],
+        )
+        .status
+        .success()
     }
 }
 
@@ -222,22 +282,42 @@ impl Drop for Daemon {
 /// Runs a program with TCP_NODELAY=1 (dcmtk) and returns its output.
 pub fn run(prog: &str, args: &[&str]) -> Output {
     require_tool(prog);
-    Command::new(prog).args(args).env("TCP_NODELAY", "1").output().unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+    Command::new(prog)
+        .args(args)
+        .env("TCP_NODELAY", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
 }
 
 /// Runs a Python script from tests/python with the venv's Python.
 pub fn run_py(script: &str, args: &[&str]) -> Output {
-    Command::new(python()).arg(root().join("tests/python").join(script)).args(args).output().unwrap()
+    Command::new(python())
+        .arg(root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// Output as text for assertion messages.
 pub fn text(o: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Path of a spool file for an instance, from the index.
 pub fn stored_path(d: &Daemon, sop: &str) -> Option<PathBuf> {
-    d.db().query_row("SELECT path FROM instances WHERE sop_instance_uid = ?1", [sop], |r| r.get::<_, String>(0)).ok().map(PathBuf::from)
+    d.db()
+        .query_row(
+            "SELECT path FROM instances WHERE sop_instance_uid = ?1",
+            [sop],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+        .map(PathBuf::from)
 }
 
 /// True when `p` exists.

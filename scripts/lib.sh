@@ -1,0 +1,44 @@
+# Shared setup for scripts/run and scripts/test: installs what is missing, never more.
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; return 1; fi
+}
+
+# ensure_apt CMD:PACKAGE ... : apt-get installs each PACKAGE whose CMD is missing.
+ensure_apt() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# ensure_venv REQUIREMENTS... : creates .venv and pip-installs requirement files that changed.
+ensure_venv() {
+  [ -x "$VENV/bin/python" ] || { log "creating .venv"; python3 -m venv "$VENV"; }
+  local req stamp
+  for req in "$@"; do
+    stamp="$VENV/.installed-$(basename "$(dirname "$req")")-$(basename "$req")"
+    if [ ! -f "$stamp" ] || ! cmp -s "$req" "$stamp"; then
+      log "pip install -r ${req#"$ROOT"/}"
+      "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req"
+      cp "$req" "$stamp"
+    fi
+  done
+}
+
+# The onnxruntime shared library shipped by the wheel in .venv (for ORT_DYLIB_PATH).
+onnxruntime_lib() {
+  ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1* 2>/dev/null | head -n 1
+}
