@@ -100,6 +100,34 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX job_events_job ON job_events(job_id);
     "#,
+    // 2: routing results on jobs, and the outbox of SEG objects to deliver.
+    r#"
+    ALTER TABLE jobs ADD COLUMN rule_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN support_set TEXT;
+    ALTER TABLE jobs ADD COLUMN support_set_version INTEGER;
+    ALTER TABLE jobs ADD COLUMN bundle TEXT;
+    ALTER TABLE jobs ADD COLUMN destination_ae TEXT;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER REFERENCES jobs(id),
+        sop_instance_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        path TEXT NOT NULL,
+        destination_ae TEXT NOT NULL,
+        destination_host TEXT NOT NULL,
+        destination_port INTEGER NOT NULL,
+        tls INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try_at REAL NOT NULL,
+        last_error TEXT,
+        last_status INTEGER,
+        created_at REAL NOT NULL,
+        delivered_at REAL,
+        UNIQUE (sop_instance_uid, destination_ae)
+    );
+    CREATE INDEX outbox_due ON outbox(state, next_try_at);
+    "#,
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
