@@ -31,6 +31,9 @@ pub enum StartError {
     /// TLS material problem.
     #[error(transparent)]
     Tls(#[from] crate::dicom::tls::TlsError),
+    /// TLS material for delivery is unusable.
+    #[error(transparent)]
+    DeliveryTls(#[from] crate::dicom::scu::ScuTlsError),
     /// A listener could not bind.
     #[error("cannot listen on {key} = {addr}: {source}")]
     Bind {
@@ -105,6 +108,18 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         stop_rx.clone(),
     ));
 
+    let scu = crate::dicom::scu::Scu::new(&cfg).map_err(StartError::DeliveryTls)?;
+    let delivery_stats = Arc::new(crate::pipeline::deliver::DeliveryStats::default());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let deliverer = tokio::spawn(crate::pipeline::deliver::run(
+        db.clone(),
+        scu,
+        cfg.delivery.clone(),
+        delivery_stats.clone(),
+        wake.clone(),
+        stop_rx.clone(),
+    ));
+
     crate::ops::notify("READY=1\nSTATUS=accepting associations");
     if let Some(interval) = crate::ops::watchdog_interval() {
         let beat = beat.clone();
@@ -133,9 +148,11 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     let _ = assembler.await;
+    let _ = deliverer.await;
     tracing::info!(
         stored = scp.stats.stored.load(Ordering::Relaxed),
         failed = scp.stats.failed.load(Ordering::Relaxed),
+        delivered = delivery_stats.delivered.load(Ordering::Relaxed),
         "stopped"
     );
     Ok(())

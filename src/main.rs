@@ -21,6 +21,18 @@ enum Cmd {
         #[arg(long, default_value = "config/proxyseg.toml")]
         config: PathBuf,
     },
+    /// Queue DICOM files for delivery to a configured peer (picked up by the running daemon).
+    Send {
+        /// Path of the TOML configuration.
+        #[arg(long, default_value = "config/proxyseg.toml")]
+        config: PathBuf,
+        /// AE title of a `[[dicom.peers]]` entry.
+        #[arg(long)]
+        to: String,
+        /// Part 10 files to send.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -53,6 +65,27 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Send { config, to, files } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match proxyseg::pipeline::deliver::enqueue_files(&cfg, &to, &files) {
+                Ok(rows) => {
+                    for (f, id) in rows {
+                        println!("queued {f} as outbox row {id}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proxyseg send: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Serve { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,

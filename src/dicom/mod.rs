@@ -3,5 +3,6 @@
 
 pub mod dimse;
 pub mod scp;
+pub mod scu;
 pub mod sop;
 pub mod tls;

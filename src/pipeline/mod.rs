@@ -2,3 +2,4 @@
 //! come with the engine, SEG and admin layers.
 
 pub mod assemble;
+pub mod deliver;

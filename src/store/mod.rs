@@ -6,6 +6,7 @@
 pub mod db;
 pub mod instances;
 pub mod jobs;
+pub mod outbox;
 pub mod spool;
 
 pub use db::{Db, DbError};

@@ -219,6 +219,15 @@ def write_seg(sources: list[Dataset], masks: np.ndarray, family: str, path: Path
         manufacturer="proxyseg phantoms", manufacturer_model_name="phantom generator", software_versions="1",
         device_serial_number="0", content_date=datetime.date(2026, 1, 1), content_time=datetime.time(12, 0),
         omit_empty_frames=False)
+    # highdicom stamps creation times and a random dimension organisation UID: pin them so
+    # regenerating gives byte-identical files
+    seg.InstanceCreationDate, seg.InstanceCreationTime = _DATE, "120000"
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = _DATE + "120000"
+    dim_uid = uid(family, seed, role, "seg-dim")
+    for item in list(seg.get("DimensionOrganizationSequence", [])) + list(seg.get("DimensionIndexSequence", [])):
+        item.DimensionOrganizationUID = dim_uid
     seg.save_as(path)
     return seg
 
