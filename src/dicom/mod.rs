@@ -1,4 +1,5 @@
 //! DICOM networking and objects: the SCP that receives studies, the lists of SOP classes and
 //! transfer syntaxes we accept, and DIMSE message encoding.
 
+pub mod seg;
 pub mod sop;
