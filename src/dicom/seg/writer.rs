@@ -402,32 +402,17 @@ fn put_common(
         &options.sop_instance_uid,
     );
 
-    // Patient module (type 2 attributes written empty when the source lacks them).
-    copy(ds, first, tags::PATIENT_NAME, Some(VR::PN));
-    copy(ds, first, tags::PATIENT_ID, Some(VR::LO));
-    copy(ds, first, tags::ISSUER_OF_PATIENT_ID, None);
-    copy(ds, first, tags::PATIENT_BIRTH_DATE, Some(VR::DA));
-    copy(ds, first, tags::PATIENT_SEX, Some(VR::CS));
-    copy(ds, first, tags::PATIENT_AGE, None);
-    copy(ds, first, tags::PATIENT_SIZE, None);
-    copy(ds, first, tags::PATIENT_WEIGHT, None);
-
-    // General Study module.
-    match get_str(first, tags::STUDY_INSTANCE_UID) {
-        Some(uid) => put_str(ds, tags::STUDY_INSTANCE_UID, VR::UI, &uid),
-        None => {
-            return Err(SegError::SourceMissing {
-                index: 0,
-                attribute: "StudyInstanceUID",
-            })
-        }
+    // Patient, Patient Study, General Study and Clinical Trial modules: the SEG joins the
+    // source's patient and study, so these must match the source (dcentvfy compares them).
+    for &(tag, vr_if_missing) in PATIENT_AND_STUDY {
+        copy(ds, first, tag, vr_if_missing);
     }
-    copy(ds, first, tags::STUDY_DATE, Some(VR::DA));
-    copy(ds, first, tags::STUDY_TIME, Some(VR::TM));
-    copy(ds, first, tags::REFERRING_PHYSICIAN_NAME, Some(VR::PN));
-    copy(ds, first, tags::STUDY_ID, Some(VR::SH));
-    copy(ds, first, tags::ACCESSION_NUMBER, Some(VR::SH));
-    copy(ds, first, tags::STUDY_DESCRIPTION, None);
+    if get_str(first, tags::STUDY_INSTANCE_UID).is_none() {
+        return Err(SegError::SourceMissing {
+            index: 0,
+            attribute: "StudyInstanceUID",
+        });
+    }
 
     // General Series and Segmentation Series modules.
     put_str(ds, tags::MODALITY, VR::CS, "SEG");
@@ -499,6 +484,69 @@ fn put_common(
     }
     Ok(())
 }
+
+/// Patient and study level attributes copied from the first source; the VR is given for type 2
+/// attributes, which are written empty when the source lacks them.
+const PATIENT_AND_STUDY: &[(Tag, Option<VR>)] = &[
+    // Patient
+    (tags::PATIENT_NAME, Some(VR::PN)),
+    (tags::PATIENT_ID, Some(VR::LO)),
+    (tags::ISSUER_OF_PATIENT_ID, None),
+    (tags::ISSUER_OF_PATIENT_ID_QUALIFIERS_SEQUENCE, None),
+    (tags::PATIENT_BIRTH_DATE, Some(VR::DA)),
+    (tags::PATIENT_BIRTH_TIME, None),
+    (tags::PATIENT_SEX, Some(VR::CS)),
+    (tags::OTHER_PATIENT_I_DS_SEQUENCE, None),
+    (tags::OTHER_PATIENT_NAMES, None),
+    (tags::PATIENT_COMMENTS, None),
+    (tags::PATIENT_SPECIES_DESCRIPTION, None),
+    (tags::PATIENT_SPECIES_CODE_SEQUENCE, None),
+    (tags::PATIENT_BREED_DESCRIPTION, None),
+    (tags::PATIENT_BREED_CODE_SEQUENCE, None),
+    (tags::BREED_REGISTRATION_SEQUENCE, None),
+    (tags::RESPONSIBLE_PERSON, None),
+    (tags::RESPONSIBLE_PERSON_ROLE, None),
+    (tags::RESPONSIBLE_ORGANIZATION, None),
+    (tags::PATIENT_IDENTITY_REMOVED, None),
+    (tags::DEIDENTIFICATION_METHOD, None),
+    (tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE, None),
+    // Clinical Trial Subject
+    (tags::CLINICAL_TRIAL_SPONSOR_NAME, None),
+    (tags::CLINICAL_TRIAL_PROTOCOL_ID, None),
+    (tags::CLINICAL_TRIAL_PROTOCOL_NAME, None),
+    (tags::CLINICAL_TRIAL_SITE_ID, None),
+    (tags::CLINICAL_TRIAL_SITE_NAME, None),
+    (tags::CLINICAL_TRIAL_SUBJECT_ID, None),
+    (tags::CLINICAL_TRIAL_SUBJECT_READING_ID, None),
+    // General Study
+    (tags::STUDY_INSTANCE_UID, None),
+    (tags::STUDY_DATE, Some(VR::DA)),
+    (tags::STUDY_TIME, Some(VR::TM)),
+    (tags::REFERRING_PHYSICIAN_NAME, Some(VR::PN)),
+    (tags::REFERRING_PHYSICIAN_IDENTIFICATION_SEQUENCE, None),
+    (tags::STUDY_ID, Some(VR::SH)),
+    (tags::ACCESSION_NUMBER, Some(VR::SH)),
+    (tags::ISSUER_OF_ACCESSION_NUMBER_SEQUENCE, None),
+    (tags::STUDY_DESCRIPTION, None),
+    (tags::PHYSICIANS_OF_RECORD, None),
+    (tags::NAME_OF_PHYSICIANS_READING_STUDY, None),
+    (tags::PROCEDURE_CODE_SEQUENCE, None),
+    // Patient Study
+    (tags::ADMITTING_DIAGNOSES_DESCRIPTION, None),
+    (tags::PATIENT_AGE, None),
+    (tags::PATIENT_SIZE, None),
+    (tags::PATIENT_WEIGHT, None),
+    (tags::OCCUPATION, None),
+    (tags::ADDITIONAL_PATIENT_HISTORY, None),
+    (tags::MEDICAL_ALERTS, None),
+    (tags::ALLERGIES, None),
+    (tags::SMOKING_STATUS, None),
+    (tags::PREGNANCY_STATUS, None),
+    (tags::PATIENT_STATE, None),
+    // Clinical Trial Study
+    (tags::CLINICAL_TRIAL_TIME_POINT_ID, None),
+    (tags::CLINICAL_TRIAL_TIME_POINT_DESCRIPTION, None),
+];
 
 /// One Segment Sequence item.
 fn segment_item(number: u16, s: &SegmentDescription, options: &SegOptions) -> InMemDicomObject {
