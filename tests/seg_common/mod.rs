@@ -146,7 +146,7 @@ pub fn pattern(rows: usize, cols: usize, g: usize, s: usize, sparse: bool) -> Ve
     for r in 0..rows {
         for c in 0..cols {
             let in_box = r >= top && r < top + h && c >= left && c < left + w;
-            let stripe = r > rows / 2 && (r + 2 * c + g + s) % 11 == 0;
+            let stripe = r > rows / 2 && (r + 2 * c + g + s).is_multiple_of(11);
             m[r * cols + c] = u8::from(in_box || stripe);
         }
     }
@@ -201,6 +201,13 @@ pub struct Case {
     pub frames: usize,
 }
 
+/// Segment count, omit switch and expected SEG frame count of a case.
+pub struct Counts {
+    pub nseg: usize,
+    pub omit: bool,
+    pub frames: usize,
+}
+
 /// Writes the masks in key order as raw bytes and a JSON manifest for the Python helpers.
 pub fn write_manifest(
     dir: &Path,
@@ -209,10 +216,9 @@ pub fn write_manifest(
     sources: &[PathBuf],
     objs: &[&InMemDicomObject],
     masks: &[Vec<Vec<Vec<u8>>>],
-    nseg: usize,
-    omit: bool,
-    frames: usize,
+    counts: Counts,
 ) -> (PathBuf, Vec<(String, u32, bool)>) {
+    let Counts { nseg, omit, frames } = counts;
     use dicom_dictionary_std::tags;
     let masks_path = dir.join(format!("{name}.masks.bin"));
     let mut bytes = Vec::new();
@@ -298,8 +304,15 @@ pub fn write_case(dir: &Path, name: &str, sources: &[PathBuf], nseg: usize, omit
         .filter(|m| m.iter().any(|&b| b != 0))
         .count();
     let frames = if omit { nonempty.max(1) } else { total };
-    let (manifest, keys) =
-        write_manifest(dir, name, &path, sources, &objs, &masks, nseg, omit, frames);
+    let (manifest, keys) = write_manifest(
+        dir,
+        name,
+        &path,
+        sources,
+        &objs,
+        &masks,
+        Counts { nseg, omit, frames },
+    );
     Case {
         name: name.into(),
         seg: path,

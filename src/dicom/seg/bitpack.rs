@@ -28,8 +28,11 @@ impl BitPacker {
     /// Appends one frame (one byte per pixel, non-zero = set).
     pub fn push_frame(&mut self, mask: &[u8]) {
         let mut rest = mask;
-        if self.bits % 8 == 0 {
-            // Aligned: 8 pixels become one byte, 8 bytes at a time.
+        if self.bits.is_multiple_of(8) {
+            // Aligned: 16 pixels become two bytes (SSE2), then 8 pixels one byte (SWAR).
+            let done = pack16_into(rest, &mut self.bytes);
+            self.bits += done as u64;
+            rest = &rest[done..];
             let chunks = rest.chunks_exact(8);
             let tail = chunks.remainder();
             self.bytes.reserve(rest.len() / 8 + 1);
@@ -66,11 +69,41 @@ impl BitPacker {
 
     /// The packed bytes, padded with one zero byte when their count is odd.
     pub fn finish(mut self) -> Vec<u8> {
-        if self.bytes.len() % 2 == 1 {
+        if !self.bytes.len().is_multiple_of(2) {
             self.bytes.push(0);
         }
         self.bytes
     }
+}
+
+/// Packs the largest multiple of 16 leading pixels of `mask` onto `out` with SSE2 (part of the
+/// x86_64 baseline, so always available there); returns how many pixels it packed.
+#[cfg(target_arch = "x86_64")]
+fn pack16_into(mask: &[u8], out: &mut Vec<u8>) -> usize {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_setzero_si128,
+    };
+    let chunks = mask.chunks_exact(16);
+    let done = mask.len() - chunks.remainder().len();
+    out.reserve(done / 8);
+    for chunk in chunks {
+        // SAFETY: SSE2 is enabled on every x86_64 target, and the unaligned load reads exactly
+        // the 16 bytes of `chunk`.
+        let zero_bits = unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast());
+            _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()))
+        };
+        // Bit i of the mask is set iff byte i is zero: invert to get "pixel i is set".
+        let bits = !(zero_bits as u16);
+        out.extend_from_slice(&bits.to_le_bytes());
+    }
+    done
+}
+
+/// Without SSE2, nothing is packed here and the SWAR path does all the work.
+#[cfg(not(target_arch = "x86_64"))]
+fn pack16_into(_mask: &[u8], _out: &mut Vec<u8>) -> usize {
+    0
 }
 
 /// Packs 8 mask bytes (byte `i` = pixel `i`, non-zero = set) into one byte, pixel `i` at bit `i`.
@@ -220,6 +253,19 @@ mod tests {
                 assert_eq!(unpack_frame(&packed, len, i).unwrap(), expect);
             }
         }
+    }
+
+    #[test]
+    fn simd_and_swar_paths_agree() {
+        let frame = pseudo_random_frame(16 * 9 + 8 + 5, 3);
+        let mut simd = Vec::new();
+        let done = pack16_into(&frame, &mut simd);
+        let swar: Vec<u8> = frame[..done]
+            .chunks_exact(8)
+            .map(|c| pack8(u64::from_le_bytes(c.try_into().unwrap())))
+            .collect();
+        assert_eq!(simd, swar);
+        assert_eq!(pack_frames([frame.as_slice()]), naive_pack(&[frame]));
     }
 
     #[test]

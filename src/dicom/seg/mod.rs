@@ -8,6 +8,8 @@
 //! network and never invents random UIDs (the caller supplies deterministic ones, see
 //! [`deterministic_uid`]), so a retried job writes the very same SOP Instance.
 
+#![warn(missing_docs)]
+
 pub mod bitpack;
 mod codes;
 pub mod color;
