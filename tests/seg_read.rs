@@ -421,3 +421,54 @@ fn bad_input_gives_typed_errors() {
         })
     ));
 }
+
+#[test]
+fn frames_without_source_references_fall_back_to_frame_order() {
+    let dir = test_dir();
+    let sources = make_sources(&dir.path().join("sources"));
+    let case = write_case(
+        dir.path(),
+        "us-noref",
+        std::slice::from_ref(&sources.us_cine),
+        3,
+        false,
+    );
+    let mut seg = open(&case.seg);
+    let frames: Vec<InMemDicomObject> = seg
+        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .and_then(|e| e.items())
+        .expect("per-frame items")
+        .iter()
+        .cloned()
+        .map(|mut item| {
+            item.remove_element(tags::DERIVATION_IMAGE_SEQUENCE);
+            item
+        })
+        .collect();
+    put_items(&mut seg, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, frames);
+    // The top-level Source Image Sequence still names the one US instance: frames of each
+    // segment are then that instance's frames 1, 2, ... in order.
+    let read = read_seg(&seg).expect("read");
+    assert_masks_match(&read, &case, "US cine without per-frame references");
+
+    // With no reference at all, masks are keyed by their order within the segment.
+    seg.remove_element(tags::SOURCE_IMAGE_SEQUENCE);
+    seg.remove_element(tags::REFERENCED_SERIES_SEQUENCE);
+    let read = read_seg(&seg).expect("read");
+    let flat: Vec<&Vec<Vec<u8>>> = case.masks.iter().flatten().collect();
+    for (f, per_seg) in flat.iter().enumerate() {
+        for (s, m) in per_seg.iter().enumerate() {
+            let key = proxyseg::dicom::seg::SourceKey {
+                sop_instance_uid: None,
+                frame_number: f as u32 + 1,
+            };
+            assert_eq!(
+                read.masks[&key][&(s as u16 + 1)],
+                *m,
+                "frame {} segment {}",
+                f + 1,
+                s + 1
+            );
+        }
+    }
+}

@@ -62,3 +62,29 @@ fn rgb_fundus_seg_is_valid_and_reads_back() {
 fn us_multiframe_seg_is_valid_and_reads_back() {
     check_source_kind("us_cine", |s| vec![s.us_cine.clone()]);
 }
+
+#[test]
+fn latin1_patient_name_is_kept_in_the_source_character_set() {
+    let dir = test_dir();
+    let sources = make_sources(&dir.path().join("sources"));
+    let case = write_case(
+        dir.path(),
+        "latin1",
+        std::slice::from_ref(&sources.ct_latin1),
+        1,
+        false,
+    );
+    assert_dciodvfy(&case);
+    // dcentvfy compares Patient's Name byte for byte with the source's.
+    assert_dcentvfy(&case);
+    let bytes = std::fs::read(&case.seg).expect("read SEG");
+    let latin1: &[u8] = b"M\xfcller^J\xf6rg";
+    assert!(
+        bytes.windows(latin1.len()).any(|w| w == latin1),
+        "the SEG does not hold the ISO 8859-1 encoded patient name"
+    );
+    assert!(
+        bytes.windows(10).any(|w| w == b"ISO_IR 100"),
+        "Specific Character Set not copied"
+    );
+}

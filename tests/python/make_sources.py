@@ -10,6 +10,8 @@ Writes (deterministic UIDs, so runs are reproducible):
                                in shuffled instance order so the writer must sort them
   fundus_op.dcm                an RGB Ophthalmic Photography 8 Bit image (fundus phantom),
                                no patient geometry, odd size 45x61
+  ct_latin1.dcm                CT_small with Specific Character Set ISO_IR 100 and a patient
+                               name outside ASCII (Müller^Jörg), new study
   us_cine.dcm                  an Ultrasound Multi-frame image, MONOCHROME2, 8 frames, 30x37
 """
 
@@ -52,6 +54,17 @@ def ct_volume(outdir):
         ds.ImagePositionPatient = [f"{v:.4f}" for v in pos]
         ds.SliceLocation = f"{float(np.dot(pos, normal)):.4f}"
         ds.save_as(os.path.join(outdir, "ct5", f"slice_{i}.dcm"), enforce_file_format=True)
+
+
+def latin1(out):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Jörg"
+    ds.StudyInstanceUID = uid("latin1-study")
+    ds.SeriesInstanceUID = uid("latin1-series")
+    ds.SOPInstanceUID = uid("latin1-instance")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(out, enforce_file_format=True)
 
 
 def common(ds, modality, name):
@@ -172,6 +185,7 @@ def main():
     copy_small("CT_small.dcm", os.path.join(outdir, "ct_small.dcm"))
     copy_small("MR_small.dcm", os.path.join(outdir, "mr_small.dcm"))
     ct_volume(outdir)
+    latin1(os.path.join(outdir, "ct_latin1.dcm"))
     fundus(os.path.join(outdir, "fundus_op.dcm"))
     us_cine(os.path.join(outdir, "us_cine.dcm"))
 

@@ -67,6 +67,7 @@ pub struct Sources {
     pub ct5: Vec<PathBuf>,
     pub fundus: PathBuf,
     pub us_cine: PathBuf,
+    pub ct_latin1: PathBuf,
 }
 
 /// Writes the source phantoms into `dir` with the Python helper.
@@ -90,6 +91,7 @@ pub fn make_sources(dir: &Path) -> Sources {
         ct5,
         fundus: dir.join("fundus_op.dcm"),
         us_cine: dir.join("us_cine.dcm"),
+        ct_latin1: dir.join("ct_latin1.dcm"),
     }
 }
 

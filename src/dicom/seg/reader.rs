@@ -185,9 +185,10 @@ pub fn read_seg(obj: &InMemDicomObject) -> Result<SegMasks, SegError> {
         let key = match group.and_then(|g| frame_source(g, &mut source_classes)) {
             Some(key) => key,
             None => match &only_source {
-                Some((uid, multi_frame)) => SourceKey {
+                // The n-th frame of a segment is the source's frame n (1 for single-frame).
+                Some(uid) => SourceKey {
                     sop_instance_uid: Some(uid.clone()),
-                    frame_number: if *multi_frame { *counter } else { 1 },
+                    frame_number: *counter,
                 },
                 None => SourceKey {
                     sop_instance_uid: None,
@@ -310,20 +311,19 @@ fn frame_source(
 }
 
 /// The referenced instance when the SEG references exactly one (top-level Source Image Sequence,
-/// else Referenced Series Sequence), and whether it is referenced as multi-frame (frame numbers).
+/// else Referenced Series Sequence).
 fn sole_referenced_instance(
     obj: &InMemDicomObject,
     classes: &mut BTreeMap<String, String>,
-) -> Option<(String, bool)> {
-    let mut found: Vec<(String, bool)> = Vec::new();
+) -> Option<String> {
+    let mut found: Vec<String> = Vec::new();
     let mut note = |item: &InMemDicomObject| {
         if let Some(uid) = get_str(item, tags::REFERENCED_SOP_INSTANCE_UID) {
             if let Some(class) = get_str(item, tags::REFERENCED_SOP_CLASS_UID) {
                 classes.insert(uid.clone(), class);
             }
-            let multi = item.get(tags::REFERENCED_FRAME_NUMBER).is_some();
-            if !found.iter().any(|(u, _)| *u == uid) {
-                found.push((uid, multi));
+            if !found.contains(&uid) {
+                found.push(uid);
             }
         }
     };
