@@ -10,21 +10,27 @@
 
 #![warn(missing_docs)]
 
+mod attributes;
 pub mod bitpack;
+mod clock;
 mod codes;
 pub mod color;
 mod elements;
 mod file;
+mod functional_groups;
 mod geometry;
+mod input;
+mod layout;
 mod reader;
 mod uid;
 mod writer;
 
 pub use codes::Code;
 pub use file::save_seg;
+pub use input::{SegInput, SegOptions, SourceImage};
 pub use reader::{read_seg, SegMasks, SegmentInfo, SourceKey};
 pub use uid::deterministic_uid;
-pub use writer::{write_seg, SegInput, SegOptions, SourceImage};
+pub use writer::write_seg;
 
 /// The SOP Class UID of Segmentation Storage.
 pub const SEGMENTATION_STORAGE: &str = dicom_dictionary_std::uids::SEGMENTATION_STORAGE;
