@@ -133,6 +133,21 @@ pub fn packed_len(pixels_per_frame: u64, frames: u64) -> u64 {
     bytes + bytes % 2
 }
 
+/// Byte value -> its 8 pixels (bit i -> pixel i, 0/1).
+const UNPACK: [[u8; 8]; 256] = {
+    let mut table = [[0u8; 8]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut bit = 0;
+        while bit < 8 {
+            table[byte][bit] = ((byte >> bit) & 1) as u8;
+            bit += 1;
+        }
+        byte += 1;
+    }
+    table
+};
+
 /// Unpacks frame `frame` (0-based) of `pixels_per_frame` pixels into one byte (0/1) per pixel.
 ///
 /// Returns `None` when `packed` is too short to hold that frame.
@@ -150,10 +165,7 @@ pub fn unpack_frame(packed: &[u8], pixels_per_frame: usize, frame: usize) -> Opt
         i += 1;
     }
     while i + 8 <= end {
-        let byte = packed[i / 8];
-        for bit in 0..8 {
-            out.push((byte >> bit) & 1);
-        }
+        out.extend_from_slice(&UNPACK[usize::from(packed[i / 8])]);
         i += 8;
     }
     while i < end {

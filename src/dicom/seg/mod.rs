@@ -7,6 +7,47 @@
 //! fsyncs it. This module only builds and parses objects: it never sends anything over the
 //! network and never invents random UIDs (the caller supplies deterministic ones, see
 //! [`deterministic_uid`]), so a retried job writes the very same SOP Instance.
+//!
+//! Layout of a written SEG: frames go segment by segment; within a segment, source frames go
+//! along the slice normal for a volume (sources with Image Orientation/Position, Pixel Spacing
+//! and a Frame of Reference), or in the given order and source frame order otherwise (US cine,
+//! photographs: no Frame of Reference, no plane geometry). Dimensions are Referenced Segment
+//! Number then Image Position (Patient) (volumes) or Temporal Position Index (several frames
+//! without geometry). With `omit_empty_frames`, frames whose mask is empty are left out; when
+//! all are, one empty frame is kept so the object stays valid.
+//!
+//! ```no_run
+//! use proxyseg::dicom::seg::{
+//!     deterministic_uid, read_seg, save_seg, write_seg, Code, SegInput, SegOptions,
+//!     SegmentDescription, SourceImage,
+//! };
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ct = dicom_object::open_file("slice.dcm")?; // header only is enough
+//! let liver_mask = vec![0u8; 512 * 512]; // Rows x Columns, non-zero = inside
+//! let input = SegInput {
+//!     segments: vec![SegmentDescription {
+//!         label: "Liver".into(),
+//!         category: Code::sct("123037004", "Anatomical Structure"),
+//!         type_: Code::sct("10200004", "Liver"),
+//!         color_rgb: [221, 130, 101],
+//!         algorithm_name: "proxyseg PPG+SAM".into(),
+//!     }],
+//!     // masks[frame][segment] for each source image
+//!     sources: vec![SourceImage { dataset: &ct, masks: vec![vec![&liver_mask]] }],
+//! };
+//! let mut options = SegOptions::new(
+//!     deterministic_uid("job-42/seg/sop"),
+//!     deterministic_uid("job-42/seg/series"),
+//! );
+//! options.series_description = "proxyseg liver-ct v3".into();
+//! options.algorithm_version = "sam-tiny 1.0; liver-ct 3".into();
+//! let seg = write_seg(&input, &options)?;
+//! save_seg(&seg, std::path::Path::new("out/seg.dcm"))?;
+//! let masks = read_seg(&seg)?; // masks.mask(sop_instance_uid, frame_number, segment)
+//! # let _ = masks;
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
