@@ -41,10 +41,18 @@ impl Code {
         Self::new("DCM", value, meaning)
     }
 
-    /// The code as one sequence item (Code Value, Coding Scheme Designator, Code Meaning).
+    /// The code as one sequence item (Code Value, Coding Scheme Designator, Code Meaning). A
+    /// value longer than 16 characters (SH), such as an 18-digit SNOMED CT extension concept,
+    /// goes to Long Code Value (UC) instead; a URN or URL to URN Code Value (UR).
     pub fn to_item(&self) -> InMemDicomObject {
         let mut item = InMemDicomObject::new_empty();
-        put_str(&mut item, tags::CODE_VALUE, VR::SH, &self.value);
+        if self.value.contains(':') {
+            put_str(&mut item, tags::URN_CODE_VALUE, VR::UR, &self.value);
+        } else if self.value.chars().count() > 16 {
+            put_str(&mut item, tags::LONG_CODE_VALUE, VR::UC, &self.value);
+        } else {
+            put_str(&mut item, tags::CODE_VALUE, VR::SH, &self.value);
+        }
         put_str(
             &mut item,
             tags::CODING_SCHEME_DESIGNATOR,
@@ -83,4 +91,24 @@ pub fn purpose_source_image() -> Code {
 /// Algorithm Family (CID 7162) of proxyseg's models: (123110, DCM, "Artificial Intelligence").
 pub fn algorithm_family_ai() -> Code {
     Code::dcm("123110", "Artificial Intelligence")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_and_urn_values_use_their_own_attributes() {
+        let short = Code::sct("10200004", "Liver").to_item();
+        assert!(short.get(tags::CODE_VALUE).is_some());
+        let long = Code::sct("999000011000000100", "An extension concept").to_item();
+        assert!(long.get(tags::CODE_VALUE).is_none());
+        assert!(long.get(tags::LONG_CODE_VALUE).is_some());
+        let urn = Code::new("RADLEX", "urn:oid:1.2.3", "Something").to_item();
+        assert!(urn.get(tags::URN_CODE_VALUE).is_some());
+        for item in [short, long, urn] {
+            let back = Code::from_item(&item).expect("code");
+            assert!(!back.value.is_empty() && !back.meaning.is_empty());
+        }
+    }
 }

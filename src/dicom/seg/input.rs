@@ -96,10 +96,16 @@ impl SegOptions {
 
 /// Facts about one source read once.
 pub(super) struct SourceHeader {
+    /// SOP Class UID.
     pub(super) sop_class: String,
+    /// SOP Instance UID.
     pub(super) sop_instance: String,
+    /// Series Instance UID.
     pub(super) series: String,
+    /// Number of Frames (1 when absent).
     pub(super) frames: usize,
+    /// Whether the source is a multi-frame IOD (has Number of Frames): its frames are then
+    /// referenced by Referenced Frame Number.
     pub(super) multi_frame: bool,
 }
 
@@ -198,16 +204,23 @@ pub(super) fn check_input(input: &SegInput<'_>) -> Result<(u16, u16, Vec<SourceH
         )));
     }
     for (i, s) in input.segments.iter().enumerate() {
-        if s.label.is_empty() || s.label.chars().count() > 64 || s.algorithm_name.is_empty() {
+        let lo = |v: &str| !v.trim().is_empty() && v.chars().count() <= 64 && !v.contains('\\');
+        if !lo(&s.label) || !lo(&s.algorithm_name) {
             return Err(SegError::InvalidInput(format!(
-                "segment {}: label must be 1 to 64 characters and algorithm name non-empty",
+                "segment {}: label and algorithm name must be 1 to 64 characters without a \
+                 backslash (LO)",
                 i + 1
             )));
         }
         for (what, code) in [("category", &s.category), ("type", &s.type_)] {
-            if code.scheme.is_empty() || code.value.is_empty() || code.meaning.is_empty() {
+            if code.scheme.is_empty()
+                || code.scheme.len() > 16
+                || code.value.is_empty()
+                || code.meaning.is_empty()
+                || code.meaning.chars().count() > 64
+            {
                 return Err(SegError::InvalidInput(format!(
-                    "segment {}: {what} code needs scheme, value and meaning",
+                    "segment {}: {what} code needs a scheme (SH), a value and a meaning (LO)",
                     i + 1
                 )));
             }
