@@ -472,3 +472,47 @@ fn frames_without_source_references_fall_back_to_frame_order() {
         }
     }
 }
+
+#[test]
+fn long_snomed_code_value_is_valid_and_reads_back() {
+    let dir = test_dir();
+    let sources = make_sources(&dir.path().join("sources"));
+    let ct = open(&sources.ct_small);
+    let mask = pattern(128, 128, 0, 0, false);
+    let mut segs = segments(1);
+    segs[0].type_ = proxyseg::dicom::seg::Code::sct("999000011000000100", "Extension concept");
+    let input = SegInput {
+        segments: segs,
+        sources: vec![SourceImage {
+            dataset: &ct,
+            masks: vec![vec![mask.as_slice()]],
+        }],
+    };
+    let seg = write_seg(&input, &options("long-code", false)).expect("write");
+    let path = dir.path().join("long-code.dcm");
+    save_seg(&seg, &path).expect("save");
+    require_tool("dciodvfy", "dicom3tools");
+    let out = run(Command::new("dciodvfy").arg(&path));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.contains("Error"),
+        "dciodvfy rejects a Long Code Value:\n{text}"
+    );
+    let read = read_seg(&seg).expect("read");
+    assert_eq!(
+        read.segments[0].description.type_.value,
+        "999000011000000100"
+    );
+    assert_eq!(
+        read.mask(
+            ct.get(tags::SOP_INSTANCE_UID)
+                .expect("uid")
+                .to_str()
+                .expect("uid")
+                .trim_end_matches('\0'),
+            1,
+            1
+        ),
+        Some(mask.as_slice())
+    );
+}
