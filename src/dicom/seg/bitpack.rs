@@ -118,6 +118,19 @@ fn pack8(word: u64) -> u8 {
     (ones.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8
 }
 
+/// Whether a mask (one byte per pixel) has no set pixel. Reduces 64-byte blocks with OR, which
+/// vectorises, and stops at the first block with a set pixel.
+pub fn is_empty_mask(mask: &[u8]) -> bool {
+    let blocks = mask.chunks_exact(64);
+    let tail = blocks.remainder();
+    for block in blocks {
+        if block.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            return false;
+        }
+    }
+    tail.iter().all(|&b| b == 0)
+}
+
 /// Packs whole frames; a shorthand for [`BitPacker`].
 pub fn pack_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut packer = BitPacker::default();
@@ -278,6 +291,19 @@ mod tests {
             .collect();
         assert_eq!(simd, swar);
         assert_eq!(pack_frames([frame.as_slice()]), naive_pack(&[frame]));
+    }
+
+    #[test]
+    fn empty_masks_are_detected_anywhere() {
+        for len in [0usize, 1, 63, 64, 65, 200] {
+            let mut m = vec![0u8; len];
+            assert!(is_empty_mask(&m));
+            for i in 0..len {
+                m[i] = 3;
+                assert!(!is_empty_mask(&m), "len {len}, pixel {i}");
+                m[i] = 0;
+            }
+        }
     }
 
     #[test]

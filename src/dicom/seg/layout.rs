@@ -5,7 +5,7 @@
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 
-use super::bitpack::packed_len;
+use super::bitpack::{is_empty_mask, packed_len};
 use super::geometry::Plane;
 use super::input::{SegInput, SourceHeader};
 use super::SegError;
@@ -104,7 +104,7 @@ pub(super) fn plan_frames(
     for seg in 0..input.segments.len() {
         for (pos, sf) in order.iter().enumerate() {
             let mask = input.sources[sf.source].masks[sf.frame][seg];
-            if omit_empty && mask.iter().all(|&b| b == 0) {
+            if omit_empty && is_empty_mask(mask) {
                 continue;
             }
             frames.push((seg as u16 + 1, pos));
