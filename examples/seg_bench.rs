@@ -4,7 +4,8 @@
 //! Usage: `cargo run --release --example seg_bench -- OUTDIR [omit] [REPEATS]`
 //!
 //! Prints `key value` lines: build_s (best of REPEATS write_seg calls: functional groups and bit
-//! packing), write_s (save_seg: encode, write, fsync), frames, pixel_bytes, bytes_per_frame,
+//! packing), serialize_s (best Part 10 encoding into memory), write_s (save_seg: encode, write,
+//! fsync), frames, pixel_bytes, bytes_per_frame,
 //! file_bytes. Writes OUTDIR/proxyseg.dcm.
 
 use std::path::PathBuf;
@@ -88,6 +89,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seg = Some(s);
     }
     let seg = seg.ok_or("no run")?;
+    let mut serialize = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let mut bytes = Vec::with_capacity(32 << 20);
+        let t = Instant::now();
+        seg.write_all(&mut bytes)?;
+        serialize = serialize.min(t.elapsed().as_secs_f64());
+    }
     let path = out.join("proxyseg.dcm");
     let t = Instant::now();
     save_seg(&seg, &path)?;
@@ -102,6 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .to_bytes()?
         .len();
     println!("build_s {best}");
+    println!("serialize_s {serialize}");
     println!("write_s {write_s}");
     println!("frames {frames}");
     println!("pixel_bytes {pixel_bytes}");
