@@ -90,7 +90,7 @@ pub fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
 /// An integer value; `None` when absent, empty or not numeric.
 pub fn get_int<T>(obj: &InMemDicomObject, tag: Tag) -> Option<T>
 where
-    T: Clone + num_like::FromValue,
+    T: num_like::FromValue,
 {
     T::from_element(obj.get(tag)?)
 }

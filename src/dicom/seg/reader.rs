@@ -146,9 +146,15 @@ pub fn read_seg(obj: &InMemDicomObject) -> Result<SegMasks, SegError> {
     };
     let pixel_data: &[u8] = &pixel_data;
     let pixels = usize::from(rows) * usize::from(columns);
+    let total = pixels
+        .checked_mul(frames)
+        .ok_or_else(|| SegError::BadValue {
+            attribute: "NumberOfFrames",
+            reason: format!("{frames} frames of {rows}x{columns} overflow"),
+        })?;
     let need = match fractional_max {
-        None => (pixels * frames).div_ceil(8),
-        Some(_) => pixels * frames,
+        None => total.div_ceil(8),
+        Some(_) => total,
     };
     if pixel_data.len() < need {
         return Err(SegError::PixelDataTooShort {
