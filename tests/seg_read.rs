@@ -61,6 +61,7 @@ fn highdicom_written_segs_read_back_into_the_same_masks() {
         ("ct_small", vec![sources.ct_small.clone()]),
         ("mr_small", vec![sources.mr_small.clone()]),
         ("ct5", sources.ct5.clone()),
+        ("enhanced_ct", vec![sources.enhanced_ct.clone()]),
     ];
     for (kind, files) in kinds {
         for nseg in [1, 3] {

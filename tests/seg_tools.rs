@@ -54,6 +54,11 @@ fn ct_volume_seg_is_valid_sorted_and_reads_back() {
 }
 
 #[test]
+fn enhanced_ct_multiframe_volume_seg_is_valid_sorted_and_reads_back() {
+    check_source_kind("enhanced_ct", |s| vec![s.enhanced_ct.clone()]);
+}
+
+#[test]
 fn rgb_fundus_seg_is_valid_and_reads_back() {
     check_source_kind("fundus", |s| vec![s.fundus.clone()]);
 }

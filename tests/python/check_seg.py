@@ -4,7 +4,8 @@ Usage: check_seg.py MANIFEST.json [MANIFEST.json ...]
 
 Each manifest (written by the Rust tests) names a SEG file, the masks the test wrote (a raw uint8
 file of shape (len(keys), segments, rows, cols)) and, for each key, the source instance UID,
-frame number, whether the source is multi-frame and its Image Position (Patient) or null.
+frame number, whether the source is multi-frame and the Image Position (Patient) of that frame
+or null.
 
 For each SEG this checks, and exits 1 with a message on the first failure:
   * Number of Frames and the segment numbers are as expected;
@@ -72,14 +73,15 @@ def check(manifest_path):
         if got.shape != want.shape or not np.array_equal(got.astype(np.uint8), want):
             fail(f"{name}: multi-frame masks differ for {uid} ({got.shape} vs {want.shape})")
 
-    ipp = {k["uid"]: k["ipp"] for k in keys if k["ipp"] is not None}
+    ipp = {(k["uid"], k["frame"]): k["ipp"] for k in keys if k["ipp"] is not None}
     if ipp:
         iop = [float(v) for v in
                seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient]
         normal = np.cross(iop[:3], iop[3:])
         last = {}
         for n, fg in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-            src = fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            ref = fg.DerivationImageSequence[0].SourceImageSequence[0]
+            src = (ref.ReferencedSOPInstanceUID, int(ref.get("ReferencedFrameNumber", 1)))
             pos = [float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient]
             if not np.allclose(pos, ipp[src], atol=1e-4):
                 fail(f"{name}: frame {n} at {pos}, its source {src} at {ipp[src]}")

@@ -12,6 +12,9 @@ Writes (deterministic UIDs, so runs are reproducible):
                                no patient geometry, odd size 45x61
   ct_latin1.dcm                CT_small with Specific Character Set ISO_IR 100 and a patient
                                name outside ASCII (Müller^Jörg), new study
+  enhanced_ct.dcm              an Enhanced CT image, 4 frames of 30x37 with per-frame Plane
+                               Position (Patient) going down along the normal, so the SEG
+                               must reorder them; shared Plane Orientation and Pixel Measures
   us_cine.dcm                  an Ultrasound Multi-frame image, MONOCHROME2, 8 frames, 30x37
 """
 
@@ -65,6 +68,78 @@ def latin1(out):
     ds.SOPInstanceUID = uid("latin1-instance")
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.save_as(out, enforce_file_format=True)
+
+
+def item(**kw):
+    d = Dataset()
+    for k, v in kw.items():
+        setattr(d, k, v)
+    return d
+
+
+def enhanced_ct(out):
+    frames, rows, cols = 4, 30, 37
+    ds = Dataset()
+    common(ds, "CT", "enhct")
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.AcquisitionNumber = 1
+    ds.ContentQualification = "PRODUCT"
+    ds.ImageComments = "proxyseg enhanced CT phantom"
+    ds.BurnedInAnnotation = "NO"
+    ds.RecognizableVisualFeatures = "NO"
+    ds.LossyImageCompression = "00"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.FrameOfReferenceUID = uid("enhct-for")
+    ds.PositionReferenceIndicator = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.NumberOfFrames = frames
+    ds.DeviceSerialNumber = "1"
+    ds.ManufacturerModelName = "phantom"
+    ds.SoftwareVersions = "1"
+    ds.AcquisitionDateTime = "20260101120000"
+    ds.AcquisitionDuration = 1.0
+    ds.AcquisitionContextSequence = []
+    ds.VolumetricProperties = "VOLUME"
+    ds.VolumeBasedCalculationTechnique = "NONE"
+    ds.PixelPresentation = "MONOCHROME"
+    dim_uid = uid("enhct-dim")
+    ds.DimensionOrganizationSequence = [item(DimensionOrganizationUID=dim_uid)]
+    ds.DimensionIndexSequence = [
+        item(DimensionOrganizationUID=dim_uid,
+             DimensionIndexPointer=pydicom.tag.Tag("StackID"),
+             FunctionalGroupPointer=pydicom.tag.Tag("FrameContentSequence")),
+        item(DimensionOrganizationUID=dim_uid,
+             DimensionIndexPointer=pydicom.tag.Tag("InStackPositionNumber"),
+             FunctionalGroupPointer=pydicom.tag.Tag("FrameContentSequence")),
+    ]
+    ds.SharedFunctionalGroupsSequence = [item(
+        PixelMeasuresSequence=[item(PixelSpacing=["0.8", "0.8"], SliceThickness="2.5")],
+        PlaneOrientationSequence=[item(ImageOrientationPatient=["1", "0", "0", "0", "1", "0"])],
+        PixelValueTransformationSequence=[item(
+            RescaleIntercept="-1024", RescaleSlope="1", RescaleType="HU")],
+        FrameVOILUTSequence=[item(WindowCenter="40", WindowWidth="400")],
+        CTImageFrameTypeSequence=[item(
+            FrameType=["ORIGINAL", "PRIMARY", "AXIAL", "NONE"], PixelPresentation="MONOCHROME",
+            VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE")],
+    )]
+    per_frame = []
+    for f in range(frames):
+        z = 10.0 - 2.5 * f  # going down: the SEG must sort these along the normal
+        per_frame.append(item(
+            PlanePositionSequence=[item(ImagePositionPatient=["-12.0", "-15.0", f"{z:.1f}"])],
+            FrameContentSequence=[item(
+                FrameAcquisitionDateTime="20260101120000", FrameReferenceDateTime="20260101120000",
+                FrameAcquisitionDuration=1.0,
+                StackID="1", InStackPositionNumber=f + 1, DimensionIndexValues=[1, f + 1])],
+        ))
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    y, x = np.mgrid[0:rows, 0:cols]
+    pixels = np.stack([((x * 7 + y * 3 + f * 50) % 4096).astype(np.uint16) for f in range(frames)])
+    ds.PixelData = pixels.tobytes()
+    save(ds, "1.2.840.10008.5.1.4.1.1.2.1", out)
 
 
 def common(ds, modality, name):
@@ -186,6 +261,7 @@ def main():
     copy_small("MR_small.dcm", os.path.join(outdir, "mr_small.dcm"))
     ct_volume(outdir)
     latin1(os.path.join(outdir, "ct_latin1.dcm"))
+    enhanced_ct(os.path.join(outdir, "enhanced_ct.dcm"))
     fundus(os.path.join(outdir, "fundus_op.dcm"))
     us_cine(os.path.join(outdir, "us_cine.dcm"))
 

@@ -68,6 +68,7 @@ pub struct Sources {
     pub fundus: PathBuf,
     pub us_cine: PathBuf,
     pub ct_latin1: PathBuf,
+    pub enhanced_ct: PathBuf,
 }
 
 /// Writes the source phantoms into `dir` with the Python helper.
@@ -92,6 +93,7 @@ pub fn make_sources(dir: &Path) -> Sources {
         fundus: dir.join("fundus_op.dcm"),
         us_cine: dir.join("us_cine.dcm"),
         ct_latin1: dir.join("ct_latin1.dcm"),
+        enhanced_ct: dir.join("enhanced_ct.dcm"),
     }
 }
 
@@ -203,6 +205,38 @@ pub struct Case {
     pub frames: usize,
 }
 
+/// Image Position (Patient) of frame `f` (0-based) of a source with patient geometry: from the
+/// top level of a single-frame image, or from the Plane Position functional group of a
+/// multi-frame one; `None` without a frame of reference.
+pub fn frame_position(ds: &InMemDicomObject, f: usize) -> Option<Vec<f64>> {
+    use dicom_dictionary_std::tags;
+    ds.get(tags::FRAME_OF_REFERENCE_UID)?;
+    let first = |obj: &InMemDicomObject, tag| {
+        obj.get(tag)
+            .and_then(|e| e.items())
+            .and_then(|i| i.first())
+            .cloned()
+    };
+    let from_groups = first(ds, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).and_then(|_| {
+        let items = ds
+            .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)?
+            .items()?;
+        let position = first(items.get(f)?, tags::PLANE_POSITION_SEQUENCE)?;
+        position
+            .get(tags::IMAGE_POSITION_PATIENT)?
+            .to_multi_float64()
+            .ok()
+    });
+    from_groups.or_else(|| {
+        if ds.get(tags::NUMBER_OF_FRAMES).is_some() {
+            return None;
+        }
+        ds.get(tags::IMAGE_POSITION_PATIENT)?
+            .to_multi_float64()
+            .ok()
+    })
+}
+
 /// Segment count, omit switch and expected SEG frame count of a case.
 pub struct Counts {
     pub nseg: usize,
@@ -236,20 +270,14 @@ pub fn write_manifest(
             .trim_end_matches('\0')
             .to_string();
         let multi = ds.get(tags::NUMBER_OF_FRAMES).is_some();
-        let ipp = match (
-            ds.get(tags::IMAGE_POSITION_PATIENT),
-            ds.get(tags::IMAGE_ORIENTATION_PATIENT),
-        ) {
-            (Some(p), Some(_)) if !multi => {
-                let v = p.to_multi_float64().expect("IPP");
-                format!("[{}, {}, {}]", v[0], v[1], v[2])
-            }
-            _ => "null".into(),
-        };
         for (f, per_seg) in per_frame.iter().enumerate() {
             for m in per_seg {
                 bytes.extend_from_slice(m);
             }
+            let ipp = match frame_position(ds, f) {
+                Some(v) => format!("[{}, {}, {}]", v[0], v[1], v[2]),
+                None => "null".into(),
+            };
             keys_json.push(format!(
                 "{{\"uid\": \"{uid}\", \"frame\": {}, \"multi\": {multi}, \"ipp\": {ipp}}}",
                 f + 1

@@ -105,11 +105,6 @@ pub fn first_item(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject>
     items(obj, tag).first()
 }
 
-/// Float values of a DS/FD/FL element.
-pub fn get_f64s(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
-    obj.get(tag)?.to_multi_float64().ok()
-}
-
 /// Integer conversion for the types the SEG code reads.
 pub mod num_like {
     use dicom_object::mem::InMemElement;

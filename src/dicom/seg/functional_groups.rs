@@ -4,23 +4,27 @@
 //! (volumes) and Segment Identification.
 
 use dicom_dictionary_std::tags;
+use dicom_object::mem::InMemElement;
 use dicom_object::InMemDicomObject;
 
 use super::attributes::source_ref_item;
-use super::elements::{copy, put_seq, put_u16s, put_u32s};
+use super::elements::{put_seq, put_u16s, put_u32s};
+use super::geometry::Plane;
 use super::input::SourceHeader;
 
-/// The one Shared Functional Groups item. `geometry_source` is the source whose Pixel Spacing,
-/// Slice Thickness and Image Orientation all sources share, or `None` without patient geometry.
-pub(super) fn shared_groups(geometry_source: Option<&InMemDicomObject>) -> InMemDicomObject {
+/// The one Shared Functional Groups item. `plane` is the plane whose Pixel Spacing, Slice
+/// Thickness and Image Orientation all source frames share, or `None` without patient geometry.
+pub(super) fn shared_groups(plane: Option<&Plane>) -> InMemDicomObject {
     let mut shared = InMemDicomObject::new_empty();
-    if let Some(src) = geometry_source {
+    if let Some(plane) = plane {
         let mut measures = InMemDicomObject::new_empty();
-        copy(&mut measures, src, tags::PIXEL_SPACING, None);
-        copy(&mut measures, src, tags::SLICE_THICKNESS, None);
+        measures.put(plane.elements.spacing.clone());
+        if let Some(thickness) = &plane.elements.thickness {
+            measures.put(thickness.clone());
+        }
         put_seq(&mut shared, tags::PIXEL_MEASURES_SEQUENCE, vec![measures]);
         let mut orientation = InMemDicomObject::new_empty();
-        copy(&mut orientation, src, tags::IMAGE_ORIENTATION_PATIENT, None);
+        orientation.put(plane.elements.orientation.clone());
         put_seq(
             &mut shared,
             tags::PLANE_ORIENTATION_SEQUENCE,
@@ -34,8 +38,8 @@ pub(super) fn shared_groups(geometry_source: Option<&InMemDicomObject>) -> InMem
 pub(super) struct FrameRef<'a> {
     /// The referenced source's identifying attributes.
     pub(super) header: &'a SourceHeader,
-    /// The source data set (for its Image Position).
-    pub(super) source: &'a InMemDicomObject,
+    /// The source frame's Image Position (Patient), with patient geometry.
+    pub(super) position: Option<&'a InMemElement>,
     /// 0-based frame of the source.
     pub(super) source_frame: usize,
     /// Segment number.
@@ -45,14 +49,14 @@ pub(super) struct FrameRef<'a> {
 }
 
 /// One Per-frame Functional Groups item. `derivation_code` is the Derivation Code item,
-/// `second_dimension` whether a dimension follows the segment number, `with_position` whether
-/// the sources have patient geometry (Plane Position) or not (Temporal Position Index).
+/// `second_dimension` whether a dimension follows the segment number. With a position the frame
+/// gets a Plane Position; without, its source frame index goes to Temporal Position Index.
 pub(super) fn per_frame_item(
     frame: &FrameRef<'_>,
     derivation_code: &InMemDicomObject,
     second_dimension: bool,
-    with_position: bool,
 ) -> InMemDicomObject {
+    let with_position = frame.position.is_some();
     let mut item = InMemDicomObject::new_empty();
 
     let mut derivation = InMemDicomObject::new_empty();
@@ -87,14 +91,9 @@ pub(super) fn per_frame_item(
     put_u32s(&mut content, tags::DIMENSION_INDEX_VALUES, &index_values);
     put_seq(&mut item, tags::FRAME_CONTENT_SEQUENCE, vec![content]);
 
-    if with_position {
+    if let Some(element) = frame.position {
         let mut position = InMemDicomObject::new_empty();
-        copy(
-            &mut position,
-            frame.source,
-            tags::IMAGE_POSITION_PATIENT,
-            None,
-        );
+        position.put(element.clone());
         put_seq(&mut item, tags::PLANE_POSITION_SEQUENCE, vec![position]);
     }
 

@@ -27,7 +27,7 @@ pub struct SegInput<'a> {
     /// The segments; segment number `i + 1` is `segments[i]`.
     pub segments: Vec<SegmentDescription>,
     /// The source images: one image, the frames of one multi-frame image, or the slices of a
-    /// series (any order: slices with patient geometry are sorted along the normal).
+    /// series (any order: frames with patient geometry are sorted along the normal).
     pub sources: Vec<SourceImage<'a>>,
 }
 

@@ -19,27 +19,41 @@ pub(super) struct SourceFrame {
     pub(super) frame: usize,
 }
 
-/// The patient geometry shared by all sources, when every source has one.
+/// The patient geometry shared by all sources, when every source frame has one.
 pub(super) struct VolumeGeometry {
-    /// The plane of source 0, whose spacing, thickness and orientation all sources share.
+    /// The plane of source 0, frame 0, whose spacing, thickness and orientation all frames share.
     pub(super) first: Plane,
-    /// The plane of every source, in input order.
-    pub(super) planes: Vec<Plane>,
+    /// The plane of every frame of every source: `planes[source][frame]`.
+    pub(super) planes: Vec<Vec<Plane>>,
 }
 
-/// `Some` when every source is a single-frame image with patient geometry; an error when they
-/// have geometry that disagrees.
+impl VolumeGeometry {
+    /// The plane of a source frame.
+    pub(super) fn plane(&self, sf: SourceFrame) -> &Plane {
+        &self.planes[sf.source][sf.frame]
+    }
+}
+
+/// `Some` when every frame of every source has patient geometry (single-frame CT/MR slices, or
+/// enhanced multi-frame images with plane functional groups); an error when they disagree.
 pub(super) fn volume_geometry(input: &SegInput<'_>) -> Result<Option<VolumeGeometry>, SegError> {
-    let planes: Option<Vec<Plane>> = input.sources.iter().map(|s| Plane::of(s.dataset)).collect();
+    let planes: Option<Vec<Vec<Plane>>> = input
+        .sources
+        .iter()
+        .map(|s| Plane::of_frames(s.dataset))
+        .collect();
     let Some(planes) = planes else {
         return Ok(None);
     };
-    let first = planes[0].clone();
-    for (i, p) in planes.iter().enumerate().skip(1) {
-        if let Some(why) = first.disagreement(p) {
-            return Err(SegError::InconsistentGeometry(format!(
-                "sources 0 and {i}: {why}"
-            )));
+    let first = planes[0][0].clone();
+    for (i, source) in planes.iter().enumerate() {
+        for (f, p) in source.iter().enumerate() {
+            if let Some(why) = first.disagreement(p) {
+                return Err(SegError::InconsistentGeometry(format!(
+                    "source 0 frame 1 and source {i} frame {}: {why}",
+                    f + 1
+                )));
+            }
         }
     }
     Ok(Some(VolumeGeometry { first, planes }))
@@ -51,26 +65,21 @@ pub(super) fn source_order(
     headers: &[SourceHeader],
     geometry: Option<&VolumeGeometry>,
 ) -> Vec<SourceFrame> {
+    let all = headers
+        .iter()
+        .enumerate()
+        .flat_map(|(source, h)| (0..h.frames).map(move |frame| SourceFrame { source, frame }));
     match geometry {
         Some(g) => {
             let normal = g.first.normal();
-            let mut keyed: Vec<(f64, usize)> = g
-                .planes
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.distance_along(normal), i))
+            let mut keyed: Vec<(f64, SourceFrame)> = all
+                .map(|sf| (g.plane(sf).distance_along(normal), sf))
                 .collect();
-            keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            keyed
-                .into_iter()
-                .map(|(_, source)| SourceFrame { source, frame: 0 })
-                .collect()
+            // Stable sort: frames at the same position keep their input order.
+            keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+            keyed.into_iter().map(|(_, sf)| sf).collect()
         }
-        None => headers
-            .iter()
-            .enumerate()
-            .flat_map(|(source, h)| (0..h.frames).map(move |frame| SourceFrame { source, frame }))
-            .collect(),
+        None => all.collect(),
     }
 }
 

@@ -9,8 +9,9 @@
 //! [`deterministic_uid`]), so a retried job writes the very same SOP Instance.
 //!
 //! Layout of a written SEG: frames go segment by segment; within a segment, source frames go
-//! along the slice normal for a volume (sources with Image Orientation/Position, Pixel Spacing
-//! and a Frame of Reference), or in the given order and source frame order otherwise (US cine,
+//! along the slice normal for a volume (single-frame slices with Image Orientation/Position,
+//! Pixel Spacing and a Frame of Reference, or enhanced multi-frame images whose functional
+//! groups hold them), or in the given order and source frame order otherwise (US cine,
 //! photographs: no Frame of Reference, no plane geometry). Dimensions are Referenced Segment
 //! Number then Image Position (Patient) (volumes) or Temporal Position Index (several frames
 //! without geometry). With `omit_empty_frames`, frames whose mask is empty are left out; when

@@ -125,11 +125,10 @@ pub fn write_seg(
     put_seq(&mut ds, tags::DIMENSION_INDEX_SEQUENCE, dimensions);
 
     // Functional groups and the packed pixels, frame by frame in one pass.
-    let geometry_source = plan.geometry.as_ref().map(|_| first);
     put_seq(
         &mut ds,
         tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
-        vec![shared_groups(geometry_source)],
+        vec![shared_groups(plan.geometry.as_ref().map(|g| &g.first))],
     );
     let pixels = u64::from(rows) * u64::from(columns);
     let mut packer = BitPacker::with_capacity(pixels * plan.frames.len() as u64);
@@ -140,7 +139,10 @@ pub fn write_seg(
         let source = &input.sources[sf.source];
         let frame = FrameRef {
             header: &headers[sf.source],
-            source: source.dataset,
+            position: plan
+                .geometry
+                .as_ref()
+                .map(|g| &g.plane(sf).elements.position),
             source_frame: sf.frame,
             segment,
             position_index: pos as u32 + 1,
@@ -149,7 +151,6 @@ pub fn write_seg(
             &frame,
             &derivation_code,
             plan.second_dimension.is_some(),
-            plan.geometry.is_some(),
         ));
         packer.push_frame(source.masks[sf.frame][usize::from(segment) - 1]);
     }
