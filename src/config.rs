@@ -431,13 +431,19 @@ impl Config {
             bad("delivery.max_attempts", "must be at least 1".into());
         }
         if dl.max_permanent_attempts == 0 || dl.max_permanent_attempts > dl.max_attempts {
-            bad("delivery.max_permanent_attempts", "must be between 1 and delivery.max_attempts".into());
+            bad(
+                "delivery.max_permanent_attempts",
+                "must be between 1 and delivery.max_attempts".into(),
+            );
         }
         if !(dl.backoff_initial_s.is_finite() && dl.backoff_initial_s > 0.0) {
             bad("delivery.backoff_initial_s", "must be a number > 0".into());
         }
         if !(dl.backoff_max_s.is_finite() && dl.backoff_max_s >= dl.backoff_initial_s) {
-            bad("delivery.backoff_max_s", "must be >= delivery.backoff_initial_s".into());
+            bad(
+                "delivery.backoff_max_s",
+                "must be >= delivery.backoff_initial_s".into(),
+            );
         }
         if dl.timeout_s == 0 {
             bad("delivery.timeout_s", "must be at least 1".into());
@@ -449,10 +455,16 @@ impl Config {
             bad("delivery.poll_interval_ms", "must be at least 1".into());
         }
         if d.peers.iter().any(|p| p.tls) && dl.tls_ca.is_none() {
-            bad("delivery.tls_ca", "a peer has tls = true: name the CA that signs its certificate".into());
+            bad(
+                "delivery.tls_ca",
+                "a peer has tls = true: name the CA that signs its certificate".into(),
+            );
         }
         if dl.tls_certificate.is_some() != dl.tls_private_key.is_some() {
-            bad("delivery.tls_certificate", "tls_certificate and tls_private_key go together".into());
+            bad(
+                "delivery.tls_certificate",
+                "tls_certificate and tls_private_key go together".into(),
+            );
         }
         for (key, p) in [
             ("delivery.tls_ca", dl.tls_ca.as_ref()),

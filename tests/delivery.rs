@@ -17,12 +17,25 @@ fn opts_with_pacs(pacs_port: u16, extra: &str) -> Opts {
 }
 
 fn send(d: &Daemon, file: &Path) {
-    let o = Command::new(env!("CARGO_BIN_EXE_proxyseg")).args(["send", "--config"]).arg(&d.config).args(["--to", "PACS"]).arg(file).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args(["send", "--config"])
+        .arg(&d.config)
+        .args(["--to", "PACS"])
+        .arg(file)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "proxyseg send:\n{}", text(&o));
 }
 
 fn received(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).map(|r| r.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "dcm")).collect()).unwrap_or_default()
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -37,22 +50,52 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 fn outbox_row(d: &Daemon) -> (String, i64, Option<String>) {
-    d.db().query_row("SELECT state, attempts, last_error FROM outbox ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap()
+    d.db()
+        .query_row(
+            "SELECT state, attempts, last_error FROM outbox ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
 }
 
 fn storescp(port: u16, dir: &Path, extra: &[&str]) -> Child {
     require_tool("storescp");
     std::fs::create_dir_all(dir).unwrap();
-    let c = Command::new("storescp").args(extra).args(["-od"]).arg(dir).arg(port.to_string()).env("TCP_NODELAY", "1").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_for("storescp to listen", 10, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let c = Command::new("storescp")
+        .args(extra)
+        .args(["-od"])
+        .arg(dir)
+        .arg(port.to_string())
+        .env("TCP_NODELAY", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("storescp to listen", 10, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     c
 }
 
 fn pacs_scp(port: u16, dir: &Path, extra: &[&str]) -> Child {
-    let mut c = Command::new(python()).arg(root().join("tests/python/pacs_scp.py")).arg(port.to_string()).arg(dir).args(extra).stdout(Stdio::piped()).spawn().unwrap();
+    let mut c = Command::new(python())
+        .arg(root().join("tests/python/pacs_scp.py"))
+        .arg(port.to_string())
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(c.stdout.as_mut().unwrap()), &mut line).unwrap();
-    wait_for("pacs_scp to listen", 10, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    wait_for("pacs_scp to listen", 10, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     c
 }
 
@@ -98,7 +141,10 @@ fn pacs_rejecting_our_ae_is_dead_lettered_after_bounded_tries() {
     wait_for("dead letter", 30, || outbox_row(&d).0 == "dead");
     let (_, attempts, err) = outbox_row(&d);
     assert_eq!(attempts, 3);
-    assert!(err.unwrap_or_default().contains("association rejected"), "reason not recorded");
+    assert!(
+        err.unwrap_or_default().contains("association rejected"),
+        "reason not recorded"
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(outbox_row(&d).1, 3, "kept trying after the dead letter");
     let _ = pacs.kill();
@@ -123,7 +169,9 @@ fn refusal_and_warning_statuses() {
     let mut pacs = pacs_scp(port, out2.path(), &["--status", "B000"]);
     let d = Daemon::start(opts_with_pacs(port, ""));
     send(&d, &ct_small());
-    wait_for("delivery with warning", 20, || outbox_row(&d).0 == "delivered");
+    wait_for("delivery with warning", 20, || {
+        outbox_row(&d).0 == "delivered"
+    });
     assert!(d.log().contains("warning status"));
     let _ = pacs.kill();
 }
@@ -135,13 +183,27 @@ fn kill_9_during_delivery_is_delivered_after_restart_with_the_same_uid() {
     let mut pacs = pacs_scp(port, out.path(), &["--delay-first", "3"]);
     let mut d = Daemon::start(opts_with_pacs(port, ""));
     send(&d, &ct_small());
-    wait_for("the PACS to be mid-C-STORE", 20, || out.path().join("delaying").exists());
+    wait_for("the PACS to be mid-C-STORE", 20, || {
+        out.path().join("delaying").exists()
+    });
     d.kill9();
-    assert_eq!(outbox_row(&d).0, "pending", "not acknowledged yet, so still pending");
+    assert_eq!(
+        outbox_row(&d).0,
+        "pending",
+        "not acknowledged yet, so still pending"
+    );
     d.restart();
-    wait_for("delivery after restart", 30, || outbox_row(&d).0 == "delivered");
+    wait_for("delivery after restart", 30, || {
+        outbox_row(&d).0 == "delivered"
+    });
     let files = received(out.path());
     let sop = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322";
-    assert!(!files.is_empty() && files.iter().all(|f| f.file_name().unwrap().to_string_lossy().starts_with(sop)), "{files:?}");
+    assert!(
+        !files.is_empty()
+            && files
+                .iter()
+                .all(|f| f.file_name().unwrap().to_string_lossy().starts_with(sop)),
+        "{files:?}"
+    );
     let _ = pacs.kill();
 }

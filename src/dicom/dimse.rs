@@ -105,7 +105,9 @@ impl Command {
 impl Command {
     /// The Command Field of a response command set, if it parses.
     pub fn parse_response_field(bytes: &[u8]) -> Option<u16> {
-        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).ok()?;
+        let obj =
+            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+                .ok()?;
         obj.element(tags::COMMAND_FIELD).ok()?.to_int::<u16>().ok()
     }
 }

@@ -48,9 +48,17 @@ pub async fn run(
                     if in_flight.contains(&row.id) {
                         continue;
                     }
-                    let Ok(permit) = slots.clone().try_acquire_owned() else { break };
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        break;
+                    };
                     in_flight.insert(row.id);
-                    let (db, scu, cfg, stats, done) = (db.clone(), scu.clone(), cfg.clone(), stats.clone(), done_tx.clone());
+                    let (db, scu, cfg, stats, done) = (
+                        db.clone(),
+                        scu.clone(),
+                        cfg.clone(),
+                        stats.clone(),
+                        done_tx.clone(),
+                    );
                     tokio::spawn(async move {
                         let id = row.id;
                         deliver_one(&db, &scu, &cfg, &stats, row).await;
@@ -69,18 +77,36 @@ pub async fn run(
         }
     }
     // Let attempts in flight record their outcome.
-    let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(cfg.concurrency as u32)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        slots.acquire_many(cfg.concurrency as u32),
+    )
+    .await;
 }
 
-async fn deliver_one(db: &Db, scu: &Scu, cfg: &DeliveryConfig, stats: &DeliveryStats, row: OutboxRow) {
-    let dest = Destination { ae_title: row.destination_ae.clone(), host: row.destination_host.clone(), port: row.destination_port, tls: row.tls };
+async fn deliver_one(
+    db: &Db,
+    scu: &Scu,
+    cfg: &DeliveryConfig,
+    stats: &DeliveryStats,
+    row: OutboxRow,
+) {
+    let dest = Destination {
+        ae_title: row.destination_ae.clone(),
+        host: row.destination_host.clone(),
+        port: row.destination_port,
+        tls: row.tls,
+    };
     let started = std::time::Instant::now();
     let attempt = scu.send_file(std::path::Path::new(&row.path), &dest).await;
     let elapsed = started.elapsed();
     let (cfg2, a2, id) = (cfg.clone(), attempt.clone(), row.id);
     let now = db::now();
     let jitter: f64 = rand::random();
-    let after = match db.write(move |c| outbox::record_attempt(c, &cfg2, id, &a2, now, jitter)).await {
+    let after = match db
+        .write(move |c| outbox::record_attempt(c, &cfg2, id, &a2, now, jitter))
+        .await
+    {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, row = row.id, "cannot record a delivery attempt; it will be retried");
@@ -93,7 +119,11 @@ async fn deliver_one(db: &Db, scu: &Scu, cfg: &DeliveryConfig, stats: &DeliveryS
         (Attempt::Delivered { status }, _) => {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
             if *status != 0 {
-                tracing::warn!(status = format!("{status:#06x}"), ms = elapsed.as_millis() as u64, "delivered with a warning status");
+                tracing::warn!(
+                    status = format!("{status:#06x}"),
+                    ms = elapsed.as_millis() as u64,
+                    "delivered with a warning status"
+                );
             } else {
                 tracing::info!(ms = elapsed.as_millis() as u64, "delivered");
             }
@@ -104,7 +134,11 @@ async fn deliver_one(db: &Db, scu: &Scu, cfg: &DeliveryConfig, stats: &DeliveryS
         }
         (_, After::RetryAt(t)) => {
             stats.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(?attempt, retry_in_s = format!("{:.1}", t - now), "delivery failed; will retry");
+            tracing::warn!(
+                ?attempt,
+                retry_in_s = format!("{:.1}", t - now),
+                "delivery failed; will retry"
+            );
         }
         (_, After::Delivered) => {}
     }
@@ -121,16 +155,26 @@ async fn settle_job(db: &Db, job: i64) {
             if pending > 0 {
                 return Ok(None);
             }
-            let state: String = c.query_row("SELECT state FROM jobs WHERE id = ?1", [job], |r| r.get(0))?;
+            let state: String =
+                c.query_row("SELECT state FROM jobs WHERE id = ?1", [job], |r| r.get(0))?;
             if state != JobState::Written.as_str() {
                 return Ok(None);
             }
             let now = db::now();
             let outcome = if dead == 0 {
-                jobs::transition(c, job, JobState::Delivered, None, now).map(|_| JobState::Delivered)
+                jobs::transition(c, job, JobState::Delivered, None, now)
+                    .map(|_| JobState::Delivered)
             } else {
-                let why = outbox::dead_reason(c, job)?.unwrap_or_else(|| "delivery dead-lettered".into());
-                jobs::transition(c, job, JobState::Failed, Some(&format!("delivery: {why}")), now).map(|_| JobState::Failed)
+                let why =
+                    outbox::dead_reason(c, job)?.unwrap_or_else(|| "delivery dead-lettered".into());
+                jobs::transition(
+                    c,
+                    job,
+                    JobState::Failed,
+                    Some(&format!("delivery: {why}")),
+                    now,
+                )
+                .map(|_| JobState::Failed)
             };
             match outcome {
                 Ok(s) => Ok(Some(s)),
@@ -170,14 +214,27 @@ pub enum EnqueueError {
 
 /// Copies Part 10 files durably into `data_dir/outbox/` and queues them for `to_ae` (manual
 /// (re)sends by operators; the running daemon picks them up). Returns (file, row id) pairs.
-pub fn enqueue_files(cfg: &crate::config::Config, to_ae: &str, files: &[std::path::PathBuf]) -> Result<Vec<(String, i64)>, EnqueueError> {
-    let peer = cfg.peer(to_ae).ok_or_else(|| EnqueueError::UnknownPeer(to_ae.to_string()))?.clone();
+pub fn enqueue_files(
+    cfg: &crate::config::Config,
+    to_ae: &str,
+    files: &[std::path::PathBuf],
+) -> Result<Vec<(String, i64)>, EnqueueError> {
+    let peer = cfg
+        .peer(to_ae)
+        .ok_or_else(|| EnqueueError::UnknownPeer(to_ae.to_string()))?
+        .clone();
     let dir = cfg.storage.data_dir.join("outbox");
-    std::fs::create_dir_all(&dir).map_err(|e| EnqueueError::File { path: dir.display().to_string(), message: e.to_string() })?;
+    std::fs::create_dir_all(&dir).map_err(|e| EnqueueError::File {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
     let db = Db::open(&cfg.storage.data_dir.join("proxyseg.sqlite"))?;
     let mut out = Vec::new();
     for f in files {
-        let ferr = |m: String| EnqueueError::File { path: f.display().to_string(), message: m };
+        let ferr = |m: String| EnqueueError::File {
+            path: f.display().to_string(),
+            message: m,
+        };
         let obj = dicom_object::OpenFileOptions::new()
             .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
             .open_file(f)
@@ -196,7 +253,20 @@ pub fn enqueue_files(cfg: &crate::config::Config, to_ae: &str, files: &[std::pat
             .map_err(|e| ferr(e.to_string()))?;
         crate::store::spool::sync_dir(&dir).map_err(|e| ferr(e.to_string()))?;
         let (p, s, c) = (peer.clone(), sop.clone(), staged.display().to_string());
-        let id = db.write_blocking(move |conn| outbox::enqueue(conn, None, &s, &class, &c, &p.ae_title, &p.host, p.port, p.tls, db::now()))?;
+        let id = db.write_blocking(move |conn| {
+            outbox::enqueue(
+                conn,
+                None,
+                &s,
+                &class,
+                &c,
+                &p.ae_title,
+                &p.host,
+                p.port,
+                p.tls,
+                db::now(),
+            )
+        })?;
         out.push((f.display().to_string(), id));
     }
     Ok(out)

@@ -88,7 +88,17 @@ pub fn enqueue(
             destination_host, destination_port, tls, state, next_try_at, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9)
          ON CONFLICT (sop_instance_uid, destination_ae) DO NOTHING",
-        params![job_id, sop_instance_uid, sop_class_uid, path, dest_ae, dest_host, dest_port, tls, now],
+        params![
+            job_id,
+            sop_instance_uid,
+            sop_class_uid,
+            path,
+            dest_ae,
+            dest_host,
+            dest_port,
+            tls,
+            now
+        ],
     )?;
     conn.query_row(
         "SELECT id FROM outbox WHERE sop_instance_uid = ?1 AND destination_ae = ?2",
@@ -137,22 +147,42 @@ pub fn record_attempt(
     now: f64,
     jitter_unit: f64,
 ) -> rusqlite::Result<After> {
-    let attempts: i64 = conn.query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| r.get(0))?;
+    let attempts: i64 = conn.query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
     let attempts = attempts as u32 + 1;
     let (after, reason, status) = match attempt {
         Attempt::Delivered { status } => (After::Delivered, None, Some(*status)),
         Attempt::Transient { reason, status } => {
             if attempts >= cfg.max_attempts {
-                (After::Dead, Some(format!("gave up after {attempts} tries: {reason}")), *status)
+                (
+                    After::Dead,
+                    Some(format!("gave up after {attempts} tries: {reason}")),
+                    *status,
+                )
             } else {
-                (After::RetryAt(now + backoff(cfg, attempts, jitter_unit)), Some(reason.clone()), *status)
+                (
+                    After::RetryAt(now + backoff(cfg, attempts, jitter_unit)),
+                    Some(reason.clone()),
+                    *status,
+                )
             }
         }
         Attempt::Permanent { reason, status } => {
             if attempts >= cfg.max_permanent_attempts {
-                (After::Dead, Some(format!("permanent failure after {attempts} tries: {reason}")), *status)
+                (
+                    After::Dead,
+                    Some(format!(
+                        "permanent failure after {attempts} tries: {reason}"
+                    )),
+                    *status,
+                )
             } else {
-                (After::RetryAt(now + backoff(cfg, attempts, jitter_unit)), Some(reason.clone()), *status)
+                (
+                    After::RetryAt(now + backoff(cfg, attempts, jitter_unit)),
+                    Some(reason.clone()),
+                    *status,
+                )
             }
         }
     };
@@ -201,7 +231,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
-        let cfg = DeliveryConfig { backoff_initial_s: 5.0, backoff_max_s: 60.0, ..Default::default() };
+        let cfg = DeliveryConfig {
+            backoff_initial_s: 5.0,
+            backoff_max_s: 60.0,
+            ..Default::default()
+        };
         assert_eq!(backoff(&cfg, 1, 0.5), 5.0);
         assert_eq!(backoff(&cfg, 2, 0.5), 10.0);
         assert_eq!(backoff(&cfg, 10, 0.5), 60.0);
@@ -213,18 +247,65 @@ mod tests {
     fn retries_are_bounded_and_enqueue_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
-        let cfg = DeliveryConfig { max_attempts: 3, max_permanent_attempts: 2, ..Default::default() };
-        let a = db.write_blocking(|c| enqueue(c, None, "1.2.3", "1.2.840.10008.5.1.4.1.1.66.4", "/x.dcm", "PACS", "127.0.0.1", 104, false, 0.0)).unwrap();
-        let b = db.write_blocking(|c| enqueue(c, None, "1.2.3", "1.2.840.10008.5.1.4.1.1.66.4", "/x.dcm", "PACS", "127.0.0.1", 104, false, 1.0)).unwrap();
+        let cfg = DeliveryConfig {
+            max_attempts: 3,
+            max_permanent_attempts: 2,
+            ..Default::default()
+        };
+        let a = db
+            .write_blocking(|c| {
+                enqueue(
+                    c,
+                    None,
+                    "1.2.3",
+                    "1.2.840.10008.5.1.4.1.1.66.4",
+                    "/x.dcm",
+                    "PACS",
+                    "127.0.0.1",
+                    104,
+                    false,
+                    0.0,
+                )
+            })
+            .unwrap();
+        let b = db
+            .write_blocking(|c| {
+                enqueue(
+                    c,
+                    None,
+                    "1.2.3",
+                    "1.2.840.10008.5.1.4.1.1.66.4",
+                    "/x.dcm",
+                    "PACS",
+                    "127.0.0.1",
+                    104,
+                    false,
+                    1.0,
+                )
+            })
+            .unwrap();
         assert_eq!(a, b);
         let cfg2 = cfg.clone();
-        let t = Attempt::Transient { reason: "refused".into(), status: None };
-        let r1 = db.write_blocking(move |c| record_attempt(c, &cfg2, a, &t, 10.0, 0.5)).unwrap();
+        let t = Attempt::Transient {
+            reason: "refused".into(),
+            status: None,
+        };
+        let r1 = db
+            .write_blocking(move |c| record_attempt(c, &cfg2, a, &t, 10.0, 0.5))
+            .unwrap();
         assert_eq!(r1, After::RetryAt(15.0));
         let cfg3 = cfg.clone();
-        let p = Attempt::Permanent { reason: "AE rejected".into(), status: None };
-        let r2 = db.write_blocking(move |c| record_attempt(c, &cfg3, a, &p, 20.0, 0.5)).unwrap();
+        let p = Attempt::Permanent {
+            reason: "AE rejected".into(),
+            status: None,
+        };
+        let r2 = db
+            .write_blocking(move |c| record_attempt(c, &cfg3, a, &p, 20.0, 0.5))
+            .unwrap();
         assert_eq!(r2, After::Dead);
-        assert!(db.read(|c| due(c, 1e12, 10)).unwrap().is_empty(), "dead rows are never due");
+        assert!(
+            db.read(|c| due(c, 1e12, 10)).unwrap().is_empty(),
+            "dead rows are never due"
+        );
     }
 }
