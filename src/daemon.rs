@@ -62,6 +62,20 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         );
     }
     let db = Db::open(&data_dir.join("proxyseg.sqlite"))?;
+    // After a crash, files renamed into the spool whose index row never committed were never
+    // acknowledged: remove them. A clean shutdown leaves a marker that skips this walk.
+    let marker = data_dir.join(".clean-shutdown");
+    if marker.exists() {
+        let _ = std::fs::remove_file(&marker);
+    } else {
+        let indexed: std::collections::HashSet<std::path::PathBuf> = db.read(|c| {
+            let mut st = c.prepare("SELECT path FROM instances")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|r| r.map(std::path::PathBuf::from)).collect()
+        })?;
+        let removed = spool.sweep_orphans(&indexed)?;
+        tracing::info!(removed, "checked the spool after an unclean stop");
+    }
     let open = db.read(jobs::unfinished)?;
     let indexed = db.read(crate::store::instances::count)?;
     tracing::info!(
@@ -149,6 +163,9 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     while servers.join_next().await.is_some() {}
     let _ = assembler.await;
     let _ = deliverer.await;
+    if let Err(e) = std::fs::File::create(&marker).and_then(|f| f.sync_all()) {
+        tracing::warn!(error = %e, "cannot write the clean-shutdown marker");
+    }
     tracing::info!(
         stored = scp.stats.stored.load(Ordering::Relaxed),
         failed = scp.stats.failed.load(Ordering::Relaxed),

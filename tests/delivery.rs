@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn opts_with_pacs(pacs_port: u16, extra: &str) -> Opts {
@@ -27,12 +27,13 @@ fn send(d: &Daemon, file: &Path) {
     assert!(o.status.success(), "proxyseg send:\n{}", text(&o));
 }
 
+/// Files the PACS stored (storescp names them MODALITY.UID, pacs_scp UID.n.dcm).
 fn received(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|r| {
             r.flatten()
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+                .filter(|p| p.file_name().is_some_and(|n| n != "delaying"))
                 .collect()
         })
         .unwrap_or_default()
@@ -59,7 +60,7 @@ fn outbox_row(d: &Daemon) -> (String, i64, Option<String>) {
         .unwrap()
 }
 
-fn storescp(port: u16, dir: &Path, extra: &[&str]) -> Child {
+fn storescp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
     require_tool("storescp");
     std::fs::create_dir_all(dir).unwrap();
     let c = Command::new("storescp")
@@ -72,13 +73,14 @@ fn storescp(port: u16, dir: &Path, extra: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let g = Guard(c);
     wait_for("storescp to listen", 10, || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    c
+    g
 }
 
-fn pacs_scp(port: u16, dir: &Path, extra: &[&str]) -> Child {
+fn pacs_scp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
     let mut c = Command::new(python())
         .arg(root().join("tests/python/pacs_scp.py"))
         .arg(port.to_string())
@@ -89,14 +91,15 @@ fn pacs_scp(port: u16, dir: &Path, extra: &[&str]) -> Child {
         .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+        &mut std::io::BufReader::new(c.stdout.take().unwrap()),
         &mut line,
     )
     .unwrap();
+    let g = Guard(c);
     wait_for("pacs_scp to listen", 10, || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    c
+    g
 }
 
 fn ct_small() -> PathBuf {
@@ -107,12 +110,12 @@ fn ct_small() -> PathBuf {
 fn delivered_to_storescp() {
     let pacs_port = free_port();
     let out = tempfile::tempdir().unwrap();
-    let mut pacs = storescp(pacs_port, out.path(), &[]);
+    let pacs = storescp(pacs_port, out.path(), &[]);
     let d = Daemon::start(opts_with_pacs(pacs_port, ""));
     send(&d, &ct_small());
     wait_for("delivery", 20, || outbox_row(&d).0 == "delivered");
     assert_eq!(received(out.path()).len(), 1);
-    let _ = pacs.kill();
+    drop(pacs);
 }
 
 #[test]
@@ -123,19 +126,19 @@ fn pacs_down_then_up_is_delivered_exactly_once() {
     send(&d, &ct_small());
     wait_for("two failed tries", 20, || outbox_row(&d).1 >= 2);
     assert_eq!(outbox_row(&d).0, "pending");
-    let mut pacs = storescp(pacs_port, out.path(), &[]);
+    let pacs = storescp(pacs_port, out.path(), &[]);
     wait_for("delivery", 20, || outbox_row(&d).0 == "delivered");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(received(out.path()).len(), 1, "delivered more than once");
     assert!(d.log().contains("will retry"));
-    let _ = pacs.kill();
+    drop(pacs);
 }
 
 #[test]
 fn pacs_rejecting_our_ae_is_dead_lettered_after_bounded_tries() {
     let pacs_port = free_port();
     let out = tempfile::tempdir().unwrap();
-    let mut pacs = storescp(pacs_port, out.path(), &["--refuse"]);
+    let pacs = storescp(pacs_port, out.path(), &["--refuse"]);
     let d = Daemon::start(opts_with_pacs(pacs_port, "max_permanent_attempts = 3\n"));
     send(&d, &ct_small());
     wait_for("dead letter", 30, || outbox_row(&d).0 == "dead");
@@ -147,40 +150,39 @@ fn pacs_rejecting_our_ae_is_dead_lettered_after_bounded_tries() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(outbox_row(&d).1, 3, "kept trying after the dead letter");
-    let _ = pacs.kill();
+    drop(pacs);
 }
 
 #[test]
 fn refusal_and_warning_statuses() {
     let out = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut pacs = pacs_scp(port, out.path(), &["--status", "A900"]);
+    let pacs = pacs_scp(port, out.path(), &["--status", "A900"]);
     let d = Daemon::start(opts_with_pacs(port, "max_permanent_attempts = 2\n"));
     send(&d, &ct_small());
     wait_for("dead letter", 30, || outbox_row(&d).0 == "dead");
     let (_, attempts, err) = outbox_row(&d);
     assert_eq!(attempts, 2);
     assert!(err.unwrap_or_default().contains("0xa900"));
-    let _ = pacs.kill();
-    let _ = pacs.wait();
+    drop(pacs);
 
     let port = free_port();
     let out2 = tempfile::tempdir().unwrap();
-    let mut pacs = pacs_scp(port, out2.path(), &["--status", "B000"]);
+    let pacs = pacs_scp(port, out2.path(), &["--status", "B000"]);
     let d = Daemon::start(opts_with_pacs(port, ""));
     send(&d, &ct_small());
     wait_for("delivery with warning", 20, || {
         outbox_row(&d).0 == "delivered"
     });
     assert!(d.log().contains("warning status"));
-    let _ = pacs.kill();
+    drop(pacs);
 }
 
 #[test]
 fn kill_9_during_delivery_is_delivered_after_restart_with_the_same_uid() {
     let out = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut pacs = pacs_scp(port, out.path(), &["--delay-first", "3"]);
+    let pacs = pacs_scp(port, out.path(), &["--delay-first", "3"]);
     let mut d = Daemon::start(opts_with_pacs(port, ""));
     send(&d, &ct_small());
     wait_for("the PACS to be mid-C-STORE", 20, || {
@@ -205,5 +207,5 @@ fn kill_9_during_delivery_is_delivered_after_restart_with_the_same_uid() {
                 .all(|f| f.file_name().unwrap().to_string_lossy().starts_with(sop)),
         "{files:?}"
     );
-    let _ = pacs.kill();
+    drop(pacs);
 }

@@ -137,7 +137,7 @@ fn read_part10(path: &Path) -> Result<Part10, String> {
     if bytes.len() < 144 || &bytes[128..132] != b"DICM" {
         return Err(format!("{} is not a DICOM Part 10 file", path.display()));
     }
-    let meta = dicom_object::FileMetaTable::from_reader(&bytes[132..])
+    let meta = dicom_object::FileMetaTable::from_reader(&bytes[128..])
         .map_err(|e| format!("{}: bad file meta: {e}", path.display()))?;
     // The meta group ends where its group length says.
     let group_len = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;

@@ -114,33 +114,36 @@ async fn deliver_one(
         }
     };
     let span = tracing::info_span!("deliver", sop = %row.sop_instance_uid, to = %row.destination_ae, attempt = row.attempts + 1);
-    let _g = span.enter();
-    match (&attempt, after) {
-        (Attempt::Delivered { status }, _) => {
-            stats.delivered.fetch_add(1, Ordering::Relaxed);
-            if *status != 0 {
-                tracing::warn!(
-                    status = format!("{status:#06x}"),
-                    ms = elapsed.as_millis() as u64,
-                    "delivered with a warning status"
-                );
-            } else {
-                tracing::info!(ms = elapsed.as_millis() as u64, "delivered");
+    {
+        // Entered only for these synchronous log lines, never across an .await.
+        let _g = span.enter();
+        match (&attempt, after) {
+            (Attempt::Delivered { status }, _) => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                if *status != 0 {
+                    tracing::warn!(
+                        status = format!("{status:#06x}"),
+                        ms = elapsed.as_millis() as u64,
+                        "delivered with a warning status"
+                    );
+                } else {
+                    tracing::info!(ms = elapsed.as_millis() as u64, "delivered");
+                }
             }
+            (_, After::Dead) => {
+                stats.dead.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(?attempt, "dead-lettered: no more tries");
+            }
+            (_, After::RetryAt(t)) => {
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    ?attempt,
+                    retry_in_s = format!("{:.1}", t - now),
+                    "delivery failed; will retry"
+                );
+            }
+            (_, After::Delivered) => {}
         }
-        (_, After::Dead) => {
-            stats.dead.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(?attempt, "dead-lettered: no more tries");
-        }
-        (_, After::RetryAt(t)) => {
-            stats.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                ?attempt,
-                retry_in_s = format!("{:.1}", t - now),
-                "delivery failed; will retry"
-            );
-        }
-        (_, After::Delivered) => {}
     }
     if let Some(job) = row.job_id {
         settle_job(db, job).await;

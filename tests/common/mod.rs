@@ -324,3 +324,13 @@ pub fn stored_path(d: &Daemon, sop: &str) -> Option<PathBuf> {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves no peer behind.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
