@@ -25,6 +25,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// `[log]`: logging format and filter.
     pub log: LogConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// `[dicom]` table.
@@ -225,6 +227,22 @@ impl Default for DeliveryConfig {
             tls_ca: None,
             tls_certificate: None,
             tls_private_key: None,
+        }
+    }
+}
+
+/// `[metrics]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus text endpoint (`GET /metrics`); empty disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -476,6 +494,15 @@ impl Config {
                     bad(key, format!("{} is not a readable file", p.display()));
                 }
             }
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an IP:port address (or \"\" to disable)",
+                    self.metrics.listen
+                ),
+            );
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             bad(

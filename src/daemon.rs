@@ -87,7 +87,9 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         tracing::info!(job = id, study = %study, state = state.as_str(), "resuming job");
     }
 
-    let scp = Scp::new(cfg.clone(), db.clone(), spool)?;
+    let metrics = crate::metrics::Metrics::new();
+    describe_metrics(&metrics);
+    let scp = Scp::new(cfg.clone(), db.clone(), spool, metrics.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     let plain = TcpListener::bind(&cfg.dicom.listen)
@@ -133,6 +135,69 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         wake.clone(),
         stop_rx.clone(),
     ));
+
+    if !cfg.metrics.listen.is_empty() {
+        let l = TcpListener::bind(&cfg.metrics.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "metrics.listen",
+                addr: cfg.metrics.listen.clone(),
+                source,
+            })?;
+        tracing::info!(addr = %cfg.metrics.listen, "metrics endpoint up");
+        let (scp2, db2, ds) = (scp.clone(), db.clone(), delivery_stats.clone());
+        let refresh: Arc<dyn Fn(&crate::metrics::Metrics) + Send + Sync> = Arc::new(move |m| {
+            m.set(
+                "proxyseg_active_associations",
+                &[],
+                scp2.stats.active.load(Ordering::Relaxed) as f64,
+            );
+            m.set(
+                "proxyseg_deliveries_total",
+                &[("result", "delivered")],
+                ds.delivered.load(Ordering::Relaxed) as f64,
+            );
+            m.set(
+                "proxyseg_deliveries_total",
+                &[("result", "retried")],
+                ds.retried.load(Ordering::Relaxed) as f64,
+            );
+            m.set(
+                "proxyseg_deliveries_total",
+                &[("result", "dead")],
+                ds.dead.load(Ordering::Relaxed) as f64,
+            );
+            let counts = db2.read(|c| {
+                let mut out = Vec::new();
+                let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+                for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                    out.push(r?);
+                }
+                let pending: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                out.push(("outbox".into(), pending));
+                Ok(out)
+            });
+            if let Ok(counts) = counts {
+                for (state, n) in counts {
+                    if state == "outbox" {
+                        m.set("proxyseg_queue_depth", &[("queue", "outbox")], n as f64);
+                    } else {
+                        m.set("proxyseg_jobs", &[("state", &state)], n as f64);
+                    }
+                }
+            }
+        });
+        tokio::spawn(crate::metrics::serve(
+            l,
+            metrics.clone(),
+            refresh,
+            stop_rx.clone(),
+        ));
+    }
 
     crate::ops::notify("READY=1\nSTATUS=accepting associations");
     if let Some(interval) = crate::ops::watchdog_interval() {
@@ -187,5 +252,21 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// HELP and TYPE lines of every metric family the daemon exports.
+fn describe_metrics(m: &crate::metrics::Metrics) {
+    for (name, kind, help) in [
+        ("proxyseg_cstore_total", "counter", "C-STORE requests answered, by result."),
+        ("proxyseg_stage_seconds", "histogram", "Latency of pipeline stages (ingest, stability wait, inference per image, SEG write, delivery)."),
+        ("proxyseg_active_associations", "gauge", "DICOM associations open now."),
+        ("proxyseg_deliveries_total", "counter", "Delivery attempts by result (delivered, retried, dead)."),
+        ("proxyseg_jobs", "gauge", "Jobs by current state."),
+        ("proxyseg_jobs_total", "counter", "Job state transitions by state and failure reason."),
+        ("proxyseg_queue_depth", "gauge", "Items waiting, by queue."),
+        ("proxyseg_support_cache_total", "counter", "Support-context cache lookups by result (hit, disk, computed)."),
+    ] {
+        m.describe(name, kind, help);
     }
 }

@@ -57,6 +57,7 @@ pub struct Scp {
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     locks: Vec<Mutex<()>>,
     dir_sync: spool::DirSyncer,
+    metrics: crate::metrics::Metrics,
     /// Counters.
     pub stats: ScpStats,
 }
@@ -151,6 +152,7 @@ impl Scp {
         cfg: Arc<Config>,
         db: Db,
         spool: Spool,
+        metrics: crate::metrics::Metrics,
     ) -> Result<Arc<Scp>, crate::dicom::tls::TlsError> {
         let tls = cfg
             .dicom
@@ -166,6 +168,7 @@ impl Scp {
             tls,
             locks: (0..64).map(|_| Mutex::new(())).collect(),
             dir_sync: spool::DirSyncer::start(),
+            metrics,
             stats: ScpStats::default(),
         }))
     }
@@ -373,6 +376,7 @@ impl Scp {
         let mut cmd_buf: Vec<u8> = Vec::new();
         let mut cmd_ctx: Option<u8> = None;
         let mut incoming: Option<Incoming> = None;
+        let mut store_started = std::time::Instant::now();
         let mut pending: std::collections::VecDeque<PDataValue> = Default::default();
         loop {
             if *shutdown.borrow() && incoming.is_none() && cmd_buf.is_empty() {
@@ -494,6 +498,7 @@ impl Scp {
                             tracing::debug!(message_id = cmd.message_id, "C-ECHO answered");
                         }
                         field::C_STORE_RQ if cmd.has_dataset => {
+                            store_started = std::time::Instant::now();
                             incoming = Some(
                                 self.begin_store(
                                     cmd,
@@ -546,6 +551,20 @@ impl Scp {
                     if pdv.is_last {
                         let Some(inc) = incoming.take() else { continue };
                         let (st, comment, cmd) = self.finish_store(inc, &calling, addr.ip()).await;
+                        let result = if st == status::SUCCESS {
+                            "success"
+                        } else {
+                            "failure"
+                        };
+                        self.metrics
+                            .inc("proxyseg_cstore_total", &[("result", result)]);
+                        if st == status::SUCCESS {
+                            self.metrics.observe(
+                                "proxyseg_stage_seconds",
+                                &[("stage", "ingest")],
+                                store_started.elapsed().as_secs_f64(),
+                            );
+                        }
                         let rsp = dimse::store_response(
                             cmd.message_id,
                             &cmd.sop_class_uid,

@@ -105,6 +105,8 @@ impl Default for Opts {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Port of the Prometheus endpoint.
+    pub metrics_port: u16,
     pub config: PathBuf,
     child: Option<Child>,
 }
@@ -117,6 +119,7 @@ impl Daemon {
     pub fn start(opts: Opts) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let metrics_port = free_port();
         let mut toml = format!(
             "[dicom]\nlisten = \"127.0.0.1:{port}\"\nread_timeout_s = {}\nmax_associations = {}\nmin_free_disk_mb = {}\nrequire_known_peers = {}\nmax_pdu = {}\n",
             opts.read_timeout_s, opts.max_associations, opts.min_free_disk_mb, opts.require_known_peers, opts.max_pdu
@@ -129,7 +132,7 @@ impl Daemon {
             );
         }
         toml += &format!(
-            "[storage]\ndata_dir = \"{}\"\n[pipeline]\nstable_age_s = {}\nscan_interval_ms = 100\n[log]\nfilter = \"debug,dicom_ul=info\"\n{}\n",
+            "[storage]\ndata_dir = \"{}\"\n[pipeline]\nstable_age_s = {}\nscan_interval_ms = 100\n[log]\nfilter = \"debug,dicom_ul=info\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}\n",
             dir.path().join("var").display(),
             opts.stable_age_s,
             opts.extra
@@ -138,6 +141,7 @@ impl Daemon {
         std::fs::write(&config, toml).unwrap();
         let mut d = Daemon {
             dir,
+            metrics_port,
             port,
             config,
             child: None,
