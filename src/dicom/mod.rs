@@ -2,3 +2,4 @@
 //! transfer syntaxes we accept, and DIMSE message encoding.
 
 pub mod sop;
+pub mod pixels;

@@ -1,0 +1,538 @@
+//! Decoded pixel data -> display frames (f32, 0..255) ready for the engine's preprocessing.
+//!
+//! Owns pixel decoding (dicom-pixeldata: native, RLE, deflate, JPEG, JPEG 2000, JPEG-LS), the
+//! Modality LUT, the VOI window (the instance's first WindowCenter/WindowWidth with the DICOM
+//! linear function, else a 0.5 %..99.5 % percentile window per frame), MONOCHROME1 inversion,
+//! RGB / YBR_FULL / YBR_FULL_422 / PALETTE COLOR, planar configuration, 8/16/32-bit
+//! signed/unsigned samples and multi-frame objects. It reproduces
+//! `scripts/model/proxyseg_model/preprocess.py` (`to_display`) in f32, operation by operation.
+//! It never guesses: an input it cannot read exactly fails with a precise [`PixelError`].
+
+use std::path::Path;
+
+use dicom_core::Tag;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
+use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, PixelRepresentation, PlanarConfiguration};
+
+/// Why a DICOM object could not be turned into frames.
+#[derive(Debug, thiserror::Error)]
+pub enum PixelError {
+    /// The file could not be opened or parsed.
+    #[error("cannot read DICOM file {path}: {message}")]
+    Open {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// The object has no Pixel Data.
+    #[error("the object has no Pixel Data (SOP class {sop_class})")]
+    NoPixelData {
+        /// The SOP Class UID, for the message.
+        sop_class: String,
+    },
+    /// The transfer syntax's codec failed or is missing.
+    #[error("cannot decode pixel data ({transfer_syntax}): {message}")]
+    Decode {
+        /// Transfer syntax UID and name.
+        transfer_syntax: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// Fewer pixel bytes than the image attributes announce.
+    #[error("pixel data is truncated: {got} bytes, {expected} expected for {frames} frame(s) of {rows}x{cols}x{samples} at {bits} bits")]
+    Truncated {
+        /// Bytes present.
+        got: usize,
+        /// Bytes needed.
+        expected: usize,
+        /// Number of frames.
+        frames: u32,
+        /// Rows.
+        rows: u32,
+        /// Columns.
+        cols: u32,
+        /// Samples per pixel.
+        samples: u16,
+        /// Bits allocated.
+        bits: u16,
+    },
+    /// A combination of attributes this module does not handle.
+    #[error("unsupported image: {0}")]
+    Unsupported(String),
+    /// A needed attribute is missing or malformed.
+    #[error("bad attribute {name}: {message}")]
+    Attribute {
+        /// Attribute keyword.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One display frame: `channels` planes of `rows x cols` f32 values on the 0..255 scale.
+///
+/// Monochrome frames keep one plane (the engine replicates it to three channels); colour
+/// frames have three planes (R, G, B).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// Zero-based frame number within its object.
+    pub index: u32,
+    /// Rows of the source image.
+    pub rows: usize,
+    /// Columns of the source image.
+    pub cols: usize,
+    /// 1 (grey, replicated to RGB by the engine) or 3 (R, G, B planes).
+    pub channels: usize,
+    /// Planar values, `channels * rows * cols`, each in 0..=255.
+    pub data: Vec<f32>,
+}
+
+impl Frame {
+    /// Plane `c` (for a grey frame every `c` gives the single plane).
+    pub fn plane(&self, c: usize) -> &[f32] {
+        let n = self.rows * self.cols;
+        let c = if self.channels == 1 { 0 } else { c };
+        &self.data[c * n..(c + 1) * n]
+    }
+}
+
+/// Opens a DICOM file and converts every frame.
+pub fn frames_from_file(path: &Path) -> Result<Vec<Frame>, PixelError> {
+    let obj = dicom_object::open_file(path).map_err(|e| {
+        let mut message = error_chain(&e);
+        if message.contains("fill whole buffer") || message.contains("UnexpectedEof") {
+            message.push_str(" (the file ends early: it is truncated)");
+        }
+        PixelError::Open { path: path.display().to_string(), message }
+    })?;
+    frames_from_object(&obj)
+}
+
+/// Converts every frame of a DICOM object into display frames.
+pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelError> {
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        let sop_class = str_attr(obj, tags::SOP_CLASS_UID).unwrap_or_default();
+        return Err(PixelError::NoPixelData { sop_class });
+    }
+    let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let ts_name = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(&ts_uid)
+        .map(|t| t.name().to_string())
+        .unwrap_or_else(|| "unknown transfer syntax".into());
+    let ts = format!("{ts_uid} {ts_name}");
+    let decoded = obj.decode_pixel_data().map_err(|e| PixelError::Decode {
+        transfer_syntax: ts.clone(),
+        message: error_chain(&e),
+    })?;
+    let rows = decoded.rows();
+    let cols = decoded.columns();
+    let nframes = decoded.number_of_frames().max(1);
+    let spp = decoded.samples_per_pixel();
+    let mut bits = decoded.bits_allocated();
+    let bits_stored = decoded.bits_stored();
+    let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
+    let pi = decoded.photometric_interpretation().clone();
+    let planar = decoded.planar_configuration() == PlanarConfiguration::PixelFirst;
+    let planar = !planar && spp == 3;
+    if rows == 0 || cols == 0 {
+        return Err(PixelError::Unsupported(format!("image size {rows}x{cols}")));
+    }
+    if bits == 1 {
+        // dicom-pixeldata expands 1-bit samples to one byte of 0 or 255 each.
+        bits = 8;
+    }
+    if !matches!(bits, 8 | 16 | 32) {
+        return Err(PixelError::Unsupported(format!("BitsAllocated {bits}")));
+    }
+    // Codecs (encapsulated pixel data) hand back interleaved RGB and relabel it; only native
+    // data keeps its photometric interpretation and planar configuration.
+    let encapsulated = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .map(|e| matches!(e.value(), dicom_core::DicomValue::PixelSequence(_)))
+        .unwrap_or(false);
+    // Native YBR_FULL_422 stores two luma samples and one chroma pair per two pixels.
+    let subsampled = !encapsulated && pi == PhotometricInterpretation::YbrFull422;
+    let bytes = bits as usize / 8;
+    let pixels = rows as usize * cols as usize;
+    let frame_bytes = if subsampled {
+        pixels.div_ceil(2) * 4 * bytes
+    } else {
+        pixels * spp as usize * bytes
+    };
+    let data = decoded.data();
+    let expected = frame_bytes * nframes as usize;
+    if data.len() < expected {
+        return Err(PixelError::Truncated {
+            got: data.len(),
+            expected,
+            frames: nframes,
+            rows,
+            cols,
+            samples: spp,
+            bits: decoded.bits_allocated(),
+        });
+    }
+    let rescale: Vec<(f32, f32)> = decoded
+        .rescale()
+        .map(|r| r.iter().map(|r| (r.slope as f32, r.intercept as f32)).collect())
+        .unwrap_or_default();
+    let window = first_window(obj).or_else(|| {
+        decoded
+            .window()
+            .ok()
+            .flatten()
+            .and_then(|w| w.first())
+            .map(|w| (w.center as f32, w.width as f32))
+    });
+    let palette = if pi == PhotometricInterpretation::PaletteColor {
+        Some(Palette::read(obj)?)
+    } else {
+        None
+    };
+
+    let mut out = Vec::with_capacity(nframes as usize);
+    for f in 0..nframes {
+        let raw = &data[f as usize * frame_bytes..(f as usize + 1) * frame_bytes];
+        let samples = read_samples(raw, bits, bits_stored, signed);
+        let frame = match &pi {
+            PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => {
+                if spp != 1 {
+                    return Err(PixelError::Unsupported(format!(
+                        "{pi} with {spp} samples per pixel"
+                    )));
+                }
+                let (slope, intercept) = rescale
+                    .get(f as usize)
+                    .or_else(|| rescale.first())
+                    .copied()
+                    .unwrap_or((1.0, 0.0));
+                let x: Vec<f32> = samples.iter().map(|&v| v as f32 * slope + intercept).collect();
+                let mut y = match window {
+                    Some((c, w)) => voi_linear(&x, c, w),
+                    None => percentile_window(&x),
+                };
+                if pi == PhotometricInterpretation::Monochrome1 {
+                    y.iter_mut().for_each(|v| *v = 255.0 - *v);
+                }
+                y
+            }
+            PhotometricInterpretation::Rgb => {
+                check_spp(&pi, spp, 3)?;
+                let mut planes = to_planes(&samples, pixels, planar);
+                if bits > 8 {
+                    // Wider colour samples are scaled onto 0..255 by their stored range.
+                    let max = ((1u64 << bits_stored.min(32)) - 1) as f32;
+                    planes.iter_mut().for_each(|v| *v = *v * 255.0 / max);
+                }
+                planes
+            }
+            PhotometricInterpretation::YbrFull => {
+                check_spp(&pi, spp, 3)?;
+                check_8bit(&pi, bits)?;
+                ybr_to_rgb(&to_planes(&samples, pixels, planar), pixels)
+            }
+            PhotometricInterpretation::YbrFull422 => {
+                check_spp(&pi, spp, 3)?;
+                check_8bit(&pi, bits)?;
+                let planes = if subsampled {
+                    expand_422(&samples, rows as usize, cols as usize)
+                } else {
+                    to_planes(&samples, pixels, planar)
+                };
+                ybr_to_rgb(&planes, pixels)
+            }
+            PhotometricInterpretation::PaletteColor => {
+                check_spp(&pi, spp, 1)?;
+                match &palette {
+                    Some(p) => p.apply(&samples),
+                    None => return Err(PixelError::Unsupported("PALETTE COLOR without LUT".into())),
+                }
+            }
+            other => {
+                return Err(PixelError::Unsupported(format!(
+                    "photometric interpretation {other} is not supported"
+                )))
+            }
+        };
+        let channels = frame.len() / pixels;
+        out.push(Frame { index: f, rows: rows as usize, cols: cols as usize, channels, data: frame });
+    }
+    Ok(out)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+fn check_spp(pi: &PhotometricInterpretation, spp: u16, want: u16) -> Result<(), PixelError> {
+    if spp == want {
+        Ok(())
+    } else {
+        Err(PixelError::Unsupported(format!("{pi} with {spp} samples per pixel")))
+    }
+}
+
+fn check_8bit(pi: &PhotometricInterpretation, bits: u16) -> Result<(), PixelError> {
+    if bits == 8 {
+        Ok(())
+    } else {
+        Err(PixelError::Unsupported(format!("{pi} with {bits} bits allocated")))
+    }
+}
+
+fn str_attr(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+}
+
+/// The first WindowCenter and first WindowWidth of the top-level dataset, if both parse.
+fn first_window(obj: &InMemDicomObject) -> Option<(f32, f32)> {
+    let first = |tag| -> Option<f32> {
+        let e = obj.element_opt(tag).ok().flatten()?;
+        let v: Vec<f64> = e.to_multi_float64().ok()?;
+        v.first().map(|&x| x as f32)
+    };
+    Some((first(tags::WINDOW_CENTER)?, first(tags::WINDOW_WIDTH)?))
+}
+
+/// Samples as i64, masked to BitsStored and sign-extended when signed.
+fn read_samples(raw: &[u8], bits: u16, bits_stored: u16, signed: bool) -> Vec<i64> {
+    let stored = bits_stored.clamp(1, bits) as u32;
+    let fix = |v: u64| -> i64 {
+        let mask = if stored >= 64 { u64::MAX } else { (1u64 << stored) - 1 };
+        let v = v & mask;
+        if signed && stored < 64 && (v >> (stored - 1)) & 1 == 1 {
+            (v | !mask) as i64
+        } else {
+            v as i64
+        }
+    };
+    match bits {
+        8 => raw.iter().map(|&b| fix(b as u64)).collect(),
+        16 => raw
+            .chunks_exact(2)
+            .map(|c| fix(u16::from_le_bytes([c[0], c[1]]) as u64))
+            .collect(),
+        _ => raw
+            .chunks_exact(4)
+            .map(|c| fix(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64))
+            .collect(),
+    }
+}
+
+/// Interleaved or planar 3-sample pixels -> R, G, B planes (f32).
+fn to_planes(samples: &[i64], pixels: usize, planar: bool) -> Vec<f32> {
+    let mut out = vec![0f32; 3 * pixels];
+    if planar {
+        for (o, s) in out.iter_mut().zip(samples) {
+            *o = *s as f32;
+        }
+    } else {
+        for i in 0..pixels {
+            for c in 0..3 {
+                out[c * pixels + i] = samples[3 * i + c] as f32;
+            }
+        }
+    }
+    out
+}
+
+/// Native YBR_FULL_422 (Y0 Y1 Cb Cr per pixel pair) -> full-resolution Y, Cb, Cr planes.
+fn expand_422(samples: &[i64], rows: usize, cols: usize) -> Vec<f32> {
+    let pixels = rows * cols;
+    let mut out = vec![0f32; 3 * pixels];
+    for i in 0..pixels.div_ceil(2) {
+        let (y0, y1, cb, cr) = (samples[4 * i], samples[4 * i + 1], samples[4 * i + 2], samples[4 * i + 3]);
+        for (k, y) in [(2 * i, y0), (2 * i + 1, y1)] {
+            if k < pixels {
+                out[k] = y as f32;
+                out[pixels + k] = cb as f32;
+                out[2 * pixels + k] = cr as f32;
+            }
+        }
+    }
+    out
+}
+
+/// YBR_FULL -> RGB as pydicom's `convert_color_space` (PS3.3 C.7.6.3.1.2), rounded and
+/// clipped to 0..255 like its uint8 result.
+fn ybr_to_rgb(planes: &[f32], pixels: usize) -> Vec<f32> {
+    let mut out = vec![0f32; 3 * pixels];
+    for i in 0..pixels {
+        let y = planes[i] as f64;
+        let cb = planes[pixels + i] as f64 - 128.0;
+        let cr = planes[2 * pixels + i] as f64 - 128.0;
+        let r = y + 1.402 * cr;
+        let g = y - 0.344136 * cb - 0.714136 * cr;
+        let b = y + 1.772 * cb;
+        for (c, v) in [r, g, b].into_iter().enumerate() {
+            out[c * pixels + i] = v.round().clamp(0.0, 255.0) as f32;
+        }
+    }
+    out
+}
+
+/// DICOM linear VOI function onto 0..255, in f32 as the Python reference.
+pub fn voi_linear(x: &[f32], c: f32, w: f32) -> Vec<f32> {
+    if w <= 1.0 {
+        return x.iter().map(|&v| if v <= c - 0.5 { 0.0 } else { 255.0 }).collect();
+    }
+    let c5 = c - 0.5;
+    let w1 = w - 1.0;
+    x.iter().map(|&v| (((v - c5) / w1 + 0.5) * 255.0).clamp(0.0, 255.0)).collect()
+}
+
+/// numpy's `percentile(x, q)` with linear interpolation, on a scratch copy.
+fn percentile(scratch: &mut [f32], q: f64) -> f64 {
+    let n = scratch.len();
+    let pos = q / 100.0 * (n - 1) as f64;
+    let lo = pos.floor() as usize;
+    let t = pos - lo as f64;
+    let (_, a, rest) = scratch.select_nth_unstable_by(lo, f32::total_cmp);
+    let a = *a as f64;
+    if lo + 1 >= n || t == 0.0 {
+        return a;
+    }
+    let b = rest.iter().copied().fold(f32::INFINITY, f32::min) as f64;
+    // numpy's _lerp: a + (b - a) * t, or b - (b - a) * (1 - t) when t >= 0.5.
+    let d = b - a;
+    if t >= 0.5 {
+        b - d * (1.0 - t)
+    } else {
+        a + d * t
+    }
+}
+
+/// Percentile (0.5 %, 99.5 %) window onto 0..255 (hi <= lo gives zeros).
+pub fn percentile_window(x: &[f32]) -> Vec<f32> {
+    if x.is_empty() {
+        return Vec::new();
+    }
+    let mut scratch = x.to_vec();
+    let lo = percentile(&mut scratch, 0.5) as f32;
+    let hi = percentile(&mut scratch, 99.5) as f32;
+    if hi <= lo {
+        return vec![0.0; x.len()];
+    }
+    let d = hi - lo;
+    x.iter().map(|&v| ((v - lo) / d * 255.0).clamp(0.0, 255.0)).collect()
+}
+
+/// A PALETTE COLOR lookup table (three channels).
+struct Palette {
+    first: i64,
+    luts: [Vec<f32>; 3],
+}
+
+impl Palette {
+    fn read(obj: &InMemDicomObject) -> Result<Palette, PixelError> {
+        let specs = [
+            ("RedPaletteColorLookupTableDescriptor", tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA),
+            ("GreenPaletteColorLookupTableDescriptor", tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA),
+            ("BluePaletteColorLookupTableDescriptor", tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA),
+        ];
+        let mut luts: [Vec<f32>; 3] = Default::default();
+        let mut first = 0;
+        for (i, (name, dtag, ltag)) in specs.into_iter().enumerate() {
+            let desc: Vec<i64> = obj
+                .element_opt(dtag)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_multi_int::<i64>().ok())
+                .ok_or(PixelError::Attribute { name, message: "missing (segmented palettes are not supported)".into() })?;
+            if desc.len() != 3 {
+                return Err(PixelError::Attribute { name, message: format!("has {} values, 3 expected", desc.len()) });
+            }
+            let entries = if desc[0] <= 0 { 65536 } else { desc[0] as usize };
+            first = desc[1] & 0xFFFF;
+            let entry_bits = desc[2];
+            let data = obj
+                .element_opt(ltag)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_bytes().ok().map(|b| b.into_owned()))
+                .ok_or(PixelError::Attribute { name, message: "LUT data missing".into() })?;
+            let values: Vec<f32> = if entry_bits == 8 && data.len() == entries {
+                data.iter().map(|&b| b as f32).collect()
+            } else {
+                let words: Vec<u16> = data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                if entry_bits == 8 {
+                    words.iter().map(|&w| (w & 0xFF) as f32).collect()
+                } else {
+                    words.iter().map(|&w| (w >> 8) as f32).collect()
+                }
+            };
+            if values.len() < entries {
+                return Err(PixelError::Attribute { name, message: format!("LUT has {} entries, {entries} announced", values.len()) });
+            }
+            luts[i] = values[..entries].to_vec();
+        }
+        Ok(Palette { first, luts })
+    }
+
+    fn apply(&self, samples: &[i64]) -> Vec<f32> {
+        let n = samples.len();
+        let mut out = vec![0f32; 3 * n];
+        for (c, lut) in self.luts.iter().enumerate() {
+            let last = lut.len() as i64 - 1;
+            for (i, &s) in samples.iter().enumerate() {
+                let idx = (s - self.first).clamp(0, last) as usize;
+                out[c * n + i] = lut[idx];
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_matches_numpy() {
+        // numpy.percentile(np.arange(10, dtype=float32), [0.5, 99.5]) == [0.045, 8.955]
+        let x: Vec<f32> = (0..10).map(|v| v as f32).collect();
+        let mut s = x.clone();
+        assert!((percentile(&mut s, 0.5) - 0.045).abs() < 1e-9);
+        assert!((percentile(&mut s, 99.5) - 8.955).abs() < 1e-9);
+    }
+
+    #[test]
+    fn window_follows_the_dicom_formula() {
+        let y = voi_linear(&[0.0, 40.0, 80.0, 1000.0, -1000.0], 40.0, 80.0);
+        assert_eq!(y[3], 255.0);
+        assert_eq!(y[4], 0.0);
+        assert!((y[1] - ((0.5 / 79.0 + 0.5) * 255.0)).abs() < 1e-4);
+        assert_eq!(voi_linear(&[0.0, 1.0], 0.6, 1.0), vec![0.0, 255.0]);
+    }
+
+    #[test]
+    fn constant_frame_gives_zeros() {
+        assert_eq!(percentile_window(&[7.0; 16]), vec![0.0; 16]);
+    }
+
+    #[test]
+    fn signed_samples_are_sign_extended() {
+        // 12 bits stored in 16: 0x0FFF is -1.
+        assert_eq!(read_samples(&[0xFF, 0x0F], 16, 12, true), vec![-1]);
+        assert_eq!(read_samples(&[0xFF, 0x0F], 16, 12, false), vec![4095]);
+    }
+}

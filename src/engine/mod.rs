@@ -1,0 +1,3 @@
+//! The inference engine.
+pub mod bundle;
+pub mod runtime;
