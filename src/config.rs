@@ -145,6 +145,8 @@ pub struct EngineConfig {
     pub intra_threads: usize,
     /// Number of inference jobs that run at the same time.
     pub workers: usize,
+    /// Most frames per image_encoder run when the graph's batch is dynamic.
+    pub batch: usize,
 }
 
 impl Default for EngineConfig {
@@ -155,6 +157,7 @@ impl Default for EngineConfig {
             models_dir: PathBuf::from("models"),
             intra_threads: 0,
             workers: 1,
+            batch: 4,
         }
     }
 }
@@ -346,6 +349,9 @@ impl Config {
         }
         if self.engine.workers == 0 {
             bad("engine.workers", "must be at least 1".into());
+        }
+        if self.engine.batch == 0 {
+            bad("engine.batch", "must be at least 1".into());
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             bad("log.format", format!("{:?} is not \"human\" or \"json\"", self.log.format));

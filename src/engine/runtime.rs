@@ -159,6 +159,38 @@ impl LibrarySearch {
     }
 }
 
+/// ONNX Runtime allows one environment per process, and `ort` refuses to build a second
+/// one even after the first was dropped: the first one built is kept for the whole process.
+static PROCESS_ENV: std::sync::Mutex<Option<(Environment, PathBuf)>> = std::sync::Mutex::new(None);
+
+/// Loads the library and builds the environment the first time; later calls reuse them
+/// (a different library asked for later only takes effect after a restart, and is logged).
+fn process_environment(search: &LibrarySearch) -> Result<(Environment, PathBuf), RuntimeError> {
+    let mut guard = PROCESS_ENV
+        .lock()
+        .map_err(|_| RuntimeError::Environment("environment lock poisoned".into()))?;
+    if let Some((env, lib)) = guard.as_ref() {
+        if let Some(wanted) = search.configured.as_ref().or(search.env_var.as_ref()) {
+            if wanted != lib {
+                tracing::warn!(loaded = %lib.display(), wanted = %wanted.display(), "ONNX Runtime is already loaded in this process; the other library takes effect after a restart");
+            }
+        }
+        return Ok((env.clone(), lib.clone()));
+    }
+    let (library, tried) = search.resolve()?;
+    let builder = ort::init_from(&library).map_err(|e| RuntimeError::Load {
+        path: library.clone(),
+        message: e.to_string(),
+        tried: tried.clone(),
+    })?;
+    let env = builder
+        .with_name("proxyseg")
+        .build()
+        .map_err(|e| RuntimeError::Environment(e.to_string()))?;
+    *guard = Some((env.clone(), library.clone()));
+    Ok((env, library))
+}
+
 /// A loaded ONNX Runtime with its environment and the provider preference.
 pub struct Runtime {
     env: Environment,
@@ -205,21 +237,12 @@ impl Runtime {
         } else {
             providers.iter().map(|p| Provider::parse(p)).collect::<Result<Vec<_>, _>>()?
         };
-        let (library, tried) = search.resolve()?;
-        let builder = ort::init_from(&library).map_err(|e| RuntimeError::Load {
-            path: library.clone(),
-            message: e.to_string(),
-            tried: tried.clone(),
-        })?;
-        let env = builder
-            .with_name("proxyseg")
-            .build()
-            .map_err(|e| RuntimeError::Environment(e.to_string()))?;
+        let (env, library) = process_environment(search)?;
         tracing::info!(library = %library.display(), providers = ?providers, "ONNX Runtime loaded");
         Ok(Runtime { env, library, providers, intra_threads, trt_cache })
     }
 
-    /// The library file that was asked for (the process keeps the first one loaded).
+    /// The library file in use (the process keeps the first one loaded).
     pub fn library(&self) -> &Path {
         &self.library
     }
