@@ -111,7 +111,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: PathBuf::from("var") }
+        StorageConfig {
+            data_dir: PathBuf::from("var"),
+        }
     }
 }
 
@@ -127,7 +129,10 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { stable_age_s: 30.0, scan_interval_ms: 500 }
+        PipelineConfig {
+            stable_age_s: 30.0,
+            scan_interval_ms: 500,
+        }
     }
 }
 
@@ -174,7 +179,10 @@ pub struct SegConfig {
 
 impl Default for SegConfig {
     fn default() -> Self {
-        SegConfig { omit_empty_frames: false, manufacturer: "proxyseg".into() }
+        SegConfig {
+            omit_empty_frames: false,
+            manufacturer: "proxyseg".into(),
+        }
     }
 }
 
@@ -190,7 +198,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "human".into(), filter: "info,ort=warn".into() }
+        LogConfig {
+            format: "human".into(),
+            filter: "info,ort=warn".into(),
+        }
     }
 }
 
@@ -243,15 +254,22 @@ impl Config {
     /// the directory that holds the config file's parent (the project root for `config/x.toml`)
     /// only if they do not exist relative to the working directory; see [`Config::resolve_paths`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let cfg = Config::parse(&text)
-            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
         let problems = cfg.validate();
         if problems.is_empty() {
             Ok(cfg)
         } else {
-            Err(ConfigError::Invalid { path: path.to_owned(), problems })
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
         }
     }
 
@@ -264,20 +282,29 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut bad = |key: &str, message: String| {
-            out.push(Problem { key: key.to_string(), message })
+            out.push(Problem {
+                key: key.to_string(),
+                message,
+            })
         };
         let d = &self.dicom;
         if let Err(m) = check_ae_title(&d.ae_title) {
             bad("dicom.ae_title", m);
         }
         if d.listen.parse::<SocketAddr>().is_err() {
-            bad("dicom.listen", format!("{:?} is not an IP:port address", d.listen));
+            bad(
+                "dicom.listen",
+                format!("{:?} is not an IP:port address", d.listen),
+            );
         }
         if d.max_associations == 0 {
             bad("dicom.max_associations", "must be at least 1".into());
         }
         if !(4096..=16 * 1024 * 1024).contains(&d.max_pdu) {
-            bad("dicom.max_pdu", format!("{} is outside 4096..=16777216", d.max_pdu));
+            bad(
+                "dicom.max_pdu",
+                format!("{} is outside 4096..=16777216", d.max_pdu),
+            );
         }
         if d.read_timeout_s == 0 {
             bad("dicom.read_timeout_s", "must be at least 1".into());
@@ -300,7 +327,10 @@ impl Config {
                 bad(&format!("dicom.peers[{i}].ae_title"), m);
             }
             if p.host.trim().is_empty() {
-                bad(&format!("dicom.peers[{i}].host"), "must not be empty".into());
+                bad(
+                    &format!("dicom.peers[{i}].host"),
+                    "must not be empty".into(),
+                );
             }
             if p.port == 0 {
                 bad(&format!("dicom.peers[{i}].port"), "must not be 0".into());
@@ -314,7 +344,10 @@ impl Config {
         }
         if let Some(t) = &d.tls {
             if t.listen.parse::<SocketAddr>().is_err() {
-                bad("dicom.tls.listen", format!("{:?} is not an IP:port address", t.listen));
+                bad(
+                    "dicom.tls.listen",
+                    format!("{:?} is not an IP:port address", t.listen),
+                );
             } else if t.listen == d.listen {
                 bad("dicom.tls.listen", "must differ from dicom.listen".into());
             }
@@ -354,7 +387,10 @@ impl Config {
             bad("engine.batch", "must be at least 1".into());
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
-            bad("log.format", format!("{:?} is not \"human\" or \"json\"", self.log.format));
+            bad(
+                "log.format",
+                format!("{:?} is not \"human\" or \"json\"", self.log.format),
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             bad("log.filter", e.to_string());
@@ -379,8 +415,13 @@ pub fn check_ae_title(ae: &str) -> Result<(), String> {
     if ae.len() > 16 {
         return Err(format!("{ae:?} is longer than 16 characters"));
     }
-    if ae.chars().any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\') {
-        return Err(format!("{ae:?} holds characters not allowed in an AE title"));
+    if ae
+        .chars()
+        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
+    {
+        return Err(format!(
+            "{ae:?} holds characters not allowed in an AE title"
+        ));
     }
     Ok(())
 }

@@ -8,7 +8,11 @@ use engine_common::*;
 use proxyseg::engine::{Engine, EngineError, SupportSet};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -20,35 +24,76 @@ fn support_context_is_computed_once_per_version_and_survives_restart() {
     let cfg = cpu_config(&models);
     rt().block_on(async {
         let engine = Engine::new(&cfg, &data).expect("engine starts");
-        assert_eq!(engine.bundle_names(), vec!["test-tiny".to_string()], "refused: {:?}", engine.refused());
+        assert_eq!(
+            engine.bundle_names(),
+            vec!["test-tiny".to_string()],
+            "refused: {:?}",
+            engine.refused()
+        );
         let set = disc_set("discs", "v1", 3);
         for i in 0..10 {
             let (frame, truth) = disc_frame(120, 100, 50.0 + i as f32, 50.0, 25.0);
-            let seg = engine.segment("test-tiny", &set, vec![frame]).await.expect("segment");
+            let seg = engine
+                .segment("test-tiny", &set, vec![frame])
+                .await
+                .expect("segment");
             assert_eq!(seg.frames.len(), 1);
             let m = &seg.frames[0].masks[0];
             assert_eq!((m.rows, m.cols, m.data.len()), (120, 100, 12000));
             assert_eq!(truth.data.len(), m.data.len());
         }
         let s = engine.support_stats();
-        assert_eq!((s.computed, s.memory_hits, s.disk_hits), (1, 9, 0), "10 segmentations, one context: {s:?}");
+        assert_eq!(
+            (s.computed, s.memory_hits, s.disk_hits),
+            (1, 9, 0),
+            "10 segmentations, one context: {s:?}"
+        );
 
-        let v2 = SupportSet { version: "v2".into(), ..disc_set("discs", "v2", 2) };
-        engine.segment("test-tiny", &v2, vec![disc_frame(64, 64, 30.0, 30.0, 10.0).0]).await.unwrap();
-        assert_eq!(engine.support_stats().computed, 2, "a new version is computed again");
-        assert_eq!(engine.support_stats().in_memory, 1, "the old version is dropped from memory");
+        let v2 = SupportSet {
+            version: "v2".into(),
+            ..disc_set("discs", "v2", 2)
+        };
+        engine
+            .segment(
+                "test-tiny",
+                &v2,
+                vec![disc_frame(64, 64, 30.0, 30.0, 10.0).0],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.support_stats().computed,
+            2,
+            "a new version is computed again"
+        );
+        assert_eq!(
+            engine.support_stats().in_memory,
+            1,
+            "the old version is dropped from memory"
+        );
     });
-    let files = std::fs::read_dir(data.join("cache/support")).unwrap().count();
+    let files = std::fs::read_dir(data.join("cache/support"))
+        .unwrap()
+        .count();
     assert_eq!(files, 2, "one cache file per version");
 
     rt().block_on(async {
         let engine = Engine::new(&cfg, &data).expect("engine restarts");
         let set = disc_set("discs", "v1", 3);
-        let frames = (0..5).map(|i| disc_frame(80, 80, 40.0, 30.0 + i as f32, 15.0).0).collect();
+        let frames = (0..5)
+            .map(|i| disc_frame(80, 80, 40.0, 30.0 + i as f32, 15.0).0)
+            .collect();
         let seg = engine.segment("test-tiny", &set, frames).await.unwrap();
-        assert_eq!(seg.frames.iter().map(|f| f.index).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            seg.frames.iter().map(|f| f.index).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
         let s = engine.support_stats();
-        assert_eq!((s.computed, s.disk_hits), (0, 1), "after a restart the context comes from disk: {s:?}");
+        assert_eq!(
+            (s.computed, s.disk_hits),
+            (0, 1),
+            "after a restart the context comes from disk: {s:?}"
+        );
     });
 }
 
@@ -65,7 +110,10 @@ fn concurrent_requests_compute_the_context_once() {
         let mut tasks = Vec::new();
         for _ in 0..6 {
             let (e, s) = (engine.clone(), set.clone());
-            tasks.push(tokio::spawn(async move { e.segment("t", &s, vec![disc_frame(50, 70, 20.0, 20.0, 8.0).0]).await }));
+            tasks.push(tokio::spawn(async move {
+                e.segment("t", &s, vec![disc_frame(50, 70, 20.0, 20.0, 8.0).0])
+                    .await
+            }));
         }
         for t in tasks {
             t.await.unwrap().unwrap();
@@ -83,21 +131,46 @@ fn clear_errors_for_bad_requests() {
     rt().block_on(async {
         let engine = Engine::new(&cpu_config(&models), &tmp.path().join("var")).unwrap();
         let frame = || vec![disc_frame(32, 32, 10.0, 10.0, 5.0).0];
-        let empty = SupportSet { pairs: vec![], ..disc_set("empty", "1", 1) };
+        let empty = SupportSet {
+            pairs: vec![],
+            ..disc_set("empty", "1", 1)
+        };
         match engine.segment("t", &empty, frame()).await {
-            Err(e @ EngineError::EmptySupportSet { .. }) => assert!(e.to_string().contains("\"empty\" has no image/mask pairs"), "{e}"),
+            Err(e @ EngineError::EmptySupportSet { .. }) => assert!(
+                e.to_string().contains("\"empty\" has no image/mask pairs"),
+                "{e}"
+            ),
             other => panic!("expected EmptySupportSet, got {other:?}"),
         }
         let too_many = disc_set("big", "1", 5);
-        let e = engine.segment("t", &too_many, frame()).await.unwrap_err().to_string();
+        let e = engine
+            .segment("t", &too_many, frame())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("5 pairs, but bundle t accepts at most 4"), "{e}");
         let mut blank = disc_set("blank", "1", 1);
         blank.pairs[0].masks[0].data.fill(0);
-        let e = engine.segment("t", &blank, frame()).await.unwrap_err().to_string();
+        let e = engine
+            .segment("t", &blank, frame())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("empty mask in every pair"), "{e}");
-        let e = engine.segment("nope", &disc_set("s", "1", 1), frame()).await.unwrap_err().to_string();
-        assert!(e.contains("\"nope\" is not served") && e.contains("[\"t\"]"), "{e}");
-        let e = engine.segment("t", &disc_set("s", "1", 1), vec![]).await.unwrap_err().to_string();
+        let e = engine
+            .segment("nope", &disc_set("s", "1", 1), frame())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"nope\" is not served") && e.contains("[\"t\"]"),
+            "{e}"
+        );
+        let e = engine
+            .segment("t", &disc_set("s", "1", 1), vec![])
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no frames"), "{e}");
     });
 }
@@ -116,22 +189,42 @@ fn bad_bundles_are_refused_with_reasons_and_good_ones_served() {
     };
     edit("dim", "embed_dim = 8", "embed_dim = 16");
     edit("contract", "contract = 1", "contract = 2");
-    edit("missing", "mask_decoder = \"mask_decoder.onnx\"", "mask_decoder = \"gone.onnx\"");
+    edit(
+        "missing",
+        "mask_decoder = \"mask_decoder.onnx\"",
+        "mask_decoder = \"gone.onnx\"",
+    );
     edit("toml", "family = \"sam\"", "family = ");
     // Right manifest, wrong graph: the prompt generator's graph swapped for the mask decoder.
     make_test_bundle(&models.join("swap"), "swap", "1");
-    std::fs::copy(models.join("swap/mask_decoder.onnx"), models.join("swap/prompt_generator.onnx")).unwrap();
+    std::fs::copy(
+        models.join("swap/mask_decoder.onnx"),
+        models.join("swap/prompt_generator.onnx"),
+    )
+    .unwrap();
     // metadata_props disagree: graphs from another bundle name.
     make_test_bundle(&models.join("meta"), "other-name", "1");
     let p = models.join("meta/manifest.toml");
-    std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace("name = \"other-name\"", "name = \"meta\"")).unwrap();
+    std::fs::write(
+        &p,
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("name = \"other-name\"", "name = \"meta\""),
+    )
+    .unwrap();
 
-    let engine = Engine::new(&cpu_config(&models), &tmp.path().join("var")).expect("engine starts despite bad bundles");
+    let engine = Engine::new(&cpu_config(&models), &tmp.path().join("var"))
+        .expect("engine starts despite bad bundles");
     assert_eq!(engine.bundle_names(), vec!["good".to_string()]);
     let reasons: Vec<(String, String)> = engine
         .refused()
         .iter()
-        .map(|r| (r.dir.file_name().unwrap().to_string_lossy().into_owned(), r.reason.clone()))
+        .map(|r| {
+            (
+                r.dir.file_name().unwrap().to_string_lossy().into_owned(),
+                r.reason.clone(),
+            )
+        })
         .collect();
     let expect = [
         ("contract", "contract = 2 but this engine implements contract 1"),

@@ -7,11 +7,16 @@ use proxyseg::dicom::pixels::{frames_from_file, PixelError};
 
 fn test_files() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let pattern = format!("{}/.venv/lib/python3*/site-packages/pydicom/data/test_files", root.display());
+    let pattern = format!(
+        "{}/.venv/lib/python3*/site-packages/pydicom/data/test_files",
+        root.display()
+    );
     glob::glob(&pattern)
         .ok()
         .and_then(|mut g| g.find_map(Result::ok))
-        .unwrap_or_else(|| panic!("pydicom's test_files not found ({pattern}); run scripts/test to create .venv"))
+        .unwrap_or_else(|| {
+            panic!("pydicom's test_files not found ({pattern}); run scripts/test to create .venv")
+        })
 }
 
 /// Files pydicom 3.0.2 decodes (`ds.pixel_array` works), with (rows, cols, frames, channels).
@@ -75,23 +80,44 @@ fn every_decodable_pydicom_file_becomes_frames() {
     for &(name, rows, cols, nframes, channels) in DECODABLE {
         match frames_from_file(&dir.join(name)) {
             Ok(frames) => {
-                let shape: Vec<_> = frames.iter().map(|f| (f.rows, f.cols, f.channels)).collect();
+                let shape: Vec<_> = frames
+                    .iter()
+                    .map(|f| (f.rows, f.cols, f.channels))
+                    .collect();
                 if frames.len() != nframes || shape.iter().any(|&s| s != (rows, cols, channels)) {
-                    failures.push(format!("{name}: got {} frames {:?}, want {nframes} x {:?}", frames.len(), shape.first(), (rows, cols, channels)));
+                    failures.push(format!(
+                        "{name}: got {} frames {:?}, want {nframes} x {:?}",
+                        frames.len(),
+                        shape.first(),
+                        (rows, cols, channels)
+                    ));
                 }
                 for f in &frames {
                     if f.data.len() != f.rows * f.cols * f.channels {
-                        failures.push(format!("{name}: frame {} has {} values", f.index, f.data.len()));
+                        failures.push(format!(
+                            "{name}: frame {} has {} values",
+                            f.index,
+                            f.data.len()
+                        ));
                     }
                     if let Some(v) = f.data.iter().find(|v| !(0.0..=255.0).contains(*v)) {
-                        failures.push(format!("{name}: frame {} has value {v} outside 0..255", f.index));
+                        failures.push(format!(
+                            "{name}: frame {} has value {v} outside 0..255",
+                            f.index
+                        ));
                     }
                 }
             }
             Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
-    assert!(failures.is_empty(), "{} of {} files failed:\n{}", failures.len(), DECODABLE.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} files failed:\n{}",
+        failures.len(),
+        DECODABLE.len(),
+        failures.join("\n")
+    );
 }
 
 /// Files pydicom decodes but this engine refuses, each with the reason it must give.
@@ -100,7 +126,10 @@ const KNOWN_REFUSALS: &[(&str, &str)] = &[
     ("SC_rgb_jpeg.dcm", "cannot read DICOM file"),
     // dicom-pixeldata 0.10.1's RLE decoder handles 8 and 16 bits only.
     ("SC_rgb_rle_32bit.dcm", "BitsAllocated other than 8 or 16"),
-    ("SC_rgb_rle_32bit_2frame.dcm", "BitsAllocated other than 8 or 16"),
+    (
+        "SC_rgb_rle_32bit_2frame.dcm",
+        "BitsAllocated other than 8 or 16",
+    ),
     ("rtdose_rle.dcm", "BitsAllocated other than 8 or 16"),
     ("rtdose_rle_1frame.dcm", "BitsAllocated other than 8 or 16"),
 ];
@@ -111,7 +140,10 @@ fn known_refusals_say_why() {
     for &(name, needle) in KNOWN_REFUSALS {
         match frames_from_file(&dir.join(name)) {
             Err(e) => assert!(e.to_string().contains(needle), "{name}: {e}"),
-            Ok(f) => panic!("{name} now decodes ({} frames): move it to DECODABLE", f.len()),
+            Ok(f) => panic!(
+                "{name} now decodes ({} frames): move it to DECODABLE",
+                f.len()
+            ),
         }
     }
 }
@@ -120,13 +152,26 @@ fn known_refusals_say_why() {
 fn broken_files_fail_with_a_clear_reason() {
     let dir = test_files();
     match frames_from_file(&dir.join("MR_truncated.dcm")) {
-        Err(e @ PixelError::Truncated { got: 8130, expected: 8192, .. }) => {
-            assert!(e.to_string().contains("truncated: 8130 bytes, 8192 expected"), "{e}")
+        Err(
+            e @ PixelError::Truncated {
+                got: 8130,
+                expected: 8192,
+                ..
+            },
+        ) => {
+            assert!(
+                e.to_string()
+                    .contains("truncated: 8130 bytes, 8192 expected"),
+                "{e}"
+            )
         }
         // The parser already stops at the short Pixel Data element.
         Err(e @ PixelError::Open { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("8192 value bytes") && msg.contains("truncated"), "{msg}")
+            assert!(
+                msg.contains("8192 value bytes") && msg.contains("truncated"),
+                "{msg}"
+            )
         }
         other => panic!("MR_truncated.dcm: expected Truncated 8130/8192, got {other:?}"),
     }
@@ -134,7 +179,10 @@ fn broken_files_fail_with_a_clear_reason() {
         match frames_from_file(&dir.join(name)) {
             Err(e @ PixelError::Decode { .. }) => {
                 let msg = e.to_string();
-                assert!(msg.contains("cannot decode pixel data (1.2.840.10008.1.2.4."), "{name}: {msg}");
+                assert!(
+                    msg.contains("cannot decode pixel data (1.2.840.10008.1.2.4."),
+                    "{name}: {msg}"
+                );
             }
             other => panic!("{name}: expected a decode error, got {other:?}"),
         }
@@ -151,10 +199,19 @@ fn broken_files_fail_with_a_clear_reason() {
 fn short_pixel_data_in_memory_is_reported_as_truncated() {
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_dictionary_std::tags;
-    let mut obj = dicom_object::open_file(test_files().join("MR_small.dcm")).expect("MR_small.dcm opens");
-    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U8(vec![0u8; 8130].into())));
+    let mut obj =
+        dicom_object::open_file(test_files().join("MR_small.dcm")).expect("MR_small.dcm opens");
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U8(vec![0u8; 8130].into()),
+    ));
     match proxyseg::dicom::pixels::frames_from_object(&obj) {
-        Err(PixelError::Truncated { got: 8130, expected: 8192, .. }) => {}
+        Err(PixelError::Truncated {
+            got: 8130,
+            expected: 8192,
+            ..
+        }) => {}
         other => panic!("expected Truncated 8130/8192, got {other:?}"),
     }
 }

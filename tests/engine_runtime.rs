@@ -21,7 +21,11 @@ fn missing_then_wrong_then_right_library() {
     match Engine::new(&cfg, &data) {
         Err(EngineError::Runtime(e @ RuntimeError::NotFound { .. })) => {
             let msg = e.to_string();
-            assert!(msg.contains("no/libonnxruntime.so.1.32.0 (no such file)") && msg.contains("[engine] onnxruntime"), "{msg}");
+            assert!(
+                msg.contains("no/libonnxruntime.so.1.32.0 (no such file)")
+                    && msg.contains("[engine] onnxruntime"),
+                "{msg}"
+            );
         }
         other => panic!("missing library: expected NotFound, got {other:?}"),
     }
@@ -32,16 +36,23 @@ fn missing_then_wrong_then_right_library() {
     match Engine::new(&cfg, &data) {
         Err(EngineError::Runtime(e @ RuntimeError::Load { .. })) => {
             let msg = e.to_string();
-            assert!(msg.contains("cannot load ONNX Runtime from") && msg.contains(&fake.display().to_string()), "{msg}");
+            assert!(
+                msg.contains("cannot load ONNX Runtime from")
+                    && msg.contains(&fake.display().to_string()),
+                "{msg}"
+            );
         }
         other => panic!("wrong library: expected Load, got {other:?}"),
     }
 
     // A real shared library that is not ONNX Runtime.
-    let libc = ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1"]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists());
+    let libc = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists());
     if let Some(libz) = libc {
         cfg.onnxruntime = Some(libz.clone());
         match Engine::new(&cfg, &data) {
@@ -55,6 +66,13 @@ fn missing_then_wrong_then_right_library() {
     // The default search finds the wheel in .venv.
     cfg.onnxruntime = None;
     let engine = Engine::new(&cfg, &data).expect("onnxruntime from .venv loads");
-    assert!(engine.library().to_string_lossy().contains("onnxruntime/capi/libonnxruntime.so"), "{}", engine.library().display());
+    assert!(
+        engine
+            .library()
+            .to_string_lossy()
+            .contains("onnxruntime/capi/libonnxruntime.so"),
+        "{}",
+        engine.library().display()
+    );
     assert!(engine.bundle_names().is_empty());
 }

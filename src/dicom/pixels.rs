@@ -11,10 +11,12 @@
 use std::path::Path;
 
 use dicom_core::Tag;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
-use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, PixelRepresentation, PlanarConfiguration};
+use dicom_pixeldata::{
+    PhotometricInterpretation, PixelDecoder, PixelRepresentation, PlanarConfiguration,
+};
 
 /// Why a DICOM object could not be turned into frames.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,10 @@ pub fn frames_from_file(path: &Path) -> Result<Vec<Frame>, PixelError> {
         if message.contains("fill whole buffer") || message.contains("UnexpectedEof") {
             message.push_str(" (the file ends early: it is truncated)");
         }
-        PixelError::Open { path: path.display().to_string(), message }
+        PixelError::Open {
+            path: path.display().to_string(),
+            message,
+        }
     })?;
     frames_from_object(&obj)
 }
@@ -117,7 +122,11 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
         let sop_class = str_attr(obj, tags::SOP_CLASS_UID).unwrap_or_default();
         return Err(PixelError::NoPixelData { sop_class });
     }
-    let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let ts_uid = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
     let ts_name = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(&ts_uid)
         .map(|t| t.name().to_string())
@@ -179,7 +188,11 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
     }
     let rescale: Vec<(f32, f32)> = decoded
         .rescale()
-        .map(|r| r.iter().map(|r| (r.slope as f32, r.intercept as f32)).collect())
+        .map(|r| {
+            r.iter()
+                .map(|r| (r.slope as f32, r.intercept as f32))
+                .collect()
+        })
         .unwrap_or_default();
     let window = first_window(obj).or_else(|| {
         decoded
@@ -211,7 +224,10 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
                     .or_else(|| rescale.first())
                     .copied()
                     .unwrap_or((1.0, 0.0));
-                let x: Vec<f32> = samples.iter().map(|&v| v as f32 * slope + intercept).collect();
+                let x: Vec<f32> = samples
+                    .iter()
+                    .map(|&v| v as f32 * slope + intercept)
+                    .collect();
                 let mut y = match window {
                     Some((c, w)) => voi_linear(&x, c, w),
                     None => percentile_window(&x),
@@ -250,7 +266,9 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
                 check_spp(&pi, spp, 1)?;
                 match &palette {
                     Some(p) => p.apply(&samples),
-                    None => return Err(PixelError::Unsupported("PALETTE COLOR without LUT".into())),
+                    None => {
+                        return Err(PixelError::Unsupported("PALETTE COLOR without LUT".into()))
+                    }
                 }
             }
             other => {
@@ -260,7 +278,13 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
             }
         };
         let channels = frame.len() / pixels;
-        out.push(Frame { index: f, rows: rows as usize, cols: cols as usize, channels, data: frame });
+        out.push(Frame {
+            index: f,
+            rows: rows as usize,
+            cols: cols as usize,
+            channels,
+            data: frame,
+        });
     }
     Ok(out)
 }
@@ -283,7 +307,9 @@ fn check_spp(pi: &PhotometricInterpretation, spp: u16, want: u16) -> Result<(), 
     if spp == want {
         Ok(())
     } else {
-        Err(PixelError::Unsupported(format!("{pi} with {spp} samples per pixel")))
+        Err(PixelError::Unsupported(format!(
+            "{pi} with {spp} samples per pixel"
+        )))
     }
 }
 
@@ -291,7 +317,9 @@ fn check_8bit(pi: &PhotometricInterpretation, bits: u16) -> Result<(), PixelErro
     if bits == 8 {
         Ok(())
     } else {
-        Err(PixelError::Unsupported(format!("{pi} with {bits} bits allocated")))
+        Err(PixelError::Unsupported(format!(
+            "{pi} with {bits} bits allocated"
+        )))
     }
 }
 
@@ -317,7 +345,11 @@ fn first_window(obj: &InMemDicomObject) -> Option<(f32, f32)> {
 fn read_samples(raw: &[u8], bits: u16, bits_stored: u16, signed: bool) -> Vec<i64> {
     let stored = bits_stored.clamp(1, bits) as u32;
     let fix = |v: u64| -> i64 {
-        let mask = if stored >= 64 { u64::MAX } else { (1u64 << stored) - 1 };
+        let mask = if stored >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << stored) - 1
+        };
         let v = v & mask;
         if signed && stored < 64 && (v >> (stored - 1)) & 1 == 1 {
             (v | !mask) as i64
@@ -360,7 +392,12 @@ fn expand_422(samples: &[i64], rows: usize, cols: usize) -> Vec<f32> {
     let pixels = rows * cols;
     let mut out = vec![0f32; 3 * pixels];
     for i in 0..pixels.div_ceil(2) {
-        let (y0, y1, cb, cr) = (samples[4 * i], samples[4 * i + 1], samples[4 * i + 2], samples[4 * i + 3]);
+        let (y0, y1, cb, cr) = (
+            samples[4 * i],
+            samples[4 * i + 1],
+            samples[4 * i + 2],
+            samples[4 * i + 3],
+        );
         for (k, y) in [(2 * i, y0), (2 * i + 1, y1)] {
             if k < pixels {
                 out[k] = y as f32;
@@ -393,11 +430,16 @@ fn ybr_to_rgb(planes: &[f32], pixels: usize) -> Vec<f32> {
 /// DICOM linear VOI function onto 0..255, in f32 as the Python reference.
 pub fn voi_linear(x: &[f32], c: f32, w: f32) -> Vec<f32> {
     if w <= 1.0 {
-        return x.iter().map(|&v| if v <= c - 0.5 { 0.0 } else { 255.0 }).collect();
+        return x
+            .iter()
+            .map(|&v| if v <= c - 0.5 { 0.0 } else { 255.0 })
+            .collect();
     }
     let c5 = c - 0.5;
     let w1 = w - 1.0;
-    x.iter().map(|&v| (((v - c5) / w1 + 0.5) * 255.0).clamp(0.0, 255.0)).collect()
+    x.iter()
+        .map(|&v| (((v - c5) / w1 + 0.5) * 255.0).clamp(0.0, 255.0))
+        .collect()
 }
 
 /// numpy's `percentile(x, q)` with linear interpolation, on a scratch copy.
@@ -433,7 +475,9 @@ pub fn percentile_window(x: &[f32]) -> Vec<f32> {
         return vec![0.0; x.len()];
     }
     let d = hi - lo;
-    x.iter().map(|&v| ((v - lo) / d * 255.0).clamp(0.0, 255.0)).collect()
+    x.iter()
+        .map(|&v| ((v - lo) / d * 255.0).clamp(0.0, 255.0))
+        .collect()
 }
 
 /// A PALETTE COLOR lookup table (three channels).
@@ -445,9 +489,21 @@ struct Palette {
 impl Palette {
     fn read(obj: &InMemDicomObject) -> Result<Palette, PixelError> {
         let specs = [
-            ("RedPaletteColorLookupTableDescriptor", tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA),
-            ("GreenPaletteColorLookupTableDescriptor", tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA),
-            ("BluePaletteColorLookupTableDescriptor", tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA),
+            (
+                "RedPaletteColorLookupTableDescriptor",
+                tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+                tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+            ),
+            (
+                "GreenPaletteColorLookupTableDescriptor",
+                tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+                tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+            ),
+            (
+                "BluePaletteColorLookupTableDescriptor",
+                tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+                tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+            ),
         ];
         let mut luts: [Vec<f32>; 3] = Default::default();
         let mut first = 0;
@@ -457,11 +513,21 @@ impl Palette {
                 .ok()
                 .flatten()
                 .and_then(|e| e.to_multi_int::<i64>().ok())
-                .ok_or(PixelError::Attribute { name, message: "missing (segmented palettes are not supported)".into() })?;
+                .ok_or(PixelError::Attribute {
+                    name,
+                    message: "missing (segmented palettes are not supported)".into(),
+                })?;
             if desc.len() != 3 {
-                return Err(PixelError::Attribute { name, message: format!("has {} values, 3 expected", desc.len()) });
+                return Err(PixelError::Attribute {
+                    name,
+                    message: format!("has {} values, 3 expected", desc.len()),
+                });
             }
-            let entries = if desc[0] <= 0 { 65536 } else { desc[0] as usize };
+            let entries = if desc[0] <= 0 {
+                65536
+            } else {
+                desc[0] as usize
+            };
             first = desc[1] & 0xFFFF;
             let entry_bits = desc[2];
             let data = obj
@@ -469,11 +535,17 @@ impl Palette {
                 .ok()
                 .flatten()
                 .and_then(|e| e.to_bytes().ok().map(|b| b.into_owned()))
-                .ok_or(PixelError::Attribute { name, message: "LUT data missing".into() })?;
+                .ok_or(PixelError::Attribute {
+                    name,
+                    message: "LUT data missing".into(),
+                })?;
             let values: Vec<f32> = if entry_bits == 8 && data.len() == entries {
                 data.iter().map(|&b| b as f32).collect()
             } else {
-                let words: Vec<u16> = data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                let words: Vec<u16> = data
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect();
                 if entry_bits == 8 {
                     words.iter().map(|&w| (w & 0xFF) as f32).collect()
                 } else {
@@ -481,7 +553,10 @@ impl Palette {
                 }
             };
             if values.len() < entries {
-                return Err(PixelError::Attribute { name, message: format!("LUT has {} entries, {entries} announced", values.len()) });
+                return Err(PixelError::Attribute {
+                    name,
+                    message: format!("LUT has {} entries, {entries} announced", values.len()),
+                });
             }
             luts[i] = values[..entries].to_vec();
         }

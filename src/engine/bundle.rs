@@ -144,9 +144,14 @@ pub struct Manifest {
 impl Manifest {
     /// Parses and checks manifest text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, BundleError> {
-        let raw: RawManifest = toml::from_str(text)
-            .map_err(|e| BundleError::Parse { path: path.to_owned(), message: e.to_string() })?;
-        let bad = |message: String| BundleError::Contract { path: path.to_owned(), message };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| BundleError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let bad = |message: String| BundleError::Contract {
+            path: path.to_owned(),
+            message,
+        };
         if raw.contract != CONTRACT_VERSION {
             return Err(bad(format!(
                 "contract = {} but this engine implements contract {CONTRACT_VERSION}",
@@ -154,7 +159,10 @@ impl Manifest {
             )));
         }
         if raw.family != "sam" {
-            return Err(bad(format!("family = {:?} is not supported (expected \"sam\")", raw.family)));
+            return Err(bad(format!(
+                "family = {:?} is not supported (expected \"sam\")",
+                raw.family
+            )));
         }
         let three = |v: &[f32], key: &str| -> Result<[f32; 3], BundleError> {
             <[f32; 3]>::try_from(v)
@@ -167,7 +175,9 @@ impl Manifest {
         let pixel_mean = three(&raw.pixel_mean, "pixel_mean")?;
         let pixel_std = three(&raw.pixel_std, "pixel_std")?;
         if pixel_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(bad(format!("pixel_std {pixel_std:?} must be finite and > 0")));
+            return Err(bad(format!(
+                "pixel_std {pixel_std:?} must be finite and > 0"
+            )));
         }
         let embed_size = two(&raw.embed_size, "embed_size")?;
         let low_res_size = two(&raw.low_res_size, "low_res_size")?;
@@ -225,8 +235,14 @@ impl Manifest {
                 "embed_size",
                 MetaValue::Ints(self.embed_size.iter().map(|&v| v as i64).collect()),
             ),
-            ("prompt_tokens", MetaValue::Ints(vec![self.prompt_tokens as i64])),
-            ("max_objects", MetaValue::Ints(vec![self.max_objects as i64])),
+            (
+                "prompt_tokens",
+                MetaValue::Ints(vec![self.prompt_tokens as i64]),
+            ),
+            (
+                "max_objects",
+                MetaValue::Ints(vec![self.max_objects as i64]),
+            ),
             ("max_pairs", MetaValue::Ints(vec![self.max_pairs as i64])),
         ]
     }
@@ -356,8 +372,10 @@ impl Bundle {
     /// Loads and checks one bundle folder.
     pub fn load(dir: &Path, runtime: &Runtime) -> Result<Bundle, BundleError> {
         let mpath = dir.join("manifest.toml");
-        let text = std::fs::read_to_string(&mpath)
-            .map_err(|source| BundleError::Read { path: mpath.clone(), source })?;
+        let text = std::fs::read_to_string(&mpath).map_err(|source| BundleError::Read {
+            path: mpath.clone(),
+            source,
+        })?;
         let manifest = Manifest::parse(&text, &mpath)?;
         let m = &manifest;
         let (s, c, h, w) = (m.input_size, m.embed_dim, m.embed_size[0], m.embed_size[1]);
@@ -370,21 +388,39 @@ impl Bundle {
                         outputs: &[(&str, &[Dim])]|
          -> Result<Graph, BundleError> {
             let path = dir.join(file);
-            let bad = |message: String| BundleError::Contract { path: path.clone(), message };
+            let bad = |message: String| BundleError::Contract {
+                path: path.clone(),
+                message,
+            };
             if file.contains("..") || Path::new(file).is_absolute() {
-                return Err(bad(format!("graph file name {file:?} must stay inside the bundle")));
+                return Err(bad(format!(
+                    "graph file name {file:?} must stay inside the bundle"
+                )));
             }
             if !path.is_file() {
                 return Err(bad(format!("{} graph file is missing", kind.as_str())));
             }
             let (session, provider) = runtime.session(&path)?;
             check_metadata(&session, m).map_err(&bad)?;
-            let ins: Vec<_> = session.inputs().iter().map(|o| (o.name().to_string(), o.dtype().clone())).collect();
-            let outs: Vec<_> = session.outputs().iter().map(|o| (o.name().to_string(), o.dtype().clone())).collect();
+            let ins: Vec<_> = session
+                .inputs()
+                .iter()
+                .map(|o| (o.name().to_string(), o.dtype().clone()))
+                .collect();
+            let outs: Vec<_> = session
+                .outputs()
+                .iter()
+                .map(|o| (o.name().to_string(), o.dtype().clone()))
+                .collect();
             check_signature("input", &ins, inputs, &mut dims).map_err(&bad)?;
             check_signature("output", &outs, outputs, &mut dims).map_err(&bad)?;
             log_provider(m, kind, &provider);
-            Ok(Graph { kind, path, provider, session: Mutex::new(session) })
+            Ok(Graph {
+                kind,
+                path,
+                provider,
+                session: Mutex::new(session),
+            })
         };
         let g = &m.graphs;
         let image_encoder = load(
@@ -460,10 +496,15 @@ impl Bundle {
 
     /// The provider each graph got.
     pub fn providers(&self) -> Vec<(GraphKind, Provider)> {
-        [&self.image_encoder, &self.support_encoder, &self.prompt_generator, &self.mask_decoder]
-            .iter()
-            .map(|g| (g.kind, g.provider.active))
-            .collect()
+        [
+            &self.image_encoder,
+            &self.support_encoder,
+            &self.prompt_generator,
+            &self.mask_decoder,
+        ]
+        .iter()
+        .map(|g| (g.kind, g.provider.active))
+        .collect()
     }
 
     /// The graph of a kind.
@@ -485,7 +526,9 @@ fn log_provider(m: &Manifest, kind: GraphKind, p: &ProviderReport) {
 }
 
 fn check_metadata(session: &Session, m: &Manifest) -> Result<(), String> {
-    let meta = session.metadata().map_err(|e| format!("cannot read metadata_props: {e}"))?;
+    let meta = session
+        .metadata()
+        .map_err(|e| format!("cannot read metadata_props: {e}"))?;
     let mut problems = Vec::new();
     for (key, want) in m.expected_metadata() {
         match meta.custom(key) {
@@ -517,15 +560,21 @@ fn check_signature(
     let mut sorted_want = want_names.clone();
     sorted_want.sort_unstable();
     if sorted_got != sorted_want {
-        return Err(format!("{what}s are {got_names:?} but the contract says {want_names:?}"));
+        return Err(format!(
+            "{what}s are {got_names:?} but the contract says {want_names:?}"
+        ));
     }
     for (name, shape_want) in want {
-        let Some((_, ty)) = got.iter().find(|(n, _)| n == name) else { continue };
+        let Some((_, ty)) = got.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
         let ValueType::Tensor { ty, shape, .. } = ty else {
             return Err(format!("{what} {name} is not a tensor"));
         };
         if *ty != TensorElementType::Float32 {
-            return Err(format!("{what} {name} is {ty:?}, the contract says float32"));
+            return Err(format!(
+                "{what} {name} is {ty:?}, the contract says float32"
+            ));
         }
         if shape_want.is_empty() {
             continue;
@@ -679,15 +728,26 @@ seed = 1
     fn good_manifest_parses() {
         let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
         assert_eq!(m.embed_size, [4, 4]);
-        assert_eq!(m.provenance.get("seed").and_then(|v| v.as_integer()), Some(1));
+        assert_eq!(
+            m.provenance.get("seed").and_then(|v| v.as_integer()),
+            Some(1)
+        );
     }
 
     #[test]
     fn bad_manifests_say_why() {
         let cases = [
             ("contract = 1", "contract = 2", "contract = 2"),
-            ("low_res_size = [16, 16]", "low_res_size = [8, 8]", "low_res_size"),
-            ("pixel_std = [1.0, 1.0, 1.0]", "pixel_std = [1.0, 0.0, 1.0]", "pixel_std"),
+            (
+                "low_res_size = [16, 16]",
+                "low_res_size = [8, 8]",
+                "low_res_size",
+            ),
+            (
+                "pixel_std = [1.0, 1.0, 1.0]",
+                "pixel_std = [1.0, 0.0, 1.0]",
+                "pixel_std",
+            ),
             ("family = \"sam\"", "family = \"unet\"", "family"),
             ("embed_dim = 8\n", "", "embed_dim"),
         ];

@@ -31,7 +31,10 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor, String> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(format!("shape {shape:?} needs {n} values, got {}", data.len()));
+            return Err(format!(
+                "shape {shape:?} needs {n} values, got {}",
+                data.len()
+            ));
         }
         Ok(Tensor { shape, data })
     }
@@ -81,29 +84,47 @@ impl StageTimings {
 }
 
 /// Runs one graph on named f32 inputs and returns the named outputs.
-pub fn run_graph(graph: &Graph, inputs: &[(&str, &Tensor)], outputs: &[&str]) -> Result<Vec<Tensor>, EngineError> {
+pub fn run_graph(
+    graph: &Graph,
+    inputs: &[(&str, &Tensor)],
+    outputs: &[&str],
+) -> Result<Vec<Tensor>, EngineError> {
     let ort_err = |e: &dyn std::fmt::Display| EngineError::Inference {
         graph: graph.kind.as_str(),
         message: e.to_string(),
     };
     let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
     for (name, t) in inputs {
-        let v = TensorRef::from_array_view((t.shape.clone(), t.data.as_slice())).map_err(|e| ort_err(&e))?;
+        let v = TensorRef::from_array_view((t.shape.clone(), t.data.as_slice()))
+            .map_err(|e| ort_err(&e))?;
         values.push((Cow::Owned(name.to_string()), v.into()));
     }
-    let mut session = graph.session.lock().map_err(|_| ort_err(&"session lock poisoned by an earlier panic"))?;
+    let mut session = graph
+        .session
+        .lock()
+        .map_err(|_| ort_err(&"session lock poisoned by an earlier panic"))?;
     let out = session.run(values).map_err(|e| ort_err(&e))?;
     let mut res = Vec::with_capacity(outputs.len());
     for name in outputs {
-        let v = out.get(*name).ok_or_else(|| ort_err(&format!("output {name} missing")))?;
+        let v = out
+            .get(*name)
+            .ok_or_else(|| ort_err(&format!("output {name} missing")))?;
         let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| ort_err(&e))?;
         let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-        res.push(Tensor { shape, data: data.to_vec() });
+        res.push(Tensor {
+            shape,
+            data: data.to_vec(),
+        });
     }
     Ok(res)
 }
 
-fn expect_shape(graph: &'static str, what: &str, t: &Tensor, want: &[usize]) -> Result<(), EngineError> {
+fn expect_shape(
+    graph: &'static str,
+    what: &str,
+    t: &Tensor,
+    want: &[usize],
+) -> Result<(), EngineError> {
     if t.shape != want {
         return Err(EngineError::Inference {
             graph,
@@ -115,7 +136,12 @@ fn expect_shape(graph: &'static str, what: &str, t: &Tensor, want: &[usize]) -> 
 
 /// Runs image_encoder on model inputs (`n` images of `[3, S, S]` back to back), in batches of
 /// at most `max_batch` (or exactly the graph's static B, zero-padded). Returns `[n, C, h, w]`.
-pub fn encode_images(bundle: &Bundle, inputs: &[f32], n: usize, max_batch: usize) -> Result<Tensor, EngineError> {
+pub fn encode_images(
+    bundle: &Bundle,
+    inputs: &[f32],
+    n: usize,
+    max_batch: usize,
+) -> Result<Tensor, EngineError> {
     let m = &bundle.manifest;
     let s = m.input_size;
     let img = 3 * s * s;
@@ -132,14 +158,24 @@ pub fn encode_images(bundle: &Bundle, inputs: &[f32], n: usize, max_batch: usize
         let b = if fixed { batch } else { take };
         let mut data = inputs[start * img..(start + take) * img].to_vec();
         data.resize(b * img, 0.0);
-        let x = Tensor { shape: vec![b, 3, s, s], data };
-        let mut r = run_graph(&bundle.image_encoder, &[("image", &x)], &["image_embeddings"])?;
+        let x = Tensor {
+            shape: vec![b, 3, s, s],
+            data,
+        };
+        let mut r = run_graph(
+            &bundle.image_encoder,
+            &[("image", &x)],
+            &["image_embeddings"],
+        )?;
         let e = r.remove(0);
         expect_shape("image_encoder", "image_embeddings", &e, &[b, c, h, w])?;
         out.extend_from_slice(&e.data[..take * per]);
         start += take;
     }
-    Ok(Tensor { shape: vec![n, c, h, w], data: out })
+    Ok(Tensor {
+        shape: vec![n, c, h, w],
+        data: out,
+    })
 }
 
 /// The support context: support_encoder's outputs for one support set and bundle.
@@ -156,7 +192,11 @@ pub struct SupportContext {
 }
 
 /// image_encoder on the support images, then support_encoder (CSM steps 1-2).
-pub fn compute_support_context(bundle: &Bundle, set: &SupportSet, max_batch: usize) -> Result<SupportContext, EngineError> {
+pub fn compute_support_context(
+    bundle: &Bundle,
+    set: &SupportSet,
+    max_batch: usize,
+) -> Result<SupportContext, EngineError> {
     let m = &bundle.manifest;
     let s = m.input_size;
     let n = set.pairs.len();
@@ -166,7 +206,10 @@ pub fn compute_support_context(bundle: &Bundle, set: &SupportSet, max_batch: usi
         if fixed_n != n {
             return Err(EngineError::SupportSet {
                 name: set.name.clone(),
-                message: format!("bundle {} needs exactly {fixed_n} pairs, the set has {n}", m.name),
+                message: format!(
+                    "bundle {} needs exactly {fixed_n} pairs, the set has {n}",
+                    m.name
+                ),
             });
         }
     }
@@ -181,16 +224,31 @@ pub fn compute_support_context(bundle: &Bundle, set: &SupportSet, max_batch: usi
         }
     }
     let emb = encode_images(bundle, &images, n, max_batch)?;
-    let images = Tensor { shape: vec![n, 3, s, s], data: images };
-    let masks = Tensor { shape: vec![n, k, s, s], data: masks };
+    let images = Tensor {
+        shape: vec![n, 3, s, s],
+        data: images,
+    };
+    let masks = Tensor {
+        shape: vec![n, k, s, s],
+        data: masks,
+    };
     let mut r = run_graph(
         &bundle.support_encoder,
-        &[("support_images", &images), ("support_masks", &masks), ("support_embeddings", &emb)],
+        &[
+            ("support_images", &images),
+            ("support_masks", &masks),
+            ("support_embeddings", &emb),
+        ],
         &["support_keys", "support_values"],
     )?;
     let values = r.remove(1);
     let keys = r.remove(0);
-    Ok(SupportContext { keys, values, objects: k_real, pairs: n })
+    Ok(SupportContext {
+        keys,
+        values,
+        objects: k_real,
+        pairs: n,
+    })
 }
 
 /// Masks (and optionally logits) of one frame.
@@ -261,18 +319,30 @@ pub fn segment_frames(
         timings.image_encoder += t1.elapsed();
         let per = c * h * w;
         for (i, g) in geoms.into_iter().enumerate() {
-            let e1 = Tensor { shape: vec![1, c, h, w], data: emb.data[i * per..(i + 1) * per].to_vec() };
+            let e1 = Tensor {
+                shape: vec![1, c, h, w],
+                data: emb.data[i * per..(i + 1) * per].to_vec(),
+            };
             let t2 = Instant::now();
             let mut r = run_graph(
                 &bundle.prompt_generator,
-                &[("image_embeddings", &e1), ("support_keys", &ctx.keys), ("support_values", &ctx.values)],
+                &[
+                    ("image_embeddings", &e1),
+                    ("support_keys", &ctx.keys),
+                    ("support_values", &ctx.values),
+                ],
                 &["prompt_tokens"],
             )?;
             let tokens = r.remove(0);
             let t3 = Instant::now();
             timings.prompt_generator += t3 - t2;
             let k = tokens.shape.first().copied().unwrap_or(0);
-            expect_shape("prompt_generator", "prompt_tokens", &tokens, &[k, m.prompt_tokens, c])?;
+            expect_shape(
+                "prompt_generator",
+                "prompt_tokens",
+                &tokens,
+                &[k, m.prompt_tokens, c],
+            )?;
             let mut r = run_graph(
                 &bundle.mask_decoder,
                 &[("image_embeddings", &e1), ("prompt_tokens", &tokens)],
@@ -305,11 +375,17 @@ pub fn segment_frames(
             timings.postprocess += t4.elapsed();
             timings.frames += 1;
             let tensors = opts.keep_tensors.then(|| FrameTensors {
-                image: Tensor { shape: vec![1, 3, s, s], data: inputs[i * 3 * s * s..(i + 1) * 3 * s * s].to_vec() },
+                image: Tensor {
+                    shape: vec![1, 3, s, s],
+                    data: inputs[i * 3 * s * s..(i + 1) * 3 * s * s].to_vec(),
+                },
                 image_embeddings: e1.clone(),
                 prompt_tokens: tokens.clone(),
                 low_res_logits: low.clone(),
-                logits: Tensor { shape: vec![ctx.objects, g.rows, g.cols], data: full_logits },
+                logits: Tensor {
+                    shape: vec![ctx.objects, g.rows, g.cols],
+                    data: full_logits,
+                },
             });
             results.push(FrameResult {
                 index: chunk_no * batch + i,

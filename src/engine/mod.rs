@@ -138,7 +138,12 @@ impl Engine {
     /// `data_dir/cache/support`.
     pub fn new(cfg: &EngineConfig, data_dir: &Path) -> Result<Engine, EngineError> {
         let search = LibrarySearch::standard(cfg.onnxruntime.as_deref());
-        let rt = runtime::Runtime::load(&search, &cfg.providers, cfg.intra_threads, data_dir.join("cache").join("trt"))?;
+        let rt = runtime::Runtime::load(
+            &search,
+            &cfg.providers,
+            cfg.intra_threads,
+            data_dir.join("cache").join("trt"),
+        )?;
         let registry = BundleRegistry::load(&cfg.models_dir, &rt);
         if registry.served().next().is_none() {
             tracing::warn!(models_dir = %cfg.models_dir.display(), refused = registry.refused().len(), "no model bundle is served");
@@ -156,26 +161,33 @@ impl Engine {
 
     /// Names of the served bundles.
     pub fn bundle_names(&self) -> Vec<String> {
-        self.inner.registry.served().map(|b| b.manifest.name.clone()).collect()
+        self.inner
+            .registry
+            .served()
+            .map(|b| b.manifest.name.clone())
+            .collect()
     }
 
     /// A served bundle.
     pub fn bundle(&self, name: &str) -> Result<Arc<Bundle>, EngineError> {
-        self.inner.registry.get(name).ok_or_else(|| EngineError::UnknownBundle {
-            name: name.to_string(),
-            served: self.bundle_names(),
-            refused: if self.inner.registry.refused().is_empty() {
-                "none".into()
-            } else {
-                self.inner
-                    .registry
-                    .refused()
-                    .iter()
-                    .map(|r| format!("{}: {}", r.dir.display(), r.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            },
-        })
+        self.inner
+            .registry
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownBundle {
+                name: name.to_string(),
+                served: self.bundle_names(),
+                refused: if self.inner.registry.refused().is_empty() {
+                    "none".into()
+                } else {
+                    self.inner
+                        .registry
+                        .refused()
+                        .iter()
+                        .map(|r| format!("{}: {}", r.dir.display(), r.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
+            })
     }
 
     /// Bundles that were found but refused, with reasons.
@@ -194,7 +206,11 @@ impl Engine {
     }
 
     /// The support context of a set for a bundle: from memory, disk, or computed once.
-    pub async fn support_context(&self, bundle: &str, set: &SupportSet) -> Result<Arc<SupportContext>, EngineError> {
+    pub async fn support_context(
+        &self,
+        bundle: &str,
+        set: &SupportSet,
+    ) -> Result<Arc<SupportContext>, EngineError> {
         let b = self.bundle(bundle)?;
         set.check(&b.manifest)?;
         let key = ContextKey {
@@ -220,8 +236,14 @@ impl Engine {
 
     /// Segments frames (of one image, a multi-frame object or a series, slice by slice) with a
     /// support set. Masks come back at each frame's own size, one per object of the set.
-    pub async fn segment(&self, bundle: &str, set: &SupportSet, frames: Vec<Frame>) -> Result<Segmentation, EngineError> {
-        self.segment_with(bundle, set, frames, SegmentOptions::default()).await
+    pub async fn segment(
+        &self,
+        bundle: &str,
+        set: &SupportSet,
+        frames: Vec<Frame>,
+    ) -> Result<Segmentation, EngineError> {
+        self.segment_with(bundle, set, frames, SegmentOptions::default())
+            .await
     }
 
     /// [`Engine::segment`] with options (e.g. keeping intermediate tensors for checks).
@@ -266,6 +288,12 @@ impl Engine {
         .map_err(|e| EngineError::Internal(format!("inference task failed: {e}")))??;
         drop(permit);
         timings.add(&t);
-        Ok(Segmentation { bundle: b.id(), context: key, objects: set.objects.clone(), frames: results, timings })
+        Ok(Segmentation {
+            bundle: b.id(),
+            context: key,
+            objects: set.objects.clone(),
+            frames: results,
+            timings,
+        })
     }
 }

@@ -27,7 +27,13 @@ impl Geometry {
     pub fn new(rows: usize, cols: usize, size: usize) -> Geometry {
         let m = rows.max(cols).max(1) as f64;
         let f = |d: usize| (((d as f64) * size as f64 / m + 0.5) as usize).clamp(1, size);
-        Geometry { rows, cols, new_h: f(rows), new_w: f(cols), size }
+        Geometry {
+            rows,
+            cols,
+            new_h: f(rows),
+            new_w: f(cols),
+            size,
+        }
     }
 }
 
@@ -99,13 +105,28 @@ fn resize_plane(
 }
 
 /// A display frame -> the model input `[3, S, S]` (resized, normalised, zero-padded).
-pub fn prepare_image(frame: &Frame, size: usize, mean: [f32; 3], std: [f32; 3]) -> (Vec<f32>, Geometry) {
+pub fn prepare_image(
+    frame: &Frame,
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> (Vec<f32>, Geometry) {
     let g = Geometry::new(frame.rows, frame.cols, size);
     let plane = size * size;
     let mut out = vec![0f32; 3 * plane];
     if frame.channels == 1 {
         let mut tmp = vec![0f32; g.new_h * g.new_w];
-        resize_plane(frame.plane(0), frame.rows, frame.cols, frame.cols, &mut tmp, g.new_h, g.new_w, g.new_w, |v| v);
+        resize_plane(
+            frame.plane(0),
+            frame.rows,
+            frame.cols,
+            frame.cols,
+            &mut tmp,
+            g.new_h,
+            g.new_w,
+            g.new_w,
+            |v| v,
+        );
         for c in 0..3 {
             let o = &mut out[c * plane..(c + 1) * plane];
             for y in 0..g.new_h {
@@ -136,15 +157,28 @@ pub fn prepare_image(frame: &Frame, size: usize, mean: [f32; 3], std: [f32; 3]) 
 /// A binary mask (`rows x cols`, non-zero = inside) -> `[S, S]` 0/1 (bilinear, >= 0.5, padded).
 pub fn prepare_mask(mask: &[u8], rows: usize, cols: usize, size: usize) -> Vec<f32> {
     let g = Geometry::new(rows, cols, size);
-    let src: Vec<f32> = mask.iter().map(|&v| if v != 0 { 1.0 } else { 0.0 }).collect();
+    let src: Vec<f32> = mask
+        .iter()
+        .map(|&v| if v != 0 { 1.0 } else { 0.0 })
+        .collect();
     let mut out = vec![0f32; size * size];
-    resize_plane(&src, rows, cols, cols, &mut out, g.new_h, g.new_w, size, |v| {
-        if v >= 0.5 {
-            1.0
-        } else {
-            0.0
-        }
-    });
+    resize_plane(
+        &src,
+        rows,
+        cols,
+        cols,
+        &mut out,
+        g.new_h,
+        g.new_w,
+        size,
+        |v| {
+            if v >= 0.5 {
+                1.0
+            } else {
+                0.0
+            }
+        },
+    );
     out
 }
 
@@ -155,7 +189,17 @@ pub fn postprocess_logits(low: &[f32], lh: usize, lw: usize, g: &Geometry) -> Ve
     let mut full = vec![0f32; s * s];
     resize_plane(low, lh, lw, lw, &mut full, s, s, s, |v| v);
     let mut out = vec![0f32; g.rows * g.cols];
-    resize_plane(&full, g.new_h, g.new_w, s, &mut out, g.rows, g.cols, g.cols, |v| v);
+    resize_plane(
+        &full,
+        g.new_h,
+        g.new_w,
+        s,
+        &mut out,
+        g.rows,
+        g.cols,
+        g.cols,
+        |v| v,
+    );
     out
 }
 
@@ -186,7 +230,13 @@ mod tests {
 
     #[test]
     fn padding_stays_zero_after_normalisation() {
-        let f = Frame { index: 0, rows: 2, cols: 4, channels: 1, data: vec![255.0; 8] };
+        let f = Frame {
+            index: 0,
+            rows: 2,
+            cols: 4,
+            channels: 1,
+            data: vec![255.0; 8],
+        };
         let (t, g) = prepare_image(&f, 8, [100.0; 3], [50.0; 3]);
         assert_eq!((g.new_h, g.new_w), (4, 8));
         assert!((t[0] - 3.1).abs() < 1e-6);

@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ort::ep::{self, ExecutionProvider};
 use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
@@ -128,7 +128,10 @@ impl LibrarySearch {
     /// Returns the path and the list of everything considered, for error messages.
     pub fn resolve(&self) -> Result<(PathBuf, Vec<String>), RuntimeError> {
         let mut tried = Vec::new();
-        for (what, p) in [("[engine] onnxruntime", &self.configured), ("ORT_DYLIB_PATH", &self.env_var)] {
+        for (what, p) in [
+            ("[engine] onnxruntime", &self.configured),
+            ("ORT_DYLIB_PATH", &self.env_var),
+        ] {
             if let Some(p) = p {
                 if p.is_file() {
                     tried.push(format!("{what} = {}", p.display()));
@@ -145,7 +148,12 @@ impl LibrarySearch {
                 glob::Pattern::escape(&root.to_string_lossy())
             );
             let mut found: Vec<PathBuf> = glob::glob(&pattern)
-                .map(|paths| paths.filter_map(Result::ok).filter(|p| p.is_file()).collect())
+                .map(|paths| {
+                    paths
+                        .filter_map(Result::ok)
+                        .filter(|p| p.is_file())
+                        .collect()
+                })
                 .unwrap_or_default();
             // Prefer the longest (most versioned) name, deterministically.
             found.sort();
@@ -235,11 +243,20 @@ impl Runtime {
         let providers = if providers.is_empty() {
             vec![Provider::Cpu]
         } else {
-            providers.iter().map(|p| Provider::parse(p)).collect::<Result<Vec<_>, _>>()?
+            providers
+                .iter()
+                .map(|p| Provider::parse(p))
+                .collect::<Result<Vec<_>, _>>()?
         };
         let (env, library) = process_environment(search)?;
         tracing::info!(library = %library.display(), providers = ?providers, "ONNX Runtime loaded");
-        Ok(Runtime { env, library, providers, intra_threads, trt_cache })
+        Ok(Runtime {
+            env,
+            library,
+            providers,
+            intra_threads,
+            trt_cache,
+        })
     }
 
     /// The library file in use (the process keeps the first one loaded).
@@ -264,7 +281,9 @@ impl Runtime {
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| err(&e))?;
         if self.intra_threads > 0 {
-            builder = builder.with_intra_threads(self.intra_threads).map_err(|e| err(&e))?;
+            builder = builder
+                .with_intra_threads(self.intra_threads)
+                .map_err(|e| err(&e))?;
         }
         let mut skipped = Vec::new();
         let mut active = None;
@@ -301,7 +320,9 @@ impl Runtime {
                     if !ep::CUDA::is_available().unwrap_or(false) {
                         Err("not built into this ONNX Runtime library".to_string())
                     } else {
-                        ep::CUDA::default().register(&mut builder).map_err(|e| e.to_string())
+                        ep::CUDA::default()
+                            .register(&mut builder)
+                            .map_err(|e| e.to_string())
                     }
                 }
             };
@@ -328,7 +349,10 @@ mod tests {
             venv_roots: vec![],
         };
         let e = s.resolve().unwrap_err().to_string();
-        assert!(e.contains("/nonexistent/libonnxruntime.so (no such file)"), "{e}");
+        assert!(
+            e.contains("/nonexistent/libonnxruntime.so (no such file)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -339,7 +363,10 @@ mod tests {
             venv_roots: vec!["/nowhere".into()],
         };
         let e = s.resolve().unwrap_err().to_string();
-        assert!(e.contains("ORT_DYLIB_PATH (not set)") && e.contains("/nowhere/.venv"), "{e}");
+        assert!(
+            e.contains("ORT_DYLIB_PATH (not set)") && e.contains("/nowhere/.venv"),
+            "{e}"
+        );
     }
 
     #[test]

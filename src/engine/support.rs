@@ -69,9 +69,14 @@ pub struct SupportSet {
 impl SupportSet {
     /// Checks the set against a bundle's limits; the error names the set and what is wrong.
     pub fn check(&self, m: &Manifest) -> Result<(), EngineError> {
-        let bad = |message: String| EngineError::SupportSet { name: self.name.clone(), message };
+        let bad = |message: String| EngineError::SupportSet {
+            name: self.name.clone(),
+            message,
+        };
         if self.pairs.is_empty() {
-            return Err(EngineError::EmptySupportSet { name: self.name.clone() });
+            return Err(EngineError::EmptySupportSet {
+                name: self.name.clone(),
+            });
         }
         if self.objects.is_empty() {
             return Err(bad("it defines no objects".into()));
@@ -105,7 +110,9 @@ impl SupportSet {
                 return Err(bad(format!("pair {} image has a wrong buffer size", i + 1)));
             }
             for (k, mk) in p.masks.iter().enumerate() {
-                if (mk.rows, mk.cols) != (p.image.rows, p.image.cols) || mk.data.len() != mk.rows * mk.cols {
+                if (mk.rows, mk.cols) != (p.image.rows, p.image.cols)
+                    || mk.data.len() != mk.rows * mk.cols
+                {
                     return Err(bad(format!(
                         "pair {} mask {} ({}) is {}x{} but its image is {}x{}",
                         i + 1,
@@ -121,7 +128,10 @@ impl SupportSet {
         }
         for (k, o) in self.objects.iter().enumerate() {
             if self.pairs.iter().all(|p| p.masks[k].area() == 0) {
-                return Err(bad(format!("object {:?} has an empty mask in every pair", o.label)));
+                return Err(bad(format!(
+                    "object {:?} has an empty mask in every pair",
+                    o.label
+                )));
             }
         }
         Ok(())

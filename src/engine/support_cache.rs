@@ -38,14 +38,25 @@ impl ContextKey {
     /// File name under the cache folder: readable prefix + hash of the whole key.
     pub fn file_name(&self) -> String {
         let mut h = Sha256::new();
-        for part in [&self.set_name, &self.set_version, &self.bundle_name, &self.bundle_version] {
+        for part in [
+            &self.set_name,
+            &self.set_version,
+            &self.bundle_name,
+            &self.bundle_version,
+        ] {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
         let safe: String = self
             .set_name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(40)
             .collect();
         format!("{safe}-{}.ctx", &hex::encode(h.finalize())[..24])
@@ -54,7 +65,11 @@ impl ContextKey {
 
 impl std::fmt::Display for ContextKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{} x {}@{}", self.set_name, self.set_version, self.bundle_name, self.bundle_version)
+        write!(
+            f,
+            "{}@{} x {}@{}",
+            self.set_name, self.set_version, self.bundle_name, self.bundle_version
+        )
     }
 }
 
@@ -133,15 +148,21 @@ impl SupportCache {
     /// Returns the context for `key`: from memory, else from disk, else by running
     /// `compute` on a blocking thread (once, even when many callers ask at the same time),
     /// then persisting it. Older versions of the same set and bundle are dropped from memory.
-    pub async fn get_or_compute<F>(&self, key: &ContextKey, compute: F) -> Result<Arc<SupportContext>, EngineError>
+    pub async fn get_or_compute<F>(
+        &self,
+        key: &ContextKey,
+        compute: F,
+    ) -> Result<Arc<SupportContext>, EngineError>
     where
         F: FnOnce() -> Result<SupportContext, EngineError> + Send + 'static,
     {
         let cell: Cell = {
-            let mut cells = self.cells.lock().map_err(|_| EngineError::Internal("support cache lock poisoned".into()))?;
+            let mut cells = self
+                .cells
+                .lock()
+                .map_err(|_| EngineError::Internal("support cache lock poisoned".into()))?;
             cells.retain(|k, _| {
-                k == key
-                    || !(k.set_name == key.set_name && k.bundle_name == key.bundle_name)
+                k == key || !(k.set_name == key.set_name && k.bundle_name == key.bundle_name)
             });
             cells.entry(key.clone()).or_default().clone()
         };
@@ -263,15 +284,25 @@ fn read_file(path: &Path, key: &ContextKey) -> Result<Option<SupportContext>, St
     let nk: usize = header.keys_shape.iter().product();
     let nv: usize = header.values_shape.iter().product();
     if payload.len() != 4 * (nk + nv) {
-        return Err(format!("payload has {} bytes, header implies {}", payload.len(), 4 * (nk + nv)));
+        return Err(format!(
+            "payload has {} bytes, header implies {}",
+            payload.len(),
+            4 * (nk + nv)
+        ));
     }
     let floats: Vec<f32> = payload
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     Ok(Some(SupportContext {
-        keys: Tensor { shape: header.keys_shape, data: floats[..nk].to_vec() },
-        values: Tensor { shape: header.values_shape, data: floats[nk..].to_vec() },
+        keys: Tensor {
+            shape: header.keys_shape,
+            data: floats[..nk].to_vec(),
+        },
+        values: Tensor {
+            shape: header.values_shape,
+            data: floats[nk..].to_vec(),
+        },
         objects: header.objects,
         pairs: header.pairs,
     }))
@@ -282,13 +313,24 @@ mod tests {
     use super::*;
 
     fn key(v: &str) -> ContextKey {
-        ContextKey { set_name: "liver ct".into(), set_version: v.into(), bundle_name: "b".into(), bundle_version: "1".into() }
+        ContextKey {
+            set_name: "liver ct".into(),
+            set_version: v.into(),
+            bundle_name: "b".into(),
+            bundle_version: "1".into(),
+        }
     }
 
     fn ctx() -> SupportContext {
         SupportContext {
-            keys: Tensor { shape: vec![2, 3], data: vec![1., 2., 3., 4., 5., 6.] },
-            values: Tensor { shape: vec![1], data: vec![-1.5] },
+            keys: Tensor {
+                shape: vec![2, 3],
+                data: vec![1., 2., 3., 4., 5., 6.],
+            },
+            values: Tensor {
+                shape: vec![1],
+                data: vec![-1.5],
+            },
             objects: 2,
             pairs: 1,
         }
@@ -319,7 +361,11 @@ mod tests {
         let s = c.stats();
         assert_eq!((s.computed, s.memory_hits, s.disk_hits), (1, 2, 0));
         let c2 = SupportCache::new(dir.path().to_owned());
-        c2.get_or_compute(&key("1"), || Err(EngineError::Internal("must not run".into()))).await.unwrap();
+        c2.get_or_compute(&key("1"), || {
+            Err(EngineError::Internal("must not run".into()))
+        })
+        .await
+        .unwrap();
         assert_eq!(c2.stats().disk_hits, 1);
     }
 }

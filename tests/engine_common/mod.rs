@@ -16,7 +16,11 @@ pub fn root() -> PathBuf {
 /// The venv's python, with a clear message when missing.
 pub fn python() -> PathBuf {
     let p = root().join(".venv/bin/python");
-    assert!(p.exists(), "{} missing: run scripts/test to create the venv", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/test to create the venv",
+        p.display()
+    );
     p
 }
 
@@ -28,7 +32,11 @@ pub fn make_test_bundle(dir: &Path, name: &str, version: &str) {
         .args(["--name", name, "--version", version])
         .output()
         .expect("run make_test_bundle.py");
-    assert!(out.status.success(), "make_test_bundle.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "make_test_bundle.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// An engine config on CPU with the given models folder.
@@ -54,7 +62,20 @@ pub fn disc_frame(rows: usize, cols: usize, cy: f32, cx: f32, r: f32) -> (Frame,
             }
         }
     }
-    (Frame { index: 0, rows, cols, channels: 1, data }, Mask { rows, cols, data: mask })
+    (
+        Frame {
+            index: 0,
+            rows,
+            cols,
+            channels: 1,
+            data,
+        },
+        Mask {
+            rows,
+            cols,
+            data: mask,
+        },
+    )
 }
 
 /// A one-object support set of `n` disc images.
@@ -62,13 +83,19 @@ pub fn disc_set(name: &str, version: &str, n: usize) -> SupportSet {
     let pairs = (0..n)
         .map(|i| {
             let (image, mask) = disc_frame(96, 128, 40.0 + i as f32 * 5.0, 60.0, 20.0);
-            SupportPair { image, masks: vec![mask] }
+            SupportPair {
+                image,
+                masks: vec![mask],
+            }
         })
         .collect();
     SupportSet {
         name: name.into(),
         version: version.into(),
-        objects: vec![SupportObject { label: "disc".into(), ..Default::default() }],
+        objects: vec![SupportObject {
+            label: "disc".into(),
+            ..Default::default()
+        }],
         pairs,
     }
 }
