@@ -99,3 +99,17 @@ pub fn disc_set(name: &str, version: &str, n: usize) -> SupportSet {
         pairs,
     }
 }
+
+/// Writes the benchmark inputs and the `bench-lesion` support set (make_inputs.py).
+pub fn make_inputs(dir: &Path) {
+    let out = Command::new(python())
+        .arg(root().join("scripts/bench/engine/make_inputs.py"))
+        .arg(dir)
+        .output()
+        .expect("run make_inputs.py");
+    assert!(
+        out.status.success(),
+        "make_inputs.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
