@@ -144,8 +144,8 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
     let bits_stored = decoded.bits_stored();
     let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
     let pi = decoded.photometric_interpretation().clone();
-    let planar = decoded.planar_configuration() == PlanarConfiguration::PixelFirst;
-    let planar = !planar && spp == 3;
+    // PixelFirst (1) = colour-by-plane: R plane, G plane, B plane.
+    let planar = spp == 3 && decoded.planar_configuration() == PlanarConfiguration::PixelFirst;
     if rows == 0 || cols == 0 {
         return Err(PixelError::Unsupported(format!("image size {rows}x{cols}")));
     }

@@ -53,12 +53,12 @@ pub struct SupportSetSpec {
 pub struct ObjectSpec {
     /// Segment label.
     pub label: String,
-    /// Segmented property category.
+    /// Segmented property category: text, or a code table (`scheme`, `code`, `meaning`).
     #[serde(default)]
-    pub category: Option<String>,
-    /// Segmented property type.
+    pub category: Option<toml::Value>,
+    /// Segmented property type: text, or a code table (`scheme`, `code`, `meaning`).
     #[serde(default, rename = "type")]
-    pub property_type: Option<String>,
+    pub property_type: Option<toml::Value>,
     /// RGB colour.
     #[serde(default)]
     pub color: Option<Vec<u8>>,
@@ -129,8 +129,8 @@ pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), Engi
         .iter()
         .map(|o| SupportObject {
             label: o.label.clone(),
-            category: o.category.clone(),
-            property_type: o.property_type.clone(),
+            category: o.category.as_ref().map(code_text),
+            property_type: o.property_type.as_ref().map(code_text),
             color: o.color.as_deref().and_then(|c| <[u8; 3]>::try_from(c).ok()),
         })
         .collect();
@@ -171,6 +171,18 @@ pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), Engi
         },
         spec,
     ))
+}
+
+/// A code as text: a string as is; a table as "meaning (scheme code)".
+fn code_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Table(t) => {
+            let get = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            format!("{} ({} {})", get("meaning"), get("scheme"), get("code"))
+        }
+        other => other.to_string(),
+    }
 }
 
 fn first_source(path: &Path) -> Result<PathBuf, String> {
