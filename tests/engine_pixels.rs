@@ -215,3 +215,90 @@ fn short_pixel_data_in_memory_is_reported_as_truncated() {
         other => panic!("expected Truncated 8130/8192, got {other:?}"),
     }
 }
+
+/// (file, max abs difference allowed on the 0..255 scale). Lossy codecs differ between
+/// decoders (libjpeg via Pillow vs jpeg-decoder) by a few grey levels; everything else must
+/// agree to float rounding.
+const VALUE_CHECKS: &[(&str, f32)] = &[
+    ("CT_small.dcm", 1e-3),
+    ("MR_small.dcm", 1e-3),
+    ("MR_small_bigendian.dcm", 1e-3),
+    ("MR_small_RLE.dcm", 1e-3),
+    ("MR_small_jp2klossless.dcm", 1e-3),
+    ("MR_small_jpeg_ls_lossless.dcm", 1e-3),
+    ("JPEG2000.dcm", 1e-3),
+    ("image_dfl.dcm", 1e-3),
+    ("rtdose.dcm", 1e-3),
+    ("examples_overlay.dcm", 1e-3),
+    ("ExplVR_BigEnd.dcm", 1e-3),
+    ("SC_rgb_small_odd.dcm", 1e-3),
+    ("SC_rgb_rle.dcm", 1e-3),
+    ("examples_rgb_color.dcm", 1e-3),
+    ("SC_ybr_full_422_uncompressed.dcm", 1.0),
+    ("examples_palette.dcm", 1e-3),
+    ("SC_rgb_jpeg_dcmtk.dcm", 4.0),
+    ("SC_rgb_dcmtk_+eb+cy+np.dcm", 4.0),
+    ("examples_ybr_color.dcm", 4.0),
+];
+
+#[test]
+fn display_values_match_pydicom_and_the_reference() {
+    let dir = test_files();
+    let out = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let py = root.join(".venv/bin/python");
+    let mut cmd = std::process::Command::new(&py);
+    cmd.arg(root.join("tests/engine_common/pydicom_displays.py"))
+        .arg(out.path());
+    for (f, _) in VALUE_CHECKS {
+        cmd.arg(dir.join(f));
+    }
+    let res = cmd.output().expect("run pydicom_displays.py");
+    assert!(
+        res.status.success(),
+        "pydicom_displays.py failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for &(name, tol) in VALUE_CHECKS {
+        let bytes = std::fs::read(out.path().join(format!("{name}.f32"))).unwrap();
+        let want: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let frames = match frames_from_file(&dir.join(name)) {
+            Ok(f) => f,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        // reference layout: F x H x W x 3
+        let mut got = Vec::with_capacity(want.len());
+        for f in &frames {
+            for i in 0..f.rows * f.cols {
+                for c in 0..3 {
+                    got.push(f.plane(c)[i]);
+                }
+            }
+        }
+        if got.len() != want.len() {
+            failures.push(format!(
+                "{name}: {} values vs {} from pydicom",
+                got.len(),
+                want.len()
+            ));
+            continue;
+        }
+        let diffs: Vec<f32> = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).collect();
+        let max = diffs.iter().copied().fold(0.0, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        report.push(format!("{name}: max abs diff {max:.3e}, mean {mean:.3e}"));
+        if max > tol {
+            failures.push(format!("{name}: max abs diff {max} > {tol} (mean {mean})"));
+        }
+    }
+    eprintln!("display value report:\n  {}", report.join("\n  "));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
