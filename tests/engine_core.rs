@@ -172,6 +172,17 @@ fn clear_errors_for_bad_requests() {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no frames"), "{e}");
+        let mut bad = disc_frame(8, 8, 4.0, 4.0, 2.0).0;
+        bad.data.pop();
+        let e = engine
+            .segment("t", &disc_set("s", "1", 1), vec![bad])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("frame 0 is malformed: 8x8x1 with 63 values"),
+            "{e}"
+        );
     });
 }
 

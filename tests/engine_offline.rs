@@ -52,8 +52,10 @@ fn segment_files_writes_png_and_raw_per_input() {
     make_inputs(tmp.path());
     let models = tmp.path().join("models");
     make_test_bundle(&models.join("test-tiny"), "test-tiny", "1");
-    let mut cfg = Config::default();
-    cfg.engine = cpu_config(&models);
+    let mut cfg = Config {
+        engine: cpu_config(&models),
+        ..Config::default()
+    };
     cfg.storage.data_dir = tmp.path().join("var");
     let out = tmp.path().join("out");
     let set = tmp.path().join("support-sets/bench-lesion");

@@ -72,6 +72,14 @@ pub enum EngineError {
     /// No frames to segment.
     #[error("nothing to segment: no frames")]
     NoFrames,
+    /// A frame whose buffer does not match its size or has an unsupported channel count.
+    #[error("frame {index} is malformed: {message}")]
+    BadFrame {
+        /// Position in the input list.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
     /// A graph run failed or returned unexpected shapes.
     #[error("{graph} failed: {message}")]
     Inference {
@@ -256,6 +264,24 @@ impl Engine {
     ) -> Result<Segmentation, EngineError> {
         if frames.is_empty() {
             return Err(EngineError::NoFrames);
+        }
+        for (index, f) in frames.iter().enumerate() {
+            if !matches!(f.channels, 1 | 3)
+                || f.rows == 0
+                || f.cols == 0
+                || f.data.len() != f.rows * f.cols * f.channels
+            {
+                return Err(EngineError::BadFrame {
+                    index,
+                    message: format!(
+                        "{}x{}x{} with {} values",
+                        f.rows,
+                        f.cols,
+                        f.channels,
+                        f.data.len()
+                    ),
+                });
+            }
         }
         let b = self.bundle(bundle)?;
         let t0 = Instant::now();
