@@ -132,10 +132,17 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
         .map(|t| t.name().to_string())
         .unwrap_or_else(|| "unknown transfer syntax".into());
     let ts = format!("{ts_uid} {ts_name}");
-    let decoded = obj.decode_pixel_data().map_err(|e| PixelError::Decode {
-        transfer_syntax: ts.clone(),
-        message: error_chain(&e),
-    })?;
+    let decoded = match obj.decode_pixel_data() {
+        Ok(d) => d,
+        // dicom-pixeldata 0.10.1 decodes RLE for 8 and 16 bits only: decode it here instead.
+        Err(_) if ts_uid == RLE_LOSSLESS => return frames_from_object(&rle_to_native(obj, &ts)?),
+        Err(e) => {
+            return Err(PixelError::Decode {
+                transfer_syntax: ts.clone(),
+                message: error_chain(&e),
+            })
+        }
+    };
     let rows = decoded.rows();
     let cols = decoded.columns();
     let nframes = decoded.number_of_frames().max(1);
@@ -287,6 +294,141 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
         });
     }
     Ok(out)
+}
+
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+/// Decodes RLE Lossless (PS3.5 G) of any bit depth into a copy of the object with native
+/// little-endian pixel data (interleaved samples).
+fn rle_to_native(obj: &DefaultDicomObject, ts: &str) -> Result<DefaultDicomObject, PixelError> {
+    let fail = |m: String| PixelError::Decode {
+        transfer_syntax: ts.to_string(),
+        message: m,
+    };
+    let int = |tag: Tag, name: &'static str| -> Result<usize, PixelError> {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<u32>().ok())
+            .map(|v| v as usize)
+            .ok_or(PixelError::Attribute {
+                name,
+                message: "missing or not a number".into(),
+            })
+    };
+    let rows = int(tags::ROWS, "Rows")?;
+    let cols = int(tags::COLUMNS, "Columns")?;
+    let spp = int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?;
+    let bytes = int(tags::BITS_ALLOCATED, "BitsAllocated")? / 8;
+    let nframes = obj
+        .element_opt(tags::NUMBER_OF_FRAMES)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(1)
+        .max(1) as usize;
+    if bytes == 0 || spp == 0 {
+        return Err(fail("RLE with BitsAllocated below 8".into()));
+    }
+    let px = obj
+        .element(tags::PIXEL_DATA)
+        .map_err(|e| fail(e.to_string()))?;
+    let fragments = px
+        .value()
+        .fragments()
+        .ok_or_else(|| fail("RLE pixel data is not encapsulated".into()))?;
+    if fragments.len() != nframes {
+        return Err(fail(format!(
+            "{} RLE fragments for {nframes} frames",
+            fragments.len()
+        )));
+    }
+    let pixels = rows * cols;
+    let nseg = spp * bytes;
+    let mut out = vec![0u8; nframes * pixels * nseg];
+    for (f, frag) in fragments.iter().enumerate() {
+        if frag.len() < 64 {
+            return Err(fail(format!("frame {}: RLE header cut short", f + 1)));
+        }
+        let word = |i: usize| {
+            u32::from_le_bytes([
+                frag[4 * i],
+                frag[4 * i + 1],
+                frag[4 * i + 2],
+                frag[4 * i + 3],
+            ]) as usize
+        };
+        if word(0) != nseg {
+            return Err(fail(format!(
+                "frame {}: {} RLE segments, {nseg} expected",
+                f + 1,
+                word(0)
+            )));
+        }
+        for s in 0..nseg {
+            let start = word(1 + s);
+            let end = if s + 1 < nseg {
+                word(2 + s)
+            } else {
+                frag.len()
+            };
+            let src = frag
+                .get(start..end.min(frag.len()))
+                .ok_or_else(|| fail(format!("frame {}: bad RLE offset", f + 1)))?;
+            let seg = unpack_bits(src, pixels);
+            if seg.len() < pixels {
+                return Err(fail(format!(
+                    "frame {}: RLE segment {} has {} of {pixels} bytes",
+                    f + 1,
+                    s + 1,
+                    seg.len()
+                )));
+            }
+            let (sample, b) = (s / bytes, s % bytes);
+            let base = f * pixels * nseg;
+            for (i, v) in seg.iter().take(pixels).enumerate() {
+                out[base + (i * spp + sample) * bytes + (bytes - 1 - b)] = *v;
+            }
+        }
+    }
+    let mut copy = obj.clone();
+    copy.put(dicom_core::DataElement::new(
+        tags::PIXEL_DATA,
+        dicom_core::VR::OB,
+        dicom_core::PrimitiveValue::U8(out.into()),
+    ));
+    if spp > 1 {
+        copy.put(dicom_core::DataElement::new(
+            tags::PLANAR_CONFIGURATION,
+            dicom_core::VR::US,
+            dicom_core::PrimitiveValue::from(0u16),
+        ));
+    }
+    copy.update_meta(|m| m.transfer_syntax = format!("{EXPLICIT_VR_LE}\0"));
+    Ok(copy)
+}
+
+/// PackBits (PS3.5 G.3.1), stopping once `want` bytes are out.
+fn unpack_bits(src: &[u8], want: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(want);
+    let mut i = 0;
+    while i < src.len() && out.len() < want {
+        let n = src[i] as i8;
+        i += 1;
+        if n >= 0 {
+            let len = n as usize + 1;
+            let end = (i + len).min(src.len());
+            out.extend_from_slice(&src[i..end]);
+            i = end;
+        } else if n != -128 {
+            if let Some(&v) = src.get(i) {
+                out.extend(std::iter::repeat_n(v, 1 + (-(n as i32)) as usize));
+            }
+            i += 1;
+        }
+    }
+    out
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
