@@ -231,10 +231,7 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
                     .or_else(|| rescale.first())
                     .copied()
                     .unwrap_or((1.0, 0.0));
-                let x: Vec<f32> = samples
-                    .iter()
-                    .map(|&v| v as f32 * slope + intercept)
-                    .collect();
+                let x: Vec<f32> = samples.iter().map(|&v| v * slope + intercept).collect();
                 let mut y = match window {
                     Some((c, w)) => voi_linear(&x, c, w),
                     None => percentile_window(&x),
@@ -483,10 +480,11 @@ fn first_window(obj: &InMemDicomObject) -> Option<(f32, f32)> {
     Some((first(tags::WINDOW_CENTER)?, first(tags::WINDOW_WIDTH)?))
 }
 
-/// Samples as i64, masked to BitsStored and sign-extended when signed.
-fn read_samples(raw: &[u8], bits: u16, bits_stored: u16, signed: bool) -> Vec<i64> {
+/// Samples as f32 (numpy's `astype(float32)`), masked to BitsStored and sign-extended when
+/// signed.
+fn read_samples(raw: &[u8], bits: u16, bits_stored: u16, signed: bool) -> Vec<f32> {
     let stored = bits_stored.clamp(1, bits) as u32;
-    let fix = |v: u64| -> i64 {
+    let fix = |v: u64| -> f32 {
         let mask = if stored >= 64 {
             u64::MAX
         } else {
@@ -494,12 +492,13 @@ fn read_samples(raw: &[u8], bits: u16, bits_stored: u16, signed: bool) -> Vec<i6
         };
         let v = v & mask;
         if signed && stored < 64 && (v >> (stored - 1)) & 1 == 1 {
-            (v | !mask) as i64
+            (v | !mask) as i64 as f32
         } else {
-            v as i64
+            v as f32
         }
     };
     match bits {
+        8 if !signed && stored == 8 => raw.iter().map(|&b| b as f32).collect(),
         8 => raw.iter().map(|&b| fix(b as u64)).collect(),
         16 => raw
             .chunks_exact(2)
@@ -513,16 +512,16 @@ fn read_samples(raw: &[u8], bits: u16, bits_stored: u16, signed: bool) -> Vec<i6
 }
 
 /// Interleaved or planar 3-sample pixels -> R, G, B planes (f32).
-fn to_planes(samples: &[i64], pixels: usize, planar: bool) -> Vec<f32> {
+fn to_planes(samples: &[f32], pixels: usize, planar: bool) -> Vec<f32> {
     let mut out = vec![0f32; 3 * pixels];
     if planar {
         for (o, s) in out.iter_mut().zip(samples) {
-            *o = *s as f32;
+            *o = *s;
         }
     } else {
         for i in 0..pixels {
             for c in 0..3 {
-                out[c * pixels + i] = samples[3 * i + c] as f32;
+                out[c * pixels + i] = samples[3 * i + c];
             }
         }
     }
@@ -530,7 +529,7 @@ fn to_planes(samples: &[i64], pixels: usize, planar: bool) -> Vec<f32> {
 }
 
 /// Native YBR_FULL_422 (Y0 Y1 Cb Cr per pixel pair) -> full-resolution Y, Cb, Cr planes.
-fn expand_422(samples: &[i64], rows: usize, cols: usize) -> Vec<f32> {
+fn expand_422(samples: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let pixels = rows * cols;
     let mut out = vec![0f32; 3 * pixels];
     for i in 0..pixels.div_ceil(2) {
@@ -705,13 +704,13 @@ impl Palette {
         Ok(Palette { first, luts })
     }
 
-    fn apply(&self, samples: &[i64]) -> Vec<f32> {
+    fn apply(&self, samples: &[f32]) -> Vec<f32> {
         let n = samples.len();
         let mut out = vec![0f32; 3 * n];
         for (c, lut) in self.luts.iter().enumerate() {
             let last = lut.len() as i64 - 1;
             for (i, &s) in samples.iter().enumerate() {
-                let idx = (s - self.first).clamp(0, last) as usize;
+                let idx = (s as i64 - self.first).clamp(0, last) as usize;
                 out[c * n + i] = lut[idx];
             }
         }
@@ -749,7 +748,7 @@ mod tests {
     #[test]
     fn signed_samples_are_sign_extended() {
         // 12 bits stored in 16: 0x0FFF is -1.
-        assert_eq!(read_samples(&[0xFF, 0x0F], 16, 12, true), vec![-1]);
-        assert_eq!(read_samples(&[0xFF, 0x0F], 16, 12, false), vec![4095]);
+        assert_eq!(read_samples(&[0xFF, 0x0F], 16, 12, true), vec![-1.0]);
+        assert_eq!(read_samples(&[0xFF, 0x0F], 16, 12, false), vec![4095.0]);
     }
 }
