@@ -38,10 +38,20 @@ fn bundle_dir() -> Option<PathBuf> {
     None
 }
 
+/// Fixture paths are relative to the bundle folder (older fixtures: to fixtures/).
+fn resolve(bundle: &Path, rel: &str) -> PathBuf {
+    let p = bundle.join(rel);
+    if p.exists() {
+        p
+    } else {
+        bundle.join("fixtures").join(rel)
+    }
+}
+
 fn load_f32(dir: &Path, spec: &Value) -> (Vec<usize>, Vec<f32>) {
     let file = spec["file"].as_str().expect("file");
     assert_eq!(spec["dtype"], "f32", "{file}");
-    let bytes = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let bytes = std::fs::read(resolve(dir, file)).unwrap_or_else(|e| panic!("{file}: {e}"));
     let shape: Vec<usize> = spec["shape"]
         .as_array()
         .unwrap()
@@ -63,7 +73,7 @@ fn load_f32(dir: &Path, spec: &Value) -> (Vec<usize>, Vec<f32>) {
 fn load_u8(dir: &Path, spec: &Value) -> (Vec<usize>, Vec<u8>) {
     let file = spec["file"].as_str().expect("file");
     assert_eq!(spec["dtype"], "u8", "{file}");
-    let data = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let data = std::fs::read(resolve(dir, file)).unwrap_or_else(|e| panic!("{file}: {e}"));
     let shape: Vec<usize> = spec["shape"]
         .as_array()
         .unwrap()
@@ -113,10 +123,16 @@ fn rust_path_matches_the_python_reference() {
     let mut report = Vec::new();
     for case in doc["cases"].as_array().unwrap() {
         let cname = case["name"].as_str().unwrap();
-        let (set, _) = load_support_set(&bundle.join(case["support_set"].as_str().unwrap()))
+        let (mut set, _) = load_support_set(&bundle.join(case["support_set"].as_str().unwrap()))
             .unwrap_or_else(|e| panic!("{cname}: {e}"));
+        // `support_pairs`: the 1-based subset of pairs the reference used (all when absent).
+        if let Some(sel) = case["support_pairs"].as_array() {
+            let idx: Vec<usize> = sel.iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            set.pairs = idx.iter().map(|&i| set.pairs[i - 1].clone()).collect();
+            set.version = format!("{}-pairs{idx:?}", set.version);
+        }
         // Support masks: SEG reader + mask preprocessing against the reference.
-        let (mshape, want_masks) = load_u8(&fx, &case["support"]["support_masks"]);
+        let (mshape, want_masks) = load_u8(&bundle, &case["support"]["support_masks"]);
         let mut got_masks = Vec::new();
         for p in &set.pairs {
             for m in &p.masks {
@@ -146,7 +162,7 @@ fn rust_path_matches_the_python_reference() {
             .block_on(engine.support_context(&name, &set))
             .unwrap_or_else(|e| panic!("{cname}: {e}"));
         for (key, got) in [("support_keys", &ctx.keys), ("support_values", &ctx.values)] {
-            let (shape, want) = load_f32(&fx, &case["support"][key]);
+            let (shape, want) = load_f32(&bundle, &case["support"][key]);
             let d = if shape == got.shape {
                 max_abs(&got.data, &want)
             } else {
@@ -161,7 +177,7 @@ fn rust_path_matches_the_python_reference() {
             }
         }
         // Frames through the whole path.
-        let input = fx.join(case["input"].as_str().unwrap());
+        let input = resolve(&bundle, case["input"].as_str().unwrap());
         let all = frames_from_file(&input).unwrap_or_else(|e| panic!("{cname}: {e}"));
         let wanted: Vec<usize> = case["frames"]
             .as_array()
@@ -200,7 +216,7 @@ fn rust_path_matches_the_python_reference() {
                 ("prompt_tokens", &t.prompt_tokens),
                 ("mask_logits", &t.low_res_logits),
             ] {
-                let (shape, want) = load_f32(&fx, &spec["tensors"][key]);
+                let (shape, want) = load_f32(&bundle, &spec["tensors"][key]);
                 let d = if shape == got.shape {
                     max_abs(&got.data, &want)
                 } else {
@@ -214,7 +230,7 @@ fn rust_path_matches_the_python_reference() {
                     ));
                 }
             }
-            let (shape, want) = load_u8(&fx, &spec["tensors"]["masks"]);
+            let (shape, want) = load_u8(&bundle, &spec["tensors"]["masks"]);
             let got: Vec<u8> = fr
                 .masks
                 .iter()
