@@ -150,3 +150,31 @@ fn engine_benchmark() {
         "the support context is computed once for the whole benchmark: {s:?}"
     );
 }
+
+/// Where decoding time goes for one file (BENCH_FILE): open + parse, pixel decode, display.
+#[test]
+#[ignore = "benchmark helper"]
+fn decode_profile() {
+    use dicom_pixeldata::PixelDecoder;
+    let file = env("BENCH_FILE").expect("set BENCH_FILE");
+    let n = 10;
+    let (mut open, mut dec, mut all) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for _ in 0..n {
+        let t = Instant::now();
+        let obj = dicom_object::open_file(&file).unwrap();
+        open += t.elapsed();
+        let t = Instant::now();
+        let d = obj.decode_pixel_data().unwrap();
+        std::hint::black_box(d.data().len());
+        dec += t.elapsed();
+        let t = Instant::now();
+        std::hint::black_box(proxyseg::dicom::pixels::frames_from_object(&obj).unwrap());
+        all += t.elapsed();
+    }
+    eprintln!(
+        "open {:.1} ms, decode_pixel_data {:.1} ms, frames_from_object {:.1} ms",
+        ms(open, n),
+        ms(dec, n),
+        ms(all, n)
+    );
+}

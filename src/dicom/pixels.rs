@@ -218,6 +218,25 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
     let mut out = Vec::with_capacity(nframes as usize);
     for f in 0..nframes {
         let raw = &data[f as usize * frame_bytes..(f as usize + 1) * frame_bytes];
+        // 8-bit interleaved RGB (photographs, most colour images): one pass, bytes to planes.
+        if pi == PhotometricInterpretation::Rgb && spp == 3 && bits == 8 && !signed && !planar {
+            let mut planes = vec![0f32; 3 * pixels];
+            let (r, gb) = planes.split_at_mut(pixels);
+            let (g, b) = gb.split_at_mut(pixels);
+            for (i, px) in raw.chunks_exact(3).enumerate() {
+                r[i] = px[0] as f32;
+                g[i] = px[1] as f32;
+                b[i] = px[2] as f32;
+            }
+            out.push(Frame {
+                index: f,
+                rows: rows as usize,
+                cols: cols as usize,
+                channels: 3,
+                data: planes,
+            });
+            continue;
+        }
         let samples = read_samples(raw, bits, bits_stored, signed);
         let frame = match &pi {
             PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => {
