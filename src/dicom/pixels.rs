@@ -560,9 +560,9 @@ fn expand_422(samples: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         );
         for (k, y) in [(2 * i, y0), (2 * i + 1, y1)] {
             if k < pixels {
-                out[k] = y as f32;
-                out[pixels + k] = cb as f32;
-                out[2 * pixels + k] = cr as f32;
+                out[k] = y;
+                out[pixels + k] = cb;
+                out[2 * pixels + k] = cr;
             }
         }
     }
