@@ -317,8 +317,6 @@ enum Dim {
     Is(usize),
     /// A batch-like dimension (B, N or K): dynamic, or static and recorded.
     Var(&'static str),
-    /// Anything.
-    Any,
 }
 
 /// Static sizes of the variable dimensions found in the graphs (None = dynamic).
@@ -461,7 +459,6 @@ impl Bundle {
                 ("iou_scores", &[Var("K"), Is(1)]),
             ],
         )?;
-        let _ = Any;
         if let Some(k) = dims.objects {
             if k != m.max_objects {
                 return Err(BundleError::Contract {
@@ -589,7 +586,6 @@ fn check_signature(
         }
         for (i, (&g, d)) in shape.iter().zip(shape_want.iter()).enumerate() {
             match *d {
-                Dim::Any => {}
                 Dim::Is(v) => {
                     if g >= 0 && g as usize != v {
                         return Err(format!(

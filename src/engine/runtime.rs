@@ -278,7 +278,7 @@ impl Runtime {
         };
         let mut builder = Session::builder(&self.env).map_err(|e| err(&e))?;
         builder = builder
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| err(&e))?;
         if self.intra_threads > 0 {
             builder = builder
