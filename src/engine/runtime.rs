@@ -307,6 +307,8 @@ impl Runtime {
                             )),
                             Ok(()) => ep::TensorRT::default()
                                 .with_fp16(true)
+                                // LayerNorm overflows in fp16 (FIELD-NOTES): keep norms in fp32.
+                                .with_layer_norm_fp32_fallback(true)
                                 .with_engine_cache(true)
                                 .with_engine_cache_path(self.trt_cache.display())
                                 .with_timing_cache(true)
