@@ -8,6 +8,8 @@
 //! `scripts/model/proxyseg_model/preprocess.py` (`to_display`) in f32, operation by operation.
 //! It never guesses: an input it cannot read exactly fails with a precise [`PixelError`].
 
+#![warn(missing_docs)]
+
 use std::path::Path;
 
 use dicom_core::Tag;
