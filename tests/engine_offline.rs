@@ -100,3 +100,32 @@ fn segment_files_writes_png_and_raw_per_input() {
         "{missing}"
     );
 }
+
+/// With the real bundle (PROXYSEG_PARITY_BUNDLE or models/phantom-tiny): its demo studies are
+/// segmented with its support sets, found by name.
+#[test]
+fn demo_studies_with_the_bundle_support_sets() {
+    let bundle = std::env::var_os("PROXYSEG_PARITY_BUNDLE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("models/phantom-tiny"));
+    if !bundle.join("demo-studies").is_dir() {
+        eprintln!("SKIPPED: no demo studies in {}", bundle.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Config { engine: cpu_config(bundle.parent().unwrap()), ..Config::default() };
+    cfg.storage.data_dir = tmp.path().join("var");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (set, input, frames) in [
+        ("us-intrapartum-ps-fh", "demo-studies/us/cine.dcm", 8),
+        ("fundus-disc-cup-vessels", "demo-studies/fundus/image.dcm", 1),
+        ("mr-prostate", "demo-studies/mr/slice-04.dcm", 1),
+    ] {
+        let out = tmp.path().join(set);
+        let r = rt
+            .block_on(segment_files(&cfg, set, &out, &[bundle.join(input)]))
+            .unwrap_or_else(|e| panic!("{set}: {e}"));
+        assert_eq!(r.frames, frames, "{set}");
+        eprintln!("{set}: {} frames, {:?} per frame", r.frames, r.timings.total() / r.frames as u32);
+    }
+}
