@@ -113,12 +113,19 @@ fn demo_studies_with_the_bundle_support_sets() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = Config { engine: cpu_config(bundle.parent().unwrap()), ..Config::default() };
+    let mut cfg = Config {
+        engine: cpu_config(bundle.parent().unwrap()),
+        ..Config::default()
+    };
     cfg.storage.data_dir = tmp.path().join("var");
     let rt = tokio::runtime::Runtime::new().unwrap();
     for (set, input, frames) in [
         ("us-intrapartum-ps-fh", "demo-studies/us/cine.dcm", 8),
-        ("fundus-disc-cup-vessels", "demo-studies/fundus/image.dcm", 1),
+        (
+            "fundus-disc-cup-vessels",
+            "demo-studies/fundus/image.dcm",
+            1,
+        ),
         ("mr-prostate", "demo-studies/mr/slice-04.dcm", 1),
     ] {
         let out = tmp.path().join(set);
@@ -126,6 +133,10 @@ fn demo_studies_with_the_bundle_support_sets() {
             .block_on(segment_files(&cfg, set, &out, &[bundle.join(input)]))
             .unwrap_or_else(|e| panic!("{set}: {e}"));
         assert_eq!(r.frames, frames, "{set}");
-        eprintln!("{set}: {} frames, {:?} per frame", r.frames, r.timings.total() / r.frames as u32);
+        eprintln!(
+            "{set}: {} frames, {:?} per frame",
+            r.frames,
+            r.timings.total() / r.frames as u32
+        );
     }
 }

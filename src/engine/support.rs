@@ -106,7 +106,11 @@ impl SupportSet {
                     self.objects.len()
                 )));
             }
-            if p.image.data.len() != p.image.rows * p.image.cols * p.image.channels {
+            if !matches!(p.image.channels, 1 | 3)
+                || p.image.rows == 0
+                || p.image.cols == 0
+                || p.image.data.len() != p.image.rows * p.image.cols * p.image.channels
+            {
                 return Err(bad(format!("pair {} image has a wrong buffer size", i + 1)));
             }
             for (k, mk) in p.masks.iter().enumerate() {
