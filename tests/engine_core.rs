@@ -251,3 +251,43 @@ fn bad_bundles_are_refused_with_reasons_and_good_ones_served() {
         assert!(reason.contains(want), "{dir}: {reason}");
     }
 }
+
+#[test]
+fn default_providers_fall_back_to_cpu_and_say_why() {
+    use proxyseg::engine::{GraphKind, Provider};
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    make_test_bundle(&models.join("t"), "t", "1");
+    let cfg = proxyseg::config::EngineConfig {
+        models_dir: models,
+        ..Default::default()
+    };
+    assert_eq!(cfg.providers, ["tensorrt", "cuda", "cpu"]);
+    let engine = Engine::new(&cfg, &tmp.path().join("var")).unwrap();
+    let b = engine.bundle("t").unwrap();
+    for kind in GraphKind::ALL {
+        let g = b.graph(kind);
+        assert_eq!(g.provider.active, Provider::Cpu, "{kind:?}");
+        let skipped: Vec<Provider> = g.provider.skipped.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            skipped,
+            [Provider::TensorRt, Provider::Cuda],
+            "{kind:?}: {:?}",
+            g.provider
+        );
+        assert!(g
+            .provider
+            .skipped
+            .iter()
+            .all(|(_, why)| why.contains("not built into this ONNX Runtime library")));
+    }
+    // and it segments
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(engine.segment(
+            "t",
+            &disc_set("s", "1", 1),
+            vec![disc_frame(40, 40, 20.0, 20.0, 8.0).0],
+        ))
+        .unwrap();
+}

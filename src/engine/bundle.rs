@@ -517,7 +517,11 @@ impl Bundle {
 
 fn log_provider(m: &Manifest, kind: GraphKind, p: &ProviderReport) {
     for (skipped, why) in &p.skipped {
-        tracing::warn!(bundle = %m.name, graph = kind.as_str(), provider = %skipped, reason = %why, "execution provider not used");
+        if why.starts_with("not built") {
+            tracing::info!(bundle = %m.name, graph = kind.as_str(), provider = %skipped, reason = %why, "execution provider not used");
+        } else {
+            tracing::warn!(bundle = %m.name, graph = kind.as_str(), provider = %skipped, reason = %why, "execution provider not used");
+        }
     }
     tracing::info!(bundle = %m.name, version = %m.version, graph = kind.as_str(), provider = %p.active, "graph loaded");
 }

@@ -224,6 +224,8 @@ impl std::fmt::Debug for Runtime {
 pub struct ProviderReport {
     /// The provider that ONNX Runtime assigns nodes to first (CPU takes whatever is left).
     pub active: Provider,
+    /// Every provider registered, in order of preference (empty: CPU only).
+    pub registered: Vec<Provider>,
     /// Providers skipped, each with a reason.
     pub skipped: Vec<(Provider, String)>,
 }
@@ -276,66 +278,100 @@ impl Runtime {
             path: path.to_owned(),
             message: e.to_string(),
         };
-        let mut builder = Session::builder(&self.env).map_err(|e| err(&e))?;
-        builder = builder
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| err(&e))?;
-        if self.intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(self.intra_threads)
+        let mut skipped: Vec<(Provider, String)> = Vec::new();
+        let mut excluded: Vec<Provider> = Vec::new();
+        loop {
+            let mut builder = Session::builder(&self.env)
+                .and_then(|b| {
+                    b.with_optimization_level(GraphOptimizationLevel::All)
+                        .map_err(Into::into)
+                })
                 .map_err(|e| err(&e))?;
-        }
-        let mut skipped = Vec::new();
-        let mut active = None;
-        for &p in &self.providers {
-            if active.is_some() {
-                break;
+            if self.intra_threads > 0 {
+                builder = builder
+                    .with_intra_threads(self.intra_threads)
+                    .map_err(|e| err(&e))?;
             }
-            let outcome = match p {
-                Provider::Cpu => {
-                    active = Some(Provider::Cpu);
+            // Every usable provider up to "cpu" is registered in order: ORT gives each node to
+            // the first that takes it (TensorRT, then CUDA for what TensorRT refuses, then CPU).
+            let mut registered = Vec::new();
+            for &p in &self.providers {
+                if p == Provider::Cpu {
                     break;
                 }
-                Provider::TensorRt => {
-                    if !ep::TensorRT::is_available().unwrap_or(false) {
-                        Err("not built into this ONNX Runtime library".to_string())
-                    } else {
-                        match std::fs::create_dir_all(&self.trt_cache) {
-                            Err(e) => Err(format!(
-                                "cannot create engine cache {}: {e}",
-                                self.trt_cache.display()
-                            )),
-                            Ok(()) => ep::TensorRT::default()
-                                .with_fp16(true)
-                                // LayerNorm overflows in fp16 (FIELD-NOTES): keep norms in fp32.
-                                .with_layer_norm_fp32_fallback(true)
-                                .with_engine_cache(true)
-                                .with_engine_cache_path(self.trt_cache.display())
-                                .with_timing_cache(true)
-                                .with_timing_cache_path(self.trt_cache.display())
-                                .register(&mut builder)
-                                .map_err(|e| e.to_string()),
-                        }
+                if excluded.contains(&p) {
+                    continue;
+                }
+                match self.register(p, &mut builder) {
+                    Ok(()) => registered.push(p),
+                    Err(reason) => {
+                        skipped.push((p, reason));
+                        excluded.push(p);
                     }
                 }
-                Provider::Cuda => {
-                    if !ep::CUDA::is_available().unwrap_or(false) {
-                        Err("not built into this ONNX Runtime library".to_string())
-                    } else {
-                        ep::CUDA::default()
-                            .register(&mut builder)
-                            .map_err(|e| e.to_string())
-                    }
+            }
+            match builder.commit_from_file(path) {
+                Ok(session) => {
+                    let active = registered.first().copied().unwrap_or(Provider::Cpu);
+                    return Ok((
+                        session,
+                        ProviderReport {
+                            active,
+                            registered,
+                            skipped,
+                        },
+                    ));
                 }
-            };
-            match outcome {
-                Ok(()) => active = Some(p),
-                Err(reason) => skipped.push((p, reason)),
+                // A GPU provider that registers but cannot build the graph: retry without it.
+                Err(e) if !registered.is_empty() => {
+                    let p = registered[0];
+                    skipped.push((p, format!("session creation failed: {e}")));
+                    excluded.push(p);
+                }
+                Err(e) => return Err(err(&e)),
             }
         }
-        let active = active.unwrap_or(Provider::Cpu);
-        let session = builder.commit_from_file(path).map_err(|e| err(&e))?;
-        Ok((session, ProviderReport { active, skipped }))
+    }
+
+    fn register(
+        &self,
+        p: Provider,
+        builder: &mut ort::session::builder::SessionBuilder,
+    ) -> Result<(), String> {
+        const NOT_BUILT: &str =
+            "not built into this ONNX Runtime library (install onnxruntime-gpu)";
+        match p {
+            Provider::Cpu => Ok(()),
+            Provider::TensorRt => {
+                if !ep::TensorRT::is_available().unwrap_or(false) {
+                    return Err(NOT_BUILT.into());
+                }
+                std::fs::create_dir_all(&self.trt_cache).map_err(|e| {
+                    format!(
+                        "cannot create engine cache {}: {e}",
+                        self.trt_cache.display()
+                    )
+                })?;
+                ep::TensorRT::default()
+                    .with_fp16(true)
+                    // LayerNorm overflows in fp16 (FIELD-NOTES): keep norms in fp32.
+                    .with_layer_norm_fp32_fallback(true)
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(self.trt_cache.display())
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(self.trt_cache.display())
+                    .register(builder)
+                    .map_err(|e| e.to_string())
+            }
+            Provider::Cuda => {
+                if !ep::CUDA::is_available().unwrap_or(false) {
+                    return Err(NOT_BUILT.into());
+                }
+                ep::CUDA::default()
+                    .register(builder)
+                    .map_err(|e| e.to_string())
+            }
+        }
     }
 }
 
