@@ -203,14 +203,19 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
                 .collect()
         })
         .unwrap_or_default();
-    let window = first_window(obj).or_else(|| {
-        decoded
-            .window()
-            .ok()
-            .flatten()
-            .and_then(|w| w.first())
-            .map(|w| (w.center as f32, w.width as f32))
-    });
+    // The top-level first WindowCenter/Width (as the reference); else, for enhanced
+    // multi-frame objects, the frame's own window from the functional groups.
+    let top_window = first_window(obj);
+    let fg_windows: Vec<(f32, f32)> = decoded
+        .window()
+        .ok()
+        .flatten()
+        .map(|w| {
+            w.iter()
+                .map(|w| (w.center as f32, w.width as f32))
+                .collect()
+        })
+        .unwrap_or_default();
     let palette = if pi == PhotometricInterpretation::PaletteColor {
         Some(Palette::read(obj)?)
     } else {
@@ -253,6 +258,8 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
                     .copied()
                     .unwrap_or((1.0, 0.0));
                 let x: Vec<f32> = samples.iter().map(|&v| v * slope + intercept).collect();
+                let window = top_window
+                    .or_else(|| fg_windows.get(f as usize).or(fg_windows.first()).copied());
                 let mut y = match window {
                     Some((c, w)) => voi_linear(&x, c, w),
                     None => percentile_window(&x),
