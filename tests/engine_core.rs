@@ -95,6 +95,29 @@ fn support_context_is_computed_once_per_version_and_survives_restart() {
             "after a restart the context comes from disk: {s:?}"
         );
     });
+
+    // The bundle replaced in place under the same version: the old context is not reused.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let g = models.join("test-tiny/support_encoder.onnx");
+    std::fs::write(&g, std::fs::read(&g).unwrap()).unwrap();
+    rt().block_on(async {
+        let engine = Engine::new(&cfg, &data).expect("engine restarts");
+        let set = disc_set("discs", "v1", 3);
+        engine
+            .segment(
+                "test-tiny",
+                &set,
+                vec![disc_frame(30, 30, 15.0, 15.0, 5.0).0],
+            )
+            .await
+            .unwrap();
+        let s = engine.support_stats();
+        assert_eq!(
+            (s.computed, s.disk_hits),
+            (1, 0),
+            "a rewritten graph invalidates the context: {s:?}"
+        );
+    });
 }
 
 #[test]

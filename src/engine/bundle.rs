@@ -360,6 +360,9 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// Static sizes of B, N, K where the graphs fix them.
     pub dims: VarDims,
+    /// Hash of the manifest text and of each graph file's name, size and modification time:
+    /// part of the support-context cache key.
+    pub fingerprint: String,
     pub(crate) image_encoder: Graph,
     pub(crate) support_encoder: Graph,
     pub(crate) prompt_generator: Graph,
@@ -475,10 +478,12 @@ impl Bundle {
                 });
             }
         }
+        let fingerprint = fingerprint(&text, dir, &m.graphs);
         Ok(Bundle {
             dir: dir.to_owned(),
             manifest,
             dims,
+            fingerprint,
             image_encoder,
             support_encoder,
             prompt_generator,
@@ -513,6 +518,33 @@ impl Bundle {
             GraphKind::MaskDecoder => &self.mask_decoder,
         }
     }
+}
+
+fn fingerprint(manifest_text: &str, dir: &Path, g: &GraphFiles) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(manifest_text.as_bytes());
+    for f in [
+        &g.image_encoder,
+        &g.support_encoder,
+        &g.prompt_generator,
+        &g.mask_decoder,
+    ] {
+        h.update(f.as_bytes());
+        // External data files (`<graph>.onnx.data`) count too.
+        for p in [dir.join(f), dir.join(format!("{f}.data"))] {
+            if let Ok(md) = std::fs::metadata(&p) {
+                h.update(md.len().to_le_bytes());
+                if let Ok(t) = md.modified().and_then(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_err(std::io::Error::other)
+                }) {
+                    h.update(t.as_nanos().to_le_bytes());
+                }
+            }
+        }
+    }
+    hex::encode(h.finalize())[..16].to_string()
 }
 
 fn log_provider(m: &Manifest, kind: GraphKind, p: &ProviderReport) {

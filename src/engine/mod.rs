@@ -228,6 +228,7 @@ impl Engine {
             set_version: set.version.clone(),
             bundle_name: b.manifest.name.clone(),
             bundle_version: b.manifest.version.clone(),
+            bundle_fingerprint: b.fingerprint.clone(),
         };
         let inner = self.inner.clone();
         let set = set.clone();
@@ -299,6 +300,7 @@ impl Engine {
             set_version: set.version.clone(),
             bundle_name: b.manifest.name.clone(),
             bundle_version: b.manifest.version.clone(),
+            bundle_fingerprint: b.fingerprint.clone(),
         };
         let permit = self
             .inner

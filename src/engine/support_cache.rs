@@ -32,6 +32,9 @@ pub struct ContextKey {
     pub bundle_name: String,
     /// Bundle version.
     pub bundle_version: String,
+    /// Fingerprint of the bundle's files (see [`super::Bundle::fingerprint`]): a bundle
+    /// replaced in place under the same version does not reuse old contexts.
+    pub bundle_fingerprint: String,
 }
 
 impl ContextKey {
@@ -43,6 +46,7 @@ impl ContextKey {
             &self.set_version,
             &self.bundle_name,
             &self.bundle_version,
+            &self.bundle_fingerprint,
         ] {
             h.update(part.as_bytes());
             h.update([0u8]);
@@ -318,6 +322,7 @@ mod tests {
             set_version: v.into(),
             bundle_name: "b".into(),
             bundle_version: "1".into(),
+            bundle_fingerprint: "f".into(),
         }
     }
 
