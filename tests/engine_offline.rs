@@ -80,10 +80,22 @@ fn segment_files_writes_png_and_raw_per_input() {
     assert!(out.join("us_cine/frame-0030/1-lesion.png").is_file());
     assert!(out.join("fundus_rgb/frame-0001/1-lesion.png").is_file());
     let toml = std::fs::read_to_string(out.join("ct512/result.toml")).unwrap();
-    assert!(
-        toml.contains("shape = [1, 1, 512, 512]") && toml.contains("labels = [\"lesion\"]"),
-        "{toml}"
+    let doc: toml::Table =
+        toml::from_str(&toml).unwrap_or_else(|e| panic!("result.toml: {e}\n{toml}"));
+    assert_eq!(
+        doc["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_integer().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 1, 512, 512]
     );
+    assert_eq!(
+        doc["labels"].as_array().unwrap()[0].as_str(),
+        Some("lesion")
+    );
+    assert_eq!(doc["frames"].as_array().unwrap().len(), 1);
 
     let missing = tokio::runtime::Runtime::new()
         .unwrap()

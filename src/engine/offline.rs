@@ -466,50 +466,83 @@ fn write_outputs(
     input: &Path,
     seg: &Segmentation,
 ) -> Result<Vec<PathBuf>, EngineError> {
+    use toml::Value;
     let io = |p: &Path, e: std::io::Error| off(format!("cannot write {}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let mut written = Vec::new();
     let mut raw = Vec::new();
-    let mut toml_out = String::new();
-    toml_out.push_str(&format!(
-        "input = {:?}\nbundle = {:?}\nsupport_set = \"{}@{}\"\n",
-        input.display().to_string(),
-        seg.bundle,
-        seg.context.set_name,
-        seg.context.set_version
-    ));
     let (rows, cols) = seg
         .frames
         .first()
         .map(|f| (f.geometry.rows, f.geometry.cols))
         .unwrap_or((0, 0));
-    toml_out.push_str(&format!(
-        "shape = [{}, {}, {rows}, {cols}]  # frames, objects, rows, cols (masks.u8)\n",
-        seg.frames.len(),
-        seg.objects.len()
-    ));
-    toml_out.push_str(&format!(
-        "labels = {:?}\n",
-        seg.objects
-            .iter()
-            .map(|o| o.label.clone())
-            .collect::<Vec<_>>()
-    ));
+    let int = |v: usize| Value::Integer(v as i64);
+    let ms = |d: std::time::Duration| Value::Float((d.as_secs_f64() * 1e6).round() / 1e3);
+    let mut doc = toml::Table::new();
+    doc.insert("input".into(), Value::String(input.display().to_string()));
+    doc.insert("bundle".into(), Value::String(seg.bundle.clone()));
+    doc.insert(
+        "support_set".into(),
+        Value::String(format!(
+            "{}@{}",
+            seg.context.set_name, seg.context.set_version
+        )),
+    );
+    doc.insert(
+        "shape".into(),
+        Value::Array(vec![
+            int(seg.frames.len()),
+            int(seg.objects.len()),
+            int(rows),
+            int(cols),
+        ]),
+    );
+    doc.insert(
+        "shape_order".into(),
+        Value::String("frames, objects, rows, cols (masks.u8, 0/1)".into()),
+    );
+    doc.insert(
+        "labels".into(),
+        Value::Array(
+            seg.objects
+                .iter()
+                .map(|o| Value::String(o.label.clone()))
+                .collect(),
+        ),
+    );
     let t = &seg.timings;
-    toml_out.push_str(&format!(
-        "[timings_ms]\npreprocess = {:.3}\nimage_encoder = {:.3}\nprompt_generator = {:.3}\nmask_decoder = {:.3}\npostprocess = {:.3}\nsupport_context = {:.3}\n",
-        t.preprocess.as_secs_f64() * 1e3, t.image_encoder.as_secs_f64() * 1e3, t.prompt_generator.as_secs_f64() * 1e3,
-        t.mask_decoder.as_secs_f64() * 1e3, t.postprocess.as_secs_f64() * 1e3, t.support_context.as_secs_f64() * 1e3
-    ));
+    let mut tm = toml::Table::new();
+    for (k, d) in [
+        ("preprocess", t.preprocess),
+        ("image_encoder", t.image_encoder),
+        ("prompt_generator", t.prompt_generator),
+        ("mask_decoder", t.mask_decoder),
+        ("postprocess", t.postprocess),
+        ("support_context", t.support_context),
+    ] {
+        tm.insert(k.into(), ms(d));
+    }
+    doc.insert("timings_ms".into(), Value::Table(tm));
+    let mut frames = Vec::new();
     for f in &seg.frames {
         let fdir = dir.join(format!("frame-{:04}", f.index + 1));
         std::fs::create_dir_all(&fdir).map_err(|e| io(&fdir, e))?;
-        toml_out.push_str(&format!(
-            "[[frames]]\nindex = {}\niou_scores = {:?}\npixels_inside = {:?}\n",
-            f.index + 1,
-            f.iou_scores,
-            f.masks.iter().map(Mask::area).collect::<Vec<_>>()
-        ));
+        let mut ft = toml::Table::new();
+        ft.insert("index".into(), int(f.index + 1));
+        ft.insert(
+            "iou_scores".into(),
+            Value::Array(
+                f.iou_scores
+                    .iter()
+                    .map(|&v| Value::Float(v as f64))
+                    .collect(),
+            ),
+        );
+        ft.insert(
+            "pixels_inside".into(),
+            Value::Array(f.masks.iter().map(|m| int(m.area())).collect()),
+        );
+        frames.push(Value::Table(ft));
         for (k, m) in f.masks.iter().enumerate() {
             let p = fdir.join(format!(
                 "{}-{}.png",
@@ -521,7 +554,9 @@ fn write_outputs(
             raw.extend(m.data.iter().map(|&v| u8::from(v != 0)));
         }
     }
-    for (name, bytes) in [("masks.u8", raw), ("result.toml", toml_out.into_bytes())] {
+    doc.insert("frames".into(), Value::Array(frames));
+    let text = toml::to_string(&doc).map_err(|e| off(format!("cannot encode result.toml: {e}")))?;
+    for (name, bytes) in [("masks.u8", raw), ("result.toml", text.into_bytes())] {
         let p = dir.join(name);
         std::fs::write(&p, bytes).map_err(|e| io(&p, e))?;
         written.push(p);
