@@ -314,3 +314,49 @@ fn default_providers_fall_back_to_cpu_and_say_why() {
         ))
         .unwrap();
 }
+
+/// Graph runs and pixel work happen on blocking threads: an async task on a single-threaded
+/// runtime keeps ticking while a long segmentation runs (ingest never stalls).
+#[test]
+fn async_tasks_keep_running_during_inference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    make_test_bundle(&models.join("t"), "t", "1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let engine = Engine::new(&cpu_config(&models), &tmp.path().join("var")).unwrap();
+        let frames: Vec<_> = (0..40)
+            .map(|i| disc_frame(512, 512, 200.0 + i as f32, 250.0, 60.0).0)
+            .collect();
+        let started = std::time::Instant::now();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d2 = done.clone();
+        let ticker = tokio::spawn(async move {
+            let (mut last, mut worst, mut ticks) =
+                (std::time::Instant::now(), std::time::Duration::ZERO, 0u32);
+            while !d2.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                worst = worst.max(last.elapsed());
+                last = std::time::Instant::now();
+                ticks += 1;
+            }
+            (worst, ticks)
+        });
+        let seg = engine
+            .segment("t", &disc_set("s", "1", 2), frames)
+            .await
+            .unwrap();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (worst, ticks) = ticker.await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(seg.frames.len(), 40);
+        assert!(ticks >= 5, "only {ticks} ticks in {took:?}");
+        assert!(
+            worst < std::time::Duration::from_millis(250),
+            "the async thread stalled for {worst:?} (segmentation took {took:?})"
+        );
+    });
+}

@@ -222,14 +222,12 @@ impl Engine {
         set: &SupportSet,
     ) -> Result<Arc<SupportContext>, EngineError> {
         let b = self.bundle(bundle)?;
+        let key = context_key(&b, set);
+        // Fast path: no check and no copy of the set's images when the context is in memory.
+        if let Some(ctx) = self.inner.cache.get_memory(&key) {
+            return Ok(ctx);
+        }
         set.check(&b.manifest)?;
-        let key = ContextKey {
-            set_name: set.name.clone(),
-            set_version: set.version.clone(),
-            bundle_name: b.manifest.name.clone(),
-            bundle_version: b.manifest.version.clone(),
-            bundle_fingerprint: b.fingerprint.clone(),
-        };
         let inner = self.inner.clone();
         let set = set.clone();
         let batch = self.inner.batch;
@@ -295,13 +293,7 @@ impl Engine {
         if after.computed != before.computed || after.disk_hits != before.disk_hits {
             timings.support_context = t0.elapsed();
         }
-        let key = ContextKey {
-            set_name: set.name.clone(),
-            set_version: set.version.clone(),
-            bundle_name: b.manifest.name.clone(),
-            bundle_version: b.manifest.version.clone(),
-            bundle_fingerprint: b.fingerprint.clone(),
-        };
+        let key = context_key(&b, set);
         let permit = self
             .inner
             .workers
@@ -325,5 +317,16 @@ impl Engine {
             frames: results,
             timings,
         })
+    }
+}
+
+/// The cache identity of a set's context for a bundle.
+fn context_key(b: &Bundle, set: &SupportSet) -> ContextKey {
+    ContextKey {
+        set_name: set.name.clone(),
+        set_version: set.version.clone(),
+        bundle_name: b.manifest.name.clone(),
+        bundle_version: b.manifest.version.clone(),
+        bundle_fingerprint: b.fingerprint.clone(),
     }
 }

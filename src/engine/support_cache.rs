@@ -149,6 +149,14 @@ impl SupportCache {
         }
     }
 
+    /// The context for `key` if it is already in memory (counted as a memory hit).
+    pub fn get_memory(&self, key: &ContextKey) -> Option<Arc<SupportContext>> {
+        let cell = self.cells.lock().ok()?.get(key)?.clone();
+        let ctx = cell.get()?.clone();
+        self.memory_hits.fetch_add(1, Ordering::Relaxed);
+        Some(ctx)
+    }
+
     /// Returns the context for `key`: from memory, else from disk, else by running
     /// `compute` on a blocking thread (once, even when many callers ask at the same time),
     /// then persisting it. Older versions of the same set and bundle are dropped from memory.
