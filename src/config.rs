@@ -154,6 +154,8 @@ pub struct EngineConfig {
     pub intra_threads: usize,
     /// Number of inference jobs that run at the same time.
     pub workers: usize,
+    /// Most frames per image_encoder run when the graph's batch is dynamic.
+    pub batch: usize,
 }
 
 impl Default for EngineConfig {
@@ -164,6 +166,7 @@ impl Default for EngineConfig {
             models_dir: PathBuf::from("models"),
             intra_threads: 0,
             workers: 1,
+            batch: 4,
         }
     }
 }
@@ -443,6 +446,9 @@ impl Config {
         }
         if self.engine.workers == 0 {
             bad("engine.workers", "must be at least 1".into());
+        }
+        if self.engine.batch == 0 {
+            bad("engine.batch", "must be at least 1".into());
         }
         let dl = &self.delivery;
         if dl.max_attempts == 0 {

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod daemon;
 pub mod dicom;
+pub mod engine;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;

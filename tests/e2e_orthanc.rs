@@ -624,8 +624,15 @@ fn reported_dice(family: &str, object: &str) -> f64 {
         })
 }
 
-#[test]
-fn seg_results_land_in_the_same_study() {
+/// A demo study in Orthanc: its Orthanc id, Study Instance UID and uploaded instances.
+struct DemoStudy {
+    id: String,
+    uid: String,
+    up: Vec<Uploaded>,
+}
+
+/// Asserts the demo studies and their ground truth exist.
+fn require_demo_studies() {
     assert!(
         demo_dir().is_dir(),
         "{} missing: the bundled demo studies (fundus, us, mr) with truth/truth.seg.dcm are this \
@@ -641,173 +648,281 @@ fn seg_results_land_in_the_same_study() {
         );
     }
     require_tool("dciodvfy");
+}
+
+/// Uploads every demo family's sources (never its truth) into Orthanc.
+fn upload_demo(h: &Harness) -> BTreeMap<&'static str, DemoStudy> {
+    let mut fams = BTreeMap::new();
+    for fam in DEMO_FAMILIES {
+        let up = h.upload(&demo_sources(fam));
+        let ids: BTreeSet<&str> = up.iter().map(|u| u.study.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            1,
+            "demo family {fam} spans several studies: {up:?}"
+        );
+        fams.insert(
+            *fam,
+            DemoStudy {
+                id: up[0].study.clone(),
+                uid: up[0].study_uid.clone(),
+                up,
+            },
+        );
+    }
+    fams
+}
+
+/// Polls Orthanc until every study holds a SEG series; returns orthanc.py's `wait-seg` state
+/// (Orthanc study id -> its series). Fails early when proxyseg gives up on one of the jobs, and
+/// on timeout says, per study, how far the round trip got.
+fn wait_for_segs(h: &Harness, fams: &BTreeMap<&str, DemoStudy>) -> serde_json::Value {
+    let url = h.url();
+    let deadline = Instant::now() + Duration::from_secs(SEG_TIMEOUT_S);
+    loop {
+        let mut args = vec!["wait-seg", url.as_str(), "5"];
+        args.extend(fams.values().map(|f| f.id.as_str()));
+        let (code, state) = h.py_status(&args);
+        if code == 0 {
+            return state;
+        }
+        h.check_alive();
+        let failed = h.rows(
+            "SELECT study_uid, state, error FROM jobs WHERE state IN ('failed', 'dead', 'unmatched')",
+            &[],
+        );
+        let ours: Vec<_> = failed
+            .iter()
+            .filter(|r| fams.values().any(|f| f.uid == r[0]))
+            .collect();
+        assert!(
+            ours.is_empty(),
+            "proxyseg gave up on demo studies (study, state, error): {ours:?}\n{}",
+            h.proxyseg_state()
+        );
+        if Instant::now() < deadline {
+            continue;
+        }
+        let mut msg =
+            format!("no SEG series arrived in Orthanc within {SEG_TIMEOUT_S} s of upload.\n");
+        let mut all_complete = true;
+        for (fam, f) in fams {
+            let held: Vec<String> = state[f.id.as_str()]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} x{}",
+                        s["modality"],
+                        s["instances"].as_array().unwrap().len()
+                    )
+                })
+                .collect();
+            let received = h.count(
+                "SELECT COUNT(*) FROM instances WHERE study_uid = ?1",
+                &[&f.uid],
+            );
+            let jobs = h.rows("SELECT state FROM jobs WHERE study_uid = ?1", &[&f.uid]);
+            all_complete &= !jobs.is_empty() && jobs.iter().all(|j| j[0] == "complete");
+            msg += &format!(
+                "  {fam}: Orthanc study {} holds series [{}]; Orthanc routed it: {}; proxyseg \
+                 received {received}/{} instances, job states {jobs:?}\n",
+                f.id,
+                held.join(", "),
+                h.lua_lines(&f.id)
+                    .iter()
+                    .any(|l| l.contains("proxyseg-route: sent")),
+                f.up.len()
+            );
+        }
+        if all_complete {
+            msg += "  => every job is still in state 'complete': nothing moved it on to \
+                    matched/inferred/written (no pipeline worker, or no routing rule seeded)\n";
+        }
+        panic!("{msg}{}", h.proxyseg_state());
+    }
+}
+
+/// How the returned masks are judged against the ground truth.
+enum Expect {
+    /// Dice per object >= the bundle's reported Dice - DICE_TOLERANCE.
+    Reported,
+    /// Dice 1.0 (the harness self-check returns the ground truth itself).
+    Exact,
+}
+
+/// One SEG per source series in each study; each passes dciodvfy and reaches the expected Dice
+/// against the family's ground truth.
+fn check_segs(
+    h: &Harness,
+    fams: &BTreeMap<&str, DemoStudy>,
+    state: &serde_json::Value,
+    expect: Expect,
+) {
+    let url = h.url();
+    let work = h.dir.path().join("results");
+    fs::create_dir_all(&work).unwrap();
+    let mut report = vec![];
+    for (fam, f) in fams {
+        let series = state[f.id.as_str()].as_array().unwrap();
+        let segs: Vec<&serde_json::Value> =
+            series.iter().filter(|s| s["modality"] == "SEG").collect();
+        let sources = series.len() - segs.len();
+        let seg_instances: Vec<&str> = segs
+            .iter()
+            .flat_map(|s| s["instances"].as_array().unwrap().iter())
+            .map(|i| i.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            seg_instances.len(),
+            sources,
+            "{fam}: expected one SEG per source series ({sources}), got {} in series {segs:?}",
+            seg_instances.len()
+        );
+        let held: usize = series
+            .iter()
+            .filter(|s| s["modality"] != "SEG")
+            .map(|s| s["instances"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(
+            held,
+            f.up.len(),
+            "{fam}: the study's source instances changed"
+        );
+        for inst in seg_instances {
+            let file = work.join(format!("{fam}-{inst}.dcm"));
+            let file_s = file.display().to_string();
+            h.py(&["download", &url, inst, &file_s]);
+            let o = run("dciodvfy", &[&file_s]);
+            let out = String::from_utf8_lossy(&o.stderr).into_owned()
+                + &String::from_utf8_lossy(&o.stdout);
+            let bad: Vec<&str> = out.lines().filter(|l| l.starts_with("Error")).collect();
+            assert!(
+                o.status.success() && bad.is_empty(),
+                "{fam}: dciodvfy rejects the SEG that came back:\n{}",
+                text(&o)
+            );
+            let truth = demo_dir().join(fam).join("truth/truth.seg.dcm");
+            let d = h.py(&["dice", &file_s, &truth.display().to_string()]);
+            let missing = d["missing"].as_array().unwrap();
+            assert!(
+                missing.is_empty(),
+                "{fam}: the SEG lacks segments {missing:?} of the ground truth (it has {})",
+                d["labels_seg"]
+            );
+            for (label, dice) in d["dice"].as_object().unwrap() {
+                let got = dice.as_f64().unwrap();
+                let (want, ok) = match expect {
+                    Expect::Reported => {
+                        let r = reported_dice(fam, label);
+                        (r, got >= r - DICE_TOLERANCE)
+                    }
+                    Expect::Exact => (1.0, (got - 1.0).abs() < 1e-9),
+                };
+                report.push(format!("{fam}/{label}: Dice {got:.3} (expected {want:.3})"));
+                assert!(
+                    ok,
+                    "{fam}/{label}: Dice {got:.3} against the phantom ground truth; expected \
+                     {want:.3} (tolerance {DICE_TOLERANCE} below the bundle's reported Dice)\n{d}"
+                );
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// Anti-loop: once a SEG is in, the study turns stable again and the Lua script must skip it;
+/// proxyseg must never receive a SEG back nor open a second job for the study.
+fn check_no_loop(h: &Harness, fams: &BTreeMap<&str, DemoStudy>) {
+    for (fam, f) in fams {
+        h.wait_for(
+            &format!(
+                "Orthanc's Lua to skip the {fam} study {} once it holds the SEG",
+                f.id
+            ),
+            ORTHANC_STABLE_AGE_S + 30,
+            || {
+                h.lua_lines(&f.id)
+                    .iter()
+                    .any(|l| l.contains("proxyseg-route: skip"))
+            },
+        );
+        let sent = h
+            .lua_lines(&f.id)
+            .iter()
+            .filter(|l| l.contains("proxyseg-route: sent "))
+            .count();
+        assert_eq!(sent, 1, "{fam}: Orthanc routed study {} {sent} times", f.id);
+    }
+    // A loop would show up within proxyseg's stable age after the resend.
+    std::thread::sleep(Duration::from_secs_f64(PROXYSEG_STABLE_AGE_S + 2.0));
+    let segs_in = h.count("SELECT COUNT(*) FROM instances WHERE modality = 'SEG'", &[]);
+    assert_eq!(
+        segs_in, 0,
+        "proxyseg received {segs_in} SEG instances back from Orthanc: a routing loop"
+    );
+    for (fam, f) in fams {
+        let jobs = h.count("SELECT COUNT(*) FROM jobs WHERE study_uid = ?1", &[&f.uid]);
+        assert_eq!(
+            jobs, 1,
+            "{fam}: {jobs} jobs for study {}, expected 1",
+            f.uid
+        );
+    }
+}
+
+/// The mission in one test: Orthanc routes each demo study to proxyseg, proxyseg segments it and
+/// a SEG lands in the same study, valid (dciodvfy) and as good as the bundle says (Dice), with no
+/// loop. Fails (never skips) until the pipeline route -> infer -> SEG -> outbox is wired; the
+/// pipeline's demo support sets and rules must then be seeded into this harness's proxyseg.
+#[test]
+fn seg_results_land_in_the_same_study() {
+    require_demo_studies();
     in_private_netns("roundtrip", || {
         let h = Harness::start();
-        let url = h.url();
-        // family -> (Orthanc study id, study uid, uploaded records)
-        let mut fams: BTreeMap<&str, (String, String, Vec<Uploaded>)> = BTreeMap::new();
-        for fam in DEMO_FAMILIES {
-            let up = h.upload(&demo_sources(fam));
-            let ids: BTreeSet<&str> = up.iter().map(|u| u.study.as_str()).collect();
-            assert_eq!(
-                ids.len(),
-                1,
-                "demo family {fam} spans several studies: {up:?}"
-            );
-            fams.insert(fam, (up[0].study.clone(), up[0].study_uid.clone(), up));
-        }
+        let fams = upload_demo(&h);
+        let state = wait_for_segs(&h, &fams);
+        check_segs(&h, &fams, &state, Expect::Reported);
+        check_no_loop(&h, &fams);
+    });
+}
 
-        // Wait for a SEG series in every study, failing early when proxyseg gives up on a job.
-        let deadline = Instant::now() + Duration::from_secs(SEG_TIMEOUT_S);
-        let studies: Vec<String> = fams.values().map(|v| v.0.clone()).collect();
-        let state = loop {
-            let mut args = vec!["wait-seg", url.as_str(), "5"];
-            args.extend(studies.iter().map(|s| s.as_str()));
-            let (code, state) = h.py_status(&args);
-            if code == 0 {
-                break state;
-            }
-            h.check_alive();
-            let failed = h.rows(
-                "SELECT study_uid, state, error FROM jobs WHERE state IN ('failed', 'dead', 'unmatched')",
-                &[],
-            );
-            let ours: Vec<_> = failed
-                .iter()
-                .filter(|r| fams.values().any(|f| f.1 == r[0]))
-                .collect();
-            assert!(
-                ours.is_empty(),
-                "proxyseg failed jobs of demo studies: {ours:?}"
-            );
-            if Instant::now() >= deadline {
-                let mut msg = format!(
-                    "no SEG series arrived in Orthanc within {SEG_TIMEOUT_S} s of upload.\n"
-                );
-                for (fam, (id, uid, up)) in &fams {
-                    let held: Vec<String> = state[id.as_str()]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|s| {
-                            format!(
-                                "{} x{}",
-                                s["modality"],
-                                s["instances"].as_array().unwrap().len()
-                            )
-                        })
-                        .collect();
-                    let received = h.count(
-                        "SELECT COUNT(*) FROM instances WHERE study_uid = ?1",
-                        &[uid],
-                    );
-                    let jobs = h.rows("SELECT state FROM jobs WHERE study_uid = ?1", &[uid]);
-                    msg +=
-                        &format!(
-                        "  {fam}: Orthanc study {id} holds series [{}]; Orthanc routed it: {}; \
-                         proxyseg received {received}/{} instances, job states {jobs:?}\n",
-                        held.join(", "),
-                        h.lua_lines(id).iter().any(|l| l.contains("proxyseg-route: sent")),
-                        up.len()
-                    );
-                }
-                panic!("{msg}{}", h.proxyseg_state());
-            }
-        };
-
-        let work = h.dir.path().join("results");
-        fs::create_dir_all(&work).unwrap();
-        let mut report = vec![];
-        for (fam, (id, _uid, up)) in &fams {
-            let series = state[id.as_str()].as_array().unwrap();
-            let segs: Vec<&serde_json::Value> =
-                series.iter().filter(|s| s["modality"] == "SEG").collect();
-            let sources = series.len() - segs.len();
-            let seg_instances: Vec<&str> = segs
-                .iter()
-                .flat_map(|s| s["instances"].as_array().unwrap().iter())
-                .map(|i| i.as_str().unwrap())
-                .collect();
-            assert_eq!(
-                seg_instances.len(),
-                sources,
-                "{fam}: expected one SEG per source series ({sources}), got {} in series {segs:?}",
-                seg_instances.len()
-            );
-            assert!(
-                up.len()
-                    <= series
-                        .iter()
-                        .map(|s| s["instances"].as_array().unwrap().len())
-                        .sum::<usize>(),
-                "{fam}: sources vanished from the study"
-            );
-            for inst in seg_instances {
-                let file = work.join(format!("{fam}-{inst}.dcm"));
-                let file_s = file.display().to_string();
-                h.py(&["download", &url, inst, &file_s]);
-                let o = run("dciodvfy", &[&file_s]);
-                let errs = String::from_utf8_lossy(&o.stderr).into_owned()
-                    + &String::from_utf8_lossy(&o.stdout);
-                let bad: Vec<&str> = errs.lines().filter(|l| l.starts_with("Error")).collect();
-                assert!(
-                    o.status.success() && bad.is_empty(),
-                    "{fam}: dciodvfy rejects the SEG proxyseg returned:\n{}",
-                    text(&o)
-                );
-                let truth = demo_dir().join(fam).join("truth/truth.seg.dcm");
-                let d = h.py(&["dice", &file_s, &truth.display().to_string()]);
-                let missing = d["missing"].as_array().unwrap();
-                assert!(
-                    missing.is_empty(),
-                    "{fam}: SEG lacks segments {missing:?} of the ground truth (has {})",
-                    d["labels_seg"]
-                );
-                for (label, dice) in d["dice"].as_object().unwrap() {
-                    let got = dice.as_f64().unwrap();
-                    let want = reported_dice(fam, label);
-                    report.push(format!(
-                        "{fam}/{label}: Dice {got:.3} (bundle reports {want:.3})"
-                    ));
-                    assert!(
-                        got >= want - DICE_TOLERANCE,
-                        "{fam}/{label}: Dice {got:.3} against the phantom ground truth is below the \
-                         bundle's reported {want:.3} - {DICE_TOLERANCE}\n{d}"
-                    );
-                }
-            }
-        }
-        eprintln!("{}", report.join("\n"));
-
-        // Anti-loop: once the SEG is in, the study turns stable again and the Lua script must skip
-        // it; proxyseg must never receive a SEG nor open a second job for the study.
-        for (fam, (id, uid, _)) in &fams {
-            h.wait_for(
-                &format!("Orthanc's Lua to skip the {fam} study {id} once it holds the SEG"),
-                ORTHANC_STABLE_AGE_S + 30,
-                || {
-                    h.lua_lines(id)
-                        .iter()
-                        .any(|l| l.contains("proxyseg-route: skip"))
-                },
-            );
-            let sent = h
-                .lua_lines(id)
-                .iter()
-                .filter(|l| l.contains("proxyseg-route: sent "))
-                .count();
-            assert_eq!(sent, 1, "{fam}: Orthanc routed study {id} {sent} times");
-            let _ = uid;
-        }
-        std::thread::sleep(Duration::from_secs_f64(PROXYSEG_STABLE_AGE_S + 1.0));
-        let segs_in = h.count("SELECT COUNT(*) FROM instances WHERE modality = 'SEG'", &[]);
+/// Checks the harness itself and the way back, without the pipeline: once Orthanc has routed
+/// each demo study to proxyseg, `proxyseg send` returns the family's ground-truth SEG (same
+/// study) to Orthanc through proxyseg's outbox, as the pipeline will. The same checks as the
+/// round trip must then pass with Dice 1.0, and the Lua script must not route the study again.
+/// (No routing rules are seeded here, so the pipeline itself produces no SEG.)
+#[test]
+fn harness_self_check_truth_returned_through_the_outbox() {
+    require_demo_studies();
+    in_private_netns("selfcheck", || {
+        let h = Harness::start();
+        let fams = upload_demo(&h);
+        h.wait_for("a proxyseg job for every demo study", 60, || {
+            fams.values()
+                .all(|f| h.count("SELECT COUNT(*) FROM jobs WHERE study_uid = ?1", &[&f.uid]) == 1)
+        });
+        let truths: Vec<PathBuf> = DEMO_FAMILIES
+            .iter()
+            .map(|f| demo_dir().join(f).join("truth/truth.seg.dcm"))
+            .collect();
+        let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+            .args(["send", "--config"])
+            .arg(h.dir.path().join("proxyseg.toml"))
+            .args(["--to", "ORTHANC"])
+            .args(&truths)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "proxyseg send:\n{}", text(&o));
+        let state = wait_for_segs(&h, &fams);
         assert_eq!(
-            segs_in, 0,
-            "proxyseg received {segs_in} SEG instances back: a loop"
+            h.count("SELECT COUNT(*) FROM outbox WHERE state = 'delivered'", &[]),
+            truths.len() as i64,
+            "outbox:\n{}",
+            h.proxyseg_state()
         );
-        for (fam, (_, uid, _)) in &fams {
-            let jobs = h.count("SELECT COUNT(*) FROM jobs WHERE study_uid = ?1", &[uid]);
-            assert_eq!(jobs, 1, "{fam}: {jobs} jobs for study {uid}, expected 1");
-        }
+        check_segs(&h, &fams, &state, Expect::Exact);
+        check_no_loop(&h, &fams);
     });
 }

@@ -1,8 +1,9 @@
 //! DICOM networking and objects: the SCP that receives studies, the SCU that delivers results,
-//! SEG writing and reading, the lists of SOP classes and transfer syntaxes we accept, and DIMSE
-//! message encoding.
+//! decoded pixels as tensors, SEG writing and reading, the lists of SOP classes and transfer
+//! syntaxes we accept, and DIMSE message encoding.
 
 pub mod dimse;
+pub mod pixels;
 pub mod scp;
 pub mod scu;
 pub mod seg;
