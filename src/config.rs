@@ -129,6 +129,10 @@ pub struct PipelineConfig {
     pub stable_age_s: f64,
     /// How often the assembler looks for stable studies, in milliseconds.
     pub scan_interval_ms: u64,
+    /// Jobs waiting for inference at most (a flood of studies waits in SQLite, not in memory).
+    pub queue: usize,
+    /// Slices or frames decoded and segmented together (bounds memory for volumes and cine).
+    pub chunk_frames: usize,
 }
 
 impl Default for PipelineConfig {
@@ -136,6 +140,8 @@ impl Default for PipelineConfig {
         PipelineConfig {
             stable_age_s: 30.0,
             scan_interval_ms: 500,
+            queue: 8,
+            chunk_frames: 8,
         }
     }
 }
@@ -432,6 +438,12 @@ impl Config {
         }
         if !(self.pipeline.stable_age_s.is_finite() && self.pipeline.stable_age_s >= 0.0) {
             bad("pipeline.stable_age_s", "must be a number >= 0".into());
+        }
+        if self.pipeline.queue == 0 {
+            bad("pipeline.queue", "must be at least 1".into());
+        }
+        if self.pipeline.chunk_frames == 0 {
+            bad("pipeline.chunk_frames", "must be at least 1".into());
         }
         if self.pipeline.scan_interval_ms == 0 {
             bad("pipeline.scan_interval_ms", "must be at least 1".into());

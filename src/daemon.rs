@@ -136,6 +136,36 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         stop_rx.clone(),
     ));
 
+    // The engine: a missing ONNX Runtime or bad bundle never stops ingest; jobs then fail
+    // with the reason, and the daemon keeps receiving.
+    let engine = match crate::engine::Engine::new(&cfg.engine, &data_dir) {
+        Ok(e) => {
+            tracing::info!(library = %e.library().display(), bundles = ?e.bundle_names(), "engine ready");
+            for r in e.refused() {
+                tracing::error!(bundle = %r.dir.display(), reason = %r.reason, "model bundle refused");
+            }
+            Ok(e)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "engine unavailable: studies will be stored and their jobs failed");
+            Err(e.to_string())
+        }
+    };
+    let catalog = Arc::new(crate::pipeline::catalog::FolderCatalog::discover(
+        &cfg.engine.models_dir,
+    ));
+    tracing::info!(
+        support_sets = catalog.dirs().len(),
+        "bundled support sets found"
+    );
+    let pipeline = Arc::new(crate::pipeline::worker::Pipeline {
+        cfg: cfg.clone(),
+        db: db.clone(),
+        engine,
+        catalog,
+        metrics: metrics.clone(),
+        wake_delivery: wake.clone(),
+    });
     if !cfg.metrics.listen.is_empty() {
         let l = TcpListener::bind(&cfg.metrics.listen)
             .await
@@ -145,13 +175,36 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
                 source,
             })?;
         tracing::info!(addr = %cfg.metrics.listen, "metrics endpoint up");
-        let (scp2, db2, ds) = (scp.clone(), db.clone(), delivery_stats.clone());
+        let (scp2, db2, ds, pl) = (
+            scp.clone(),
+            db.clone(),
+            delivery_stats.clone(),
+            pipeline.clone(),
+        );
         let refresh: Arc<dyn Fn(&crate::metrics::Metrics) + Send + Sync> = Arc::new(move |m| {
             m.set(
                 "proxyseg_active_associations",
                 &[],
                 scp2.stats.active.load(Ordering::Relaxed) as f64,
             );
+            if let Ok(e) = &pl.engine {
+                let st = e.support_stats();
+                m.set(
+                    "proxyseg_support_cache_total",
+                    &[("result", "memory_hit")],
+                    st.memory_hits as f64,
+                );
+                m.set(
+                    "proxyseg_support_cache_total",
+                    &[("result", "disk_hit")],
+                    st.disk_hits as f64,
+                );
+                m.set(
+                    "proxyseg_support_cache_total",
+                    &[("result", "computed")],
+                    st.computed as f64,
+                );
+            }
             m.set(
                 "proxyseg_deliveries_total",
                 &[("result", "delivered")],
@@ -199,6 +252,11 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         ));
     }
 
+    let pipeline_task = tokio::spawn(crate::pipeline::worker::run(
+        pipeline.clone(),
+        stop_rx.clone(),
+    ));
+
     crate::ops::notify("READY=1\nSTATUS=accepting associations");
     if let Some(interval) = crate::ops::watchdog_interval() {
         let beat = beat.clone();
@@ -228,6 +286,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     while servers.join_next().await.is_some() {}
     let _ = assembler.await;
     let _ = deliverer.await;
+    let _ = pipeline_task.await;
     if let Err(e) = std::fs::File::create(&marker).and_then(|f| f.sync_all()) {
         tracing::warn!(error = %e, "cannot write the clean-shutdown marker");
     }

@@ -128,6 +128,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_due ON outbox(state, next_try_at);
     "#,
+    // 3: what the router decided for each job, so a restart resumes inference unchanged.
+    r#"
+    ALTER TABLE jobs ADD COLUMN series_json TEXT;
+    ALTER TABLE jobs ADD COLUMN skip_localizers INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;

@@ -182,7 +182,8 @@ def write_mr(case: dict, folder: Path, seed: int, role: str = "image") -> list[D
         ds.FrameOfReferenceUID = frame_of_ref
         ds.PositionReferenceIndicator = ""
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-sc * px.shape[2] / 2, -sr * px.shape[1] / 2, -st * (len(px) - 1) / 2 + i * st]
+        # DS holds at most 16 characters: round so float noise never leaks into the value.
+        ds.ImagePositionPatient = [round(v, 4) for v in (-sc * px.shape[2] / 2, -sr * px.shape[1] / 2, -st * (len(px) - 1) / 2 + i * st)]
         ds.SliceLocation = ds.ImagePositionPatient[2]
         ds.PixelSpacing = [sr, sc]
         ds.WindowCenter = wc
