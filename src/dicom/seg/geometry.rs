@@ -94,8 +94,20 @@ impl Plane {
         Some(vec![plane])
     }
 
-    /// A plane from its elements; `None` when they do not hold 6, 3 and 2 numbers.
-    fn from_elements(elements: PlaneElements, frame_of_reference: &str) -> Option<Self> {
+    /// A plane from its elements; `None` when they do not hold 6, 3 and 2 numbers. DS values
+    /// longer than the 16 characters the VR allows (float noise that some writers emit) are
+    /// re-formatted, so an over-long source value never makes the SEG invalid.
+    fn from_elements(mut elements: PlaneElements, frame_of_reference: &str) -> Option<Self> {
+        for e in [
+            &mut elements.orientation,
+            &mut elements.position,
+            &mut elements.spacing,
+        ] {
+            fit_ds_element(e);
+        }
+        if let Some(t) = elements.thickness.as_mut() {
+            fit_ds_element(t);
+        }
         let iop = elements.orientation.to_multi_float64().ok()?;
         let ipp = elements.position.to_multi_float64().ok()?;
         let spacing = elements.spacing.to_multi_float64().ok()?;
@@ -168,9 +180,58 @@ fn group_element<'a>(
         })
 }
 
+/// Formats a number as a DS string of at most 16 characters.
+pub(crate) fn fit_ds(v: f64) -> String {
+    for precision in (0..=10).rev() {
+        let s = format!("{v:.precision$}");
+        let s = if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        };
+        if s.len() <= 16 {
+            return if s == "-0" { "0".into() } else { s };
+        }
+    }
+    format!("{v:.6e}")
+}
+
+/// Re-formats an element's DS values that exceed 16 characters; others stay verbatim.
+fn fit_ds_element(e: &mut InMemElement) {
+    let Ok(strs) = e.to_multi_str() else { return };
+    if strs.iter().all(|s| s.trim().len() <= 16) {
+        return;
+    }
+    let Ok(nums) = e.to_multi_float64() else {
+        return;
+    };
+    let fixed: Vec<String> = nums.iter().map(|v| fit_ds(*v)).collect();
+    *e = InMemElement::new(
+        dicom_core::header::Header::tag(e),
+        dicom_core::VR::DS,
+        dicom_core::PrimitiveValue::Strs(fixed.into()),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn over_long_ds_values_are_refitted() {
+        assert_eq!(fit_ds(-5.3999999999999995), "-5.4");
+        assert_eq!(fit_ds(9.000000000000002), "9");
+        assert!(fit_ds(-123456789.123456789).len() <= 16);
+        let mut e = ds(
+            tags::IMAGE_POSITION_PATIENT,
+            &["-48.0", "-48.0", "-5.3999999999999995"],
+        );
+        fit_ds_element(&mut e);
+        assert_eq!(
+            e.to_multi_str().unwrap().to_vec(),
+            vec!["-48", "-48", "-5.4"]
+        );
+    }
 
     fn ds(tag: Tag, values: &[&str]) -> InMemElement {
         InMemElement::new(
