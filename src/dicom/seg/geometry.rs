@@ -221,7 +221,7 @@ mod tests {
     fn over_long_ds_values_are_refitted() {
         assert_eq!(fit_ds(-5.3999999999999995), "-5.4");
         assert_eq!(fit_ds(9.000000000000002), "9");
-        assert!(fit_ds(-123456789.123456789).len() <= 16);
+        assert!(fit_ds(-123_456_789.123_456).len() <= 16);
         let mut e = ds(
             tags::IMAGE_POSITION_PATIENT,
             &["-48.0", "-48.0", "-5.3999999999999995"],
