@@ -133,6 +133,9 @@ pub struct PipelineConfig {
     pub queue: usize,
     /// Slices or frames decoded and segmented together (bounds memory for volumes and cine).
     pub chunk_frames: usize,
+    /// A job segmenting longer than this many seconds counts as stalled: the systemd
+    /// watchdog stops being fed, so systemd restarts the daemon (the job resumes).
+    pub stall_timeout_s: u64,
 }
 
 impl Default for PipelineConfig {
@@ -142,6 +145,7 @@ impl Default for PipelineConfig {
             scan_interval_ms: 500,
             queue: 8,
             chunk_frames: 8,
+            stall_timeout_s: 900,
         }
     }
 }

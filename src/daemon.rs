@@ -48,6 +48,51 @@ pub enum StartError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> Result<(), StartError> {
+    let running = start(cfg).await?;
+    wait_for_signal().await;
+    running.stop().await;
+    Ok(())
+}
+
+/// A started daemon: every listener and worker running.
+pub struct Running {
+    /// Where the plain DICOM listener is bound (useful with port 0).
+    pub dicom_addr: std::net::SocketAddr,
+    /// The pipeline (engine, catalog) the workers use.
+    pub pipeline: Arc<crate::pipeline::worker::Pipeline>,
+    stop_tx: watch::Sender<bool>,
+    servers: tokio::task::JoinSet<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    marker: std::path::PathBuf,
+    scp: Arc<Scp>,
+    delivery_stats: Arc<crate::pipeline::deliver::DeliveryStats>,
+}
+
+impl Running {
+    /// Graceful stop: in-flight stores finish, idle associations are aborted, workers end
+    /// after their current step; then the clean-shutdown marker is written.
+    pub async fn stop(mut self) {
+        tracing::info!("shutdown requested: finishing in-flight stores");
+        crate::ops::notify("STOPPING=1");
+        let _ = self.stop_tx.send(true);
+        while self.servers.join_next().await.is_some() {}
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = std::fs::File::create(&self.marker).and_then(|f| f.sync_all()) {
+            tracing::warn!(error = %e, "cannot write the clean-shutdown marker");
+        }
+        tracing::info!(
+            stored = self.scp.stats.stored.load(Ordering::Relaxed),
+            failed = self.scp.stats.failed.load(Ordering::Relaxed),
+            delivered = self.delivery_stats.delivered.load(Ordering::Relaxed),
+            "stopped"
+        );
+    }
+}
+
+/// Starts every part of the daemon and returns once all listeners are bound.
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let cfg = Arc::new(cfg);
     let data_dir = cfg.storage.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
@@ -100,6 +145,11 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             source,
         })?;
     tracing::info!(addr = %cfg.dicom.listen, ae = %cfg.dicom.ae_title, "DICOM listener up");
+    let dicom_addr = plain.local_addr().map_err(|source| StartError::Bind {
+        key: "dicom.listen",
+        addr: cfg.dicom.listen.clone(),
+        source,
+    })?;
     servers.spawn(scp.clone().serve(plain, false, stop_rx.clone()));
     if let Some(t) = &cfg.dicom.tls {
         let l = TcpListener::bind(&t.listen)
@@ -165,6 +215,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         catalog,
         metrics: metrics.clone(),
         wake_delivery: wake.clone(),
+        busy_since: Default::default(),
     });
     if !cfg.metrics.listen.is_empty() {
         let l = TcpListener::bind(&cfg.metrics.listen)
@@ -260,43 +311,45 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     crate::ops::notify("READY=1\nSTATUS=accepting associations");
     if let Some(interval) = crate::ops::watchdog_interval() {
         let beat = beat.clone();
+        let pl = pipeline.clone();
+        let stall = Duration::from_secs(cfg.pipeline.stall_timeout_s);
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            // Fed only while the assembler keeps committing passes: a wedged database or
-            // runtime stops the pings and systemd restarts us.
+            // Fed only while the pipeline makes progress: the assembler keeps committing
+            // (database and runtime alive) and no job is stuck in inference. Otherwise the
+            // pings stop and systemd restarts us; unfinished jobs resume from SQLite.
             let mut last = beat.passes.load(Ordering::Relaxed);
             let mut tick = tokio::time::interval(interval / 2);
             loop {
                 tokio::select! { _ = stop.changed() => return, _ = tick.tick() => {} }
                 let now = beat.passes.load(Ordering::Relaxed);
-                if now != last {
-                    crate::ops::notify("WATCHDOG=1");
-                    last = now;
+                if now == last {
+                    tracing::warn!(
+                        "watchdog not fed: the assembler made no pass since the last ping"
+                    );
+                } else if pl.stalled(stall) {
+                    tracing::error!(
+                        limit_s = stall.as_secs(),
+                        "watchdog not fed: a job has been segmenting for too long"
+                    );
                 } else {
-                    tracing::warn!("watchdog not fed: no pipeline progress since the last ping");
+                    crate::ops::notify("WATCHDOG=1");
                 }
+                last = now;
             }
         });
     }
 
-    wait_for_signal().await;
-    tracing::info!("shutdown requested: finishing in-flight stores");
-    crate::ops::notify("STOPPING=1");
-    let _ = stop_tx.send(true);
-    while servers.join_next().await.is_some() {}
-    let _ = assembler.await;
-    let _ = deliverer.await;
-    let _ = pipeline_task.await;
-    if let Err(e) = std::fs::File::create(&marker).and_then(|f| f.sync_all()) {
-        tracing::warn!(error = %e, "cannot write the clean-shutdown marker");
-    }
-    tracing::info!(
-        stored = scp.stats.stored.load(Ordering::Relaxed),
-        failed = scp.stats.failed.load(Ordering::Relaxed),
-        delivered = delivery_stats.delivered.load(Ordering::Relaxed),
-        "stopped"
-    );
-    Ok(())
+    Ok(Running {
+        dicom_addr,
+        pipeline,
+        stop_tx,
+        servers,
+        tasks: vec![assembler, deliverer, pipeline_task],
+        marker,
+        scp,
+        delivery_stats,
+    })
 }
 
 async fn wait_for_signal() {

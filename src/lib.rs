@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod dicom;
 pub mod engine;
 pub mod metrics;

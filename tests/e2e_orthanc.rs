@@ -264,7 +264,7 @@ timeout_s = 30
 poll_interval_ms = 100
 
 [log]
-filter = "debug,dicom_ul=info"
+filter = "debug,dicom_ul=info,ort=warn"
 "#,
             port = self.proxyseg_port,
             orthanc = self.dicom_port,

@@ -39,6 +39,16 @@ pub struct Pipeline {
     pub metrics: Metrics,
     /// Wakes the delivery worker when new outbox rows exist.
     pub wake_delivery: Arc<Notify>,
+    /// Unix seconds when the job being segmented started (0 when idle), for the watchdog.
+    pub busy_since: std::sync::atomic::AtomicU64,
+}
+
+impl Pipeline {
+    /// True when a job has been segmenting for longer than `limit` (a wedged worker).
+    pub fn stalled(&self, limit: Duration) -> bool {
+        let since = self.busy_since.load(std::sync::atomic::Ordering::Relaxed);
+        since != 0 && db::now() - since as f64 > limit.as_secs_f64()
+    }
 }
 
 /// Why a job failed.
@@ -293,7 +303,11 @@ struct JobRow {
 
 async fn process(p: &Pipeline, id: i64) {
     let started = Instant::now();
-    match segment_job(p, id).await {
+    p.busy_since
+        .store(db::now() as u64, std::sync::atomic::Ordering::Relaxed);
+    let result = segment_job(p, id).await;
+    p.busy_since.store(0, std::sync::atomic::Ordering::Relaxed);
+    match result {
         Ok(n) => {
             p.metrics.observe(
                 "proxyseg_stage_seconds",
