@@ -129,6 +129,22 @@ fn tail(path: &Path, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The temp dir, or /tmp when some folder above it is closed to other users (a TMPDIR under
+/// /root, say): Orthanc runs as another user and must reach its folder.
+fn traversable_temp_dir() -> PathBuf {
+    let t = std::env::temp_dir();
+    let open = t.ancestors().all(|a| {
+        fs::metadata(a)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    });
+    if open {
+        t
+    } else {
+        PathBuf::from("/tmp")
+    }
+}
+
 /// Orthanc + proxyseg in the current (private) network namespace.
 struct Harness {
     dir: tempfile::TempDir,
@@ -144,7 +160,10 @@ impl Harness {
     /// models, whose support sets the pipeline routes by, or an empty folder for none).
     fn start(models_dir: &Path) -> Harness {
         require_tool("Orthanc");
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("proxyseg-e2e-")
+            .tempdir_in(traversable_temp_dir())
+            .unwrap();
         // Orthanc's user must reach its own folder inside the temp dir.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let mut h = Harness {

@@ -190,4 +190,53 @@ fn demo_studies_come_back_as_valid_segs_in_their_study() {
         metrics.contains("proxyseg_jobs{state=\"delivered\"} 3"),
         "{metrics}"
     );
+
+    // Loop guard: a PACS without its own SEG filter routes our SEGs back with the study.
+    let mut args = vec![
+        "-R".to_string(),
+        "-aet".into(),
+        "PACS".into(),
+        "-aec".into(),
+        "PROXYSEG".into(),
+        "127.0.0.1".into(),
+        port.clone(),
+    ];
+    args.extend(received.iter().map(|p| p.display().to_string()));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("storescu", &a);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the returned SEGs to be judged", 60, &d, || {
+        let s = job_states(&d);
+        s.len() == sent_studies * 2 + 1
+            && s.iter()
+                .all(|(_, st)| st == "delivered" || st == "unmatched" || st == "failed")
+    });
+    let reasons: Vec<String> = {
+        let db = d.db();
+        let mut st = db
+            .prepare("SELECT detail FROM job_events WHERE state = 'unmatched' ORDER BY job_id")
+            .unwrap();
+        st.query_map([], |r| r.get::<_, Option<String>>(0))
+            .unwrap()
+            .map(|r| r.unwrap().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("not segmented again"))
+            .count(),
+        sent_studies,
+        "{reasons:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let again: usize = std::fs::read_dir(pacs_dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "dcm"))
+        .count();
+    assert_eq!(
+        again, sent_studies,
+        "a SEG routed back made proxyseg send another one (loop)"
+    );
 }

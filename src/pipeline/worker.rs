@@ -188,6 +188,37 @@ fn study_info(
     })
 }
 
+/// For a study that already had a job: (that job, number of image instances received since
+/// it was created that are not SEGs we produced). None for a study's first job.
+fn new_images_since_last_job(
+    p: &Pipeline,
+    id: i64,
+    study: &str,
+) -> Result<Option<(i64, i64)>, crate::store::DbError> {
+    let study = study.to_string();
+    p.db.read(move |c| {
+        let prev: Option<(i64, f64)> = c
+            .query_row(
+                "SELECT id, created_at FROM jobs WHERE study_uid = ?1 AND id < ?2 ORDER BY id DESC LIMIT 1",
+                params![study, id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((prev, at)) = prev else { return Ok(None) };
+        let placeholders = NON_IMAGE_MODALITIES.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(",");
+        let n: i64 = c.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM instances WHERE study_uid = ?1 AND received_at > ?2
+                   AND UPPER(modality) NOT IN ({placeholders}) AND sop_class_uid != ?3
+                   AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM outbox)"
+            ),
+            params![study, at, seg::SEGMENTATION_STORAGE],
+            |r| r.get(0),
+        )?;
+        Ok(Some((prev, n)))
+    })
+}
+
 /// Routes one complete job; true when it was matched and should be segmented.
 async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
     let (study, calling): (String, String) = p.db.read(|c| {
@@ -198,7 +229,13 @@ async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
         )
     })?;
     let info = study_info(p, &study, &calling)?;
-    let route = if info.series.is_empty() {
+    let since = new_images_since_last_job(p, id, &study)?;
+    let route = if let Some((prev, 0)) = since {
+        // Loop guard: the study came back with nothing new to segment (our own SEG, other
+        // non-image objects or identical duplicates). Segmenting it again would send another
+        // SEG, which a PACS without its own filter would route back to us, forever.
+        Route::Unmatched { reason: format!("no new images since job {prev} (only SEGs, non-image objects or duplicates arrived): not segmented again") }
+    } else if info.series.is_empty() {
         Route::Unmatched {
             reason: "the study holds no image series to segment (SR, PR, SEG, ... skipped)".into(),
         }
