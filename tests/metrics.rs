@@ -39,7 +39,9 @@ fn metrics_count_stores_latencies_and_jobs() {
         "proxyseg_cstore_total{result=\"success\"} 1",
         "proxyseg_stage_seconds_count{stage=\"ingest\"} 1",
         "proxyseg_active_associations 0",
-        "proxyseg_jobs{state=\"complete\"} 1",
+        // CT_small matches no bundled support set: recorded as unmatched.
+        "proxyseg_jobs{state=\"unmatched\"} 1",
+        "proxyseg_jobs_total{state=\"unmatched\"} 1",
         "proxyseg_queue_depth{queue=\"outbox\"} 0",
     ] {
         assert!(m.contains(needle), "{needle:?} missing from:\n{m}");

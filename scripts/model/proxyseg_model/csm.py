@@ -170,27 +170,38 @@ class ResBlock(nn.Module):
 
 
 class BridgeUnit(nn.Module):
-    """Second selection step: [F_s duplicated K times ; Vim features] -> CBAM -> 2 ResBlocks."""
+    """Second selection step: [F_s duplicated K times ; Vim features] -> CBAM -> 2 ResBlocks.
 
-    def __init__(self, sam_dim: int, vim_dim: int, out_dim: int):
+    With `mask_channel` the object's mask, area-pooled to the h x w grid, is appended as one more
+    channel (our addition: without it the few-shot training here collapsed to segmenting the
+    most salient structure whatever mask was given; see STATUS.md).
+    """
+
+    def __init__(self, sam_dim: int, vim_dim: int, out_dim: int, mask_channel: bool = False):
         super().__init__()
-        ch = sam_dim + vim_dim
+        self.mask_channel = mask_channel
+        ch = sam_dim + vim_dim + (1 if mask_channel else 0)
         self.cbam = CBAM(ch)
         self.res1 = ResBlock(ch, out_dim)
         self.res2 = ResBlock(out_dim, out_dim)
 
-    def forward(self, support_embeddings: torch.Tensor, vim_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, support_embeddings: torch.Tensor, vim_features: torch.Tensor,
+                grid_masks: torch.Tensor | None = None) -> torch.Tensor:
         """
         Arguments:
           support_embeddings (torch.Tensor): N x C x h x w, SAM image features F_s of each pair.
           vim_features (torch.Tensor): N x K x Dv x h x w, Vim features of each (pair, object).
+          grid_masks (torch.Tensor or None): N x K x h x w object masks pooled to the grid.
         Returns:
           (torch.Tensor): N x K x Cv x h x w aggregated object-level support features
             (the flattened F_agg of the paper is this tensor viewed as K x Cv x (N h w)).
         """
         n, k = vim_features.shape[:2]
         fs = support_embeddings.unsqueeze(1).expand(-1, k, -1, -1, -1)
-        x = self.cbam(torch.cat([fs, vim_features], dim=2))
+        parts = [fs, vim_features]
+        if self.mask_channel:
+            parts.append(grid_masks.unsqueeze(2))
+        x = self.cbam(torch.cat(parts, dim=2))
         h, w = x.shape[-2:]
         x = self.res2(self.res1(x.flatten(0, 1)))
         return x.reshape(n, k, -1, h, w)

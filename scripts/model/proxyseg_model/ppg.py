@@ -34,6 +34,7 @@ class PPGConfig:
     ccm_depth: int = 4
     use_selective_map: bool = True
     use_ccm: bool = True
+    bridge_mask: bool = True      # grid-pooled object mask as an extra Bridge Unit channel
 
 
 @dataclass
@@ -56,7 +57,7 @@ class ProxyPromptGenerator(nn.Module):
         self.cfg = cfg
         self.vim = VisionMamba(img_size=cfg.vim_img_size, patch_size=16, in_chans=4, embed_dim=cfg.vim_dim,
                                depth=cfg.vim_depth, d_state=cfg.vim_state, out_size=cfg.grid)
-        self.bridge = BridgeUnit(cfg.embed_dim, cfg.vim_dim, cfg.value_dim)
+        self.bridge = BridgeUnit(cfg.embed_dim, cfg.vim_dim, cfg.value_dim, mask_channel=cfg.bridge_mask)
         self.selective_map = SelectiveMap(cfg.embed_dim, cfg.key_dim, enabled=cfg.use_selective_map)
         self.tokens = cfg.token_grid ** 2
         hw = cfg.grid * cfg.grid
@@ -95,7 +96,9 @@ class ProxyPromptGenerator(nn.Module):
         feats = self.vim(x.reshape(n * k, 4, vs, vs))
         feats = feats.reshape(n, k, feats.shape[1], feats.shape[2], feats.shape[3])
         emb = self._to_grid(support_embeddings)
-        values = self.bridge(emb, feats)
+        g = self.cfg.grid
+        grid_masks = F.adaptive_avg_pool2d(support_masks, g) if support_masks.shape[-1] != g else support_masks
+        values = self.bridge(emb, feats, grid_masks)
         keys = self.selective_map.keys(emb)
         return keys, values
 

@@ -69,7 +69,9 @@ def load_checkpoint(path: Path, lora_rank: int = 4):
 
 def build_from_config(cfg: dict):
     from .ppg import PPGConfig, ProxyPromptSAM, SAMConfig
-    return ProxyPromptSAM(SAMConfig(**cfg["sam"]), PPGConfig(**cfg["ppg"]), name=cfg["name"])
+    ppg = dict(cfg["ppg"])
+    ppg.setdefault("bridge_mask", False)  # checkpoints from before the option
+    return ProxyPromptSAM(SAMConfig(**cfg["sam"]), PPGConfig(**ppg), name=cfg["name"])
 
 
 # ------------------------------------------------------------------------------ pretraining
@@ -157,8 +159,8 @@ def episode(rng, corp: dict, max_support: int, vary_objects: bool = True):
     """One training episode from a family's training corpus.
 
     Returns target (1x3xSxS), support images (Nx3xSxS), support masks (NxKxSxS), target masks
-    (KxSxS). The K objects are all of the family's objects in order, or (half of the time) a
-    random non-empty subset in random order, so the model learns to follow the given masks.
+    (KxSxS). The K objects are all of the family's objects or (half of the time) a random
+    non-empty subset, always in random order, so the model learns to follow the given masks.
     """
     n = len(corp["images"])
     t = int(rng.integers(n))
@@ -167,9 +169,9 @@ def episode(rng, corp: dict, max_support: int, vary_objects: bool = True):
     sup = rng.choice(others, n_sup, replace=False)
     kall = corp["masks"].shape[1]
     objs = list(range(kall))
-    if vary_objects and kall > 1 and rng.random() < 0.5:
-        size = int(rng.integers(1, kall + 1))
-        objs = list(rng.choice(kall, size, replace=False))
+    if vary_objects and kall > 1:  # random order always; a random subset half of the time
+        size = int(rng.integers(1, kall + 1)) if rng.random() < 0.5 else kall
+        objs = [int(o) for o in rng.choice(kall, size, replace=False)]
     sm = corp["masks"][sup][:, objs]
     return corp["images"][t:t + 1], corp["images"][sup], sm, corp["masks"][t, objs]
 
