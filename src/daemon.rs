@@ -31,6 +31,9 @@ pub enum StartError {
     /// TLS material problem.
     #[error(transparent)]
     Tls(#[from] crate::dicom::tls::TlsError),
+    /// The admin API could not start (tokens file, TLS, port).
+    #[error(transparent)]
+    Admin(#[from] crate::admin::StartError),
     /// A listener could not bind.
     #[error("cannot listen on {key} = {addr}: {source}")]
     Bind {
@@ -93,6 +96,9 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         tracing::info!(addr = %t.listen, mutual = t.client_ca.is_some(), "DICOM TLS listener up");
         servers.spawn(scp.clone().serve(l, true, stop_rx.clone()));
     }
+
+    // The engine's Segmenter (for Evaluate / Preview) is wired in when the engine merges.
+    crate::admin::start(cfg.clone(), db.clone(), None, &mut servers, stop_rx.clone()).await?;
 
     let beat = Arc::new(Heartbeat::default());
     let stable = Duration::from_secs_f64(cfg.pipeline.stable_age_s);

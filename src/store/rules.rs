@@ -554,7 +554,11 @@ mod tests {
         assert_eq!(d.rule, Some(3));
         assert_eq!(d.support_set.as_deref(), Some("fundus"));
         assert_eq!(d.destination.as_deref(), Some("PACS"));
-        assert_eq!(d.considered.len(), 2, "rule 2 (same priority, lower id) was tried first");
+        assert_eq!(
+            d.considered.len(),
+            2,
+            "rule 2 (same priority, lower id) was tried first"
+        );
         let d = route(&rs, &header("CT", "CHEST"));
         assert_eq!(d.rule, Some(2));
         assert_eq!(d.considered[0].rule_id, 2, "equal priority: lower id first");

@@ -10,7 +10,7 @@
 //!
 //! - adding a pair inserts a row with `since_version = new`; removing one only sets its
 //!   `until_version`; replacing objects closes the old rows and inserts new ones;
-//! - pair files (`data_dir/support/<set id>/<pair dir>/image.dcm` + `masks.bin`) are written
+//! - pair files (`data_dir/support/<set name>/<unique>/image.dcm` + `masks.bin`) are written
 //!   once, before the row that names them, and never modified;
 //! - so version V is `since_version <= V AND (until_version IS NULL OR until_version > V)`.
 //!
@@ -685,8 +685,13 @@ pub fn update(
 }
 
 /// Deletes set `name` (all versions) unless a rule or an unfinished job uses it. Returns the
-/// folder (relative to the data dir) whose files the caller removes after the commit.
-pub fn delete(conn: &Connection, name: &str, who: &str, now: f64) -> Result<String, SupportError> {
+/// pair folders (relative to the data dir) whose files the caller removes after the commit.
+pub fn delete(
+    conn: &Connection,
+    name: &str,
+    who: &str,
+    now: f64,
+) -> Result<Vec<String>, SupportError> {
     let (id, version) = set_row(conn, name)?;
     let rules: Vec<i64> = conn
         .prepare("SELECT id FROM rules WHERE support_set = ?1 ORDER BY id")?
@@ -711,6 +716,10 @@ pub fn delete(conn: &Connection, name: &str, who: &str, now: f64) -> Result<Stri
             by: format!("unfinished job(s) {jobs:?}"),
         });
     }
+    let dirs: Vec<String> = conn
+        .prepare("SELECT dir FROM support_pairs WHERE set_id = ?1")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     conn.execute("DELETE FROM support_sets WHERE id = ?1", [id])?;
     audit::record(
         conn,
@@ -720,7 +729,7 @@ pub fn delete(conn: &Connection, name: &str, who: &str, now: f64) -> Result<Stri
         &format!("was at version {version}"),
         now,
     )?;
-    Ok(format!("support/{id}"))
+    Ok(dirs)
 }
 
 /// A pair whose files are already written (and fsynced) under `dir`, to be recorded.
@@ -948,18 +957,20 @@ pub fn load(
     })
 }
 
-/// Writes a pair's files into a new folder `support/<set_id>/<unique>` under `data_dir`
-/// (temp folder, fsync, rename, fsync parent). Returns the folder relative to `data_dir`.
-/// `extra` holds further files to keep (e.g. the original SEG).
+/// Writes a pair's files into a new folder `support/<set name>/<unique>` under `data_dir`
+/// (temp folder, fsync, rename, fsync parent), before the row that names it is committed.
+/// Returns the folder relative to `data_dir`. `extra` holds further files to keep (e.g. the
+/// original SEG). The unique part keeps a deleted and re-created set from reusing folders.
 pub fn write_pair_files(
     data_dir: &Path,
-    set_id: i64,
+    set_name: &str,
     image: &[u8],
     masks_bin: &[u8],
     extra: &[(&str, &[u8])],
 ) -> Result<String, SupportError> {
     use std::io::Write;
-    let parent = data_dir.join("support").join(set_id.to_string());
+    check_name(set_name)?;
+    let parent = data_dir.join("support").join(set_name);
     std::fs::create_dir_all(&parent)
         .map_err(SupportError::io(format!("creating {}", parent.display())))?;
     let unique = format!(
@@ -999,7 +1010,20 @@ pub fn write_pair_files(
     std::fs::File::open(&parent)
         .and_then(|d| d.sync_all())
         .map_err(SupportError::io(format!("syncing {}", parent.display())))?;
-    Ok(format!("support/{set_id}/{unique}"))
+    Ok(format!("support/{set_name}/{unique}"))
+}
+
+/// Removes a deleted set's pair folders (after the deletion committed), then the set's folder
+/// if it is empty. Failures are logged: leftover files are harmless.
+pub fn remove_pair_dirs(data_dir: &Path, set_name: &str, dirs: &[String]) {
+    for d in dirs {
+        if let Err(e) = std::fs::remove_dir_all(data_dir.join(d)) {
+            tracing::warn!(dir = %d, error = %e, "cannot remove a deleted support pair's files");
+        }
+    }
+    if check_name(set_name).is_ok() {
+        let _ = std::fs::remove_dir(data_dir.join("support").join(set_name));
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,1 @@
+//! `proxyseg admin ...`: the command-line client of the admin API.

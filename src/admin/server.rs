@@ -1,0 +1,203 @@
+//! Starting the admin gRPC server: tokens, TLS, services, reflection (v1 and v1alpha) and
+//! health, on `[admin] listen`.
+//!
+//! Health (`grpc.health.v1.Health`) answers without a token, so load balancers and systemd
+//! probes can use it; every other service, reflection included, needs a valid token.
+
+use crate::admin::auth::{AuthInterceptor, TokenFileError, Tokens};
+use crate::admin::pb;
+use crate::admin::segment::Segmenter;
+use crate::config::Config;
+use crate::store::rules::Synonyms;
+use crate::store::Db;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// Why the admin server could not start (the daemon then refuses to start).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The tokens file is missing, unsafe or malformed.
+    #[error(transparent)]
+    Tokens(#[from] TokenFileError),
+    /// A TLS file could not be read.
+    #[error("{key} {path}: {source}")]
+    TlsFile {
+        /// The config key.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// tonic refused the TLS configuration.
+    #[error("admin.tls: {0}")]
+    Tls(String),
+    /// The listener could not bind.
+    #[error("cannot listen on admin.listen = {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reflection could not be built from the descriptor set.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// What every admin service shares.
+#[derive(Clone)]
+pub struct State {
+    /// The index.
+    pub db: Db,
+    /// `[storage] data_dir`.
+    pub data_dir: PathBuf,
+    /// `[engine] models_dir`.
+    pub models_dir: PathBuf,
+    /// Upload limit in bytes.
+    pub max_upload: usize,
+    /// `[admin] max_upload_mb`, for messages.
+    pub max_upload_mb: u64,
+    /// Body-part synonyms for DryRun.
+    pub synonyms: Synonyms,
+    /// The engine, when this daemon has one.
+    pub segmenter: Option<Arc<dyn Segmenter>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("data_dir", &self.data_dir)
+            .field("segmenter", &self.segmenter.is_some())
+            .finish()
+    }
+}
+
+fn read(key: &'static str, p: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    std::fs::read(p).map_err(|source| StartError::TlsFile {
+        key,
+        path: p.display().to_string(),
+        source,
+    })
+}
+
+/// Starts the admin server on `servers` when `[admin]` is configured; stops with `stop`.
+/// Errors (unsafe tokens file, bad TLS files, port in use) happen before anything is served.
+pub async fn start(
+    cfg: Arc<Config>,
+    db: Db,
+    segmenter: Option<Arc<dyn Segmenter>>,
+    servers: &mut tokio::task::JoinSet<()>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let Some(a) = cfg.admin.clone() else {
+        return Ok(());
+    };
+    let tokens = Arc::new(Tokens::load(&a.tokens_file)?);
+    let auth = AuthInterceptor(tokens);
+    let max_upload = (a.max_upload_mb as usize).saturating_mul(1024 * 1024);
+    let st = Arc::new(State {
+        db,
+        data_dir: cfg.storage.data_dir.clone(),
+        models_dir: cfg.engine.models_dir.clone(),
+        max_upload,
+        max_upload_mb: a.max_upload_mb,
+        synonyms: cfg.body_part_synonyms(),
+        segmenter,
+    });
+    let mut builder = Server::builder();
+    if let Some(t) = &a.tls {
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read("admin.tls.certificate", &t.certificate)?,
+            read("admin.tls.private_key", &t.private_key)?,
+        ));
+        if let Some(ca) = &t.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read("admin.tls.client_ca", ca)?));
+        }
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    use pb::jobs_server::JobsServer;
+    use pb::models_server::ModelsServer;
+    use pb::preview_server::PreviewServer;
+    use pb::rules_server::RulesServer;
+    use pb::support_sets_server::SupportSetsServer;
+    let limit = max_upload + 64 * 1024;
+    let support = SupportSetsServer::new(crate::admin::support_sets::Svc::new(st.clone()))
+        .max_decoding_message_size(limit);
+    let rules = RulesServer::new(crate::admin::rules::Svc::new(st.clone()))
+        .max_decoding_message_size(limit);
+    let jobs = JobsServer::new(crate::admin::jobs::Svc::new(st.clone()));
+    let models = ModelsServer::new(crate::admin::models::Svc::new(st.clone()));
+    let preview = PreviewServer::new(crate::admin::preview::Svc::new(st.clone()))
+        .max_decoding_message_size(limit);
+    health
+        .set_serving::<SupportSetsServer<crate::admin::support_sets::Svc>>()
+        .await;
+    health
+        .set_serving::<RulesServer<crate::admin::rules::Svc>>()
+        .await;
+    health
+        .set_serving::<JobsServer<crate::admin::jobs::Svc>>()
+        .await;
+    health
+        .set_serving::<ModelsServer<crate::admin::models::Svc>>()
+        .await;
+    health
+        .set_serving::<PreviewServer<crate::admin::preview::Svc>>()
+        .await;
+    let listener = TcpListener::bind(&a.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: a.listen.clone(),
+            source,
+        })?;
+    let router = builder
+        .add_service(health_service)
+        .add_service(InterceptedService::new(reflection_v1, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, auth.clone()))
+        .add_service(InterceptedService::new(support, auth.clone()))
+        .add_service(InterceptedService::new(rules, auth.clone()))
+        .add_service(InterceptedService::new(jobs, auth.clone()))
+        .add_service(InterceptedService::new(models, auth.clone()))
+        .add_service(InterceptedService::new(preview, auth));
+    tracing::info!(
+        addr = %a.listen,
+        tls = a.tls.is_some(),
+        mutual = a.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "admin gRPC listener up"
+    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    servers.spawn(async move {
+        let shutdown = async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "admin gRPC server stopped with an error");
+        }
+    });
+    Ok(())
+}
