@@ -1,4 +1,4 @@
-//! The `proxyseg` command line: `serve`, `config check`.
+//! The `proxyseg` command line: `serve`, `config check`, `admin ...`.
 
 use clap::{Parser, Subcommand};
 use proxyseg::config::{Config, ConfigError};
@@ -21,6 +21,8 @@ enum Cmd {
         #[arg(long, default_value = "config/proxyseg.toml")]
         config: PathBuf,
     },
+    /// Admin API client: support sets, pairs, rules, jobs, models.
+    Admin(proxyseg::admin::cli::AdminArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -41,6 +43,7 @@ enum ConfigCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Admin(args) => proxyseg::admin::cli::main(args),
         Cmd::Config {
             command: ConfigCmd::Check { config },
         } => match Config::load(&config) {
