@@ -297,6 +297,15 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+impl Bearer {
+    /// The `authorization: Bearer <token>` value for `token`.
+    pub fn new(token: &str) -> Result<Bearer, CliError> {
+        format!("Bearer {token}").parse().map(Bearer).map_err(|_| {
+            CliError::Local("the token holds characters not allowed in a header".into())
+        })
+    }
+}
+
 /// A channel with the token attached.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
@@ -342,10 +351,7 @@ fn token(args: &AdminArgs) -> Result<String, CliError> {
 
 /// Connects to the endpoint with optional TLS / mutual TLS.
 pub async fn connect(args: &AdminArgs) -> Result<(Channel, Bearer), CliError> {
-    let tok = token(args)?;
-    let value: MetadataValue<Ascii> = format!("Bearer {tok}").parse().map_err(|_| {
-        CliError::Local("the token holds characters not allowed in a header".into())
-    })?;
+    let bearer = Bearer::new(&token(args)?)?;
     let mut ep = Endpoint::from_shared(args.endpoint.clone())
         .map_err(|e| CliError::Connect(format!("{}: {e}", args.endpoint)))?;
     if args.endpoint.starts_with("https://") || args.ca.is_some() {
@@ -371,7 +377,7 @@ pub async fn connect(args: &AdminArgs) -> Result<(Channel, Bearer), CliError> {
         .connect()
         .await
         .map_err(|e| CliError::Connect(format!("{}: {e}", args.endpoint)))?;
-    Ok((ch, Bearer(value)))
+    Ok((ch, bearer))
 }
 
 /// Runs `proxyseg admin ...`.

@@ -408,6 +408,20 @@ pub fn load(conn: &Connection, synonyms: Synonyms) -> rusqlite::Result<RuleSet> 
     Ok(RuleSet::new(list(conn)?, synonyms))
 }
 
+/// Trims every field and upper-cases modality and body part (they compare case-insensitively;
+/// stored upper-case they read like the DICOM values).
+pub fn normalized(rule: &Rule) -> Rule {
+    Rule {
+        modality: rule.modality.trim().to_uppercase(),
+        body_part: rule.body_part.trim().to_uppercase(),
+        sop_class_uid: rule.sop_class_uid.trim().to_string(),
+        calling_ae: rule.calling_ae.trim().to_string(),
+        support_set: rule.support_set.trim().to_string(),
+        destination_ae: rule.destination_ae.trim().to_string(),
+        ..rule.clone()
+    }
+}
+
 fn set_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT COUNT(*) FROM support_sets WHERE name = ?1",
@@ -419,6 +433,7 @@ fn set_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
 
 /// Inserts a rule (after [`check`]) and audits it; returns its id.
 pub fn create(conn: &Connection, rule: &Rule, who: &str, now: f64) -> Result<i64, RuleError> {
+    let rule = &normalized(rule);
     check(rule, set_exists(conn, &rule.support_set)?)?;
     conn.execute(
         "INSERT INTO rules (priority, modality, body_part, sop_class_uid, series_description_regex,
@@ -456,6 +471,7 @@ pub fn create(conn: &Connection, rule: &Rule, who: &str, now: f64) -> Result<i64
 /// Replaces every field of rule `rule.id` and audits it.
 pub fn update(conn: &Connection, rule: &Rule, who: &str, now: f64) -> Result<(), RuleError> {
     get(conn, rule.id)?;
+    let rule = &normalized(rule);
     check(rule, set_exists(conn, &rule.support_set)?)?;
     conn.execute(
         "UPDATE rules SET priority = ?2, modality = ?3, body_part = ?4, sop_class_uid = ?5,

@@ -1,0 +1,1147 @@
+//! The admin gRPC API against the real daemon binary: a full curation round through the tonic
+//! client, the same through Python grpcio stubs generated from the proto, reflection (grpcurl)
+//! and health, the auth codes, every bad-input case leaving the database unchanged, the CLI, and
+//! the daemon refusing an unsafe tokens file.
+
+mod common;
+use common::*;
+use proxyseg::admin::cli::Bearer;
+use proxyseg::admin::masks::mask_png;
+use proxyseg::admin::pb;
+use proxyseg::admin::pb::jobs_client::JobsClient;
+use proxyseg::admin::pb::models_client::ModelsClient;
+use proxyseg::admin::pb::rules_client::RulesClient;
+use proxyseg::admin::pb::support_sets_client::SupportSetsClient;
+use proxyseg::store::support::Mask;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const ADMIN_TOKEN: &str = "alice-admin-token-0123456789";
+const VIEWER_TOKEN: &str = "bob-viewer-token-0123456789";
+
+/// A daemon with `[admin]` on, its tokens file and a models dir with one bundle manifest.
+struct Admin {
+    d: Daemon,
+    addr: String,
+    aux: tempfile::TempDir,
+}
+
+fn write_tokens(dir: &Path, mode: u32) -> PathBuf {
+    let p = dir.join("admin-tokens");
+    std::fs::write(
+        &p,
+        format!("# name role token\nalice admin {ADMIN_TOKEN}\nbob readonly {VIEWER_TOKEN}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+fn start() -> Admin {
+    let aux = tempfile::tempdir().unwrap();
+    let tokens = write_tokens(aux.path(), 0o600);
+    let models = aux.path().join("models");
+    let bundle = models.join("tiny-test");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("manifest.toml"),
+        "contract = 1\nname = \"tiny-test\"\nfamily = \"sam\"\ninput_size = 256\n\
+         [evaluation.fundus]\ndice = 0.8125\nsplit = \"test\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let extra = format!(
+        "[admin]\nlisten = \"{addr}\"\ntokens_file = \"{}\"\nmax_upload_mb = 2\n\
+         [admin.body_part_synonyms]\nEYE = [\"RETINA\", \"FUNDUS\"]\n\
+         [engine]\nmodels_dir = \"{}\"\n",
+        tokens.display(),
+        models.display()
+    );
+    let mut d = Daemon::start(Opts {
+        extra,
+        ..Default::default()
+    });
+    d.wait_listening(&addr);
+    Admin { d, addr, aux }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+struct Clients {
+    sets: SupportSetsClient<Authed>,
+    rules: RulesClient<Authed>,
+    jobs: JobsClient<Authed>,
+    models: ModelsClient<Authed>,
+}
+
+async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn clients(addr: &str, token: &str) -> Clients {
+    let ch = channel(addr).await;
+    let b = Bearer::new(token).unwrap();
+    Clients {
+        sets: SupportSetsClient::with_interceptor(ch.clone(), b.clone()),
+        rules: RulesClient::with_interceptor(ch.clone(), b.clone()),
+        jobs: JobsClient::with_interceptor(ch.clone(), b.clone()),
+        models: ModelsClient::with_interceptor(ch, b),
+    }
+}
+
+fn square(rows: usize, cols: usize, y0: usize, x0: usize, side: usize) -> Mask {
+    let mut data = vec![0u8; rows * cols];
+    for y in y0..(y0 + side).min(rows) {
+        for x in x0..(x0 + side).min(cols) {
+            data[y * cols + x] = 1;
+        }
+    }
+    Mask { rows, cols, data }
+}
+
+fn grey_png(w: u32, h: u32, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut wr = enc.write_header().unwrap();
+    wr.write_image_data(data).unwrap();
+    wr.finish().unwrap();
+    out
+}
+
+fn pydicom(name: &str) -> Vec<u8> {
+    std::fs::read(pydicom_files().join(name)).unwrap()
+}
+
+fn object(label: &str) -> pb::SupportObject {
+    pb::SupportObject {
+        label: label.into(),
+        category: Some(pb::Code {
+            scheme: "SCT".into(),
+            code: "91723000".into(),
+            meaning: "Anatomical structure".into(),
+        }),
+        r#type: Some(pb::Code {
+            scheme: "SCT".into(),
+            code: "12738006".into(),
+            meaning: "Brain".into(),
+        }),
+        color: vec![255, 0, 0],
+        index: 0,
+    }
+}
+
+fn pngs(masks: &[Mask]) -> Vec<Vec<u8>> {
+    masks.iter().map(mask_png).collect()
+}
+
+async fn add_pair(
+    c: &mut SupportSetsClient<Authed>,
+    set: &str,
+    image: &[u8],
+    png_masks: &[Vec<u8>],
+) -> Result<pb::SupportSet, tonic::Status> {
+    let msgs = proxyseg::admin::cli::add_pair_messages(set, 0, image, png_masks, None);
+    c.add_pair(tokio_stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Row counts of every admin table plus the files under support/: what a refused change must
+/// leave untouched.
+fn snapshot(a: &Admin) -> (Vec<i64>, usize) {
+    let db = a.d.db();
+    let counts = [
+        "support_sets",
+        "support_set_versions",
+        "support_objects",
+        "support_pairs",
+        "rules",
+        "audit",
+    ]
+    .iter()
+    .map(|t| {
+        db.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap()
+    })
+    .collect();
+    (counts, count_files(&a.d.data_dir().join("support")))
+}
+
+fn count_files(p: &Path) -> usize {
+    match std::fs::read_dir(p) {
+        Err(_) => 0,
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    count_files(&p)
+                } else {
+                    1
+                }
+            })
+            .sum(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_curation_round_through_tonic() {
+    let a = start();
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+
+    // Health answers without a token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&a.addr).await);
+    for service in [
+        "",
+        "proxyseg.admin.v1.SupportSets",
+        "proxyseg.admin.v1.Rules",
+    ] {
+        let h = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            h.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+
+    // Create a set with two objects.
+    let s = c
+        .sets
+        .create(pb::CreateSupportSetRequest {
+            name: "ct-demo".into(),
+            description: "demo".into(),
+            bundle: "tiny-test".into(),
+            modality: "ct".into(),
+            body_part: "head".into(),
+            objects: vec![object("brain"), object("skull")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (s.version, s.objects.len(), s.modality.as_str()),
+        (1, 2, "CT")
+    );
+    assert_eq!(s.objects[1].index, 2);
+
+    // Two pairs from real pydicom images with generated PNG masks.
+    let ct = pydicom("CT_small.dcm");
+    let s = add_pair(
+        &mut c.sets,
+        "ct-demo",
+        &ct,
+        &pngs(&[square(128, 128, 30, 30, 40), square(128, 128, 10, 10, 5)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!((s.version, s.pairs.len()), (2, 1));
+    let p1 = &s.pairs[0];
+    assert_eq!((p1.number, p1.rows, p1.columns), (1, 128, 128));
+    assert_eq!(p1.mask_pixels, [1600, 25]);
+    assert_eq!(p1.mask_source, "png");
+    assert_eq!(p1.sop_class_uid, "1.2.840.10008.5.1.4.1.1.2");
+    let mr = pydicom("MR_small.dcm");
+    let s = add_pair(
+        &mut c.sets,
+        "ct-demo",
+        &mr,
+        &pngs(&[square(64, 64, 0, 0, 20), square(64, 64, 40, 40, 10)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!((s.version, s.pairs.len()), (3, 2));
+    // The same image twice is refused.
+    let dup = add_pair(
+        &mut c.sets,
+        "ct-demo",
+        &mr,
+        &pngs(&[square(64, 64, 0, 0, 20), square(64, 64, 40, 40, 10)]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(dup.code(), Code::InvalidArgument, "{dup:?}");
+
+    // The stored files are the upload, byte for byte.
+    let db = a.d.db();
+    let dir: String = db
+        .query_row("SELECT dir FROM support_pairs WHERE number = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        std::fs::read(a.d.data_dir().join(&dir).join("image.dcm")).unwrap(),
+        ct
+    );
+
+    // A routing rule; DryRun with the CT file and with a header.
+    let rule = c
+        .rules
+        .create(pb::CreateRuleRequest {
+            rule: Some(pb::Rule {
+                priority: 10,
+                modality: "ct".into(),
+                support_set: "ct-demo".into(),
+                destination_ae: "PACS".into(),
+                stable_age_s: Some(5.0),
+                enabled: true,
+                skip_localizers: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let eye = c
+        .rules
+        .create(pb::CreateRuleRequest {
+            rule: Some(pb::Rule {
+                priority: 20,
+                body_part: "eye".into(),
+                support_set: "ct-demo".into(),
+                enabled: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = c
+        .rules
+        .list(pb::ListRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.rules.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [rule.id, eye.id]
+    );
+    let d = c
+        .rules
+        .dry_run(pb::DryRunRequest {
+            input: Some(pb::dry_run_request::Input::Dicom(ct.clone())),
+            calling_ae: "STORESCU".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.matched, "{d:?}");
+    assert_eq!(
+        (
+            d.rule_id,
+            d.support_set.as_str(),
+            d.support_set_version,
+            d.destination_ae.as_str()
+        ),
+        (rule.id, "ct-demo", 3, "PACS")
+    );
+    assert_eq!(d.stable_age_s, Some(5.0));
+    assert_eq!(d.header.unwrap().modality, "CT");
+    let d = c
+        .rules
+        .dry_run(pb::DryRunRequest {
+            input: Some(pb::dry_run_request::Input::Header(pb::StudyHeader {
+                modality: "OP".into(),
+                body_part: "Retina".into(),
+                calling_ae: "SENDER".into(),
+                ..Default::default()
+            })),
+            calling_ae: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (d.rule_id, d.destination_ae.as_str()),
+        (eye.id, "SENDER"),
+        "RETINA is a synonym of EYE; no destination = back to the sender: {d:?}"
+    );
+    let d = c
+        .rules
+        .dry_run(pb::DryRunRequest {
+            input: Some(pb::dry_run_request::Input::Dicom(mr.clone())),
+            calling_ae: "STORESCU".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!d.matched);
+    assert!(
+        d.reason.contains("modality \"MR\" is not \"CT\""),
+        "{}",
+        d.reason
+    );
+
+    // Export, then import the folder under another name: same content.
+    let out = a.aux.path().join("export");
+    let e = c
+        .sets
+        .export(pb::ExportRequest {
+            name: "ct-demo".into(),
+            version: 0,
+            path: out.display().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.version, 3);
+    assert!(
+        e.files.contains(&"supportset.toml".to_string()),
+        "{:?}",
+        e.files
+    );
+    assert!(out.join("pairs/02/mask-2.png").is_file());
+    let toml_text = std::fs::read_to_string(out.join("supportset.toml")).unwrap();
+    assert!(toml_text.contains("12738006"), "{toml_text}");
+    let imported = c
+        .sets
+        .import(pb::ImportRequest {
+            path: out.display().to_string(),
+            name: "ct-copy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let original = c
+        .sets
+        .get(pb::GetSupportSetRequest {
+            name: "ct-demo".into(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = |s: &pb::SupportSet| {
+        s.pairs
+            .iter()
+            .map(|p| (p.image_sha256.clone(), p.mask_pixels.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&imported), key(&original));
+    assert_eq!(imported.objects, original.objects);
+    // Exporting into a non-empty folder is refused.
+    let again = c
+        .sets
+        .export(pb::ExportRequest {
+            name: "ct-demo".into(),
+            version: 0,
+            path: out.display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    // Removing a pair makes a new version; the old one keeps both pairs.
+    let s = c
+        .sets
+        .remove_pair(pb::RemovePairRequest {
+            support_set: "ct-demo".into(),
+            pair_number: 1,
+            expected_version: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.version, s.pairs.len()), (4, 1));
+    let v3 = c
+        .sets
+        .get(pb::GetSupportSetRequest {
+            name: "ct-demo".into(),
+            version: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v3.pairs.len(), 2);
+    let stale = c
+        .sets
+        .update(pb::UpdateSupportSetRequest {
+            name: "ct-demo".into(),
+            description: Some("x".into()),
+            expected_version: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+    let listed = c
+        .sets
+        .list(pb::ListSupportSetsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .support_sets
+            .iter()
+            .map(|s| (s.name.as_str(), s.pair_count))
+            .collect::<Vec<_>>(),
+        [("ct-copy", 2), ("ct-demo", 1)]
+    );
+
+    // Models: the bundle manifest with its evaluation table.
+    let m = c
+        .models
+        .list(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.bundles.len(), 1);
+    assert_eq!(m.bundles[0].summary["family"], "sam");
+    assert_eq!(m.bundles[0].evaluation[0].metrics[0].value, 0.8125);
+
+    // A real job: storescu sends CT_small, the study completes, Watch sees it.
+    let mut watch = c
+        .jobs
+        .watch(pb::WatchJobsRequest {
+            include_history: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ct_path = pydicom_files().join("CT_small.dcm");
+    let o = run(
+        "storescu",
+        &[
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &a.d.port.to_string(),
+            ct_path.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ev = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("no job event within 20 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.state, "complete");
+    let jobs = c
+        .jobs
+        .list(pb::ListJobsRequest {
+            states: vec!["complete".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jobs.jobs.len(), 1);
+    let job = c
+        .jobs
+        .get(pb::GetJobRequest { id: ev.job_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(job.events.len(), 1);
+    assert_eq!(job.study_uid, ev.study_uid);
+    let retry = c
+        .jobs
+        .retry(pb::RetryJobRequest { id: ev.job_id })
+        .await
+        .unwrap_err();
+    assert_eq!(retry.code(), Code::FailedPrecondition, "{retry:?}");
+    let bad_state = c
+        .jobs
+        .list(pb::ListJobsRequest {
+            states: vec!["nonsense".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_state.code(), Code::InvalidArgument);
+    let missing = c
+        .jobs
+        .get(pb::GetJobRequest { id: 9999 })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // A set used by rules cannot be deleted; after the rules go, it can, with its files.
+    let used = c
+        .sets
+        .delete(pb::DeleteSupportSetRequest {
+            name: "ct-demo".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(used.code(), Code::FailedPrecondition);
+    assert!(used.message().contains("rule"), "{}", used.message());
+    for id in [rule.id, eye.id] {
+        c.rules.delete(pb::DeleteRuleRequest { id }).await.unwrap();
+    }
+    c.sets
+        .delete(pb::DeleteSupportSetRequest {
+            name: "ct-demo".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!a.d.data_dir().join("support/ct-demo").exists());
+    let gone = c
+        .sets
+        .get(pb::GetSupportSetRequest {
+            name: "ct-demo".into(),
+            version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+
+    // Every change has its audit row with the token's name.
+    let audit: Vec<(String, String)> =
+        a.d.db()
+            .prepare("SELECT token_name, action FROM audit ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|(_, a)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "support_set.create",
+            "support_set.add_pair",
+            "support_set.add_pair",
+            "rule.create",
+            "rule.create",
+            "support_set.create",
+            "support_set.add_pair",
+            "support_set.add_pair",
+            "support_set.import",
+            "support_set.remove_pair",
+            "rule.delete",
+            "rule.delete",
+            "support_set.delete",
+        ]
+    );
+    assert!(audit.iter().all(|(who, _)| who == "alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_roles_give_the_right_codes() {
+    let a = start();
+    let ch = channel(&a.addr).await;
+    // No token at all.
+    let mut bare = SupportSetsClient::new(ch.clone());
+    let e = bare.list(pb::ListSupportSetsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // A wrong token, including one that differs in the last character only.
+    for t in [
+        "wrong-token-0123456789",
+        &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1],
+        "x",
+    ] {
+        let mut c = clients(&a.addr, t).await;
+        let e = c
+            .sets
+            .list(pb::ListSupportSetsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{t}: {e:?}");
+        let e = c.rules.list(pb::ListRulesRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    // The read-only token reads, dry-runs and lists models, and may change nothing.
+    let mut v = clients(&a.addr, VIEWER_TOKEN).await;
+    v.sets.list(pb::ListSupportSetsRequest {}).await.unwrap();
+    v.rules.list(pb::ListRulesRequest {}).await.unwrap();
+    v.jobs.list(pb::ListJobsRequest::default()).await.unwrap();
+    v.models.list(pb::ListModelsRequest {}).await.unwrap();
+    v.rules
+        .dry_run(pb::DryRunRequest {
+            input: Some(pb::dry_run_request::Input::Header(
+                pb::StudyHeader::default(),
+            )),
+            calling_ae: String::new(),
+        })
+        .await
+        .unwrap();
+    let before = snapshot(&a);
+    let denied = [
+        v.sets
+            .create(pb::CreateSupportSetRequest {
+                name: "x".into(),
+                objects: vec![object("a")],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        add_pair(&mut v.sets, "x", &pydicom("CT_small.dcm"), &[])
+            .await
+            .unwrap_err(),
+        v.sets
+            .delete(pb::DeleteSupportSetRequest { name: "x".into() })
+            .await
+            .unwrap_err(),
+        v.rules
+            .create(pb::CreateRuleRequest {
+                rule: Some(pb::Rule::default()),
+            })
+            .await
+            .unwrap_err(),
+        v.rules
+            .delete(pb::DeleteRuleRequest { id: 1 })
+            .await
+            .unwrap_err(),
+        v.jobs
+            .retry(pb::RetryJobRequest { id: 1 })
+            .await
+            .unwrap_err(),
+        v.sets
+            .import(pb::ImportRequest {
+                path: "/tmp".into(),
+                name: String::new(),
+            })
+            .await
+            .unwrap_err(),
+    ];
+    for e in denied {
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("read-only"), "{}", e.message());
+    }
+    assert_eq!(snapshot(&a), before);
+    // The admin token may write.
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    c.sets
+        .create(pb::CreateSupportSetRequest {
+            name: "x".into(),
+            objects: vec![object("a")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!a.d.log().contains(ADMIN_TOKEN), "a token was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_and_changes_nothing() {
+    let a = start();
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    c.sets
+        .create(pb::CreateSupportSetRequest {
+            name: "one".into(),
+            objects: vec![object("brain")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ct = pydicom("CT_small.dcm");
+    let good = mask_png(&square(128, 128, 10, 10, 30));
+    add_pair(&mut c.sets, "one", &ct, std::slice::from_ref(&good))
+        .await
+        .unwrap();
+    let before = snapshot(&a);
+    let audit_before = before.0[5];
+
+    let mut nonbinary = vec![0u8; 128 * 128];
+    nonbinary[5] = 100;
+    nonbinary[6] = 200;
+    let mut garbage_png = good.clone();
+    garbage_png.truncate(40);
+    let mr = pydicom("MR_small.dcm");
+    let cases: Vec<(&str, Vec<u8>, Vec<Vec<u8>>, &str)> = vec![
+        (
+            "mask size",
+            mr.clone(),
+            vec![good.clone()],
+            "does not match the image's 64x64",
+        ),
+        (
+            "non-binary mask",
+            mr.clone(),
+            vec![grey_png(64, 64, &{
+                let mut m = vec![0u8; 64 * 64];
+                m[1] = 1;
+                m[2] = 2;
+                m
+            })],
+            "not binary",
+        ),
+        (
+            "non-binary 128",
+            ct.clone(),
+            vec![grey_png(128, 128, &nonbinary)],
+            "not binary",
+        ),
+        (
+            "empty mask",
+            mr.clone(),
+            vec![grey_png(64, 64, &[0u8; 64 * 64])],
+            "mask 1 (brain): empty",
+        ),
+        (
+            "unknown SOP class",
+            pydicom("rtplan.dcm"),
+            vec![good.clone()],
+            "SOP class \"1.2.840.10008.5.1.4.1.1.481.5\"",
+        ),
+        (
+            "broken DICOM",
+            b"this is not DICOM at all".to_vec(),
+            vec![good.clone()],
+            "not a readable DICOM file",
+        ),
+        (
+            "truncated pixel data",
+            pydicom("MR_truncated.dcm"),
+            vec![mask_png(&square(64, 64, 0, 0, 8))],
+            "image:",
+        ),
+        (
+            "broken PNG",
+            mr.clone(),
+            vec![garbage_png],
+            "mask 1: not a readable PNG",
+        ),
+        (
+            "too many masks",
+            mr.clone(),
+            vec![
+                mask_png(&square(64, 64, 0, 0, 8)),
+                mask_png(&square(64, 64, 0, 0, 8)),
+            ],
+            "object index 2 is outside 1..=1",
+        ),
+        ("no masks", mr.clone(), vec![], "masks: 0 given"),
+        (
+            "too large",
+            vec![0u8; 3 * 1024 * 1024],
+            vec![good.clone()],
+            "admin.max_upload_mb = 2",
+        ),
+    ];
+    for (what, image, masks, want) in cases {
+        let e = add_pair(&mut c.sets, "one", &image, &masks)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(
+            e.message().contains(want),
+            "{what}: {:?} lacks {want:?}",
+            e.message()
+        );
+        assert_eq!(snapshot(&a), before, "{what} changed the database or files");
+    }
+    // A SEG upload that is not a SEG.
+    let msgs = proxyseg::admin::cli::add_pair_messages("one", 0, &mr, &[], Some(&ct));
+    let e = c.sets.add_pair(tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("not Segmentation Storage"),
+        "{}",
+        e.message()
+    );
+    // A stream that does not start with its header.
+    let e = c
+        .sets
+        .add_pair(tokio_stream::iter(vec![pb::AddPairRequest {
+            part: Some(pb::add_pair_request::Part::ImageChunk(mr.clone())),
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Bad sets and rules.
+    for (name, objects, want) in [
+        ("../escape", vec![object("a")], "name"),
+        ("dup", vec![object("a"), object("A")], "used twice"),
+        ("none", vec![], "at least one object"),
+        (
+            "colour",
+            vec![pb::SupportObject {
+                color: vec![1, 2],
+                ..object("a")
+            }],
+            "color",
+        ),
+    ] {
+        let e = c
+            .sets
+            .create(pb::CreateSupportSetRequest {
+                name: name.into(),
+                objects,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+        assert!(e.message().contains(want), "{name}: {}", e.message());
+    }
+    let exists = c
+        .sets
+        .create(pb::CreateSupportSetRequest {
+            name: "one".into(),
+            objects: vec![object("a")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(exists.code(), Code::AlreadyExists);
+    for (rule, want) in [
+        (
+            pb::Rule {
+                support_set: "one".into(),
+                series_description_regex: "(unclosed".into(),
+                ..Default::default()
+            },
+            "series_description_regex",
+        ),
+        (
+            pb::Rule {
+                support_set: "nope".into(),
+                ..Default::default()
+            },
+            "does not exist",
+        ),
+        (
+            pb::Rule {
+                support_set: "one".into(),
+                destination_ae: "A-VERY-LONG-AE-TITLE".into(),
+                ..Default::default()
+            },
+            "destination_ae",
+        ),
+    ] {
+        let e = c
+            .rules
+            .create(pb::CreateRuleRequest { rule: Some(rule) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(want), "{}", e.message());
+    }
+    let e = c
+        .rules
+        .dry_run(pb::DryRunRequest {
+            input: Some(pb::dry_run_request::Input::Dicom(b"garbage".to_vec())),
+            calling_ae: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Import of a folder with a bad pair writes nothing.
+    let bad = a.aux.path().join("bad-folder");
+    std::fs::create_dir_all(bad.join("p")).unwrap();
+    std::fs::write(bad.join("p/image.dcm"), &ct).unwrap();
+    std::fs::write(bad.join("p/ok.png"), &good).unwrap();
+    std::fs::write(
+        bad.join("p/empty.png"),
+        grey_png(128, 128, &[0u8; 128 * 128]),
+    )
+    .unwrap();
+    std::fs::write(
+        bad.join("supportset.toml"),
+        "name = \"bad\"\n[[objects]]\nlabel = \"a\"\n\
+         [[pairs]]\nimage = \"p/image.dcm\"\nmasks = [\"p/ok.png\"]\n\
+         [[pairs]]\nimage = \"p/image.dcm\"\nmasks = [\"p/empty.png\"]\n",
+    )
+    .unwrap();
+    let e = c
+        .sets
+        .import(pb::ImportRequest {
+            path: bad.display().to_string(),
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("pair 2"), "{}", e.message());
+    std::fs::write(
+        bad.join("supportset.toml"),
+        "name = \"bad\"\n[[objects]]\nlabel = \"a\"\n[[pairs]]\nimage = \"../escape.dcm\"\nmasks = [\"p/ok.png\"]\n",
+    )
+    .unwrap();
+    let e = c
+        .sets
+        .import(pb::ImportRequest {
+            path: bad.display().to_string(),
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("inside the support-set folder"),
+        "{}",
+        e.message()
+    );
+
+    let after = snapshot(&a);
+    assert_eq!(after, before, "refused calls changed the database or files");
+    assert_eq!(after.0[5], audit_before);
+}
+
+fn cli(a: &Admin, token_file: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args([
+            "admin",
+            "--endpoint",
+            &format!("http://{}", a.addr),
+            "--token-file",
+        ])
+        .arg(token_file)
+        .args(args)
+        .env_remove("PROXYSEG_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_round_with_tables_and_json() {
+    let a = start();
+    let tf = a.aux.path().join("alice.token");
+    std::fs::write(&tf, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let vf = a.aux.path().join("bob.token");
+    std::fs::write(&vf, format!("{VIEWER_TOKEN}\n")).unwrap();
+    let ok = |args: &[&str]| {
+        let o = cli(&a, &tf, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(&[
+        "support-set",
+        "create",
+        "cli-set",
+        "--object",
+        "brain",
+        "--modality",
+        "CT",
+    ]);
+    let m = a.aux.path().join("m.png");
+    std::fs::write(&m, mask_png(&square(128, 128, 20, 20, 30))).unwrap();
+    let ct = pydicom_files().join("CT_small.dcm");
+    let out = ok(&[
+        "pair",
+        "add",
+        "cli-set",
+        ct.to_str().unwrap(),
+        "--png",
+        m.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("added pair 1 to cli-set (now version 2)"),
+        "{out}"
+    );
+    let out = ok(&["support-set", "list"]);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.contains("cli-set"), "{out}");
+    let out = ok(&["--json", "support-set", "show", "cli-set"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["version"], 2);
+    assert_eq!(v["pairs"][0]["mask_pixels"][0], 900);
+    ok(&[
+        "rule",
+        "add",
+        "--support-set",
+        "cli-set",
+        "--modality",
+        "CT",
+        "--destination",
+        "PACS",
+    ]);
+    let out = ok(&["--json", "rule", "dry-run", ct.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["matched"], true);
+    assert_eq!(v["support_set"], "cli-set");
+    let out = ok(&["rule", "dry-run", "--modality", "MR"]);
+    assert!(out.starts_with("unmatched"), "{out}");
+    assert!(ok(&["rule", "list"]).contains("cli-set"));
+    assert!(ok(&["jobs", "list"]).starts_with("ID"));
+    assert!(ok(&["models", "list"]).contains("tiny-test"));
+    // Errors: the gRPC code by name, exit status 1.
+    let o = cli(&a, &vf, &["support-set", "delete", "cli-set"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("PERMISSION_DENIED"),
+        "{}",
+        text(&o)
+    );
+    let o = cli(&a, &tf, &["support-set", "show", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("NOT_FOUND"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn python_grpcio_round_reflection_and_health() {
+    let a = start();
+    let o = run_py(
+        "admin_client.py",
+        &[
+            "--addr",
+            &a.addr,
+            "--token",
+            ADMIN_TOKEN,
+            "--readonly-token",
+            VIEWER_TOKEN,
+            "--proto-root",
+            root().join("proto").to_str().unwrap(),
+            "--images",
+            pydicom_files().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("python round ok"), "{out}");
+    // The Python round's changes are in the audit log under the token's name.
+    let n: i64 =
+        a.d.db()
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE token_name = 'alice'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+    assert!(n >= 5, "{n} audit rows");
+}
+
+#[test]
+fn unsafe_tokens_file_stops_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write_tokens(dir.path(), 0o644);
+    let cfg = dir.path().join("proxyseg.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dicom]\nlisten = \"127.0.0.1:{}\"\nrequire_known_peers = false\n\
+             [storage]\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\ntokens_file = \"{}\"\n",
+            free_port(),
+            dir.path().join("var").display(),
+            free_port(),
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(!err.contains(ADMIN_TOKEN));
+}
