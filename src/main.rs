@@ -22,7 +22,7 @@ enum Cmd {
         config: PathBuf,
     },
     /// Admin API client: support sets, pairs, rules, jobs, models.
-    Admin(proxyseg::admin::cli::AdminArgs),
+    Admin(Box<proxyseg::admin::cli::AdminArgs>),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -43,7 +43,7 @@ enum ConfigCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Admin(args) => proxyseg::admin::cli::main(args),
+        Cmd::Admin(args) => proxyseg::admin::cli::main(*args),
         Cmd::Config {
             command: ConfigCmd::Check { config },
         } => match Config::load(&config) {

@@ -760,7 +760,9 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let mut garbage_png = good.clone();
     garbage_png.truncate(40);
     let mr = pydicom("MR_small.dcm");
-    let cases: Vec<(&str, Vec<u8>, Vec<Vec<u8>>, &str)> = vec![
+    // (what, image, PNG masks, expected message part)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<Vec<u8>>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "mask size",
             mr.clone(),
