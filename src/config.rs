@@ -590,6 +590,41 @@ mod tests {
     }
 
     #[test]
+    fn admin_section_defaults_and_problems() {
+        let c = Config::parse("[admin]\n").unwrap();
+        let a = c.admin.as_ref().unwrap();
+        assert_eq!(a.listen, "127.0.0.1:50051");
+        assert_eq!(c.body_part_synonyms().canonical("retina"), "EYE");
+        let c = Config::parse(
+            r#"
+            [admin]
+            listen = "everywhere"
+            tokens_file = "/nonexistent/tokens"
+            max_upload_mb = 0
+            [admin.body_part_synonyms]
+            EYE = ["RETINA"]
+            HEAD = ["retina"]
+            "#,
+        )
+        .unwrap();
+        let keys: Vec<String> = c
+            .validate()
+            .into_iter()
+            .map(|p| p.key)
+            .filter(|k| k.starts_with("admin"))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "admin.listen",
+                "admin.tokens_file",
+                "admin.max_upload_mb",
+                "admin.body_part_synonyms.HEAD"
+            ]
+        );
+    }
+
+    #[test]
     fn peer_lookup_ignores_padding() {
         let c = Config::parse(
             "[[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n",

@@ -1147,3 +1147,66 @@ fn unsafe_tokens_file_stops_the_daemon() {
     assert!(err.contains("chmod 600"), "{err}");
     assert!(!err.contains(ADMIN_TOKEN));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_sweeps_orphans_and_shutdown_ends_watch() {
+    let mut a = start();
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    c.sets
+        .create(pb::CreateSupportSetRequest {
+            name: "keep".into(),
+            objects: vec![object("a")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    add_pair(
+        &mut c.sets,
+        "keep",
+        &pydicom("CT_small.dcm"),
+        &pngs(&[square(128, 128, 0, 0, 9)]),
+    )
+    .await
+    .unwrap();
+    // What a crash between writing files and committing leaves behind.
+    let support = a.d.data_dir().join("support");
+    std::fs::create_dir_all(support.join("keep/.123-abc.tmp")).unwrap();
+    std::fs::create_dir_all(support.join("keep/123-uncommitted")).unwrap();
+    std::fs::create_dir_all(support.join("gone/123-x")).unwrap();
+    a.d.restart();
+    a.d.wait_listening(&a.addr);
+    let mut names: Vec<String> = std::fs::read_dir(&support)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["keep"]);
+    assert_eq!(std::fs::read_dir(support.join("keep")).unwrap().count(), 1);
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    let s = c
+        .sets
+        .get(pb::GetSupportSetRequest {
+            name: "keep".into(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.pairs.len(), 1);
+    // An open Watch must not hold up a graceful shutdown.
+    let mut watch = c
+        .jobs
+        .watch(pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let t0 = std::time::Instant::now();
+    assert!(
+        a.d.terminate(),
+        "daemon did not exit cleanly; log:\n{}",
+        a.d.log()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.message()).await;
+    assert!(!matches!(end, Ok(Ok(Some(_)))), "{end:?}");
+}

@@ -202,6 +202,7 @@ impl pb::jobs_server::Jobs for Svc {
             })?
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let mut stop = self.st.stop.clone();
         tokio::spawn(async move {
             loop {
                 let batch = db.read(|c| events_after(c, last, &f));
@@ -219,8 +220,12 @@ impl pb::jobs_server::Jobs for Svc {
                         return;
                     }
                 }
+                if *stop.borrow() {
+                    return;
+                }
                 tokio::select! {
                     _ = tx.closed() => return,
+                    _ = stop.changed() => return,
                     _ = tokio::time::sleep(WATCH_POLL) => {}
                 }
             }

@@ -140,3 +140,78 @@ pub fn seconds(t: &Option<prost_types::Timestamp>) -> f64 {
         .map(|t| t.seconds as f64 + t.nanos as f64 / 1e9)
         .unwrap_or(0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::support::{self, SetMeta, SupportError};
+
+    fn obj() -> crate::store::support::ObjectDef {
+        crate::store::support::ObjectDef {
+            label: "a".into(),
+            category: support::default_code(),
+            property_type: support::default_code(),
+            color: [1, 2, 3],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_typed_error_rolls_back_the_whole_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        // The set and its audit row are written, then the change fails: nothing may remain.
+        let e = change(&db, |c| -> Result<(), SupportError> {
+            support::create(c, "s", &SetMeta::default(), &[obj()], "t", 1.0)?;
+            Err(SupportError::Invalid("late failure".into()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), "late failure");
+        let rows: (i64, i64) = db
+            .read(|c| {
+                Ok((
+                    c.query_row("SELECT COUNT(*) FROM support_sets", [], |r| r.get(0))?,
+                    c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(rows, (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_set_used_by_an_unfinished_job_cannot_be_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        change(&db, |c| {
+            support::create(c, "s", &SetMeta::default(), &[obj()], "t", 1.0)
+        })
+        .await
+        .unwrap();
+        db.write(|c| {
+            c.execute_batch(
+                "INSERT INTO studies VALUES ('1.2', '', 'PACS', 1, 1, 'complete', 1);
+                 INSERT INTO jobs (id, study_uid, state, calling_ae, instance_count, created_at,
+                   updated_at, support_set, support_set_version)
+                 VALUES (7, '1.2', 'matched', 'PACS', 1, 1, 1, 's', 1);",
+            )
+        })
+        .await
+        .unwrap();
+        let e = change(&db, |c| support::delete(c, "s", "t", 2.0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            e.message().contains("unfinished job(s) [7]"),
+            "{}",
+            e.message()
+        );
+        db.write(|c| c.execute("UPDATE jobs SET state = 'delivered' WHERE id = 7", []))
+            .await
+            .unwrap();
+        change(&db, |c| support::delete(c, "s", "t", 3.0))
+            .await
+            .unwrap();
+    }
+}

@@ -66,6 +66,9 @@ pub struct State {
     pub synonyms: Synonyms,
     /// The engine, when this daemon has one.
     pub segmenter: Option<Arc<dyn Segmenter>>,
+    /// Turns true at shutdown: server streams (Watch) end, so graceful shutdown never waits on
+    /// a client that watches forever.
+    pub stop: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for State {
@@ -108,7 +111,11 @@ pub async fn start(
         max_upload_mb: a.max_upload_mb,
         synonyms: cfg.body_part_synonyms(),
         segmenter,
+        stop: stop.clone(),
     });
+    let data_dir = cfg.storage.data_dir.clone();
+    let db2 = st.db.clone();
+    let _ = tokio::task::spawn_blocking(move || sweep_orphans(&db2, &data_dir)).await;
     let mut builder = Server::builder();
     if let Some(t) = &a.tls {
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
@@ -200,4 +207,41 @@ pub async fn start(
         }
     });
     Ok(())
+}
+
+/// Removes pair folders no committed row names: temp folders of uploads cut short by a crash,
+/// and folders written just before a transaction that never committed.
+pub fn sweep_orphans(db: &Db, data_dir: &std::path::Path) {
+    let root = data_dir.join("support");
+    let Ok(sets) = std::fs::read_dir(&root) else {
+        return;
+    };
+    let known: std::collections::HashSet<String> = match db.read(|c| {
+        c.prepare("SELECT dir FROM support_pairs")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect()
+    }) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list support pairs; leaving support/ as it is");
+            return;
+        }
+    };
+    for set in sets.filter_map(|e| e.ok()) {
+        let Ok(pairs) = std::fs::read_dir(set.path()) else {
+            continue;
+        };
+        for p in pairs.filter_map(|e| e.ok()) {
+            let rel = format!(
+                "support/{}/{}",
+                set.file_name().to_string_lossy(),
+                p.file_name().to_string_lossy()
+            );
+            if !known.contains(&rel) {
+                tracing::info!(dir = %rel, "removing a support pair folder no row refers to");
+                let _ = std::fs::remove_dir_all(p.path());
+            }
+        }
+        let _ = std::fs::remove_dir(set.path());
+    }
 }
