@@ -266,16 +266,35 @@ pub fn decode_png_mask(
     Ok(Mask { rows, cols, data })
 }
 
-/// The masks of `image` in a DICOM SEG, one per object (segment numbers 1..=objects).
+/// The masks of `image` in a DICOM SEG, one per object (segments in Segment Number order).
 ///
-/// This is the single place where the SEG reader plugs in. With `dicom::seg::read_seg`
-/// available it is:
+/// This is the single place where the SEG reader (`dicom::seg::read_seg`, branch `seg`) plugs
+/// in. At that merge, replace the last two lines of the body with the following (checked
+/// against the `seg` branch: `cargo test --test admin_seg` passes with it):
 ///
 /// ```text
-/// let obj = parse_dicom(seg)?;
-/// let masks = crate::dicom::seg::read_seg(&obj).map_err(|e| UploadError::BadSeg(e.to_string()))?;
-/// check segments.len() == objects, (masks.rows, masks.columns) == (image.rows, image.cols),
-/// then for k in 1..=objects: masks.mask_or_empty(&image.sop_instance_uid, 1, k)
+/// let m = crate::dicom::seg::read_seg(&obj).map_err(|e| UploadError::BadSeg(e.to_string()))?;
+/// if m.segments.len() != objects {
+///     return Err(UploadError::BadSeg(format!(
+///         "{} segment(s), the support set has {objects} object(s)", m.segments.len())));
+/// }
+/// let (rows, cols) = (usize::from(m.rows), usize::from(m.columns));
+/// if (rows, cols) != (image.rows, image.cols) {
+///     return Err(UploadError::BadSeg(format!(
+///         "{rows}x{cols} (rows x columns) does not match the image's {}x{}",
+///         image.rows, image.cols)));
+/// }
+/// let uid = image.sop_instance_uid.as_str();
+/// if !m.masks.is_empty()
+///     && !m.masks.keys().any(|k| k.sop_instance_uid.as_deref() == Some(uid))
+/// {
+///     return Err(UploadError::BadSeg(format!(
+///         "it does not reference the image (SOP Instance UID {uid})")));
+/// }
+/// let mut numbers: Vec<u16> = m.segments.iter().map(|s| s.number).collect();
+/// numbers.sort_unstable();
+/// Ok(numbers.into_iter().map(|n| Mask { rows, cols, data: m.mask_or_empty(uid, 1, n)
+///     .into_iter().map(|v| u8::from(v != 0)).collect() }).collect())
 /// ```
 pub fn decode_seg_masks(
     seg: &[u8],
