@@ -37,6 +37,11 @@ pub fn write_tokens(dir: &Path, mode: u32) -> PathBuf {
 }
 
 pub fn start() -> Admin {
+    start_with("")
+}
+
+/// Like [`start`], with extra TOML tables appended (e.g. `[admin.tls]`).
+pub fn start_with(tables: &str) -> Admin {
     let aux = tempfile::tempdir().unwrap();
     let tokens = write_tokens(aux.path(), 0o600);
     let models = aux.path().join("models");
@@ -53,7 +58,7 @@ pub fn start() -> Admin {
     let extra = format!(
         "[admin]\nlisten = \"{addr}\"\ntokens_file = \"{}\"\nmax_upload_mb = 2\n\
          [admin.body_part_synonyms]\nEYE = [\"RETINA\", \"FUNDUS\"]\n\
-         [engine]\nmodels_dir = \"{}\"\n",
+         [engine]\nmodels_dir = \"{}\"\n{tables}\n",
         tokens.display(),
         models.display()
     );
