@@ -443,6 +443,7 @@ async fn full_curation_round_through_tonic() {
             "support_set.add_pair",
             "rule.create",
             "rule.create",
+            "support_set.export",
             "support_set.create",
             "support_set.add_pair",
             "support_set.add_pair",

@@ -486,11 +486,25 @@ impl pb::support_sets_server::SupportSets for Svc {
         &self,
         req: Request<pb::ExportRequest>,
     ) -> Result<Response<pb::ExportResponse>, Status> {
-        require(&req, Access::Write, "SupportSets.Export")?;
+        let who = require(&req, Access::Write, "SupportSets.Export")?;
         let r = req.into_inner();
         let (version, files) =
             crate::admin::folder::export(&self.st, &r.name, version_opt(r.version), &r.path)
                 .await?;
+        // Not a database change, but files written on the server: keep a trace of who and where.
+        let (name, path, now) = (r.name.clone(), r.path.clone(), db::now());
+        change(&self.st.db, move |c| {
+            crate::store::audit::record(
+                c,
+                &who.name,
+                "support_set.export",
+                &format!("support_set:{name}"),
+                &format!("version {version} to {path}"),
+                now,
+            )
+            .map_err(SupportError::from)
+        })
+        .await?;
         Ok(Response::new(pb::ExportResponse {
             path: r.path,
             files,

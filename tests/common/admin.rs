@@ -42,6 +42,12 @@ pub fn start() -> Admin {
 
 /// Like [`start`], with extra TOML tables appended (e.g. `[admin.tls]`).
 pub fn start_with(tables: &str) -> Admin {
+    start_full(tables, &|_| {})
+}
+
+/// Like [`start_with`]; `models` fills the models dir (`[engine] models_dir`, CPU provider)
+/// before the daemon starts.
+pub fn start_full(tables: &str, models_fill: &dyn Fn(&Path)) -> Admin {
     let aux = tempfile::tempdir().unwrap();
     let tokens = write_tokens(aux.path(), 0o600);
     let models = aux.path().join("models");
@@ -53,12 +59,13 @@ pub fn start_with(tables: &str) -> Admin {
          [evaluation.fundus]\ndice = 0.8125\nsplit = \"test\"\n",
     )
     .unwrap();
+    models_fill(&models);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let extra = format!(
         "[admin]\nlisten = \"{addr}\"\ntokens_file = \"{}\"\nmax_upload_mb = 2\n\
          [admin.body_part_synonyms]\nEYE = [\"RETINA\", \"FUNDUS\"]\n\
-         [engine]\nmodels_dir = \"{}\"\n{tables}\n",
+         [engine]\nmodels_dir = \"{}\"\nproviders = [\"cpu\"]\n{tables}\n",
         tokens.display(),
         models.display()
     );
