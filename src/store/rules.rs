@@ -313,6 +313,77 @@ pub fn route(rules: &RuleSet, header: &StudyHeader) -> RouteDecision {
     }
 }
 
+/// Routes a study from the headers of its series (one per series, in series order): the
+/// series whose winning rule comes first in routing order decides. SEG series (our own results
+/// coming back, or anyone's) are never routed. Unmatched when no series matches.
+pub fn route_study(rules: &RuleSet, series: &[StudyHeader]) -> RouteDecision {
+    let order: HashMap<i64, usize> = rules.rules().enumerate().map(|(i, r)| (r.id, i)).collect();
+    let mut best: Option<RouteDecision> = None;
+    let mut why = Vec::new();
+    for h in series {
+        if crate::dicom::sop::trim_uid(&h.sop_class_uid)
+            == dicom_dictionary_std::uids::SEGMENTATION_STORAGE
+        {
+            why.push("a SEG series is never segmented".to_string());
+            continue;
+        }
+        let d = route(rules, h);
+        match d.rule {
+            Some(id) => {
+                let better = best
+                    .as_ref()
+                    .and_then(|b| b.rule)
+                    .is_none_or(|b| order.get(&id) < order.get(&b));
+                if better {
+                    best = Some(d);
+                }
+            }
+            None => why.push(d.reason),
+        }
+    }
+    best.unwrap_or_else(|| RouteDecision {
+        rule: None,
+        support_set: None,
+        destination: None,
+        stable_age_s: None,
+        reason: if why.is_empty() {
+            "the study has no series".into()
+        } else {
+            why.dedup();
+            why.join(" | ")
+        },
+        considered: Vec::new(),
+    })
+}
+
+/// One routing header per series of a study, from the instance index (the first instance of
+/// each series by instance number), in series-number order. `image_type` is not indexed, so
+/// localizers are recognised by their series description here.
+pub fn study_series_headers(
+    conn: &Connection,
+    study_uid: &str,
+) -> rusqlite::Result<Vec<StudyHeader>> {
+    let mut stmt = conn.prepare(
+        "SELECT modality, body_part, sop_class_uid, series_description, calling_ae
+         FROM instances i WHERE study_uid = ?1 AND sop_instance_uid = (
+             SELECT sop_instance_uid FROM instances j
+             WHERE j.study_uid = i.study_uid AND j.series_uid = i.series_uid
+             ORDER BY j.instance_number IS NULL, j.instance_number, j.received_at LIMIT 1)
+         ORDER BY series_number IS NULL, series_number, series_uid",
+    )?;
+    let rows = stmt.query_map([study_uid], |r| {
+        Ok(StudyHeader {
+            modality: r.get(0)?,
+            body_part: r.get(1)?,
+            sop_class_uid: r.get(2)?,
+            series_description: r.get(3)?,
+            calling_ae: r.get(4)?,
+            image_type: Vec::new(),
+        })
+    })?;
+    rows.collect()
+}
+
 /// Checks a rule's fields; `support_set_exists` says whether its set exists.
 pub fn check(rule: &Rule, support_set_exists: bool) -> Result<(), RuleError> {
     let bad = |m: String| Err(RuleError::Invalid(m));
@@ -623,6 +694,74 @@ mod tests {
         assert_eq!(route(&rs, &h).rule, None);
         h.series_description = "Abdomen".into();
         assert_eq!(route(&rs, &h).rule, Some(1));
+    }
+
+    #[test]
+    fn studies_route_by_their_best_series_and_never_route_seg() {
+        let rs = RuleSet::new(
+            vec![rule(1, 1, "CT", "", "ct"), rule(2, 5, "MR", "", "mr")],
+            Synonyms::default(),
+        );
+        let mut scout = header("CT", "");
+        scout.series_description = "Scout".into();
+        let mr = header("MR", "");
+        let d = route_study(&rs, &[scout.clone(), mr.clone()]);
+        assert_eq!(
+            d.rule,
+            Some(2),
+            "the CT scout is skipped, the MR series matches"
+        );
+        let ct = header("CT", "");
+        assert_eq!(route_study(&rs, &[mr.clone(), ct]).rule, Some(1));
+        let mut seg = header("SEG", "");
+        seg.sop_class_uid = "1.2.840.10008.5.1.4.1.1.66.4".into();
+        let d = route_study(&rs, &[seg]);
+        assert_eq!(d.rule, None);
+        assert!(d.reason.contains("SEG series"), "{}", d.reason);
+        assert_eq!(route_study(&rs, &[]).reason, "the study has no series");
+    }
+
+    #[test]
+    fn series_headers_come_from_the_index() {
+        use crate::store::instances::{record, InstanceRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let rec = |sop: &str, series: &str, n: i64, desc: &str| InstanceRecord {
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            study_uid: "1.5".into(),
+            series_uid: series.into(),
+            patient_id: "P".into(),
+            patient_name: "N".into(),
+            modality: "CT".into(),
+            body_part: "CHEST".into(),
+            series_description: desc.into(),
+            series_number: Some(n),
+            instance_number: Some(1),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            calling_ae: "PACS".into(),
+            source_host: "127.0.0.1".into(),
+            size_bytes: 1,
+            sha256: "00".into(),
+            path: format!("/x/{sop}"),
+            received_at: 1.0,
+        };
+        for r in [
+            rec("1.1", "9.2", 2, "Thorax"),
+            rec("1.2", "9.1", 1, "Scout"),
+            rec("1.3", "9.2", 2, "Thorax"),
+        ] {
+            db.write_blocking(move |c| record(c, &r)).unwrap();
+        }
+        let h = db.read(|c| study_series_headers(c, "1.5")).unwrap();
+        assert_eq!(
+            h.iter()
+                .map(|h| h.series_description.as_str())
+                .collect::<Vec<_>>(),
+            ["Scout", "Thorax"]
+        );
+        assert_eq!(h[1].calling_ae, "PACS");
+        assert_eq!(h[1].body_part, "CHEST");
     }
 
     #[test]

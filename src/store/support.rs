@@ -596,6 +596,12 @@ pub fn get(conn: &Connection, name: &str, version: Option<u32>) -> Result<SetInf
     })
 }
 
+/// The current version of set `name`: what the pipeline records on a job when it matches, so
+/// the job keeps segmenting with that snapshot.
+pub fn current_version(conn: &Connection, name: &str) -> Result<u32, SupportError> {
+    Ok(set_row(conn, name)?.1)
+}
+
 /// Every set at its current version, by name.
 pub fn list(conn: &Connection) -> Result<Vec<SetInfo>, SupportError> {
     let names: Vec<String> = conn
