@@ -119,8 +119,6 @@ async fn full_curation_round_through_tonic() {
                 support_set: "ct-demo".into(),
                 destination_ae: "PACS".into(),
                 stable_age_s: Some(5.0),
-                enabled: true,
-                skip_localizers: true,
                 ..Default::default()
             }),
         })
@@ -134,7 +132,6 @@ async fn full_curation_round_through_tonic() {
                 priority: 20,
                 body_part: "eye".into(),
                 support_set: "ct-demo".into(),
-                enabled: true,
                 ..Default::default()
             }),
         })

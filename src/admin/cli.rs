@@ -200,7 +200,7 @@ pub enum RuleCmd {
         stable_age: Option<f64>,
         /// Also match localizers / scouts.
         #[arg(long)]
-        keep_localizers: bool,
+        include_localizers: bool,
         /// Create it disabled.
         #[arg(long)]
         disabled: bool,
@@ -558,7 +558,7 @@ fn rule_json(r: &pb::Rule) -> Value {
         "sop_class_uid": r.sop_class_uid, "series_description_regex": r.series_description_regex,
         "calling_ae": r.calling_ae, "support_set": r.support_set,
         "destination_ae": r.destination_ae, "stable_age_s": r.stable_age_s,
-        "enabled": r.enabled, "skip_localizers": r.skip_localizers,
+        "enabled": !r.disabled, "include_localizers": r.include_localizers,
         "description": r.description,
     })
 }
@@ -916,7 +916,7 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                 calling_ae,
                 destination,
                 stable_age,
-                keep_localizers,
+                include_localizers,
                 disabled,
                 description,
             } => {
@@ -932,8 +932,8 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                             support_set: support_set.clone(),
                             destination_ae: destination.clone(),
                             stable_age_s: *stable_age,
-                            enabled: !disabled,
-                            skip_localizers: !keep_localizers,
+                            disabled: *disabled,
+                            include_localizers: *include_localizers,
                             description: description.clone(),
                             ..Default::default()
                         }),
@@ -967,7 +967,7 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                                     vec![
                                         r.id.to_string(),
                                         r.priority.to_string(),
-                                        if r.enabled { "yes" } else { "no" }.into(),
+                                        if r.disabled { "no" } else { "yes" }.into(),
                                         or_dash(&r.modality).into(),
                                         or_dash(&r.body_part).into(),
                                         or_dash(&r.series_description_regex).into(),

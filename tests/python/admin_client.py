@@ -141,7 +141,7 @@ def main():
     assert [p.number for p in got.pairs] == [1, 2], got
     rule = rules.Create(
         pb.CreateRuleRequest(
-            rule=pb.Rule(priority=5, modality="MR", support_set="py-set", enabled=True)
+            rule=pb.Rule(priority=5, modality="MR", support_set="py-set")
         ),
         metadata=admin,
     )
