@@ -867,6 +867,16 @@ fn cli_round_with_tables_and_json() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["version"], 2);
     assert_eq!(v["pairs"][0]["mask_pixels"][0], 900);
+    let out = ok(&[
+        "support-set",
+        "update",
+        "cli-set",
+        "--description",
+        "curated",
+        "--bundle",
+        "tiny-test",
+    ]);
+    assert!(out.contains("is at version 3"), "{out}");
     ok(&[
         "rule",
         "add",

@@ -126,6 +126,26 @@ async fn evaluate_and_preview_with_the_engine() {
         assert_eq!((info.width, info.height), (320, 240));
         assert_eq!(info.color_type, png::ColorType::Rgba);
     }
+    // The same through the CLI, with the read-only token.
+    let tf = a.aux.path().join("viewer.token");
+    std::fs::write(&tf, VIEWER_TOKEN).unwrap();
+    let out_dir = a.aux.path().join("preview");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args([
+            "admin",
+            "--endpoint",
+            &format!("http://{}", a.addr),
+            "--token-file",
+        ])
+        .arg(&tf)
+        .args(["preview", "engine-set"])
+        .arg(pydicom_files().join("MR_small.dcm"))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out_dir.join("overlay-1.png").is_file() && out_dir.join("overlay-2.png").is_file());
     assert_eq!(snapshot(&a), before, "Preview changed the database");
 
     // Too few pairs for leave-one-out.

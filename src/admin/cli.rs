@@ -9,6 +9,7 @@
 use crate::admin::pb;
 use crate::admin::pb::jobs_client::JobsClient;
 use crate::admin::pb::models_client::ModelsClient;
+use crate::admin::pb::preview_client::PreviewClient;
 use crate::admin::pb::rules_client::RulesClient;
 use crate::admin::pb::support_sets_client::SupportSetsClient;
 use clap::{Args, Subcommand};
@@ -70,6 +71,20 @@ pub enum AdminCmd {
     /// Model bundles.
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// Segment one image with a support set and write the overlays as PNG files (no job, no
+    /// change).
+    Preview {
+        /// Support set.
+        set: String,
+        /// DICOM image file.
+        image: PathBuf,
+        /// Folder for overlay-<n>.png (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Version (default: current).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
 }
 
 /// `support-set ...`.
@@ -104,6 +119,23 @@ pub enum SetCmd {
         /// Version (default: current).
         #[arg(long, default_value_t = 0)]
         version: u32,
+    },
+    /// Change description, bundle or match hints (a new version).
+    Update {
+        /// Name.
+        name: String,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+        /// New model bundle.
+        #[arg(long)]
+        bundle: Option<String>,
+        /// New modality hint.
+        #[arg(long)]
+        modality: Option<String>,
+        /// New body part hint.
+        #[arg(long)]
+        body_part: Option<String>,
     },
     /// Delete a support set.
     Delete {
@@ -670,7 +702,10 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
     let mut rules =
         RulesClient::with_interceptor(ch.clone(), auth.clone()).max_encoding_message_size(big);
     let mut jobs = JobsClient::with_interceptor(ch.clone(), auth.clone());
-    let mut models = ModelsClient::with_interceptor(ch, auth);
+    let mut models = ModelsClient::with_interceptor(ch.clone(), auth.clone());
+    let mut preview = PreviewClient::with_interceptor(ch, auth)
+        .max_decoding_message_size(big)
+        .max_encoding_message_size(big);
     match &args.command {
         AdminCmd::SupportSet(cmd) => match cmd {
             SetCmd::Create {
@@ -751,6 +786,28 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                     .await?
                     .into_inner();
                 print(args, set_json(&s), || set_text(&s));
+            }
+            SetCmd::Update {
+                name,
+                description,
+                bundle,
+                modality,
+                body_part,
+            } => {
+                let s = sets
+                    .update(pb::UpdateSupportSetRequest {
+                        name: name.clone(),
+                        description: description.clone(),
+                        bundle: bundle.clone(),
+                        modality: modality.clone(),
+                        body_part: body_part.clone(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                print(args, set_json(&s), || {
+                    format!("support set {} is at version {}", s.name, s.version)
+                });
             }
             SetCmd::Delete { name } => {
                 sets.delete(pb::DeleteSupportSetRequest { name: name.clone() })
@@ -1151,6 +1208,60 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                 });
             }
         },
+        AdminCmd::Preview {
+            set,
+            image,
+            out,
+            version,
+        } => {
+            use pb::preview_request::Part;
+            let img = read_file(image)?;
+            let mut msgs = vec![pb::PreviewRequest {
+                part: Some(Part::Header(pb::PreviewHeader {
+                    support_set: set.clone(),
+                    version: *version,
+                })),
+            }];
+            msgs.extend(img.chunks(CHUNK).map(|c| pb::PreviewRequest {
+                part: Some(Part::ImageChunk(c.to_vec())),
+            }));
+            let r = preview
+                .segment(tokio_stream::iter(msgs))
+                .await?
+                .into_inner();
+            std::fs::create_dir_all(out)
+                .map_err(|e| CliError::Local(format!("{}: {e}", out.display())))?;
+            let mut files = Vec::new();
+            for o in &r.overlays {
+                let p = out.join(format!("overlay-{}.png", o.object_index));
+                std::fs::write(&p, &o.png)
+                    .map_err(|e| CliError::Local(format!("{}: {e}", p.display())))?;
+                files.push(json!({"object": o.object_index, "label": o.label,
+                                  "pixels": o.pixels, "file": p.display().to_string()}));
+            }
+            print(
+                args,
+                json!({"support_set": r.support_set, "version": r.version, "rows": r.rows,
+                       "columns": r.columns, "overlays": files}),
+                || {
+                    let mut s = format!(
+                        "{} version {} on a {}x{} image:",
+                        r.support_set, r.version, r.rows, r.columns
+                    );
+                    for o in &r.overlays {
+                        s += &format!(
+                            "\n  {} ({}): {} px -> {}",
+                            o.object_index,
+                            o.label,
+                            o.pixels,
+                            out.join(format!("overlay-{}.png", o.object_index))
+                                .display()
+                        );
+                    }
+                    s
+                },
+            );
+        }
         AdminCmd::Models(ModelsCmd::List) => {
             let l = models.list(pb::ListModelsRequest {}).await?.into_inner();
             let v = Value::Array(
