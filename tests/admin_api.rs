@@ -148,6 +148,28 @@ async fn full_curation_round_through_tonic() {
         listed.rules.iter().map(|r| r.id).collect::<Vec<_>>(),
         [rule.id, eye.id]
     );
+    // Update replaces the rule: moving the eye rule first changes the routing order, and back.
+    for (priority, order) in [(1, [eye.id, rule.id]), (20, [rule.id, eye.id])] {
+        let up = c
+            .rules
+            .update(pb::UpdateRuleRequest {
+                rule: Some(pb::Rule {
+                    priority,
+                    ..eye.clone()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((up.priority, up.body_part.as_str()), (priority, "EYE"));
+        let listed = c
+            .rules
+            .list(pb::ListRulesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.rules.iter().map(|r| r.id).collect::<Vec<_>>(), order);
+    }
     let d = c
         .rules
         .dry_run(pb::DryRunRequest {
@@ -285,6 +307,38 @@ async fn full_curation_round_through_tonic() {
         .unwrap()
         .into_inner();
     assert_eq!(v3.pairs.len(), 2);
+    // A job that started on version 3 still gets all of it, files included.
+    let v3_out = a.aux.path().join("export-v3");
+    let e = c
+        .sets
+        .export(pb::ExportRequest {
+            name: "ct-demo".into(),
+            version: 3,
+            path: v3_out.display().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.version, 3);
+    assert_eq!(
+        std::fs::read(v3_out.join("pairs/01/image.dcm")).unwrap(),
+        ct
+    );
+    // Relabelling objects (same count) is a new version; earlier versions keep their labels.
+    let s = c
+        .sets
+        .update(pb::UpdateSupportSetRequest {
+            name: "ct-demo".into(),
+            replace_objects: true,
+            objects: vec![object("cerebrum"), object("skull")],
+            expected_version: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.version, s.objects[0].label.as_str()), (5, "cerebrum"));
+    assert_eq!(v3.objects[0].label, "brain");
     let stale = c
         .sets
         .update(pb::UpdateSupportSetRequest {
@@ -440,12 +494,16 @@ async fn full_curation_round_through_tonic() {
             "support_set.add_pair",
             "rule.create",
             "rule.create",
+            "rule.update",
+            "rule.update",
             "support_set.export",
             "support_set.create",
             "support_set.add_pair",
             "support_set.add_pair",
             "support_set.import",
             "support_set.remove_pair",
+            "support_set.export",
+            "support_set.update",
             "rule.delete",
             "rule.delete",
             "support_set.delete",
