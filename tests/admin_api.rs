@@ -9,6 +9,7 @@ use common::*;
 use proxyseg::admin::masks::mask_png;
 use proxyseg::admin::pb;
 use proxyseg::admin::pb::support_sets_client::SupportSetsClient;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -606,6 +607,36 @@ async fn tokens_and_roles_give_the_right_codes() {
         .await
         .unwrap();
     assert!(!a.d.log().contains(ADMIN_TOKEN), "a token was logged");
+
+    // Revoking a token takes effect without a restart.
+    let tokens = a.aux.path().join("admin-tokens");
+    std::fs::write(&tokens, format!("alice admin {ADMIN_TOKEN}\n")).unwrap();
+    let revoked = async {
+        loop {
+            let mut v = clients(&a.addr, VIEWER_TOKEN).await;
+            match v.sets.list(pb::ListSupportSetsRequest {}).await {
+                Err(e) if e.code() == Code::Unauthenticated => return,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), revoked)
+        .await
+        .expect("the revoked token still works after 10 s");
+    // An unsafe replacement is refused and the tokens in force stay.
+    std::fs::write(&tokens, format!("mallory admin {VIEWER_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    c.sets.list(pb::ListSupportSetsRequest {}).await.unwrap();
+    let mut m = clients(&a.addr, VIEWER_TOKEN).await;
+    let e = m
+        .sets
+        .list(pb::ListSupportSetsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(a.d.log().contains("was refused"), "{}", a.d.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

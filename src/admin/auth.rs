@@ -176,10 +176,72 @@ impl Tokens {
     }
 }
 
+/// The tokens in force, replaceable while the daemon runs (see [`watch_file`]).
+#[derive(Clone, Debug)]
+pub struct TokenStore(Arc<std::sync::RwLock<Arc<Tokens>>>);
+
+impl TokenStore {
+    /// A store holding `tokens`.
+    pub fn new(tokens: Tokens) -> TokenStore {
+        TokenStore(Arc::new(std::sync::RwLock::new(Arc::new(tokens))))
+    }
+
+    /// The tokens in force now.
+    pub fn current(&self) -> Arc<Tokens> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, tokens: Tokens) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+    }
+}
+
+/// How often the tokens file is checked for changes.
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the tokens file whenever its modification time or size changes, so a token can be
+/// added or revoked without a restart. A changed file that is unsafe or malformed is refused
+/// with an error log and the tokens in force stay; the task ends when `stop` turns true.
+pub async fn watch_file(
+    store: TokenStore,
+    path: std::path::PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(RELOAD_EVERY) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match Tokens::load(&path) {
+            Ok(t) => {
+                tracing::info!(tokens = t.entries.len(), "admin tokens file reloaded");
+                store.replace(t);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "admin tokens file changed but was refused; the previous tokens stay in force")
+            }
+        }
+    }
+}
+
 /// The tonic interceptor: every call needs `authorization: Bearer <token>`; the caller's
 /// [`Identity`] is put in the request extensions for [`require`].
 #[derive(Clone, Debug)]
-pub struct AuthInterceptor(pub Arc<Tokens>);
+pub struct AuthInterceptor(pub TokenStore);
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
@@ -194,7 +256,7 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        match self.0.check(token.trim().as_bytes()) {
+        match self.0.current().check(token.trim().as_bytes()) {
             Some(id) => {
                 req.extensions_mut().insert(id);
                 Ok(req)

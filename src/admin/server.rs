@@ -4,7 +4,7 @@
 //! Health (`grpc.health.v1.Health`) answers without a token, so load balancers and systemd
 //! probes can use it; every other service, reflection included, needs a valid token.
 
-use crate::admin::auth::{AuthInterceptor, TokenFileError, Tokens};
+use crate::admin::auth::{AuthInterceptor, TokenFileError, TokenStore, Tokens};
 use crate::admin::pb;
 use crate::admin::segment::Segmenter;
 use crate::config::Config;
@@ -100,7 +100,12 @@ pub async fn start(
     let Some(a) = cfg.admin.clone() else {
         return Ok(());
     };
-    let tokens = Arc::new(Tokens::load(&a.tokens_file)?);
+    let tokens = TokenStore::new(Tokens::load(&a.tokens_file)?);
+    servers.spawn(crate::admin::auth::watch_file(
+        tokens.clone(),
+        a.tokens_file.clone(),
+        stop.clone(),
+    ));
     let auth = AuthInterceptor(tokens);
     let max_upload = (a.max_upload_mb as usize).saturating_mul(1024 * 1024);
     let st = Arc::new(State {
