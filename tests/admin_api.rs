@@ -6,6 +6,7 @@
 mod common;
 use common::admin::*;
 use common::*;
+use proxyseg::admin::cli::Bearer;
 use proxyseg::admin::masks::mask_png;
 use proxyseg::admin::pb;
 use proxyseg::admin::pb::support_sets_client::SupportSetsClient;
@@ -511,6 +512,37 @@ async fn full_curation_round_through_tonic() {
         ]
     );
     assert!(audit.iter().all(|(who, _)| who == "alice"));
+    // The same through the Audit service (read-only token), newest first, with a filter.
+    let ch = channel(&a.addr).await;
+    let mut api = proxyseg::admin::pb::audit_client::AuditClient::with_interceptor(
+        ch,
+        Bearer::new(VIEWER_TOKEN).unwrap(),
+    );
+    let l = api
+        .list(pb::ListAuditRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut listed: Vec<&str> = l.entries.iter().map(|e| e.action.as_str()).collect();
+    listed.reverse();
+    assert_eq!(listed, actions);
+    let l = api
+        .list(pb::ListAuditRequest {
+            target: "support_set:ct-copy".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        l.entries.len(),
+        4,
+        "create, 2 pairs, import: {:?}",
+        l.entries
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -985,6 +1017,11 @@ fn cli_round_with_tables_and_json() {
     assert!(ok(&["rule", "list"]).contains("cli-set"));
     assert!(ok(&["jobs", "list"]).starts_with("ID"));
     assert!(ok(&["models", "list"]).contains("tiny-test"));
+    let out = ok(&["audit", "list", "--target", "support_set:cli-set"]);
+    assert!(
+        out.contains("support_set.add_pair") && out.contains("alice"),
+        "{out}"
+    );
     // Errors: the gRPC code by name, exit status 1.
     let o = cli(&a, &vf, &["support-set", "delete", "cli-set"]);
     assert_eq!(o.status.code(), Some(1));

@@ -1,12 +1,13 @@
 //! `proxyseg admin ...`: the command-line client of the admin API.
 //!
-//! Mirrors the services: `support-set`, `pair`, `rule`, `jobs`, `models`. Prints readable tables
+//! Mirrors the services: `support-set`, `pair`, `rule`, `jobs`, `models`, `preview`, `audit`. Prints readable tables
 //! by default and JSON with `--json`; uploads show a progress bar on a terminal. The token comes
 //! from `--token-file` (first non-empty line) or the `PROXYSEG_TOKEN` environment variable. Exit
 //! status: 0 on success, 1 on an API or connection error (the message names the gRPC code),
 //! 2 on a usage error.
 
 use crate::admin::pb;
+use crate::admin::pb::audit_client::AuditClient;
 use crate::admin::pb::jobs_client::JobsClient;
 use crate::admin::pb::models_client::ModelsClient;
 use crate::admin::pb::preview_client::PreviewClient;
@@ -71,6 +72,9 @@ pub enum AdminCmd {
     /// Model bundles.
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// Who changed what.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Segment one image with a support set and write the overlays as PNG files (no job, no
     /// change).
     Preview {
@@ -308,6 +312,23 @@ pub enum JobsCmd {
     Retry {
         /// Job id.
         id: i64,
+    },
+}
+
+/// `audit ...`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Audit rows, newest first.
+    List {
+        /// Only this token name.
+        #[arg(long, default_value = "")]
+        token: String,
+        /// Only this target, e.g. support_set:NAME or rule:ID.
+        #[arg(long, default_value = "")]
+        target: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
 }
 
@@ -703,6 +724,7 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
         RulesClient::with_interceptor(ch.clone(), auth.clone()).max_encoding_message_size(big);
     let mut jobs = JobsClient::with_interceptor(ch.clone(), auth.clone());
     let mut models = ModelsClient::with_interceptor(ch.clone(), auth.clone());
+    let mut audit = AuditClient::with_interceptor(ch.clone(), auth.clone());
     let mut preview = PreviewClient::with_interceptor(ch, auth)
         .max_decoding_message_size(big)
         .max_encoding_message_size(big);
@@ -1259,6 +1281,49 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                         );
                     }
                     s
+                },
+            );
+        }
+        AdminCmd::Audit(AuditCmd::List {
+            token,
+            target,
+            limit,
+        }) => {
+            let l = audit
+                .list(pb::ListAuditRequest {
+                    limit: *limit,
+                    token_name: token.clone(),
+                    target: target.clone(),
+                })
+                .await?
+                .into_inner();
+            print(
+                args,
+                Value::Array(
+                    l.entries
+                        .iter()
+                        .map(|e| {
+                            json!({"id": e.id, "at": ts(&e.at), "token_name": e.token_name,
+                                   "action": e.action, "target": e.target, "detail": e.detail})
+                        })
+                        .collect(),
+                ),
+                || {
+                    table(
+                        &["AT", "WHO", "ACTION", "TARGET", "DETAIL"],
+                        &l.entries
+                            .iter()
+                            .map(|e| {
+                                vec![
+                                    ts(&e.at),
+                                    e.token_name.clone(),
+                                    e.action.clone(),
+                                    e.target.clone(),
+                                    e.detail.clone(),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    )
                 },
             );
         }

@@ -7,6 +7,7 @@
 //! ([`auth`]). Segmentation for Evaluate / Preview goes through the [`segment::Segmenter`]
 //! boundary, implemented by the engine.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod evaluate;

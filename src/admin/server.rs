@@ -145,6 +145,7 @@ pub async fn start(
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let (health, health_service) = tonic_health::server::health_reporter();
+    use pb::audit_server::AuditServer;
     use pb::jobs_server::JobsServer;
     use pb::models_server::ModelsServer;
     use pb::preview_server::PreviewServer;
@@ -157,6 +158,7 @@ pub async fn start(
         .max_decoding_message_size(limit);
     let jobs = JobsServer::new(crate::admin::jobs::Svc::new(st.clone()));
     let models = ModelsServer::new(crate::admin::models::Svc::new(st.clone()));
+    let audit = AuditServer::new(crate::admin::audit::Svc::new(st.clone()));
     let preview = PreviewServer::new(crate::admin::preview::Svc::new(st.clone()))
         .max_decoding_message_size(limit);
     health
@@ -174,6 +176,9 @@ pub async fn start(
     health
         .set_serving::<PreviewServer<crate::admin::preview::Svc>>()
         .await;
+    health
+        .set_serving::<AuditServer<crate::admin::audit::Svc>>()
+        .await;
     let listener = TcpListener::bind(&a.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -188,6 +193,7 @@ pub async fn start(
         .add_service(InterceptedService::new(rules, auth.clone()))
         .add_service(InterceptedService::new(jobs, auth.clone()))
         .add_service(InterceptedService::new(models, auth.clone()))
+        .add_service(InterceptedService::new(audit, auth.clone()))
         .add_service(InterceptedService::new(preview, auth));
     tracing::info!(
         addr = %a.listen,

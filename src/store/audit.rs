@@ -40,10 +40,22 @@ pub fn record(
 
 /// The newest `limit` audit rows, newest first.
 pub fn recent(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<AuditEntry>> {
+    list(conn, limit, "", "")
+}
+
+/// The newest `limit` rows matching the filters (empty = any), newest first.
+pub fn list(
+    conn: &Connection,
+    limit: u32,
+    token_name: &str,
+    target: &str,
+) -> rusqlite::Result<Vec<AuditEntry>> {
     let mut stmt = conn.prepare(
-        "SELECT id, at, token_name, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+        "SELECT id, at, token_name, action, target, detail FROM audit
+         WHERE (?2 = '' OR token_name = ?2) AND (?3 = '' OR target = ?3)
+         ORDER BY id DESC LIMIT ?1",
     )?;
-    let rows = stmt.query_map([limit], |r| {
+    let rows = stmt.query_map(params![limit, token_name, target], |r| {
         Ok(AuditEntry {
             id: r.get(0)?,
             at: r.get(1)?,

@@ -182,6 +182,7 @@ def main():
         "proxyseg.admin.v1.Jobs",
         "proxyseg.admin.v1.Models",
         "proxyseg.admin.v1.Preview",
+        "proxyseg.admin.v1.Audit",
         "grpc.health.v1.Health",
     }
     assert want <= services, services
