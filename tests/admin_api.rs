@@ -1162,3 +1162,39 @@ async fn restart_sweeps_orphans_and_shutdown_ends_watch() {
     let end = tokio::time::timeout(Duration::from_secs(5), watch.message()).await;
     assert!(!matches!(end, Ok(Ok(Some(_)))), "{end:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_takes_the_annotated_slice_of_an_image_folder() {
+    let a = start();
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    let dir = a.aux.path().join("sliced");
+    std::fs::create_dir_all(dir.join("pairs/01/slices")).unwrap();
+    // Equal Instance Numbers: the file name decides, so a.dcm (MR, 64x64) is the annotated one.
+    std::fs::write(dir.join("pairs/01/slices/a.dcm"), pydicom("MR_small.dcm")).unwrap();
+    std::fs::write(dir.join("pairs/01/slices/b.dcm"), pydicom("CT_small.dcm")).unwrap();
+    std::fs::write(
+        dir.join("pairs/01/mask.png"),
+        mask_png(&square(64, 64, 8, 8, 16)),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("supportset.toml"),
+        "name = \"sliced\"\nbundle = \"tiny-test\"\n[match]\nmodality = \"MR\"\n\
+         [[objects]]\nlabel = \"lesion\"\ncategory = \"Morphologically abnormal structure\"\n\
+         [[pairs]]\nimage = \"pairs/01/slices\"\nmasks = [\"pairs/01/mask.png\"]\n",
+    )
+    .unwrap();
+    let s = c
+        .sets
+        .import(pb::ImportRequest {
+            path: dir.display().to_string(),
+            name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.name, "sliced");
+    assert_eq!((s.pairs[0].rows, s.pairs[0].mask_pixels[0]), (64, 256));
+    assert_eq!(s.objects[0].category.as_ref().unwrap().scheme, "99PROXYSEG");
+    assert_eq!(s.modality, "MR");
+}
