@@ -3,6 +3,15 @@
 //! Evaluate and Preview segment images with a support set. The engine (`crate::engine`)
 //! implements [`Segmenter`]; the daemon hands an implementation to [`super::start`]. Without
 //! one, those two calls answer UNAVAILABLE and everything else works.
+//!
+//! The adapter, checked against the `engine` branch (branch `admin-seg-trial` holds it with
+//! `cargo test --test admin_engine` passing): decode the image with
+//! `dicom::pixels::frames_from_object(&image.object)` and each support image with
+//! `frames_from_file(&pair.image_path)` (first frame), build an `engine::SupportSet` whose
+//! `version` is `"{version}"` or `"{version}-{variant}"`, copy the masks field by field, and run
+//! `handle.block_on(engine.segment(&set.bundle, &engine_set, vec![frame]))` (the caller is a
+//! blocking thread); the first frame result's masks are the answer. The daemon creates it with
+//! `Engine::new(&cfg.engine, &data_dir)` and passes `None` when that fails.
 
 use crate::store::support::{Mask, SupportSetData};
 use dicom_object::DefaultDicomObject;
