@@ -82,7 +82,7 @@ pub enum AdminCmd {
         set: String,
         /// DICOM image file.
         image: PathBuf,
-        /// Folder for overlay-<n>.png (created if missing).
+        /// Folder for `overlay-N.png`, one per object (created if missing).
         #[arg(long)]
         out: PathBuf,
         /// Version (default: current).
