@@ -15,10 +15,13 @@ import subprocess
 import sys
 import tempfile
 
-import grpc
-import numpy as np
-from grpc_tools import protoc
-from PIL import Image
+try:
+    import grpc
+    import numpy as np
+    from grpc_tools import protoc
+    from PIL import Image
+except ImportError as e:  # a missing peer is a failure with instructions, never a skip
+    sys.exit(f"{e}: run scripts/test (it pip-installs scripts/requirements-test.txt into .venv)")
 
 
 def generate_stubs(proto_root, out):
