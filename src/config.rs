@@ -459,6 +459,18 @@ impl Config {
                     "admin.tokens_file",
                     format!("{} is not a readable file", a.tokens_file.display()),
                 );
+            } else if let Ok(m) = std::fs::metadata(&a.tokens_file) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    bad(
+                        "admin.tokens_file",
+                        format!(
+                            "{} has mode {mode:o}: it must not be readable by group or others (chmod 600)",
+                            a.tokens_file.display()
+                        ),
+                    );
+                }
             }
             if let Some(t) = &a.tls {
                 for (key, p) in [
