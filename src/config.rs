@@ -21,8 +21,12 @@ pub struct Config {
     pub engine: EngineConfig,
     /// `[seg]`: how DICOM SEG results are written.
     pub seg: SegConfig,
+    /// `[delivery]`: sending results back (outbox, retries, TLS to peers).
+    pub delivery: DeliveryConfig,
     /// `[log]`: logging format and filter.
     pub log: LogConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// `[admin]`: the admin gRPC API; absent = no admin listener.
     pub admin: Option<AdminConfig>,
 }
@@ -181,6 +185,13 @@ pub struct PipelineConfig {
     pub stable_age_s: f64,
     /// How often the assembler looks for stable studies, in milliseconds.
     pub scan_interval_ms: u64,
+    /// Jobs waiting for inference at most (a flood of studies waits in SQLite, not in memory).
+    pub queue: usize,
+    /// Slices or frames decoded and segmented together (bounds memory for volumes and cine).
+    pub chunk_frames: usize,
+    /// A job segmenting longer than this many seconds counts as stalled: the systemd
+    /// watchdog stops being fed, so systemd restarts the daemon (the job resumes).
+    pub stall_timeout_s: u64,
 }
 
 impl Default for PipelineConfig {
@@ -188,6 +199,9 @@ impl Default for PipelineConfig {
         PipelineConfig {
             stable_age_s: 30.0,
             scan_interval_ms: 500,
+            queue: 8,
+            chunk_frames: 8,
+            stall_timeout_s: 900,
         }
     }
 }
@@ -206,6 +220,8 @@ pub struct EngineConfig {
     pub intra_threads: usize,
     /// Number of inference jobs that run at the same time.
     pub workers: usize,
+    /// Most frames per image_encoder run when the graph's batch is dynamic.
+    pub batch: usize,
 }
 
 impl Default for EngineConfig {
@@ -216,6 +232,7 @@ impl Default for EngineConfig {
             models_dir: PathBuf::from("models"),
             intra_threads: 0,
             workers: 1,
+            batch: 4,
         }
     }
 }
@@ -235,6 +252,66 @@ impl Default for SegConfig {
         SegConfig {
             omit_empty_frames: false,
             manufacturer: "proxyseg".into(),
+        }
+    }
+}
+
+/// `[delivery]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Tries before a transiently failing delivery (peer down, timeouts) is dead-lettered.
+    pub max_attempts: u32,
+    /// Tries before a permanently failing delivery (association rejected for our AE, SOP class
+    /// not supported, status 0xA7xx / 0xA9xx / 0xCxxx) is dead-lettered.
+    pub max_permanent_attempts: u32,
+    /// First retry delay in seconds; doubles per try, with +-20 % jitter.
+    pub backoff_initial_s: f64,
+    /// Longest retry delay in seconds.
+    pub backoff_max_s: f64,
+    /// Seconds for connecting, negotiating and each network read/write.
+    pub timeout_s: u64,
+    /// Deliveries running at the same time.
+    pub concurrency: usize,
+    /// How often (milliseconds) the outbox is polled for due deliveries.
+    pub poll_interval_ms: u64,
+    /// PEM CA bundle trusted for peers with `tls = true` (required when any peer uses TLS).
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate presented to TLS peers (mutual TLS), with `tls_private_key`.
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key of `tls_certificate`.
+    pub tls_private_key: Option<PathBuf>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_attempts: 12,
+            max_permanent_attempts: 3,
+            backoff_initial_s: 5.0,
+            backoff_max_s: 1800.0,
+            timeout_s: 30,
+            concurrency: 4,
+            poll_interval_ms: 500,
+            tls_ca: None,
+            tls_certificate: None,
+            tls_private_key: None,
+        }
+    }
+}
+
+/// `[metrics]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus text endpoint (`GET /metrics`); empty disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -422,6 +499,12 @@ impl Config {
         if !(self.pipeline.stable_age_s.is_finite() && self.pipeline.stable_age_s >= 0.0) {
             bad("pipeline.stable_age_s", "must be a number >= 0".into());
         }
+        if self.pipeline.queue == 0 {
+            bad("pipeline.queue", "must be at least 1".into());
+        }
+        if self.pipeline.chunk_frames == 0 {
+            bad("pipeline.chunk_frames", "must be at least 1".into());
+        }
         if self.pipeline.scan_interval_ms == 0 {
             bad("pipeline.scan_interval_ms", "must be at least 1".into());
         }
@@ -435,6 +518,69 @@ impl Config {
         }
         if self.engine.workers == 0 {
             bad("engine.workers", "must be at least 1".into());
+        }
+        if self.engine.batch == 0 {
+            bad("engine.batch", "must be at least 1".into());
+        }
+        let dl = &self.delivery;
+        if dl.max_attempts == 0 {
+            bad("delivery.max_attempts", "must be at least 1".into());
+        }
+        if dl.max_permanent_attempts == 0 || dl.max_permanent_attempts > dl.max_attempts {
+            bad(
+                "delivery.max_permanent_attempts",
+                "must be between 1 and delivery.max_attempts".into(),
+            );
+        }
+        if !(dl.backoff_initial_s.is_finite() && dl.backoff_initial_s > 0.0) {
+            bad("delivery.backoff_initial_s", "must be a number > 0".into());
+        }
+        if !(dl.backoff_max_s.is_finite() && dl.backoff_max_s >= dl.backoff_initial_s) {
+            bad(
+                "delivery.backoff_max_s",
+                "must be >= delivery.backoff_initial_s".into(),
+            );
+        }
+        if dl.timeout_s == 0 {
+            bad("delivery.timeout_s", "must be at least 1".into());
+        }
+        if dl.concurrency == 0 {
+            bad("delivery.concurrency", "must be at least 1".into());
+        }
+        if dl.poll_interval_ms == 0 {
+            bad("delivery.poll_interval_ms", "must be at least 1".into());
+        }
+        if d.peers.iter().any(|p| p.tls) && dl.tls_ca.is_none() {
+            bad(
+                "delivery.tls_ca",
+                "a peer has tls = true: name the CA that signs its certificate".into(),
+            );
+        }
+        if dl.tls_certificate.is_some() != dl.tls_private_key.is_some() {
+            bad(
+                "delivery.tls_certificate",
+                "tls_certificate and tls_private_key go together".into(),
+            );
+        }
+        for (key, p) in [
+            ("delivery.tls_ca", dl.tls_ca.as_ref()),
+            ("delivery.tls_certificate", dl.tls_certificate.as_ref()),
+            ("delivery.tls_private_key", dl.tls_private_key.as_ref()),
+        ] {
+            if let Some(p) = p {
+                if !p.is_file() {
+                    bad(key, format!("{} is not a readable file", p.display()));
+                }
+            }
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an IP:port address (or \"\" to disable)",
+                    self.metrics.listen
+                ),
+            );
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             bad(

@@ -34,6 +34,9 @@ pub enum StartError {
     /// The admin API could not start (tokens file, TLS, port).
     #[error(transparent)]
     Admin(#[from] crate::admin::StartError),
+    /// TLS material for delivery is unusable.
+    #[error(transparent)]
+    DeliveryTls(#[from] crate::dicom::scu::ScuTlsError),
     /// A listener could not bind.
     #[error("cannot listen on {key} = {addr}: {source}")]
     Bind {
@@ -48,6 +51,51 @@ pub enum StartError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> Result<(), StartError> {
+    let running = start(cfg).await?;
+    wait_for_signal().await;
+    running.stop().await;
+    Ok(())
+}
+
+/// A started daemon: every listener and worker running.
+pub struct Running {
+    /// Where the plain DICOM listener is bound (useful with port 0).
+    pub dicom_addr: std::net::SocketAddr,
+    /// The pipeline (engine, catalog) the workers use.
+    pub pipeline: Arc<crate::pipeline::worker::Pipeline>,
+    stop_tx: watch::Sender<bool>,
+    servers: tokio::task::JoinSet<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    marker: std::path::PathBuf,
+    scp: Arc<Scp>,
+    delivery_stats: Arc<crate::pipeline::deliver::DeliveryStats>,
+}
+
+impl Running {
+    /// Graceful stop: in-flight stores finish, idle associations are aborted, workers end
+    /// after their current step; then the clean-shutdown marker is written.
+    pub async fn stop(mut self) {
+        tracing::info!("shutdown requested: finishing in-flight stores");
+        crate::ops::notify("STOPPING=1");
+        let _ = self.stop_tx.send(true);
+        while self.servers.join_next().await.is_some() {}
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = std::fs::File::create(&self.marker).and_then(|f| f.sync_all()) {
+            tracing::warn!(error = %e, "cannot write the clean-shutdown marker");
+        }
+        tracing::info!(
+            stored = self.scp.stats.stored.load(Ordering::Relaxed),
+            failed = self.scp.stats.failed.load(Ordering::Relaxed),
+            delivered = self.delivery_stats.delivered.load(Ordering::Relaxed),
+            "stopped"
+        );
+    }
+}
+
+/// Starts every part of the daemon and returns once all listeners are bound.
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let cfg = Arc::new(cfg);
     let data_dir = cfg.storage.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
@@ -62,6 +110,20 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         );
     }
     let db = Db::open(&data_dir.join("proxyseg.sqlite"))?;
+    // After a crash, files renamed into the spool whose index row never committed were never
+    // acknowledged: remove them. A clean shutdown leaves a marker that skips this walk.
+    let marker = data_dir.join(".clean-shutdown");
+    if marker.exists() {
+        let _ = std::fs::remove_file(&marker);
+    } else {
+        let indexed: std::collections::HashSet<std::path::PathBuf> = db.read(|c| {
+            let mut st = c.prepare("SELECT path FROM instances")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|r| r.map(std::path::PathBuf::from)).collect()
+        })?;
+        let removed = spool.sweep_orphans(&indexed)?;
+        tracing::info!(removed, "checked the spool after an unclean stop");
+    }
     let open = db.read(jobs::unfinished)?;
     let indexed = db.read(crate::store::instances::count)?;
     tracing::info!(
@@ -73,7 +135,9 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         tracing::info!(job = id, study = %study, state = state.as_str(), "resuming job");
     }
 
-    let scp = Scp::new(cfg.clone(), db.clone(), spool)?;
+    let metrics = crate::metrics::Metrics::new();
+    describe_metrics(&metrics);
+    let scp = Scp::new(cfg.clone(), db.clone(), spool, metrics.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     let plain = TcpListener::bind(&cfg.dicom.listen)
@@ -84,6 +148,11 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             source,
         })?;
     tracing::info!(addr = %cfg.dicom.listen, ae = %cfg.dicom.ae_title, "DICOM listener up");
+    let dicom_addr = plain.local_addr().map_err(|source| StartError::Bind {
+        key: "dicom.listen",
+        addr: cfg.dicom.listen.clone(),
+        source,
+    })?;
     servers.spawn(scp.clone().serve(plain, false, stop_rx.clone()));
     if let Some(t) = &cfg.dicom.tls {
         let l = TcpListener::bind(&t.listen)
@@ -97,9 +166,6 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         servers.spawn(scp.clone().serve(l, true, stop_rx.clone()));
     }
 
-    // The engine's Segmenter (for Evaluate / Preview) is wired in when the engine merges.
-    crate::admin::start(cfg.clone(), db.clone(), None, &mut servers, stop_rx.clone()).await?;
-
     let beat = Arc::new(Heartbeat::default());
     let stable = Duration::from_secs_f64(cfg.pipeline.stable_age_s);
     let every = Duration::from_millis(cfg.pipeline.scan_interval_ms);
@@ -111,40 +177,196 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         stop_rx.clone(),
     ));
 
+    let scu = crate::dicom::scu::Scu::new(&cfg).map_err(StartError::DeliveryTls)?;
+    let delivery_stats = Arc::new(crate::pipeline::deliver::DeliveryStats::default());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let deliverer = tokio::spawn(crate::pipeline::deliver::run(
+        db.clone(),
+        scu,
+        cfg.delivery.clone(),
+        delivery_stats.clone(),
+        wake.clone(),
+        stop_rx.clone(),
+    ));
+
+    // The engine: a missing ONNX Runtime or bad bundle never stops ingest; jobs then fail
+    // with the reason, and the daemon keeps receiving.
+    let engine = match crate::engine::Engine::new(&cfg.engine, &data_dir) {
+        Ok(e) => {
+            tracing::info!(library = %e.library().display(), bundles = ?e.bundle_names(), "engine ready");
+            for r in e.refused() {
+                tracing::error!(bundle = %r.dir.display(), reason = %r.reason, "model bundle refused");
+            }
+            Ok(e)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "engine unavailable: studies will be stored and their jobs failed");
+            Err(e.to_string())
+        }
+    };
+    let segmenter = engine.as_ref().ok().map(|e| {
+        Arc::new(crate::admin::segment::EngineSegmenter::new(
+            e.clone(),
+            tokio::runtime::Handle::current(),
+        )) as Arc<dyn crate::admin::Segmenter>
+    });
+    crate::admin::start(
+        cfg.clone(),
+        db.clone(),
+        segmenter,
+        &mut servers,
+        stop_rx.clone(),
+    )
+    .await?;
+    let catalog = Arc::new(crate::pipeline::catalog::FolderCatalog::discover(
+        &cfg.engine.models_dir,
+    ));
+    tracing::info!(
+        support_sets = catalog.dirs().len(),
+        "bundled support sets found"
+    );
+    let pipeline = Arc::new(crate::pipeline::worker::Pipeline {
+        cfg: cfg.clone(),
+        db: db.clone(),
+        engine,
+        catalog,
+        metrics: metrics.clone(),
+        wake_delivery: wake.clone(),
+        busy_since: Default::default(),
+    });
+    if !cfg.metrics.listen.is_empty() {
+        let l = TcpListener::bind(&cfg.metrics.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "metrics.listen",
+                addr: cfg.metrics.listen.clone(),
+                source,
+            })?;
+        tracing::info!(addr = %cfg.metrics.listen, "metrics endpoint up");
+        let (scp2, db2, ds, pl) = (
+            scp.clone(),
+            db.clone(),
+            delivery_stats.clone(),
+            pipeline.clone(),
+        );
+        let refresh: Arc<dyn Fn(&crate::metrics::Metrics) + Send + Sync> = Arc::new(move |m| {
+            m.set(
+                "proxyseg_active_associations",
+                &[],
+                scp2.stats.active.load(Ordering::Relaxed) as f64,
+            );
+            if let Ok(e) = &pl.engine {
+                let st = e.support_stats();
+                m.set(
+                    "proxyseg_support_cache_total",
+                    &[("result", "memory_hit")],
+                    st.memory_hits as f64,
+                );
+                m.set(
+                    "proxyseg_support_cache_total",
+                    &[("result", "disk_hit")],
+                    st.disk_hits as f64,
+                );
+                m.set(
+                    "proxyseg_support_cache_total",
+                    &[("result", "computed")],
+                    st.computed as f64,
+                );
+            }
+            m.set(
+                "proxyseg_deliveries_total",
+                &[("result", "delivered")],
+                ds.delivered.load(Ordering::Relaxed) as f64,
+            );
+            m.set(
+                "proxyseg_deliveries_total",
+                &[("result", "retried")],
+                ds.retried.load(Ordering::Relaxed) as f64,
+            );
+            m.set(
+                "proxyseg_deliveries_total",
+                &[("result", "dead")],
+                ds.dead.load(Ordering::Relaxed) as f64,
+            );
+            let counts = db2.read(|c| {
+                let mut out = Vec::new();
+                let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+                for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                    out.push(r?);
+                }
+                let pending: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                out.push(("outbox".into(), pending));
+                Ok(out)
+            });
+            if let Ok(counts) = counts {
+                for (state, n) in counts {
+                    if state == "outbox" {
+                        m.set("proxyseg_queue_depth", &[("queue", "outbox")], n as f64);
+                    } else {
+                        m.set("proxyseg_jobs", &[("state", &state)], n as f64);
+                    }
+                }
+            }
+        });
+        tokio::spawn(crate::metrics::serve(
+            l,
+            metrics.clone(),
+            refresh,
+            stop_rx.clone(),
+        ));
+    }
+
+    let pipeline_task = tokio::spawn(crate::pipeline::worker::run(
+        pipeline.clone(),
+        stop_rx.clone(),
+    ));
+
     crate::ops::notify("READY=1\nSTATUS=accepting associations");
     if let Some(interval) = crate::ops::watchdog_interval() {
         let beat = beat.clone();
+        let pl = pipeline.clone();
+        let stall = Duration::from_secs(cfg.pipeline.stall_timeout_s);
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            // Fed only while the assembler keeps committing passes: a wedged database or
-            // runtime stops the pings and systemd restarts us.
+            // Fed only while the pipeline makes progress: the assembler keeps committing
+            // (database and runtime alive) and no job is stuck in inference. Otherwise the
+            // pings stop and systemd restarts us; unfinished jobs resume from SQLite.
             let mut last = beat.passes.load(Ordering::Relaxed);
             let mut tick = tokio::time::interval(interval / 2);
             loop {
                 tokio::select! { _ = stop.changed() => return, _ = tick.tick() => {} }
                 let now = beat.passes.load(Ordering::Relaxed);
-                if now != last {
-                    crate::ops::notify("WATCHDOG=1");
-                    last = now;
+                if now == last {
+                    tracing::warn!(
+                        "watchdog not fed: the assembler made no pass since the last ping"
+                    );
+                } else if pl.stalled(stall) {
+                    tracing::error!(
+                        limit_s = stall.as_secs(),
+                        "watchdog not fed: a job has been segmenting for too long"
+                    );
                 } else {
-                    tracing::warn!("watchdog not fed: no pipeline progress since the last ping");
+                    crate::ops::notify("WATCHDOG=1");
                 }
+                last = now;
             }
         });
     }
 
-    wait_for_signal().await;
-    tracing::info!("shutdown requested: finishing in-flight stores");
-    crate::ops::notify("STOPPING=1");
-    let _ = stop_tx.send(true);
-    while servers.join_next().await.is_some() {}
-    let _ = assembler.await;
-    tracing::info!(
-        stored = scp.stats.stored.load(Ordering::Relaxed),
-        failed = scp.stats.failed.load(Ordering::Relaxed),
-        "stopped"
-    );
-    Ok(())
+    Ok(Running {
+        dicom_addr,
+        pipeline,
+        stop_tx,
+        servers,
+        tasks: vec![assembler, deliverer, pipeline_task],
+        marker,
+        scp,
+        delivery_stats,
+    })
 }
 
 async fn wait_for_signal() {
@@ -159,5 +381,21 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// HELP and TYPE lines of every metric family the daemon exports.
+fn describe_metrics(m: &crate::metrics::Metrics) {
+    for (name, kind, help) in [
+        ("proxyseg_cstore_total", "counter", "C-STORE requests answered, by result."),
+        ("proxyseg_stage_seconds", "histogram", "Latency of pipeline stages (ingest, stability wait, inference per image, SEG write, delivery)."),
+        ("proxyseg_active_associations", "gauge", "DICOM associations open now."),
+        ("proxyseg_deliveries_total", "counter", "Delivery attempts by result (delivered, retried, dead)."),
+        ("proxyseg_jobs", "gauge", "Jobs by current state."),
+        ("proxyseg_jobs_total", "counter", "Job state transitions by state and failure reason."),
+        ("proxyseg_queue_depth", "gauge", "Items waiting, by queue."),
+        ("proxyseg_support_cache_total", "counter", "Support-context cache lookups by result (hit, disk, computed)."),
+    ] {
+        m.describe(name, kind, help);
     }
 }

@@ -7,7 +7,10 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod dicom;
+pub mod engine;
+pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 pub mod store;

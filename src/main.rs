@@ -23,6 +23,31 @@ enum Cmd {
     },
     /// Admin API client: support sets, pairs, rules, jobs, models.
     Admin(Box<proxyseg::admin::cli::AdminArgs>),
+    /// Queue DICOM files for delivery to a configured peer (picked up by the running daemon).
+    Send {
+        /// Path of the TOML configuration.
+        #[arg(long, default_value = "config/proxyseg.toml")]
+        config: PathBuf,
+        /// AE title of a `[[dicom.peers]]` entry.
+        #[arg(long)]
+        to: String,
+        /// Part 10 files to send.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run the demo: the daemon with the bundled model, the demo studies sent to it over
+    /// DICOM, the SEGs received by an in-process PACS, Dice and overlay PNGs.
+    Demo {
+        /// Folder of model bundles with their demo studies.
+        #[arg(long, default_value = "models")]
+        models_dir: PathBuf,
+        /// Output folder (scratch data, received SEGs, overlays).
+        #[arg(long, short = 'o', default_value = "var/demo")]
+        out: PathBuf,
+        /// Seconds to wait for the results.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -56,6 +81,63 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Send { config, to, files } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match proxyseg::pipeline::deliver::enqueue_files(&cfg, &to, &files) {
+                Ok(rows) => {
+                    for (f, id) in rows {
+                        println!("queued {f} as outbox row {id}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proxyseg send: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Demo {
+            models_dir,
+            out,
+            timeout_s,
+        } => {
+            proxyseg::ops::init_logging(&proxyseg::config::LogConfig {
+                format: "human".into(),
+                filter: "warn,proxyseg=info,ort=error".into(),
+            });
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let opts = proxyseg::demo::DemoOptions {
+                models_dir,
+                out_dir: out,
+                onnxruntime: None,
+                timeout_s,
+            };
+            match rt.block_on(proxyseg::demo::run(opts)) {
+                Ok(rows) => {
+                    proxyseg::demo::print_table(&rows);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proxyseg demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Serve { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,

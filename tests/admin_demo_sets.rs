@@ -1,9 +1,5 @@
 //! The bundled demo support sets (`models/*/support-sets/*/supportset.toml`, shipped with the
 //! model bundle) import through the real daemon: every pair validates and no mask is empty.
-//!
-//! Needs the demo sets (model bundle branch) and, for their SEG masks, the SEG reader; until both
-//! are merged this fails (nothing is skipped), so Cargo.toml keeps it out of the default
-//! `cargo test` (`test = false`) until then: `cargo test --test admin_demo_sets`.
 
 mod common;
 use common::admin::*;

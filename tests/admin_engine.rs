@@ -1,11 +1,7 @@
 //! Evaluate and Preview through the real daemon with the real engine (ONNX Runtime on CPU) and
 //! the contract-conforming test bundle (`scripts/bench/engine/make_test_bundle.py`): leave-one-out
-//! Dice over real pydicom images with generated masks, and PNG overlays of a preview.
-//!
-//! These need the engine (branch `engine`) wired in as the admin API's `Segmenter`; until then
-//! Evaluate / Preview answer UNAVAILABLE and these tests fail (nothing is skipped), so
-//! Cargo.toml keeps this target out of the default `cargo test` (`test = false`) until that
-//! merge enables it: `cargo test --test admin_engine`.
+//! Dice over real pydicom images with generated masks, and PNG overlays of a preview (API and
+//! CLI).
 
 mod common;
 use common::admin::*;

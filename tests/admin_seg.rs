@@ -1,11 +1,6 @@
 //! Support pairs whose masks come as DICOM SEG (written by highdicom, an independent writer),
-//! through the real daemon: upload, export / import round trip, and SEGs that do not fit the
-//! image refused with INVALID_ARGUMENT and no change.
-//!
-//! These need the SEG reader (`dicom::seg::read_seg`) wired into
-//! `admin::masks::decode_seg_masks`; until then they fail (by design, nothing is skipped), so
-//! Cargo.toml keeps this target out of the default `cargo test` (`test = false`) until the
-//! merge that brings the reader enables it: `cargo test --test admin_seg`.
+//! through the real daemon and the SEG reader (`dicom::seg::read_seg`): upload, export / import
+//! round trip, and SEGs that do not fit the image refused with INVALID_ARGUMENT and no change.
 
 mod common;
 use common::admin::*;

@@ -40,7 +40,8 @@ fn hostile_and_broken_peers_get_proper_answers_and_the_daemon_keeps_serving() {
             v["reason"].as_i64()
         ),
         (Some(true), Some(1), Some(1), Some(3)),
-        "{v}"
+        "{v}\n{}",
+        d.log()
     );
     let v = case(&d, "wrong_called_ae");
     assert_eq!(

@@ -97,9 +97,6 @@ pub enum UploadError {
     /// The SEG does not fit.
     #[error("mask SEG: {0}")]
     BadSeg(String),
-    /// The SEG reader is not part of this build.
-    #[error("mask SEG: DICOM SEG masks need the SEG reader (dicom::seg), which this build lacks; upload PNG masks")]
-    SegReaderMissing,
     /// The upload was malformed.
     #[error("{0}")]
     Protocol(String),
@@ -266,36 +263,9 @@ pub fn decode_png_mask(
     Ok(Mask { rows, cols, data })
 }
 
-/// The masks of `image` in a DICOM SEG, one per object (segments in Segment Number order).
-///
-/// This is the single place where the SEG reader (`dicom::seg::read_seg`, branch `seg`) plugs
-/// in. At that merge, replace the last two lines of the body with the following (checked
-/// against the `seg` branch: `cargo test --test admin_seg` passes with it):
-///
-/// ```text
-/// let m = crate::dicom::seg::read_seg(&obj).map_err(|e| UploadError::BadSeg(e.to_string()))?;
-/// if m.segments.len() != objects {
-///     return Err(UploadError::BadSeg(format!(
-///         "{} segment(s), the support set has {objects} object(s)", m.segments.len())));
-/// }
-/// let (rows, cols) = (usize::from(m.rows), usize::from(m.columns));
-/// if (rows, cols) != (image.rows, image.cols) {
-///     return Err(UploadError::BadSeg(format!(
-///         "{rows}x{cols} (rows x columns) does not match the image's {}x{}",
-///         image.rows, image.cols)));
-/// }
-/// let uid = image.sop_instance_uid.as_str();
-/// if !m.masks.is_empty()
-///     && !m.masks.keys().any(|k| k.sop_instance_uid.as_deref() == Some(uid))
-/// {
-///     return Err(UploadError::BadSeg(format!(
-///         "it does not reference the image (SOP Instance UID {uid})")));
-/// }
-/// let mut numbers: Vec<u16> = m.segments.iter().map(|s| s.number).collect();
-/// numbers.sort_unstable();
-/// Ok(numbers.into_iter().map(|n| Mask { rows, cols, data: m.mask_or_empty(uid, 1, n)
-///     .into_iter().map(|v| u8::from(v != 0)).collect() }).collect())
-/// ```
+/// The masks of `image` in a DICOM SEG (read with `dicom::seg::read_seg`), one per object,
+/// segments in Segment Number order. The SEG must have one segment per object, the image's
+/// size, and reference the image (or no source at all); an omitted frame is an empty mask.
 pub fn decode_seg_masks(
     seg: &[u8],
     image: &DicomImage,
@@ -308,8 +278,45 @@ pub fn decode_seg_masks(
             "SOP class {class:?} is not Segmentation Storage"
         )));
     }
-    let _ = (image, objects);
-    Err(UploadError::SegReaderMissing)
+    let m = crate::dicom::seg::read_seg(&obj).map_err(|e| UploadError::BadSeg(e.to_string()))?;
+    if m.segments.len() != objects {
+        return Err(UploadError::BadSeg(format!(
+            "{} segment(s), the support set has {objects} object(s)",
+            m.segments.len()
+        )));
+    }
+    let (rows, cols) = (usize::from(m.rows), usize::from(m.columns));
+    if (rows, cols) != (image.rows, image.cols) {
+        return Err(UploadError::BadSeg(format!(
+            "{rows}x{cols} (rows x columns) does not match the image's {}x{}",
+            image.rows, image.cols
+        )));
+    }
+    let uid = image.sop_instance_uid.as_str();
+    if !m.masks.is_empty()
+        && !m
+            .masks
+            .keys()
+            .any(|k| k.sop_instance_uid.as_deref() == Some(uid))
+    {
+        return Err(UploadError::BadSeg(format!(
+            "it does not reference the image (SOP Instance UID {uid})"
+        )));
+    }
+    let mut numbers: Vec<u16> = m.segments.iter().map(|s| s.number).collect();
+    numbers.sort_unstable();
+    Ok(numbers
+        .into_iter()
+        .map(|n| Mask {
+            rows,
+            cols,
+            data: m
+                .mask_or_empty(uid, 1, n)
+                .into_iter()
+                .map(|v| u8::from(v != 0))
+                .collect(),
+        })
+        .collect())
 }
 
 /// Checks that there is one non-empty mask per object, each at the image size.

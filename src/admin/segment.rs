@@ -3,15 +3,7 @@
 //! Evaluate and Preview segment images with a support set. The engine (`crate::engine`)
 //! implements [`Segmenter`]; the daemon hands an implementation to [`super::start`]. Without
 //! one, those two calls answer UNAVAILABLE and everything else works.
-//!
-//! The adapter, checked against the `engine` branch (branch `admin-seg-trial` holds it with
-//! `cargo test --test admin_engine` passing): decode the image with
-//! `dicom::pixels::frames_from_object(&image.object)` and each support image with
-//! `frames_from_file(&pair.image_path)` (first frame), build an `engine::SupportSet` whose
-//! `version` is `"{version}"` or `"{version}-{variant}"`, copy the masks field by field, and run
-//! `handle.block_on(engine.segment(&set.bundle, &engine_set, vec![frame]))` (the caller is a
-//! blocking thread); the first frame result's masks are the answer. The daemon creates it with
-//! `Engine::new(&cfg.engine, &data_dir)` and passes `None` when that fails.
+//! [`EngineSegmenter`] is the engine's implementation.
 
 use crate::store::support::{Mask, SupportSetData};
 use dicom_object::DefaultDicomObject;
@@ -49,4 +41,98 @@ pub struct SegmentError(pub String);
 pub trait Segmenter: Send + Sync {
     /// Masks for `image`, one per object of `set`.
     fn segment(&self, set: &SupportSetData, image: &DicomImage) -> Result<Vec<Mask>, SegmentError>;
+}
+
+/// The engine as the admin API's [`Segmenter`]: decodes the support images and the image with
+/// `dicom::pixels`, and runs `Engine::segment` on the daemon's runtime (called from a blocking
+/// thread). The support set's `variant` becomes part of the engine's version key, so
+/// leave-one-out subsets never share a cache entry with the full set.
+#[derive(Clone)]
+pub struct EngineSegmenter {
+    engine: crate::engine::Engine,
+    handle: tokio::runtime::Handle,
+}
+
+impl EngineSegmenter {
+    /// Wraps an engine; `handle` is the runtime that drives its async calls.
+    pub fn new(engine: crate::engine::Engine, handle: tokio::runtime::Handle) -> EngineSegmenter {
+        EngineSegmenter { engine, handle }
+    }
+}
+
+fn first_frame(
+    frames: Result<Vec<crate::dicom::pixels::Frame>, crate::dicom::pixels::PixelError>,
+    what: &str,
+) -> Result<crate::dicom::pixels::Frame, SegmentError> {
+    frames
+        .map_err(|e| SegmentError(format!("{what}: {e}")))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| SegmentError(format!("{what}: no frames")))
+}
+
+impl Segmenter for EngineSegmenter {
+    fn segment(&self, set: &SupportSetData, image: &DicomImage) -> Result<Vec<Mask>, SegmentError> {
+        use crate::engine as e;
+        let frame = first_frame(
+            crate::dicom::pixels::frames_from_object(&image.object),
+            "image",
+        )?;
+        let mut pairs = Vec::with_capacity(set.pairs.len());
+        for p in &set.pairs {
+            let image = first_frame(
+                crate::dicom::pixels::frames_from_file(&p.image_path),
+                &format!("support pair {}", p.number),
+            )?;
+            pairs.push(e::SupportPair {
+                image,
+                masks: p
+                    .masks
+                    .iter()
+                    .map(|m| e::Mask {
+                        rows: m.rows,
+                        cols: m.cols,
+                        data: m.data.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        let engine_set = e::SupportSet {
+            name: set.name.clone(),
+            version: if set.variant.is_empty() {
+                set.version.to_string()
+            } else {
+                format!("{}-{}", set.version, set.variant)
+            },
+            objects: set
+                .objects
+                .iter()
+                .map(|o| e::SupportObject {
+                    label: o.label.clone(),
+                    category: Some(o.category.meaning.clone()),
+                    property_type: Some(o.property_type.meaning.clone()),
+                    color: Some(o.color),
+                })
+                .collect(),
+            pairs,
+        };
+        let seg = self
+            .handle
+            .block_on(self.engine.segment(&set.bundle, &engine_set, vec![frame]))
+            .map_err(|e| SegmentError(e.to_string()))?;
+        let result = seg
+            .frames
+            .into_iter()
+            .next()
+            .ok_or_else(|| SegmentError("the engine returned no frame".into()))?;
+        Ok(result
+            .masks
+            .into_iter()
+            .map(|m| Mask {
+                rows: m.rows,
+                cols: m.cols,
+                data: m.data.into_iter().map(|v| u8::from(v != 0)).collect(),
+            })
+            .collect())
+    }
 }

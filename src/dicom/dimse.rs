@@ -102,6 +102,16 @@ impl Command {
     }
 }
 
+impl Command {
+    /// The Command Field of a response command set, if it parses.
+    pub fn parse_response_field(bytes: &[u8]) -> Option<u16> {
+        let obj =
+            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+                .ok()?;
+        obj.element(tags::COMMAND_FIELD).ok()?.to_int::<u16>().ok()
+    }
+}
+
 /// Builds a C-ECHO-RSP answering `message_id`.
 pub fn echo_response(message_id: u16, sop_class_uid: &str) -> Result<Vec<u8>, DimseError> {
     encode(response_object(

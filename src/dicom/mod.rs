@@ -1,7 +1,11 @@
-//! DICOM networking and objects: the SCP that receives studies, the lists of SOP classes and
-//! transfer syntaxes we accept, and DIMSE message encoding.
+//! DICOM networking and objects: the SCP that receives studies, the SCU that delivers results,
+//! decoded pixels as tensors, SEG writing and reading, the lists of SOP classes and transfer
+//! syntaxes we accept, and DIMSE message encoding.
 
 pub mod dimse;
+pub mod pixels;
 pub mod scp;
+pub mod scu;
+pub mod seg;
 pub mod sop;
 pub mod tls;

@@ -56,6 +56,8 @@ pub struct Scp {
     slots: Arc<Semaphore>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     locks: Vec<Mutex<()>>,
+    dir_sync: spool::DirSyncer,
+    metrics: crate::metrics::Metrics,
     /// Counters.
     pub stats: ScpStats,
 }
@@ -150,6 +152,7 @@ impl Scp {
         cfg: Arc<Config>,
         db: Db,
         spool: Spool,
+        metrics: crate::metrics::Metrics,
     ) -> Result<Arc<Scp>, crate::dicom::tls::TlsError> {
         let tls = cfg
             .dicom
@@ -164,6 +167,8 @@ impl Scp {
             spool,
             tls,
             locks: (0..64).map(|_| Mutex::new(())).collect(),
+            dir_sync: spool::DirSyncer::start(),
+            metrics,
             stats: ScpStats::default(),
         }))
     }
@@ -334,19 +339,35 @@ impl Scp {
 
     async fn run_association<S>(
         &self,
-        mut assoc: dicom_ul::association::server::AsyncServerAssociation<S>,
+        assoc: dicom_ul::association::server::AsyncServerAssociation<S>,
         addr: SocketAddr,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<(), AssocError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        use tracing::Instrument;
         self.stats.associations.fetch_add(1, Ordering::Relaxed);
         let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
             .trim()
             .to_string();
         let span = tracing::info_span!("assoc", peer = %addr, calling = %calling);
-        let _g = span.enter();
+        self.association_loop(assoc, addr, shutdown, calling)
+            .instrument(span)
+            .await
+    }
+
+    /// Serves one association's messages until release, abort, timeout or shutdown.
+    async fn association_loop<S>(
+        &self,
+        mut assoc: dicom_ul::association::server::AsyncServerAssociation<S>,
+        addr: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+        calling: String,
+    ) -> Result<(), AssocError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         tracing::info!(
             contexts = assoc.presentation_contexts().len(),
             "association accepted"
@@ -355,6 +376,7 @@ impl Scp {
         let mut cmd_buf: Vec<u8> = Vec::new();
         let mut cmd_ctx: Option<u8> = None;
         let mut incoming: Option<Incoming> = None;
+        let mut store_started = std::time::Instant::now();
         let mut pending: std::collections::VecDeque<PDataValue> = Default::default();
         loop {
             if *shutdown.borrow() && incoming.is_none() && cmd_buf.is_empty() {
@@ -476,6 +498,7 @@ impl Scp {
                             tracing::debug!(message_id = cmd.message_id, "C-ECHO answered");
                         }
                         field::C_STORE_RQ if cmd.has_dataset => {
+                            store_started = std::time::Instant::now();
                             incoming = Some(
                                 self.begin_store(
                                     cmd,
@@ -528,6 +551,20 @@ impl Scp {
                     if pdv.is_last {
                         let Some(inc) = incoming.take() else { continue };
                         let (st, comment, cmd) = self.finish_store(inc, &calling, addr.ip()).await;
+                        let result = if st == status::SUCCESS {
+                            "success"
+                        } else {
+                            "failure"
+                        };
+                        self.metrics
+                            .inc("proxyseg_cstore_total", &[("result", result)]);
+                        if st == status::SUCCESS {
+                            self.metrics.observe(
+                                "proxyseg_stage_seconds",
+                                &[("stage", "ingest")],
+                                store_started.elapsed().as_secs_f64(),
+                            );
+                        }
                         let rsp = dimse::store_response(
                             cmd.message_id,
                             &cmd.sop_class_uid,
@@ -591,15 +628,18 @@ impl Scp {
                 path,
                 hash: Sha256::new(),
                 len: 0,
+                offset: 0,
             },
         };
         match meta {
             Ok(meta) => {
-                if let IncomingState::Writing { file, .. } = &mut inc.state {
-                    let r = file
-                        .write_all(&PART10_PREAMBLE)
+                if let IncomingState::Writing { file, offset, .. } = &mut inc.state {
+                    let mut head = PART10_PREAMBLE.to_vec();
+                    let r = meta
+                        .write(&mut head)
                         .map_err(|e| e.to_string())
-                        .and_then(|_| meta.write(&mut *file).map_err(|e| e.to_string()));
+                        .and_then(|_| file.write_all(&head).map_err(|e| e.to_string()));
+                    *offset = head.len() as u64;
                     if let Err(e) = r {
                         inc.fail(
                             &self.spool,
@@ -631,13 +671,14 @@ impl Scp {
         ip: IpAddr,
     ) -> (u16, Option<String>, Command) {
         let Incoming { cmd, ts, state } = inc;
-        let (file, path, hash, len) = match state {
+        let (file, path, hash, len, offset) = match state {
             IncomingState::Writing {
                 file,
                 path,
                 hash,
                 len,
-            } => (file, path, hash, len),
+                offset,
+            } => (file, path, hash, len, offset),
             IncomingState::Refused(r) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sop = %cmd.sop_instance_uid, status = format!("{:#06x}", r.status), reason = %r.comment, "C-STORE refused");
@@ -672,7 +713,7 @@ impl Scp {
                     })?;
                     let size = file.metadata().map(|m| m.len()).unwrap_or(len);
                     drop(file);
-                    let mut rec = validate(&path, &cmd2, &ts)?;
+                    let mut rec = validate(&path, &cmd2, &ts, offset, len)?;
                     rec.calling_ae = calling2;
                     rec.source_host = ip.to_string();
                     rec.size_bytes = size;
@@ -735,16 +776,37 @@ impl Scp {
                 return Ok(());
             }
         }
+        // A different copy goes to a new name, so the stored copy and its index row stay
+        // consistent until the new row is committed; the old file is removed only after.
+        let mut rec = rec;
+        if let Some((_, old_path)) = &existing {
+            if *old_path == rec.path {
+                let short = &rec.sha256[..12.min(rec.sha256.len())];
+                rec.path = PathBuf::from(&rec.path)
+                    .with_extension(format!("{short}.dcm"))
+                    .to_string_lossy()
+                    .into_owned();
+            }
+        }
         let spool = self.spool.clone();
         let dest = PathBuf::from(&rec.path);
         let tp = temp_path.clone();
-        tokio::task::spawn_blocking(move || spool.commit(&tp, &dest))
+        let d2 = dest.clone();
+        tokio::task::spawn_blocking(move || spool.rename_into_place(&tp, &d2))
             .await
             .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?
             .map_err(|e| {
                 self.spool.discard(&temp_path);
                 Refusal::new(status::OUT_OF_RESOURCES, e.to_string())
             })?;
+        if let Some(dir) = dest.parent() {
+            self.dir_sync.sync(dir).await.map_err(|e| {
+                Refusal::new(
+                    status::OUT_OF_RESOURCES,
+                    format!("cannot fsync spool directory: {e}"),
+                )
+            })?;
+        }
         let r = rec.clone();
         let outcome = self
             .db
@@ -782,7 +844,10 @@ enum IncomingState {
         file: std::io::BufWriter<std::fs::File>,
         path: PathBuf,
         hash: Sha256,
+        /// Data set bytes received so far.
         len: u64,
+        /// Where the data set starts in the file (after preamble and meta group).
+        offset: u64,
     },
     /// Already refused: the rest of the data set is read and dropped, then the refusal sent.
     Refused(Refusal),
@@ -930,10 +995,26 @@ const MAX_DIM: u32 = 32768;
 /// Largest Number of Frames we accept.
 const MAX_FRAMES: u64 = 100_000;
 
-/// Parses the stored file and checks it against its command and presentation context; builds
-/// the index record on success.
-fn validate(path: &Path, cmd: &Command, ts: &str) -> Result<InstanceRecord, Refusal> {
-    let obj = OpenFileOptions::new().open_file(path).map_err(|e| {
+/// Parses the stored file's header (everything before Pixel Data, never the pixels, so a
+/// 2 GiB multi-frame costs no memory) and checks it against its command and presentation
+/// context; builds the index record on success. `offset` is where the data set starts in the
+/// file and `len` how many data set bytes were received.
+fn validate(
+    path: &Path,
+    cmd: &Command,
+    ts: &str,
+    offset: u64,
+    len: u64,
+) -> Result<InstanceRecord, Refusal> {
+    let deflated = ts == uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
+    let opts = OpenFileOptions::new();
+    // A deflated data set cannot be scanned in place: it is parsed whole (they are small).
+    let opts = if deflated {
+        opts
+    } else {
+        opts.read_until(tags::PIXEL_DATA)
+    };
+    let obj = opts.open_file(path).map_err(|e| {
         Refusal::new(
             status::CANNOT_UNDERSTAND,
             format!("data set does not parse: {e}"),
@@ -980,7 +1061,14 @@ fn validate(path: &Path, cmd: &Command, ts: &str) -> Result<InstanceRecord, Refu
             ));
         }
     }
-    check_pixels(&obj, ts)?;
+    let pixel = if deflated {
+        pixel_header_in_object(&obj)
+    } else {
+        pixel_header_in_file(path, ts, offset, len)?
+    };
+    if let Some(pixel) = pixel {
+        check_pixels(&obj, ts, pixel)?;
+    }
     Ok(InstanceRecord {
         sop_instance_uid: sop_instance,
         sop_class_uid: sop_class,
@@ -1003,12 +1091,110 @@ fn validate(path: &Path, cmd: &Command, ts: &str) -> Result<InstanceRecord, Refu
     })
 }
 
+/// What the Pixel Data element looks like, without its value.
+#[derive(Debug, Clone, Copy)]
+enum PixelHeader {
+    /// Native pixels: declared length and the bytes actually left in the data set.
+    Native { declared: u64, available: u64 },
+    /// Encapsulated (compressed) pixels, with the number of fragments when known.
+    Encapsulated { fragments: Option<usize> },
+}
+
+/// A reader that counts the bytes its consumer took.
+struct Counting<R> {
+    inner: R,
+    taken: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.taken.set(self.taken.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Walks the data set's tokens up to the top-level Pixel Data header and reports its
+/// declared length against the bytes that really follow (catches truncated data sets such as
+/// pydicom's MR_truncated without reading any pixel).
+fn pixel_header_in_file(
+    path: &Path,
+    ts: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Option<PixelHeader>, Refusal> {
+    use dicom_encoding::TransferSyntaxIndex;
+    use dicom_parser::dataset::{read::DataSetReader, DataToken};
+    use std::io::{Seek, SeekFrom};
+    let unparsable = |m: String| {
+        Refusal::new(
+            status::CANNOT_UNDERSTAND,
+            format!("data set does not parse: {m}"),
+        )
+    };
+    let Some(syntax) = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts) else {
+        return Err(unparsable(format!("unknown transfer syntax {ts}")));
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| unparsable(e.to_string()))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| unparsable(e.to_string()))?;
+    let taken = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let source = Counting {
+        inner: std::io::BufReader::new(f),
+        taken: taken.clone(),
+    };
+    let reader =
+        DataSetReader::new_with_ts(source, syntax).map_err(|e| unparsable(e.to_string()))?;
+    let mut depth = 0i32;
+    for token in reader {
+        match token.map_err(|e| unparsable(e.to_string()))? {
+            DataToken::SequenceStart { .. } => depth += 1,
+            DataToken::SequenceEnd if depth > 0 => depth -= 1,
+            DataToken::PixelSequenceStart if depth == 0 => {
+                return Ok(Some(PixelHeader::Encapsulated { fragments: None }));
+            }
+            DataToken::ElementHeader(h) if depth == 0 && h.tag == tags::PIXEL_DATA => {
+                let declared = h.len.get().map(u64::from).unwrap_or(u64::MAX);
+                let available = len.saturating_sub(taken.get());
+                return Ok(Some(PixelHeader::Native {
+                    declared,
+                    available,
+                }));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The same answer for a data set already fully in memory (deflated transfer syntax).
+fn pixel_header_in_object(obj: &dicom_object::DefaultDicomObject) -> Option<PixelHeader> {
+    let pixel = obj.element_opt(tags::PIXEL_DATA).ok().flatten()?;
+    Some(match pixel.value() {
+        dicom_core::DicomValue::PixelSequence(seq) => PixelHeader::Encapsulated {
+            fragments: Some(seq.fragments().len()),
+        },
+        dicom_core::DicomValue::Primitive(v) => {
+            let n = v.calculate_byte_len() as u64;
+            PixelHeader::Native {
+                declared: n,
+                available: n,
+            }
+        }
+        dicom_core::DicomValue::Sequence(_) => PixelHeader::Native {
+            declared: 0,
+            available: 0,
+        },
+    })
+}
+
 /// Checks image dimensions and, for native (uncompressed) pixel data, that its length agrees
 /// with Rows x Columns x Samples x Bits Allocated x Frames.
-fn check_pixels(obj: &dicom_object::DefaultDicomObject, ts: &str) -> Result<(), Refusal> {
-    let Some(pixel) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
-        return Ok(());
-    };
+fn check_pixels(
+    obj: &dicom_object::DefaultDicomObject,
+    ts: &str,
+    pixel: PixelHeader,
+) -> Result<(), Refusal> {
     let bad = |m: String| Refusal::new(status::DATASET_DOES_NOT_MATCH_SOP_CLASS, m);
     let u = |tag: Tag, name: &str| -> Result<u64, Refusal> {
         obj.element_opt(tag)
@@ -1047,38 +1233,42 @@ fn check_pixels(obj: &dicom_object::DefaultDicomObject, ts: &str) -> Result<(), 
     if frames == 0 || frames > MAX_FRAMES {
         return Err(bad(format!("absurd NumberOfFrames {frames}")));
     }
-    use dicom_encoding::TransferSyntaxIndex;
-    let native = !dicom_transfer_syntax_registry::TransferSyntaxRegistry
-        .get(ts)
-        .map(|t| t.is_encapsulated_pixel_data())
-        .unwrap_or(false);
-    if native {
-        // YBR_FULL_422 stores two luminance and two chroma samples per two pixels.
-        let photometric = obj
-            .element_opt(tags::PHOTOMETRIC_INTERPRETATION)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        let samples = if spp == 3 && photometric == "YBR_FULL_422" {
-            2
-        } else {
-            spp
-        };
-        let bits_total = rows * cols * samples * bits * frames;
-        let expected = bits_total.div_ceil(8);
-        let actual = match pixel.value() {
-            dicom_core::DicomValue::Primitive(v) => v.calculate_byte_len() as u64,
-            _ => return Err(bad("native Pixel Data is encapsulated".into())),
-        };
-        if actual != expected && actual != expected + (expected % 2) {
-            return Err(bad(format!("Pixel Data holds {actual} bytes; Rows x Columns x Samples x Bits x Frames needs {expected}")));
+    let _ = ts;
+    match pixel {
+        PixelHeader::Native {
+            declared,
+            available,
+        } => {
+            if declared > available {
+                return Err(Refusal::new(
+                    status::CANNOT_UNDERSTAND,
+                    format!("data set does not parse: Pixel Data declares {declared} bytes but only {available} follow"),
+                ));
+            }
+            // YBR_FULL_422 stores two luminance and two chroma samples per two pixels.
+            let photometric = obj
+                .element_opt(tags::PHOTOMETRIC_INTERPRETATION)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            let samples = if spp == 3 && photometric == "YBR_FULL_422" {
+                2
+            } else {
+                spp
+            };
+            let expected = (rows * cols * samples * bits * frames).div_ceil(8);
+            if declared != expected && declared != expected + (expected % 2) {
+                return Err(bad(format!(
+                    "Pixel Data holds {declared} bytes; Rows x Columns x Samples x Bits x Frames needs {expected}"
+                )));
+            }
         }
-    } else if let dicom_core::DicomValue::PixelSequence(seq) = pixel.value() {
-        if seq.fragments().is_empty() {
+        PixelHeader::Encapsulated { fragments: Some(0) } => {
             return Err(bad("encapsulated Pixel Data has no fragments".into()));
         }
+        PixelHeader::Encapsulated { .. } => {}
     }
     Ok(())
 }

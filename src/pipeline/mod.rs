@@ -2,3 +2,6 @@
 //! come with the engine, SEG and admin layers.
 
 pub mod assemble;
+pub mod catalog;
+pub mod deliver;
+pub mod worker;

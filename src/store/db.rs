@@ -128,7 +128,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_due ON outbox(state, next_try_at);
     "#,
-    // 3: support sets as immutable versions, routing rules, and the audit log of admin changes.
+    // 3: what the router decided for each job, so a restart resumes inference unchanged.
+    r#"
+    ALTER TABLE jobs ADD COLUMN series_json TEXT;
+    ALTER TABLE jobs ADD COLUMN skip_localizers INTEGER NOT NULL DEFAULT 1;
+    "#,
+    // 4: support sets as immutable versions, routing rules, and the audit log of admin changes.
     // Objects and pairs carry the range of set versions that contain them
     // ([since_version, until_version), NULL = still current): see store::support.
     r#"

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod db;
 pub mod instances;
 pub mod jobs;
+pub mod outbox;
 pub mod rules;
 pub mod spool;
 pub mod support;

@@ -85,8 +85,11 @@ impl Spool {
             .join(format!("{sop}.dcm")))
     }
 
-    /// Moves a fully written and fsynced temp file to `dest` and makes the rename durable.
-    pub fn commit(&self, temp: &Path, dest: &Path) -> Result<(), SpoolError> {
+    /// Moves a fully written and fsynced temp file to `dest`. New study / series directories
+    /// are made durable here; the caller must then make the rename itself durable with
+    /// [`DirSyncer::sync`] on `dest`'s directory before acknowledging anything. (The temp
+    /// directory is not fsynced: after a crash a stale temp name is deleted at startup.)
+    pub fn rename_into_place(&self, temp: &Path, dest: &Path) -> Result<(), SpoolError> {
         let series_dir = dest
             .parent()
             .ok_or_else(|| SpoolError::BadUid(dest.display().to_string()))?;
@@ -99,12 +102,41 @@ impl Spool {
             }
             sync_dir(study_dir)?;
         }
-        fs::rename(temp, dest).map_err(io("rename into", dest))?;
-        sync_dir(series_dir)?;
-        if let Some(tmp_dir) = temp.parent() {
-            sync_dir(tmp_dir)?;
+        fs::rename(temp, dest).map_err(io("rename into", dest))
+    }
+
+    /// [`Spool::rename_into_place`] followed by an immediate directory fsync (for callers
+    /// outside the SCP's batched path).
+    pub fn commit(&self, temp: &Path, dest: &Path) -> Result<(), SpoolError> {
+        self.rename_into_place(temp, dest)?;
+        sync_dir(dest.parent().unwrap_or(&self.root))
+    }
+
+    /// Deletes spool files that no index row names (left by a crash between rename and index
+    /// commit: never acknowledged). `indexed` holds every indexed path. Returns the count.
+    pub fn sweep_orphans(
+        &self,
+        indexed: &std::collections::HashSet<PathBuf>,
+    ) -> Result<usize, SpoolError> {
+        let mut removed = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).map_err(io("list", &dir))? {
+                let entry = entry.map_err(io("list", &dir))?;
+                let p = entry.path();
+                if p.file_name().is_some_and(|n| n == ".tmp") {
+                    continue;
+                }
+                if p.is_dir() {
+                    stack.push(p);
+                } else if !indexed.contains(&p) {
+                    tracing::warn!(path = %p.display(), "removing unindexed spool file (never acknowledged)");
+                    fs::remove_file(&p).map_err(io("remove", &p))?;
+                    removed += 1;
+                }
+            }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Deletes a temp file that will not be committed.
@@ -114,6 +146,56 @@ impl Spool {
                 tracing::warn!(path = %temp.display(), error = %e, "cannot remove temp file");
             }
         }
+    }
+}
+
+/// Batches directory fsyncs: concurrent requests for the same directory share one fsync
+/// (many associations storing into one series). Answers only after the fsync returned.
+#[derive(Debug, Clone)]
+pub struct DirSyncer {
+    tx: std::sync::mpsc::Sender<(PathBuf, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+}
+
+impl DirSyncer {
+    /// Starts the syncing thread.
+    pub fn start() -> DirSyncer {
+        let (tx, rx) = std::sync::mpsc::channel::<(
+            PathBuf,
+            tokio::sync::oneshot::Sender<Result<(), String>>,
+        )>();
+        let spawned = std::thread::Builder::new()
+            .name("dir-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    let mut done: std::collections::HashMap<PathBuf, Result<(), String>> =
+                        Default::default();
+                    for (dir, reply) in batch {
+                        let r = done
+                            .entry(dir.clone())
+                            .or_insert_with(|| sync_dir(&dir).map_err(|e| e.to_string()))
+                            .clone();
+                        let _ = reply.send(r);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the dir-sync thread");
+        }
+        DirSyncer { tx }
+    }
+
+    /// fsyncs `dir` (possibly together with other waiters of the same directory).
+    pub async fn sync(&self, dir: &Path) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((dir.to_owned(), tx))
+            .map_err(|_| "dir-sync thread stopped".to_string())?;
+        rx.await
+            .map_err(|_| "dir-sync thread stopped".to_string())?
     }
 }
 

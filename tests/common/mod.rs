@@ -107,6 +107,8 @@ impl Default for Opts {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Port of the Prometheus endpoint.
+    pub metrics_port: u16,
     pub config: PathBuf,
     child: Option<Child>,
 }
@@ -119,6 +121,7 @@ impl Daemon {
     pub fn start(opts: Opts) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let metrics_port = free_port();
         let mut toml = format!(
             "[dicom]\nlisten = \"127.0.0.1:{port}\"\nread_timeout_s = {}\nmax_associations = {}\nmin_free_disk_mb = {}\nrequire_known_peers = {}\nmax_pdu = {}\n",
             opts.read_timeout_s, opts.max_associations, opts.min_free_disk_mb, opts.require_known_peers, opts.max_pdu
@@ -131,7 +134,7 @@ impl Daemon {
             );
         }
         toml += &format!(
-            "[storage]\ndata_dir = \"{}\"\n[pipeline]\nstable_age_s = {}\nscan_interval_ms = 100\n[log]\nfilter = \"debug,dicom_ul=info\"\n{}\n",
+            "[storage]\ndata_dir = \"{}\"\n[pipeline]\nstable_age_s = {}\nscan_interval_ms = 100\n[log]\nfilter = \"debug,dicom_ul=info\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}\n",
             dir.path().join("var").display(),
             opts.stable_age_s,
             opts.extra
@@ -140,6 +143,7 @@ impl Daemon {
         std::fs::write(&config, toml).unwrap();
         let mut d = Daemon {
             dir,
+            metrics_port,
             port,
             config,
             child: None,
@@ -325,4 +329,14 @@ pub fn stored_path(d: &Daemon, sop: &str) -> Option<PathBuf> {
 /// True when `p` exists.
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves no peer behind.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -31,13 +31,16 @@ def build_test_tiny(**ppg_overrides) -> ProxyPromptSAM:
     return ProxyPromptSAM(sam, ppg, name="test-tiny")
 
 
-def build_real(kind: str, checkpoint: str | None = None, **ppg_overrides) -> ProxyPromptSAM:
+def build_real(kind: str, checkpoint: str | None = None, img_size: int = 1024, **ppg_overrides) -> ProxyPromptSAM:
     """SAM ViT-B/L/H at S=1024 (64x64 embedding, C=256) + PPG (Vim 192 x 8 at 256x256 input).
 
-    The PPG runs on a 16x16 grid (SAM embeddings average-pooled 4x), so its cost does not grow
-    with S. `checkpoint` is an official segment-anything .pth (state dict of `Sam`).
+    The PPG runs on a 16x16 grid (SAM embeddings average-pooled to it), so its cost does not
+    grow with S. `checkpoint` is an official segment-anything .pth (state dict of `Sam`).
+    `img_size` < 1024 (a multiple of 256) resamples the checkpoint's absolute position
+    embedding and global-attention relative positions (as low-resolution SAM fine-tuning does);
+    the tests use it to keep a ViT-B run fast.
     """
-    sam = SAMConfig(img_size=1024, window_size=14, embed_dim=256, decoder_depth=2, decoder_mlp=2048,
+    sam = SAMConfig(img_size=img_size, window_size=14, embed_dim=256, decoder_depth=2, decoder_mlp=2048,
                     decoder_heads=8, **_REAL[kind])
     ppg = PPGConfig(embed_dim=256, vim_dim=192, vim_depth=8, vim_state=16, grid=16, key_dim=64, value_dim=256,
                     token_grid=8, ccm_dim=128)
@@ -49,10 +52,29 @@ def build_real(kind: str, checkpoint: str | None = None, **ppg_overrides) -> Pro
     return model
 
 
+def _resample(state: dict, target: dict) -> dict:
+    """Fit a 1024-input SAM state dict to a model built for another input size."""
+    import torch.nn.functional as F
+    out = {}
+    for k, v in state.items():
+        t = target.get(k)
+        if t is None or t.shape == v.shape:
+            out[k] = v
+        elif k.endswith("pos_embed"):  # 1 x H x W x C
+            out[k] = F.interpolate(v.permute(0, 3, 1, 2), size=t.shape[1:3], mode="bicubic",
+                                   align_corners=False).permute(0, 2, 3, 1)
+        elif k.endswith(("rel_pos_h", "rel_pos_w")):  # (2H-1) x C
+            out[k] = F.interpolate(v.t()[None], size=t.shape[0], mode="linear", align_corners=False)[0].t()
+        else:
+            out[k] = v
+    return out
+
+
 def load_sam_checkpoint(model: ProxyPromptSAM, path: str) -> None:
     """Load an official SAM state dict (keys image_encoder.*, prompt_encoder.*, mask_decoder.*)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith(("pixel_mean", "pixel_std"))}
+    state = _resample(state, model.sam.state_dict())
     missing, unexpected = model.sam.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -26,6 +26,7 @@ from .phantoms.dicom_io import (FAMILY_INFO, OBJECT_CODES, OBJECT_COLORS, ANATOM
 from .tomlw import Inline, dumps
 
 PAIRS = 5
+FIXTURE_PAIRS = 2  # the fixtures' support context uses the first 2 pairs (keeps the files small)
 SUPPORT_SETS = {
     "fundus": ("fundus-disc-cup-vessels", "Colour fundus photograph (phantom): optic disc, optic cup, vessels"),
     "us": ("us-intrapartum-ps-fh", "Intrapartum transperineal ultrasound (phantom): pubic symphysis, fetal head"),
@@ -94,21 +95,20 @@ def write_fixtures(bundle: Path):
     fx = bundle / "fixtures"
     if fx.exists():
         shutil.rmtree(fx)
-    (fx / "inputs").mkdir(parents=True)
+    fx.mkdir(parents=True)
     cases = []
     plan = [("fundus", "demo-studies/fundus/image.dcm", [0]), ("us", "demo-studies/us/cine.dcm", [0, 1]),
             ("mr", "demo-studies/mr/slice-04.dcm", [0])]
     for fam, rel, frames in plan:
         name, _ = SUPPORT_SETS[fam]
         sup = load_support_set_tensors(bundle / "support-sets" / name, S)
-        si, sm = sup["images"].numpy(), sup["masks"].numpy()
+        si, sm = sup["images"].numpy()[:FIXTURE_PAIRS], sup["masks"].numpy()[:FIXTURE_PAIRS]
         ctx = rt.support_context(si, sm)
         src = bundle / rel
-        shutil.copy(src, fx / "inputs" / f"{fam}-{src.name}")
         ds = load_images(src)[0]
         disp = dataset_displays(ds)
-        entry = {"name": fam, "input": f"inputs/{fam}-{src.name}", "source_in_bundle": rel,
-                 "support_set": f"support-sets/{name}", "objects": OBJECTS[fam],
+        entry = {"name": fam, "input": rel, "support_set": f"support-sets/{name}",
+                 "support_pairs": list(range(1, FIXTURE_PAIRS + 1)), "objects": OBJECTS[fam],
                  "support": {
                      "support_masks": _save(fx, f"{fam}-support_masks.u8", sm, "u8"),
                      "support_embeddings": _save(fx, f"{fam}-support_embeddings.f32", ctx["support_embeddings"], "f32"),
@@ -128,10 +128,14 @@ def write_fixtures(bundle: Path):
                             "iou_scores": _save(fx, f"{p}-iou_scores.f32", out["iou_scores"], "f32"),
                             "masks": _save(fx, f"{p}-masks.u8", masks, "u8")}})
         cases.append(entry)
+    for e in cases:
+        for t in list(e["support"].values()) + [t for f in e["frames"] for t in f["tensors"].values()]:
+            t["file"] = "fixtures/" + t["file"]
     doc = {"bundle": bundle.name, "input_size": S, "byte_order": "little-endian",
            "tolerance": {"mask_logits_max_abs": 1e-3, "mask_agreement_min": 0.999},
-           "description": ("Expected tensors for the Rust engine's parity test. Support context from the named "
-                           "support set (all pairs, in supportset.toml order; K = all objects in order). Each "
+           "description": ("Expected tensors for the Rust engine's parity test. Paths are relative to the bundle "
+                           "folder. Support context from the named support set, pairs `support_pairs` (1-based, "
+                           "supportset.toml order; K = all objects in order). Each "
                            "frame: preprocessed image [1,3,S,S] (preprocess.py), image_embeddings, prompt_tokens, "
                            "mask_logits, iou_scores, and the final masks u8 0/1 [K,rows,cols] after postprocess. "
                            "Computed with onnxruntime (CPU) on this bundle's graphs."),

@@ -162,9 +162,15 @@ class PerSAM:
         return scores.mean(0)
 
 
+TRAINING = {}
+
+
 def load(path):
     from .train import load_checkpoint
-    return load_checkpoint(Path(path))[0]
+    model, ck = load_checkpoint(Path(path))
+    TRAINING[Path(path).name] = {k: ck["extra"].get(k) for k in ("phase", "steps", "seconds", "final_loss_ema",
+                                                                   "overrides", "optimizer") if k in ck["extra"]}
+    return model
 
 
 def main(argv=None):
@@ -174,6 +180,7 @@ def main(argv=None):
     ap.add_argument("--pretrain", required=True)
     ap.add_argument("--no-map", default="")
     ap.add_argument("--no-ccm", default="")
+    ap.add_argument("--short", default="", help="full PPG on the ablations' short schedule (fair comparison)")
     ap.add_argument("--n-test", type=int, default=N_TEST)
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
@@ -183,6 +190,8 @@ def main(argv=None):
     S = ppg.S
     persam = PerSAM(load(args.pretrain))
     ablations = {}
+    if args.short:
+        ablations["ppg_short"] = PPGPredictor(load(args.short))
     if args.no_map:
         ablations["no_selective_map"] = PPGPredictor(load(args.no_map))
     if args.no_ccm:
@@ -208,6 +217,7 @@ def main(argv=None):
                                                 else v.tolist() for k, v in r.items()}, "switch": switch}
         print(fam, json.dumps(res[fam]["scores"]), json.dumps(switch), f"{time.time() - t0:.0f}s", flush=True)
     res["seconds"] = time.time() - t0
+    res["training"] = TRAINING
     res["n_test"] = args.n_test
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
@@ -220,7 +230,8 @@ def _slug(o: str) -> str:
 
 def write_report(bundle: Path, res: dict):
     methods = [("ppg", "PPG (ours)"), ("copy", "copy support mask"), ("persam", "PerSAM-style (training-free)"),
-               ("no_selective_map", "PPG w/o Selective Map"), ("no_ccm", "PPG w/o CCM")]
+               ("ppg_short", "PPG, short schedule"), ("no_selective_map", "w/o Selective Map, short"),
+               ("no_ccm", "w/o CCM, short")]
     fams = [f for f in data.FAMILIES if f in res]
     present = [(k, n) for k, n in methods if all(k in res[f]["scores"] for f in fams)]
     ev = {"report": "evaluation.md", "metric": "Dice", "n_test_per_family": res["n_test"]}
@@ -257,6 +268,23 @@ def write_report(bundle: Path, res: dict):
         for given, d in res[f]["switch"].items():
             lines.append(f"| {f} | {given} | " + ", ".join(f"{o}: {100 * v:.1f}" for o, v in d.items()) + " |")
             ev["task_switching"][f"{f}-{_slug(given)}"] = {_slug(o): round(v, 4) for o, v in d.items()}
+    lines += ["", "## Protocol and training runs", "",
+              "- (a) PPG: SAM frozen + LoRA + PPG, trained few-shot on 16 pairs per family (one model for all "
+              "three families), support = the 5 demo pairs, K = all objects of the family.",
+              "- (b) copy: each support mask (nearest-resized to the target) used as the prediction; mean over the 5 pairs.",
+              "- (c) PerSAM-style: the pretrained SAM without LoRA/PPG; per object, the cosine-similarity map between "
+              "the target embedding and the mask-averaged support embedding (5 pairs) gives the best location "
+              "(positive point) and the worst (negative point) for SAM's prompt encoder.",
+              "- (d) ablations were trained on a short schedule (same steps as 'PPG, short schedule'), so compare "
+              "them with that column, not with (a).",
+              "- Stability: the same test set with each of the 5 support pairs alone (N=1).",
+              "- Task switching: the same model and target images; the support set gives only one object's masks.",
+              "", "| checkpoint | phase | steps | seconds | final loss (EMA) |", "|---|---|---|---|---|"]
+    for name, t in res.get("training", {}).items():
+        sec = t.get("seconds")
+        loss = t.get("final_loss_ema")
+        lines.append(f"| {name} | {t.get('phase', '')} | {t.get('steps', '')} | "
+                     f"{'' if sec is None else f'{float(sec):.0f}'} | {'' if loss is None else f'{float(loss):.3f}'} |")
     lines += ["", f"Evaluation time: {res['seconds']:.0f} s on 2 shared CPU cores.", ""]
     (bundle / "evaluation.md").write_text("\n".join(lines))
     mpath = bundle / "manifest.toml"

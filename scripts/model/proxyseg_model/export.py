@@ -173,7 +173,7 @@ def git_commit() -> str:
 def manifest(model, provenance: dict, evaluation: dict | None = None) -> dict:
     d = dims(model)
     m = {"contract": CONTRACT, "name": model.name, "version": VERSION, "family": "sam", "input_size": d["S"],
-         "pixel_mean": [float(x) for x in PIXEL_MEAN.round(3)], "pixel_std": [float(x) for x in PIXEL_STD.round(3)],
+         "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375],
          "embed_dim": d["C"], "embed_size": [d["h"], d["w"]], "prompt_tokens": d["T"], "max_objects": MAX_OBJECTS,
          "max_pairs": MAX_PAIRS, "low_res_size": [d["low_res"], d["low_res"]],
          "graphs": {g: f"{g}.onnx" for g in GRAPHS},

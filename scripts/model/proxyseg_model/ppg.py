@@ -23,9 +23,9 @@ from .sam import SAMBackbone
 class PPGConfig:
     embed_dim: int = 128          # C of SAM's embeddings
     vim_img_size: int = 256       # the Vim branch always sees 256 x 256 (16 x 16 tokens)
-    vim_dim: int = 96
+    vim_dim: int = 64
     vim_depth: int = 4
-    vim_state: int = 8
+    vim_state: int = 4
     grid: int = 16                # PPG works on a grid x grid map (SAM embeddings pooled to it)
     key_dim: int = 64
     value_dim: int = 128

@@ -75,26 +75,29 @@ def selective_scan(x, delta, A, B, C, D, chunk: int | None = None):
     nc = L // c
     # per-step log-decay (<= 0) and input, Bt x nc x c x Di x N
     dA = (delta.unsqueeze(-1) * A).reshape(bt, nc, c, di, n)
-    dBx = (delta * x).unsqueeze(-1) * B.unsqueeze(2)
-    dBx = dBx.reshape(bt, nc, c, di, n)
-    # 1) local states inside every chunk from a zero start (sequential over c, vectorised over nc)
-    h = torch.zeros_like(dBx[:, :, 0])
-    local = []
-    for t in range(c):
-        h = torch.exp(dA[:, :, t]) * h + dBx[:, :, t]
+    dBx = ((delta * x).unsqueeze(-1) * B.unsqueeze(2)).reshape(bt, nc, c, di, n)
+    # 1) local states inside every chunk from a zero start (sequential over c, vectorised over
+    #    nc). unbind (not indexing) keeps the backward pass free of full-size zero tensors.
+    step_decay = torch.exp(dA).unbind(2)
+    step_in = dBx.unbind(2)
+    h = step_in[0]
+    local = [h]
+    for t in range(1, c):
+        h = step_decay[t] * h + step_in[t]
         local.append(h)
     local = torch.stack(local, dim=2)  # Bt x nc x c x Di x N
     # decay from chunk start to position t: exp(cumsum of negative terms) in (0, 1]
     decay = torch.exp(torch.cumsum(dA, dim=2))  # Bt x nc x c x Di x N
-    # 2) carries across chunks (sequential over nc): state at the end of chunk j
-    carry = torch.zeros_like(local[:, 0, 0])
-    carries = []
-    for j in range(nc):
+    # 2) carries across chunks (sequential over nc): state entering chunk j
+    end_decay = decay[:, :, c - 1].unbind(1)
+    end_local = local[:, :, c - 1].unbind(1)
+    carry = torch.zeros_like(end_local[0])
+    carries = [carry]
+    for j in range(nc - 1):
+        carry = end_decay[j] * carry + end_local[j]
         carries.append(carry)
-        carry = decay[:, j, c - 1] * carry + local[:, j, c - 1]
-    carries = torch.stack(carries, dim=1)  # Bt x nc x Di x N (state entering chunk j)
+    carries = torch.stack(carries, dim=1)  # Bt x nc x Di x N
     # 3) full states and outputs
     hs = local + decay * carries.unsqueeze(2)
-    Cc = C.float().reshape(bt, nc, c, 1, n)
-    y = (hs * Cc).sum(-1).reshape(bt, L, di)
+    y = (hs * C.float().reshape(bt, nc, c, 1, n)).sum(-1).reshape(bt, L, di)
     return y + x * D

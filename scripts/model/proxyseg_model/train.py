@@ -184,7 +184,10 @@ def train_ppg(model, corpora: dict, args, fh=None, tag="ppg"):
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"{tag}: trainable parameters {sum(p.numel() for p in params) / 1e6:.2f} M "
         f"(PPG {sum(p.numel() for p in model.ppg.parameters()) / 1e6:.2f} M)", fh)
-    opt = torch.optim.SGD(params, lr=args.lr or 0.01, momentum=0.9, weight_decay=5e-4)
+    if args.optimizer == "sgd":  # the paper's optimiser (section 4.1)
+        opt = torch.optim.SGD(params, lr=args.lr or 0.01, momentum=0.9, weight_decay=5e-4)
+    else:
+        opt = torch.optim.AdamW(params, lr=args.lr or 1e-3, weight_decay=5e-4)
     fams = list(corpora)
     t0 = time.time()
     steps = args.steps or 10 ** 9
@@ -194,7 +197,7 @@ def train_ppg(model, corpora: dict, args, fh=None, tag="ppg"):
     model.train()
     while step < steps and (time.time() - t0) < budget:
         frac = min(1.0, max(step / steps if args.steps else 0, (time.time() - t0) / budget))
-        lr = (args.lr or 0.01) * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1)
+        lr = (args.lr or (0.01 if args.optimizer == "sgd" else 1e-3)) * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1)
         for g in opt.param_groups:
             g["lr"] = lr
         fam = fams[step % len(fams)]
@@ -213,7 +216,7 @@ def train_ppg(model, corpora: dict, args, fh=None, tag="ppg"):
             log(f"{tag} step {step} loss(ema) {ema:.4f} lr {lr:.4f} elapsed {time.time() - t0:.0f}s", fh)
     pbar.close()
     model.eval()
-    return {"steps": step, "seconds": time.time() - t0, "final_loss_ema": ema}
+    return {"steps": step, "seconds": time.time() - t0, "final_loss_ema": ema, "optimizer": args.optimizer}
 
 
 def ppg(args):
@@ -243,7 +246,7 @@ def real(args):
     from .runtime import load_support_set_tensors
     fh = open(args.log, "a") if args.log else None
     from .build import build_real
-    model = build_real(args.model, checkpoint=args.sam_checkpoint)
+    model = build_real(args.model, checkpoint=args.sam_checkpoint, img_size=args.img_size)
     S = model.img_size
     corp = load_support_set_tensors(Path(args.data), S)
     log(f"real: {args.model} from {args.sam_checkpoint}, {len(corp['images'])} pairs, K={corp['masks'].shape[1]}", fh)
@@ -266,11 +269,14 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.0)
     ap.add_argument("--lora-rank", type=int, default=4)
+    ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                    help="ppg/real phases: sgd = the paper's SGD (lr 0.01, momentum 0.9, wd 5e-4)")
     ap.add_argument("--max-support", type=int, default=2)
     ap.add_argument("--pretrain-per-family", type=int, default=400)
     ap.add_argument("--no-selective-map", action="store_true")
     ap.add_argument("--no-ccm", action="store_true")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--img-size", type=int, default=1024, help="real phase: SAM input size (1024 native)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True)

@@ -182,7 +182,8 @@ def write_mr(case: dict, folder: Path, seed: int, role: str = "image") -> list[D
         ds.FrameOfReferenceUID = frame_of_ref
         ds.PositionReferenceIndicator = ""
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-sc * px.shape[2] / 2, -sr * px.shape[1] / 2, -st * (len(px) - 1) / 2 + i * st]
+        # DS holds at most 16 characters: round so float noise never leaks into the value.
+        ds.ImagePositionPatient = [round(v, 4) for v in (-sc * px.shape[2] / 2, -sr * px.shape[1] / 2, -st * (len(px) - 1) / 2 + i * st)]
         ds.SliceLocation = ds.ImagePositionPatient[2]
         ds.PixelSpacing = [sr, sc]
         ds.WindowCenter = wc
@@ -219,6 +220,15 @@ def write_seg(sources: list[Dataset], masks: np.ndarray, family: str, path: Path
         manufacturer="proxyseg phantoms", manufacturer_model_name="phantom generator", software_versions="1",
         device_serial_number="0", content_date=datetime.date(2026, 1, 1), content_time=datetime.time(12, 0),
         omit_empty_frames=False)
+    # highdicom stamps creation times and a random dimension organisation UID: pin them so
+    # regenerating gives byte-identical files
+    seg.InstanceCreationDate, seg.InstanceCreationTime = _DATE, "120000"
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = _DATE + "120000"
+    dim_uid = uid(family, seed, role, "seg-dim")
+    for item in list(seg.get("DimensionOrganizationSequence", [])) + list(seg.get("DimensionIndexSequence", [])):
+        item.DimensionOrganizationUID = dim_uid
     seg.save_as(path)
     return seg
 

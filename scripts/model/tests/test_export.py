@@ -1,0 +1,51 @@
+"""Export of all four graphs and ONNX Runtime vs PyTorch parity (test-size model)."""
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from proxyseg_model.build import build_test_tiny
+from proxyseg_model.export import GRAPHS, check_parity, export_graphs, metadata, prepare_for_export
+from proxyseg_model.lora import LoRALinear, add_lora
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_test_tiny()
+    add_lora(model.sam, rank=2)
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            torch.nn.init.normal_(m.lora_b, std=0.05)
+    model = prepare_for_export(model)
+    out = tmp_path_factory.mktemp("bundle")
+    sizes = export_graphs(model, out)
+    return model, out, sizes
+
+
+def test_four_graphs_with_metadata(exported):
+    model, out, sizes = exported
+    assert set(sizes) == set(GRAPHS)
+    meta = metadata(model)
+    for g in GRAPHS:
+        proto = onnx.load(str(out / f"{g}.onnx"))
+        onnx.checker.check_model(proto)
+        assert {p.key: p.value for p in proto.metadata_props} == meta
+        assert proto.opset_import[0].version == 17
+        assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node), "no custom ops"
+    io = {g: ort.InferenceSession(str(out / f"{g}.onnx")) for g in GRAPHS}
+    assert [i.name for i in io["image_encoder"].get_inputs()] == ["image"]
+    assert [o.name for o in io["support_encoder"].get_outputs()] == ["support_keys", "support_values"]
+    assert [i.name for i in io["prompt_generator"].get_inputs()] == ["image_embeddings", "support_keys", "support_values"]
+    assert [o.name for o in io["mask_decoder"].get_outputs()] == ["mask_logits", "iou_scores"]
+
+
+@pytest.mark.parametrize("n,k", [(2, 3), (1, 1), (4, 2)])
+def test_ort_matches_torch(exported, n, k):
+    model, out, _ = exported
+    r = check_parity(model, out, n=n, k=k, seed=n * 10 + k)
+    assert r["mask_logits"] <= 1e-3, r
+    assert r["mask_agreement"] >= 0.999, r
+    assert r["shapes"]["mask_logits"] == [k, 1, 16, 16]
+    assert r["shapes"]["prompt_tokens"][0] == k
+    assert r["shapes"]["support_values"][:2] == [n, k]

@@ -1,0 +1,801 @@
+//! Model bundles: `models/<name>/manifest.toml` plus four ONNX graphs (contract version 1).
+//!
+//! Owns parsing manifests, checking every graph's metadata_props, input and output names,
+//! element types and static dimensions against the manifest, and the registry that serves
+//! the good bundles and lists the refused ones with their reasons. It never serves a bundle
+//! whose graphs disagree with its manifest.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ort::session::Session;
+use ort::value::{TensorElementType, ValueType};
+use serde::Deserialize;
+
+use super::runtime::{Provider, ProviderReport, Runtime};
+
+/// The ONNX contract version this engine implements.
+pub const CONTRACT_VERSION: i64 = 1;
+
+/// Why a bundle was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The manifest could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The manifest is not valid TOML or misses keys.
+    #[error("{path} is not a valid manifest: {message}")]
+    Parse {
+        /// The manifest path.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The manifest parsed but breaks the contract.
+    #[error("{path}: {message}")]
+    Contract {
+        /// The manifest or graph file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A graph file could not be opened as an ONNX Runtime session.
+    #[error("{0}")]
+    Session(#[from] super::runtime::RuntimeError),
+}
+
+/// Either a TOML string or integer, kept as text (manifest `version`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum StringOrInt {
+    S(String),
+    I(i64),
+    F(f64),
+}
+
+impl StringOrInt {
+    fn text(&self) -> String {
+        match self {
+            StringOrInt::S(s) => s.clone(),
+            StringOrInt::I(i) => i.to_string(),
+            StringOrInt::F(f) => f.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawManifest {
+    contract: i64,
+    name: String,
+    version: StringOrInt,
+    family: String,
+    input_size: usize,
+    pixel_mean: Vec<f32>,
+    pixel_std: Vec<f32>,
+    embed_dim: usize,
+    embed_size: Vec<usize>,
+    prompt_tokens: usize,
+    max_objects: usize,
+    max_pairs: usize,
+    low_res_size: Vec<usize>,
+    graphs: GraphFiles,
+    #[serde(default)]
+    provenance: Option<toml::Table>,
+    #[serde(default)]
+    evaluation: Option<toml::Table>,
+}
+
+/// The `[graphs]` table: file names relative to the bundle folder.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GraphFiles {
+    /// `image_encoder.onnx`.
+    pub image_encoder: String,
+    /// `support_encoder.onnx`.
+    pub support_encoder: String,
+    /// `prompt_generator.onnx`.
+    pub prompt_generator: String,
+    /// `mask_decoder.onnx`.
+    pub mask_decoder: String,
+}
+
+/// A parsed and checked `manifest.toml`.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Contract version (1).
+    pub contract: i64,
+    /// Bundle name.
+    pub name: String,
+    /// Bundle version (text).
+    pub version: String,
+    /// Model family ("sam").
+    pub family: String,
+    /// Input size S: the encoder sees S x S images.
+    pub input_size: usize,
+    /// Per-channel mean on the 0..255 scale.
+    pub pixel_mean: [f32; 3],
+    /// Per-channel standard deviation on the 0..255 scale.
+    pub pixel_std: [f32; 3],
+    /// Embedding channels C.
+    pub embed_dim: usize,
+    /// Embedding grid [h, w].
+    pub embed_size: [usize; 2],
+    /// Prompt tokens per object T.
+    pub prompt_tokens: usize,
+    /// Largest number of objects K the graphs accept.
+    pub max_objects: usize,
+    /// Largest number of support pairs N the graphs accept.
+    pub max_pairs: usize,
+    /// Low-resolution logit grid [4h, 4w].
+    pub low_res_size: [usize; 2],
+    /// Graph file names.
+    pub graphs: GraphFiles,
+    /// Training provenance, as written by the model code.
+    pub provenance: toml::Table,
+    /// Measured evaluation, as written by the model code.
+    pub evaluation: toml::Table,
+}
+
+impl Manifest {
+    /// Parses and checks manifest text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, BundleError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| BundleError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let bad = |message: String| BundleError::Contract {
+            path: path.to_owned(),
+            message,
+        };
+        if raw.contract != CONTRACT_VERSION {
+            return Err(bad(format!(
+                "contract = {} but this engine implements contract {CONTRACT_VERSION}",
+                raw.contract
+            )));
+        }
+        if raw.family != "sam" {
+            return Err(bad(format!(
+                "family = {:?} is not supported (expected \"sam\")",
+                raw.family
+            )));
+        }
+        let three = |v: &[f32], key: &str| -> Result<[f32; 3], BundleError> {
+            <[f32; 3]>::try_from(v)
+                .map_err(|_| bad(format!("{key} must have 3 values, has {}", v.len())))
+        };
+        let two = |v: &[usize], key: &str| -> Result<[usize; 2], BundleError> {
+            <[usize; 2]>::try_from(v)
+                .map_err(|_| bad(format!("{key} must have 2 values, has {}", v.len())))
+        };
+        let pixel_mean = three(&raw.pixel_mean, "pixel_mean")?;
+        let pixel_std = three(&raw.pixel_std, "pixel_std")?;
+        if pixel_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(bad(format!(
+                "pixel_std {pixel_std:?} must be finite and > 0"
+            )));
+        }
+        let embed_size = two(&raw.embed_size, "embed_size")?;
+        let low_res_size = two(&raw.low_res_size, "low_res_size")?;
+        for (key, v) in [
+            ("input_size", raw.input_size),
+            ("embed_dim", raw.embed_dim),
+            ("prompt_tokens", raw.prompt_tokens),
+            ("max_objects", raw.max_objects),
+            ("max_pairs", raw.max_pairs),
+            ("embed_size[0]", embed_size[0]),
+            ("embed_size[1]", embed_size[1]),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("{key} must be > 0")));
+            }
+        }
+        if low_res_size != [4 * embed_size[0], 4 * embed_size[1]] {
+            return Err(bad(format!(
+                "low_res_size {low_res_size:?} must be 4 x embed_size {embed_size:?}"
+            )));
+        }
+        if raw.name.trim().is_empty() {
+            return Err(bad("name must not be empty".into()));
+        }
+        Ok(Manifest {
+            contract: raw.contract,
+            name: raw.name,
+            version: raw.version.text(),
+            family: raw.family,
+            input_size: raw.input_size,
+            pixel_mean,
+            pixel_std,
+            embed_dim: raw.embed_dim,
+            embed_size,
+            prompt_tokens: raw.prompt_tokens,
+            max_objects: raw.max_objects,
+            max_pairs: raw.max_pairs,
+            low_res_size,
+            graphs: raw.graphs,
+            provenance: raw.provenance.unwrap_or_default(),
+            evaluation: raw.evaluation.unwrap_or_default(),
+        })
+    }
+
+    /// The metadata_props every graph must repeat, as (key, expected value).
+    fn expected_metadata(&self) -> Vec<(&'static str, MetaValue)> {
+        vec![
+            ("contract", MetaValue::Ints(vec![self.contract])),
+            ("name", MetaValue::Text(self.name.clone())),
+            ("version", MetaValue::Text(self.version.clone())),
+            ("family", MetaValue::Text(self.family.clone())),
+            ("input_size", MetaValue::Ints(vec![self.input_size as i64])),
+            ("embed_dim", MetaValue::Ints(vec![self.embed_dim as i64])),
+            (
+                "embed_size",
+                MetaValue::Ints(self.embed_size.iter().map(|&v| v as i64).collect()),
+            ),
+            (
+                "prompt_tokens",
+                MetaValue::Ints(vec![self.prompt_tokens as i64]),
+            ),
+            (
+                "max_objects",
+                MetaValue::Ints(vec![self.max_objects as i64]),
+            ),
+            ("max_pairs", MetaValue::Ints(vec![self.max_pairs as i64])),
+        ]
+    }
+}
+
+enum MetaValue {
+    Text(String),
+    Ints(Vec<i64>),
+}
+
+impl MetaValue {
+    fn matches(&self, got: &str) -> bool {
+        match self {
+            MetaValue::Text(t) => got.trim() == t.trim(),
+            MetaValue::Ints(v) => {
+                let nums: Vec<i64> = got
+                    .split(|c: char| !(c.is_ascii_digit() || c == '-'))
+                    .filter(|s| !s.is_empty())
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
+                &nums == v
+            }
+        }
+    }
+
+    fn show(&self) -> String {
+        match self {
+            MetaValue::Text(t) => format!("{t:?}"),
+            MetaValue::Ints(v) if v.len() == 1 => v[0].to_string(),
+            MetaValue::Ints(v) => format!("{v:?}"),
+        }
+    }
+}
+
+/// The four graphs of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphKind {
+    /// image -> image_embeddings.
+    ImageEncoder,
+    /// support images, masks, embeddings -> keys, values.
+    SupportEncoder,
+    /// image embeddings, keys, values -> prompt tokens.
+    PromptGenerator,
+    /// image embeddings, prompt tokens -> mask logits, IoU scores.
+    MaskDecoder,
+}
+
+impl GraphKind {
+    /// All four, in pipeline order.
+    pub const ALL: [GraphKind; 4] = [
+        GraphKind::ImageEncoder,
+        GraphKind::SupportEncoder,
+        GraphKind::PromptGenerator,
+        GraphKind::MaskDecoder,
+    ];
+
+    /// The contract's name of the graph.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GraphKind::ImageEncoder => "image_encoder",
+            GraphKind::SupportEncoder => "support_encoder",
+            GraphKind::PromptGenerator => "prompt_generator",
+            GraphKind::MaskDecoder => "mask_decoder",
+        }
+    }
+}
+
+/// One expected dimension of a graph input or output.
+#[derive(Debug, Clone, Copy)]
+enum Dim {
+    /// Must equal this value when static.
+    Is(usize),
+    /// A batch-like dimension (B, N or K): dynamic, or static and recorded.
+    Var(&'static str),
+}
+
+/// Static sizes of the variable dimensions found in the graphs (None = dynamic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VarDims {
+    /// Image encoder batch B.
+    pub batch: Option<usize>,
+    /// Support pairs N.
+    pub pairs: Option<usize>,
+    /// Objects K.
+    pub objects: Option<usize>,
+}
+
+/// One loaded graph with its session and provider.
+pub struct Graph {
+    /// Which graph.
+    pub kind: GraphKind,
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// The provider it got.
+    pub provider: ProviderReport,
+    pub(crate) session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("provider", &self.provider)
+            .finish()
+    }
+}
+
+/// A served model bundle: its manifest and four sessions.
+#[derive(Debug)]
+pub struct Bundle {
+    /// The bundle folder.
+    pub dir: PathBuf,
+    /// The checked manifest.
+    pub manifest: Manifest,
+    /// Static sizes of B, N, K where the graphs fix them.
+    pub dims: VarDims,
+    /// Hash of the manifest text and of each graph file's name, size and modification time:
+    /// part of the support-context cache key.
+    pub fingerprint: String,
+    pub(crate) image_encoder: Graph,
+    pub(crate) support_encoder: Graph,
+    pub(crate) prompt_generator: Graph,
+    pub(crate) mask_decoder: Graph,
+}
+
+impl Bundle {
+    /// Loads and checks one bundle folder.
+    pub fn load(dir: &Path, runtime: &Runtime) -> Result<Bundle, BundleError> {
+        let mpath = dir.join("manifest.toml");
+        let text = std::fs::read_to_string(&mpath).map_err(|source| BundleError::Read {
+            path: mpath.clone(),
+            source,
+        })?;
+        let manifest = Manifest::parse(&text, &mpath)?;
+        let m = &manifest;
+        let (s, c, h, w) = (m.input_size, m.embed_dim, m.embed_size[0], m.embed_size[1]);
+        let t = m.prompt_tokens;
+        use Dim::*;
+        let mut dims = VarDims::default();
+        let mut load = |kind: GraphKind,
+                        file: &str,
+                        inputs: &[(&str, &[Dim])],
+                        outputs: &[(&str, &[Dim])]|
+         -> Result<Graph, BundleError> {
+            let path = dir.join(file);
+            let bad = |message: String| BundleError::Contract {
+                path: path.clone(),
+                message,
+            };
+            if file.contains("..") || Path::new(file).is_absolute() {
+                return Err(bad(format!(
+                    "graph file name {file:?} must stay inside the bundle"
+                )));
+            }
+            if !path.is_file() {
+                return Err(bad(format!("{} graph file is missing", kind.as_str())));
+            }
+            let (session, provider) = runtime.session(&path)?;
+            check_metadata(&session, m).map_err(&bad)?;
+            let ins: Vec<_> = session
+                .inputs()
+                .iter()
+                .map(|o| (o.name().to_string(), o.dtype().clone()))
+                .collect();
+            let outs: Vec<_> = session
+                .outputs()
+                .iter()
+                .map(|o| (o.name().to_string(), o.dtype().clone()))
+                .collect();
+            check_signature("input", &ins, inputs, &mut dims).map_err(&bad)?;
+            check_signature("output", &outs, outputs, &mut dims).map_err(&bad)?;
+            log_provider(m, kind, &provider);
+            Ok(Graph {
+                kind,
+                path,
+                provider,
+                session: Mutex::new(session),
+            })
+        };
+        let g = &m.graphs;
+        let image_encoder = load(
+            GraphKind::ImageEncoder,
+            &g.image_encoder,
+            &[("image", &[Var("B"), Is(3), Is(s), Is(s)])],
+            &[("image_embeddings", &[Var("B"), Is(c), Is(h), Is(w)])],
+        )?;
+        let support_encoder = load(
+            GraphKind::SupportEncoder,
+            &g.support_encoder,
+            &[
+                ("support_images", &[Var("N"), Is(3), Is(s), Is(s)]),
+                ("support_masks", &[Var("N"), Var("K"), Is(s), Is(s)]),
+                ("support_embeddings", &[Var("N"), Is(c), Is(h), Is(w)]),
+            ],
+            &[("support_keys", &[]), ("support_values", &[])],
+        )?;
+        let prompt_generator = load(
+            GraphKind::PromptGenerator,
+            &g.prompt_generator,
+            &[
+                ("image_embeddings", &[Is(1), Is(c), Is(h), Is(w)]),
+                ("support_keys", &[]),
+                ("support_values", &[]),
+            ],
+            &[("prompt_tokens", &[Var("K"), Is(t), Is(c)])],
+        )?;
+        let mask_decoder = load(
+            GraphKind::MaskDecoder,
+            &g.mask_decoder,
+            &[
+                ("image_embeddings", &[Is(1), Is(c), Is(h), Is(w)]),
+                ("prompt_tokens", &[Var("K"), Is(t), Is(c)]),
+            ],
+            &[
+                ("mask_logits", &[Var("K"), Is(1), Is(4 * h), Is(4 * w)]),
+                ("iou_scores", &[Var("K"), Is(1)]),
+            ],
+        )?;
+        if let Some(k) = dims.objects {
+            if k != m.max_objects {
+                return Err(BundleError::Contract {
+                    path: mpath,
+                    message: format!("graphs fix K = {k} but max_objects = {}", m.max_objects),
+                });
+            }
+        }
+        if let Some(n) = dims.pairs {
+            if n > m.max_pairs {
+                return Err(BundleError::Contract {
+                    path: mpath,
+                    message: format!("graphs fix N = {n} but max_pairs = {}", m.max_pairs),
+                });
+            }
+        }
+        let fingerprint = fingerprint(&text, dir, &m.graphs);
+        Ok(Bundle {
+            dir: dir.to_owned(),
+            manifest,
+            dims,
+            fingerprint,
+            image_encoder,
+            support_encoder,
+            prompt_generator,
+            mask_decoder,
+        })
+    }
+
+    /// "name@version", the bundle's identity in caches and logs.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.manifest.name, self.manifest.version)
+    }
+
+    /// The provider each graph got.
+    pub fn providers(&self) -> Vec<(GraphKind, Provider)> {
+        [
+            &self.image_encoder,
+            &self.support_encoder,
+            &self.prompt_generator,
+            &self.mask_decoder,
+        ]
+        .iter()
+        .map(|g| (g.kind, g.provider.active))
+        .collect()
+    }
+
+    /// The graph of a kind.
+    pub fn graph(&self, kind: GraphKind) -> &Graph {
+        match kind {
+            GraphKind::ImageEncoder => &self.image_encoder,
+            GraphKind::SupportEncoder => &self.support_encoder,
+            GraphKind::PromptGenerator => &self.prompt_generator,
+            GraphKind::MaskDecoder => &self.mask_decoder,
+        }
+    }
+}
+
+fn fingerprint(manifest_text: &str, dir: &Path, g: &GraphFiles) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(manifest_text.as_bytes());
+    for f in [
+        &g.image_encoder,
+        &g.support_encoder,
+        &g.prompt_generator,
+        &g.mask_decoder,
+    ] {
+        h.update(f.as_bytes());
+        // External data files (`<graph>.onnx.data`) count too.
+        for p in [dir.join(f), dir.join(format!("{f}.data"))] {
+            if let Ok(md) = std::fs::metadata(&p) {
+                h.update(md.len().to_le_bytes());
+                if let Ok(t) = md.modified().and_then(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_err(std::io::Error::other)
+                }) {
+                    h.update(t.as_nanos().to_le_bytes());
+                }
+            }
+        }
+    }
+    hex::encode(h.finalize())[..16].to_string()
+}
+
+fn log_provider(m: &Manifest, kind: GraphKind, p: &ProviderReport) {
+    for (skipped, why) in &p.skipped {
+        if why.starts_with("not built") {
+            tracing::info!(bundle = %m.name, graph = kind.as_str(), provider = %skipped, reason = %why, "execution provider not used");
+        } else {
+            tracing::warn!(bundle = %m.name, graph = kind.as_str(), provider = %skipped, reason = %why, "execution provider not used");
+        }
+    }
+    tracing::info!(bundle = %m.name, version = %m.version, graph = kind.as_str(), provider = %p.active, "graph loaded");
+}
+
+fn check_metadata(session: &Session, m: &Manifest) -> Result<(), String> {
+    let meta = session
+        .metadata()
+        .map_err(|e| format!("cannot read metadata_props: {e}"))?;
+    let mut problems = Vec::new();
+    for (key, want) in m.expected_metadata() {
+        match meta.custom(key) {
+            None => problems.push(format!("metadata_props lacks {key:?}")),
+            Some(got) if !want.matches(&got) => problems.push(format!(
+                "metadata_props {key} = {got:?} but the manifest says {}",
+                want.show()
+            )),
+            Some(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn check_signature(
+    what: &str,
+    got: &[(String, ValueType)],
+    want: &[(&str, &[Dim])],
+    dims: &mut VarDims,
+) -> Result<(), String> {
+    let got_names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    let want_names: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
+    let mut sorted_got = got_names.clone();
+    sorted_got.sort_unstable();
+    let mut sorted_want = want_names.clone();
+    sorted_want.sort_unstable();
+    if sorted_got != sorted_want {
+        return Err(format!(
+            "{what}s are {got_names:?} but the contract says {want_names:?}"
+        ));
+    }
+    for (name, shape_want) in want {
+        let Some((_, ty)) = got.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let ValueType::Tensor { ty, shape, .. } = ty else {
+            return Err(format!("{what} {name} is not a tensor"));
+        };
+        if *ty != TensorElementType::Float32 {
+            return Err(format!(
+                "{what} {name} is {ty:?}, the contract says float32"
+            ));
+        }
+        if shape_want.is_empty() {
+            continue;
+        }
+        let shape: Vec<i64> = shape.iter().copied().collect();
+        if shape.len() != shape_want.len() {
+            return Err(format!(
+                "{what} {name} has rank {} ({shape:?}), the contract says rank {}",
+                shape.len(),
+                shape_want.len()
+            ));
+        }
+        for (i, (&g, d)) in shape.iter().zip(shape_want.iter()).enumerate() {
+            match *d {
+                Dim::Is(v) => {
+                    if g >= 0 && g as usize != v {
+                        return Err(format!(
+                            "{what} {name} dimension {i} is {g} ({shape:?}), the manifest implies {v}"
+                        ));
+                    }
+                }
+                Dim::Var(var) => {
+                    if g >= 0 {
+                        let slot = match var {
+                            "B" => &mut dims.batch,
+                            "N" => &mut dims.pairs,
+                            _ => &mut dims.objects,
+                        };
+                        let g = g as usize;
+                        match slot {
+                            Some(prev) if *prev != g => {
+                                return Err(format!(
+                                    "{what} {name} fixes {var} = {g} but another graph fixes {var} = {prev}"
+                                ))
+                            }
+                            _ => *slot = Some(g),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A bundle that was found but not served.
+#[derive(Debug, Clone)]
+pub struct RefusedBundle {
+    /// The bundle folder.
+    pub dir: PathBuf,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Every bundle under `models_dir`: the served ones by name, and the refused ones.
+#[derive(Debug, Default)]
+pub struct BundleRegistry {
+    served: BTreeMap<String, Arc<Bundle>>,
+    refused: Vec<RefusedBundle>,
+}
+
+impl BundleRegistry {
+    /// Loads every `models_dir/*/manifest.toml`. A bad bundle is logged and listed in
+    /// [`BundleRegistry::refused`]; the others are served. A missing `models_dir` gives an
+    /// empty registry (logged).
+    pub fn load(models_dir: &Path, runtime: &Runtime) -> BundleRegistry {
+        let mut reg = BundleRegistry::default();
+        let mut dirs: Vec<PathBuf> = match std::fs::read_dir(models_dir) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.join("manifest.toml").is_file())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(models_dir = %models_dir.display(), error = %e, "cannot list model bundles");
+                Vec::new()
+            }
+        };
+        dirs.sort();
+        for dir in dirs {
+            match Bundle::load(&dir, runtime) {
+                Ok(b) => {
+                    let name = b.manifest.name.clone();
+                    if let Some(prev) = reg.served.get(&name) {
+                        let reason = format!(
+                            "bundle name {name:?} is already served from {}",
+                            prev.dir.display()
+                        );
+                        tracing::error!(bundle = %dir.display(), %reason, "model bundle refused");
+                        reg.refused.push(RefusedBundle { dir, reason });
+                        continue;
+                    }
+                    tracing::info!(bundle = %b.id(), dir = %dir.display(), "model bundle served");
+                    reg.served.insert(name, Arc::new(b));
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::error!(bundle = %dir.display(), %reason, "model bundle refused");
+                    reg.refused.push(RefusedBundle { dir, reason });
+                }
+            }
+        }
+        reg
+    }
+
+    /// A served bundle by manifest name.
+    pub fn get(&self, name: &str) -> Option<Arc<Bundle>> {
+        self.served.get(name).cloned()
+    }
+
+    /// Every served bundle, by name.
+    pub fn served(&self) -> impl Iterator<Item = &Arc<Bundle>> {
+        self.served.values()
+    }
+
+    /// Every refused bundle with its reason.
+    pub fn refused(&self) -> &[RefusedBundle] {
+        &self.refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+contract = 1
+name = "t"
+version = "1"
+family = "sam"
+input_size = 64
+pixel_mean = [1.0, 2.0, 3.0]
+pixel_std = [1.0, 1.0, 1.0]
+embed_dim = 8
+embed_size = [4, 4]
+prompt_tokens = 2
+max_objects = 3
+max_pairs = 4
+low_res_size = [16, 16]
+[graphs]
+image_encoder = "a.onnx"
+support_encoder = "b.onnx"
+prompt_generator = "c.onnx"
+mask_decoder = "d.onnx"
+[provenance]
+seed = 1
+"#;
+
+    #[test]
+    fn good_manifest_parses() {
+        let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+        assert_eq!(m.embed_size, [4, 4]);
+        assert_eq!(
+            m.provenance.get("seed").and_then(|v| v.as_integer()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn bad_manifests_say_why() {
+        let cases = [
+            ("contract = 1", "contract = 2", "contract = 2"),
+            (
+                "low_res_size = [16, 16]",
+                "low_res_size = [8, 8]",
+                "low_res_size",
+            ),
+            (
+                "pixel_std = [1.0, 1.0, 1.0]",
+                "pixel_std = [1.0, 0.0, 1.0]",
+                "pixel_std",
+            ),
+            ("family = \"sam\"", "family = \"unet\"", "family"),
+            ("embed_dim = 8\n", "", "embed_dim"),
+        ];
+        for (from, to, needle) in cases {
+            let e = Manifest::parse(&GOOD.replace(from, to), Path::new("m.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn metadata_numbers_are_compared_as_numbers() {
+        assert!(MetaValue::Ints(vec![16, 16]).matches("[16, 16]"));
+        assert!(MetaValue::Ints(vec![16, 16]).matches("16,16"));
+        assert!(!MetaValue::Ints(vec![16, 16]).matches("[16, 8]"));
+        assert!(MetaValue::Ints(vec![256]).matches("256"));
+    }
+}

@@ -1,0 +1,332 @@
+//! The inference engine: model bundles on ONNX Runtime, the support-context cache, and
+//! segmentation of display frames into per-object masks at the source size.
+//!
+//! Owns everything between decoded pixels ([`crate::dicom::pixels`]) and masks. It never
+//! touches SQLite, the network or DICOM SEG: support sets arrive as [`SupportSet`] values and
+//! results leave as [`Segmentation`] values. Graph runs happen on `spawn_blocking` threads
+//! behind a semaphore of `[engine] workers`, so async tasks (ingest) never stall on ORT.
+//!
+//! ```no_run
+//! # async fn demo(cfg: &proxyseg::config::Config, set: &proxyseg::engine::SupportSet) -> Result<(), proxyseg::engine::EngineError> {
+//! use proxyseg::engine::Engine;
+//! let engine = Engine::new(&cfg.engine, &cfg.storage.data_dir)?;
+//! let frames = proxyseg::dicom::pixels::frames_from_file("ct.dcm".as_ref())?;
+//! let seg = engine.segment("phantom-tiny", set, frames).await?;
+//! println!("{} frames, {:?}", seg.frames.len(), seg.timings);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod bundle;
+pub mod infer;
+pub mod offline;
+pub mod preprocess;
+pub mod runtime;
+pub mod support;
+pub mod support_cache;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use bundle::{Bundle, BundleError, BundleRegistry, GraphKind, Manifest, RefusedBundle};
+pub use infer::{FrameResult, FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor};
+pub use preprocess::Geometry;
+pub use runtime::{LibrarySearch, Provider, RuntimeError};
+pub use support::{Mask, SupportObject, SupportPair, SupportSet};
+pub use support_cache::{ContextKey, SupportCacheStats};
+
+use crate::config::EngineConfig;
+use crate::dicom::pixels::{Frame, PixelError};
+use support_cache::SupportCache;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// ONNX Runtime could not be loaded or a session not created.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The requested bundle is not served.
+    #[error("model bundle {name:?} is not served (served: {served:?}; refused: {refused})")]
+    UnknownBundle {
+        /// The requested name.
+        name: String,
+        /// Names that are served.
+        served: Vec<String>,
+        /// Refused bundles with reasons.
+        refused: String,
+    },
+    /// A support set without pairs.
+    #[error("support set {name:?} has no image/mask pairs")]
+    EmptySupportSet {
+        /// The set.
+        name: String,
+    },
+    /// A support set that does not fit the bundle or is inconsistent.
+    #[error("support set {name:?}: {message}")]
+    SupportSet {
+        /// The set.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No frames to segment.
+    #[error("nothing to segment: no frames")]
+    NoFrames,
+    /// A frame whose buffer does not match its size or has an unsupported channel count.
+    #[error("frame {index} is malformed: {message}")]
+    BadFrame {
+        /// Position in the input list.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A graph run failed or returned unexpected shapes.
+    #[error("{graph} failed: {message}")]
+    Inference {
+        /// The graph.
+        graph: &'static str,
+        /// ONNX Runtime's message or the shape problem.
+        message: String,
+    },
+    /// Pixels could not be decoded (offline command).
+    #[error(transparent)]
+    Pixels(#[from] PixelError),
+    /// Offline command input/output problems.
+    #[error("{0}")]
+    Offline(String),
+    /// An internal failure (a task panicked or a lock was poisoned).
+    #[error("internal engine error: {0}")]
+    Internal(String),
+}
+
+/// The result of segmenting a list of frames with one support set.
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    /// "name@version" of the bundle used.
+    pub bundle: String,
+    /// The support context used.
+    pub context: ContextKey,
+    /// The objects, in mask order.
+    pub objects: Vec<SupportObject>,
+    /// One result per input frame, in input order.
+    pub frames: Vec<FrameResult>,
+    /// Time per stage (support_context is non-zero only when it was computed or loaded now).
+    pub timings: StageTimings,
+}
+
+struct Inner {
+    registry: BundleRegistry,
+    cache: SupportCache,
+    workers: tokio::sync::Semaphore,
+    batch: usize,
+    runtime: runtime::Runtime,
+}
+
+/// The engine facade; cheap to clone (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("runtime", &self.inner.runtime)
+            .field("bundles", &self.bundle_names())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Loads ONNX Runtime and every bundle under `[engine] models_dir`.
+    ///
+    /// Fails only when ONNX Runtime cannot be loaded (the error names every path tried). Bad
+    /// bundles are refused with reasons ([`Engine::refused`]) and the others served.
+    /// The TensorRT engine cache goes to `data_dir/cache/trt`, support contexts to
+    /// `data_dir/cache/support`.
+    pub fn new(cfg: &EngineConfig, data_dir: &Path) -> Result<Engine, EngineError> {
+        let search = LibrarySearch::standard(cfg.onnxruntime.as_deref());
+        let rt = runtime::Runtime::load(
+            &search,
+            &cfg.providers,
+            cfg.intra_threads,
+            data_dir.join("cache").join("trt"),
+        )?;
+        let registry = BundleRegistry::load(&cfg.models_dir, &rt);
+        if registry.served().next().is_none() {
+            tracing::warn!(models_dir = %cfg.models_dir.display(), refused = registry.refused().len(), "no model bundle is served");
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                registry,
+                cache: SupportCache::new(data_dir.join("cache").join("support")),
+                workers: tokio::sync::Semaphore::new(cfg.workers.max(1)),
+                batch: cfg.batch.max(1),
+                runtime: rt,
+            }),
+        })
+    }
+
+    /// Names of the served bundles.
+    pub fn bundle_names(&self) -> Vec<String> {
+        self.inner
+            .registry
+            .served()
+            .map(|b| b.manifest.name.clone())
+            .collect()
+    }
+
+    /// A served bundle.
+    pub fn bundle(&self, name: &str) -> Result<Arc<Bundle>, EngineError> {
+        self.inner
+            .registry
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownBundle {
+                name: name.to_string(),
+                served: self.bundle_names(),
+                refused: if self.inner.registry.refused().is_empty() {
+                    "none".into()
+                } else {
+                    self.inner
+                        .registry
+                        .refused()
+                        .iter()
+                        .map(|r| format!("{}: {}", r.dir.display(), r.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
+            })
+    }
+
+    /// Bundles that were found but refused, with reasons.
+    pub fn refused(&self) -> &[RefusedBundle] {
+        self.inner.registry.refused()
+    }
+
+    /// The ONNX Runtime library file in use.
+    pub fn library(&self) -> &Path {
+        self.inner.runtime.library()
+    }
+
+    /// Support-context cache counters (for metrics).
+    pub fn support_stats(&self) -> SupportCacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// The support context of a set for a bundle: from memory, disk, or computed once.
+    pub async fn support_context(
+        &self,
+        bundle: &str,
+        set: &SupportSet,
+    ) -> Result<Arc<SupportContext>, EngineError> {
+        let b = self.bundle(bundle)?;
+        let key = context_key(&b, set);
+        // Fast path: no check and no copy of the set's images when the context is in memory.
+        if let Some(ctx) = self.inner.cache.get_memory(&key) {
+            return Ok(ctx);
+        }
+        set.check(&b.manifest)?;
+        let inner = self.inner.clone();
+        let set = set.clone();
+        let batch = self.inner.batch;
+        self.inner
+            .cache
+            .get_or_compute(&key, move || {
+                // Runs on a blocking thread: take a worker slot synchronously.
+                let _permit = tokio::runtime::Handle::current()
+                    .block_on(inner.workers.acquire())
+                    .map_err(|_| EngineError::Internal("worker semaphore closed".into()))?;
+                infer::compute_support_context(&b, &set, batch)
+            })
+            .await
+    }
+
+    /// Segments frames (of one image, a multi-frame object or a series, slice by slice) with a
+    /// support set. Masks come back at each frame's own size, one per object of the set.
+    pub async fn segment(
+        &self,
+        bundle: &str,
+        set: &SupportSet,
+        frames: Vec<Frame>,
+    ) -> Result<Segmentation, EngineError> {
+        self.segment_with(bundle, set, frames, SegmentOptions::default())
+            .await
+    }
+
+    /// [`Engine::segment`] with options (e.g. keeping intermediate tensors for checks).
+    pub async fn segment_with(
+        &self,
+        bundle: &str,
+        set: &SupportSet,
+        frames: Vec<Frame>,
+        opts: SegmentOptions,
+    ) -> Result<Segmentation, EngineError> {
+        if frames.is_empty() {
+            return Err(EngineError::NoFrames);
+        }
+        for (index, f) in frames.iter().enumerate() {
+            if !matches!(f.channels, 1 | 3)
+                || f.rows == 0
+                || f.cols == 0
+                || f.data.len() != f.rows * f.cols * f.channels
+            {
+                return Err(EngineError::BadFrame {
+                    index,
+                    message: format!(
+                        "{}x{}x{} with {} values",
+                        f.rows,
+                        f.cols,
+                        f.channels,
+                        f.data.len()
+                    ),
+                });
+            }
+        }
+        let b = self.bundle(bundle)?;
+        let t0 = Instant::now();
+        let before = self.support_stats();
+        let ctx = self.support_context(bundle, set).await?;
+        let after = self.support_stats();
+        let mut timings = StageTimings::default();
+        if after.computed != before.computed || after.disk_hits != before.disk_hits {
+            timings.support_context = t0.elapsed();
+        }
+        let key = context_key(&b, set);
+        let permit = self
+            .inner
+            .workers
+            .acquire()
+            .await
+            .map_err(|_| EngineError::Internal("worker semaphore closed".into()))?;
+        let batch = self.inner.batch;
+        let b2 = b.clone();
+        let (results, t) = tokio::task::spawn_blocking(move || {
+            let mut t = StageTimings::default();
+            infer::segment_frames(&b2, &ctx, &frames, batch, opts, &mut t).map(|r| (r, t))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("inference task failed: {e}")))??;
+        drop(permit);
+        timings.add(&t);
+        Ok(Segmentation {
+            bundle: b.id(),
+            context: key,
+            objects: set.objects.clone(),
+            frames: results,
+            timings,
+        })
+    }
+}
+
+/// The cache identity of a set's context for a bundle.
+fn context_key(b: &Bundle, set: &SupportSet) -> ContextKey {
+    ContextKey {
+        set_name: set.name.clone(),
+        set_version: set.version.clone(),
+        bundle_name: b.manifest.name.clone(),
+        bundle_version: b.manifest.version.clone(),
+        bundle_fingerprint: b.fingerprint.clone(),
+    }
+}

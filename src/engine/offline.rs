@@ -1,0 +1,570 @@
+//! `proxyseg segment`: segments DICOM files without the network, for admins and tests.
+//!
+//! Owns loading a support set from a `supportset.toml` folder (or by name under
+//! `models_dir/*/support-sets/`), reading its SEG masks with a deliberately small private
+//! reader (BINARY, uncompressed, per-frame functional groups; to be replaced by
+//! `dicom::seg` when it merges), and writing the masks as PNG + raw bytes. It never writes
+//! DICOM SEG and never talks to the store.
+//!
+//! The CLI calls [`segment_files`] with the loaded config.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{
+    Engine, EngineError, Mask, Segmentation, StageTimings, SupportObject, SupportPair, SupportSet,
+};
+use crate::config::Config;
+use crate::dicom::pixels::{frames_from_file, Frame};
+
+/// `supportset.toml`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SupportSetSpec {
+    /// Set name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Bundle name it was curated for.
+    #[serde(default)]
+    pub bundle: Option<String>,
+    /// Explicit content version; when absent a hash of the folder's content is used.
+    #[serde(default)]
+    pub version: Option<toml::Value>,
+    /// `[match]`: modality / body part (used by the router, ignored here).
+    #[serde(default, rename = "match")]
+    pub match_: Option<toml::Table>,
+    /// `[[objects]]`.
+    #[serde(default)]
+    pub objects: Vec<ObjectSpec>,
+    /// `[[pairs]]`.
+    #[serde(default)]
+    pub pairs: Vec<PairSpec>,
+}
+
+/// One `[[objects]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ObjectSpec {
+    /// Segment label.
+    pub label: String,
+    /// Segmented property category: text, or a code table (`scheme`, `code`, `meaning`).
+    #[serde(default)]
+    pub category: Option<toml::Value>,
+    /// Segmented property type: text, or a code table (`scheme`, `code`, `meaning`).
+    #[serde(default, rename = "type")]
+    pub property_type: Option<toml::Value>,
+    /// RGB colour.
+    #[serde(default)]
+    pub color: Option<Vec<u8>>,
+}
+
+/// One `[[pairs]]` entry: paths relative to the set folder.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PairSpec {
+    /// Image file, or a folder of slices (the first by InstanceNumber is the annotated one).
+    pub image: String,
+    /// DICOM SEG file with one segment per object.
+    pub mask: String,
+}
+
+fn off(msg: String) -> EngineError {
+    EngineError::Offline(msg)
+}
+
+/// Finds a support-set folder: `name_or_path` as a folder or a `supportset.toml` path, else a
+/// folder of that name under `models_dir/*/support-sets/`.
+pub fn find_support_set(models_dir: &Path, name_or_path: &str) -> Result<PathBuf, EngineError> {
+    let p = Path::new(name_or_path);
+    if p.is_file() && p.file_name().is_some_and(|n| n == "supportset.toml") {
+        return Ok(p.parent().unwrap_or(Path::new(".")).to_path_buf());
+    }
+    if p.join("supportset.toml").is_file() {
+        return Ok(p.to_path_buf());
+    }
+    let pattern = format!(
+        "{}/*/support-sets/*/supportset.toml",
+        glob::Pattern::escape(&models_dir.to_string_lossy())
+    );
+    let mut found = Vec::new();
+    for entry in glob::glob(&pattern)
+        .map_err(|e| off(e.to_string()))?
+        .flatten()
+    {
+        let dir = entry.parent().map(Path::to_path_buf).unwrap_or_default();
+        let by_dir = dir.file_name().is_some_and(|n| n == name_or_path);
+        let by_name = std::fs::read_to_string(&entry)
+            .ok()
+            .and_then(|t| toml::from_str::<SupportSetSpec>(&t).ok())
+            .is_some_and(|s| s.name == name_or_path);
+        if by_dir || by_name {
+            found.push(dir);
+        }
+    }
+    found.sort();
+    found.dedup();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(off(format!(
+            "support set {name_or_path:?} not found: not a folder with supportset.toml, and no {pattern} names it"
+        ))),
+        _ => Err(off(format!("support set {name_or_path:?} is ambiguous: {found:?}"))),
+    }
+}
+
+/// Loads a support-set folder into a [`SupportSet`] (and its spec).
+pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), EngineError> {
+    let toml_path = dir.join("supportset.toml");
+    let text = std::fs::read_to_string(&toml_path)
+        .map_err(|e| off(format!("cannot read {}: {e}", toml_path.display())))?;
+    let spec: SupportSetSpec = toml::from_str(&text)
+        .map_err(|e| off(format!("{} is not valid: {e}", toml_path.display())))?;
+    let objects: Vec<SupportObject> = spec
+        .objects
+        .iter()
+        .map(|o| SupportObject {
+            label: o.label.clone(),
+            category: o.category.as_ref().map(code_text),
+            property_type: o.property_type.as_ref().map(code_text),
+            color: o.color.as_deref().and_then(|c| <[u8; 3]>::try_from(c).ok()),
+        })
+        .collect();
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    let mut pairs = Vec::new();
+    for (i, p) in spec.pairs.iter().enumerate() {
+        let ctx = |m: String| off(format!("{} pair {}: {m}", toml_path.display(), i + 1));
+        let image_path = dir.join(&p.image);
+        let first = first_source(&image_path).map_err(ctx)?;
+        let frames =
+            frames_from_file(&first).map_err(|e| ctx(format!("{}: {e}", first.display())))?;
+        let image = frames
+            .into_iter()
+            .next()
+            .ok_or_else(|| ctx("image has no frames".into()))?;
+        let src = dicom_object::open_file(&first).map_err(|e| ctx(e.to_string()))?;
+        let sop = text_of(&src, tags::SOP_INSTANCE_UID).unwrap_or_default();
+        let seg_path = dir.join(&p.mask);
+        let masks = read_seg_masks(&seg_path, &sop, 1, &objects, image.rows, image.cols)
+            .map_err(|m| ctx(format!("{}: {m}", seg_path.display())))?;
+        for f in [&first, &seg_path] {
+            hasher.update(std::fs::read(f).map_err(|e| ctx(e.to_string()))?);
+        }
+        pairs.push(SupportPair { image, masks });
+    }
+    let version = match &spec.version {
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => format!("sha256:{}", &hex::encode(hasher.finalize())[..16]),
+    };
+    Ok((
+        SupportSet {
+            name: spec.name.clone(),
+            version,
+            objects,
+            pairs,
+        },
+        spec,
+    ))
+}
+
+/// A code as text: a string as is; a table as "meaning (scheme code)".
+fn code_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Table(t) => {
+            let get = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            format!("{} ({} {})", get("meaning"), get("scheme"), get("code"))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn first_source(path: &Path) -> Result<PathBuf, String> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if !path.is_dir() {
+        return Err(format!("{} does not exist", path.display()));
+    }
+    let mut best: Option<(i64, PathBuf)> = None;
+    let rd = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "dcm") {
+            continue;
+        }
+        let n = dicom_object::OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(&p)
+            .ok()
+            .and_then(|o| {
+                o.element_opt(tags::INSTANCE_NUMBER)
+                    .ok()
+                    .flatten()
+                    .and_then(|e| e.to_int::<i64>().ok())
+            })
+            .unwrap_or(i64::MAX);
+        if best.as_ref().is_none_or(|(bn, bp)| (n, &p) < (*bn, bp)) {
+            best = Some((n, p));
+        }
+    }
+    best.map(|b| b.1)
+        .ok_or_else(|| format!("{} holds no .dcm files", path.display()))
+}
+
+fn text_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+}
+
+fn int_of(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<i64>().ok())
+}
+
+fn first_item(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items())
+        .and_then(|i| i.first())
+}
+
+/// Minimal SEG reader: the masks of one source frame, one per object (matched by segment
+/// label, else by segment number = object order). BINARY, uncompressed only.
+fn read_seg_masks(
+    path: &Path,
+    source_sop: &str,
+    source_frame: i64,
+    objects: &[SupportObject],
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<Mask>, String> {
+    let seg = dicom_object::open_file(path).map_err(|e| e.to_string())?;
+    if text_of(&seg, tags::SEGMENTATION_TYPE).as_deref() != Some("BINARY") {
+        return Err("only BINARY segmentations are read here".into());
+    }
+    let (srows, scols) = (
+        int_of(&seg, tags::ROWS).unwrap_or(0) as usize,
+        int_of(&seg, tags::COLUMNS).unwrap_or(0) as usize,
+    );
+    if (srows, scols) != (rows, cols) {
+        return Err(format!(
+            "SEG is {srows}x{scols} but its image is {rows}x{cols}"
+        ));
+    }
+    let nframes = int_of(&seg, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as usize;
+    let px = seg.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
+    let bytes = px.to_bytes().map_err(|_| {
+        "pixel data is encapsulated; only native BINARY SEG is read here".to_string()
+    })?;
+    let per = rows * cols;
+    if bytes.len() * 8 < per * nframes {
+        return Err(format!(
+            "pixel data has {} bytes, {} frames of {rows}x{cols} bits need {}",
+            bytes.len(),
+            nframes,
+            (per * nframes).div_ceil(8)
+        ));
+    }
+    // segment number -> object index
+    let segments = seg
+        .element(tags::SEGMENT_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items())
+        .unwrap_or(&[]);
+    let mut seg_to_obj = std::collections::HashMap::new();
+    for (i, s) in segments.iter().enumerate() {
+        let number = int_of(s, tags::SEGMENT_NUMBER).unwrap_or(i as i64 + 1);
+        let label = text_of(s, tags::SEGMENT_LABEL).unwrap_or_default();
+        let by_label = objects
+            .iter()
+            .position(|o| o.label.eq_ignore_ascii_case(label.trim()));
+        let idx = by_label.or(
+            if (number as usize) >= 1 && (number as usize) <= objects.len() {
+                Some(number as usize - 1)
+            } else {
+                None
+            },
+        );
+        if let Some(idx) = idx {
+            seg_to_obj.insert(number, idx);
+        }
+    }
+    let shared = first_item(&seg, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    let per_frame = seg
+        .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items())
+        .unwrap_or(&[]);
+    if per_frame.len() != nframes {
+        return Err(format!(
+            "{} per-frame functional group items for {nframes} frames",
+            per_frame.len()
+        ));
+    }
+    let mut masks: Vec<Mask> = objects
+        .iter()
+        .map(|_| Mask {
+            rows,
+            cols,
+            data: vec![0; per],
+        })
+        .collect();
+    let mut matched = 0;
+    for (f, item) in per_frame.iter().enumerate() {
+        let pick = |tag| first_item(item, tag).or_else(|| shared.and_then(|s| first_item(s, tag)));
+        let Some(number) = pick(tags::SEGMENT_IDENTIFICATION_SEQUENCE)
+            .and_then(|s| int_of(s, tags::REFERENCED_SEGMENT_NUMBER))
+        else {
+            return Err(format!("frame {} has no ReferencedSegmentNumber", f + 1));
+        };
+        let src = pick(tags::DERIVATION_IMAGE_SEQUENCE)
+            .and_then(|d| first_item(d, tags::SOURCE_IMAGE_SEQUENCE));
+        let (sop, frame) = match src {
+            Some(s) => (
+                text_of(s, tags::REFERENCED_SOP_INSTANCE_UID).unwrap_or_default(),
+                int_of(s, tags::REFERENCED_FRAME_NUMBER).unwrap_or(1),
+            ),
+            None => (source_sop.to_string(), 1),
+        };
+        if sop != source_sop || frame != source_frame {
+            continue;
+        }
+        let Some(&obj) = seg_to_obj.get(&number) else {
+            continue;
+        };
+        matched += 1;
+        let m = &mut masks[obj].data;
+        for (i, v) in m.iter_mut().enumerate() {
+            let bit = f * per + i;
+            *v |= (bytes[bit / 8] >> (bit % 8)) & 1;
+        }
+    }
+    if matched == 0 {
+        return Err(format!(
+            "no SEG frame refers to the image (SOP Instance {source_sop}, frame {source_frame})"
+        ));
+    }
+    Ok(masks)
+}
+
+/// What one offline run produced.
+#[derive(Debug, Clone)]
+pub struct OfflineReport {
+    /// The bundle used ("name@version").
+    pub bundle: String,
+    /// The support set used ("name@version").
+    pub support_set: String,
+    /// Files written.
+    pub written: Vec<PathBuf>,
+    /// Frames segmented.
+    pub frames: usize,
+    /// Decoding time (DICOM -> display frames).
+    pub decode: Duration,
+    /// Engine stage timings, summed.
+    pub timings: StageTimings,
+}
+
+/// `proxyseg segment --config PATH --support-set NAME -o OUT_DIR INPUT.dcm...`: segments each
+/// input file and writes, per input, `OUT_DIR/<stem>/frame-NNNN/<k>-<label>.png` (0/255),
+/// `OUT_DIR/<stem>/masks.u8` (frames x objects x rows x cols, 0/1) and
+/// `OUT_DIR/<stem>/result.toml` (shapes, labels, IoU scores, timings).
+pub async fn segment_files(
+    cfg: &Config,
+    support_set: &str,
+    out_dir: &Path,
+    inputs: &[PathBuf],
+) -> Result<OfflineReport, EngineError> {
+    if inputs.is_empty() {
+        return Err(off("no input files".into()));
+    }
+    let engine = Engine::new(&cfg.engine, &cfg.storage.data_dir)?;
+    let set_dir = find_support_set(&cfg.engine.models_dir, support_set)?;
+    let (set, spec) = load_support_set(&set_dir)?;
+    let bundle = match spec.bundle {
+        Some(b) => b,
+        None => match engine.bundle_names().as_slice() {
+            [one] => one.clone(),
+            names => {
+                return Err(off(format!(
+                    "supportset.toml names no bundle and {} are served: {names:?}",
+                    names.len()
+                )))
+            }
+        },
+    };
+    let mut report = OfflineReport {
+        bundle: String::new(),
+        support_set: format!("{}@{}", set.name, set.version),
+        written: Vec::new(),
+        frames: 0,
+        decode: Duration::ZERO,
+        timings: StageTimings::default(),
+    };
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| off(format!("cannot create {}: {e}", out_dir.display())))?;
+    for input in inputs {
+        let t0 = Instant::now();
+        let frames = frames_from_file(input)?;
+        report.decode += t0.elapsed();
+        let seg = engine.segment(&bundle, &set, frames).await?;
+        report.bundle = seg.bundle.clone();
+        report.frames += seg.frames.len();
+        report.timings.add(&seg.timings);
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "input".into());
+        let dir = out_dir.join(&stem);
+        report.written.extend(write_outputs(&dir, input, &seg)?);
+    }
+    Ok(report)
+}
+
+fn safe_label(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn write_png(path: &Path, m: &Mask) -> Result<(), EngineError> {
+    let f = std::fs::File::create(path)
+        .map_err(|e| off(format!("cannot create {}: {e}", path.display())))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(f), m.cols as u32, m.rows as u32);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    let data: Vec<u8> = m
+        .data
+        .iter()
+        .map(|&v| if v != 0 { 255 } else { 0 })
+        .collect();
+    enc.write_header()
+        .and_then(|mut w| w.write_image_data(&data))
+        .map_err(|e| off(format!("cannot write {}: {e}", path.display())))
+}
+
+fn write_outputs(
+    dir: &Path,
+    input: &Path,
+    seg: &Segmentation,
+) -> Result<Vec<PathBuf>, EngineError> {
+    use toml::Value;
+    let io = |p: &Path, e: std::io::Error| off(format!("cannot write {}: {e}", p.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut written = Vec::new();
+    let mut raw = Vec::new();
+    let (rows, cols) = seg
+        .frames
+        .first()
+        .map(|f| (f.geometry.rows, f.geometry.cols))
+        .unwrap_or((0, 0));
+    let int = |v: usize| Value::Integer(v as i64);
+    let ms = |d: std::time::Duration| Value::Float((d.as_secs_f64() * 1e6).round() / 1e3);
+    let mut doc = toml::Table::new();
+    doc.insert("input".into(), Value::String(input.display().to_string()));
+    doc.insert("bundle".into(), Value::String(seg.bundle.clone()));
+    doc.insert(
+        "support_set".into(),
+        Value::String(format!(
+            "{}@{}",
+            seg.context.set_name, seg.context.set_version
+        )),
+    );
+    doc.insert(
+        "shape".into(),
+        Value::Array(vec![
+            int(seg.frames.len()),
+            int(seg.objects.len()),
+            int(rows),
+            int(cols),
+        ]),
+    );
+    doc.insert(
+        "shape_order".into(),
+        Value::String("frames, objects, rows, cols (masks.u8, 0/1)".into()),
+    );
+    doc.insert(
+        "labels".into(),
+        Value::Array(
+            seg.objects
+                .iter()
+                .map(|o| Value::String(o.label.clone()))
+                .collect(),
+        ),
+    );
+    let t = &seg.timings;
+    let mut tm = toml::Table::new();
+    for (k, d) in [
+        ("preprocess", t.preprocess),
+        ("image_encoder", t.image_encoder),
+        ("prompt_generator", t.prompt_generator),
+        ("mask_decoder", t.mask_decoder),
+        ("postprocess", t.postprocess),
+        ("support_context", t.support_context),
+    ] {
+        tm.insert(k.into(), ms(d));
+    }
+    doc.insert("timings_ms".into(), Value::Table(tm));
+    let mut frames = Vec::new();
+    for f in &seg.frames {
+        let fdir = dir.join(format!("frame-{:04}", f.index + 1));
+        std::fs::create_dir_all(&fdir).map_err(|e| io(&fdir, e))?;
+        let mut ft = toml::Table::new();
+        ft.insert("index".into(), int(f.index + 1));
+        ft.insert(
+            "iou_scores".into(),
+            Value::Array(
+                f.iou_scores
+                    .iter()
+                    .map(|&v| Value::Float(v as f64))
+                    .collect(),
+            ),
+        );
+        ft.insert(
+            "pixels_inside".into(),
+            Value::Array(f.masks.iter().map(|m| int(m.area())).collect()),
+        );
+        frames.push(Value::Table(ft));
+        for (k, m) in f.masks.iter().enumerate() {
+            let p = fdir.join(format!(
+                "{}-{}.png",
+                k + 1,
+                safe_label(&seg.objects[k].label)
+            ));
+            write_png(&p, m)?;
+            written.push(p);
+            raw.extend(m.data.iter().map(|&v| u8::from(v != 0)));
+        }
+    }
+    doc.insert("frames".into(), Value::Array(frames));
+    let text = toml::to_string(&doc).map_err(|e| off(format!("cannot encode result.toml: {e}")))?;
+    for (name, bytes) in [("masks.u8", raw), ("result.toml", text.into_bytes())] {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).map_err(|e| io(&p, e))?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+/// Display frames of a file, exposed for the benchmark and the CLI.
+pub fn decode_file(path: &Path) -> Result<Vec<Frame>, EngineError> {
+    Ok(frames_from_file(path)?)
+}

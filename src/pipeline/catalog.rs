@@ -1,0 +1,258 @@
+//! The catalog the pipeline asks for routing decisions and support sets.
+//!
+//! [`Catalog`] is the boundary between the pipeline and whoever curates support sets: the
+//! admin store (support sets and rules in SQLite) or, without one, [`FolderCatalog`], which
+//! serves the `supportset.toml` folders bundled with the models (`models/*/support-sets/*`)
+//! and routes by their `[match]` table.
+
+use crate::dicom::seg::{Code, SegmentDescription};
+use crate::engine::SupportSet;
+use std::path::{Path, PathBuf};
+
+/// What the router knows about one series of a study.
+#[derive(Debug, Clone)]
+pub struct SeriesInfo {
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Modality.
+    pub modality: String,
+    /// Body Part Examined.
+    pub body_part: String,
+    /// SOP Class UID of its instances (first seen).
+    pub sop_class_uid: String,
+    /// Series Description.
+    pub series_description: String,
+}
+
+/// What the router knows about a study.
+#[derive(Debug, Clone)]
+pub struct StudyInfo {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Calling AE of the sender.
+    pub calling_ae: String,
+    /// Its series.
+    pub series: Vec<SeriesInfo>,
+}
+
+/// A routing decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// Segment with this support set and send results to `destination_ae` (None: back to the
+    /// sender).
+    Matched {
+        /// Rule id (0 for folder rules).
+        rule_id: i64,
+        /// Support-set name.
+        support_set: String,
+        /// Support-set version the job keeps even if the set changes meanwhile.
+        version: String,
+        /// Model bundle name.
+        bundle: String,
+        /// Destination AE, when the rule names one.
+        destination_ae: Option<String>,
+        /// Series this rule covers (others of the study are skipped).
+        series: Vec<String>,
+        /// Skip series whose Image Type says LOCALIZER.
+        skip_localizers: bool,
+        /// Why (for the job history).
+        reason: String,
+    },
+    /// No rule matched: recorded, not an error.
+    Unmatched {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A support set ready for the engine, with the SEG descriptions of its objects.
+#[derive(Debug, Clone)]
+pub struct LoadedSupportSet {
+    /// For the engine.
+    pub set: SupportSet,
+    /// One per object, in mask order.
+    pub segments: Vec<SegmentDescription>,
+}
+
+/// Routing and support sets, as the pipeline needs them.
+pub trait Catalog: Send + Sync {
+    /// Decides what to do with a complete study.
+    fn route(&self, study: &StudyInfo) -> Result<Route, String>;
+    /// Loads a support set at the version a job recorded.
+    fn load(&self, name: &str, version: &str) -> Result<LoadedSupportSet, String>;
+}
+
+/// Case-insensitive body part match with common synonyms.
+pub fn body_part_matches(rule: &str, seen: &str) -> bool {
+    const SYNONYMS: &[&[&str]] = &[
+        &["EYE", "RETINA", "FUNDUS"],
+        &["PROSTATE", "PELVIS_PROSTATE"],
+        &["PELVIS", "UTERUS", "FETUS"],
+    ];
+    let (r, s) = (
+        rule.trim().to_ascii_uppercase(),
+        seen.trim().to_ascii_uppercase(),
+    );
+    if r.is_empty() || r == "*" || r == s {
+        return true;
+    }
+    SYNONYMS
+        .iter()
+        .any(|g| g.contains(&r.as_str()) && g.contains(&s.as_str()))
+}
+
+/// Support sets from `models_dir/*/support-sets/*/supportset.toml`, routed by `[match]`.
+#[derive(Debug, Clone)]
+pub struct FolderCatalog {
+    dirs: Vec<PathBuf>,
+}
+
+impl FolderCatalog {
+    /// Finds every bundled support-set folder under `models_dir`.
+    pub fn discover(models_dir: &Path) -> FolderCatalog {
+        let pattern = format!(
+            "{}/*/support-sets/*/supportset.toml",
+            glob::Pattern::escape(&models_dir.to_string_lossy())
+        );
+        let mut dirs: Vec<PathBuf> = glob::glob(&pattern)
+            .map(|g| {
+                g.flatten()
+                    .filter_map(|p| p.parent().map(Path::to_path_buf))
+                    .collect()
+            })
+            .unwrap_or_default();
+        dirs.sort();
+        FolderCatalog { dirs }
+    }
+
+    /// The folders found.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    fn spec(dir: &Path) -> Option<crate::engine::offline::SupportSetSpec> {
+        let text = std::fs::read_to_string(dir.join("supportset.toml")).ok()?;
+        toml::from_str(&text).ok()
+    }
+}
+
+fn code_of(v: Option<&toml::Value>, fallback: &str) -> Code {
+    match v {
+        Some(toml::Value::Table(t)) => {
+            let get = |k: &str| t.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+            let scheme = get("scheme");
+            Code {
+                scheme: if scheme.is_empty() {
+                    "SCT".into()
+                } else {
+                    scheme
+                },
+                value: get("code"),
+                meaning: get("meaning"),
+            }
+        }
+        Some(toml::Value::String(s)) => Code::sct("91723000", s),
+        _ => Code::sct("91723000", fallback),
+    }
+}
+
+impl Catalog for FolderCatalog {
+    fn route(&self, study: &StudyInfo) -> Result<Route, String> {
+        for dir in &self.dirs {
+            let Some(spec) = Self::spec(dir) else {
+                continue;
+            };
+            let Some(m) = &spec.match_ else { continue };
+            let want_mod = m.get("modality").and_then(|v| v.as_str()).unwrap_or("");
+            let want_bp = m.get("body_part").and_then(|v| v.as_str()).unwrap_or("");
+            let series: Vec<String> = study
+                .series
+                .iter()
+                .filter(|s| {
+                    s.modality.eq_ignore_ascii_case(want_mod)
+                        && body_part_matches(want_bp, &s.body_part)
+                })
+                .map(|s| s.series_uid.clone())
+                .collect();
+            if series.is_empty() {
+                continue;
+            }
+            let (set, _) =
+                crate::engine::offline::load_support_set(dir).map_err(|e| e.to_string())?;
+            return Ok(Route::Matched {
+                rule_id: 0,
+                support_set: set.name.clone(),
+                version: set.version.clone(),
+                bundle: spec.bundle.clone().unwrap_or_else(|| "phantom-tiny".into()),
+                destination_ae: None,
+                series,
+                skip_localizers: true,
+                reason: format!(
+                    "bundled support set {} matches modality {want_mod} and body part {want_bp}",
+                    set.name
+                ),
+            });
+        }
+        let seen: Vec<String> = study
+            .series
+            .iter()
+            .map(|s| format!("{}/{}", s.modality, s.body_part))
+            .collect();
+        Ok(Route::Unmatched {
+            reason: format!("no support set matches {}", seen.join(", ")),
+        })
+    }
+
+    fn load(&self, name: &str, version: &str) -> Result<LoadedSupportSet, String> {
+        for dir in &self.dirs {
+            let Some(spec) = Self::spec(dir) else {
+                continue;
+            };
+            if spec.name != name {
+                continue;
+            }
+            let (set, spec) =
+                crate::engine::offline::load_support_set(dir).map_err(|e| e.to_string())?;
+            if set.version != version {
+                return Err(format!("support set {name} is now at version {} (job needs {version}); bundled folders keep no history", set.version));
+            }
+            let segments = spec
+                .objects
+                .iter()
+                .map(|o| {
+                    let color = o
+                        .color
+                        .as_deref()
+                        .filter(|c| c.len() == 3)
+                        .map(|c| [c[0], c[1], c[2]])
+                        .unwrap_or([255, 0, 0]);
+                    SegmentDescription {
+                        label: o.label.clone(),
+                        category: code_of(o.category.as_ref(), "Anatomical Structure"),
+                        type_: code_of(o.property_type.as_ref(), &o.label),
+                        color_rgb: color,
+                        algorithm_name: "proxyseg PPG+SAM".into(),
+                    }
+                })
+                .collect();
+            return Ok(LoadedSupportSet { set, segments });
+        }
+        Err(format!(
+            "support set {name:?} not found among {} bundled folders",
+            self.dirs.len()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_parts_match_case_insensitively_with_synonyms() {
+        assert!(body_part_matches("eye", "EYE"));
+        assert!(body_part_matches("EYE", "retina"));
+        assert!(!body_part_matches("EYE", "CHEST"));
+        assert!(body_part_matches("", "ANYTHING"));
+    }
+}

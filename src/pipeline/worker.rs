@@ -1,0 +1,599 @@
+//! Pipeline workers: route complete studies, segment them, write SEGs into the outbox.
+//!
+//! Every step is a committed job transition (complete -> matched | unmatched -> inferred ->
+//! written; delivery then settles written -> delivered | failed). A bounded queue sits between
+//! routing and inference, so a flood of studies waits as `matched` rows in SQLite, not in
+//! memory. A restart re-queues every `matched` or `inferred` job; SEG UIDs and outbox rows are
+//! deterministic per job and series, so a repeated step re-creates the very same objects.
+
+use crate::config::Config;
+use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::pipeline::catalog::{Catalog, LoadedSupportSet, Route, SeriesInfo, StudyInfo};
+use crate::store::jobs::{self, JobState};
+use crate::store::{db, outbox, Db};
+use dicom_dictionary_std::tags;
+use rusqlite::{params, OptionalExtension};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Modalities that never hold images to segment.
+const NON_IMAGE_MODALITIES: &[&str] = &[
+    "SR", "PR", "SEG", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC",
+];
+
+/// Shared state of the pipeline workers.
+pub struct Pipeline {
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// Index.
+    pub db: Db,
+    /// The engine, or why it could not start (jobs then fail with that reason).
+    pub engine: Result<Engine, String>,
+    /// Routing and support sets.
+    pub catalog: Arc<dyn Catalog>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Wakes the delivery worker when new outbox rows exist.
+    pub wake_delivery: Arc<Notify>,
+    /// Unix seconds when the job being segmented started (0 when idle), for the watchdog.
+    pub busy_since: std::sync::atomic::AtomicU64,
+}
+
+impl Pipeline {
+    /// True when a job has been segmenting for longer than `limit` (a wedged worker).
+    pub fn stalled(&self, limit: Duration) -> bool {
+        let since = self.busy_since.load(std::sync::atomic::Ordering::Relaxed);
+        since != 0 && db::now() - since as f64 > limit.as_secs_f64()
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+enum JobFailure {
+    #[error("{0}")]
+    Msg(String),
+    #[error("index: {0}")]
+    Db(#[from] crate::store::DbError),
+}
+
+fn fail(m: impl Into<String>) -> JobFailure {
+    JobFailure::Msg(m.into())
+}
+
+/// Runs routing and inference until `shutdown`.
+pub async fn run(p: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
+    let (tx, rx) = mpsc::channel::<i64>(p.cfg.pipeline.queue);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..p.cfg.engine.workers.max(1) {
+        let (p, rx, mut sd) = (p.clone(), rx.clone(), shutdown.clone());
+        workers.spawn(async move {
+            loop {
+                let next = {
+                    let mut r = rx.lock().await;
+                    tokio::select! { _ = sd.changed() => None, j = r.recv() => j }
+                };
+                let Some(job) = next else { return };
+                process(&p, job).await;
+            }
+        });
+    }
+    // Resume what a restart interrupted.
+    match p.db.read(|c| {
+        let mut st =
+            c.prepare("SELECT id FROM jobs WHERE state IN ('matched', 'inferred') ORDER BY id")?;
+        let ids = st
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>();
+        ids
+    }) {
+        Ok(ids) => {
+            for id in ids {
+                tracing::info!(job = id, "re-queued for inference after restart");
+                if tx.send(id).await.is_err() {
+                    return;
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list unfinished jobs"),
+    }
+    let every = Duration::from_millis(p.cfg.pipeline.scan_interval_ms);
+    loop {
+        let complete = p.db.read(|c| {
+            let mut st =
+                c.prepare("SELECT id FROM jobs WHERE state = 'complete' ORDER BY id LIMIT 64")?;
+            let ids = st
+                .query_map([], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>();
+            ids
+        });
+        match complete {
+            Ok(ids) => {
+                for id in ids {
+                    match route_job(&p, id).await {
+                        Ok(true) => {
+                            // Blocks while the queue is full: backpressure into SQLite.
+                            tokio::select! {
+                                _ = shutdown.changed() => return finish(workers).await,
+                                r = tx.send(id) => if r.is_err() { return },
+                            }
+                            p.metrics.set(
+                                "proxyseg_queue_depth",
+                                &[("queue", "inference")],
+                                (tx.max_capacity() - tx.capacity()) as f64,
+                            );
+                        }
+                        Ok(false) => {}
+                        Err(e) => mark_failed(&p, id, &format!("routing: {e}")).await,
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot list complete jobs"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return finish(workers).await,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn finish(mut workers: tokio::task::JoinSet<()>) {
+    // Workers stop after their current job (its state is committed step by step).
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// The study as the router sees it: its image series (non-image series are left out).
+fn study_info(
+    p: &Pipeline,
+    study_uid: &str,
+    calling_ae: &str,
+) -> Result<StudyInfo, crate::store::DbError> {
+    let uid = study_uid.to_string();
+    let series = p.db.read(move |c| {
+        let mut st = c.prepare(
+            "SELECT series_uid, MAX(modality), MAX(body_part), MIN(sop_class_uid), MAX(series_description)
+             FROM instances WHERE study_uid = ?1 GROUP BY series_uid ORDER BY MIN(received_at)",
+        )?;
+        let rows = st.query_map([&uid], |r| {
+            Ok(SeriesInfo {
+                series_uid: r.get(0)?,
+                modality: r.get(1)?,
+                body_part: r.get(2)?,
+                sop_class_uid: r.get(3)?,
+                series_description: r.get(4)?,
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()
+    })?;
+    let series = series
+        .into_iter()
+        .filter(|s| {
+            !NON_IMAGE_MODALITIES
+                .iter()
+                .any(|m| s.modality.eq_ignore_ascii_case(m))
+                && s.sop_class_uid != seg::SEGMENTATION_STORAGE
+        })
+        .collect();
+    Ok(StudyInfo {
+        study_uid: study_uid.to_string(),
+        calling_ae: calling_ae.to_string(),
+        series,
+    })
+}
+
+/// Routes one complete job; true when it was matched and should be segmented.
+async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
+    let (study, calling): (String, String) = p.db.read(|c| {
+        c.query_row(
+            "SELECT study_uid, calling_ae FROM jobs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    })?;
+    let info = study_info(p, &study, &calling)?;
+    let route = if info.series.is_empty() {
+        Route::Unmatched {
+            reason: "the study holds no image series to segment (SR, PR, SEG, ... skipped)".into(),
+        }
+    } else {
+        p.catalog.route(&info).map_err(fail)?
+    };
+    let now = db::now();
+    match route {
+        Route::Unmatched { reason } => {
+            let r2 = reason.clone();
+            p.db.write(move |c| transition_sql(c, id, JobState::Unmatched, Some(&r2), now))
+                .await?;
+            p.metrics
+                .inc("proxyseg_jobs_total", &[("state", "unmatched")]);
+            tracing::info!(job = id, study = %study, reason = %reason, "unmatched study recorded");
+            Ok(false)
+        }
+        Route::Matched {
+            rule_id,
+            support_set,
+            version,
+            bundle,
+            destination_ae,
+            series,
+            skip_localizers,
+            reason,
+        } => {
+            let dest = destination_ae.unwrap_or_else(|| calling.clone());
+            let series_json = serde_json::to_string(&series).map_err(|e| fail(e.to_string()))?;
+            let (r2, s2, v2, b2, d2) = (
+                reason.clone(),
+                support_set.clone(),
+                version.clone(),
+                bundle.clone(),
+                dest.clone(),
+            );
+            p.db.write(move |c| {
+                c.execute(
+                    "UPDATE jobs SET rule_id = ?2, support_set = ?3, support_set_version = ?4, bundle = ?5, destination_ae = ?6, series_json = ?7, skip_localizers = ?8 WHERE id = ?1",
+                    params![id, rule_id, s2, v2, b2, d2, series_json, skip_localizers],
+                )?;
+                transition_sql(c, id, JobState::Matched, Some(&r2), now)
+            })
+            .await?;
+            p.metrics
+                .inc("proxyseg_jobs_total", &[("state", "matched")]);
+            tracing::info!(job = id, study = %study, support_set = %support_set, version = %version, to = %dest, "study matched");
+            Ok(true)
+        }
+    }
+}
+
+/// [`jobs::transition`] with errors folded into rusqlite's (for use inside `Db::write`).
+fn transition_sql(
+    c: &rusqlite::Connection,
+    id: i64,
+    next: JobState,
+    detail: Option<&str>,
+    now: f64,
+) -> rusqlite::Result<()> {
+    jobs::transition(c, id, next, detail, now).map_err(|e| match e {
+        jobs::JobError::Sql(e) => e,
+        other => rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(
+            other.to_string(),
+        ))),
+    })
+}
+
+async fn mark_failed(p: &Pipeline, id: i64, why: &str) {
+    let w = why.to_string();
+    let now = db::now();
+    match p
+        .db
+        .write(move |c| transition_sql(c, id, JobState::Failed, Some(&w), now))
+        .await
+    {
+        Ok(()) => {
+            let reason = why.split(':').next().unwrap_or("other").to_string();
+            p.metrics.inc(
+                "proxyseg_jobs_total",
+                &[("state", "failed"), ("reason", &reason)],
+            );
+            tracing::error!(job = id, reason = %why, "job failed");
+        }
+        Err(e) => {
+            tracing::error!(job = id, error = %e, reason = %why, "job failed and could not be recorded")
+        }
+    }
+}
+
+/// A job as the inference step needs it.
+struct JobRow {
+    study: String,
+    state: String,
+    support_set: String,
+    version: String,
+    bundle: String,
+    destination: String,
+    series: Vec<String>,
+    skip_localizers: bool,
+}
+
+async fn process(p: &Pipeline, id: i64) {
+    let started = Instant::now();
+    p.busy_since
+        .store(db::now() as u64, std::sync::atomic::Ordering::Relaxed);
+    let result = segment_job(p, id).await;
+    p.busy_since.store(0, std::sync::atomic::Ordering::Relaxed);
+    match result {
+        Ok(n) => {
+            p.metrics.observe(
+                "proxyseg_stage_seconds",
+                &[("stage", "job")],
+                started.elapsed().as_secs_f64(),
+            );
+            tracing::info!(
+                job = id,
+                segs = n,
+                ms = started.elapsed().as_millis() as u64,
+                "SEGs written to the outbox"
+            );
+            p.wake_delivery.notify_one();
+        }
+        Err(e) => mark_failed(p, id, &e.to_string()).await,
+    }
+}
+
+/// One instance of a series to segment.
+struct Source {
+    path: PathBuf,
+    header: dicom_object::DefaultDicomObject,
+}
+
+async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
+    let job = p.db.read(|c| {
+        c.query_row(
+            "SELECT study_uid, state, support_set, support_set_version, bundle, destination_ae, series_json, skip_localizers FROM jobs WHERE id = ?1",
+            [id],
+            |r| {
+                let series: Option<String> = r.get(6)?;
+                Ok(JobRow {
+                    study: r.get(0)?,
+                    state: r.get(1)?,
+                    support_set: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    version: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    bundle: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    destination: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    series: series.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default(),
+                    skip_localizers: r.get(7)?,
+                })
+            },
+        )
+        .optional()
+    })?;
+    let Some(job) = job else {
+        return Err(fail(format!("job {id} vanished")));
+    };
+    let engine = p
+        .engine
+        .as_ref()
+        .map_err(|e| fail(format!("engine unavailable: {e}")))?;
+    let peer = p.cfg.peer(&job.destination).cloned().ok_or_else(|| {
+        fail(format!(
+            "delivery: destination {:?} is not a [[dicom.peers]] entry",
+            job.destination
+        ))
+    })?;
+    let set = {
+        let (c, n, v) = (
+            p.catalog.clone(),
+            job.support_set.clone(),
+            job.version.clone(),
+        );
+        tokio::task::spawn_blocking(move || c.load(&n, &v))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(format!("support set: {e}")))?
+    };
+    let out_dir = p.cfg.storage.data_dir.join("results").join(id.to_string());
+    std::fs::create_dir_all(&out_dir).map_err(|e| fail(format!("results dir: {e}")))?;
+    let mut written = Vec::new();
+    let mut infer_time = Duration::ZERO;
+    for series_uid in &job.series {
+        let t0 = Instant::now();
+        let Some((path, sop)) =
+            segment_series(p, engine, &job, &set, id, series_uid, &out_dir).await?
+        else {
+            continue;
+        };
+        infer_time += t0.elapsed();
+        written.push((path, sop));
+    }
+    if written.is_empty() {
+        return Err(fail(
+            "nothing to segment: every series was skipped (localizers or no pixels)",
+        ));
+    }
+    if job.state == JobState::Matched.as_str() {
+        let now = db::now();
+        let detail = format!(
+            "{} series in {:.2} s",
+            written.len(),
+            infer_time.as_secs_f64()
+        );
+        p.db.write(move |c| transition_sql(c, id, JobState::Inferred, Some(&detail), now))
+            .await?;
+        p.metrics
+            .inc("proxyseg_jobs_total", &[("state", "inferred")]);
+    }
+    let n = written.len();
+    let now = db::now();
+    let dest = peer.clone();
+    p.db.write(move |c| {
+        for (path, sop) in &written {
+            outbox::enqueue(
+                c,
+                Some(id),
+                sop,
+                seg::SEGMENTATION_STORAGE,
+                &path.to_string_lossy(),
+                &dest.ae_title,
+                &dest.host,
+                dest.port,
+                dest.tls,
+                now,
+            )?;
+        }
+        transition_sql(
+            c,
+            id,
+            JobState::Written,
+            Some(&format!(
+                "{} SEG(s) queued for {}",
+                written.len(),
+                dest.ae_title
+            )),
+            now,
+        )
+    })
+    .await?;
+    p.metrics
+        .inc("proxyseg_jobs_total", &[("state", "written")]);
+    let _ = job.study;
+    Ok(n)
+}
+
+/// Segments one series and writes its SEG; None when every instance was skipped.
+#[allow(clippy::too_many_arguments)]
+async fn segment_series(
+    p: &Pipeline,
+    engine: &Engine,
+    job: &JobRow,
+    set: &LoadedSupportSet,
+    id: i64,
+    series_uid: &str,
+    out_dir: &std::path::Path,
+) -> Result<Option<(PathBuf, String)>, JobFailure> {
+    let s = series_uid.to_string();
+    let paths: Vec<String> = p.db.read(move |c| {
+        let mut st = c.prepare("SELECT path FROM instances WHERE series_uid = ?1 ORDER BY instance_number, sop_instance_uid")?;
+        let rows = st.query_map([&s], |r| r.get::<_, String>(0))?;
+        rows.collect::<Result<Vec<_>, _>>()
+    })?;
+    let skip_localizers = job.skip_localizers;
+    let sources: Vec<Source> =
+        tokio::task::spawn_blocking(move || -> Result<Vec<Source>, JobFailure> {
+            let mut out = Vec::new();
+            for path in paths {
+                let header = dicom_object::OpenFileOptions::new()
+                    .read_until(tags::PIXEL_DATA)
+                    .open_file(&path)
+                    .map_err(|e| fail(format!("cannot read {path}: {e}")))?;
+                let image_type = header
+                    .element_opt(tags::IMAGE_TYPE)
+                    .ok()
+                    .flatten()
+                    .and_then(|e| e.to_str().ok())
+                    .map(|s| s.to_ascii_uppercase())
+                    .unwrap_or_default();
+                if skip_localizers && image_type.contains("LOCALIZER") {
+                    tracing::info!(path = %path, "localizer skipped");
+                    continue;
+                }
+                out.push(Source {
+                    path: PathBuf::from(path),
+                    header,
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))??;
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    // masks[source][frame][segment]
+    let mut masks: Vec<Vec<Vec<Vec<u8>>>> = Vec::with_capacity(sources.len());
+    let chunk = p.cfg.pipeline.chunk_frames.max(1);
+    let mut pending: Vec<(usize, crate::dicom::pixels::Frame)> = Vec::new();
+    let bundle = job.bundle.clone();
+    let flush = |pending: Vec<(usize, crate::dicom::pixels::Frame)>| async {
+        let owners: Vec<usize> = pending.iter().map(|(o, _)| *o).collect();
+        let frames: Vec<_> = pending.into_iter().map(|(_, f)| f).collect();
+        let t0 = Instant::now();
+        let n = frames.len();
+        let r = engine
+            .segment(&bundle, &set.set, frames)
+            .await
+            .map_err(|e| fail(format!("inference: {e}")))?;
+        let per = t0.elapsed().as_secs_f64() / n.max(1) as f64;
+        for _ in 0..n {
+            p.metrics.observe(
+                "proxyseg_stage_seconds",
+                &[("stage", "inference_per_image")],
+                per,
+            );
+        }
+        Ok::<_, JobFailure>((owners, r))
+    };
+    for (i, src) in sources.iter().enumerate() {
+        let path = src.path.clone();
+        let frames =
+            tokio::task::spawn_blocking(move || crate::dicom::pixels::frames_from_file(&path))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(format!("pixels of {}: {e}", src.path.display())))?;
+        masks.push(Vec::with_capacity(frames.len()));
+        for f in frames {
+            pending.push((i, f));
+            if pending.len() >= chunk {
+                let (owners, r) = flush(std::mem::take(&mut pending)).await?;
+                for (o, fr) in owners.into_iter().zip(r.frames) {
+                    masks[o].push(fr.masks.into_iter().map(|m| m.data).collect());
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        let (owners, r) = flush(std::mem::take(&mut pending)).await?;
+        for (o, fr) in owners.into_iter().zip(r.frames) {
+            masks[o].push(fr.masks.into_iter().map(|m| m.data).collect());
+        }
+    }
+    let t0 = Instant::now();
+    let sop_uid = seg::deterministic_uid(&format!("proxyseg/job/{id}/series/{series_uid}/seg"));
+    let series_out =
+        seg::deterministic_uid(&format!("proxyseg/job/{id}/series/{series_uid}/seg-series"));
+    let mut opts = SegOptions::new(sop_uid.clone(), series_out);
+    let describe = format!("proxyseg {} v{}", set.set.name, short(&set.set.version));
+    opts.series_description = describe.chars().take(64).collect();
+    opts.content_label = "PROXYSEG".into();
+    opts.content_creator = "PROXYSEG^AUTOMATED".into();
+    opts.content_description = format!(
+        "Proxy-prompted SAM segmentation with support set {}",
+        set.set.name
+    )
+    .chars()
+    .take(64)
+    .collect();
+    opts.manufacturer = p.cfg.seg.manufacturer.clone();
+    opts.algorithm_version = format!(
+        "{} ; {} v{}",
+        job.bundle,
+        set.set.name,
+        short(&set.set.version)
+    )
+    .chars()
+    .take(64)
+    .collect();
+    opts.omit_empty_frames = p.cfg.seg.omit_empty_frames;
+    let input = SegInput {
+        segments: set.segments.clone(),
+        sources: sources
+            .iter()
+            .zip(&masks)
+            .map(|(s, m)| SourceImage {
+                dataset: &s.header,
+                masks: m
+                    .iter()
+                    .map(|f| f.iter().map(|x| x.as_slice()).collect())
+                    .collect(),
+            })
+            .collect(),
+    };
+    let obj = seg::write_seg(&input, &opts).map_err(|e| fail(format!("SEG: {e}")))?;
+    let path = out_dir.join(format!("{sop_uid}.dcm"));
+    seg::save_seg(&obj, &path).map_err(|e| fail(format!("SEG: {e}")))?;
+    p.metrics.observe(
+        "proxyseg_stage_seconds",
+        &[("stage", "seg_write")],
+        t0.elapsed().as_secs_f64(),
+    );
+    Ok(Some((path, sop_uid)))
+}
+
+fn short(version: &str) -> &str {
+    &version[..version.len().min(12)]
+}
