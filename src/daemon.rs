@@ -210,7 +210,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             tokio::runtime::Handle::current(),
         )) as Arc<dyn crate::admin::Segmenter>
     });
-    crate::admin::start(
+    let admin_catalog = crate::admin::start(
         cfg.clone(),
         db.clone(),
         segmenter,
@@ -229,7 +229,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         cfg: cfg.clone(),
         db: db.clone(),
         engine,
-        catalog,
+        // With [admin], the curated store routes; without it, the bundled folders do.
+        catalog: match admin_catalog {
+            Some(c) => c as Arc<dyn crate::pipeline::catalog::Catalog>,
+            None => catalog,
+        },
         metrics: metrics.clone(),
         wake_delivery: wake.clone(),
         busy_since: Default::default(),

@@ -408,21 +408,27 @@ async fn full_curation_round_through_tonic() {
         .unwrap()
         .unwrap();
     assert_eq!(ev.state, "complete");
-    // The pipeline routes it: no rule here names a set of the (fake) bundle, so it ends
-    // unmatched, which is a decision, not an error.
-    let mut job = pb::Job::default();
-    for _ in 0..100 {
-        job = c
-            .jobs
-            .get(pb::GetJobRequest { id: ev.job_id })
-            .await
-            .unwrap()
-            .into_inner();
-        if ["unmatched", "failed", "delivered"].contains(&job.state.as_str()) {
-            break;
+    // The pipeline routes it with the store's rule to ct-demo, whose bundle (tiny-test) is only
+    // a manifest here, so the job fails with that reason: a finished job either way.
+    async fn finished(c: &mut Clients, id: i64) -> pb::Job {
+        let mut job = pb::Job::default();
+        for _ in 0..100 {
+            job = c
+                .jobs
+                .get(pb::GetJobRequest { id })
+                .await
+                .unwrap()
+                .into_inner();
+            if ["unmatched", "failed", "delivered"].contains(&job.state.as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        job
     }
+    let job = finished(&mut c, ev.job_id).await;
+    assert_eq!(job.support_set, "ct-demo", "{job:?}");
+    assert_eq!(job.rule_id, rule.id);
     assert!(job.events.len() >= 2, "{job:?}");
     assert_eq!(job.events[0].state, "complete");
     assert_eq!(job.study_uid, ev.study_uid);
@@ -458,6 +464,7 @@ async fn full_curation_round_through_tonic() {
             r.events.iter().any(|e| e.detail == "retried by alice"),
             "{r:?}"
         );
+        finished(&mut c, ev.job_id).await;
     }
     let bad_state = c
         .jobs
@@ -1225,4 +1232,105 @@ async fn import_takes_the_annotated_slice_of_an_image_folder() {
     assert_eq!((s.pairs[0].rows, s.pairs[0].mask_pixels[0]), (64, 256));
     assert_eq!(s.objects[0].category.as_ref().unwrap().scheme, "99PROXYSEG");
     assert_eq!(s.modality, "MR");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_store_routes_the_pipeline_with_the_job_version() {
+    // The real bundle (its graphs and its support-set folders) in this daemon's models dir.
+    let a = start_full("", &|models| {
+        std::os::unix::fs::symlink(
+            root().join("models/phantom-tiny"),
+            models.join("phantom-tiny"),
+        )
+        .unwrap();
+    });
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    let sets = c
+        .sets
+        .list(pb::ListSupportSetsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = sets.support_sets.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"fundus-disc-cup-vessels"),
+        "{names:?}\n{}",
+        a.d.log()
+    );
+    let fundus = sets
+        .support_sets
+        .iter()
+        .find(|s| s.name == "fundus-disc-cup-vessels")
+        .unwrap()
+        .clone();
+    let rules = c
+        .rules
+        .list(pb::ListRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rules.rules.len(), sets.support_sets.len());
+    let fundus_rule = rules
+        .rules
+        .iter()
+        .find(|r| r.support_set == fundus.name)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            fundus_rule.modality.as_str(),
+            fundus_rule.body_part.as_str()
+        ),
+        ("OP", "EYE")
+    );
+
+    // A fundus study goes through the pipeline routed by the store's rule.
+    let image = root().join("models/phantom-tiny/demo-studies/fundus/image.dcm");
+    let o = run(
+        "storescu",
+        &[
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &a.d.port.to_string(),
+            image.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let mut job = pb::Job::default();
+    for _ in 0..150 {
+        let l = c
+            .jobs
+            .list(pb::ListJobsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(j) = l.jobs.first() {
+            job = j.clone();
+            if !["complete", "matched"].contains(&job.state.as_str()) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(job.support_set, fundus.name, "{job:?}\n{}", a.d.log());
+    assert_eq!(job.rule_id, fundus_rule.id);
+    assert_eq!(job.support_set_version, fundus.version);
+    assert!(
+        ["inferred", "written", "delivered"].contains(&job.state.as_str()),
+        "{job:?}\n{}",
+        a.d.log()
+    );
+    // Seeding is audited, and does not repeat on a restart.
+    let db = a.d.db();
+    let seeded: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE token_name = 'seed' AND action = 'rule.create'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seeded as usize, rules.rules.len());
 }

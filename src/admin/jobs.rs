@@ -51,11 +51,26 @@ fn job_from_row(r: &Row) -> rusqlite::Result<pb::Job> {
         error: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
         rule_id: r.get::<_, Option<i64>>(9)?.unwrap_or(0),
         support_set: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
-        support_set_version: r.get::<_, Option<u32>>(11)?.unwrap_or(0),
+        support_set_version: version_number(r.get_ref(11)?),
         bundle: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
         destination_ae: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
         events: Vec::new(),
     })
+}
+
+/// A job's support-set version: an integer, or text like "v3" (store catalog) or a folder
+/// version string (bundled folders; shown as 0 when it is not a number).
+fn version_number(v: rusqlite::types::ValueRef) -> u32 {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Integer(i) => u32::try_from(i).unwrap_or(0),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .map(|s| s.trim_start_matches('v'))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
 }
 
 fn check_states(states: &[String]) -> Result<(), Status> {

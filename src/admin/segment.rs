@@ -73,49 +73,11 @@ fn first_frame(
 
 impl Segmenter for EngineSegmenter {
     fn segment(&self, set: &SupportSetData, image: &DicomImage) -> Result<Vec<Mask>, SegmentError> {
-        use crate::engine as e;
         let frame = first_frame(
             crate::dicom::pixels::frames_from_object(&image.object),
             "image",
         )?;
-        let mut pairs = Vec::with_capacity(set.pairs.len());
-        for p in &set.pairs {
-            let image = first_frame(
-                crate::dicom::pixels::frames_from_file(&p.image_path),
-                &format!("support pair {}", p.number),
-            )?;
-            pairs.push(e::SupportPair {
-                image,
-                masks: p
-                    .masks
-                    .iter()
-                    .map(|m| e::Mask {
-                        rows: m.rows,
-                        cols: m.cols,
-                        data: m.data.clone(),
-                    })
-                    .collect(),
-            });
-        }
-        let engine_set = e::SupportSet {
-            name: set.name.clone(),
-            version: if set.variant.is_empty() {
-                set.version.to_string()
-            } else {
-                format!("{}-{}", set.version, set.variant)
-            },
-            objects: set
-                .objects
-                .iter()
-                .map(|o| e::SupportObject {
-                    label: o.label.clone(),
-                    category: Some(o.category.meaning.clone()),
-                    property_type: Some(o.property_type.meaning.clone()),
-                    color: Some(o.color),
-                })
-                .collect(),
-            pairs,
-        };
+        let engine_set = engine_set(set)?;
         let seg = self
             .handle
             .block_on(self.engine.segment(&set.bundle, &engine_set, vec![frame]))
@@ -135,4 +97,50 @@ impl Segmenter for EngineSegmenter {
             })
             .collect())
     }
+}
+
+/// The engine's view of a stored support set: the support images decoded with
+/// `dicom::pixels` (first frame), the masks copied, and `version` = `"{version}"` or
+/// `"{version}-{variant}"`, so derived subsets get their own support-context cache entry.
+pub fn engine_set(set: &SupportSetData) -> Result<crate::engine::SupportSet, SegmentError> {
+    use crate::engine as e;
+    let mut pairs = Vec::with_capacity(set.pairs.len());
+    for p in &set.pairs {
+        let image = first_frame(
+            crate::dicom::pixels::frames_from_file(&p.image_path),
+            &format!("support pair {}", p.number),
+        )?;
+        pairs.push(e::SupportPair {
+            image,
+            masks: p
+                .masks
+                .iter()
+                .map(|m| e::Mask {
+                    rows: m.rows,
+                    cols: m.cols,
+                    data: m.data.clone(),
+                })
+                .collect(),
+        });
+    }
+    let engine_set = e::SupportSet {
+        name: set.name.clone(),
+        version: if set.variant.is_empty() {
+            set.version.to_string()
+        } else {
+            format!("{}-{}", set.version, set.variant)
+        },
+        objects: set
+            .objects
+            .iter()
+            .map(|o| e::SupportObject {
+                label: o.label.clone(),
+                category: Some(o.category.meaning.clone()),
+                property_type: Some(o.property_type.meaning.clone()),
+                color: Some(o.color),
+            })
+            .collect(),
+        pairs,
+    };
+    Ok(engine_set)
 }

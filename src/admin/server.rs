@@ -5,6 +5,7 @@
 //! probes can use it; every other service, reflection included, needs a valid token.
 
 use crate::admin::auth::{AuthInterceptor, TokenFileError, TokenStore, Tokens};
+use crate::admin::catalog::StoreCatalog;
 use crate::admin::pb;
 use crate::admin::segment::Segmenter;
 use crate::config::Config;
@@ -90,15 +91,19 @@ fn read(key: &'static str, p: &std::path::Path) -> Result<Vec<u8>, StartError> {
 
 /// Starts the admin server on `servers` when `[admin]` is configured; stops with `stop`.
 /// Errors (unsafe tokens file, bad TLS files, port in use) happen before anything is served.
+///
+/// With `[admin]`, the admin store is what the pipeline routes with: the returned
+/// [`StoreCatalog`] (seeded from the bundled support-set folders on a first start). Without
+/// it, None: the pipeline keeps its folder catalog.
 pub async fn start(
     cfg: Arc<Config>,
     db: Db,
     segmenter: Option<Arc<dyn Segmenter>>,
     servers: &mut tokio::task::JoinSet<()>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), StartError> {
+) -> Result<Option<Arc<StoreCatalog>>, StartError> {
     let Some(a) = cfg.admin.clone() else {
-        return Ok(());
+        return Ok(None);
     };
     let tokens = TokenStore::new(Tokens::load(&a.tokens_file)?);
     servers.spawn(crate::admin::auth::watch_file(
@@ -201,6 +206,12 @@ pub async fn start(
         mutual = a.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "admin gRPC listener up"
     );
+    seed(&st).await;
+    let catalog = Arc::new(StoreCatalog::new(
+        st.db.clone(),
+        st.data_dir.clone(),
+        st.synonyms.clone(),
+    ));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     servers.spawn(async move {
         let shutdown = async move {
@@ -217,7 +228,61 @@ pub async fn start(
             tracing::error!(error = %e, "admin gRPC server stopped with an error");
         }
     });
-    Ok(())
+    Ok(Some(catalog))
+}
+
+/// On a first start (no support set in the store yet), imports the bundled support-set
+/// folders (`models_dir/*/support-sets/*`) with a routing rule each from their `[match]` table,
+/// audited as token `seed`. A folder that does not import is logged and skipped.
+pub async fn seed(st: &Arc<State>) {
+    let empty = st
+        .db
+        .read(|c| {
+            c.query_row("SELECT COUNT(*) FROM support_sets", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .map(|n| n == 0)
+        .unwrap_or(false);
+    if !empty {
+        return;
+    }
+    let dirs = crate::pipeline::catalog::FolderCatalog::discover(&st.models_dir)
+        .dirs()
+        .to_vec();
+    for dir in dirs {
+        let shown = dir.display().to_string();
+        match crate::admin::folder::import(st, &shown, "", "seed").await {
+            Ok(set) => {
+                let rule = crate::store::rules::Rule {
+                    priority: 100,
+                    modality: set.meta.modality.clone(),
+                    body_part: set.meta.body_part.clone(),
+                    support_set: set.name.clone(),
+                    enabled: true,
+                    skip_localizers: true,
+                    description: format!("seeded from {shown}"),
+                    ..Default::default()
+                };
+                let now = crate::store::db::now();
+                let r = crate::admin::change(&st.db, move |c| {
+                    crate::store::rules::create(c, &rule, "seed", now)
+                })
+                .await;
+                match r {
+                    Ok(id) => {
+                        tracing::info!(support_set = %set.name, rule = id, "seeded a bundled support set")
+                    }
+                    Err(e) => {
+                        tracing::error!(support_set = %set.name, error = %e.message(), "cannot seed a routing rule")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(folder = %shown, error = %e.message(), "cannot seed a bundled support set")
+            }
+        }
+    }
 }
 
 /// Removes pair folders no committed row names: temp folders of uploads cut short by a crash,
