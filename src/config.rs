@@ -27,6 +27,62 @@ pub struct Config {
     pub log: LogConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[admin]`: the admin gRPC API; absent = no admin listener.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]` table: the gRPC admin API (support sets, rules, jobs, models).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address; loopback by default, so only local admins reach it without TLS.
+    pub listen: String,
+    /// Bearer tokens, one `name role token` per line (role `admin` or `readonly`); the file
+    /// must not be readable by group or others (mode 0600).
+    pub tokens_file: PathBuf,
+    /// Optional TLS (and mutual TLS) for the admin listener.
+    pub tls: Option<AdminTlsConfig>,
+    /// Largest upload (one AddPair or Preview stream, one DryRun file), in MiB.
+    pub max_upload_mb: u64,
+    /// Body-part synonym groups for routing: `CANONICAL = ["ALIAS", ...]`, case-insensitive.
+    pub body_part_synonyms: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:50051".into(),
+            tokens_file: PathBuf::from("config/admin-tokens"),
+            tls: None,
+            max_upload_mb: 64,
+            body_part_synonyms: default_synonyms(),
+        }
+    }
+}
+
+/// `[admin.tls]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// PEM certificate chain of the admin server.
+    pub certificate: PathBuf,
+    /// PEM private key of the admin server.
+    pub private_key: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The synonym groups used when `[admin]` does not set any.
+pub fn default_synonyms() -> std::collections::BTreeMap<String, Vec<String>> {
+    [
+        ("EYE", &["RETINA", "FUNDUS", "OPHTHALMIC"][..]),
+        ("CHEST", &["THORAX", "LUNG"][..]),
+        ("ABDOMEN", &["ABD"][..]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+    .collect()
 }
 
 /// `[dicom]` table.
@@ -535,7 +591,78 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             bad("log.filter", e.to_string());
         }
+        if let Some(a) = &self.admin {
+            if a.listen.parse::<SocketAddr>().is_err() {
+                bad(
+                    "admin.listen",
+                    format!("{:?} is not an IP:port address", a.listen),
+                );
+            } else if a.listen == d.listen {
+                bad("admin.listen", "must differ from dicom.listen".into());
+            }
+            if !a.tokens_file.is_file() {
+                bad(
+                    "admin.tokens_file",
+                    format!("{} is not a readable file", a.tokens_file.display()),
+                );
+            } else if let Ok(m) = std::fs::metadata(&a.tokens_file) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    bad(
+                        "admin.tokens_file",
+                        format!(
+                            "{} has mode {mode:o}: it must not be readable by group or others (chmod 600)",
+                            a.tokens_file.display()
+                        ),
+                    );
+                }
+            }
+            if let Some(t) = &a.tls {
+                for (key, p) in [
+                    ("admin.tls.certificate", Some(&t.certificate)),
+                    ("admin.tls.private_key", Some(&t.private_key)),
+                    ("admin.tls.client_ca", t.client_ca.as_ref()),
+                ] {
+                    if let Some(p) = p {
+                        if !p.is_file() {
+                            bad(key, format!("{} is not a readable file", p.display()));
+                        }
+                    }
+                }
+            }
+            if !(1..=4096).contains(&a.max_upload_mb) {
+                bad("admin.max_upload_mb", "must be within 1..=4096".into());
+            }
+            let mut owner = std::collections::HashMap::new();
+            for (canon, aliases) in &a.body_part_synonyms {
+                for name in aliases.iter().chain(std::iter::once(canon)) {
+                    let n = name.trim().to_uppercase();
+                    if n.is_empty() {
+                        bad(
+                            &format!("admin.body_part_synonyms.{canon}"),
+                            "holds an empty name".into(),
+                        );
+                    } else if let Some(prev) = owner.insert(n.clone(), canon.clone()) {
+                        if prev != *canon {
+                            bad(
+                                &format!("admin.body_part_synonyms.{canon}"),
+                                format!("{n:?} is also listed under {prev:?}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
         out
+    }
+
+    /// Body-part synonyms for routing: `[admin] body_part_synonyms`, or the defaults.
+    pub fn body_part_synonyms(&self) -> crate::store::rules::Synonyms {
+        match &self.admin {
+            Some(a) => crate::store::rules::Synonyms::new(a.body_part_synonyms.iter()),
+            None => crate::store::rules::Synonyms::new(default_synonyms().iter()),
+        }
     }
 
     /// Finds the peer with this AE title (trailing spaces ignored).
@@ -618,6 +745,41 @@ mod tests {
     fn unknown_keys_are_refused() {
         let e = Config::parse("[dicom]\naetitle = \"X\"\n").unwrap_err();
         assert!(e.contains("aetitle"), "{e}");
+    }
+
+    #[test]
+    fn admin_section_defaults_and_problems() {
+        let c = Config::parse("[admin]\n").unwrap();
+        let a = c.admin.as_ref().unwrap();
+        assert_eq!(a.listen, "127.0.0.1:50051");
+        assert_eq!(c.body_part_synonyms().canonical("retina"), "EYE");
+        let c = Config::parse(
+            r#"
+            [admin]
+            listen = "everywhere"
+            tokens_file = "/nonexistent/tokens"
+            max_upload_mb = 0
+            [admin.body_part_synonyms]
+            EYE = ["RETINA"]
+            HEAD = ["retina"]
+            "#,
+        )
+        .unwrap();
+        let keys: Vec<String> = c
+            .validate()
+            .into_iter()
+            .map(|p| p.key)
+            .filter(|k| k.starts_with("admin"))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "admin.listen",
+                "admin.tokens_file",
+                "admin.max_upload_mb",
+                "admin.body_part_synonyms.HEAD"
+            ]
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum StartError {
     /// TLS material problem.
     #[error(transparent)]
     Tls(#[from] crate::dicom::tls::TlsError),
+    /// The admin API could not start (tokens file, TLS, port).
+    #[error(transparent)]
+    Admin(#[from] crate::admin::StartError),
     /// TLS material for delivery is unusable.
     #[error(transparent)]
     DeliveryTls(#[from] crate::dicom::scu::ScuTlsError),
@@ -201,6 +204,20 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             Err(e.to_string())
         }
     };
+    let segmenter = engine.as_ref().ok().map(|e| {
+        Arc::new(crate::admin::segment::EngineSegmenter::new(
+            e.clone(),
+            tokio::runtime::Handle::current(),
+        )) as Arc<dyn crate::admin::Segmenter>
+    });
+    let admin_catalog = crate::admin::start(
+        cfg.clone(),
+        db.clone(),
+        segmenter,
+        &mut servers,
+        stop_rx.clone(),
+    )
+    .await?;
     let catalog = Arc::new(crate::pipeline::catalog::FolderCatalog::discover(
         &cfg.engine.models_dir,
     ));
@@ -212,7 +229,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         cfg: cfg.clone(),
         db: db.clone(),
         engine,
-        catalog,
+        // With [admin], the curated store routes; without it, the bundled folders do.
+        catalog: match admin_catalog {
+            Some(c) => c as Arc<dyn crate::pipeline::catalog::Catalog>,
+            None => catalog,
+        },
         metrics: metrics.clone(),
         wake_delivery: wake.clone(),
         busy_since: Default::default(),

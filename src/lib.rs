@@ -4,6 +4,7 @@
 //! support set, segmented with SAM prompted by the Proxy Prompt Generator, and returned to the
 //! PACS as a DICOM SEG object. The modules follow the data flow of `DESIGN.md`.
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -1,4 +1,4 @@
-//! The `proxyseg` command line: `serve`, `config check`.
+//! The `proxyseg` command line: `serve`, `config check`, `admin ...`.
 
 use clap::{Parser, Subcommand};
 use proxyseg::config::{Config, ConfigError};
@@ -21,6 +21,8 @@ enum Cmd {
         #[arg(long, default_value = "config/proxyseg.toml")]
         config: PathBuf,
     },
+    /// Admin API client: support sets, pairs, rules, jobs, models.
+    Admin(Box<proxyseg::admin::cli::AdminArgs>),
     /// Queue DICOM files for delivery to a configured peer (picked up by the running daemon).
     Send {
         /// Path of the TOML configuration.
@@ -66,6 +68,7 @@ enum ConfigCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Admin(args) => proxyseg::admin::cli::main(*args),
         Cmd::Config {
             command: ConfigCmd::Check { config },
         } => match Config::load(&config) {

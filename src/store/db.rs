@@ -133,6 +133,90 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN series_json TEXT;
     ALTER TABLE jobs ADD COLUMN skip_localizers INTEGER NOT NULL DEFAULT 1;
     "#,
+    // 4: support sets as immutable versions, routing rules, and the audit log of admin changes.
+    // Objects and pairs carry the range of set versions that contain them
+    // ([since_version, until_version), NULL = still current): see store::support.
+    r#"
+    CREATE TABLE support_sets (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        version INTEGER NOT NULL,
+        next_pair INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE support_set_versions (
+        set_id INTEGER NOT NULL REFERENCES support_sets(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        bundle TEXT NOT NULL DEFAULT '',
+        modality TEXT NOT NULL DEFAULT '',
+        body_part TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        change TEXT NOT NULL,
+        PRIMARY KEY (set_id, version)
+    );
+    CREATE TABLE support_objects (
+        set_id INTEGER NOT NULL REFERENCES support_sets(id) ON DELETE CASCADE,
+        since_version INTEGER NOT NULL,
+        until_version INTEGER,
+        idx INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        category_scheme TEXT NOT NULL DEFAULT '',
+        category_code TEXT NOT NULL DEFAULT '',
+        category_meaning TEXT NOT NULL DEFAULT '',
+        type_scheme TEXT NOT NULL DEFAULT '',
+        type_code TEXT NOT NULL DEFAULT '',
+        type_meaning TEXT NOT NULL DEFAULT '',
+        color_r INTEGER NOT NULL,
+        color_g INTEGER NOT NULL,
+        color_b INTEGER NOT NULL
+    );
+    CREATE INDEX support_objects_set ON support_objects(set_id, since_version);
+    CREATE TABLE support_pairs (
+        set_id INTEGER NOT NULL REFERENCES support_sets(id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        since_version INTEGER NOT NULL,
+        until_version INTEGER,
+        sop_instance_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        modality TEXT NOT NULL DEFAULT '',
+        rows INTEGER NOT NULL,
+        cols INTEGER NOT NULL,
+        dir TEXT NOT NULL,
+        image_sha256 TEXT NOT NULL,
+        masks_sha256 TEXT NOT NULL,
+        mask_pixels TEXT NOT NULL,
+        mask_source TEXT NOT NULL CHECK (mask_source IN ('png', 'seg')),
+        PRIMARY KEY (set_id, number)
+    );
+    CREATE TABLE rules (
+        id INTEGER PRIMARY KEY,
+        priority INTEGER NOT NULL DEFAULT 100,
+        modality TEXT NOT NULL DEFAULT '',
+        body_part TEXT NOT NULL DEFAULT '',
+        sop_class_uid TEXT NOT NULL DEFAULT '',
+        series_description_regex TEXT NOT NULL DEFAULT '',
+        calling_ae TEXT NOT NULL DEFAULT '',
+        support_set TEXT NOT NULL,
+        destination_ae TEXT NOT NULL DEFAULT '',
+        stable_age_s REAL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        skip_localizers INTEGER NOT NULL DEFAULT 1,
+        description TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        token_name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    "#,
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;

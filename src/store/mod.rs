@@ -3,11 +3,14 @@
 //! Nothing here ever reports an instance as stored before both its file and its index row are
 //! durable on disk.
 
+pub mod audit;
 pub mod db;
 pub mod instances;
 pub mod jobs;
 pub mod outbox;
+pub mod rules;
 pub mod spool;
+pub mod support;
 
 pub use db::{Db, DbError};
 pub use spool::{Spool, SpoolError};

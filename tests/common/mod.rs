@@ -3,6 +3,8 @@
 //! failure with a message saying how to install them, never a silent skip.
 #![allow(dead_code)]
 
+pub mod admin;
+
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,219 @@
+//! The admin gRPC API (tonic) and its command-line client: support sets, routing rules, jobs,
+//! model bundles and previews, for the hospital staff who curate what gets segmented.
+//!
+//! Sits beside the data flow: it reads and changes the store (`store::support`, `store::rules`,
+//! `store::jobs`, `store::audit`) and never reaches into the pipeline. Every change is one
+//! SQLite transaction together with its audit row; every call is authenticated
+//! ([`auth`]). Segmentation for Evaluate / Preview goes through the [`segment::Segmenter`]
+//! boundary, implemented by the engine.
+
+pub mod audit;
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod evaluate;
+pub mod folder;
+pub mod jobs;
+pub mod masks;
+pub mod models;
+pub mod preview;
+pub mod rules;
+pub mod segment;
+pub mod server;
+pub mod support_sets;
+
+pub use segment::{DicomImage, SegmentError, Segmenter};
+pub use server::{start, StartError};
+
+/// Generated protobuf messages, tonic clients and servers of `proxyseg.admin.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("proxyseg.admin.v1");
+
+    /// Encoded file descriptor set of admin.proto (and its imports), for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/admin_descriptor.bin"));
+}
+
+use crate::store::{Db, DbError};
+use rusqlite::Connection;
+use tonic::Status;
+
+/// Runs a store change in one transaction. A typed error from `f` rolls the transaction back
+/// (nothing half-written) and comes back as its gRPC status.
+pub(crate) async fn change<T, E, F>(db: &Db, f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    E: std::error::Error + Into<Status> + Send + Sync + 'static,
+    F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+{
+    let r = db
+        .write(move |c| f(c).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+        .await;
+    match r {
+        Ok(v) => Ok(v),
+        Err(DbError::Sqlite {
+            source: rusqlite::Error::ToSqlConversionFailure(b),
+            ..
+        }) => match b.downcast::<E>() {
+            Ok(e) => Err((*e).into()),
+            Err(b) => Err(internal(b)),
+        },
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// Runs a read, mapping a typed error to its status.
+pub(crate) fn read<T, E, F>(db: &Db, f: F) -> Result<T, Status>
+where
+    E: std::error::Error + Into<Status> + Send + Sync + 'static,
+    F: FnOnce(&Connection) -> Result<T, E>,
+{
+    let mut typed = None;
+    let r = db.read(|c| match f(c) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            typed = Some(e);
+            Ok(None)
+        }
+    });
+    match (r, typed) {
+        (_, Some(e)) => Err(e.into()),
+        (Ok(Some(v)), None) => Ok(v),
+        (Ok(None), None) => Err(Status::internal("read returned nothing")),
+        (Err(e), None) => Err(internal(e)),
+    }
+}
+
+/// Logs an unexpected server-side error and hides its details from the client.
+pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "admin API internal error");
+    Status::internal(format!("internal error: {e}"))
+}
+
+impl From<crate::store::support::SupportError> for Status {
+    fn from(e: crate::store::support::SupportError) -> Status {
+        use crate::store::support::SupportError as E;
+        match &e {
+            E::NotFound { .. } | E::NoSuchPair { .. } => Status::not_found(e.to_string()),
+            E::Exists(_) => Status::already_exists(e.to_string()),
+            E::VersionMismatch { .. } => Status::aborted(e.to_string()),
+            E::InUse { .. } => Status::failed_precondition(e.to_string()),
+            E::Invalid(_) => Status::invalid_argument(e.to_string()),
+            E::Corrupt { .. } | E::Sql(_) | E::Io { .. } => internal(&e),
+        }
+    }
+}
+
+impl From<crate::store::rules::RuleError> for Status {
+    fn from(e: crate::store::rules::RuleError) -> Status {
+        use crate::store::rules::RuleError as E;
+        match &e {
+            E::NotFound(_) => Status::not_found(e.to_string()),
+            E::Invalid(_) => Status::invalid_argument(e.to_string()),
+            E::Sql(_) => internal(&e),
+        }
+    }
+}
+
+impl From<crate::store::jobs::JobError> for Status {
+    fn from(e: crate::store::jobs::JobError) -> Status {
+        use crate::store::jobs::JobError as E;
+        match &e {
+            E::NoSuchJob(_) => Status::not_found(e.to_string()),
+            E::Illegal { .. } => Status::failed_precondition(e.to_string()),
+            E::Sql(_) => internal(&e),
+        }
+    }
+}
+
+/// Seconds since the epoch as a protobuf timestamp.
+pub fn timestamp(t: f64) -> prost_types::Timestamp {
+    let secs = t.floor();
+    prost_types::Timestamp {
+        seconds: secs as i64,
+        nanos: ((t - secs) * 1e9) as i32,
+    }
+}
+
+/// A protobuf timestamp as seconds since the epoch.
+pub fn seconds(t: &Option<prost_types::Timestamp>) -> f64 {
+    t.as_ref()
+        .map(|t| t.seconds as f64 + t.nanos as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::support::{self, SetMeta, SupportError};
+
+    fn obj() -> crate::store::support::ObjectDef {
+        crate::store::support::ObjectDef {
+            label: "a".into(),
+            category: support::default_code(),
+            property_type: support::default_code(),
+            color: [1, 2, 3],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_typed_error_rolls_back_the_whole_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        // The set and its audit row are written, then the change fails: nothing may remain.
+        let e = change(&db, |c| -> Result<(), SupportError> {
+            support::create(c, "s", &SetMeta::default(), &[obj()], "t", 1.0)?;
+            Err(SupportError::Invalid("late failure".into()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), "late failure");
+        let rows: (i64, i64) = db
+            .read(|c| {
+                Ok((
+                    c.query_row("SELECT COUNT(*) FROM support_sets", [], |r| r.get(0))?,
+                    c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(rows, (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_set_used_by_an_unfinished_job_cannot_be_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        change(&db, |c| {
+            support::create(c, "s", &SetMeta::default(), &[obj()], "t", 1.0)
+        })
+        .await
+        .unwrap();
+        db.write(|c| {
+            c.execute_batch(
+                "INSERT INTO studies VALUES ('1.2', '', 'PACS', 1, 1, 'complete', 1);
+                 INSERT INTO jobs (id, study_uid, state, calling_ae, instance_count, created_at,
+                   updated_at, support_set, support_set_version)
+                 VALUES (7, '1.2', 'matched', 'PACS', 1, 1, 1, 's', 1);",
+            )
+        })
+        .await
+        .unwrap();
+        let e = change(&db, |c| support::delete(c, "s", "t", 2.0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            e.message().contains("unfinished job(s) [7]"),
+            "{}",
+            e.message()
+        );
+        db.write(|c| c.execute("UPDATE jobs SET state = 'delivered' WHERE id = 7", []))
+            .await
+            .unwrap();
+        change(&db, |c| support::delete(c, "s", "t", 3.0))
+            .await
+            .unwrap();
+    }
+}

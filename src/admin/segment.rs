@@ -1,0 +1,146 @@
+//! The boundary between the admin API and the segmentation engine.
+//!
+//! Evaluate and Preview segment images with a support set. The engine (`crate::engine`)
+//! implements [`Segmenter`]; the daemon hands an implementation to [`super::start`]. Without
+//! one, those two calls answer UNAVAILABLE and everything else works.
+//! [`EngineSegmenter`] is the engine's implementation.
+
+use crate::store::support::{Mask, SupportSetData};
+use dicom_object::DefaultDicomObject;
+use std::path::PathBuf;
+
+/// A parsed, validated single-frame DICOM image.
+#[derive(Debug, Clone)]
+pub struct DicomImage {
+    /// The whole object (file meta + dataset), for pixel decoding.
+    pub object: DefaultDicomObject,
+    /// Where it is stored, if it is a stored support image.
+    pub path: Option<PathBuf>,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// Modality.
+    pub modality: String,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+}
+
+/// A segmentation failure, as the engine reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SegmentError(pub String);
+
+/// Segments one image with a support set: one mask per object of `set`, in object order, at
+/// the image's size. Called on blocking threads (it may run ONNX Runtime).
+///
+/// Implementations must key any support-context cache by `(set.name, set.version,
+/// set.variant)`: evaluation passes leave-one-out subsets that share name and version.
+pub trait Segmenter: Send + Sync {
+    /// Masks for `image`, one per object of `set`.
+    fn segment(&self, set: &SupportSetData, image: &DicomImage) -> Result<Vec<Mask>, SegmentError>;
+}
+
+/// The engine as the admin API's [`Segmenter`]: decodes the support images and the image with
+/// `dicom::pixels`, and runs `Engine::segment` on the daemon's runtime (called from a blocking
+/// thread). The support set's `variant` becomes part of the engine's version key, so
+/// leave-one-out subsets never share a cache entry with the full set.
+#[derive(Clone)]
+pub struct EngineSegmenter {
+    engine: crate::engine::Engine,
+    handle: tokio::runtime::Handle,
+}
+
+impl EngineSegmenter {
+    /// Wraps an engine; `handle` is the runtime that drives its async calls.
+    pub fn new(engine: crate::engine::Engine, handle: tokio::runtime::Handle) -> EngineSegmenter {
+        EngineSegmenter { engine, handle }
+    }
+}
+
+fn first_frame(
+    frames: Result<Vec<crate::dicom::pixels::Frame>, crate::dicom::pixels::PixelError>,
+    what: &str,
+) -> Result<crate::dicom::pixels::Frame, SegmentError> {
+    frames
+        .map_err(|e| SegmentError(format!("{what}: {e}")))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| SegmentError(format!("{what}: no frames")))
+}
+
+impl Segmenter for EngineSegmenter {
+    fn segment(&self, set: &SupportSetData, image: &DicomImage) -> Result<Vec<Mask>, SegmentError> {
+        let frame = first_frame(
+            crate::dicom::pixels::frames_from_object(&image.object),
+            "image",
+        )?;
+        let engine_set = engine_set(set)?;
+        let seg = self
+            .handle
+            .block_on(self.engine.segment(&set.bundle, &engine_set, vec![frame]))
+            .map_err(|e| SegmentError(e.to_string()))?;
+        let result = seg
+            .frames
+            .into_iter()
+            .next()
+            .ok_or_else(|| SegmentError("the engine returned no frame".into()))?;
+        Ok(result
+            .masks
+            .into_iter()
+            .map(|m| Mask {
+                rows: m.rows,
+                cols: m.cols,
+                data: m.data.into_iter().map(|v| u8::from(v != 0)).collect(),
+            })
+            .collect())
+    }
+}
+
+/// The engine's view of a stored support set: the support images decoded with
+/// `dicom::pixels` (first frame), the masks copied, and `version` = `"{version}"` or
+/// `"{version}-{variant}"`, so derived subsets get their own support-context cache entry.
+pub fn engine_set(set: &SupportSetData) -> Result<crate::engine::SupportSet, SegmentError> {
+    use crate::engine as e;
+    let mut pairs = Vec::with_capacity(set.pairs.len());
+    for p in &set.pairs {
+        let image = first_frame(
+            crate::dicom::pixels::frames_from_file(&p.image_path),
+            &format!("support pair {}", p.number),
+        )?;
+        pairs.push(e::SupportPair {
+            image,
+            masks: p
+                .masks
+                .iter()
+                .map(|m| e::Mask {
+                    rows: m.rows,
+                    cols: m.cols,
+                    data: m.data.clone(),
+                })
+                .collect(),
+        });
+    }
+    let engine_set = e::SupportSet {
+        name: set.name.clone(),
+        version: if set.variant.is_empty() {
+            set.version.to_string()
+        } else {
+            format!("{}-{}", set.version, set.variant)
+        },
+        objects: set
+            .objects
+            .iter()
+            .map(|o| e::SupportObject {
+                label: o.label.clone(),
+                category: Some(o.category.meaning.clone()),
+                property_type: Some(o.property_type.meaning.clone()),
+                color: Some(o.color),
+            })
+            .collect(),
+        pairs,
+    };
+    Ok(engine_set)
+}

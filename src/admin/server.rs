@@ -1,0 +1,323 @@
+//! Starting the admin gRPC server: tokens, TLS, services, reflection (v1 and v1alpha) and
+//! health, on `[admin] listen`.
+//!
+//! Health (`grpc.health.v1.Health`) answers without a token, so load balancers and systemd
+//! probes can use it; every other service, reflection included, needs a valid token.
+
+use crate::admin::auth::{AuthInterceptor, TokenFileError, TokenStore, Tokens};
+use crate::admin::catalog::StoreCatalog;
+use crate::admin::pb;
+use crate::admin::segment::Segmenter;
+use crate::config::Config;
+use crate::store::rules::Synonyms;
+use crate::store::Db;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// Why the admin server could not start (the daemon then refuses to start).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The tokens file is missing, unsafe or malformed.
+    #[error(transparent)]
+    Tokens(#[from] TokenFileError),
+    /// A TLS file could not be read.
+    #[error("{key} {path}: {source}")]
+    TlsFile {
+        /// The config key.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// tonic refused the TLS configuration.
+    #[error("admin.tls: {0}")]
+    Tls(String),
+    /// The listener could not bind.
+    #[error("cannot listen on admin.listen = {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reflection could not be built from the descriptor set.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// What every admin service shares.
+#[derive(Clone)]
+pub struct State {
+    /// The index.
+    pub db: Db,
+    /// `[storage] data_dir`.
+    pub data_dir: PathBuf,
+    /// `[engine] models_dir`.
+    pub models_dir: PathBuf,
+    /// Upload limit in bytes.
+    pub max_upload: usize,
+    /// `[admin] max_upload_mb`, for messages.
+    pub max_upload_mb: u64,
+    /// Body-part synonyms for DryRun.
+    pub synonyms: Synonyms,
+    /// The engine, when this daemon has one.
+    pub segmenter: Option<Arc<dyn Segmenter>>,
+    /// Turns true at shutdown: server streams (Watch) end, so graceful shutdown never waits on
+    /// a client that watches forever.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("data_dir", &self.data_dir)
+            .field("segmenter", &self.segmenter.is_some())
+            .finish()
+    }
+}
+
+fn read(key: &'static str, p: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    std::fs::read(p).map_err(|source| StartError::TlsFile {
+        key,
+        path: p.display().to_string(),
+        source,
+    })
+}
+
+/// Starts the admin server on `servers` when `[admin]` is configured; stops with `stop`.
+/// Errors (unsafe tokens file, bad TLS files, port in use) happen before anything is served.
+///
+/// With `[admin]`, the admin store is what the pipeline routes with: the returned
+/// [`StoreCatalog`] (seeded from the bundled support-set folders on a first start). Without
+/// it, None: the pipeline keeps its folder catalog.
+pub async fn start(
+    cfg: Arc<Config>,
+    db: Db,
+    segmenter: Option<Arc<dyn Segmenter>>,
+    servers: &mut tokio::task::JoinSet<()>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<Arc<StoreCatalog>>, StartError> {
+    let Some(a) = cfg.admin.clone() else {
+        return Ok(None);
+    };
+    let tokens = TokenStore::new(Tokens::load(&a.tokens_file)?);
+    servers.spawn(crate::admin::auth::watch_file(
+        tokens.clone(),
+        a.tokens_file.clone(),
+        stop.clone(),
+    ));
+    let auth = AuthInterceptor(tokens);
+    let max_upload = (a.max_upload_mb as usize).saturating_mul(1024 * 1024);
+    let st = Arc::new(State {
+        db,
+        data_dir: cfg.storage.data_dir.clone(),
+        models_dir: cfg.engine.models_dir.clone(),
+        max_upload,
+        max_upload_mb: a.max_upload_mb,
+        synonyms: cfg.body_part_synonyms(),
+        segmenter,
+        stop: stop.clone(),
+    });
+    let data_dir = cfg.storage.data_dir.clone();
+    let db2 = st.db.clone();
+    let _ = tokio::task::spawn_blocking(move || sweep_orphans(&db2, &data_dir)).await;
+    let mut builder = Server::builder();
+    if let Some(t) = &a.tls {
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read("admin.tls.certificate", &t.certificate)?,
+            read("admin.tls.private_key", &t.private_key)?,
+        ));
+        if let Some(ca) = &t.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read("admin.tls.client_ca", ca)?));
+        }
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    use pb::audit_server::AuditServer;
+    use pb::jobs_server::JobsServer;
+    use pb::models_server::ModelsServer;
+    use pb::preview_server::PreviewServer;
+    use pb::rules_server::RulesServer;
+    use pb::support_sets_server::SupportSetsServer;
+    let limit = max_upload + 64 * 1024;
+    let support = SupportSetsServer::new(crate::admin::support_sets::Svc::new(st.clone()))
+        .max_decoding_message_size(limit);
+    let rules = RulesServer::new(crate::admin::rules::Svc::new(st.clone()))
+        .max_decoding_message_size(limit);
+    let jobs = JobsServer::new(crate::admin::jobs::Svc::new(st.clone()));
+    let models = ModelsServer::new(crate::admin::models::Svc::new(st.clone()));
+    let audit = AuditServer::new(crate::admin::audit::Svc::new(st.clone()));
+    let preview = PreviewServer::new(crate::admin::preview::Svc::new(st.clone()))
+        .max_decoding_message_size(limit);
+    health
+        .set_serving::<SupportSetsServer<crate::admin::support_sets::Svc>>()
+        .await;
+    health
+        .set_serving::<RulesServer<crate::admin::rules::Svc>>()
+        .await;
+    health
+        .set_serving::<JobsServer<crate::admin::jobs::Svc>>()
+        .await;
+    health
+        .set_serving::<ModelsServer<crate::admin::models::Svc>>()
+        .await;
+    health
+        .set_serving::<PreviewServer<crate::admin::preview::Svc>>()
+        .await;
+    health
+        .set_serving::<AuditServer<crate::admin::audit::Svc>>()
+        .await;
+    let listener = TcpListener::bind(&a.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: a.listen.clone(),
+            source,
+        })?;
+    let router = builder
+        .add_service(health_service)
+        .add_service(InterceptedService::new(reflection_v1, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, auth.clone()))
+        .add_service(InterceptedService::new(support, auth.clone()))
+        .add_service(InterceptedService::new(rules, auth.clone()))
+        .add_service(InterceptedService::new(jobs, auth.clone()))
+        .add_service(InterceptedService::new(models, auth.clone()))
+        .add_service(InterceptedService::new(audit, auth.clone()))
+        .add_service(InterceptedService::new(preview, auth));
+    tracing::info!(
+        addr = %a.listen,
+        tls = a.tls.is_some(),
+        mutual = a.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "admin gRPC listener up"
+    );
+    seed(&st).await;
+    let catalog = Arc::new(StoreCatalog::new(
+        st.db.clone(),
+        st.data_dir.clone(),
+        st.synonyms.clone(),
+    ));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    servers.spawn(async move {
+        let shutdown = async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "admin gRPC server stopped with an error");
+        }
+    });
+    Ok(Some(catalog))
+}
+
+/// On a first start (no support set in the store yet), imports the bundled support-set
+/// folders (`models_dir/*/support-sets/*`) with a routing rule each from their `[match]` table,
+/// audited as token `seed`. A folder that does not import is logged and skipped.
+pub async fn seed(st: &Arc<State>) {
+    let empty = st
+        .db
+        .read(|c| {
+            c.query_row("SELECT COUNT(*) FROM support_sets", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .map(|n| n == 0)
+        .unwrap_or(false);
+    if !empty {
+        return;
+    }
+    let dirs = crate::pipeline::catalog::FolderCatalog::discover(&st.models_dir)
+        .dirs()
+        .to_vec();
+    for dir in dirs {
+        let shown = dir.display().to_string();
+        match crate::admin::folder::import(st, &shown, "", "seed").await {
+            Ok(set) => {
+                let rule = crate::store::rules::Rule {
+                    priority: 100,
+                    modality: set.meta.modality.clone(),
+                    body_part: set.meta.body_part.clone(),
+                    support_set: set.name.clone(),
+                    enabled: true,
+                    skip_localizers: true,
+                    description: format!("seeded from {shown}"),
+                    ..Default::default()
+                };
+                let now = crate::store::db::now();
+                let r = crate::admin::change(&st.db, move |c| {
+                    crate::store::rules::create(c, &rule, "seed", now)
+                })
+                .await;
+                match r {
+                    Ok(id) => {
+                        tracing::info!(support_set = %set.name, rule = id, "seeded a bundled support set")
+                    }
+                    Err(e) => {
+                        tracing::error!(support_set = %set.name, error = %e.message(), "cannot seed a routing rule")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(folder = %shown, error = %e.message(), "cannot seed a bundled support set")
+            }
+        }
+    }
+}
+
+/// Removes pair folders no committed row names: temp folders of uploads cut short by a crash,
+/// and folders written just before a transaction that never committed.
+pub fn sweep_orphans(db: &Db, data_dir: &std::path::Path) {
+    let root = data_dir.join("support");
+    let Ok(sets) = std::fs::read_dir(&root) else {
+        return;
+    };
+    let known: std::collections::HashSet<String> = match db.read(|c| {
+        c.prepare("SELECT dir FROM support_pairs")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect()
+    }) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list support pairs; leaving support/ as it is");
+            return;
+        }
+    };
+    for set in sets.filter_map(|e| e.ok()) {
+        let Ok(pairs) = std::fs::read_dir(set.path()) else {
+            continue;
+        };
+        for p in pairs.filter_map(|e| e.ok()) {
+            let rel = format!(
+                "support/{}/{}",
+                set.file_name().to_string_lossy(),
+                p.file_name().to_string_lossy()
+            );
+            if !known.contains(&rel) {
+                tracing::info!(dir = %rel, "removing a support pair folder no row refers to");
+                let _ = std::fs::remove_dir_all(p.path());
+            }
+        }
+        let _ = std::fs::remove_dir(set.path());
+    }
+}

@@ -1,0 +1,43 @@
+//! The bundled demo support sets (`models/*/support-sets/*/supportset.toml`, shipped with the
+//! model bundle) import through the real daemon: every pair validates and no mask is empty.
+
+mod common;
+use common::admin::*;
+use common::*;
+use proxyseg::admin::pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundled_demo_support_sets_import() {
+    let a = start();
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    let mut folders: Vec<_> = std::fs::read_dir(root().join("models"))
+        .expect("models/ with the bundled demo support sets")
+        .filter_map(|e| e.ok())
+        .flat_map(|b| {
+            std::fs::read_dir(b.path().join("support-sets"))
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+        })
+        .filter(|p| p.join("supportset.toml").is_file())
+        .collect();
+    folders.sort();
+    assert!(
+        !folders.is_empty(),
+        "no models/*/support-sets/*/supportset.toml found"
+    );
+    for f in folders {
+        let s = c
+            .sets
+            .import(pb::ImportRequest {
+                path: f.display().to_string(),
+                name: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:?}", f.display()))
+            .into_inner();
+        assert!(!s.pairs.is_empty(), "{}", f.display());
+        assert!(s.pairs.iter().all(|p| p.mask_pixels.iter().all(|&n| n > 0)));
+    }
+}
