@@ -15,8 +15,16 @@ fn check(toml: &str) -> std::process::Output {
 
 #[test]
 fn shipped_config_is_valid() {
+    use std::os::unix::fs::PermissionsExt;
+    // As scripts/run leaves it: relative paths under the working directory, a private tokens file.
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(cwd.path().join("var")).unwrap();
+    let tokens = cwd.path().join("var/admin-tokens");
+    std::fs::write(&tokens, "admin admin 0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/proxyseg.toml");
     let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .current_dir(cwd.path())
         .args(["config", "check", "--config"])
         .arg(p)
         .output()

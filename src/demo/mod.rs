@@ -180,6 +180,27 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<DemoRow>, DemoError> {
     cfg.delivery.backoff_initial_s = 0.5;
     cfg.delivery.poll_interval_ms = 100;
     cfg.metrics.listen = String::new();
+    // The admin store seeds the bundled demo support sets and their routing rules on this
+    // first start, exactly as `scripts/run` does for a fresh installation.
+    let tokens = out.join("data").join("admin-tokens");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let token: u128 = rand::random();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tokens)
+            .map_err(setup)?;
+        writeln!(f, "demo admin {token:032x}").map_err(setup)?;
+    }
+    cfg.admin = Some(crate::config::AdminConfig {
+        listen: "127.0.0.1:0".into(),
+        tokens_file: tokens,
+        ..Default::default()
+    });
     let running = crate::daemon::start(cfg).await?;
     if let Err(e) = running
         .pipeline

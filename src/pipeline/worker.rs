@@ -372,7 +372,7 @@ struct Source {
 async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
     let job = p.db.read(|c| {
         c.query_row(
-            "SELECT study_uid, state, support_set, support_set_version, bundle, destination_ae, series_json, skip_localizers FROM jobs WHERE id = ?1",
+            "SELECT study_uid, state, support_set, CAST(support_set_version AS TEXT), bundle, destination_ae, series_json, skip_localizers FROM jobs WHERE id = ?1",
             [id],
             |r| {
                 let series: Option<String> = r.get(6)?;
