@@ -31,7 +31,7 @@ pub struct AdminArgs {
     /// Admin API endpoint (https://... for TLS).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub endpoint: String,
-    /// File whose first non-empty line is the bearer token (else $PROXYSEG_TOKEN).
+    /// File whose first non-empty line holds the bearer token as its last field (a bare token, or a `name role token` line of the server's tokens file); else $PROXYSEG_TOKEN.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// Print JSON instead of tables.
@@ -395,9 +395,12 @@ fn token(args: &AdminArgs) -> Result<String, CliError> {
             CliError::Local("no token: pass --token-file FILE or set PROXYSEG_TOKEN".into())
         })?,
     };
+    // A bare token, or a line of the server's tokens file (`name role token`): the token is
+    // the last field either way, so admins can point --token-file at the server's file.
     raw.lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
         .map(str::to_string)
         .ok_or_else(|| CliError::Local("the token is empty".into()))
 }
