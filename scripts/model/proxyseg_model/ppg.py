@@ -35,6 +35,7 @@ class PPGConfig:
     use_selective_map: bool = True
     use_ccm: bool = True
     bridge_mask: bool = True      # grid-pooled object mask as an extra Bridge Unit channel
+    mask_readout: bool = True     # values carry the grid mask; its readout places tokens (SAM PE)
 
 
 @dataclass
@@ -61,6 +62,11 @@ class ProxyPromptGenerator(nn.Module):
         self.selective_map = SelectiveMap(cfg.embed_dim, cfg.key_dim, enabled=cfg.use_selective_map)
         self.tokens = cfg.token_grid ** 2
         hw = cfg.grid * cfg.grid
+        if cfg.mask_readout:
+            # SAM positional encoding + "positive point" embedding at each token's grid centre;
+            # filled from the (frozen) SAM by ProxyPromptSAM.sync_point_tokens()
+            self.register_buffer("point_tokens", torch.zeros(self.tokens, cfg.embed_dim))
+            self.point_scale = nn.Parameter(torch.ones(1))
         if cfg.use_ccm:
             self.ccm = ContextualColorizationModule(cfg.embed_dim, cfg.value_dim, cfg.ccm_dim, cfg.embed_dim,
                                                     hw=hw, tokens=self.tokens, depth=cfg.ccm_depth)
@@ -99,6 +105,8 @@ class ProxyPromptGenerator(nn.Module):
         g = self.cfg.grid
         grid_masks = F.adaptive_avg_pool2d(support_masks, g) if support_masks.shape[-1] != g else support_masks
         values = self.bridge(emb, feats, grid_masks)
+        if self.cfg.mask_readout:  # last value channel: the object's mask on the grid
+            values = torch.cat([values, grid_masks.unsqueeze(2)], dim=2)
         keys = self.selective_map.keys(emb)
         return keys, values
 
@@ -113,14 +121,23 @@ class ProxyPromptGenerator(nn.Module):
           (torch.Tensor): K x T x C prompt tokens (the proxy prompt), T = token_grid^2.
         """
         emb = self._to_grid(image_embeddings)
-        ctx = self.selective_map(emb, support_keys, support_values)  # K x Cv x g x g
+        ctx = self.selective_map(emb, support_keys, support_values)  # K x Cv(+1) x g x g
         k = ctx.shape[0]
         pool = self.cfg.grid // self.cfg.token_grid
-        ctx_tokens = F.avg_pool2d(ctx, pool).flatten(2).transpose(1, 2)  # K x T x Cv
+        ctx_tokens = F.avg_pool2d(ctx, pool).flatten(2).transpose(1, 2)  # K x T x Cv(+1)
+        if self.cfg.mask_readout:
+            # mask readout: the support masks read through the selective map = where the object
+            # is in the target; it weights SAM point-prompt embeddings at the token positions
+            readout = ctx_tokens[:, :, -1:]
+            ctx_tokens = ctx_tokens[:, :, :-1]
         if self.ccm is None:
-            return self.no_ccm_out(ctx_tokens + self.ctx_pe)
-        target = emb.flatten(2).transpose(1, 2).expand(k, -1, -1)  # K x HW x C
-        return self.ccm(target, ctx_tokens)
+            tokens = self.no_ccm_out(ctx_tokens + self.ctx_pe)
+        else:
+            target = emb.flatten(2).transpose(1, 2).expand(k, -1, -1)  # K x HW x C
+            tokens = self.ccm(target, ctx_tokens)
+        if self.cfg.mask_readout:
+            tokens = tokens + self.point_scale * readout * self.point_tokens
+        return tokens
 
 
 class ProxyPromptSAM(nn.Module):
@@ -151,6 +168,18 @@ class ProxyPromptSAM(nn.Module):
         keys, values = self.ppg.encode_support(support_images, support_masks, s_emb)
         tokens = self.ppg.generate_prompts(t_emb, keys, values)
         return self.sam.decode(t_emb, tokens)
+
+    @torch.no_grad()
+    def sync_point_tokens(self) -> None:
+        """Fill the PPG's point_tokens buffer from SAM's (frozen) prompt encoder."""
+        if not self.ppg_cfg.mask_readout:
+            return
+        tg, S = self.ppg_cfg.token_grid, self.img_size
+        c = (torch.arange(tg, dtype=torch.float32) + 0.5) * S / tg
+        yy, xx = torch.meshgrid(c, c, indexing="ij")
+        coords = torch.stack([xx.flatten(), yy.flatten()], -1)[None]  # 1 x T x 2 (x, y)
+        pe = self.sam.prompt_encoder.pe_layer.forward_with_coords(coords, (S, S))[0]
+        self.ppg.point_tokens.copy_(pe + self.sam.prompt_encoder.point_embeddings[1].weight)
 
     def config_dict(self) -> dict:
         return {"name": self.name, "sam": asdict(self.sam_cfg), "ppg": asdict(self.ppg_cfg)}

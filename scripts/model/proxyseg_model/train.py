@@ -70,7 +70,8 @@ def load_checkpoint(path: Path, lora_rank: int = 4):
 def build_from_config(cfg: dict):
     from .ppg import PPGConfig, ProxyPromptSAM, SAMConfig
     ppg = dict(cfg["ppg"])
-    ppg.setdefault("bridge_mask", False)  # checkpoints from before the option
+    ppg.setdefault("bridge_mask", False)  # checkpoints from before these options
+    ppg.setdefault("mask_readout", False)
     return ProxyPromptSAM(SAMConfig(**cfg["sam"]), PPGConfig(**ppg), name=cfg["name"])
 
 
@@ -234,6 +235,7 @@ def ppg(args):
         sam_state = {k[4:]: v for k, v in ck["state"].items() if k.startswith("sam.")}
         model.sam.load_state_dict(sam_state)
         log(f"ppg: SAM weights from {args.init} ({ck['extra']})", fh)
+    model.sync_point_tokens()
     S = model.img_size
     corpora = {f: data.corpus(f, data.FEWSHOT, S, RUNS / "cache") for f in args.families}
     info = train_ppg(model, corpora, args, fh, tag=args.tag or "ppg")
@@ -249,6 +251,7 @@ def real(args):
     fh = open(args.log, "a") if args.log else None
     from .build import build_real
     model = build_real(args.model, checkpoint=args.sam_checkpoint, img_size=args.img_size)
+    model.sync_point_tokens()
     S = model.img_size
     corp = load_support_set_tensors(Path(args.data), S)
     log(f"real: {args.model} from {args.sam_checkpoint}, {len(corp['images'])} pairs, K={corp['masks'].shape[1]}", fh)

@@ -36,8 +36,11 @@ def test_manifest_and_metadata(rt, bundle_dir):
     enc = rt.sessions["image_encoder"]
     assert enc.get_inputs()[0].shape[1:] == [3, 256, 256]
     assert enc.get_outputs()[0].shape[1:] == [m["embed_dim"], h, w]
-    dec = rt.sessions["mask_decoder"].get_outputs()[0].shape
-    assert dec[1:] == [1, 4 * h, 4 * w]
+    assert rt.sessions["mask_decoder"].get_outputs()[0].shape[1] == 1
+    logits, iou = rt.sessions["mask_decoder"].run(None, {
+        "image_embeddings": np.zeros((1, m["embed_dim"], h, w), np.float32),
+        "prompt_tokens": np.zeros((2, m["prompt_tokens"], m["embed_dim"]), np.float32)})
+    assert logits.shape == (2, 1, 4 * h, 4 * w) and iou.shape == (2, 1)
 
 
 def _load(bundle_dir, t):
