@@ -101,6 +101,18 @@ pub enum EngineError {
     Internal(String),
 }
 
+impl EngineError {
+    /// True when retrying the same request cannot succeed (bad input, unknown bundle,
+    /// inconsistent support set): the pipeline fails the job with this message. False for
+    /// runtime trouble (a graph run, a task, the library), which may pass on a retry.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(
+            self,
+            EngineError::Inference { .. } | EngineError::Internal(_) | EngineError::Runtime(_)
+        )
+    }
+}
+
 /// The result of segmenting a list of frames with one support set.
 #[derive(Debug, Clone)]
 pub struct Segmentation {
