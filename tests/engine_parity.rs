@@ -1,9 +1,8 @@
 //! Parity with the Python reference (scripts/model, `bundle_data.write_fixtures`) through the
 //! full Rust path: DICOM file -> display frames -> model input -> four graphs -> masks.
 //!
-//! Needs the real bundle: `models/phantom-tiny` (or PROXYSEG_PARITY_BUNDLE). Without it the
-//! test says so and passes, unless PROXYSEG_REQUIRE_BUNDLE=1 (set it once the bundle is in the
-//! tree). Checks per frame: model input, image embeddings, prompt tokens, low-res mask logits
+//! Needs the real bundle: `models/phantom-tiny` (or PROXYSEG_PARITY_BUNDLE); without it the test
+//! fails. Checks per frame: model input, image embeddings, prompt tokens, low-res mask logits
 //! (max abs diff <= the fixtures' tolerance, 1e-3) and final masks (>= 99.9 % equal pixels);
 //! per case the support masks (SEG read + mask preprocessing) and the support context.
 
@@ -22,20 +21,13 @@ fn bundle_dir() -> Option<PathBuf> {
     let p = std::env::var_os("PROXYSEG_PARITY_BUNDLE")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("models/phantom-tiny"));
-    if p.join("fixtures/fixtures.json").is_file() {
-        return Some(p);
-    }
-    let required = std::env::var("PROXYSEG_REQUIRE_BUNDLE").is_ok_and(|v| v == "1");
+    // The bundle and its fixtures are committed: their absence is a failure, never a skip.
     assert!(
-        !required,
-        "PROXYSEG_REQUIRE_BUNDLE=1 but {} has no fixtures/fixtures.json",
+        p.join("fixtures/fixtures.json").is_file(),
+        "{} has no fixtures/fixtures.json (regenerate with scripts/model: finalize)",
         p.display()
     );
-    eprintln!(
-        "SKIPPED: no bundle fixtures at {} (set PROXYSEG_PARITY_BUNDLE)",
-        p.display()
-    );
-    None
+    Some(p)
 }
 
 /// Fixture paths are relative to the bundle folder (older fixtures: to fixtures/).

@@ -1,4 +1,5 @@
-//! Benchmark harness for scripts/bench/engine/run (ignored in normal test runs).
+//! Benchmark harness for scripts/bench/engine/run: `cargo run --release --example engine_bench`
+//! runs the benchmark; with `decode-profile` as argument, the decode profile of BENCH_FILE.
 //!
 //! Environment: BENCH_MODELS (models folder), BENCH_BUNDLE (bundle name), BENCH_SUPPORT
 //! (support-set folder), BENCH_INPUTS (comma-separated DICOM files), BENCH_REPEAT (default 5),
@@ -40,8 +41,14 @@ fn ms(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e3 / n.max(1) as f64
 }
 
-#[test]
-#[ignore = "benchmark: run through scripts/bench/engine/run"]
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("decode-profile") {
+        decode_profile();
+    } else {
+        engine_benchmark();
+    }
+}
+
 fn engine_benchmark() {
     let (Some(models), Some(bundle), Some(support), Some(inputs)) = (
         env("BENCH_MODELS"),
@@ -152,8 +159,6 @@ fn engine_benchmark() {
 }
 
 /// Where decoding time goes for one file (BENCH_FILE): open + parse, pixel decode, display.
-#[test]
-#[ignore = "benchmark helper"]
 fn decode_profile() {
     use dicom_pixeldata::PixelDecoder;
     let Some(file) = env("BENCH_FILE") else {
