@@ -48,6 +48,22 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         timeout_s: u64,
     },
+    /// Segment DICOM files with a support set, without the network; writes one DICOM SEG per
+    /// input plus PNG / raw masks.
+    Segment {
+        /// Path of the TOML configuration.
+        #[arg(long, default_value = "config/proxyseg.toml")]
+        config: PathBuf,
+        /// Support set: a folder with supportset.toml, or a name under models_dir/*/support-sets.
+        #[arg(long)]
+        support_set: String,
+        /// Output folder.
+        #[arg(short = 'o', long)]
+        out: PathBuf,
+        /// DICOM files to segment.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -134,6 +150,55 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("proxyseg demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Segment {
+            config,
+            support_set,
+            out,
+            inputs,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            proxyseg::ops::init_logging(&proxyseg::config::LogConfig {
+                format: "human".into(),
+                filter: "warn,ort=error".into(),
+            });
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(proxyseg::pipeline::offline::segment_to_seg(
+                &cfg,
+                &support_set,
+                &out,
+                &inputs,
+            )) {
+                Ok((report, segs)) => {
+                    println!(
+                        "segmented {} frame(s) with {} on {}",
+                        report.frames, report.support_set, report.bundle
+                    );
+                    for p in segs {
+                        println!("SEG {}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proxyseg segment: {e}");
                     ExitCode::from(1)
                 }
             }

@@ -375,6 +375,10 @@ pub struct OfflineReport {
     pub decode: Duration,
     /// Engine stage timings, summed.
     pub timings: StageTimings,
+    /// Per input file, its segmentation (masks at the source size), for writers such as SEG.
+    pub results: Vec<(PathBuf, Segmentation)>,
+    /// The support set's `supportset.toml` (object codes and colours).
+    pub spec: Option<SupportSetSpec>,
 }
 
 /// `proxyseg segment --config PATH --support-set NAME -o OUT_DIR INPUT.dcm...`: segments each
@@ -393,7 +397,7 @@ pub async fn segment_files(
     let engine = Engine::new(&cfg.engine, &cfg.storage.data_dir)?;
     let set_dir = find_support_set(&cfg.engine.models_dir, support_set)?;
     let (set, spec) = load_support_set(&set_dir)?;
-    let bundle = match spec.bundle {
+    let bundle = match spec.bundle.clone() {
         Some(b) => b,
         None => match engine.bundle_names().as_slice() {
             [one] => one.clone(),
@@ -412,6 +416,8 @@ pub async fn segment_files(
         frames: 0,
         decode: Duration::ZERO,
         timings: StageTimings::default(),
+        results: Vec::new(),
+        spec: Some(spec.clone()),
     };
     std::fs::create_dir_all(out_dir)
         .map_err(|e| off(format!("cannot create {}: {e}", out_dir.display())))?;
@@ -429,6 +435,7 @@ pub async fn segment_files(
             .unwrap_or_else(|| "input".into());
         let dir = out_dir.join(&stem);
         report.written.extend(write_outputs(&dir, input, &seg)?);
+        report.results.push((input.clone(), seg));
     }
     Ok(report)
 }

@@ -216,25 +216,7 @@ impl Catalog for FolderCatalog {
             if set.version != version {
                 return Err(format!("support set {name} is now at version {} (job needs {version}); bundled folders keep no history", set.version));
             }
-            let segments = spec
-                .objects
-                .iter()
-                .map(|o| {
-                    let color = o
-                        .color
-                        .as_deref()
-                        .filter(|c| c.len() == 3)
-                        .map(|c| [c[0], c[1], c[2]])
-                        .unwrap_or([255, 0, 0]);
-                    SegmentDescription {
-                        label: o.label.clone(),
-                        category: code_of(o.category.as_ref(), "Anatomical Structure"),
-                        type_: code_of(o.property_type.as_ref(), &o.label),
-                        color_rgb: color,
-                        algorithm_name: "proxyseg PPG+SAM".into(),
-                    }
-                })
-                .collect();
+            let segments = describe_segments(&spec);
             return Ok(LoadedSupportSet { set, segments });
         }
         Err(format!(
@@ -242,6 +224,28 @@ impl Catalog for FolderCatalog {
             self.dirs.len()
         ))
     }
+}
+
+/// The SEG segment descriptions of a `supportset.toml`'s objects (codes, colours), in order.
+pub fn describe_segments(spec: &crate::engine::offline::SupportSetSpec) -> Vec<SegmentDescription> {
+    spec.objects
+        .iter()
+        .map(|o| {
+            let color = o
+                .color
+                .as_deref()
+                .filter(|c| c.len() == 3)
+                .map(|c| [c[0], c[1], c[2]])
+                .unwrap_or([255, 0, 0]);
+            SegmentDescription {
+                label: o.label.clone(),
+                category: code_of(o.category.as_ref(), "Anatomical Structure"),
+                type_: code_of(o.property_type.as_ref(), &o.label),
+                color_rgb: color,
+                algorithm_name: "proxyseg PPG+SAM".into(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

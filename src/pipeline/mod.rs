@@ -4,4 +4,5 @@
 pub mod assemble;
 pub mod catalog;
 pub mod deliver;
+pub mod offline;
 pub mod worker;

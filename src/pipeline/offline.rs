@@ -1,0 +1,77 @@
+//! `proxyseg segment`: segments DICOM files without the network and writes one DICOM SEG per
+//! input (beside the engine's PNG + raw masks), for admins checking a support set and for tests.
+
+use crate::config::Config;
+use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
+use crate::engine::offline::{segment_files, OfflineReport};
+use std::path::{Path, PathBuf};
+
+/// Segments `inputs` with `support_set` and writes `OUT/<stem>.seg.dcm` for each. Returns the
+/// engine's report and the SEG files.
+pub async fn segment_to_seg(
+    cfg: &Config,
+    support_set: &str,
+    out_dir: &Path,
+    inputs: &[PathBuf],
+) -> Result<(OfflineReport, Vec<PathBuf>), String> {
+    let report = segment_files(cfg, support_set, out_dir, inputs)
+        .await
+        .map_err(|e| e.to_string())?;
+    let spec = report
+        .spec
+        .clone()
+        .ok_or("the support set has no supportset.toml")?;
+    let segments = crate::pipeline::catalog::describe_segments(&spec);
+    let mut written = Vec::new();
+    for (input, result) in &report.results {
+        let header = dicom_object::OpenFileOptions::new()
+            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+            .open_file(input)
+            .map_err(|e| format!("{}: {e}", input.display()))?;
+        let masks: Vec<Vec<&[u8]>> = result
+            .frames
+            .iter()
+            .map(|f| f.masks.iter().map(|m| m.data.as_slice()).collect())
+            .collect();
+        let input_key = input.display().to_string();
+        let mut opts = SegOptions::new(
+            seg::deterministic_uid(&format!(
+                "proxyseg/offline/{input_key}/{}/seg",
+                report.support_set
+            )),
+            seg::deterministic_uid(&format!(
+                "proxyseg/offline/{input_key}/{}/series",
+                report.support_set
+            )),
+        );
+        opts.series_description = format!("proxyseg {}", report.support_set)
+            .chars()
+            .take(64)
+            .collect();
+        opts.content_label = "PROXYSEG".into();
+        opts.content_creator = "PROXYSEG^AUTOMATED".into();
+        opts.manufacturer = cfg.seg.manufacturer.clone();
+        opts.algorithm_version = format!("{} ; {}", report.bundle, report.support_set)
+            .chars()
+            .take(64)
+            .collect();
+        opts.omit_empty_frames = cfg.seg.omit_empty_frames;
+        let input_seg = SegInput {
+            segments: segments.clone(),
+            sources: vec![SourceImage {
+                dataset: &header,
+                masks,
+            }],
+        };
+        let obj = seg::write_seg(&input_seg, &opts)
+            .map_err(|e| format!("SEG for {}: {e}", input.display()))?;
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "input".into());
+        let path = out_dir.join(format!("{stem}.seg.dcm"));
+        seg::save_seg(&obj, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok((report, written))
+}
