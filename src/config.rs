@@ -167,12 +167,17 @@ pub struct TlsConfig {
 pub struct StorageConfig {
     /// Root of spool/, outbox/, cache/ and proxyseg.sqlite.
     pub data_dir: PathBuf,
+    /// How an instance is made durable before its C-STORE success: "syncfs" (group commit:
+    /// one syncfs of the spool filesystem covers every store waiting at that moment) or
+    /// "fsync" (each file and its directory).
+    pub durability: String,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("var"),
+            durability: "syncfs".into(),
         }
     }
 }
@@ -492,6 +497,15 @@ impl Config {
                     }
                 }
             }
+        }
+        if !matches!(self.storage.durability.as_str(), "syncfs" | "fsync") {
+            bad(
+                "storage.durability",
+                format!(
+                    "{:?} is not \"syncfs\" or \"fsync\"",
+                    self.storage.durability
+                ),
+            );
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             bad("storage.data_dir", "must not be empty".into());

@@ -153,7 +153,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         addr: cfg.dicom.listen.clone(),
         source,
     })?;
-    servers.spawn(scp.clone().serve(plain, false, stop_rx.clone()));
+    // Listeners are bound now (a port conflict fails fast) but served only once everything
+    // else is up; peers connecting meanwhile wait in the accept backlog.
+    let mut listeners = vec![(plain, false)];
     if let Some(t) = &cfg.dicom.tls {
         let l = TcpListener::bind(&t.listen)
             .await
@@ -163,7 +165,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
                 source,
             })?;
         tracing::info!(addr = %t.listen, mutual = t.client_ca.is_some(), "DICOM TLS listener up");
-        servers.spawn(scp.clone().serve(l, true, stop_rx.clone()));
+        listeners.push((l, true));
     }
 
     let beat = Arc::new(Heartbeat::default());
@@ -191,7 +193,12 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
 
     // The engine: a missing ONNX Runtime or bad bundle never stops ingest; jobs then fail
     // with the reason, and the daemon keeps receiving.
-    let engine = match crate::engine::Engine::new(&cfg.engine, &data_dir) {
+    // Loading ONNX Runtime and creating sessions is blocking work: keep it off the runtime.
+    let (ecfg, edir) = (cfg.engine.clone(), data_dir.clone());
+    let loaded = tokio::task::spawn_blocking(move || crate::engine::Engine::new(&ecfg, &edir))
+        .await
+        .unwrap_or_else(|e| Err(crate::engine::EngineError::Internal(e.to_string())));
+    let engine = match loaded {
         Ok(e) => {
             tracing::info!(library = %e.library().display(), bundles = ?e.bundle_names(), "engine ready");
             for r in e.refused() {
@@ -329,6 +336,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         stop_rx.clone(),
     ));
 
+    for (l, tls) in listeners {
+        servers.spawn(scp.clone().serve(l, tls, stop_rx.clone()));
+    }
     crate::ops::notify("READY=1\nSTATUS=accepting associations");
     if let Some(interval) = crate::ops::watchdog_interval() {
         let beat = beat.clone();

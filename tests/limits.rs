@@ -111,20 +111,31 @@ fn known_peer_must_come_from_its_host() {
 #[test]
 fn sigterm_finishes_the_store_in_flight_then_exits() {
     let mut d = Daemon::start(Opts::default());
-    let slow = Command::new(python())
+    let mut slow = Command::new(python())
         .arg(root().join("tests/python/scu_edge.py"))
         .args(["slow_store", &d.port.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SIGTERM once the association is up and the data set is on its way.
+    let mut reader = std::io::BufReader::new(slow.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("associated"),
+        "slow sender did not associate: {line:?}\n{}",
+        d.log()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = d.pid();
     assert!(pid > 0);
-    let killer = std::thread::spawn(move || unsafe { libc::kill(pid as i32, libc::SIGTERM) });
-    killer.join().unwrap();
-    let out = slow.wait_with_output().unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let st = slow.wait().unwrap();
+    assert!(st.success(), "slow sender failed: {rest}");
     let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+        serde_json::from_str(rest.trim()).unwrap_or_else(|_| panic!("{rest}"));
     assert_eq!(
         v["status"],
         0,

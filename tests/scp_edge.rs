@@ -47,7 +47,8 @@ fn hostile_and_broken_peers_get_proper_answers_and_the_daemon_keeps_serving() {
     assert_eq!(
         (v["rejected"].as_bool(), v["reason"].as_i64()),
         (Some(true), Some(7)),
-        "{v}"
+        "{v}\n{}",
+        d.log()
     );
 
     let v = case(&d, "unsupported_sop_class");

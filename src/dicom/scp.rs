@@ -160,6 +160,12 @@ impl Scp {
             .as_ref()
             .map(crate::dicom::tls::server_config)
             .transpose()?;
+        let mode = if cfg.storage.durability == "fsync" {
+            spool::Durability::Fsync
+        } else {
+            spool::Durability::Syncfs
+        };
+        let dir_sync = spool::DirSyncer::start(mode, spool.root());
         Ok(Arc::new(Scp {
             slots: Arc::new(Semaphore::new(cfg.dicom.max_associations)),
             cfg,
@@ -167,7 +173,7 @@ impl Scp {
             spool,
             tls,
             locks: (0..64).map(|_| Mutex::new(())).collect(),
-            dir_sync: spool::DirSyncer::start(),
+            dir_sync,
             metrics,
             stats: ScpStats::default(),
         }))
@@ -304,11 +310,36 @@ impl Scp {
     ) -> Result<(), AssocError> {
         let opts = self.options(addr.ip());
         let limit = Duration::from_secs(self.cfg.dicom.read_timeout_s);
-        let assoc = tokio::time::timeout(limit, opts.establish_async(stream))
-            .await
-            .map_err(|_| AssocError::Timeout(limit))?
-            .map_err(|e| self.establish_failed(addr, e))?;
-        self.run_association(assoc, addr, shutdown).await
+        // A second descriptor on the same connection: when negotiation ends in an
+        // A-ASSOCIATE-RJ, dicom-ul drops its socket right after writing the PDU; holding this
+        // one lets us wait for the requestor to close first (PS3.8 ARTIM), so a busy peer
+        // reads the rejection instead of a reset connection.
+        let keep = stream
+            .into_std()
+            .and_then(|s| s.try_clone().map(|k| (s, k)));
+        let (stream, keep) = match keep {
+            Ok((s, k)) => (
+                TcpStream::from_std(s).map_err(|e| AssocError::Io(e.to_string()))?,
+                Some(k),
+            ),
+            Err(e) => return Err(AssocError::Io(e.to_string())),
+        };
+        let established = tokio::time::timeout(limit, opts.establish_async(stream)).await;
+        match established {
+            Ok(Ok(assoc)) => {
+                drop(keep);
+                self.run_association(assoc, addr, shutdown).await
+            }
+            Ok(Err(e)) => {
+                let rejected = matches!(e, dicom_ul::association::Error::Rejected { .. });
+                let err = self.establish_failed(addr, e);
+                if let (true, Some(k)) = (rejected || err.to_string().contains("rejected"), keep) {
+                    linger_until_peer_closes(k).await;
+                }
+                Err(err)
+            }
+            Err(_) => Err(AssocError::Timeout(limit)),
+        }
     }
 
     async fn run_tls(
@@ -696,6 +727,7 @@ impl Scp {
         let spool = self.spool.clone();
         let cmd2 = cmd.clone();
         let calling2 = calling.to_string();
+        let durability = self.dir_sync.mode();
         let checked =
             tokio::task::spawn_blocking(move || -> Result<(InstanceRecord, PathBuf), Refusal> {
                 let r = (|| {
@@ -705,7 +737,9 @@ impl Scp {
                             format!("cannot write spool file: {}", e.error()),
                         )
                     })?;
-                    file.sync_all().map_err(|e| {
+                    // With syncfs group commit the barrier after the rename covers the data.
+                    let per_file = durability == spool::Durability::Fsync;
+                    (if per_file { file.sync_all() } else { Ok(()) }).map_err(|e| {
                         Refusal::new(
                             status::OUT_OF_RESOURCES,
                             format!("cannot fsync spool file: {e}"),
@@ -986,8 +1020,35 @@ async fn reject_raw(
     let mut buf = Vec::new();
     if dicom_ul::pdu::write_pdu(&mut buf, &pdu).is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&buf)).await;
-        let _ = stream.shutdown().await;
+        // Let the requestor read the rejection and close first (ARTIM), then close ours.
+        let mut buf = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
+}
+
+/// After an A-ASSOCIATE-RJ: waits (at most 2 s, the ARTIM timer) for the requestor to close
+/// the connection, then closes ours.
+async fn linger_until_peer_closes(sock: std::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut s) = TcpStream::from_std(sock) else {
+        return;
+    };
+    let mut buf = [0u8; 512];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Largest Rows or Columns we accept.

@@ -149,20 +149,34 @@ impl Spool {
     }
 }
 
-/// Batches directory fsyncs: concurrent requests for the same directory share one fsync
-/// (many associations storing into one series). Answers only after the fsync returned.
+/// How acknowledged instances are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync each file, then its directory after the rename (directory fsyncs are shared by
+    /// concurrent stores into the same series).
+    Fsync,
+    /// Group commit: after the rename, one `syncfs` of the spool's filesystem covers every
+    /// store waiting at that moment (file data and directory entries). No acknowledgement
+    /// precedes it.
+    Syncfs,
+}
+
+/// Batches durability barriers: every request waiting when the thread wakes shares one
+/// `syncfs` (or one fsync per distinct directory). Answers only after the barrier returned.
 #[derive(Debug, Clone)]
 pub struct DirSyncer {
     tx: std::sync::mpsc::Sender<(PathBuf, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    mode: Durability,
 }
 
 impl DirSyncer {
-    /// Starts the syncing thread.
-    pub fn start() -> DirSyncer {
+    /// Starts the syncing thread; `root` names the filesystem for [`Durability::Syncfs`].
+    pub fn start(mode: Durability, root: &Path) -> DirSyncer {
         let (tx, rx) = std::sync::mpsc::channel::<(
             PathBuf,
             tokio::sync::oneshot::Sender<Result<(), String>>,
         )>();
+        let root = root.to_owned();
         let spawned = std::thread::Builder::new()
             .name("dir-sync".into())
             .spawn(move || {
@@ -171,24 +185,41 @@ impl DirSyncer {
                     while let Ok(more) = rx.try_recv() {
                         batch.push(more);
                     }
-                    let mut done: std::collections::HashMap<PathBuf, Result<(), String>> =
-                        Default::default();
-                    for (dir, reply) in batch {
-                        let r = done
-                            .entry(dir.clone())
-                            .or_insert_with(|| sync_dir(&dir).map_err(|e| e.to_string()))
-                            .clone();
-                        let _ = reply.send(r);
+                    match mode {
+                        Durability::Syncfs => {
+                            let r = syncfs(&root)
+                                .map_err(|e| format!("syncfs {}: {e}", root.display()));
+                            for (_, reply) in batch {
+                                let _ = reply.send(r.clone());
+                            }
+                        }
+                        Durability::Fsync => {
+                            let mut done: std::collections::HashMap<PathBuf, Result<(), String>> =
+                                Default::default();
+                            for (dir, reply) in batch {
+                                let r = done
+                                    .entry(dir.clone())
+                                    .or_insert_with(|| sync_dir(&dir).map_err(|e| e.to_string()))
+                                    .clone();
+                                let _ = reply.send(r);
+                            }
+                        }
                     }
                 }
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the dir-sync thread");
         }
-        DirSyncer { tx }
+        DirSyncer { tx, mode }
     }
 
-    /// fsyncs `dir` (possibly together with other waiters of the same directory).
+    /// The durability mode.
+    pub fn mode(&self) -> Durability {
+        self.mode
+    }
+
+    /// Makes the rename into `dir` (and, with syncfs, the file's data) durable, possibly
+    /// together with other waiters.
     pub async fn sync(&self, dir: &Path) -> Result<(), String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.tx
@@ -197,6 +228,19 @@ impl DirSyncer {
         rx.await
             .map_err(|_| "dir-sync thread stopped".to_string())?
     }
+}
+
+/// `syncfs(2)` on the filesystem holding `path`: every dirty page and metadata change on it is
+/// durable when this returns (errors are reported since Linux 5.8).
+pub fn syncfs(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path)?;
+    // SAFETY: `f` is an open file descriptor for the duration of the call.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so that renames and creations inside it are durable.

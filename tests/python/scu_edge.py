@@ -245,6 +245,7 @@ def case(name, port):
         body = encode(ds)
         s = raw_assoc(port, sop=MR)
         s.sendall(pdata(1, store_command(ds.SOPInstanceUID, MR), True, True))
+        print(json.dumps({"associated": True}), flush=True)
         step = len(body) // 10 + 1
         for i in range(0, len(body), step):
             s.sendall(pdata(1, body[i:i + step], False, i + step >= len(body)))
