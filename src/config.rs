@@ -177,7 +177,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("var"),
-            durability: "syncfs".into(),
+            durability: "fsync".into(),
         }
     }
 }

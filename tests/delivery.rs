@@ -209,3 +209,38 @@ fn kill_9_during_delivery_is_delivered_after_restart_with_the_same_uid() {
     );
     drop(pacs);
 }
+
+#[test]
+fn peers_marked_tls_are_reached_over_dicom_tls() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    let pacs_port = free_port();
+    let out = tempfile::tempdir().unwrap();
+    // storescp as a TLS-only PACS that requires and verifies our client certificate.
+    let _pacs = storescp(
+        pacs_port,
+        out.path(),
+        &[
+            "+tls",
+            &p("server.key"),
+            &p("server.crt"),
+            "+cf",
+            &p("ca.crt"),
+            "-rc",
+        ],
+    );
+    let extra = format!(
+        "[[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\ntls = true\n[delivery]\nbackoff_initial_s = 0.3\nbackoff_max_s = 1.0\ntimeout_s = 5\npoll_interval_ms = 100\ntls_ca = \"{}\"\ntls_certificate = \"{}\"\ntls_private_key = \"{}\"\n",
+        p("ca.crt"),
+        p("client.crt"),
+        p("client.key")
+    );
+    let d = Daemon::start(Opts {
+        extra,
+        ..Opts::default()
+    });
+    send(&d, &ct_small());
+    wait_for("delivery over TLS", 20, || outbox_row(&d).0 == "delivered");
+    assert_eq!(received(out.path()).len(), 1);
+}

@@ -33,7 +33,7 @@ from .phantoms import OBJECTS, generate_case
 from .preprocess import case_displays, postprocess, prepare_image, prepare_mask, resized_size
 from .tomlw import dumps
 
-N_TEST = 30
+N_TEST = 20
 N_SUPPORT = 5
 
 
