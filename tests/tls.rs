@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::Command;
 
 fn tls_daemon(pki: &Path, mutual: bool) -> (Daemon, u16) {
     let tls_port = free_port();
