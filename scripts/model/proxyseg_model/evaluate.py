@@ -275,8 +275,9 @@ def write_report(bundle: Path, res: dict):
               "- (c) PerSAM-style: the pretrained SAM without LoRA/PPG; per object, the cosine-similarity map between "
               "the target embedding and the mask-averaged support embedding (5 pairs) gives the best location "
               "(positive point) and the worst (negative point) for SAM's prompt encoder.",
-              "- (d) ablations were trained on a short schedule (same steps as 'PPG, short schedule'), so compare "
-              "them with that column, not with (a).",
+              "- (d) ablations were trained on a short schedule (same step budget as 'PPG, short schedule', but "
+              "capped in wall time): compare them with that column, not with (a), and check the step counts in "
+              "the table below; runs that ended at different step counts are not a controlled comparison.",
               "- Stability: the same test set with each of the 5 support pairs alone (N=1).",
               "- Task switching: the same model and target images; the support set gives only one object's masks.",
               "", "| checkpoint | phase | steps | seconds | final loss (EMA) |", "|---|---|---|---|---|"]

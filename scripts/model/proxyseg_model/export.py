@@ -83,8 +83,9 @@ def dims(model) -> dict:
     S = model.img_size
     h = S // 16
     g = model.ppg_cfg.grid
+    cv = model.ppg_cfg.value_dim + (1 if getattr(model.ppg_cfg, "mask_readout", False) else 0)
     return {"S": S, "C": model.sam_cfg.embed_dim, "h": h, "w": h, "T": model.ppg_cfg.token_grid ** 2,
-            "Ck": model.ppg_cfg.key_dim, "Cv": model.ppg_cfg.value_dim, "g": g, "low_res": 4 * h}
+            "Ck": model.ppg_cfg.key_dim, "Cv": cv, "g": g, "low_res": 4 * h}
 
 
 def metadata(model) -> dict:

@@ -33,6 +33,14 @@ def test_manifest_and_metadata(rt, bundle_dir):
         assert md["embed_size"] == f"{h},{w}"
         total += (bundle_dir / m["graphs"][g]).stat().st_size
     assert total <= 40e6
+    # the manifest's [outputs] table states the support tensors' shapes (some dims are symbolic
+    # in the graph): check them on a real run with N=2, K=1
+    keys, values = rt.sessions["support_encoder"].run(None, {
+        "support_images": np.zeros((2, 3, 256, 256), np.float32), "support_masks": np.ones((2, 1, 256, 256), np.float32),
+        "support_embeddings": np.zeros((2, m["embed_dim"], h, w), np.float32)})
+    for name, arr in (("support_keys", keys), ("support_values", values)):
+        declared = m["outputs"][name].strip("f32[]").split(",")
+        assert [str(d) for d in arr.shape[-3:]] == declared[-3:], (name, arr.shape, declared)
     enc = rt.sessions["image_encoder"]
     assert enc.get_inputs()[0].shape[1:] == [3, 256, 256]
     assert enc.get_outputs()[0].shape[1:] == [m["embed_dim"], h, w]
