@@ -1,7 +1,7 @@
 //! The `proxyseg` command line: `serve`, `config check`, `admin ...`.
 
 use clap::{Parser, Subcommand};
-use proxyseg::config::{Config, ConfigError};
+use proxyseg::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -98,12 +98,9 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Send { config, to, files } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             match proxyseg::pipeline::deliver::enqueue_files(&cfg, &to, &files) {
                 Ok(rows) => {
@@ -127,15 +124,9 @@ fn main() -> ExitCode {
                 format: "human".into(),
                 filter: "warn,proxyseg=info,ort=error".into(),
             });
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let opts = proxyseg::demo::DemoOptions {
                 models_dir,
@@ -160,26 +151,17 @@ fn main() -> ExitCode {
             out,
             inputs,
         } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             proxyseg::ops::init_logging(&proxyseg::config::LogConfig {
                 format: "human".into(),
                 filter: "warn,ort=error".into(),
             });
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             match rt.block_on(proxyseg::pipeline::offline::segment_to_seg(
                 &cfg,
@@ -204,27 +186,14 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Serve { config } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load(&config) {
                 Ok(c) => c,
-                Err(
-                    e @ (ConfigError::Read { .. }
-                    | ConfigError::Parse { .. }
-                    | ConfigError::Invalid { .. }),
-                ) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             proxyseg::ops::init_logging(&cfg.log);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             match rt.block_on(proxyseg::daemon::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -236,6 +205,25 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Loads and validates a config; on error prints every problem and gives exit code 1.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(1)
+    })
+}
+
+/// The multi-thread runtime every async command runs on (dicom-ul's writer needs it).
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        })
 }
 
 #[cfg(test)]
