@@ -170,36 +170,6 @@ fn inside(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, Status> {
     Ok(dir.join(p))
 }
 
-/// For an `image` that is a folder of slices: the annotated one, the lowest Instance Number
-/// (ties by file name), as the engine's offline loader picks it.
-fn first_slice(dir: &Path) -> Result<PathBuf, String> {
-    use dicom_dictionary_std::tags;
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut best: Option<(i64, PathBuf)> = None;
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.extension().is_none_or(|x| x != "dcm") {
-            continue;
-        }
-        let n = dicom_object::OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(&p)
-            .ok()
-            .and_then(|o| {
-                o.element_opt(tags::INSTANCE_NUMBER)
-                    .ok()
-                    .flatten()
-                    .and_then(|e| e.to_int::<i64>().ok())
-            })
-            .unwrap_or(i64::MAX);
-        if best.as_ref().is_none_or(|(bn, bp)| (n, &p) < (*bn, bp)) {
-            best = Some((n, p));
-        }
-    }
-    best.map(|b| b.1)
-        .ok_or_else(|| format!("image folder {} holds no .dcm file", dir.display()))
-}
-
 fn read_limited(p: &Path, limit: usize, max_mb: u64) -> Result<Vec<u8>, Status> {
     let len = std::fs::metadata(p)
         .map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))?
@@ -273,7 +243,7 @@ fn load_folder(
         };
         let image_path = inside(dir, &p.image, "image").map_err(ctx)?;
         let image_path = if image_path.is_dir() {
-            first_slice(&image_path).map_err(|m| ctx(invalid(m)))?
+            crate::engine::offline::first_source(&image_path).map_err(|m| ctx(invalid(m)))?
         } else {
             image_path
         };

@@ -185,7 +185,9 @@ fn code_text(v: &toml::Value) -> String {
     }
 }
 
-fn first_source(path: &Path) -> Result<PathBuf, String> {
+/// The annotated image of a support pair: `path` itself when it is a file; for a folder of
+/// slices, the one with the lowest Instance Number (ties by file name).
+pub fn first_source(path: &Path) -> Result<PathBuf, String> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
