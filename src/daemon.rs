@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::dicom::scp::Scp;
 use crate::pipeline::assemble::{self, Heartbeat};
-use crate::store::{jobs, Db, Spool};
+use crate::store::{instances, jobs, Db, Spool};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,8 +110,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         );
     }
     let db = Db::open(&data_dir.join("proxyseg.sqlite"))?;
-    // After a crash, files renamed into the spool whose index row never committed were never
-    // acknowledged: remove them. A clean shutdown leaves a marker that skips this walk.
+    // After a crash, files renamed into the spool whose index row never committed, and rows
+    // whose file's directory entry never became durable, were never acknowledged: remove them. A clean shutdown leaves a marker that skips this walk.
     let marker = data_dir.join(".clean-shutdown");
     if marker.exists() {
         let _ = std::fs::remove_file(&marker);
@@ -122,7 +122,15 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             rows.map(|r| r.map(std::path::PathBuf::from)).collect()
         })?;
         let removed = spool.sweep_orphans(&indexed)?;
-        tracing::info!(removed, "checked the spool after an unclean stop");
+        let dropped = db.write(instances::drop_missing).await?;
+        for (uid, path) in &dropped {
+            tracing::warn!(sop = %uid, path = %path, "removed an index row whose file is missing (never acknowledged)");
+        }
+        tracing::info!(
+            removed,
+            dropped_rows = dropped.len(),
+            "checked the spool and the index after an unclean stop"
+        );
     }
     let open = db.read(jobs::unfinished)?;
     let indexed = db.read(crate::store::instances::count)?;

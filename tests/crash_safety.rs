@@ -164,13 +164,18 @@ fn dataset_offset(bytes: &[u8]) -> usize {
     pos
 }
 
-/// sha256 (hex) of the data set stored in a spool file, as the sender computed it.
-fn dataset_sha256(path: &Path) -> String {
+/// Digests of the data set stored in a spool file: (sha256 hex, as the sender computed it;
+/// `blake3:<hex>`, as the index records it).
+fn dataset_digests(path: &Path) -> (String, String) {
     let mut bytes = Vec::new();
     fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    hex::encode(Sha256::digest(&bytes[dataset_offset(&bytes)..]))
+    let ds = &bytes[dataset_offset(&bytes)..];
+    (
+        hex::encode(Sha256::digest(ds)),
+        format!("blake3:{}", blake3::hash(ds).to_hex()),
+    )
 }
 
 fn count_lines(path: &Path) -> usize {
@@ -352,7 +357,7 @@ filter = "info"
     )
     .unwrap();
     let rows: HashMap<String, (String, String, i64)> = db
-        .prepare("SELECT sop_instance_uid, sha256, path, size_bytes FROM instances")
+        .prepare("SELECT sop_instance_uid, digest, path, size_bytes FROM instances")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
         .unwrap()
@@ -362,7 +367,8 @@ filter = "info"
     // Every index row points to a complete spool file outside .tmp whose data set matches.
     let spool_abs = fs::canonicalize(&spool).unwrap();
     let mut indexed_paths = HashSet::new();
-    for (uid, (sha, path, size)) in &rows {
+    let mut stored_sha = HashMap::new();
+    for (uid, (digest, path, size)) in &rows {
         let p = dir.join(path); // absolute paths stay as they are
         assert!(
             p.is_file(),
@@ -378,22 +384,23 @@ filter = "info"
             *size,
             "index row {uid}: size_bytes differs from the file"
         );
+        let (sha, b3) = dataset_digests(&p);
         assert_eq!(
-            &dataset_sha256(&p),
-            sha,
-            "index row {uid}: the stored data set does not match the indexed sha256"
+            &b3, digest,
+            "index row {uid}: the stored data set does not match the indexed digest"
         );
+        stored_sha.insert(uid.clone(), sha);
         indexed_paths.insert(p);
     }
 
     // Every acknowledged instance is indexed, with the bytes that were sent.
     for (uid, sent_sha) in &acked {
-        let (sha, path, _) = rows
+        let (_, path, _) = rows
             .get(uid)
             .unwrap_or_else(|| panic!("acknowledged instance {uid} is not in the index"));
         assert_eq!(
-            sha, sent_sha,
-            "{uid}: indexed sha256 differs from what was sent"
+            &stored_sha[uid], sent_sha,
+            "{uid}: the stored data set differs from what was sent"
         );
         let p = dir.join(path);
         let obj = dicom_object::open_file(&p)
@@ -452,7 +459,7 @@ filter = "info"
     )
     .unwrap();
     let rows: HashMap<String, (String, String)> = db
-        .prepare("SELECT sop_instance_uid, sha256, path FROM instances")
+        .prepare("SELECT sop_instance_uid, digest, path FROM instances")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
         .unwrap()
@@ -461,13 +468,10 @@ filter = "info"
     assert_eq!(rows.len(), TOTAL, "index rows after the resend");
     for l in resent.lines() {
         let (uid, sent_sha) = l.split_once(' ').unwrap();
-        let (sha, path) = rows.get(uid).unwrap_or_else(|| panic!("{uid} not indexed"));
-        assert_eq!(sha, sent_sha, "{uid}: indexed sha256 after the resend");
-        assert_eq!(
-            &dataset_sha256(&dir.join(path)),
-            sent_sha,
-            "{uid}: stored bytes after the resend"
-        );
+        let (digest, path) = rows.get(uid).unwrap_or_else(|| panic!("{uid} not indexed"));
+        let (sha, b3) = dataset_digests(&dir.join(path));
+        assert_eq!(&sha, sent_sha, "{uid}: stored bytes after the resend");
+        assert_eq!(&b3, digest, "{uid}: indexed digest after the resend");
     }
     eprintln!(
         "resent {TOTAL} after restart; total {:.1} s",

@@ -21,6 +21,7 @@ use dicom_ul::pdu::{
 };
 use dicom_ul::Pdu;
 use sha2::{Digest, Sha256};
+
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -657,7 +658,7 @@ impl Scp {
             state: IncomingState::Writing {
                 file: std::io::BufWriter::with_capacity(256 * 1024, file),
                 path,
-                hash: Sha256::new(),
+                hash: Box::new(blake3::Hasher::new()),
                 len: 0,
                 offset: 0,
             },
@@ -723,67 +724,46 @@ impl Scp {
                 );
             }
         };
-        let sha = hex::encode(hash.finalize());
+        let digest = format!("blake3:{}", hash.finalize().to_hex());
+        // Copies of one SOP Instance UID from concurrent associations are serialised from the
+        // duplicate check to the index commit.
+        let lock = &self.locks[lock_index(&cmd.sop_instance_uid, self.locks.len())];
+        let _guard = lock.lock().await;
         let spool = self.spool.clone();
+        let db = self.db.clone();
         let cmd2 = cmd.clone();
         let calling2 = calling.to_string();
         let durability = self.dir_sync.mode();
-        let checked =
-            tokio::task::spawn_blocking(move || -> Result<(InstanceRecord, PathBuf), Refusal> {
-                let r = (|| {
-                    let file = file.into_inner().map_err(|e| {
-                        Refusal::new(
-                            status::OUT_OF_RESOURCES,
-                            format!("cannot write spool file: {}", e.error()),
-                        )
-                    })?;
-                    // With syncfs group commit the barrier after the rename covers the data.
-                    let per_file = durability == spool::Durability::Fsync;
-                    (if per_file { file.sync_all() } else { Ok(()) }).map_err(|e| {
-                        Refusal::new(
-                            status::OUT_OF_RESOURCES,
-                            format!("cannot fsync spool file: {e}"),
-                        )
-                    })?;
-                    let size = file.metadata().map(|m| m.len()).unwrap_or(len);
-                    drop(file);
-                    let mut rec = validate(&path, &cmd2, &ts, offset, len)?;
-                    rec.calling_ae = calling2;
-                    rec.source_host = ip.to_string();
-                    rec.size_bytes = size;
-                    rec.sha256 = sha;
-                    let dest = spool
-                        .final_path(&rec.study_uid, &rec.series_uid, &rec.sop_instance_uid)
-                        .map_err(|e| {
-                            Refusal::new(status::DATASET_DOES_NOT_MATCH_SOP_CLASS, e.to_string())
-                        })?;
-                    rec.path = dest.to_string_lossy().into_owned();
-                    Ok(rec)
-                })();
-                match r {
-                    Ok(rec) => Ok((rec, path)),
-                    Err(e) => {
-                        spool.discard(&path);
-                        Err(e)
-                    }
-                }
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(Refusal::new(
-                    status::PROCESSING_FAILURE,
-                    format!("validation task failed: {e}"),
-                ))
-            });
-        let (rec, temp) = match checked {
-            Ok(r) => r,
+        // One blocking step: fsync, validate, duplicate check, rename into place.
+        let placed = tokio::task::spawn_blocking(move || {
+            place(
+                &spool, &db, durability, file, path, &cmd2, &ts, offset, len, calling2, ip, digest,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Refusal::new(
+                status::PROCESSING_FAILURE,
+                format!("storage task failed: {e}"),
+            ))
+        });
+        let placed = match placed {
+            Ok(p) => p,
             Err(r) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sop = %cmd.sop_instance_uid, status = format!("{:#06x}", r.status), reason = %r.comment, "C-STORE refused");
                 return (r.status, Some(r.comment), cmd);
             }
         };
-        match self.commit(rec, temp).await {
+        let (rec, replaces) = match placed {
+            Placed::Duplicate => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(sop = %cmd.sop_instance_uid, "identical duplicate: kept the stored copy");
+                return (status::SUCCESS, None, cmd);
+            }
+            Placed::Renamed { rec, replaces } => (rec, replaces),
+        };
+        match self.commit(rec, replaces, durability).await {
             Ok(()) => (status::SUCCESS, None, cmd),
             Err(r) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -793,60 +773,61 @@ impl Scp {
         }
     }
 
-    /// Renames the temp file into place and records it; idempotent for identical copies.
-    async fn commit(&self, rec: InstanceRecord, temp_path: PathBuf) -> Result<(), Refusal> {
-        let lock = &self.locks[lock_index(&rec.sop_instance_uid, self.locks.len())];
-        let _guard = lock.lock().await;
+    /// Makes a renamed instance durable and indexes it. In `fsync` mode the file's data is
+    /// already durable, so a new instance's directory fsync and its index commit run
+    /// together: a row whose directory entry a crash lost was never acknowledged, and the
+    /// startup check after an unclean stop removes it ([`instances::drop_missing`]). A
+    /// replacement, and every store in `syncfs` mode, waits for the barrier before the row
+    /// is written, so the index never names data that might not be on disk.
+    async fn commit(
+        &self,
+        rec: InstanceRecord,
+        replaces: bool,
+        durability: spool::Durability,
+    ) -> Result<(), Refusal> {
         let uid = rec.sop_instance_uid.clone();
-        let existing = self
-            .db
-            .read(|c| instances::existing(c, &uid))
-            .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?;
-        if let Some((sha, path)) = &existing {
-            if *sha == rec.sha256 && Path::new(path).is_file() {
-                self.spool.discard(&temp_path);
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(sop = %uid, "identical duplicate: kept the stored copy");
-                return Ok(());
-            }
-        }
-        // A different copy goes to a new name, so the stored copy and its index row stay
-        // consistent until the new row is committed; the old file is removed only after.
-        let mut rec = rec;
-        if let Some((_, old_path)) = &existing {
-            if *old_path == rec.path {
-                let short = &rec.sha256[..12.min(rec.sha256.len())];
-                rec.path = PathBuf::from(&rec.path)
-                    .with_extension(format!("{short}.dcm"))
-                    .to_string_lossy()
-                    .into_owned();
-            }
-        }
-        let spool = self.spool.clone();
         let dest = PathBuf::from(&rec.path);
-        let tp = temp_path.clone();
-        let d2 = dest.clone();
-        tokio::task::spawn_blocking(move || spool.rename_into_place(&tp, &d2))
-            .await
-            .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?
-            .map_err(|e| {
-                self.spool.discard(&temp_path);
-                Refusal::new(status::OUT_OF_RESOURCES, e.to_string())
-            })?;
-        if let Some(dir) = dest.parent() {
-            self.dir_sync.sync(dir).await.map_err(|e| {
+        let dir = dest.parent().unwrap_or(self.spool.root()).to_owned();
+        let r = rec.clone();
+        let barrier = async {
+            self.dir_sync.sync(&dir).await.map_err(|e| {
                 Refusal::new(
                     status::OUT_OF_RESOURCES,
                     format!("cannot fsync spool directory: {e}"),
                 )
-            })?;
-        }
-        let r = rec.clone();
-        let outcome = self
-            .db
-            .write(move |c| instances::record(c, &r))
-            .await
-            .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, format!("index: {e}")))?;
+            })
+        };
+        let index = async {
+            self.db
+                .write(move |c| instances::record(c, &r))
+                .await
+                .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, format!("index: {e}")))
+        };
+        let outcome = if replaces || durability == spool::Durability::Syncfs {
+            barrier.await?;
+            index.await
+        } else {
+            let (b, i) = tokio::join!(barrier, index);
+            b.and(i)
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(r) => {
+                // The row may have committed while the barrier failed: the file stays, and
+                // so does its row (consistent while the system runs; the sender retries).
+                // If the index write failed, nothing names the new file: remove it.
+                let indexed = self
+                    .db
+                    .read(|c| instances::existing(c, &uid))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(_, p)| p == rec.path);
+                if !indexed {
+                    self.spool.discard(&dest);
+                }
+                return Err(r);
+            }
+        };
         self.stats.stored.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Recorded::New => {
@@ -865,6 +846,102 @@ impl Scp {
     }
 }
 
+/// What the blocking part of a C-STORE did with the received file.
+enum Placed {
+    /// An identical copy is already stored: the temp file was removed.
+    Duplicate,
+    /// Renamed to its spool path (not yet durable in its directory, not yet indexed).
+    Renamed {
+        /// The index row to write.
+        rec: InstanceRecord,
+        /// An index row for this instance exists (a different copy).
+        replaces: bool,
+    },
+}
+
+/// The blocking part of a C-STORE: flush and fsync the temp file (fsync mode), validate it,
+/// check for a stored copy, and rename it into place. The temp file is removed on failure.
+#[allow(clippy::too_many_arguments)]
+fn place(
+    spool: &Spool,
+    db: &Db,
+    durability: spool::Durability,
+    file: std::io::BufWriter<std::fs::File>,
+    temp: PathBuf,
+    cmd: &Command,
+    ts: &str,
+    offset: u64,
+    len: u64,
+    calling: String,
+    ip: IpAddr,
+    digest: String,
+) -> Result<Placed, Refusal> {
+    let r = (|| {
+        let file = file.into_inner().map_err(|e| {
+            Refusal::new(
+                status::OUT_OF_RESOURCES,
+                format!("cannot write spool file: {}", e.error()),
+            )
+        })?;
+        // With syncfs group commit the barrier after the rename covers the data.
+        if durability == spool::Durability::Fsync {
+            file.sync_all().map_err(|e| {
+                Refusal::new(
+                    status::OUT_OF_RESOURCES,
+                    format!("cannot fsync spool file: {e}"),
+                )
+            })?;
+        }
+        let size = file.metadata().map(|m| m.len()).unwrap_or(len);
+        drop(file);
+        let mut rec = validate(&temp, cmd, ts, offset, len)?;
+        rec.calling_ae = calling;
+        rec.source_host = ip.to_string();
+        rec.size_bytes = size;
+        rec.digest = digest;
+        let dest = spool
+            .final_path(&rec.study_uid, &rec.series_uid, &rec.sop_instance_uid)
+            .map_err(|e| Refusal::new(status::DATASET_DOES_NOT_MATCH_SOP_CLASS, e.to_string()))?;
+        rec.path = dest.to_string_lossy().into_owned();
+        let existing = db
+            .read(|c| instances::existing(c, &rec.sop_instance_uid))
+            .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?;
+        if let Some((stored, path)) = &existing {
+            if *stored == rec.digest && Path::new(path).is_file() {
+                return Ok(None);
+            }
+            // A different copy goes to a new name, so the stored copy and its index row stay
+            // consistent until the new row is committed; the old file is removed only after.
+            if *path == rec.path {
+                let hex = rec.digest.rsplit(':').next().unwrap_or_default();
+                let short = &hex[..12.min(hex.len())];
+                rec.path = dest
+                    .with_extension(format!("{short}.dcm"))
+                    .to_string_lossy()
+                    .into_owned();
+            }
+        }
+        spool
+            .rename_into_place(&temp, Path::new(&rec.path))
+            .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?;
+        Ok(Some(Placed::Renamed {
+            rec,
+            replaces: existing.is_some(),
+        }))
+    })();
+    match r {
+        Ok(Some(placed)) => Ok(placed),
+        Ok(None) => {
+            spool.discard(&temp);
+            Ok(Placed::Duplicate)
+        }
+        Err(e) => {
+            spool.discard(&temp);
+            Err(e)
+        }
+    }
+}
+
 /// The C-STORE being received on an association.
 struct Incoming {
     cmd: Command,
@@ -877,7 +954,8 @@ enum IncomingState {
     Writing {
         file: std::io::BufWriter<std::fs::File>,
         path: PathBuf,
-        hash: Sha256,
+        /// BLAKE3 of the data set bytes (boxed: the hasher state is about 2 KB).
+        hash: Box<blake3::Hasher>,
         /// Data set bytes received so far.
         len: u64,
         /// Where the data set starts in the file (after preamble and meta group).
@@ -1146,7 +1224,7 @@ fn validate(
         calling_ae: String::new(),
         source_host: String::new(),
         size_bytes: 0,
-        sha256: String::new(),
+        digest: String::new(),
         path: String::new(),
         received_at: crate::store::db::now(),
     })

@@ -212,7 +212,7 @@ mod tests {
             calling_ae: "PACS".into(),
             source_host: "127.0.0.1".into(),
             size_bytes: 10,
-            sha256: "00".into(),
+            digest: "blake3:00".into(),
             path: format!("/x/{sop}.dcm"),
             received_at: t,
         }

@@ -742,7 +742,7 @@ mod tests {
             calling_ae: "PACS".into(),
             source_host: "127.0.0.1".into(),
             size_bytes: 1,
-            sha256: "00".into(),
+            digest: "blake3:00".into(),
             path: format!("/x/{sop}"),
             received_at: 1.0,
         };
