@@ -12,15 +12,23 @@ if [ "${STAGE:-all}" = all ]; then
     $PY -m proxyseg_model.train pretrain --pretrain-per-family 300 --minutes ${PRETRAIN_MIN:-24} --lr 6e-4 \
         --out runs/pretrain.pt --log $LOG
 fi
+if [ "${STAGE:-all}" = all ] || [ "${STAGE:-all}" = pretrain2 ]; then
+    # 1b. continued pretraining: vessels sampled 3x as often, prompts of up to 8 points, cosine decay.
+    #     The 24-min run above leaves a SAM that cannot draw vessels at all (a prompt optimised
+    #     directly on the frozen model reaches Dice 0.20); this stage gives it the capacity.
+    $PY -m proxyseg_model.train pretrain --init runs/pretrain.pt --pretrain-per-family 300 \
+        --minutes ${PRETRAIN2_MIN:-16} --lr 3e-4 --cosine --object-weight vessels=3 --max-points 8 \
+        --out runs/pretrain2.pt --log $LOG
+fi
 # 2. few-shot PPG (+ LoRA): 16 pairs per family, Dice loss. AdamW (lr 1e-3, wd 5e-4) instead of the
 #    paper's SGD (lr 0.01, momentum 0.9, wd 5e-4): with ~600 steps on this CPU budget the SGD
 #    updates of the from-scratch PPG are too small to learn (see STATUS.md). --optimizer sgd is the default.
-$PY -m proxyseg_model.train ppg --init runs/pretrain.pt --optimizer adamw --minutes ${PPG_MIN:-20} \
+$PY -m proxyseg_model.train ppg --init runs/pretrain2.pt --optimizer adamw --minutes ${PPG_MIN:-15} \
     --out runs/ppg.pt --log $LOG
 # 3. ablations and a matched full PPG, all on the same short schedule
 for v in "full:" "no-map:--no-selective-map" "no-ccm:--no-ccm"; do
     tag=${v%%:*}; flag=${v#*:}
-    $PY -m proxyseg_model.train ppg --init runs/pretrain.pt --optimizer adamw --steps ${ABL_STEPS:-250} \
-        --minutes ${ABL_MIN:-7} $flag --tag ppg-short-$tag --out runs/ppg-short-$tag.pt --log $LOG
+    $PY -m proxyseg_model.train ppg --init runs/pretrain2.pt --optimizer adamw --steps ${ABL_STEPS:-500} \
+        --minutes ${ABL_MIN:-30} $flag --tag ppg-short-$tag --out runs/ppg-short-$tag.pt --log $LOG
 done
 echo "training pipeline done" >> $LOG

@@ -77,8 +77,12 @@ def build_from_config(cfg: dict):
 
 # ------------------------------------------------------------------------------ pretraining
 
-def _prompts(rng, masks: torch.Tensor, kind: str, S: int):
-    """Random SAM prompts from masks (B x S x S): points (B x P x 2, labels B x P) or boxes B x 4."""
+def _prompts(rng, masks: torch.Tensor, kind: str, S: int, max_points: int = 3):
+    """Random SAM prompts from masks (B x S x S): points (B x P x 2, labels B x P) or boxes B x 4.
+
+    Points: 1..max_points positives inside the mask plus one negative outside it (SAM trains
+    with up to 11 points; several points disambiguate branching structures such as vessels).
+    """
     b = masks.shape[0]
     if kind == "box":
         boxes = []
@@ -88,7 +92,7 @@ def _prompts(rng, masks: torch.Tensor, kind: str, S: int):
             j = rng.normal(0, 0.05 * max(y1 - y0, x1 - x0, 8), 4)
             boxes.append([x0 + j[0], y0 + j[1], x1 + j[2], y1 + j[3]])
         return None, None, torch.tensor(boxes, dtype=torch.float32).clamp(0, S - 1)
-    npos = int(rng.integers(1, 4))
+    npos = int(rng.integers(1, max_points + 1))
     coords, labels = [], []
     for m in masks:
         ys, xs = torch.nonzero(m, as_tuple=True)
@@ -110,11 +114,18 @@ def pretrain(args):
     model = build(args.model)
     S = model.img_size
     fh = open(args.log, "a") if args.log else None
+    if args.init:  # continued pretraining
+        ck = torch.load(args.init, map_location="cpu", weights_only=False)
+        model.sam.load_state_dict({k[4:]: v for k, v in ck["state"].items() if k.startswith("sam.")})
+        log(f"pretrain: continuing from {args.init} ({ck['extra']})", fh)
     log(f"pretrain {args.model}: building phantom corpus, {args.pretrain_per_family} per family", fh)
     corp = {f: data.corpus(f, range(data.PRETRAIN, data.PRETRAIN + args.pretrain_per_family), S, RUNS / "cache")
             for f in data.FAMILIES}
     items = [(f, i, k) for f in data.FAMILIES for i in range(len(corp[f]["images"]))
              for k in range(corp[f]["masks"].shape[1]) if corp[f]["masks"][i, k].sum() > 4]
+    weights = dict(w.split("=") for w in args.object_weight)  # e.g. vessels=3
+    prob = np.array([float(weights.get(data.objects(f)[k], 1.0)) for f, _, k in items])
+    prob /= prob.sum()
     sam = model.sam
     params = [p for p in sam.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr or 4e-4, weight_decay=0.01)
@@ -123,14 +134,17 @@ def pretrain(args):
     pbar = tqdm(total=args.steps or None, desc="pretrain", file=sys.stderr, mininterval=5)
     step, ema = 0, None
     while step < steps and (time.time() - t0) < args.minutes * 60:
-        pick = rng.choice(len(items), args.batch, replace=False)
+        pick = rng.choice(len(items), args.batch, replace=False, p=prob)
         imgs = torch.stack([corp[items[j][0]]["images"][items[j][1]] for j in pick])
         masks = torch.stack([corp[items[j][0]]["masks"][items[j][1], items[j][2]] for j in pick])
         kind = "box" if rng.random() < 0.4 else "points"
-        coords, labels, boxes = _prompts(rng, masks, kind, S)
+        coords, labels, boxes = _prompts(rng, masks, kind, S, args.max_points)
         warm = min(1.0, (step + 1) / 100)
+        # cosine decay to 10 % over the step or time budget (whichever ends first)
+        frac = min(1.0, max(step / steps if args.steps else 0, (time.time() - t0) / (args.minutes * 60)))
+        decay = 0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1 if args.cosine else 1.0
         for g in opt.param_groups:
-            g["lr"] = (args.lr or 4e-4) * warm
+            g["lr"] = (args.lr or 4e-4) * warm * decay
         emb = sam.encode(imgs)
         sparse, _ = sam.prompt_encoder(points=(coords, labels) if coords is not None else None, boxes=boxes, masks=None)
         logits, _ = sam.decode(emb, sparse)
@@ -149,8 +163,13 @@ def pretrain(args):
         if step % 500 == 0:
             save_checkpoint(model, Path(args.out), {"phase": "pretrain", "steps": step})
     pbar.close()
+    prior = {}
+    if args.init:
+        prior = ck["extra"]
     save_checkpoint(model, Path(args.out), {"phase": "pretrain", "steps": step, "seconds": time.time() - t0,
-                                            "per_family": args.pretrain_per_family})
+                                            "per_family": args.pretrain_per_family, "init": str(args.init or ""),
+                                            "object_weight": args.object_weight, "max_points": args.max_points,
+                                            "prior": prior})
     log(f"pretrain done: {step} steps in {time.time() - t0:.0f}s -> {args.out}", fh)
 
 
@@ -265,7 +284,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=["pretrain", "ppg", "real"])
     ap.add_argument("--model", default="phantom-tiny")
-    ap.add_argument("--init", help="pretrain checkpoint (ppg phase)")
+    ap.add_argument("--init", help="pretrain checkpoint (ppg phase; pretrain phase: continue from it)")
+    ap.add_argument("--object-weight", nargs="*", default=[], metavar="OBJECT=W",
+                    help="pretrain: sampling weight per object name, e.g. vessels=3")
+    ap.add_argument("--cosine", action="store_true", help="pretrain: cosine learning-rate decay")
+    ap.add_argument("--max-points", type=int, default=3, help="pretrain: most positive points per prompt")
     ap.add_argument("--sam-checkpoint", help="official SAM .pth (real phase)")
     ap.add_argument("--data", help="support-set folder with the user's pairs (real phase)")
     ap.add_argument("--families", nargs="+", default=list(data.FAMILIES))
