@@ -761,7 +761,7 @@ impl Scp {
                 tracing::info!(sop = %cmd.sop_instance_uid, "identical duplicate: kept the stored copy");
                 return (status::SUCCESS, None, cmd);
             }
-            Placed::Renamed { rec, replaces } => (rec, replaces),
+            Placed::Renamed { rec, replaces } => (*rec, replaces),
         };
         match self.commit(rec, replaces, durability).await {
             Ok(()) => (status::SUCCESS, None, cmd),
@@ -853,7 +853,7 @@ enum Placed {
     /// Renamed to its spool path (not yet durable in its directory, not yet indexed).
     Renamed {
         /// The index row to write.
-        rec: InstanceRecord,
+        rec: Box<InstanceRecord>,
         /// An index row for this instance exists (a different copy).
         replaces: bool,
     },
@@ -925,7 +925,7 @@ fn place(
             .rename_into_place(&temp, Path::new(&rec.path))
             .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?;
         Ok(Some(Placed::Renamed {
-            rec,
+            rec: Box::new(rec),
             replaces: existing.is_some(),
         }))
     })();
