@@ -243,6 +243,24 @@ pub fn syncfs(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Starts (does not wait for) writeback of `file`'s bytes in `[from, to)`, so that a later
+/// fsync finds them already on their way. Advisory: errors surface at that fsync.
+pub fn start_writeback(file: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    if to <= from {
+        return;
+    }
+    // SAFETY: `file` is an open descriptor for the duration of the call; the range is plain data.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            (to - from) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// fsyncs a directory so that renames and creations inside it are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
