@@ -5,6 +5,7 @@ Seed ranges (per family; disjoint by construction):
                            also the pool that support pairs are drawn from at inference
   TEST      1000 .. 1039   held-out evaluation targets
   DEMO      2000 ..        demo studies shipped with the bundle
+  VAL       3000 .. 3059   validation targets for checkpoint selection (select.py)
   PRETRAIN  10000 ..       the larger corpus the tiny SAM is pretrained on (no PPG)
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .preprocess import case_displays, prepare_image, prepare_mask
 FEWSHOT = range(0, 16)
 TEST = range(1000, 1040)
 DEMO = 2000
+VAL = range(3000, 3060)
 PRETRAIN = 10000
 
 
@@ -59,4 +61,4 @@ def objects(family: str) -> list[str]:
     return OBJECTS[family]
 
 
-__all__ = ["FAMILIES", "FEWSHOT", "TEST", "DEMO", "PRETRAIN", "sample", "corpus", "objects"]
+__all__ = ["FAMILIES", "FEWSHOT", "TEST", "DEMO", "VAL", "PRETRAIN", "sample", "corpus", "objects"]

@@ -46,9 +46,9 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 class TestSet:
     """Held-out targets: original-resolution masks plus preprocessed tensors."""
 
-    def __init__(self, family: str, S: int, n: int = N_TEST):
+    def __init__(self, family: str, S: int, n: int = N_TEST, seeds=None):
         self.family, self.items = family, []
-        for seed in list(data.TEST)[:n]:
+        for seed in list(data.TEST if seeds is None else seeds)[:n]:
             case = generate_case(family, seed)
             disp = case_displays(case)[0]
             img, hw = prepare_image(disp, S)
@@ -275,9 +275,10 @@ def write_report(bundle: Path, res: dict):
               "- (c) PerSAM-style: the pretrained SAM without LoRA/PPG; per object, the cosine-similarity map between "
               "the target embedding and the mask-averaged support embedding (5 pairs) gives the best location "
               "(positive point) and the worst (negative point) for SAM's prompt encoder.",
-              "- (d) ablations were trained on a short schedule (same step budget as 'PPG, short schedule', but "
-              "capped in wall time): compare them with that column, not with (a), and check the step counts in "
-              "the table below; runs that ended at different step counts are not a controlled comparison.",
+              "- (d) ablations: 'PPG, short schedule', 'w/o Selective Map' and 'w/o CCM' were trained with the same "
+              "step budget, seed, episodes and optimiser from the same pretrained SAM (check the step counts in the "
+              "table below); compare them with each other, not with (a). One seed each: differences of a few points "
+              "are within run-to-run noise.",
               "- Stability: the same test set with each of the 5 support pairs alone (N=1).",
               "- Task switching: the same model and target images; the support set gives only one object's masks.",
               "", "| checkpoint | phase | steps | seconds | final loss (EMA) |", "|---|---|---|---|---|"]

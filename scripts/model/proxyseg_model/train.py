@@ -236,6 +236,12 @@ def train_ppg(model, corpora: dict, args, fh=None, tag="ppg"):
         pbar.set_postfix(loss=f"{ema:.3f}")
         if step % 50 == 0:
             log(f"{tag} step {step} loss(ema) {ema:.4f} lr {lr:.4f} elapsed {time.time() - t0:.0f}s", fh)
+        if args.save_every and step % args.save_every == 0 and step < steps:
+            # candidates for checkpoint selection on the validation phantoms (select.py)
+            save_checkpoint(model, Path(args.out).with_suffix(f".step{step}.pt"),
+                            {"phase": "ppg", "steps": step, "seconds": time.time() - t0,
+                             "final_loss_ema": ema, "optimizer": args.optimizer})
+            model.train()
     pbar.close()
     model.eval()
     return {"steps": step, "seconds": time.time() - t0, "final_loss_ema": ema, "optimizer": args.optimizer}
@@ -248,8 +254,12 @@ def ppg(args):
         overrides["use_selective_map"] = False
     if args.no_ccm:
         overrides["use_ccm"] = False
-    model = build(args.model, **overrides)
-    if args.init:
+    if args.resume:  # continue a PPG run (LoRA included) with this run's schedule
+        model, ck = load_checkpoint(Path(args.resume), lora_rank=args.lora_rank)
+        log(f"ppg: resuming {args.resume} ({ {k: ck['extra'].get(k) for k in ('steps', 'init')} })", fh)
+    else:
+        model = build(args.model, **overrides)
+    if args.init and not args.resume:
         ck = torch.load(args.init, map_location="cpu", weights_only=False)
         sam_state = {k[4:]: v for k, v in ck["state"].items() if k.startswith("sam.")}
         model.sam.load_state_dict(sam_state)
@@ -258,6 +268,10 @@ def ppg(args):
     S = model.img_size
     corpora = {f: data.corpus(f, data.FEWSHOT, S, RUNS / "cache") for f in args.families}
     info = train_ppg(model, corpora, args, fh, tag=args.tag or "ppg")
+    if args.resume:
+        prior = ck["extra"]
+        info.update({"resumed_from": str(args.resume), "prior": prior,
+                     "total_steps": info["steps"] + int(prior.get("total_steps", prior.get("steps", 0)))})
     info.update({"phase": "ppg", "init": str(args.init), "families": args.families, "overrides": overrides,
                  "pairs_per_family": len(data.FEWSHOT)})
     save_checkpoint(model, Path(args.out), info)
@@ -285,6 +299,8 @@ def main(argv=None):
     ap.add_argument("phase", choices=["pretrain", "ppg", "real"])
     ap.add_argument("--model", default="phantom-tiny")
     ap.add_argument("--init", help="pretrain checkpoint (ppg phase; pretrain phase: continue from it)")
+    ap.add_argument("--save-every", type=int, default=0, help="ppg: also save a checkpoint every N steps")
+    ap.add_argument("--resume", help="ppg phase: continue from a PPG checkpoint (LoRA and PPG weights)")
     ap.add_argument("--object-weight", nargs="*", default=[], metavar="OBJECT=W",
                     help="pretrain: sampling weight per object name, e.g. vessels=3")
     ap.add_argument("--cosine", action="store_true", help="pretrain: cosine learning-rate decay")
