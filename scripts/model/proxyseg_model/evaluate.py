@@ -6,13 +6,15 @@ Per family and object, Dice (at the original image resolution, after postprocess
   (c) PerSAM-style training-free baseline on the same (pretrained, LoRA-free) SAM: prototype
       = mean support feature under the mask, best-matching target location as a positive
       point and the worst as a negative point, SAM's own prompt path
-  (d) ablations: PPG trained without CSM's Selective Map, and without CCM (same schedule, shorter)
+  (d) ablations: PPG trained without CSM's Selective Map, and without CCM: on (a)'s full schedule
+      (one seed) and on a short schedule of 500 steps next to a full PPG on it (one run per seed)
 Stability: each of 5 single support pairs alone -> mean Dice over the test set; mean and std
 over the 5 (paper Table 3). Task switching: same model and targets, support masks of one
 object only (fundus: disc vs vessels, US: FH vs PS) -> Dice of the output against each object.
 
   python -m proxyseg_model.evaluate --bundle ../../models/phantom-tiny --ppg runs/ppg.pt \
-      --pretrain runs/pretrain.pt --no-map runs/ppg-no-map.pt --no-ccm runs/ppg-no-ccm.pt
+      --pretrain runs/pretrain2.pt --no-map-full runs/ppg-full-no-map.pt --no-ccm-full runs/ppg-full-no-ccm.pt \
+      --short runs/ppg-short-full*.pt --no-map runs/ppg-short-no-map*.pt --no-ccm runs/ppg-short-no-ccm*.pt
 """
 from __future__ import annotations
 
@@ -178,9 +180,12 @@ def main(argv=None):
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--ppg", required=True)
     ap.add_argument("--pretrain", required=True)
-    ap.add_argument("--no-map", default="")
-    ap.add_argument("--no-ccm", default="")
-    ap.add_argument("--short", default="", help="full PPG on the ablations' short schedule (fair comparison)")
+    ap.add_argument("--no-map", nargs="*", default=[], help="PPG w/o Selective Map (one checkpoint per seed)")
+    ap.add_argument("--no-ccm", nargs="*", default=[], help="PPG w/o CCM (one checkpoint per seed)")
+    ap.add_argument("--no-map-full", nargs="*", default=[], help="w/o Selective Map on (a)'s full schedule")
+    ap.add_argument("--no-ccm-full", nargs="*", default=[], help="w/o CCM on (a)'s full schedule")
+    ap.add_argument("--short", nargs="*", default=[],
+                    help="full PPG on the ablations' short schedule (fair comparison; one per seed)")
     ap.add_argument("--n-test", type=int, default=N_TEST)
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
@@ -189,21 +194,21 @@ def main(argv=None):
     ppg = PPGPredictor(load(args.ppg))
     S = ppg.S
     persam = PerSAM(load(args.pretrain))
-    ablations = {}
-    if args.short:
-        ablations["ppg_short"] = PPGPredictor(load(args.short))
-    if args.no_map:
-        ablations["no_selective_map"] = PPGPredictor(load(args.no_map))
-    if args.no_ccm:
-        ablations["no_ccm"] = PPGPredictor(load(args.no_ccm))
+    # each ablation: one predictor per seed; the table shows the mean over seeds
+    ablations = {name: [PPGPredictor(load(p)) for p in paths]
+                 for name, paths in (("ppg_short", args.short), ("no_selective_map", args.no_map),
+                                     ("no_ccm", args.no_ccm), ("no_selective_map_full", args.no_map_full),
+                                     ("no_ccm_full", args.no_ccm_full)) if paths}
     res = {}
     for fam in data.FAMILIES:
         tests = TestSet(fam, S, args.n_test)
         sup = Support(fam, S, list(data.FEWSHOT)[:N_SUPPORT])
         objs = OBJECTS[fam]
         r = {"ppg": eval_ppg(ppg, tests, sup)[0], "copy": eval_copy(tests, sup), "persam": persam.run(tests, sup)}
-        for name, p in ablations.items():
-            r[name] = eval_ppg(p, tests, sup)[0]
+        for name, preds in ablations.items():
+            runs = [eval_ppg(p, tests, sup)[0] for p in preds]
+            r[name] = np.mean(runs, axis=0)
+            r[name + "_seeds"] = np.stack(runs)  # seeds x K
         stab = np.stack([eval_ppg(ppg, tests, sup, pairs=[i])[0] for i in range(N_SUPPORT)])  # 5 x K
         r["stability_mean"], r["stability_std"] = stab.mean(0), stab.std(0)
         r["stability_runs"] = stab
@@ -213,8 +218,9 @@ def main(argv=None):
             _, outs = eval_ppg(ppg, tests, sup, objs=[o])
             switch[objs[o]] = {objs[t]: float(np.mean([dice(m[0], it["masks"][t]) for m, it in zip(outs, tests.items)]))
                                for t in pairs_sw}
-        res[fam] = {"objects": objs, "scores": {k: [float(x) for x in np.atleast_1d(v).ravel()] if k != "stability_runs"
-                                                else v.tolist() for k, v in r.items()}, "switch": switch}
+        res[fam] = {"objects": objs, "scores": {k: v.tolist() if k == "stability_runs" or k.endswith("_seeds")
+                                                else [float(x) for x in np.atleast_1d(v).ravel()]
+                                                for k, v in r.items()}, "switch": switch}
         print(fam, json.dumps(res[fam]["scores"]), json.dumps(switch), f"{time.time() - t0:.0f}s", flush=True)
     res["seconds"] = time.time() - t0
     res["training"] = TRAINING
@@ -230,6 +236,7 @@ def _slug(o: str) -> str:
 
 def write_report(bundle: Path, res: dict):
     methods = [("ppg", "PPG (ours)"), ("copy", "copy support mask"), ("persam", "PerSAM-style (training-free)"),
+               ("no_selective_map_full", "w/o Selective Map, full schedule"), ("no_ccm_full", "w/o CCM, full schedule"),
                ("ppg_short", "PPG, short schedule"), ("no_selective_map", "w/o Selective Map, short"),
                ("no_ccm", "w/o CCM, short")]
     fams = [f for f in data.FAMILIES if f in res]
@@ -261,6 +268,18 @@ def write_report(bundle: Path, res: dict):
             r = runs[:, j]
             lines.append(f"| {f} | {o} | {100 * r.mean():.1f} | {100 * r.std():.1f} | {100 * (r.max() - r.min()):.1f} | "
                          + ", ".join(f"{100 * x:.1f}" for x in r) + " |")
+    seeded = [(k, n) for k, n in present if all(k + "_seeds" in res[f]["scores"] for f in fams)]
+    nseeds = {len(res[fams[0]]["scores"][k + "_seeds"]) for k, _ in seeded}
+    if seeded and max(nseeds) > 1:
+        lines += ["", "## Ablations per seed (mean Dice over all objects; the table above shows the mean over seeds)", "",
+                  "| run | " + " | ".join(f"seed {i}" for i in range(max(nseeds))) + " | mean | std |",
+                  "|---|" + "---|" * (max(nseeds) + 2)]
+        ev["ablation_seeds"] = {}
+        for k, n in seeded:
+            per_seed = np.mean(np.concatenate([np.array(res[f]["scores"][k + "_seeds"]) for f in fams], axis=1), axis=1)
+            lines.append(f"| {n} | " + " | ".join(f"{100 * x:.1f}" for x in per_seed)
+                         + f" | {100 * per_seed.mean():.1f} | {100 * per_seed.std():.1f} |")
+            ev["ablation_seeds"][k] = [round(float(x), 4) for x in per_seed]
     lines += ["", "## Task switching (same model, same targets, support masks of one object)", "",
               "| family | support mask given | " + "Dice vs each object |", "|---|---|---|"]
     ev["task_switching"] = {}
@@ -276,9 +295,11 @@ def write_report(bundle: Path, res: dict):
               "the target embedding and the mask-averaged support embedding (5 pairs) gives the best location "
               "(positive point) and the worst (negative point) for SAM's prompt encoder.",
               "- (d) ablations: 'PPG, short schedule', 'w/o Selective Map' and 'w/o CCM' were trained with the same "
-              "step budget, seed, episodes and optimiser from the same pretrained SAM (check the step counts in the "
-              "table below); compare them with each other, not with (a). One seed each: differences of a few points "
-              "are within run-to-run noise.",
+              "step budget, episodes and optimiser from the same pretrained SAM, once per seed (seed 0 = the "
+              "run_training.sh runs; seeds 1 and 2 change the PPG's initial weights and the episodes); the Dice "
+              "table shows their mean over seeds, the per-seed table their spread. Compare them with each other, "
+              "not with (a), which trained 7x longer. The 'full schedule' ablations trained exactly as (a) "
+              "(3400 steps, seed 0, final checkpoint, no selection): compare those with (a).",
               "- Stability: the same test set with each of the 5 support pairs alone (N=1).",
               "- Task switching: the same model and target images; the support set gives only one object's masks.",
               "", "| checkpoint | phase | steps | seconds | final loss (EMA) |", "|---|---|---|---|---|"]

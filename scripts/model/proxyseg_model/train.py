@@ -254,6 +254,10 @@ def ppg(args):
         overrides["use_selective_map"] = False
     if args.no_ccm:
         overrides["use_ccm"] = False
+    if args.seed:
+        # A non-zero seed also changes the PPG's initial weights; seed 0 keeps torch's default
+        # generator state at start-up (how the shipped runs were initialised).
+        torch.manual_seed(args.seed)
     if args.resume:  # continue a PPG run (LoRA included) with this run's schedule
         model, ck = load_checkpoint(Path(args.resume), lora_rank=args.lora_rank)
         log(f"ppg: resuming {args.resume} ({ {k: ck['extra'].get(k) for k in ('steps', 'init')} })", fh)
