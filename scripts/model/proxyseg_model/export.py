@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -140,16 +141,22 @@ def export_graphs(model, out: Path, external_data: bool | None = None) -> dict:
                          {"prompt_tokens": {0: "K"}, "mask_logits": {0: "K"}, "iou_scores": {0: "K"}}),
     }
     meta = metadata(model)
-    n_params = sum(p.numel() for p in model.parameters())
-    big = external_data if external_data is not None else n_params * 4 > 1.8e9
     sizes = {}
     for name, (mod, args, ins, outs, dyn) in specs.items():
         path = out / f"{name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(mod, args, str(path), dynamo=False, opset_version=OPSET, input_names=ins,
-                              output_names=outs, dynamic_axes=dyn, do_constant_folding=True)
-        proto = onnx.load(str(path))
+        # torch writes a graph over 2 GB as one file per tensor next to it: export into a scratch
+        # folder, load everything back, and save only the finished graph into `out`.
+        with tempfile.TemporaryDirectory(dir=out) as scratch:
+            raw = Path(scratch) / f"{name}.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(mod, args, str(raw), dynamo=False, opset_version=OPSET, input_names=ins,
+                                  output_names=outs, dynamic_axes=dyn, do_constant_folding=True)
+            proto = onnx.load(str(raw))  # external tensors, if any, are read in here
+        weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+        big = external_data if external_data is not None else weights > 1.8e9  # protobuf's limit is 2 GB
+        for stale in (path, out / f"{name}.onnx.data"):
+            stale.unlink(missing_ok=True)
         del proto.metadata_props[:]
         for k, v in meta.items():
             p = proto.metadata_props.add()
