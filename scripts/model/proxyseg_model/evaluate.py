@@ -277,8 +277,9 @@ def write_report(bundle: Path, res: dict):
         ev["ablation_seeds"] = {}
         for k, n in seeded:
             per_seed = np.mean(np.concatenate([np.array(res[f]["scores"][k + "_seeds"]) for f in fams], axis=1), axis=1)
-            lines.append(f"| {n} | " + " | ".join(f"{100 * x:.1f}" for x in per_seed)
-                         + f" | {100 * per_seed.mean():.1f} | {100 * per_seed.std():.1f} |")
+            cells = [f"{100 * x:.1f}" for x in per_seed] + [""] * (max(nseeds) - len(per_seed))
+            spread = f"{100 * per_seed.std():.1f}" if len(per_seed) > 1 else "(one seed)"
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {100 * per_seed.mean():.1f} | {spread} |")
             ev["ablation_seeds"][k] = [round(float(x), 4) for x in per_seed]
     lines += ["", "## Task switching (same model, same targets, support masks of one object)", "",
               "| family | support mask given | " + "Dice vs each object |", "|---|---|---|"]
