@@ -154,6 +154,32 @@ pub fn drop_missing(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>
     Ok(missing)
 }
 
+/// A CT instance record with placeholder values, for unit tests of the index: SOP Instance
+/// UID `sop` in study `study`, series 1.9, stored at `/x/<sop>.dcm`, received at `t`.
+#[cfg(test)]
+pub(crate) fn test_record(sop: &str, study: &str, t: f64) -> InstanceRecord {
+    InstanceRecord {
+        sop_instance_uid: sop.into(),
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+        study_uid: study.into(),
+        series_uid: "1.9".into(),
+        patient_id: "P".into(),
+        patient_name: "N".into(),
+        modality: "CT".into(),
+        body_part: "CHEST".into(),
+        series_description: String::new(),
+        series_number: Some(1),
+        instance_number: Some(1),
+        transfer_syntax: "1.2.840.10008.1.2.1".into(),
+        calling_ae: "PACS".into(),
+        source_host: "127.0.0.1".into(),
+        size_bytes: 10,
+        digest: "blake3:00".into(),
+        path: format!("/x/{sop}.dcm"),
+        received_at: t,
+    }
+}
+
 /// Number of indexed instances.
 pub fn count(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0))
@@ -166,24 +192,8 @@ mod tests {
 
     fn rec(sop: &str, study: &str, path: &std::path::Path) -> InstanceRecord {
         InstanceRecord {
-            sop_instance_uid: sop.into(),
-            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
-            study_uid: study.into(),
-            series_uid: "1.9".into(),
-            patient_id: "P".into(),
-            patient_name: "N".into(),
-            modality: "CT".into(),
-            body_part: "CHEST".into(),
-            series_description: String::new(),
-            series_number: Some(1),
-            instance_number: Some(1),
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
-            calling_ae: "PACS".into(),
-            source_host: "127.0.0.1".into(),
-            size_bytes: 1,
-            digest: "blake3:00".into(),
             path: path.to_string_lossy().into_owned(),
-            received_at: 100.0,
+            ..test_record(sop, study, 100.0)
         }
     }
 

@@ -192,31 +192,8 @@ pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<(i64, String, JobSt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::instances::{record, InstanceRecord};
+    use crate::store::instances::{record, test_record as rec};
     use crate::store::Db;
-
-    fn rec(sop: &str, study: &str, t: f64) -> InstanceRecord {
-        InstanceRecord {
-            sop_instance_uid: sop.into(),
-            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
-            study_uid: study.into(),
-            series_uid: "1.9".into(),
-            patient_id: "P".into(),
-            patient_name: "N".into(),
-            modality: "CT".into(),
-            body_part: "CHEST".into(),
-            series_description: String::new(),
-            series_number: Some(1),
-            instance_number: Some(1),
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
-            calling_ae: "PACS".into(),
-            source_host: "127.0.0.1".into(),
-            size_bytes: 10,
-            digest: "blake3:00".into(),
-            path: format!("/x/{sop}.dcm"),
-            received_at: t,
-        }
-    }
 
     #[test]
     fn studies_complete_after_stable_age_and_reopen_on_late_arrivals() {

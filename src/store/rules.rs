@@ -723,28 +723,14 @@ mod tests {
 
     #[test]
     fn series_headers_come_from_the_index() {
-        use crate::store::instances::{record, InstanceRecord};
+        use crate::store::instances::{record, test_record, InstanceRecord};
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::Db::open(&dir.path().join("t.sqlite")).unwrap();
         let rec = |sop: &str, series: &str, n: i64, desc: &str| InstanceRecord {
-            sop_instance_uid: sop.into(),
-            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
-            study_uid: "1.5".into(),
             series_uid: series.into(),
-            patient_id: "P".into(),
-            patient_name: "N".into(),
-            modality: "CT".into(),
-            body_part: "CHEST".into(),
             series_description: desc.into(),
             series_number: Some(n),
-            instance_number: Some(1),
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
-            calling_ae: "PACS".into(),
-            source_host: "127.0.0.1".into(),
-            size_bytes: 1,
-            digest: "blake3:00".into(),
-            path: format!("/x/{sop}"),
-            received_at: 1.0,
+            ..test_record(sop, "1.5", 1.0)
         };
         for r in [
             rec("1.1", "9.2", 2, "Thorax"),

@@ -67,6 +67,13 @@ def load_checkpoint(path: Path, lora_rank: int = 4):
     return model, ck
 
 
+def load_sam_weights(model, path) -> dict:
+    """Loads the SAM part of a checkpoint (pretrain or PPG) into `model.sam`; returns its extra info."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model.sam.load_state_dict({k[4:]: v for k, v in ck["state"].items() if k.startswith("sam.")})
+    return ck["extra"]
+
+
 def build_from_config(cfg: dict):
     from .ppg import PPGConfig, ProxyPromptSAM, SAMConfig
     ppg = dict(cfg["ppg"])
@@ -114,10 +121,10 @@ def pretrain(args):
     model = build(args.model)
     S = model.img_size
     fh = open(args.log, "a") if args.log else None
+    prior = {}
     if args.init:  # continued pretraining
-        ck = torch.load(args.init, map_location="cpu", weights_only=False)
-        model.sam.load_state_dict({k[4:]: v for k, v in ck["state"].items() if k.startswith("sam.")})
-        log(f"pretrain: continuing from {args.init} ({ck['extra']})", fh)
+        prior = load_sam_weights(model, args.init)
+        log(f"pretrain: continuing from {args.init} ({prior})", fh)
     log(f"pretrain {args.model}: building phantom corpus, {args.pretrain_per_family} per family", fh)
     corp = {f: data.corpus(f, range(data.PRETRAIN, data.PRETRAIN + args.pretrain_per_family), S, RUNS / "cache")
             for f in data.FAMILIES}
@@ -163,9 +170,6 @@ def pretrain(args):
         if step % 500 == 0:
             save_checkpoint(model, Path(args.out), {"phase": "pretrain", "steps": step})
     pbar.close()
-    prior = {}
-    if args.init:
-        prior = ck["extra"]
     save_checkpoint(model, Path(args.out), {"phase": "pretrain", "steps": step, "seconds": time.time() - t0,
                                             "per_family": args.pretrain_per_family, "init": str(args.init or ""),
                                             "object_weight": args.object_weight, "max_points": args.max_points,
@@ -264,10 +268,7 @@ def ppg(args):
     else:
         model = build(args.model, **overrides)
     if args.init and not args.resume:
-        ck = torch.load(args.init, map_location="cpu", weights_only=False)
-        sam_state = {k[4:]: v for k, v in ck["state"].items() if k.startswith("sam.")}
-        model.sam.load_state_dict(sam_state)
-        log(f"ppg: SAM weights from {args.init} ({ck['extra']})", fh)
+        log(f"ppg: SAM weights from {args.init} ({load_sam_weights(model, args.init)})", fh)
     model.sync_point_tokens()
     S = model.img_size
     corpora = {f: data.corpus(f, data.FEWSHOT, S, RUNS / "cache") for f in args.families}
