@@ -110,6 +110,14 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         );
     }
     let db = Db::open(&data_dir.join("proxyseg.sqlite"))?;
+    // Rows committed while their file's fsync still ran (none after a clean stop): keep the
+    // ones whose file is intact; the others were never acknowledged.
+    let unverified = db
+        .write(|c| instances::verify_unsynced(c, crate::store::spool::dataset_digest))
+        .await?;
+    for (uid, path) in &unverified {
+        tracing::warn!(sop = %uid, path = %path, "removed an instance whose file was not durable when the daemon stopped (never acknowledged)");
+    }
     // After a crash, files renamed into the spool whose index row never committed, and rows
     // whose file's directory entry never became durable, were never acknowledged: remove them. A clean shutdown leaves a marker that skips this walk.
     let marker = data_dir.join(".clean-shutdown");

@@ -364,6 +364,15 @@ filter = "info"
         .collect::<Result<_, _>>()
         .unwrap();
 
+    // Rows committed while their file's fsync still ran were checked at startup.
+    let unchecked: i64 = db
+        .query_row("SELECT COUNT(*) FROM unsynced", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        unchecked, 0,
+        "the startup check left rows listed as unsynced"
+    );
+
     // Every index row points to a complete spool file outside .tmp whose data set matches.
     let spool_abs = fs::canonicalize(&spool).unwrap();
     let mut indexed_paths = HashSet::new();

@@ -79,6 +79,12 @@ fn hostile_and_broken_peers_get_proper_answers_and_the_daemon_keeps_serving() {
     );
     let v = case(&d, "long_pixel_data");
     status_is(&d, &v, 0xA900);
+    let v = case(&d, "short_pixel_data_after_large_header");
+    status_is(&d, &v, 0xA900);
+    assert!(
+        v["comment"].as_str().unwrap_or("").contains("Pixel Data"),
+        "{v}"
+    );
     let v = case(&d, "truncated_dataset");
     status_is(&d, &v, 0xC000);
     let v = case(&d, "garbage_dataset");
@@ -111,6 +117,9 @@ fn hostile_and_broken_peers_get_proper_answers_and_the_daemon_keeps_serving() {
     let v = case(&d, "valid_store");
     status_is(&d, &v, 0);
     assert_eq!(d.instance_count(), 1);
+    let v = case(&d, "large_header_store");
+    status_is(&d, &v, 0);
+    assert_eq!(d.instance_count(), 2);
     let log = d.log();
     for reason in [
         "Pixel Data holds",

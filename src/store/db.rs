@@ -224,6 +224,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances RENAME COLUMN sha256 TO digest;
     UPDATE instances SET digest = 'sha256:' || digest;
     "#,
+    // 6: instances whose row committed while their file's fsync was still running (see
+    // instances::record_unsynced); checked against their digest at the next start.
+    r#"
+    CREATE TABLE unsynced (sop_instance_uid TEXT PRIMARY KEY);
+    "#,
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -315,6 +320,16 @@ impl Db {
         rx.await.map_err(|_| DbError::WriterGone)?
     }
 
+    /// Queues `f` for the writer's next batch at once, from any thread, and returns a handle
+    /// that resolves after that batch committed. Dropping the handle does not cancel `f`.
+    pub fn enqueue<T, F>(&self, f: F) -> Queued<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        Queued(self.submit(f))
+    }
+
     /// Blocking variant of [`Db::write`], for threads outside the async runtime.
     pub fn write_blocking<T, F>(&self, f: F) -> Result<T, DbError>
     where
@@ -363,6 +378,17 @@ impl Db {
     ) -> Result<T, DbError> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn).map_err(DbError::sql("read"))
+    }
+}
+
+/// A write queued with [`Db::enqueue`].
+#[derive(Debug)]
+pub struct Queued<T>(Result<tokio::sync::oneshot::Receiver<Result<T, DbError>>, DbError>);
+
+impl<T> Queued<T> {
+    /// Waits until the write's batch committed (or failed).
+    pub async fn wait(self) -> Result<T, DbError> {
+        self.0?.await.map_err(|_| DbError::WriterGone)?
     }
 }
 

@@ -144,14 +144,91 @@ pub fn drop_missing(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>
         conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?1", [uid])?;
     }
     if !missing.is_empty() {
-        conn.execute(
-            "DELETE FROM studies WHERE state = 'receiving'
-               AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = studies.study_uid)
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = studies.study_uid)",
-            [],
-        )?;
+        drop_empty_receiving_studies(conn)?;
     }
     Ok(missing)
+}
+
+/// Removes studies still receiving that no instance and no job names any more.
+fn drop_empty_receiving_studies(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM studies WHERE state = 'receiving'
+           AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = studies.study_uid)
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = studies.study_uid)",
+        [],
+    )
+}
+
+/// [`record`] for a new instance whose file fsync is still running: the row is also listed
+/// in `unsynced` until the SCP reports the fsync done (through `synced`, the instances whose
+/// fsync finished since the last call, which leave the list in the same transaction). A
+/// row listed there after a crash may name a file whose bytes never reached the disk; it was
+/// never acknowledged, and [`verify_unsynced`] checks it at the next start.
+pub fn record_unsynced(
+    conn: &Connection,
+    r: &InstanceRecord,
+    synced: &[String],
+) -> rusqlite::Result<Recorded> {
+    let recorded = record(conn, r)?;
+    conn.prepare_cached("INSERT OR IGNORE INTO unsynced (sop_instance_uid) VALUES (?1)")?
+        .execute([&r.sop_instance_uid])?;
+    let mut done = conn.prepare_cached("DELETE FROM unsynced WHERE sop_instance_uid = ?1")?;
+    for uid in synced {
+        done.execute([uid])?;
+    }
+    Ok(recorded)
+}
+
+/// Removes the row of a new instance whose file could not be made durable (it was never
+/// acknowledged); `path` guards against removing a row that a later copy rewrote.
+pub fn forget(conn: &Connection, sop_instance_uid: &str, path: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM instances WHERE sop_instance_uid = ?1 AND path = ?2",
+        [sop_instance_uid, path],
+    )?;
+    conn.execute(
+        "DELETE FROM unsynced WHERE sop_instance_uid = ?1",
+        [sop_instance_uid],
+    )?;
+    drop_empty_receiving_studies(conn)?;
+    Ok(())
+}
+
+/// At startup: checks every row listed in `unsynced` (committed while its file's fsync ran,
+/// see [`record_unsynced`]) against the digest of its file; `file_digest` computes a spool
+/// file's digest. A row whose file is missing or differs is removed with its file: that
+/// instance was never acknowledged. Empties the list and returns the removed (UID, path).
+pub fn verify_unsynced(
+    conn: &Connection,
+    file_digest: impl Fn(&std::path::Path) -> std::io::Result<String>,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    let rows: Vec<(String, String, String)> = {
+        let mut st = conn.prepare(
+            "SELECT i.sop_instance_uid, i.path, i.digest FROM unsynced u
+               JOIN instances i ON i.sop_instance_uid = u.sop_instance_uid",
+        )?;
+        let it = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        it.collect::<rusqlite::Result<_>>()?
+    };
+    let mut removed = Vec::new();
+    for (uid, path, digest) in rows {
+        let p = std::path::Path::new(&path);
+        let intact = matches!(file_digest(p), Ok(d) if d == digest);
+        if !intact {
+            conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?1", [&uid])?;
+            if let Err(e) = std::fs::remove_file(p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path, error = %e, "cannot remove an unacknowledged spool file");
+                }
+            }
+            removed.push((uid, path));
+        }
+    }
+    conn.execute("DELETE FROM unsynced", [])?;
+    if !removed.is_empty() {
+        drop_empty_receiving_studies(conn)?;
+    }
+    Ok(removed)
 }
 
 /// A CT instance record with placeholder values, for unit tests of the index: SOP Instance
@@ -236,5 +313,109 @@ mod tests {
             "study 1.6 had only the lost row"
         );
         assert!(db.write_blocking(drop_missing).unwrap().is_empty());
+    }
+
+    /// A Part 10 file as the SCP writes it: preamble, a meta group of `meta_len` bytes after
+    /// its group length element, then `dataset`.
+    fn part10(path: &std::path::Path, meta_len: u32, dataset: &[u8]) {
+        let mut b = vec![0u8; 128];
+        b.extend_from_slice(b"DICM");
+        b.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0]);
+        b.extend_from_slice(&meta_len.to_le_bytes());
+        b.extend(std::iter::repeat_n(7u8, meta_len as usize));
+        b.extend_from_slice(dataset);
+        std::fs::write(path, b).unwrap();
+    }
+
+    /// A power loss while rows were committed ahead of their files' fsync: at the next start
+    /// an intact file keeps its row, a file whose bytes differ from the digest or that is
+    /// missing loses its row (and the file), and the list is emptied. A row whose fsync was
+    /// reported done is not checked at all.
+    #[test]
+    fn verify_unsynced_keeps_intact_files_and_drops_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let body = b"data set bytes".to_vec();
+        let digest = format!("blake3:{}", blake3::hash(&body).to_hex());
+        let (good, torn, gone, done) = (
+            dir.path().join("good.dcm"),
+            dir.path().join("torn.dcm"),
+            dir.path().join("gone.dcm"),
+            dir.path().join("done.dcm"),
+        );
+        part10(&good, 30, &body);
+        part10(&torn, 30, &body[..5]);
+        part10(&done, 30, b"not what the digest says");
+        for (sop, study, path) in [
+            ("1.1", "1.5", &good),
+            ("1.2", "1.5", &torn),
+            ("1.3", "1.6", &gone),
+            ("1.4", "1.5", &done),
+        ] {
+            let r = InstanceRecord {
+                digest: digest.clone(),
+                ..rec(sop, study, path)
+            };
+            db.write_blocking(move |c| record_unsynced(c, &r, &[]))
+                .unwrap();
+        }
+        // 1.4's fsync finished: the next row's transaction takes it off the list.
+        let r = InstanceRecord {
+            digest: digest.clone(),
+            ..rec("1.1", "1.5", &good)
+        };
+        db.write_blocking(move |c| record_unsynced(c, &r, &["1.4".to_string()]))
+            .unwrap();
+
+        let mut removed = db
+            .write_blocking(|c| verify_unsynced(c, crate::store::spool::dataset_digest))
+            .unwrap();
+        removed.sort();
+        let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        assert_eq!(
+            removed,
+            vec![("1.2".to_string(), s(&torn)), ("1.3".to_string(), s(&gone))]
+        );
+        assert!(good.exists() && done.exists() && !torn.exists());
+        assert_eq!(db.read(count).unwrap(), 2);
+        let listed: i64 = db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM unsynced", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(listed, 0);
+        let studies: i64 = db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM studies", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(studies, 1, "study 1.6 had only the lost row");
+        assert!(db
+            .write_blocking(|c| verify_unsynced(c, crate::store::spool::dataset_digest))
+            .unwrap()
+            .is_empty());
+    }
+
+    /// A new instance whose file could not be made durable loses its row; a later copy that
+    /// rewrote the row under another path keeps it.
+    #[test]
+    fn forget_removes_only_the_named_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let r = rec("1.1", "1.5", &dir.path().join("a.dcm"));
+        db.write_blocking(move |c| record_unsynced(c, &r, &[]))
+            .unwrap();
+        db.write_blocking(|c| forget(c, "1.1", "/elsewhere.dcm"))
+            .unwrap();
+        assert_eq!(db.read(count).unwrap(), 1);
+        let path = dir.path().join("a.dcm").to_string_lossy().into_owned();
+        db.write_blocking(move |c| forget(c, "1.1", &path)).unwrap();
+        assert_eq!(db.read(count).unwrap(), 0);
+        let left: i64 = db
+            .read(|c| {
+                c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM unsynced) + (SELECT COUNT(*) FROM studies)",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

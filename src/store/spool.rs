@@ -221,13 +221,46 @@ impl DirSyncer {
     /// Makes the rename into `dir` (and, with syncfs, the file's data) durable, possibly
     /// together with other waiters.
     pub async fn sync(&self, dir: &Path) -> Result<(), String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send((dir.to_owned(), tx))
-            .map_err(|_| "dir-sync thread stopped".to_string())?;
-        rx.await
-            .map_err(|_| "dir-sync thread stopped".to_string())?
+        self.enqueue(dir).wait().await
     }
+
+    /// Queues the barrier for `dir` at once, from any thread; wait on the returned handle.
+    pub fn enqueue(&self, dir: &Path) -> QueuedSync {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        QueuedSync(self.tx.send((dir.to_owned(), tx)).ok().map(|_| rx))
+    }
+}
+
+/// A barrier queued with [`DirSyncer::enqueue`].
+#[derive(Debug)]
+pub struct QueuedSync(Option<tokio::sync::oneshot::Receiver<Result<(), String>>>);
+
+impl QueuedSync {
+    /// Waits until the barrier covering this request returned.
+    pub async fn wait(self) -> Result<(), String> {
+        let stopped = || "dir-sync thread stopped".to_string();
+        self.0.ok_or_else(stopped)?.await.map_err(|_| stopped())?
+    }
+}
+
+/// The digest the index keeps for a spool file: `blake3:<hex>` of its data set, the bytes
+/// after the preamble and the File Meta Information group (whose first element, the group
+/// length, says where the data set starts).
+pub fn dataset_digest(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut f = File::open(path)?;
+    let mut head = [0u8; 144];
+    f.read_exact(&mut head)?;
+    // "DICM", then (0002,0000) UL with a 4-byte value, in explicit VR little endian.
+    if &head[128..132] != b"DICM" || head[132..138] != [2, 0, 0, 0, b'U', b'L'] {
+        return Err(bad("not a Part 10 file with a meta group length"));
+    }
+    let group_len = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
+    f.seek(SeekFrom::Start(144 + u64::from(group_len)))?;
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut f, &mut hasher)?;
+    Ok(format!("blake3:{}", hasher.finalize().to_hex()))
 }
 
 /// `syncfs(2)` on the filesystem holding `path`: every dirty page and metadata change on it is

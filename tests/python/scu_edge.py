@@ -255,6 +255,16 @@ def case(name, port):
         if t == 4:
             status = int(pydicom.dcmread(BytesIO(rsp[6:]), force=True).Status)
         return {"status": status}
+    if name in ("short_pixel_data_after_large_header", "large_header_store"):
+        # 100 kB of private data before Pixel Data: the SCP keeps only the first 64 KiB of a
+        # data set in memory, so these are checked from the spool file instead.
+        ds = mr_small()
+        ds.SOPInstanceUID = "1.2.826.0.1.3680043.9.7.1.5"
+        ds.add_new(0x00090010, "LO", "PROXYSEG TEST")
+        ds.add_new(0x00091001, "OB", b"\x5a" * 100000)
+        if name.startswith("short"):
+            ds.PixelData = ds.PixelData[:-64]
+        return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
     if name == "valid_store":
         ds = mr_small()
         return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
