@@ -165,7 +165,7 @@ fn dataset_offset(bytes: &[u8]) -> usize {
 }
 
 /// Digests of the data set stored in a spool file: (sha256 hex, as the sender computed it;
-/// `blake3:<hex>`, as the index records it).
+/// `xxh3-128:<hex>`, as the index records it).
 fn dataset_digests(path: &Path) -> (String, String) {
     let mut bytes = Vec::new();
     fs::File::open(path)
@@ -174,7 +174,7 @@ fn dataset_digests(path: &Path) -> (String, String) {
     let ds = &bytes[dataset_offset(&bytes)..];
     (
         hex::encode(Sha256::digest(ds)),
-        format!("blake3:{}", blake3::hash(ds).to_hex()),
+        format!("xxh3-128:{:032x}", xxhash_rust::xxh3::xxh3_128(ds)),
     )
 }
 

@@ -665,7 +665,7 @@ impl Scp {
                 // PDVs at least this long (64 KiB PDUs) go straight to the file.
                 file: std::io::BufWriter::with_capacity(32 * 1024, file),
                 path,
-                hash: Box::new(blake3::Hasher::new()),
+                hash: Box::default(),
                 head: Vec::new(),
                 len: 0,
                 offset: 0,
@@ -738,7 +738,7 @@ impl Scp {
                 );
             }
         };
-        let digest = format!("blake3:{}", hash.finalize().to_hex());
+        let digest = hash.finish();
         // Copies of one SOP Instance UID from concurrent associations are serialised from the
         // duplicate check to the index commit.
         let lock = &self.locks[lock_index(&cmd.sop_instance_uid, self.locks.len())];
@@ -1079,8 +1079,8 @@ enum IncomingState {
     Writing {
         file: std::io::BufWriter<std::fs::File>,
         path: PathBuf,
-        /// BLAKE3 of the data set bytes (boxed: the hasher state is about 2 KB).
-        hash: Box<blake3::Hasher>,
+        /// Digest of the data set bytes (boxed: the hasher state is over 500 bytes).
+        hash: Box<spool::DatasetHasher>,
         /// The file's first bytes: preamble, meta group and up to [`HEAD_BYTES`] of the data
         /// set, so that most data sets are validated without reading the file back.
         head: Vec<u8>,

@@ -35,8 +35,9 @@ pub struct InstanceRecord {
     pub source_host: String,
     /// Size of the spool file in bytes.
     pub size_bytes: u64,
-    /// Digest of the data set bytes as received: `blake3:<hex>` (rows indexed before
-    /// migration 5: `sha256:<hex>`). Equal digests mean identical copies.
+    /// Digest of the data set bytes as received, labelled with its algorithm (see
+    /// [`crate::store::spool::DatasetHasher`]; older rows: `blake3:` or `sha256:`). Equal
+    /// digests mean identical copies.
     pub digest: String,
     /// Spool file path.
     pub path: String,
@@ -251,7 +252,7 @@ pub(crate) fn test_record(sop: &str, study: &str, t: f64) -> InstanceRecord {
         calling_ae: "PACS".into(),
         source_host: "127.0.0.1".into(),
         size_bytes: 10,
-        digest: "blake3:00".into(),
+        digest: "xxh3-128:00".into(),
         path: format!("/x/{sop}.dcm"),
         received_at: t,
     }
@@ -336,7 +337,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
         let body = b"data set bytes".to_vec();
-        let digest = format!("blake3:{}", blake3::hash(&body).to_hex());
+        let mut hasher = crate::store::spool::DatasetHasher::default();
+        hasher.update(&body);
+        let digest = hasher.finish();
         let (good, torn, gone, done) = (
             dir.path().join("good.dcm"),
             dir.path().join("torn.dcm"),
