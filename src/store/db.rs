@@ -225,9 +225,14 @@ const MIGRATIONS: &[&str] = &[
     UPDATE instances SET digest = 'sha256:' || digest;
     "#,
     // 6: instances whose row committed while their file's fsync was still running (see
-    // instances::record_unsynced); checked against their digest at the next start.
+    // instances::record_unsynced); checked against their digest at the next start. And the
+    // stable-age query only needs the few studies still receiving: with last_received_at out
+    // of its index, recording an instance no longer moves an index entry (one page fewer
+    // written per commit, as the WITHOUT ROWID list saves another).
     r#"
-    CREATE TABLE unsynced (sop_instance_uid TEXT PRIMARY KEY);
+    CREATE TABLE unsynced (sop_instance_uid TEXT PRIMARY KEY) WITHOUT ROWID;
+    DROP INDEX studies_state;
+    CREATE INDEX studies_state ON studies(state);
     "#,
 ];
 
