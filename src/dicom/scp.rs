@@ -996,7 +996,7 @@ fn place(
             .read(|c| instances::existing(c, &rec.sop_instance_uid))
             .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?;
         if let Some((stored, path)) = &existing {
-            if *stored == rec.digest && Path::new(path).is_file() {
+            if spool::same_content(stored, Path::new(path), &rec.digest) {
                 return Ok(None);
             }
             // A different copy goes to a new name, so the stored copy and its index row stay

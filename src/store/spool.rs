@@ -265,6 +265,21 @@ impl DatasetHasher {
     }
 }
 
+/// Whether the stored copy at `path`, indexed with digest `stored`, holds the data set whose
+/// digest is `received`. A row from before the current algorithm (`blake3:`, `sha256:`) is
+/// compared by hashing its file again, so an identical copy resent after an upgrade is
+/// still recognised as identical.
+pub fn same_content(stored: &str, path: &Path, received: &str) -> bool {
+    let algorithm = |d: &str| d.split(':').next().unwrap_or_default().to_string();
+    if !path.is_file() {
+        return false;
+    }
+    if algorithm(stored) == algorithm(received) {
+        return stored == received;
+    }
+    dataset_digest(path).is_ok_and(|d| d == received)
+}
+
 /// [`DatasetHasher`]'s digest of a spool file's data set: the bytes after the preamble and
 /// the File Meta Information group (whose first element, the group length, says where the
 /// data set starts).
@@ -365,5 +380,30 @@ mod tests {
         assert_eq!(removed, 1);
         assert!(spool.final_path("1.2", "../x", "1").is_err());
         assert!(free_bytes(dir.path()).unwrap() > 0);
+    }
+
+    #[test]
+    fn identical_copies_are_recognised_across_digest_algorithms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.dcm");
+        let mut b = vec![0u8; 128];
+        b.extend_from_slice(b"DICM");
+        b.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0, 2, 0, 0, 0, 9, 9]);
+        b.extend_from_slice(b"the data set");
+        fs::write(&path, b).unwrap();
+        let mut h = DatasetHasher::default();
+        h.update(b"the data set");
+        let current = h.finish();
+        assert_eq!(dataset_digest(&path).unwrap(), current);
+        assert!(same_content(&current, &path, &current));
+        assert!(!same_content("xxh3-128:00", &path, &current));
+        // A row indexed by an older release: its file is hashed again.
+        assert!(same_content("blake3:ab", &path, &current));
+        assert!(!same_content("sha256:cd", &path, "xxh3-128:00"));
+        assert!(!same_content(
+            &current,
+            &dir.path().join("gone.dcm"),
+            &current
+        ));
     }
 }
