@@ -3,6 +3,7 @@
 //! syntaxes we accept, and DIMSE message encoding.
 
 pub mod dimse;
+pub mod pdata;
 pub mod pixels;
 pub mod scp;
 pub mod scu;

@@ -10,7 +10,7 @@
 
 use crate::config::Config;
 use crate::dicom::dimse::{self, field, status, Command};
-use crate::dicom::sop;
+use crate::dicom::{pdata, sop};
 use crate::store::instances::{self, InstanceRecord, Recorded};
 use crate::store::{spool, Db, Spool};
 use dicom_core::Tag;
@@ -415,7 +415,8 @@ impl Scp {
         let mut cmd_ctx: Option<u8> = None;
         let mut incoming: Option<Incoming> = None;
         let mut store_started = std::time::Instant::now();
-        let mut pending: std::collections::VecDeque<PDataValue> = Default::default();
+        let mut pending: std::collections::VecDeque<pdata::Pdv> = Default::default();
+        let max_pdu = assoc.acceptor_max_pdu_length();
         loop {
             if *shutdown.borrow() && incoming.is_none() && cmd_buf.is_empty() {
                 tracing::info!("shutting down: aborting idle association");
@@ -426,7 +427,7 @@ impl Scp {
                 Some(p) => p,
                 None => {
                     let pdu = tokio::select! {
-                        r = tokio::time::timeout(limit, assoc.receive()) => match r {
+                        r = tokio::time::timeout(limit, pdata::receive(&mut assoc, max_pdu)) => match r {
                             Err(_) => {
                                 if let Some(inc) = incoming.take() { inc.discard(&self.spool); }
                                 let _ = assoc.abort().await;
@@ -440,9 +441,16 @@ impl Scp {
                         },
                         _ = shutdown.changed(), if incoming.is_none() && cmd_buf.is_empty() => continue,
                     };
+                    let pdu = match pdu {
+                        pdata::Received::PData(pdvs) => {
+                            pending.extend(pdvs);
+                            continue;
+                        }
+                        pdata::Received::Other(pdu) => pdu,
+                    };
                     match pdu {
                         Pdu::PData { data } => {
-                            pending.extend(data);
+                            pending.extend(data.into_iter().map(pdata::Pdv::from));
                             continue;
                         }
                         Pdu::ReleaseRQ => {
