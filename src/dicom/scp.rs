@@ -759,7 +759,7 @@ impl Scp {
         let synced = self.synced.clone();
         // One blocking step: validate, duplicate check, rename into place, fsync.
         let placed = tokio::task::spawn_blocking(move || {
-            let received = Received {
+            let received = ReceivedDataSet {
                 file,
                 temp: path,
                 head,
@@ -962,13 +962,13 @@ fn place(
     db: &Db,
     dir_sync: &spool::DirSyncer,
     synced: &Arc<std::sync::Mutex<Vec<String>>>,
-    received: Received,
+    received: ReceivedDataSet,
     cmd: &Command,
     ts: &str,
     calling: String,
     ip: IpAddr,
 ) -> Result<Placed, Refusal> {
-    let Received {
+    let ReceivedDataSet {
         file,
         temp,
         head,
@@ -1062,7 +1062,7 @@ fn place(
 }
 
 /// A data set fully received into its temp file.
-struct Received {
+struct ReceivedDataSet {
     file: std::io::BufWriter<std::fs::File>,
     temp: PathBuf,
     /// The file's first bytes (see `IncomingState::Writing::head`).

@@ -321,8 +321,7 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let rx = self.submit(f)?;
-        rx.await.map_err(|_| DbError::WriterGone)?
+        self.enqueue(f).wait().await
     }
 
     /// Queues `f` for the writer's next batch at once, from any thread, and returns a handle
