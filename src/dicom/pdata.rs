@@ -180,25 +180,20 @@ mod tests {
         buf.extend_from_slice(&[7, 0]); // the start of the next PDU stays
         let pdvs = split_pdvs(take_pdata(&mut buf, 1 << 16).unwrap().unwrap()).unwrap();
         assert_eq!(&buf[..], &[7, 0]);
-        assert_eq!(pdvs.len(), 2);
+        let got: Vec<_> = pdvs
+            .iter()
+            .map(|p| {
+                let kind = p.value_type.clone();
+                (p.presentation_context_id, kind, p.is_last, &p.data[..])
+            })
+            .collect();
         assert_eq!(
-            (
-                pdvs[0].presentation_context_id,
-                pdvs[0].value_type.clone(),
-                pdvs[0].is_last
-            ),
-            (1, PDataValueType::Command, false)
+            got,
+            vec![
+                (1, PDataValueType::Command, false, &b"cmd"[..]),
+                (3, PDataValueType::Data, true, &b"last data"[..]),
+            ]
         );
-        assert_eq!(&pdvs[0].data[..], b"cmd");
-        assert_eq!(
-            (
-                pdvs[1].presentation_context_id,
-                pdvs[1].value_type.clone(),
-                pdvs[1].is_last
-            ),
-            (3, PDataValueType::Data, true)
-        );
-        assert_eq!(&pdvs[1].data[..], b"last data");
     }
 
     #[test]
