@@ -17,9 +17,8 @@ import onnxruntime as ort
 import torch
 from segment_anything import sam_model_registry
 
+from proxyseg_model.bundle_data import write_pairs
 from proxyseg_model.export import GRAPHS, export_graphs, prepare_for_export
-from proxyseg_model.phantoms import generate_case
-from proxyseg_model.phantoms.dicom_io import write_case
 from proxyseg_model.tomlw import dumps
 from proxyseg_model.train import load_checkpoint, main as train_main
 
@@ -33,10 +32,7 @@ def main(root: Path) -> int:
         torch.save(sam_model_registry["vit_h"]().state_dict(), ck)
         print(f"random vit_h checkpoint: {ck.stat().st_size / 1e9:.2f} GB ({time.time() - t0:.0f} s)", flush=True)
         sup = tmp / "user-set"
-        pairs = []
-        for i in range(2):
-            write_case(generate_case("us", i), sup / "pairs" / f"{i + 1:02d}", i, role="support")
-            pairs.append({"image": f"pairs/{i + 1:02d}/image.dcm", "mask": f"pairs/{i + 1:02d}/mask.seg.dcm"})
+        pairs = write_pairs(sup, "us", range(2))
         (sup / "supportset.toml").write_text(dumps({"name": "user", "pairs": pairs}))
         out = tmp / "ppg-vit_h.pt"
         train_main(["real", "--model", "vit_h", "--sam-checkpoint", str(ck), "--data", str(sup), "--img-size", "256",

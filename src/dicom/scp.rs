@@ -988,7 +988,8 @@ fn place(
                 format!("cannot write spool file: {}", e.error()),
             )
         })?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(len);
+        // Preamble and meta group, then every data set byte received.
+        let size = offset + len;
         // The tail's writeback runs while the data set is validated.
         spool::start_writeback(&file, 0, size);
         let mut rec = validate(&temp, &head, cmd, ts, offset, len)?;

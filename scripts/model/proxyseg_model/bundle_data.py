@@ -38,6 +38,16 @@ def _code(c):
     return Inline(scheme=c.scheme_designator, code=c.value, meaning=c.meaning)
 
 
+def write_pairs(folder: Path, family: str, seeds) -> list[dict]:
+    """Writes one phantom support pair per seed as `folder/pairs/NN/image.dcm` + `mask.seg.dcm`
+    (NN from 01) and returns their `pairs` entries for supportset.toml."""
+    entries = []
+    for i, seed in enumerate(seeds):
+        write_case(generate_case(family, seed), folder / "pairs" / f"{i + 1:02d}", seed, role="support")
+        entries.append({"image": f"pairs/{i + 1:02d}/image.dcm", "mask": f"pairs/{i + 1:02d}/mask.seg.dcm"})
+    return entries
+
+
 def write_support_sets(bundle: Path, pairs: int = PAIRS):
     for fam, (name, desc) in SUPPORT_SETS.items():
         folder = bundle / "support-sets" / name
@@ -47,13 +57,7 @@ def write_support_sets(bundle: Path, pairs: int = PAIRS):
                 "match": {"modality": FAMILY_INFO[fam]["modality"], "body_part": FAMILY_INFO[fam]["body_part"]},
                 "objects": [{"label": o, "category": _code(ANATOMICAL_STRUCTURE), "type": _code(OBJECT_CODES[o]),
                              "color": OBJECT_COLORS[o]} for o in OBJECTS[fam]],
-                "pairs": []}
-        for i in range(pairs):
-            seed = data.FEWSHOT[i]
-            case = generate_case(fam, seed)
-            d = folder / "pairs" / f"{i + 1:02d}"
-            write_case(case, d, seed, role="support")
-            spec["pairs"].append({"image": f"pairs/{i + 1:02d}/image.dcm", "mask": f"pairs/{i + 1:02d}/mask.seg.dcm"})
+                "pairs": write_pairs(folder, fam, data.FEWSHOT[:pairs])}
         (folder / "supportset.toml").write_text(dumps(spec))
 
 
