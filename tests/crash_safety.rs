@@ -6,12 +6,14 @@
 //! bound of what the daemon promised. Needs .venv/bin/python with pydicom, pynetdicom, numpy
 //! (scripts/test installs them); the test fails, never skips, without them.
 
+mod common;
+
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,13 +46,6 @@ fn venv_python() -> PathBuf {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     py
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
 }
 
 /// A child process that is killed when dropped, so a failing assertion leaves nothing running.
@@ -242,7 +237,7 @@ fn kill_9_mid_ingest_loses_no_acknowledged_instance() {
         String::from_utf8_lossy(&gen.stderr)
     );
 
-    let port = free_port();
+    let port = common::free_port();
     let config = dir.join("proxyseg.toml");
     fs::write(
         &config,

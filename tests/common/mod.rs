@@ -59,7 +59,24 @@ pub fn pydicom_files() -> PathBuf {
 }
 
 /// A free TCP port on loopback.
+///
+/// Ports come from 20000-31999, below Linux's default ephemeral range (32768-60999), so the
+/// source port of some client connection made meanwhile cannot take the port between this
+/// check and the daemon's bind (what `bind(0)` handed out could). Each test process walks the
+/// range from its own pid-derived start and never hands a port out twice.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
