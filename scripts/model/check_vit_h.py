@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from segment_anything import sam_model_registry
 
-from proxyseg_model.bundle_data import write_pairs
 from proxyseg_model.export import GRAPHS, export_graphs, prepare_for_export
-from proxyseg_model.tomlw import dumps
-from proxyseg_model.train import load_checkpoint, main as train_main
+from proxyseg_model.smoke import random_checkpoint, train_one_step
+from proxyseg_model.train import load_checkpoint
 
 
 def main(root: Path) -> int:
@@ -28,15 +26,9 @@ def main(root: Path) -> int:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(dir=root) as d:
         tmp = Path(d)
-        ck = tmp / "sam_vit_h_random.pth"
-        torch.save(sam_model_registry["vit_h"]().state_dict(), ck)
+        ck = random_checkpoint("vit_h", tmp / "sam_vit_h_random.pth")
         print(f"random vit_h checkpoint: {ck.stat().st_size / 1e9:.2f} GB ({time.time() - t0:.0f} s)", flush=True)
-        sup = tmp / "user-set"
-        pairs = write_pairs(sup, "us", range(2))
-        (sup / "supportset.toml").write_text(dumps({"name": "user", "pairs": pairs}))
-        out = tmp / "ppg-vit_h.pt"
-        train_main(["real", "--model", "vit_h", "--sam-checkpoint", str(ck), "--data", str(sup), "--img-size", "256",
-                    "--steps", "1", "--max-support", "1", "--out", str(out)])
+        out = train_one_step("vit_h", ck, tmp)
         ck.unlink()
         model, meta = load_checkpoint(out)
         assert meta["extra"]["steps"] == 1 and model.sam_cfg.encoder_dim == 1280

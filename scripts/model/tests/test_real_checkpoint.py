@@ -7,24 +7,16 @@ reduced input size (position embeddings resampled), exports the contract and loa
 import numpy as np
 import onnxruntime as ort
 import torch
-from segment_anything import sam_model_registry
 
-from proxyseg_model.bundle_data import write_pairs
 from proxyseg_model.export import GRAPHS, export_graphs, prepare_for_export
-from proxyseg_model.tomlw import dumps
-from proxyseg_model.train import load_checkpoint, main as train_main
+from proxyseg_model.smoke import random_checkpoint, train_one_step
+from proxyseg_model.train import load_checkpoint
 
 
 def test_vit_b_checkpoint_trains_and_exports(tmp_path):
     torch.manual_seed(0)
-    ck = tmp_path / "sam_vit_b_random.pth"
-    torch.save(sam_model_registry["vit_b"]().state_dict(), ck)
-    sup = tmp_path / "user-set"
-    pairs = write_pairs(sup, "us", range(2))
-    (sup / "supportset.toml").write_text(dumps({"name": "user", "pairs": pairs}))
-    out = tmp_path / "ppg-vit_b.pt"
-    train_main(["real", "--model", "vit_b", "--sam-checkpoint", str(ck), "--data", str(sup), "--img-size", "256",
-                "--steps", "1", "--max-support", "1", "--out", str(out)])
+    ck = random_checkpoint("vit_b", tmp_path / "sam_vit_b_random.pth")
+    out = train_one_step("vit_b", ck, tmp_path)
     model, meta = load_checkpoint(out)
     assert meta["extra"]["steps"] == 1 and model.sam_cfg.encoder_dim == 768
     model = prepare_for_export(model)
