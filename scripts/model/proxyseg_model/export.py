@@ -82,7 +82,7 @@ class MaskDecoderGraph(nn.Module):
 
 def dims(model) -> dict:
     S = model.img_size
-    h = S // 16
+    h = model.sam.embed_size  # S / 16 for SAM's ViT; 64 for LiteMedSAM at S = 256
     g = model.ppg_cfg.grid
     cv = model.ppg_cfg.value_dim + (1 if getattr(model.ppg_cfg, "mask_readout", False) else 0)
     return {"S": S, "C": model.sam_cfg.embed_dim, "h": h, "w": h, "T": model.ppg_cfg.token_grid ** 2,
@@ -111,8 +111,12 @@ def example_inputs(model, n: int = 3, k: int = 2, seed: int = 0):
 
 
 def prepare_for_export(model):
+    """An eval copy for export. LoRA is merged, except on a third-party backbone (LiteMedSAM),
+    whose base weights must stay byte-identical to its checkpoint (weights.py): there the LoRA
+    branch stays a side path in the graph (two small MatMuls per projection)."""
     m = copy.deepcopy(model).eval()
-    merge_lora(m)
+    if getattr(m, "backbone", "sam") != "litemedsam":
+        merge_lora(m)
     for p in m.parameters():
         p.requires_grad_(False)
     return m
@@ -140,7 +144,17 @@ def export_graphs(model, out: Path, external_data: bool | None = None) -> dict:
                          ["image_embeddings", "prompt_tokens"], ["mask_logits", "iou_scores"],
                          {"prompt_tokens": {0: "K"}, "mask_logits": {0: "K"}, "iou_scores": {0: "K"}}),
     }
+    # torch's exporter puts each exported module back into its own mode afterwards; the
+    # wrappers must be in eval mode, or the model's BatchNorm/Attention end up in training mode
+    for spec in specs.values():
+        spec[0].eval()
     meta = metadata(model)
+    lite = getattr(model, "backbone", "sam") == "litemedsam"
+    if lite:  # checkpoint tensors unfolded, so they can be read from the .pth in place
+        from .litemedsam import export_form
+        # TinyViT's PatchMerging traces the batch size as a constant: B is fixed at 1 (the
+        # engine reads a fixed B from the graph and encodes frame by frame)
+        specs["image_encoder"] = (export_form(copy.deepcopy(model.sam.image_encoder)),) + specs["image_encoder"][1:4] + ({},)
     sizes = {}
     for name, (mod, args, ins, outs, dyn) in specs.items():
         path = out / f"{name}.onnx"
@@ -151,8 +165,10 @@ def export_graphs(model, out: Path, external_data: bool | None = None) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(mod, args, str(raw), dynamo=False, opset_version=OPSET, input_names=ins,
-                                  output_names=outs, dynamic_axes=dyn, do_constant_folding=True)
+                                  output_names=outs, dynamic_axes=dyn, do_constant_folding=not lite)
             proto = onnx.load(str(raw))  # external tensors, if any, are read in here
+        if lite:
+            reference_lite_checkpoint(proto, out)
         weights = sum(len(t.raw_data) for t in proto.graph.initializer)
         big = external_data if external_data is not None else weights > 1.8e9  # protobuf's limit is 2 GB
         for stale in (path, out / f"{name}.onnx.data"):
@@ -168,6 +184,40 @@ def export_graphs(model, out: Path, external_data: bool | None = None) -> dict:
             onnx.save(proto, str(path))
         sizes[name] = sum(f.stat().st_size for f in out.glob(f"{name}.onnx*"))
     return sizes
+
+
+def reference_lite_checkpoint(proto, out: Path) -> dict:
+    """Points the graph's LiteMedSAM tensors into `out/lite_medsam.pth` (copied there, checked)."""
+    import shutil
+
+    from .litemedsam import CHECKPOINT_NAME, checkpoint_path, verify_checkpoint
+    from .weights import reference_checkpoint
+    dest = out / CHECKPOINT_NAME
+    if not dest.exists():
+        shutil.copyfile(verify_checkpoint(checkpoint_path()), dest)
+    return reference_checkpoint(proto, verify_checkpoint(dest), CHECKPOINT_NAME)
+
+
+def export_litemedsam_encoder(out: Path) -> Path:
+    """LiteMedSAM's image encoder alone (frozen; used to cache training embeddings)."""
+    from .litemedsam import LiteMedSAMBackbone, export_form
+    out.mkdir(parents=True, exist_ok=True)
+    sam = LiteMedSAMBackbone()
+    sam.load_checkpoint()
+    enc = export_form(sam.eval().image_encoder)
+    path = out / "image_encoder.onnx"
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+        raw = Path(scratch) / "raw.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(enc, (torch.zeros(1, 3, 256, 256),), str(raw), dynamo=False, opset_version=OPSET,
+                              input_names=["image"], output_names=["image_embeddings"],
+                              dynamic_axes={"image": {0: "B"}, "image_embeddings": {0: "B"}},
+                              do_constant_folding=False)
+        proto = onnx.load(str(raw))
+    reference_lite_checkpoint(proto, out)
+    onnx.save(proto, str(path))
+    return path
 
 
 def git_commit() -> str:
@@ -243,7 +293,8 @@ def check_parity(model, folder: Path, n: int = 2, k: int = 3, seed: int = 1) -> 
         keys_t, values_t = model.ppg.encode_support(ex["support_images"], ex["support_masks"], emb_t[1:])
         tok_t = model.ppg.generate_prompts(emb_t[:1], keys_t, values_t)
         logits_t, iou_t = model.sam.decode(emb_t[:1], tok_t)
-    emb_o = sess["image_encoder"].run(None, {"image": torch.cat([ex["image"], ex["support_images"]]).numpy()})[0]
+    imgs = torch.cat([ex["image"], ex["support_images"]]).numpy()
+    emb_o = np.concatenate([sess["image_encoder"].run(None, {"image": imgs[i:i + 1]})[0] for i in range(len(imgs))])
     keys_o, values_o = sess["support_encoder"].run(None, {"support_images": ex["support_images"].numpy(),
                                                           "support_masks": ex["support_masks"].numpy(),
                                                           "support_embeddings": emb_o[1:]})

@@ -37,11 +37,13 @@ class LoRALinear(nn.Module):
         return lin
 
 
-def _targets(sam) -> list[tuple[nn.Module, str]]:
-    """(parent, attribute) of every Linear that gets LoRA: encoder qkv, decoder q/v projections."""
+def _targets(sam, encoder: bool = True) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every Linear that gets LoRA: encoder qkv (ViT blocks; `encoder`),
+    decoder q/v projections."""
     out = []
-    for blk in sam.image_encoder.blocks:
-        out.append((blk.attn, "qkv"))
+    if encoder:
+        for blk in sam.image_encoder.blocks:
+            out.append((blk.attn, "qkv"))
     for mod in sam.mask_decoder.transformer.modules():
         if hasattr(mod, "q_proj") and hasattr(mod, "v_proj"):
             out.append((mod, "q_proj"))
@@ -49,11 +51,13 @@ def _targets(sam) -> list[tuple[nn.Module, str]]:
     return out
 
 
-def add_lora(sam, rank: int = 4, alpha: float = 4.0) -> None:
-    """Freeze every SAM parameter and wrap the target Linears with LoRA (in place)."""
+def add_lora(sam, rank: int = 4, alpha: float = 4.0, encoder: bool = True) -> None:
+    """Freeze every SAM parameter and wrap the target Linears with LoRA (in place).
+
+    `encoder=False` leaves the image encoder without LoRA (its embeddings can then be cached)."""
     for p in sam.parameters():
         p.requires_grad_(False)
-    for parent, name in _targets(sam):
+    for parent, name in _targets(sam, encoder):
         lin = getattr(parent, name)
         if isinstance(lin, nn.Linear):
             setattr(parent, name, LoRALinear(lin, rank, alpha))

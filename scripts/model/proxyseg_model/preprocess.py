@@ -68,13 +68,17 @@ def resized_size(rows: int, cols: int, S: int) -> tuple[int, int]:
     return int(rows * S / m + 0.5), int(cols * S / m + 0.5)
 
 
-def prepare_image(display: np.ndarray, S: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Display H x W x 3 float32 -> model input 3 x S x S float32, and the resized (h, w)."""
+def prepare_image(display: np.ndarray, S: int, mean: np.ndarray = PIXEL_MEAN,
+                  std: np.ndarray = PIXEL_STD) -> tuple[np.ndarray, tuple[int, int]]:
+    """Display H x W x 3 float32 -> model input 3 x S x S float32, and the resized (h, w).
+
+    `mean` / `std` are the bundle's manifest pixel_mean / pixel_std (0..255 scale)."""
     rows, cols = display.shape[:2]
     nh, nw = resized_size(rows, cols, S)
     t = torch.from_numpy(np.ascontiguousarray(display, dtype=np.float32)).permute(2, 0, 1)[None]
     t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)[0]
-    t = (t - torch.from_numpy(PIXEL_MEAN)[:, None, None]) / torch.from_numpy(PIXEL_STD)[:, None, None]
+    mean = torch.from_numpy(np.asarray(mean, dtype=np.float32))[:, None, None]
+    t = (t - mean) / torch.from_numpy(np.asarray(std, dtype=np.float32))[:, None, None]
     out = torch.zeros(3, S, S, dtype=torch.float32)
     out[:, :nh, :nw] = t
     return out.numpy(), (nh, nw)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from . import views
 from .preprocess import postprocess, prepare_image, prepare_mask
 
 GRAPHS = ("image_encoder", "support_encoder", "prompt_generator", "mask_decoder")
@@ -28,13 +29,20 @@ class OrtBundle:
         self.sessions = {g: ort.InferenceSession(str(self.folder / self.manifest["graphs"][g]), so,
                                                  providers=["CPUExecutionProvider"]) for g in GRAPHS}
         self.S = int(self.manifest["input_size"])
+        self.mean = np.asarray(self.manifest["pixel_mean"], dtype=np.float32)
+        self.std = np.asarray(self.manifest["pixel_std"], dtype=np.float32)
+        self.rules = [views.Rule(**{k: v for k, v in r.items()}) for r in self.manifest.get("resolution", [])]
 
     def metadata(self, graph: str) -> dict:
         return self.sessions[graph].get_modelmeta().custom_metadata_map
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """B x 3 x S x S -> B x C x h x w."""
-        return self.sessions["image_encoder"].run(None, {"image": images.astype(np.float32)})[0]
+        enc = self.sessions["image_encoder"]
+        if enc.get_inputs()[0].shape[0] == 1:  # a graph with a fixed batch of 1 (LiteMedSAM)
+            return np.concatenate([enc.run(None, {"image": images[i:i + 1].astype(np.float32)})[0]
+                                   for i in range(len(images))])
+        return enc.run(None, {"image": images.astype(np.float32)})[0]
 
     def support_context(self, support_images: np.ndarray, support_masks: np.ndarray):
         """N x 3 x S x S, N x K x S x S -> dict(embeddings, keys, values)."""
@@ -54,11 +62,77 @@ class OrtBundle:
 
     def segment_display(self, display: np.ndarray, ctx: dict):
         """Display H x W x 3 (preprocess.to_display) -> (masks K x H x W uint8, tensors dict)."""
-        img, hw = prepare_image(display, self.S)
+        img, hw = prepare_image(display, self.S, self.mean, self.std)
         out = self.segment_tensor(img[None], ctx)
-        masks, _ = postprocess(out["mask_logits"], hw, display.shape[:2], self.S)
+        masks, logits = postprocess(out["mask_logits"], hw, display.shape[:2], self.S)
         out["image"] = img[None]
+        out["logits"] = logits
         return masks, out
+
+
+    def prepare_pairs(self, displays: list[np.ndarray], masks: list[np.ndarray]):
+        """Support displays (H x W x 3) and masks (K x H x W) -> N x 3 x S x S, N x K x S x S."""
+        imgs = np.stack([prepare_image(d, self.S, self.mean, self.std)[0] for d in displays])
+        ms = np.stack([np.stack([prepare_mask(x, self.S) for x in m]) for m in masks])
+        return imgs, ms
+
+    def view_contexts(self, displays, masks, labels):
+        """Support contexts for the first pass and every resolution view (views.py), computed
+        once per support set: dict view-key -> context (None when no pair gives that view)."""
+        out = {"": self.support_context(*self.prepare_pairs(displays, masks))}
+        for r, rule in enumerate(self.rules):
+            objs = views.object_indices(rule, labels)
+            if not objs:
+                continue
+            if rule.strategy == "roi":
+                if rule.anchor.lower() not in [x.lower() for x in labels]:
+                    continue
+                a = [x.lower() for x in labels].index(rule.anchor.lower())
+                boxes = [views.roi_crop(m[a], rule) for m in masks]
+                keep = [i for i, b in enumerate(boxes) if b is not None]
+                out[f"roi:{r}"] = self.support_context(*self.prepare_pairs(
+                    [views.crop(displays[i], boxes[i]) for i in keep],
+                    [np.stack([views.crop(x, boxes[i]) for x in masks[i]]) for i in keep])) if keep else None
+            else:
+                for t in range(rule.grid * rule.grid):
+                    boxes = [views.tile_crops(d.shape[0], d.shape[1], rule)[t] for d in displays]
+                    out[f"tiles:{r}:{t}"] = self.support_context(*self.prepare_pairs(
+                        [views.crop(d, b) for d, b in zip(displays, boxes)],
+                        [np.stack([views.crop(x, b) for x in m]) for m, b in zip(masks, boxes)]))
+        return out
+
+    def segment_views(self, display: np.ndarray, ctxs: dict, labels: list[str]):
+        """One frame with the resolution views -> (masks K x H x W uint8, logits K x H x W, first pass)."""
+        masks, first = self.segment_display(display, ctxs[""])
+        logits = first["logits"].copy()
+        rows, cols = display.shape[:2]
+        for r, rule in enumerate(self.rules):
+            objs = views.object_indices(rule, labels)
+            if not objs:
+                continue
+            if rule.strategy == "roi":
+                ctx = ctxs.get(f"roi:{r}")
+                if ctx is None:
+                    continue
+                a = [x.lower() for x in labels].index(rule.anchor.lower())
+                box = views.roi_crop(masks[a], rule)
+                if box is None:
+                    continue
+                _, out = self.segment_display(views.crop(display, box), ctx)
+                y0, x0, h, w = box
+                for o in objs:
+                    logits[o] = -1e4
+                    logits[o, y0:y0 + h, x0:x0 + w] = out["logits"][o]
+            else:
+                acc = np.zeros((len(objs), rows, cols), np.float32)
+                cnt = np.zeros((rows, cols), np.float32)
+                for t, box in enumerate(views.tile_crops(rows, cols, rule)):
+                    _, out = self.segment_display(views.crop(display, box), ctxs[f"tiles:{r}:{t}"])
+                    y0, x0, h, w = box
+                    acc[:, y0:y0 + h, x0:x0 + w] += out["logits"][objs]
+                    cnt[y0:y0 + h, x0:x0 + w] += 1
+                logits[objs] = acc / cnt
+        return (logits > 0).astype(np.uint8), logits, first
 
 
 def read_support_set(folder: Path) -> dict:

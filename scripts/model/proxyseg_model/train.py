@@ -53,7 +53,8 @@ def log(msg: str, fh=None):
 
 def save_checkpoint(model, path: Path, extra: dict | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": model.config_dict(), "lora": has_lora(model.sam), "state": model.state_dict(),
+    torch.save({"config": model.config_dict(), "lora": has_lora(model.sam),
+                "lora_encoder": has_lora(model.sam.image_encoder), "state": model.state_dict(),
                 "extra": extra or {}}, path)
 
 
@@ -62,7 +63,7 @@ def load_checkpoint(path: Path, lora_rank: int = 4):
     cfg = ck["config"]
     model = build_from_config(cfg)
     if ck["lora"]:
-        add_lora(model.sam, rank=lora_rank)
+        add_lora(model.sam, rank=lora_rank, encoder=ck.get("lora_encoder", True))
     model.load_state_dict(ck["state"])
     return model, ck
 
@@ -79,7 +80,8 @@ def build_from_config(cfg: dict):
     ppg = dict(cfg["ppg"])
     ppg.setdefault("bridge_mask", False)  # checkpoints from before these options
     ppg.setdefault("mask_readout", False)
-    return ProxyPromptSAM(SAMConfig(**cfg["sam"]), PPGConfig(**ppg), name=cfg["name"])
+    return ProxyPromptSAM(SAMConfig(**cfg["sam"]), PPGConfig(**ppg), name=cfg["name"],
+                          backbone=cfg.get("backbone", "sam"))
 
 
 # ------------------------------------------------------------------------------ pretraining

@@ -130,6 +130,7 @@ def write_fundus(case: dict, path: Path, seed: int, role: str = "image") -> Data
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     ds.NumberOfFrames = 1  # the OP 8 bit IOD is a multi-frame IOD
+    _identity(ds, case)
     _pixels(ds, case["pixels"], "RGB", 8)
     ds.save_as(path, enforce_file_format=True)
     return ds
@@ -144,6 +145,7 @@ def write_us(case: dict, path: Path, seed: int, role: str = "image", multiframe:
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
+    _identity(ds, case)
     if multi:
         ds.NumberOfFrames = px.shape[0]
         ds.FrameTime = 40.0
@@ -196,14 +198,15 @@ def write_mr(case: dict, folder: Path, seed: int, role: str = "image") -> list[D
     return out
 
 
-def _segment_descriptions(family: str):
+def _segment_descriptions(family: str, objects: list[str] | None = None):
     return [hd.seg.SegmentDescription(
         segment_number=i + 1, segment_label=o, segmented_property_category=ANATOMICAL_STRUCTURE,
         segmented_property_type=OBJECT_CODES[o], algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
-        for i, o in enumerate(OBJECTS[family])]
+        for i, o in enumerate(objects or OBJECTS[family])]
 
 
-def write_seg(sources: list[Dataset], masks: np.ndarray, family: str, path: Path, seed: int, role: str = "image"):
+def write_seg(sources: list[Dataset], masks: np.ndarray, family: str, path: Path, seed: int, role: str = "image",
+              objects: list[str] | None = None):
     """masks: F x K x H x W (frames of a multi-frame source, or one per single-frame source).
 
     Sources with a Frame of Reference (MR) go through highdicom. highdicom refuses multi-frame
@@ -211,11 +214,11 @@ def write_seg(sources: list[Dataset], masks: np.ndarray, family: str, path: Path
     Segmentation Storage, BINARY, bit-packed, per-frame functional groups).
     """
     if "FrameOfReferenceUID" not in sources[0]:
-        return _write_seg_no_for(sources[0], masks, family, path, seed, role)
+        return _write_seg_no_for(sources[0], masks, family, path, seed, role, objects)
     arr = np.ascontiguousarray(np.transpose(masks, (0, 2, 3, 1)).astype(np.uint8))  # F x H x W x K
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=arr, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segment_descriptions(family), series_instance_uid=uid(family, seed, role, "seg-series"),
+        segment_descriptions=_segment_descriptions(family, objects), series_instance_uid=uid(family, seed, role, "seg-series"),
         series_number=100, sop_instance_uid=uid(family, seed, role, "seg-sop"), instance_number=1,
         manufacturer="proxyseg phantoms", manufacturer_model_name="phantom generator", software_versions="1",
         device_serial_number="0", content_date=datetime.date(2026, 1, 1), content_time=datetime.time(12, 0),
@@ -239,7 +242,8 @@ def _code_item(code: Code) -> Dataset:
     return d
 
 
-def _write_seg_no_for(src: Dataset, masks: np.ndarray, family: str, path: Path, seed: int, role: str):
+def _write_seg_no_for(src: Dataset, masks: np.ndarray, family: str, path: Path, seed: int, role: str,
+                      objects: list[str] | None = None):
     from pydicom.pixels import pack_bits
     from pydicom.sequence import Sequence
 
@@ -279,7 +283,7 @@ def _write_seg_no_for(src: Dataset, masks: np.ndarray, family: str, path: Path, 
     if "BodyPartExamined" in src:
         ds.BodyPartExamined = src.BodyPartExamined
     segs = []
-    for d in _segment_descriptions(family):
+    for d in _segment_descriptions(family, objects):
         segs.append(Dataset())
         for elem in d:
             segs[-1].add(elem)
@@ -356,8 +360,16 @@ def write_case(case: dict, out: Path, seed: int, role: str = "image") -> tuple[P
         write_mr(case, img, seed, role)
     srcs = load_images(img)
     seg = out / "mask.seg.dcm"
-    write_seg(srcs, case["masks"], fam, seg, seed, role)
+    write_seg(srcs, case["masks"], fam, seg, seed, role, case.get("objects"))
     return img, seg
+
+
+def _identity(ds: Dataset, case: dict) -> None:
+    """Real (non-phantom) cases override the phantom identity: body part, patient, descriptions."""
+    for kw in ("BodyPartExamined", "PatientName", "PatientID", "StudyDescription", "SeriesDescription",
+               "StudyInstanceUID"):
+        if kw in case.get("identity", {}):
+            setattr(ds, kw, case["identity"][kw])
 
 
 # ---------------------------------------------------------------------------------- reading

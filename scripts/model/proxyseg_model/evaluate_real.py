@@ -1,0 +1,281 @@
+"""Evaluation of a real-backbone bundle on real validation cases it never saw.
+
+Writes <bundle>/evaluation.md and the manifest's [evaluation]. Per data set (realdata.py) the
+support set is the first 5 cases of the training pool (what an admin would curate); targets are
+all validation cases (never trained on, never used for a choice). Dice in % at the image's
+native resolution, per object, for
+  ppg          the bundle's graphs through ONNX Runtime, first pass + the manifest's resolution
+               views (the path the Rust engine runs; runtime.OrtBundle.segment_views)
+  ppg_first    the same without the resolution views (whole image at 256 px only)
+  copy         the 5 support masks resized onto the target, majority vote
+  box          LiteMedSAM prompted with the bounding box of the 5 support masks' union
+               (normalised coordinates), no training: what a fixed per-protocol box gives
+  persam       PerSAM-style, training-free: prototype = mean support embedding under the mask,
+               the best / worst matching target positions as positive / negative points
+  ablations    PPG checkpoints trained without CSM's Selective Map / without CCM, same schedule,
+               one per seed (first pass only, like ppg_first, so the difference is the module)
+Stability (paper Table 3): each of 5 single support pairs alone -> mean Dice over the
+validation cases; mean and std over the 5.
+
+  python -m proxyseg_model.evaluate_real --bundle ../../models/litemedsam-ppg \
+      [--no-map runs/lite-nomap-s*.pt] [--no-ccm runs/lite-noccm-s*.pt] [--full runs/lite-short-s*.pt]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import realdata
+from .build import build_litemedsam
+from .export import prepare_for_export
+from .litemedsam import PIXEL_MEAN, PIXEL_STD
+from .preprocess import postprocess, prepare_image, prepare_mask
+from .runtime import OrtBundle
+from .tomlw import dumps
+
+N_SUPPORT = 5
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    p, g = pred.astype(bool), gt.astype(bool)
+    s = p.sum() + g.sum()
+    return 1.0 if s == 0 else float(2 * (p & g).sum() / s)
+
+
+def support_cases(ds: str) -> list[str]:
+    return realdata.split(ds)[0][:N_SUPPORT]
+
+
+class Targets:
+    """Validation cases of a data set, with their first-pass embeddings computed once."""
+
+    def __init__(self, ds: str, bundle: OrtBundle, limit: int = 0):
+        names = realdata.split(ds)[1]
+        self.names = names[:limit] if limit else names
+        self.items = []
+        for n in self.names:
+            display, masks = realdata.load_case(ds, n)
+            img, hw = prepare_image(display, bundle.S, bundle.mean, bundle.std)
+            self.items.append({"name": n, "display": display, "masks": masks, "image": img[None], "hw": hw,
+                               "emb": bundle.encode(img[None])})
+
+
+def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=None) -> np.ndarray:
+    spec = realdata.DATASETS[ds]
+    sup = [realdata.load_case(ds, c) for c in support_cases(ds)]
+    if pairs is not None:
+        sup = [sup[i] for i in pairs]
+    labels = list(spec.labels)
+    if views:
+        ctxs = bundle.view_contexts([d for d, _ in sup], [m for _, m in sup], labels)
+    else:
+        ctxs = {"": bundle.support_context(*bundle.prepare_pairs([d for d, _ in sup], [m for _, m in sup]))}
+    scores = np.zeros((len(targets.items), len(labels)))
+    for i, it in enumerate(targets.items):
+        if views:
+            m, _, _ = bundle.segment_views(it["display"], ctxs, labels)
+        else:
+            tokens = bundle.sessions["prompt_generator"].run(None, {
+                "image_embeddings": it["emb"], "support_keys": ctxs[""]["support_keys"],
+                "support_values": ctxs[""]["support_values"]})[0]
+            logits, _ = bundle.sessions["mask_decoder"].run(None, {"image_embeddings": it["emb"],
+                                                                   "prompt_tokens": tokens})
+            m, _ = postprocess(logits, it["hw"], it["masks"].shape[1:], bundle.S)
+        for o in range(len(labels)):
+            scores[i, o] = dice(m[o], it["masks"][o])
+    return scores
+
+
+def run_copy(ds: str, targets: Targets) -> np.ndarray:
+    sup = [realdata.load_case(ds, c)[1] for c in support_cases(ds)]
+    k = sup[0].shape[0]
+    scores = np.zeros((len(targets.items), k))
+    for i, it in enumerate(targets.items):
+        size = it["masks"].shape[1:]
+        for o in range(k):
+            votes = np.mean([F.interpolate(torch.from_numpy(s[o].astype(np.float32))[None, None], size=size,
+                                           mode="bilinear", align_corners=False)[0, 0].numpy() for s in sup], 0)
+            scores[i, o] = dice(votes >= 0.5, it["masks"][o])
+    return scores
+
+
+class Baselines:
+    """LiteMedSAM without PPG or training: support-mask box, and PerSAM-style points."""
+
+    def __init__(self):
+        self.model = build_litemedsam()
+        self.sam = self.model.sam.eval()
+        self.S = 256
+
+    @torch.no_grad()
+    def _decode(self, emb, sparse):
+        logits, _ = self.sam.decode(torch.from_numpy(emb), sparse)
+        return logits.numpy()
+
+    @torch.no_grad()
+    def box(self, ds: str, targets: Targets) -> np.ndarray:
+        sup = [realdata.load_case(ds, c)[1] for c in support_cases(ds)]
+        k = sup[0].shape[0]
+        scores = np.zeros((len(targets.items), k))
+        for o in range(k):
+            ys0, xs0, ys1, xs1 = [], [], [], []
+            for s in sup:
+                yy, xx = np.nonzero(s[o])
+                h, w = s[o].shape
+                ys0.append(yy.min() / h), xs0.append(xx.min() / w), ys1.append((yy.max() + 1) / h)
+                xs1.append((xx.max() + 1) / w)
+            nb = (min(xs0), min(ys0), max(xs1), max(ys1))
+            for i, it in enumerate(targets.items):
+                nh, nw = it["hw"]
+                b = torch.tensor([[[nb[0] * nw, nb[1] * nh], [nb[2] * nw, nb[3] * nh]]], dtype=torch.float32)
+                sparse, _ = self.sam.prompt_encoder(points=None, boxes=b.reshape(1, 4), masks=None)
+                m, _ = postprocess(self._decode(it["emb"], sparse), it["hw"], it["masks"].shape[1:], self.S)
+                scores[i, o] = dice(m[0], it["masks"][o])
+        return scores
+
+    @torch.no_grad()
+    def persam(self, ds: str, targets: Targets, bundle: OrtBundle) -> np.ndarray:
+        sup = [realdata.load_case(ds, c) for c in support_cases(ds)]
+        imgs, masks = bundle.prepare_pairs([d for d, _ in sup], [m for _, m in sup])
+        emb_s = torch.from_numpy(np.concatenate([bundle.encode(imgs[i:i + 1]) for i in range(len(imgs))]))
+        feats = F.normalize(emb_s, dim=1)
+        h = emb_s.shape[-1]
+        k = masks.shape[1]
+        protos = []
+        for o in range(k):
+            w = F.adaptive_avg_pool2d(torch.from_numpy(masks[:, o:o + 1]), h)
+            protos.append(F.normalize((feats * w).sum((0, 2, 3)) / w.sum().clamp(min=1e-6), dim=0))
+        scores = np.zeros((len(targets.items), k))
+        for i, it in enumerate(targets.items):
+            e = F.normalize(torch.from_numpy(it["emb"]), dim=1)[0]
+            nh, nw = it["hw"]
+            for o in range(k):
+                sim = torch.einsum("c,chw->hw", protos[o], e)[None, None]
+                sim = F.interpolate(sim, size=(self.S, self.S), mode="bilinear", align_corners=False)[0, 0][:nh, :nw]
+                pos, neg = int(torch.argmax(sim)), int(torch.argmin(sim))
+                coords = torch.tensor([[[pos % nw + 0.5, pos // nw + 0.5], [neg % nw + 0.5, neg // nw + 0.5]]])
+                sparse, _ = self.sam.prompt_encoder(points=(coords, torch.tensor([[1, 0]])), boxes=None, masks=None)
+                m, _ = postprocess(self._decode(it["emb"], sparse), it["hw"], it["masks"].shape[1:], self.S)
+                scores[i, o] = dice(m[0], it["masks"][o])
+        return scores
+
+
+def ablation_scores(checkpoints: list[str], ds: str, targets: Targets) -> list[np.ndarray]:
+    """First-pass Dice of PPG checkpoints (torch, LoRA unmerged as exported) on the same targets."""
+    from .train import load_checkpoint
+    out = []
+    sup = [realdata.load_case(ds, c) for c in support_cases(ds)]
+    for ck in checkpoints:
+        model, _ = load_checkpoint(Path(ck))
+        model = prepare_for_export(model)
+        imgs = np.stack([prepare_image(d, 256, PIXEL_MEAN, PIXEL_STD)[0] for d, _ in sup])
+        ms = np.stack([np.stack([prepare_mask(x, 256) for x in m]) for _, m in sup])
+        with torch.no_grad():
+            s_emb = torch.cat([model.sam.encode(torch.from_numpy(imgs[i:i + 1])) for i in range(len(imgs))])
+            keys, values = model.ppg.encode_support(torch.from_numpy(imgs), torch.from_numpy(ms), s_emb)
+            scores = np.zeros((len(targets.items), ms.shape[1]))
+            for i, it in enumerate(targets.items):
+                emb = torch.from_numpy(it["emb"])
+                logits, _ = model.sam.decode(emb, model.ppg.generate_prompts(emb, keys, values))
+                m, _ = postprocess(logits.numpy(), it["hw"], it["masks"].shape[1:], 256)
+                for o in range(ms.shape[1]):
+                    scores[i, o] = dice(m[o], it["masks"][o])
+        out.append(scores)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--sets", nargs="+", default=list(realdata.DATASETS))
+    ap.add_argument("--limit", type=int, default=0, help="at most this many validation cases per set (0 = all)")
+    ap.add_argument("--no-map", nargs="*", default=[], help="PPG checkpoints w/o Selective Map, one per seed")
+    ap.add_argument("--no-ccm", nargs="*", default=[], help="PPG checkpoints w/o CCM, one per seed")
+    ap.add_argument("--short", nargs="*", default=[], help="full PPG on the ablations' schedule, one per seed")
+    ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--skip-stability", action="store_true")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    bundle = OrtBundle(args.bundle)
+    base = None if args.skip_baselines else Baselines()
+    res = {"sets": {}, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    for ds in args.sets:
+        t0 = time.time()
+        tg = Targets(ds, bundle, args.limit)
+        spec = realdata.DATASETS[ds]
+        r = {"labels": list(spec.labels), "n_val": len(tg.items), "support": support_cases(ds)}
+        r["ppg"] = run_ppg(bundle, ds, tg, views=True).mean(0).tolist()
+        r["ppg_first"] = run_ppg(bundle, ds, tg, views=False).mean(0).tolist()
+        r["copy"] = run_copy(ds, tg).mean(0).tolist()
+        if base:
+            r["box"] = base.box(ds, tg).mean(0).tolist()
+            r["persam"] = base.persam(ds, tg, bundle).mean(0).tolist()
+        if not args.skip_stability:
+            singles = np.stack([run_ppg(bundle, ds, tg, views=True, pairs=[p]).mean(0) for p in range(N_SUPPORT)])
+            r["stability_mean"] = singles.mean(0).tolist()
+            r["stability_std"] = singles.std(0).tolist()
+        for key, cks in (("short", args.short), ("no_selective_map", args.no_map), ("no_ccm", args.no_ccm)):
+            if cks:
+                per_seed = [s.mean(0) for s in ablation_scores(cks, ds, tg)]
+                r[key] = np.mean(per_seed, 0).tolist()
+                r[key + "_seeds"] = [x.tolist() for x in per_seed]
+        r["seconds"] = round(time.time() - t0)
+        res["sets"][ds] = r
+        print(ds, json.dumps({k: (np.round(np.array(v) * 100, 1).tolist() if isinstance(v, list) and k not in
+                                   ("labels", "support") else v) for k, v in r.items()}), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    write_report(Path(args.bundle), res)
+
+
+def write_report(bundle: Path, res: dict):
+    """evaluation.md + the manifest's [evaluation] (Dice in %)."""
+    cols = [c for c in ("ppg", "ppg_first", "copy", "box", "persam", "short", "no_selective_map", "no_ccm",
+                        "stability_mean", "stability_std") if any(c in r for r in res["sets"].values())]
+    rows, per_obj = [], []
+    for ds, r in res["sets"].items():
+        for o, label in enumerate(r["labels"]):
+            vals = {c: r[c][o] * 100 for c in cols if c in r}
+            per_obj.append(vals)
+            rows.append(f"| {ds} | {label} | {r['n_val']} | " + " | ".join(
+                f"{vals[c]:.1f}" if c in vals else "" for c in cols) + " |")
+    mean = {c: float(np.mean([v[c] for v in per_obj if c in v])) for c in cols if c != "stability_std"}
+    head = "| data set | object | val cases | " + " | ".join(cols) + " |"
+    lines = ["# Evaluation: litemedsam-ppg on real validation cases", "",
+             f"Generated by `python -m proxyseg_model.evaluate_real` ({res['started']}). Dice in %, at native "
+             "resolution, per object, mean over each data set's validation cases (realdata.split: never trained "
+             "on, never used for a choice). Support set: the first 5 cases of the training pool.", "",
+             head, "|" + "---|" * (3 + len(cols)), *rows,
+             "| **mean** | | | " + " | ".join(f"**{mean[c]:.1f}**" if c in mean else "" for c in cols) + " |", "",
+             "Columns: ppg = the bundle (first pass + resolution views, ONNX Runtime); ppg_first = first pass "
+             "only; copy = support masks' majority vote; box = LiteMedSAM with the support masks' union box; "
+             "persam = PerSAM-style training-free points; short / no_selective_map / no_ccm = PPG trained on the "
+             "ablation schedule with all modules / without the Selective Map / without CCM (mean over seeds, "
+             "first pass); stability = each single support pair alone, mean and std over the 5.", ""]
+    for ds, r in res["sets"].items():
+        for key in ("short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
+            if key in r:
+                lines.append(f"- {ds} {key}: " + "; ".join(
+                    "/".join(f"{x * 100:.1f}" for x in s) for s in r[key]))
+    (bundle / "evaluation.md").write_text("\n".join(lines) + "\n")
+    mpath = bundle / "manifest.toml"
+    m = tomllib.loads(mpath.read_text())
+    ev = {"report": "evaluation.md", "metric": "Dice %", "mean": {c: round(v, 1) for c, v in mean.items()}}
+    for ds, r in res["sets"].items():
+        ev[ds] = {label: {c: round(r[c][o] * 100, 1) for c in cols if c in r} for o, label in enumerate(r["labels"])}
+        ev[ds]["n_val"] = r["n_val"]
+    m["evaluation"] = ev
+    from .export import write_manifest
+    write_manifest(mpath, m)
+
+
+if __name__ == "__main__":
+    main()

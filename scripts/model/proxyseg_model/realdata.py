@@ -1,0 +1,92 @@
+"""Real cases from ../shared/data (read at run time, never copied into the project).
+
+Each case is `<set>/<case>/image.(png|jpg)` plus one `<object>.png` (0/255) per object. Images
+become display values exactly as the daemon would see them after a DICOM conversion: RGB as
+is (OP), grey through the percentile window (US MONOCHROME2 without a VOI window).
+
+Split (paper protocol): per data set, a seeded permutation of the sorted case names; the
+first 16 are the few-shot training pool (support pairs come from it too), the rest are
+validation cases that are never trained on nor used for any choice.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .preprocess import to_display
+
+TRAIN_PER_SET = 16
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str             # folder under the data root
+    objects: tuple        # mask files (without .png), in segment order
+    labels: tuple         # segment labels (the support set's object labels)
+    modality: str
+    body_part: str
+    rgb: bool
+
+
+DATASETS = {
+    "drishti-gs": DataSet("drishti-gs", ("disc", "cup"), ("optic disc", "optic cup"), "OP", "EYE", True),
+    "drive": DataSet("drive", ("vessels",), ("vessels",), "OP", "EYE", True),
+    "psfhs": DataSet("psfhs", ("symphysis", "head"), ("pubic symphysis", "fetal head"), "US", "PELVIS", False),
+    "hc18": DataSet("hc18", ("head",), ("fetal head",), "US", "ABDOMEN", False),
+}
+
+
+def data_root() -> Path:
+    """PROXYSEG_DATA, else ../shared/data beside the checkout."""
+    env = os.environ.get("PROXYSEG_DATA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for up in here.parents:
+        cand = up.parent / "shared" / "data"
+        if cand.is_dir():
+            return cand
+    raise FileNotFoundError("real data not found: set PROXYSEG_DATA to the folder with drive/, drishti-gs/, ...")
+
+
+def cases(ds: str, root: Path | None = None) -> list[str]:
+    root = root or data_root()
+    return sorted(p.name for p in (root / ds).iterdir() if p.is_dir())
+
+
+def split(ds: str, root: Path | None = None) -> tuple[list[str], list[str]]:
+    """(training pool, validation cases) of a data set."""
+    names = cases(ds, root)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(names))
+    picked = [names[i] for i in order]
+    return sorted(picked[:TRAIN_PER_SET]), sorted(picked[TRAIN_PER_SET:])
+
+
+def load_case(ds: str, case: str, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """-> (display H x W x 3 float32 0..255, masks K x H x W uint8 0/1)."""
+    from PIL import Image
+    root = root or data_root()
+    spec = DATASETS[ds]
+    folder = root / ds / case
+    img_path = next(p for p in folder.iterdir() if p.stem == "image")
+    im = Image.open(img_path)
+    if spec.rgb:
+        display = np.asarray(im.convert("RGB"), dtype=np.float32)
+    else:
+        display = to_display(np.asarray(im.convert("L")), "MONOCHROME2")
+    masks = np.stack([(np.asarray(Image.open(folder / f"{o}.png").convert("L")) > 127).astype(np.uint8)
+                      for o in spec.objects])
+    return display, masks
+
+
+def grey_pixels(ds: str, case: str, root: Path | None = None) -> np.ndarray:
+    """Stored pixels as a DICOM conversion keeps them: RGB H x W x 3 or grey H x W, uint8."""
+    from PIL import Image
+    root = root or data_root()
+    folder = root / ds / case
+    im = Image.open(next(p for p in folder.iterdir() if p.stem == "image"))
+    return np.asarray(im.convert("RGB" if DATASETS[ds].rgb else "L"))

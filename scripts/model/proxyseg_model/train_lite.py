@@ -1,0 +1,241 @@
+"""Few-shot PPG training on LiteMedSAM with real images (issue: the bundle becomes real).
+
+LiteMedSAM stays frozen. Its image encoder has no LoRA here: the encoder is 0.55 s per image
+on 2 CPU cores (ONNX Runtime), so its embeddings are computed once per training view and cached
+(FIELD-NOTES: "LoRA can go on the decoder ... with the earlier stages cached"). LoRA (rank 4)
+goes on the mask decoder's attention q/v projections; the PPG trains from scratch. SGD as the
+paper (lr 0.01, momentum 0.9, weight decay 5e-4) unless --optimizer adamw.
+
+Training families (each a data set's 16 training cases, realdata.split):
+  drishti-gs        whole image (disc, cup)           drishti-gs@roi  crops around the disc
+  drive             whole image (vessels)             drive@tiles     2 x 2 tiles (views.py)
+  psfhs             whole image (symphysis, head)     hc18            whole image (head)
+Views per case: identity, horizontal flip, a random zoom crop, flip + contrast/gamma jitter
+(ROI views also jitter the crop's scale and centre, as a predicted anchor would).
+
+  python -m proxyseg_model.train_lite --minutes 40 --out runs/lite-ppg.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import realdata, views
+from .build import build_litemedsam
+from .litemedsam import PIXEL_MEAN, PIXEL_STD
+from .lora import add_lora
+from .losses import dice_loss, upscale
+from .preprocess import prepare_image, prepare_mask
+from .train import log, save_checkpoint
+
+RUNS = Path(__file__).resolve().parent.parent / "runs"
+S = 256
+
+# the resolution rules the bundle ships (manifest [[resolution]]); training views follow them
+RULES = {
+    "drishti-gs": views.Rule("roi", ["optic disc", "optic cup"], anchor="optic disc", scale=2.0, min_side=64,
+                             note="Drishti-GS images are ~2000 px wide; at 256 px the cup is ~15 px"),
+    "drive": views.Rule("tiles", ["vessels"], grid=2, overlap=0.125,
+                        note="vessels are 1-3 px wide at native resolution (565x584)"),
+}
+FAMILIES = ("drishti-gs", "drishti-gs@roi", "drive", "drive@tiles", "psfhs", "hc18")
+
+
+def _jitter(display: np.ndarray, masks: np.ndarray, variant: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented view of a case (display H x W x 3, masks K x H x W)."""
+    if variant in (1, 3):
+        display, masks = display[:, ::-1], masks[:, :, ::-1]
+    if variant == 2:  # zoom: a random crop of 80-95 % of each side
+        h, w = display.shape[:2]
+        f = rng.uniform(0.8, 0.95)
+        ch, cw = int(h * f), int(w * f)
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        display, masks = display[y0:y0 + ch, x0:x0 + cw], masks[:, y0:y0 + ch, x0:x0 + cw]
+    if variant == 3:  # contrast and gamma
+        g = rng.uniform(0.7, 1.4)
+        c = rng.uniform(0.8, 1.2)
+        display = np.clip(255.0 * (display / 255.0) ** g * c, 0, 255)
+    return np.ascontiguousarray(display, dtype=np.float32), np.ascontiguousarray(masks)
+
+
+def family_views(fam: str, cases: list[str], rng, variants: int = 4):
+    """Yields (case index, position, display, masks) for a training family."""
+    ds, _, mode = fam.partition("@")
+    for ci, case in enumerate(cases):
+        display, masks = realdata.load_case(ds, case)
+        for v in range(variants if mode != "tiles" else 2):
+            d, m = _jitter(display, masks, v, rng)
+            if mode == "roi":
+                rule = RULES[ds]
+                jr = views.Rule("roi", rule.objects, anchor=rule.anchor, scale=rule.scale * rng.uniform(0.8, 1.3),
+                                min_side=rule.min_side)
+                box = views.roi_crop(m[0], jr)
+                if box is None:
+                    continue
+                y0, x0, hh, ww = box
+                dy, dx = (rng.uniform(-0.1, 0.1, 2) * hh).astype(int) if v else (0, 0)
+                y0 = int(np.clip(y0 + dy, 0, d.shape[0] - hh))
+                x0 = int(np.clip(x0 + dx, 0, d.shape[1] - ww))
+                box = (y0, x0, hh, ww)
+                yield ci, 0, views.crop(d, box), m[:, box[0]:box[0] + hh, box[1]:box[1] + ww]
+            elif mode == "tiles":
+                for pi, box in enumerate(views.tile_crops(d.shape[0], d.shape[1], RULES[ds])):
+                    y0, x0, hh, ww = box
+                    yield ci, pi, views.crop(d, box), m[:, y0:y0 + hh, x0:x0 + ww]
+            else:
+                yield ci, 0, d, m
+
+
+def encoder_session(out_dir: Path):
+    """An ONNX Runtime session of LiteMedSAM's image encoder (exported once, weights in place)."""
+    import onnxruntime as ort
+    from .export import export_litemedsam_encoder
+    path = out_dir / "image_encoder.onnx"
+    if not path.exists():
+        export_litemedsam_encoder(out_dir)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def corpus(fam: str, seed: int = 0, cache: Path = RUNS / "cache") -> dict:
+    """Training views of a family with cached LiteMedSAM embeddings (fp16 on disk)."""
+    path = cache / f"lite-{fam.replace('@', '-')}-s{seed}-v1.pt"
+    if path.exists():
+        return torch.load(path)
+    ds = fam.partition("@")[0]
+    train, _ = realdata.split(ds)
+    rng = np.random.default_rng([seed, FAMILIES.index(fam)])
+    sess = encoder_session(RUNS / "lite-encoder")
+    imgs, masks, embs, case_ids, pos = [], [], [], [], []
+    t0 = time.time()
+    for ci, pi, d, m in family_views(fam, train, rng):
+        img, _ = prepare_image(d, S, PIXEL_MEAN, PIXEL_STD)
+        emb = sess.run(None, {"image": img[None]})[0][0]
+        imgs.append(torch.from_numpy(img).half())
+        masks.append(torch.from_numpy(np.stack([prepare_mask(x, S) for x in m])).bool())
+        embs.append(torch.from_numpy(emb).half())
+        case_ids.append(ci)
+        pos.append(pi)
+    out = {"family": fam, "images": torch.stack(imgs), "masks": torch.stack(masks), "emb": torch.stack(embs),
+           "case": torch.tensor(case_ids), "pos": torch.tensor(pos), "cases": train}
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    print(f"corpus {fam}: {len(imgs)} views in {time.time() - t0:.0f}s", flush=True)
+    return out
+
+
+def episode(rng, corp: dict, max_support: int):
+    """Target view + 1..max_support support views of other cases at the same position, with
+    all objects or a random non-empty subset in random order (as train.episode)."""
+    n = len(corp["case"])
+    while True:
+        t = int(rng.integers(n))
+        ok = np.nonzero((corp["case"] != corp["case"][t]).numpy() & (corp["pos"] == corp["pos"][t]).numpy())[0]
+        if len(ok):
+            break
+    sup = rng.choice(ok, min(len(ok), int(rng.integers(1, max_support + 1))), replace=False)
+    kall = corp["masks"].shape[1]
+    objs = list(range(kall))
+    if kall > 1:
+        size = int(rng.integers(1, kall + 1)) if rng.random() < 0.5 else kall
+        objs = [int(o) for o in rng.choice(kall, size, replace=False)]
+    f = lambda x: x.float()  # noqa: E731
+    return (f(corp["emb"][t:t + 1]), f(corp["images"][sup]), f(corp["masks"][sup][:, objs]), f(corp["emb"][sup]),
+            f(corp["masks"][t, objs]))
+
+
+def train(args):
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    fh = open(args.log, "a") if args.log else None
+    overrides = {}
+    if args.no_selective_map:
+        overrides["use_selective_map"] = False
+    if args.no_ccm:
+        overrides["use_ccm"] = False
+    model = build_litemedsam(**overrides)
+    model.sync_point_tokens()
+    add_lora(model.sam, rank=args.lora_rank, encoder=False)
+    corpora = {f: corpus(f) for f in args.families}
+    params = [p for p in model.parameters() if p.requires_grad]
+    log(f"lite: trainable {sum(p.numel() for p in params) / 1e6:.2f} M; views "
+        + ", ".join(f"{f}={len(c['case'])}" for f, c in corpora.items()), fh)
+    base_lr = args.lr or (0.01 if args.optimizer == "sgd" else 1e-3)
+    if args.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=5e-4)
+    else:
+        opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=5e-4)
+    fams = list(corpora)
+    t0, step, ema = time.time(), 0, None
+    steps, budget = args.steps or 10 ** 9, args.minutes * 60
+    model.train()
+    while step < steps and time.time() - t0 < budget:
+        frac = min(1.0, max(step / steps if args.steps else 0, (time.time() - t0) / budget))
+        lr = base_lr * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        fam = fams[step % len(fams)]
+        t_emb, si, sm, s_emb, tm = episode(rng, corpora[fam], args.max_support)
+        keys, values = model.ppg.encode_support(si, sm, s_emb)
+        tokens = model.ppg.generate_prompts(t_emb, keys, values)
+        logits, _ = model.sam.decode(t_emb, tokens)
+        up = upscale(logits, S)
+        loss = dice_loss(up, tm)
+        if args.bce:
+            loss = loss + args.bce * F.binary_cross_entropy_with_logits(up, tm)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        step += 1
+        if step % 50 == 0:
+            log(f"lite step {step} loss(ema) {ema:.4f} lr {lr:.4f} elapsed {time.time() - t0:.0f}s", fh)
+        if args.save_every and step % args.save_every == 0:
+            save_checkpoint(model, Path(args.out), {"phase": "lite", "steps": step, "partial": True})
+    model.eval()
+    info = {"phase": "lite", "steps": step, "seconds": round(time.time() - t0), "final_loss_ema": ema,
+            "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "families": fams, "overrides": overrides,
+            "seed": args.seed, "train_per_set": realdata.TRAIN_PER_SET, "split_seed": realdata.SPLIT_SEED}
+    save_checkpoint(model, Path(args.out), info)
+    log(f"lite done: {json.dumps(info)} -> {args.out}", fh)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES))
+    ap.add_argument("--steps", type=int, default=0, help="0 = until --minutes")
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--lr", type=float, default=0.0)
+    ap.add_argument("--bce", type=float, default=0.0, help="weight of a BCE term added to the Dice loss")
+    ap.add_argument("--lora-rank", type=int, default=4)
+    ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    ap.add_argument("--max-support", type=int, default=2)
+    ap.add_argument("--no-selective-map", action="store_true")
+    ap.add_argument("--no-ccm", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--cache-only", action="store_true", help="build the embedding caches and stop")
+    ap.add_argument("--out", default=str(RUNS / "lite-ppg.pt"))
+    ap.add_argument("--log", default="")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.cache_only:
+        for f in args.families:
+            corpus(f)
+        return
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
