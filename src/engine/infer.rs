@@ -1,11 +1,13 @@
 //! Running the four graphs: image encoder (batched), support encoder, prompt generator, mask
 //! decoder, and turning logits into masks at the source size.
 //!
-//! Owns tensor plumbing between the graphs and the per-stage timings. These functions block:
+//! Owns tensor plumbing between the graphs and the per-stage timings, and the second passes of
+//! the bundle's resolution rules ([`super::views`]) on crops of each frame. These functions block:
 //! the engine calls them on `spawn_blocking` threads behind its worker semaphore. They never
 //! touch the support-context cache or the disk.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ort::session::SessionInputValue;
@@ -14,6 +16,7 @@ use ort::value::TensorRef;
 use super::bundle::{Bundle, Graph};
 use super::preprocess::{postprocess_logits, prepare_image, prepare_mask, Geometry};
 use super::support::{Mask, SupportSet};
+use super::views::{self, Crop, MatchedRule, Strategy, TileMean};
 use super::EngineError;
 use crate::dicom::pixels::Frame;
 
@@ -53,11 +56,17 @@ pub struct StageTimings {
     pub mask_decoder: Duration,
     /// Logits -> masks at source size.
     pub postprocess: Duration,
-    /// Support context (image_encoder + support_encoder on the support pairs), when it was
-    /// computed or loaded during this call.
+    /// Support contexts (image_encoder + support_encoder on the support pairs, for the first
+    /// pass and every resolution view), when one was computed or loaded during this call.
     pub support_context: Duration,
+    /// Resolution views ([`super::views`]): everything of the second passes on crops
+    /// (crop, preprocess, image_encoder, prompt_generator, mask_decoder, postprocess, merge).
+    /// The stages above count the first pass (whole frames) only.
+    pub views: Duration,
     /// Frames processed.
     pub frames: usize,
+    /// Crops segmented by resolution views (one per roi crop, one per tile).
+    pub view_passes: usize,
 }
 
 impl StageTimings {
@@ -69,7 +78,9 @@ impl StageTimings {
         self.mask_decoder += o.mask_decoder;
         self.postprocess += o.postprocess;
         self.support_context += o.support_context;
+        self.views += o.views;
         self.frames += o.frames;
+        self.view_passes += o.view_passes;
     }
 
     /// Sum of all stages.
@@ -80,6 +91,7 @@ impl StageTimings {
             + self.mask_decoder
             + self.postprocess
             + self.support_context
+            + self.views
     }
 }
 
@@ -258,15 +270,16 @@ pub struct FrameResult {
     pub index: usize,
     /// The model input geometry (source size, resized size, S).
     pub geometry: Geometry,
-    /// One mask per object of the support set, at the source size.
+    /// One mask per object of the support set, at the source size (after resolution views).
     pub masks: Vec<Mask>,
-    /// mask_decoder's IoU estimate per object.
+    /// mask_decoder's IoU estimate per object (first pass, also for objects a view replaced).
     pub iou_scores: Vec<f32>,
     /// Present with [`SegmentOptions::keep_tensors`]: intermediate tensors for checks.
     pub tensors: Option<FrameTensors>,
 }
 
-/// Intermediate tensors of one frame (for parity tests and debugging).
+/// Intermediate tensors of one frame (for parity tests and debugging). Everything but
+/// `final_logits` and `views` is the first pass on the whole frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameTensors {
     /// Model input `[1, 3, S, S]`.
@@ -277,7 +290,35 @@ pub struct FrameTensors {
     pub prompt_tokens: Tensor,
     /// `[K, 1, 4h, 4w]`.
     pub low_res_logits: Tensor,
-    /// Logits at the source size, `[K_objects, rows, cols]`.
+    /// First-pass logits at the source size, `[K_objects, rows, cols]`.
+    pub logits: Tensor,
+    /// Final logits at the source size after the resolution views, `[K_objects, rows, cols]`
+    /// (the masks are `final_logits > 0`); equal to `logits` when no view applied.
+    pub final_logits: Tensor,
+    /// One entry per crop a resolution view segmented, in the order they ran.
+    pub views: Vec<ViewTensors>,
+}
+
+/// Tensors of one crop of a resolution view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewTensors {
+    /// Position of the rule in the manifest's `[[resolution]]` list.
+    pub rule: usize,
+    /// The view (as in the support-context key), e.g. `tiles:2:0.125:0,1`.
+    pub view: String,
+    /// The crop in source pixels.
+    pub crop: Crop,
+    /// Model input of the crop `[1, 3, S, S]`.
+    pub image: Tensor,
+    /// `[1, C, h, w]`.
+    pub image_embeddings: Tensor,
+    /// `[K, T, C]` (with the view's support context).
+    pub prompt_tokens: Tensor,
+    /// `[K, 1, 4h, 4w]`.
+    pub low_res_logits: Tensor,
+    /// Indices (into the set's objects) of the rule's objects.
+    pub objects: Vec<usize>,
+    /// The rule's objects' logits at the crop's size, `[objects.len(), crop.h, crop.w]`.
     pub logits: Tensor,
 }
 
@@ -288,11 +329,88 @@ pub struct SegmentOptions {
     pub keep_tensors: bool,
 }
 
+/// A resolution rule that applies to this call, with its support contexts.
+#[derive(Debug, Clone)]
+pub struct ViewPass {
+    /// The rule, matched to the set's objects.
+    pub rule: MatchedRule,
+    /// Its support contexts: one for roi; `grid * grid` for tiles, row-major.
+    pub contexts: Vec<Arc<SupportContext>>,
+}
+
+/// prompt_generator and mask_decoder on one image's embeddings `[1, C, h, w]` with a context:
+/// `(prompt_tokens, mask_logits, iou_scores)`, shapes checked.
+fn decode(
+    bundle: &Bundle,
+    ctx: &SupportContext,
+    e1: &Tensor,
+    timings: &mut StageTimings,
+) -> Result<(Tensor, Tensor, Tensor), EngineError> {
+    let m = &bundle.manifest;
+    let (lh, lw) = (m.low_res_size[0], m.low_res_size[1]);
+    let t2 = Instant::now();
+    let mut r = run_graph(
+        &bundle.prompt_generator,
+        &[
+            ("image_embeddings", e1),
+            ("support_keys", &ctx.keys),
+            ("support_values", &ctx.values),
+        ],
+        &["prompt_tokens"],
+    )?;
+    let tokens = r.remove(0);
+    let t3 = Instant::now();
+    timings.prompt_generator += t3 - t2;
+    let k = tokens.shape.first().copied().unwrap_or(0);
+    expect_shape(
+        "prompt_generator",
+        "prompt_tokens",
+        &tokens,
+        &[k, m.prompt_tokens, m.embed_dim],
+    )?;
+    let mut r = run_graph(
+        &bundle.mask_decoder,
+        &[("image_embeddings", e1), ("prompt_tokens", &tokens)],
+        &["mask_logits", "iou_scores"],
+    )?;
+    let iou = r.remove(1);
+    let low = r.remove(0);
+    timings.mask_decoder += t3.elapsed();
+    expect_shape("mask_decoder", "mask_logits", &low, &[k, 1, lh, lw])?;
+    if k < ctx.objects {
+        return Err(EngineError::Inference {
+            graph: "mask_decoder",
+            message: format!("{k} masks for {} objects", ctx.objects),
+        });
+    }
+    Ok((tokens, low, iou))
+}
+
+/// Object `j`'s low-resolution logits -> logits at the source size of `g`.
+fn object_logits(bundle: &Bundle, low: &Tensor, j: usize, g: &Geometry) -> Vec<f32> {
+    let (lh, lw) = (
+        bundle.manifest.low_res_size[0],
+        bundle.manifest.low_res_size[1],
+    );
+    postprocess_logits(&low.data[j * lh * lw..(j + 1) * lh * lw], lh, lw, g)
+}
+
+/// `[planes.len(), rows, cols]` from per-object planes.
+fn stack(planes: &[Vec<f32>], rows: usize, cols: usize) -> Tensor {
+    Tensor {
+        shape: vec![planes.len(), rows, cols],
+        data: planes.concat(),
+    }
+}
+
 /// Segments frames with a computed support context: per batch of frames, preprocess and
-/// image_encoder; per frame, prompt_generator, mask_decoder and postprocess.
+/// image_encoder; per frame, prompt_generator, mask_decoder and postprocess; then, per frame,
+/// the resolution `views` (second passes on crops, see [`super::views`]) replace their
+/// objects' logits before the masks are thresholded.
 pub fn segment_frames(
     bundle: &Bundle,
     ctx: &SupportContext,
+    views: &[ViewPass],
     frames: &[Frame],
     max_batch: usize,
     opts: SegmentOptions,
@@ -301,7 +419,6 @@ pub fn segment_frames(
     let m = &bundle.manifest;
     let s = m.input_size;
     let (c, h, w) = (m.embed_dim, m.embed_size[0], m.embed_size[1]);
-    let (lh, lw) = (m.low_res_size[0], m.low_res_size[1]);
     let batch = bundle.dims.batch.unwrap_or(max_batch.max(1));
     let mut results = Vec::with_capacity(frames.len());
     for (chunk_no, chunk) in frames.chunks(batch).enumerate() {
@@ -323,69 +440,55 @@ pub fn segment_frames(
                 shape: vec![1, c, h, w],
                 data: emb.data[i * per..(i + 1) * per].to_vec(),
             };
-            let t2 = Instant::now();
-            let mut r = run_graph(
-                &bundle.prompt_generator,
-                &[
-                    ("image_embeddings", &e1),
-                    ("support_keys", &ctx.keys),
-                    ("support_values", &ctx.values),
-                ],
-                &["prompt_tokens"],
-            )?;
-            let tokens = r.remove(0);
-            let t3 = Instant::now();
-            timings.prompt_generator += t3 - t2;
-            let k = tokens.shape.first().copied().unwrap_or(0);
-            expect_shape(
-                "prompt_generator",
-                "prompt_tokens",
-                &tokens,
-                &[k, m.prompt_tokens, c],
-            )?;
-            let mut r = run_graph(
-                &bundle.mask_decoder,
-                &[("image_embeddings", &e1), ("prompt_tokens", &tokens)],
-                &["mask_logits", "iou_scores"],
-            )?;
-            let iou = r.remove(1);
-            let low = r.remove(0);
+            let (tokens, low, iou) = decode(bundle, ctx, &e1, timings)?;
             let t4 = Instant::now();
-            timings.mask_decoder += t4 - t3;
-            expect_shape("mask_decoder", "mask_logits", &low, &[k, 1, lh, lw])?;
-            if k < ctx.objects {
-                return Err(EngineError::Inference {
-                    graph: "mask_decoder",
-                    message: format!("{k} masks for {} objects", ctx.objects),
-                });
+            let mut logits: Vec<Vec<f32>> = (0..ctx.objects)
+                .map(|j| object_logits(bundle, &low, j, &g))
+                .collect();
+            timings.postprocess += t4.elapsed();
+            let mut first = None;
+            let mut view_tensors = Vec::new();
+            if !views.is_empty() {
+                if opts.keep_tensors {
+                    first = Some(stack(&logits, g.rows, g.cols));
+                }
+                let t5 = Instant::now();
+                view_tensors = apply_views(
+                    bundle,
+                    views,
+                    &chunk[i],
+                    &mut logits,
+                    max_batch,
+                    opts.keep_tensors,
+                    timings,
+                )?;
+                timings.views += t5.elapsed();
             }
-            let mut masks = Vec::with_capacity(ctx.objects);
-            let mut full_logits = Vec::new();
-            for j in 0..ctx.objects {
-                let l = postprocess_logits(&low.data[j * lh * lw..(j + 1) * lh * lw], lh, lw, &g);
-                masks.push(Mask {
+            let t6 = Instant::now();
+            let masks = logits
+                .iter()
+                .map(|l| Mask {
                     rows: g.rows,
                     cols: g.cols,
                     data: l.iter().map(|&v| u8::from(v > 0.0)).collect(),
-                });
-                if opts.keep_tensors {
-                    full_logits.extend_from_slice(&l);
-                }
-            }
-            timings.postprocess += t4.elapsed();
+                })
+                .collect();
+            timings.postprocess += t6.elapsed();
             timings.frames += 1;
-            let tensors = opts.keep_tensors.then(|| FrameTensors {
-                image: Tensor {
-                    shape: vec![1, 3, s, s],
-                    data: inputs[i * 3 * s * s..(i + 1) * 3 * s * s].to_vec(),
-                },
-                image_embeddings: e1.clone(),
-                prompt_tokens: tokens.clone(),
-                low_res_logits: low.clone(),
-                logits: Tensor {
-                    shape: vec![ctx.objects, g.rows, g.cols],
-                    data: full_logits,
-                },
+            let tensors = opts.keep_tensors.then(|| {
+                let final_logits = stack(&logits, g.rows, g.cols);
+                FrameTensors {
+                    image: Tensor {
+                        shape: vec![1, 3, s, s],
+                        data: inputs[i * 3 * s * s..(i + 1) * 3 * s * s].to_vec(),
+                    },
+                    image_embeddings: e1,
+                    prompt_tokens: tokens,
+                    low_res_logits: low,
+                    logits: first.unwrap_or_else(|| final_logits.clone()),
+                    final_logits,
+                    views: view_tensors,
+                }
             });
             results.push(FrameResult {
                 index: chunk_no * batch + i,
@@ -397,4 +500,144 @@ pub fn segment_frames(
         }
     }
     Ok(results)
+}
+
+/// One crop a view segments: which view, which of its contexts (tile index), where.
+struct ViewJob {
+    view: usize,
+    tile: usize,
+    crop: Crop,
+}
+
+/// The second passes of one frame. `logits` holds the first pass per object at the frame's
+/// size on entry and the final logits on return. Crops come from the first pass only; rules
+/// merge in manifest order. Returns the crops' tensors when `keep` is set.
+fn apply_views(
+    bundle: &Bundle,
+    views: &[ViewPass],
+    frame: &Frame,
+    logits: &mut [Vec<f32>],
+    max_batch: usize,
+    keep: bool,
+    timings: &mut StageTimings,
+) -> Result<Vec<ViewTensors>, EngineError> {
+    let m = &bundle.manifest;
+    let (rows, cols) = (frame.rows, frame.cols);
+    let mut jobs = Vec::new();
+    for (vi, v) in views.iter().enumerate() {
+        match &v.rule.rule.strategy {
+            Strategy::Roi {
+                scale, min_side, ..
+            } => {
+                let Some(anchor) = v.rule.anchor.and_then(|a| logits.get(a)) else {
+                    continue;
+                };
+                let mask: Vec<u8> = anchor.iter().map(|&x| u8::from(x > 0.0)).collect();
+                // An empty anchor leaves the first pass for the rule's objects.
+                if let Some(crop) = views::roi_crop(&mask, rows, cols, *scale, *min_side) {
+                    jobs.push(ViewJob {
+                        view: vi,
+                        tile: 0,
+                        crop,
+                    });
+                }
+            }
+            Strategy::Tiles { grid, overlap } => {
+                for (tile, crop) in views::tile_crops(rows, cols, *grid, *overlap)
+                    .into_iter()
+                    .enumerate()
+                {
+                    jobs.push(ViewJob {
+                        view: vi,
+                        tile,
+                        crop,
+                    });
+                }
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let s = m.input_size;
+    let (c, h, w) = (m.embed_dim, m.embed_size[0], m.embed_size[1]);
+    let mut inputs = Vec::with_capacity(jobs.len() * 3 * s * s);
+    let mut geoms = Vec::with_capacity(jobs.len());
+    for j in &jobs {
+        let f = j.crop.frame(frame).ok_or_else(|| {
+            EngineError::Internal(format!(
+                "view crop {:?} does not fit the {rows}x{cols} frame",
+                j.crop
+            ))
+        })?;
+        let (t, g) = prepare_image(&f, s, m.pixel_mean, m.pixel_std);
+        inputs.extend_from_slice(&t);
+        geoms.push(g);
+    }
+    let emb = encode_images(bundle, &inputs, jobs.len(), max_batch)?;
+    let per = c * h * w;
+    let mut scratch = StageTimings::default();
+    let mut crop_logits: Vec<Vec<Vec<f32>>> = Vec::with_capacity(jobs.len());
+    let mut kept = Vec::new();
+    for (n, j) in jobs.iter().enumerate() {
+        let v = &views[j.view];
+        let ctx = v.contexts.get(j.tile).ok_or_else(|| {
+            EngineError::Internal(format!(
+                "resolution rule {} has no support context for view {}",
+                v.rule.index + 1,
+                j.tile
+            ))
+        })?;
+        let e1 = Tensor {
+            shape: vec![1, c, h, w],
+            data: emb.data[n * per..(n + 1) * per].to_vec(),
+        };
+        let (tokens, low, _iou) = decode(bundle, ctx, &e1, &mut scratch)?;
+        let planes: Vec<Vec<f32>> = v
+            .rule
+            .objects
+            .iter()
+            .map(|&o| object_logits(bundle, &low, o, &geoms[n]))
+            .collect();
+        timings.view_passes += 1;
+        if keep {
+            kept.push(ViewTensors {
+                rule: v.rule.index,
+                view: v.rule.rule.view_id(j.tile),
+                crop: j.crop,
+                image: Tensor {
+                    shape: vec![1, 3, s, s],
+                    data: inputs[n * 3 * s * s..(n + 1) * 3 * s * s].to_vec(),
+                },
+                image_embeddings: e1,
+                prompt_tokens: tokens,
+                low_res_logits: low,
+                objects: v.rule.objects.clone(),
+                logits: stack(&planes, j.crop.h, j.crop.w),
+            });
+        }
+        crop_logits.push(planes);
+    }
+    for (vi, v) in views.iter().enumerate() {
+        let mine: Vec<usize> = (0..jobs.len()).filter(|&n| jobs[n].view == vi).collect();
+        let Some(&first) = mine.first() else {
+            continue;
+        };
+        for (k, &o) in v.rule.objects.iter().enumerate() {
+            let merged = match v.rule.rule.strategy {
+                Strategy::Roi { .. } => {
+                    views::paste_roi(jobs[first].crop, &crop_logits[first][k], rows, cols)
+                }
+                Strategy::Tiles { .. } => {
+                    let mut acc = TileMean::new(rows, cols);
+                    for &n in &mine {
+                        acc.add(jobs[n].crop, &crop_logits[n][k]);
+                    }
+                    acc.finish(&logits[o])
+                }
+            };
+            logits[o] = merged;
+        }
+    }
+    Ok(kept)
 }

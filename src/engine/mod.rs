@@ -25,17 +25,22 @@ pub mod preprocess;
 pub mod runtime;
 pub mod support;
 pub mod support_cache;
+pub mod views;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use bundle::{Bundle, BundleError, BundleRegistry, GraphKind, Manifest, RefusedBundle};
-pub use infer::{FrameResult, FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor};
+pub use infer::{
+    FrameResult, FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor, ViewPass,
+    ViewTensors,
+};
 pub use preprocess::Geometry;
 pub use runtime::{LibrarySearch, Provider, RuntimeError};
 pub use support::{Mask, SupportObject, SupportPair, SupportSet};
 pub use support_cache::{ContextKey, SupportCacheStats};
+pub use views::ResolutionRule;
 
 use crate::config::EngineConfig;
 use crate::dicom::pixels::{Frame, PixelError};
@@ -124,7 +129,8 @@ pub struct Segmentation {
     pub objects: Vec<SupportObject>,
     /// One result per input frame, in input order.
     pub frames: Vec<FrameResult>,
-    /// Time per stage (support_context is non-zero only when it was computed or loaded now).
+    /// Time per stage (support_context is non-zero only when a context was computed or loaded
+    /// now; `views` is the resolution views' second passes).
     pub timings: StageTimings,
 }
 
@@ -255,8 +261,92 @@ impl Engine {
             .await
     }
 
+    /// The bundle's resolution rules that apply to a set ([`views::match_rules`]), each with
+    /// its support contexts (from memory, disk, or computed once per set version, bundle and
+    /// view, like the first one). A rule whose views leave no support pair (roi: no pair has
+    /// its anchor) is skipped with a warning.
+    pub async fn view_passes(
+        &self,
+        bundle: &str,
+        set: &SupportSet,
+    ) -> Result<Vec<ViewPass>, EngineError> {
+        let b = self.bundle(bundle)?;
+        let labels: Vec<&str> = set.objects.iter().map(|o| o.label.as_str()).collect();
+        let mut passes = Vec::new();
+        for rule in views::match_rules(&b.manifest.resolution, &labels) {
+            let n = rule.rule.views();
+            let mut contexts = Vec::with_capacity(n);
+            for tile in 0..n {
+                let key = context_key(&b, set).with_view(rule.rule.view_id(tile));
+                let (strategy, anchor) = (rule.rule.strategy.clone(), rule.anchor);
+                let crop = move |s: &SupportSet| match strategy {
+                    views::Strategy::Roi {
+                        scale, min_side, ..
+                    } => views::roi_support_set(s, anchor?, scale, min_side),
+                    views::Strategy::Tiles { grid, overlap } => {
+                        views::tile_support_set(s, grid, overlap, tile)
+                    }
+                };
+                match self.view_context(&b, set, key, crop).await? {
+                    Some(ctx) => contexts.push(ctx),
+                    None => break,
+                }
+            }
+            if contexts.len() == n {
+                passes.push(ViewPass { rule, contexts });
+            } else {
+                tracing::warn!(
+                    bundle = %b.id(),
+                    set = %set.name,
+                    rule = rule.index + 1,
+                    objects = ?rule.rule.objects,
+                    "resolution rule skipped: its views leave no usable support pair"
+                );
+            }
+        }
+        Ok(passes)
+    }
+
+    /// One view's support context; `None` when `crop` leaves no pair (or fewer than the
+    /// graphs' fixed N).
+    async fn view_context(
+        &self,
+        b: &Arc<Bundle>,
+        set: &SupportSet,
+        key: ContextKey,
+        crop: impl FnOnce(&SupportSet) -> Option<SupportSet>,
+    ) -> Result<Option<Arc<SupportContext>>, EngineError> {
+        if let Some(ctx) = self.inner.cache.get_memory(&key) {
+            return Ok(Some(ctx));
+        }
+        set.check(&b.manifest)?;
+        let Some(sub) = crop(set) else {
+            return Ok(None);
+        };
+        if let Some(n) = b.dims.pairs {
+            if sub.pairs.len() != n {
+                tracing::warn!(context = %key, pairs = sub.pairs.len(), fixed = n, "view leaves fewer support pairs than the graphs fix");
+                return Ok(None);
+            }
+        }
+        let inner = self.inner.clone();
+        let b = b.clone();
+        let batch = self.inner.batch;
+        self.inner
+            .cache
+            .get_or_compute(&key, move || {
+                let _permit = tokio::runtime::Handle::current()
+                    .block_on(inner.workers.acquire())
+                    .map_err(|_| EngineError::Internal("worker semaphore closed".into()))?;
+                infer::compute_support_context(&b, &sub, batch)
+            })
+            .await
+            .map(Some)
+    }
+
     /// Segments frames (of one image, a multi-frame object or a series, slice by slice) with a
-    /// support set. Masks come back at each frame's own size, one per object of the set.
+    /// support set. Masks come back at each frame's own size, one per object of the set,
+    /// after the bundle's resolution rules ([`views`]) that apply to the set.
     pub async fn segment(
         &self,
         bundle: &str,
@@ -300,6 +390,7 @@ impl Engine {
         let t0 = Instant::now();
         let before = self.support_stats();
         let ctx = self.support_context(bundle, set).await?;
+        let views = self.view_passes(bundle, set).await?;
         let after = self.support_stats();
         let mut timings = StageTimings::default();
         if after.computed != before.computed || after.disk_hits != before.disk_hits {
@@ -316,7 +407,7 @@ impl Engine {
         let b2 = b.clone();
         let (results, t) = tokio::task::spawn_blocking(move || {
             let mut t = StageTimings::default();
-            infer::segment_frames(&b2, &ctx, &frames, batch, opts, &mut t).map(|r| (r, t))
+            infer::segment_frames(&b2, &ctx, &views, &frames, batch, opts, &mut t).map(|r| (r, t))
         })
         .await
         .map_err(|e| EngineError::Internal(format!("inference task failed: {e}")))??;
@@ -340,5 +431,6 @@ fn context_key(b: &Bundle, set: &SupportSet) -> ContextKey {
         bundle_name: b.manifest.name.clone(),
         bundle_version: b.manifest.version.clone(),
         bundle_fingerprint: b.fingerprint.clone(),
+        view: String::new(),
     }
 }

@@ -528,8 +528,12 @@ fn write_outputs(
         ("mask_decoder", t.mask_decoder),
         ("postprocess", t.postprocess),
         ("support_context", t.support_context),
+        ("views", t.views),
     ] {
         tm.insert(k.into(), ms(d));
+    }
+    if t.view_passes > 0 {
+        tm.insert("view_passes".into(), int(t.view_passes));
     }
     doc.insert("timings_ms".into(), Value::Table(tm));
     let mut frames = Vec::new();

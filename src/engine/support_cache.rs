@@ -35,10 +35,27 @@ pub struct ContextKey {
     /// Fingerprint of the bundle's files (see [`super::Bundle::fingerprint`]): a bundle
     /// replaced in place under the same version does not reuse old contexts.
     pub bundle_fingerprint: String,
+    /// Which view of the set the context encodes: empty for the first pass (the whole
+    /// images), else a resolution view such as `roi:optic disc:2:64` or
+    /// `tiles:2:0.125:0,1` (see [`super::views::ResolutionRule::view_id`]). Files written
+    /// before views existed have none, which reads as the first pass.
+    #[serde(default)]
+    pub view: String,
 }
 
 impl ContextKey {
-    /// File name under the cache folder: readable prefix + hash of the whole key.
+    /// The same identity for another view (empty = the first pass).
+    pub fn with_view(&self, view: impl Into<String>) -> ContextKey {
+        ContextKey {
+            view: view.into(),
+            ..self.clone()
+        }
+    }
+
+    /// File name under the cache folder: readable prefix + hash of the whole key. The first
+    /// pass (empty view) hashes exactly what it hashed before views existed, so existing
+    /// cache files stay valid; a view adds itself to the hash. The header inside the file
+    /// repeats the whole key and is compared on read, so a file can never serve another view.
     pub fn file_name(&self) -> String {
         let mut h = Sha256::new();
         for part in [
@@ -49,6 +66,11 @@ impl ContextKey {
             &self.bundle_fingerprint,
         ] {
             h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        if !self.view.is_empty() {
+            h.update(b"view\0");
+            h.update(self.view.as_bytes());
             h.update([0u8]);
         }
         let safe: String = self
@@ -73,7 +95,11 @@ impl std::fmt::Display for ContextKey {
             f,
             "{}@{} x {}@{}",
             self.set_name, self.set_version, self.bundle_name, self.bundle_version
-        )
+        )?;
+        if !self.view.is_empty() {
+            write!(f, " [{}]", self.view)?;
+        }
+        Ok(())
     }
 }
 
@@ -159,7 +185,8 @@ impl SupportCache {
 
     /// Returns the context for `key`: from memory, else from disk, else by running
     /// `compute` on a blocking thread (once, even when many callers ask at the same time),
-    /// then persisting it. Older versions of the same set and bundle are dropped from memory.
+    /// then persisting it. Older versions of the same set and bundle are dropped from memory
+    /// (every view of them); the other views of the same versions stay.
     pub async fn get_or_compute<F>(
         &self,
         key: &ContextKey,
@@ -174,7 +201,11 @@ impl SupportCache {
                 .lock()
                 .map_err(|_| EngineError::Internal("support cache lock poisoned".into()))?;
             cells.retain(|k, _| {
-                k == key || !(k.set_name == key.set_name && k.bundle_name == key.bundle_name)
+                let same_owner = k.set_name == key.set_name && k.bundle_name == key.bundle_name;
+                let same_content = k.set_version == key.set_version
+                    && k.bundle_version == key.bundle_version
+                    && k.bundle_fingerprint == key.bundle_fingerprint;
+                !same_owner || same_content
             });
             cells.entry(key.clone()).or_default().clone()
         };
@@ -331,6 +362,7 @@ mod tests {
             bundle_name: "b".into(),
             bundle_version: "1".into(),
             bundle_fingerprint: "f".into(),
+            view: String::new(),
         }
     }
 
@@ -362,6 +394,57 @@ mod tests {
         b[n - 1] ^= 0x55;
         std::fs::write(&p, b).unwrap();
         assert!(read_file(&p, &key("1")).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn first_pass_file_name_is_stable_and_views_never_share_files() {
+        // The name an empty-view key had before views existed (same hash input).
+        assert_eq!(
+            key("1").file_name(),
+            "liver_ct-7816b6c48d3291e70d9414c3.ctx"
+        );
+        let roi = key("1").with_view("roi:optic disc:2:64");
+        let tile = key("1").with_view("tiles:2:0.125:0,1");
+        assert_ne!(roi.file_name(), key("1").file_name());
+        assert_ne!(roi.file_name(), tile.file_name());
+        assert_eq!(roi.to_string(), "liver ct@1 x b@1 [roi:optic disc:2:64]");
+        // A file of one view, renamed to another's name, is refused by its header.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(tile.file_name());
+        write_file(&p, &roi, &ctx()).unwrap();
+        assert!(read_file(&p, &tile).unwrap_err().contains("instead"));
+        // A header without `view` (written before views existed) reads as the first pass.
+        let old = std::fs::read(&p).unwrap();
+        let hlen = u32::from_le_bytes([old[8], old[9], old[10], old[11]]) as usize;
+        let header = std::str::from_utf8(&old[12..12 + hlen]).unwrap();
+        let stripped: String = header
+            .lines()
+            .filter(|l| !l.starts_with("view ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(stripped.len(), header.len(), "{header}");
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&(stripped.len() as u32).to_le_bytes());
+        b.extend_from_slice(stripped.as_bytes());
+        b.extend_from_slice(&old[12 + hlen..]);
+        std::fs::write(&p, b).unwrap();
+        assert_eq!(read_file(&p, &key("1")).unwrap(), Some(ctx()));
+    }
+
+    #[tokio::test]
+    async fn views_of_one_version_stay_in_memory_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = SupportCache::new(dir.path().to_owned());
+        for k in [key("1"), key("1").with_view("roi:a:2:64"), key("1")] {
+            c.get_or_compute(&k, || Ok(ctx())).await.unwrap();
+        }
+        assert_eq!((c.stats().computed, c.stats().in_memory), (2, 2));
+        c.get_or_compute(&key("2"), || Ok(ctx())).await.unwrap();
+        assert_eq!(
+            c.stats().in_memory,
+            1,
+            "a new version drops every view of the old"
+        );
     }
 
     #[tokio::test]

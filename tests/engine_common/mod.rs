@@ -113,3 +113,30 @@ pub fn make_inputs(dir: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The committed phantom bundle (`models/phantom-tiny`).
+pub fn phantom_dir() -> PathBuf {
+    root().join("models/phantom-tiny")
+}
+
+/// Copies a bundle's top-level files (manifest and graphs; not its sub-folders such as
+/// support sets, demo studies or fixtures) into `dst`.
+pub fn copy_bundle(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dst.join(p.file_name().unwrap()))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", p.display()));
+        }
+    }
+}
+
+/// Appends TOML (e.g. `[[resolution]]` or `[weights]` tables) to a bundle's manifest.
+pub fn append_manifest(dir: &Path, toml_text: &str) {
+    let p = dir.join("manifest.toml");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push('\n');
+    text.push_str(toml_text);
+    std::fs::write(&p, text).unwrap();
+}
