@@ -227,7 +227,16 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Most frames per image_encoder run when the graph's batch is dynamic.
     pub batch: usize,
+    /// The model bundle (folder name under `models_dir`) for a support set that names none:
+    /// a bundled `supportset.toml` without `bundle`, a set created or imported through the
+    /// admin API without one, `proxyseg segment` on such a folder. Sets that name a bundle
+    /// keep it. `proxyseg config check` reports an error when `models_dir/<default_bundle>/`
+    /// holds no `manifest.toml`; the daemon starts anyway and logs it.
+    pub default_bundle: String,
 }
+
+/// The default of `[engine] default_bundle`: the LiteMedSAM bundle that ships with proxyseg.
+pub const DEFAULT_BUNDLE: &str = "litemedsam-ppg";
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -238,6 +247,7 @@ impl Default for EngineConfig {
             intra_threads: 0,
             workers: 1,
             batch: 4,
+            default_bundle: DEFAULT_BUNDLE.into(),
         }
     }
 }
@@ -408,6 +418,54 @@ impl Config {
         }
     }
 
+    /// What `proxyseg config check` runs: [`Config::load`]'s checks plus
+    /// [`Config::deployment_problems`] (what must be installed beside the config), every
+    /// problem in one [`ConfigError::Invalid`].
+    pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        let mut problems = cfg.validate();
+        problems.extend(cfg.deployment_problems());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Problems with what the config expects to find installed, which do not stop the daemon
+    /// (it serves what it finds and logs the rest) but which `proxyseg config check` reports as
+    /// errors: the default bundle's folder (`models_dir/<engine.default_bundle>/manifest.toml`)
+    /// must exist.
+    pub fn deployment_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let e = &self.engine;
+        if check_bundle_name(&e.default_bundle).is_ok() {
+            let manifest = e.models_dir.join(&e.default_bundle).join("manifest.toml");
+            if !manifest.is_file() {
+                out.push(Problem {
+                    key: "engine.default_bundle".into(),
+                    message: format!(
+                        "{:?} is not a bundle under engine.models_dir: {} does not exist \
+                         (install the bundle, or name one that is there)",
+                        e.default_bundle,
+                        manifest.display()
+                    ),
+                });
+            }
+        }
+        out
+    }
+
     /// Parses TOML text without semantic validation.
     pub fn parse(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string())
@@ -535,6 +593,9 @@ impl Config {
         }
         if self.engine.batch == 0 {
             bad("engine.batch", "must be at least 1".into());
+        }
+        if let Err(m) = check_bundle_name(&self.engine.default_bundle) {
+            bad("engine.default_bundle", m);
         }
         let dl = &self.delivery;
         if dl.max_attempts == 0 {
@@ -686,6 +747,20 @@ impl Config {
     }
 }
 
+/// A bundle name as `[engine] default_bundle` takes it: a plain folder name under
+/// `models_dir` (no path separators, not `.` or `..`).
+pub fn check_bundle_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must name a bundle (a folder under engine.models_dir)".into());
+    }
+    if name != name.trim() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(format!(
+            "{name:?} is not a plain folder name under engine.models_dir"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the DICOM AE title rules: 1..=16 characters of the default repertoire, no
 /// backslash or control characters, not only spaces.
 pub fn check_ae_title(ae: &str) -> Result<(), String> {
@@ -794,6 +869,48 @@ mod tests {
                 "admin.body_part_synonyms.HEAD"
             ]
         );
+    }
+
+    #[test]
+    fn default_bundle_is_a_folder_under_models_dir() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.engine.default_bundle, "litemedsam-ppg");
+        let models = tempfile::tempdir().unwrap();
+        let cfg = |name: &str| {
+            Config::parse(&format!(
+                "[engine]\nmodels_dir = {:?}\ndefault_bundle = {name:?}\n",
+                models.path().display().to_string()
+            ))
+            .unwrap()
+        };
+        // Missing folder: not a load problem (the daemon starts and logs it), a check problem.
+        let c = cfg("my-bundle");
+        assert!(c
+            .validate()
+            .iter()
+            .all(|p| p.key != "engine.default_bundle"));
+        let p = c.deployment_problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "engine.default_bundle");
+        assert!(
+            p[0].message
+                .contains("\"my-bundle\" is not a bundle under engine.models_dir"),
+            "{}",
+            p[0]
+        );
+        // A folder without a manifest is no bundle either; with one, all is well.
+        std::fs::create_dir_all(models.path().join("my-bundle")).unwrap();
+        assert_eq!(c.deployment_problems().len(), 1);
+        std::fs::write(models.path().join("my-bundle/manifest.toml"), "").unwrap();
+        assert!(c.deployment_problems().is_empty());
+        // Names that are not plain folder names are load problems.
+        for bad in ["", "../up", "a/b", " x"] {
+            let keys: Vec<String> = cfg(bad).validate().into_iter().map(|p| p.key).collect();
+            assert!(
+                keys.contains(&"engine.default_bundle".to_string()),
+                "{bad:?}: {keys:?}"
+            );
+        }
     }
 
     #[test]

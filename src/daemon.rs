@@ -220,6 +220,12 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             for r in e.refused() {
                 tracing::error!(bundle = %r.dir.display(), reason = %r.reason, "model bundle refused");
             }
+            if !e.bundle_names().contains(&cfg.engine.default_bundle) {
+                tracing::warn!(
+                    default_bundle = %cfg.engine.default_bundle,
+                    "engine.default_bundle is not served: support sets that name no bundle will fail"
+                );
+            }
             Ok(e)
         }
         Err(e) => {
@@ -231,6 +237,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         Arc::new(crate::admin::segment::EngineSegmenter::new(
             e.clone(),
             tokio::runtime::Handle::current(),
+            cfg.engine.default_bundle.clone(),
         )) as Arc<dyn crate::admin::Segmenter>
     });
     let admin_catalog = crate::admin::start(
@@ -243,6 +250,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     .await?;
     let catalog = Arc::new(crate::pipeline::catalog::FolderCatalog::discover(
         &cfg.engine.models_dir,
+        &cfg.engine.default_bundle,
     ));
     tracing::info!(
         support_sets = catalog.dirs().len(),

@@ -73,7 +73,8 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCmd {
-    /// Validate a configuration; prints every problem with its key, exits 1 on error.
+    /// Validate a configuration and what it expects installed (e.g. the default model
+    /// bundle under models_dir); prints every problem with its key, exits 1 on error.
     Check {
         /// Path of the TOML configuration.
         #[arg(long, default_value = "config/proxyseg.toml")]
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
         Cmd::Admin(args) => proxyseg::admin::cli::main(*args),
         Cmd::Config {
             command: ConfigCmd::Check { config },
-        } => match Config::load(&config) {
+        } => match Config::check_file(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS

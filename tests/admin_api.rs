@@ -765,6 +765,12 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
             "mask 1 (brain): empty",
         ),
         (
+            "full mask",
+            mr.clone(),
+            vec![grey_png(64, 64, &[1u8; 64 * 64])],
+            "mask 1 (brain): every pixel is foreground",
+        ),
+        (
             "unknown SOP class",
             pydicom("rtplan.dcm"),
             vec![good.clone()],
@@ -1023,6 +1029,8 @@ fn cli_round_with_tables_and_json() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["version"], 2);
     assert_eq!(v["pairs"][0]["mask_pixels"][0], 900);
+    // Created without --bundle: the set records [engine] default_bundle.
+    assert_eq!(v["bundle"], "litemedsam-ppg");
     let out = ok(&[
         "support-set",
         "update",

@@ -85,6 +85,93 @@ async fn evaluate_and_preview_with_the_engine() {
         .unwrap()
         .into_inner();
     assert_eq!(again.pairs, r.pairs);
+    // Set-level flags: one FLAG_KIND_POOR_SET (pair number 0) per object whose mean
+    // leave-one-out Dice is below 0.5, after the pair flags.
+    let poor: Vec<u32> = (1..=r.object_mean_dice.len() as u32)
+        .filter(|&k| r.object_mean_dice[k as usize - 1] < 0.5)
+        .collect();
+    let flagged: Vec<u32> = r
+        .flags
+        .iter()
+        .filter(|f| f.kind == pb::FlagKind::PoorSet as i32)
+        .map(|f| f.object_index)
+        .collect();
+    assert_eq!(flagged, poor, "{:?} / {:?}", r.object_mean_dice, r.flags);
+    assert!(r
+        .flags
+        .iter()
+        .all(|f| (f.pair_number == 0) == (f.kind == pb::FlagKind::PoorSet as i32)));
+
+    // A set that cannot teach its object: one-pixel masks in different places. Its mean Dice
+    // is ~0 whatever the model, so the set is flagged, through the API and the CLI.
+    c.sets
+        .create(pb::CreateSupportSetRequest {
+            name: "poor-set".into(),
+            bundle: BUNDLE.into(),
+            objects: vec![object("dot")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (file, rows, cols) in &PAIRS[..2] {
+        let dot = square(*rows, *cols, rows / 4, cols / 2, 1);
+        add_pair(&mut c.sets, "poor-set", &pydicom(file), &pngs(&[dot]))
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e:?}"));
+    }
+    let poor = c
+        .sets
+        .evaluate(pb::EvaluateRequest {
+            name: "poor-set".into(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(poor.mean_dice < 0.5, "{poor:?}");
+    let set_flags: Vec<&pb::MaskFlag> = poor.flags.iter().filter(|f| f.pair_number == 0).collect();
+    assert_eq!(set_flags.len(), 1, "{:?}", poor.flags);
+    assert_eq!(
+        (set_flags[0].object_index, set_flags[0].kind),
+        (1, pb::FlagKind::PoorSet as i32)
+    );
+    let tf = a.aux.path().join("admin.token");
+    std::fs::write(&tf, ADMIN_TOKEN).unwrap();
+    let cli = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"));
+        cmd.args([
+            "admin",
+            "--endpoint",
+            &format!("http://{}", a.addr),
+            "--token-file",
+        ])
+        .arg(&tf);
+        if json {
+            cmd.arg("--json");
+        }
+        let o = cmd
+            .args(["support-set", "evaluate", "poor-set"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let out = cli(false);
+    assert!(
+        out.contains("FLAG POOR SET object 1: dot: mean leave-one-out Dice"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&cli(true)).unwrap();
+    let set_flag = v["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "FLAG_KIND_POOR_SET")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        (set_flag["pair"].is_null(), &set_flag["object"]),
+        (true, &serde_json::json!(1))
+    );
 
     // Preview: overlays at the image size, the database untouched.
     let before = snapshot(&a);

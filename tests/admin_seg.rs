@@ -91,7 +91,8 @@ async fn seg_masks_upload_export_and_import() {
     assert_eq!(back.pairs[0].mask_pixels, [900, 64]);
     assert_eq!(back.pairs[1].mask_pixels, [100, 25]);
 
-    // SEGs that do not fit: another image's SEG, the wrong number of segments, an empty segment.
+    // SEGs that do not fit: another image's SEG, the wrong number of segments, an empty
+    // segment, a segment that covers the whole image.
     let before = snapshot(&a);
     let mr_seg = a.aux.path().join("mr.seg.dcm");
     make_seg(&files.join("MR_small.dcm"), &mr_seg, &["1,1,5", "10,10,5"]);
@@ -99,10 +100,21 @@ async fn seg_masks_upload_export_and_import() {
     make_seg(&files.join("CT_small.dcm"), &one_seg, &["1,1,5"]);
     let empty_seg = a.aux.path().join("empty.seg.dcm");
     make_seg(&files.join("CT_small.dcm"), &empty_seg, &["1,1,5", "0,0,0"]);
-    for (what, p) in [
-        ("other image", &mr_seg),
-        ("one segment", &one_seg),
-        ("empty segment", &empty_seg),
+    let full_seg = a.aux.path().join("full.seg.dcm");
+    make_seg(
+        &files.join("CT_small.dcm"),
+        &full_seg,
+        &["1,1,5", "0,0,128"],
+    );
+    for (what, p, want) in [
+        ("other image", &mr_seg, "does not match the image's 128x128"),
+        ("one segment", &one_seg, "1 segment(s)"),
+        ("empty segment", &empty_seg, "mask 2 (spleen): empty"),
+        (
+            "full segment",
+            &full_seg,
+            "mask 2 (spleen): every pixel is foreground",
+        ),
     ] {
         let mut c2 = clients(&a.addr, ADMIN_TOKEN).await;
         let e = add_seg_pair(
@@ -114,6 +126,11 @@ async fn seg_masks_upload_export_and_import() {
         .await
         .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(
+            e.message().contains(want),
+            "{what}: {:?} lacks {want:?}",
+            e.message()
+        );
         assert_eq!(snapshot(&a), before, "{what} changed something");
     }
 }

@@ -23,12 +23,28 @@ fn shipped_config_is_valid() {
     std::fs::write(&tokens, "admin admin 0123456789abcdef0123456789abcdef\n").unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/proxyseg.toml");
-    let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
-        .current_dir(cwd.path())
-        .args(["config", "check", "--config"])
-        .arg(p)
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+            .current_dir(cwd.path())
+            .args(["config", "check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap()
+    };
+    // The default bundle (engine.default_bundle) must be installed under models_dir.
+    let o = run();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "engine.default_bundle: \"litemedsam-ppg\" is not a bundle under engine.models_dir"
+        ) && err.contains("models/litemedsam-ppg/manifest.toml"),
+        "{err}"
+    );
+    let bundle = cwd.path().join("models/litemedsam-ppg");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("manifest.toml"), "").unwrap();
+    let o = run();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 

@@ -64,8 +64,18 @@ fn segment_files_writes_png_and_raw_per_input() {
         tmp.path().join("fundus_rgb.dcm"),
         tmp.path().join("us_cine.dcm"),
     ];
-    let report = tokio::runtime::Runtime::new()
-        .unwrap()
+    // bench-lesion names no bundle: it runs on engine.default_bundle, which must be served.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt
+        .block_on(segment_files(&cfg, set.to_str().unwrap(), &out, &inputs))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("names no bundle and engine.default_bundle = \"litemedsam-ppg\""),
+        "{e}"
+    );
+    cfg.engine.default_bundle = "test-tiny".into();
+    let report = rt
         .block_on(segment_files(&cfg, set.to_str().unwrap(), &out, &inputs))
         .expect("offline segmentation");
     assert_eq!(report.frames, 1 + 1 + 30);
@@ -97,8 +107,7 @@ fn segment_files_writes_png_and_raw_per_input() {
     );
     assert_eq!(doc["frames"].as_array().unwrap().len(), 1);
 
-    let missing = tokio::runtime::Runtime::new()
-        .unwrap()
+    let missing = rt
         .block_on(segment_files(
             &cfg,
             set.to_str().unwrap(),

@@ -19,15 +19,24 @@ pub struct StoreCatalog {
     db: Db,
     data_dir: PathBuf,
     synonyms: Synonyms,
+    default_bundle: String,
 }
 
 impl StoreCatalog {
-    /// A catalog on the index and the data dir that holds `support/`.
-    pub fn new(db: Db, data_dir: PathBuf, synonyms: Synonyms) -> StoreCatalog {
+    /// A catalog on the index and the data dir that holds `support/`; a stored set that names
+    /// no bundle (recorded before sets got `[engine] default_bundle` at creation) runs on
+    /// `default_bundle`.
+    pub fn new(
+        db: Db,
+        data_dir: PathBuf,
+        synonyms: Synonyms,
+        default_bundle: String,
+    ) -> StoreCatalog {
         StoreCatalog {
             db,
             data_dir,
             synonyms,
+            default_bundle,
         }
     }
 }
@@ -72,11 +81,6 @@ impl Catalog for StoreCatalog {
             .read(|c| Ok(support::get(c, &name, None)))
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("rule {id}: {e}"))?;
-        if info.meta.bundle.is_empty() {
-            return Err(format!(
-                "support set {name} names no model bundle: set one with `proxyseg admin support-set update {name} --bundle NAME`"
-            ));
-        }
         if info.pairs.is_empty() {
             return Err(format!("support set {name} has no image/mask pairs yet"));
         }
@@ -86,7 +90,11 @@ impl Catalog for StoreCatalog {
             // "v<N>": the jobs column has INTEGER affinity and the worker reads it back as
             // text, so a bare number would come back as an integer it cannot read.
             version: format!("v{}", info.version),
-            bundle: info.meta.bundle,
+            bundle: if info.meta.bundle.is_empty() {
+                self.default_bundle.clone()
+            } else {
+                info.meta.bundle
+            },
             destination_ae: (!rule.destination_ae.is_empty()).then(|| rule.destination_ae.clone()),
             series,
             skip_localizers: rule.skip_localizers,

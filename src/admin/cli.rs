@@ -101,7 +101,7 @@ pub enum SetCmd {
         /// Object labels, in mask order (repeat; SNOMED codes default to "Tissue").
         #[arg(long = "object", required = true)]
         objects: Vec<String>,
-        /// Model bundle.
+        /// Model bundle (default: the daemon's `[engine] default_bundle`).
         #[arg(long, default_value = "")]
         bundle: String,
         /// Modality hint.
@@ -481,6 +481,23 @@ fn ts(t: &Option<prost_types::Timestamp>) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// One line of `sets evaluate`'s text output for a flag (leading newline included): a pair's
+/// mask flag, or (pair number 0) a set-level flag such as a poor set.
+pub fn evaluate_flag_line(f: &pb::MaskFlag) -> String {
+    if f.pair_number == 0 {
+        let kind = match pb::FlagKind::try_from(f.kind) {
+            Ok(pb::FlagKind::PoorSet) => "POOR SET",
+            _ => "SET",
+        };
+        format!("\nFLAG {kind} object {}: {}", f.object_index, f.detail)
+    } else {
+        format!(
+            "\nFLAG pair {} object {}: {}",
+            f.pair_number, f.object_index, f.detail
+        )
+    }
 }
 
 /// Prints rows as an aligned table.
@@ -894,7 +911,9 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                     "name": r.name, "version": r.version, "mean_dice": r.mean_dice,
                     "object_mean_dice": r.object_mean_dice,
                     "pairs": r.pairs.iter().map(|p| json!({"pair": p.pair_number, "dice": p.dice, "mean_dice": p.mean_dice})).collect::<Vec<_>>(),
-                    "flags": r.flags.iter().map(|f| json!({"pair": f.pair_number, "object": f.object_index,
+                    // A set-level flag (pair_number 0) has "pair": null.
+                    "flags": r.flags.iter().map(|f| json!({"pair": (f.pair_number > 0).then_some(f.pair_number),
+                        "object": f.object_index,
                         "kind": pb::FlagKind::try_from(f.kind).map(|k| k.as_str_name()).unwrap_or("?"), "detail": f.detail})).collect::<Vec<_>>(),
                 });
                 print(args, v, || {
@@ -920,10 +939,7 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                             .collect::<Vec<_>>(),
                     );
                     for f in &r.flags {
-                        s += &format!(
-                            "\nFLAG pair {} object {}: {}",
-                            f.pair_number, f.object_index, f.detail
-                        );
+                        s += &evaluate_flag_line(f);
                     }
                     s
                 });
@@ -1403,6 +1419,30 @@ mod tests {
                 nanos: 0
             })),
             "2026-11-18 11:06:40Z"
+        );
+    }
+
+    #[test]
+    fn evaluate_flags_read_as_pair_or_set_flags() {
+        let pair = pb::MaskFlag {
+            pair_number: 3,
+            object_index: 1,
+            kind: pb::FlagKind::DiceOutlier as i32,
+            detail: "disc: low".into(),
+        };
+        assert_eq!(
+            evaluate_flag_line(&pair),
+            "\nFLAG pair 3 object 1: disc: low"
+        );
+        let set = pb::MaskFlag {
+            pair_number: 0,
+            object_index: 2,
+            kind: pb::FlagKind::PoorSet as i32,
+            detail: "cup: poor".into(),
+        };
+        assert_eq!(
+            evaluate_flag_line(&set),
+            "\nFLAG POOR SET object 2: cup: poor"
         );
     }
 

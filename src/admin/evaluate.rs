@@ -11,6 +11,11 @@
 //! - `DiceOutlier`: the pair's Dice for an object is more than `max(2 sd, 0.2)` below that
 //!   object's mean Dice over the other pairs.
 //!
+//! and one set-level flag per object (no pair: the pairs together teach the object poorly):
+//! - `PoorSet`: the object's mean leave-one-out Dice over all pairs is below
+//!   [`POOR_SET_DICE`]. Per-pair outliers compare pairs with each other, so a set whose pairs
+//!   are all equally bad raises none of them; this one catches it.
+//!
 //! Pure logic: no database, no network; the caller supplies the segmenter and the images.
 
 use crate::admin::segment::{DicomImage, SegmentError, Segmenter};
@@ -22,6 +27,10 @@ pub const TINY_FRACTION: f64 = 0.001;
 pub const AREA_Z: f64 = 3.0;
 /// Smallest Dice drop below the others' mean that counts as an outlier.
 pub const DICE_DROP_MIN: f64 = 0.2;
+/// An object whose mean leave-one-out Dice over the set's pairs is below this is flagged
+/// [`FlagKind::PoorSet`]: with fewer than half of its pixels agreeing on average, the set is
+/// unlikely to prompt the object well (add pairs, or check the masks and the bundle).
+pub const POOR_SET_DICE: f64 = 0.5;
 
 /// Kinds of flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +43,15 @@ pub enum FlagKind {
     AreaOutlier,
     /// Leave-one-out Dice far below the others'.
     DiceOutlier,
+    /// Set level: the object's mean leave-one-out Dice is below [`POOR_SET_DICE`].
+    PoorSet,
 }
 
-/// One flagged mask.
+/// One flagged mask (or, with no pair, one object of the whole set).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flag {
-    /// Pair number.
-    pub pair: u32,
+    /// Pair number; `None` for a set-level flag ([`FlagKind::PoorSet`]).
+    pub pair: Option<u32>,
     /// 0-based object index.
     pub object: usize,
     /// Kind.
@@ -74,7 +85,7 @@ pub struct Report {
     pub object_mean: Vec<f64>,
     /// Mean over pairs and objects.
     pub mean: f64,
-    /// Every flag, mask flags first.
+    /// Every flag: mask flags first, then Dice outliers, then set-level flags.
     pub flags: Vec<Flag>,
 }
 
@@ -159,7 +170,7 @@ pub fn flag_masks(set: &SupportSetData) -> Vec<Flag> {
             let label = &set.objects[k].label;
             if f == 0.0 {
                 out.push(Flag {
-                    pair: p.number,
+                    pair: Some(p.number),
                     object: k,
                     kind: FlagKind::Empty,
                     detail: format!("{label}: the mask is empty"),
@@ -168,7 +179,7 @@ pub fn flag_masks(set: &SupportSetData) -> Vec<Flag> {
             }
             if f < TINY_FRACTION {
                 out.push(Flag {
-                    pair: p.number,
+                    pair: Some(p.number),
                     object: k,
                     kind: FlagKind::Tiny,
                     detail: format!(
@@ -187,7 +198,7 @@ pub fn flag_masks(set: &SupportSetData) -> Vec<Flag> {
             let (m, s) = (mean(&others), sd(&others));
             if others.len() >= 3 && s > 0.0 && ((f - m) / s).abs() > AREA_Z {
                 out.push(Flag {
-                    pair: p.number,
+                    pair: Some(p.number),
                     object: k,
                     kind: FlagKind::AreaOutlier,
                     detail: format!(
@@ -222,7 +233,7 @@ pub fn flag_dice(set: &SupportSetData, pairs: &[PairDice]) -> Vec<Flag> {
             let drop = m - p.dice[k];
             if drop > (2.0 * s).max(DICE_DROP_MIN) {
                 out.push(Flag {
-                    pair: p.pair,
+                    pair: Some(p.pair),
                     object: k,
                     kind: FlagKind::DiceOutlier,
                     detail: format!(
@@ -234,6 +245,27 @@ pub fn flag_dice(set: &SupportSetData, pairs: &[PairDice]) -> Vec<Flag> {
         }
     }
     out
+}
+
+/// Flags objects whose mean leave-one-out Dice (`object_mean`, in object order) is below
+/// [`POOR_SET_DICE`] (set level: no pair).
+pub fn flag_poor_set(set: &SupportSetData, object_mean: &[f64], pairs: usize) -> Vec<Flag> {
+    set.objects
+        .iter()
+        .zip(object_mean)
+        .enumerate()
+        .filter(|(_, (_, &m))| m < POOR_SET_DICE)
+        .map(|(k, (o, &m))| Flag {
+            pair: None,
+            object: k,
+            kind: FlagKind::PoorSet,
+            detail: format!(
+                "{}: mean leave-one-out Dice {m:.3} over {pairs} pairs is below {POOR_SET_DICE}: \
+                 the set teaches this object poorly (add pairs, check the masks)",
+                o.label
+            ),
+        })
+        .collect()
 }
 
 /// The set without pair `number`, as a distinct cache variant.
@@ -296,6 +328,7 @@ pub fn leave_one_out(
         .collect();
     let mut flags = flag_masks(set);
     flags.extend(flag_dice(set, &pairs));
+    flags.extend(flag_poor_set(set, &object_mean, pairs.len()));
     Ok(Report {
         mean: mean(&object_mean),
         object_mean,
@@ -324,27 +357,35 @@ mod tests {
     }
 
     fn set(masks: Vec<Mask>) -> SupportSetData {
+        objects_set(&["disc"], masks.into_iter().map(|m| vec![m]).collect())
+    }
+
+    /// A set with these object labels; `pairs[i]` holds pair i+1's masks in object order.
+    fn objects_set(labels: &[&str], pairs: Vec<Vec<Mask>>) -> SupportSetData {
         SupportSetData {
             name: "t".into(),
             version: 3,
             variant: String::new(),
             bundle: "b".into(),
-            objects: vec![ObjectDef {
-                label: "disc".into(),
-                category: default_code(),
-                property_type: default_code(),
-                color: [1, 2, 3],
-            }],
-            pairs: masks
+            objects: labels
+                .iter()
+                .map(|l| ObjectDef {
+                    label: l.to_string(),
+                    category: default_code(),
+                    property_type: default_code(),
+                    color: [1, 2, 3],
+                })
+                .collect(),
+            pairs: pairs
                 .into_iter()
                 .enumerate()
-                .map(|(i, m)| SupportPairData {
+                .map(|(i, masks)| SupportPairData {
                     number: i as u32 + 1,
                     image_path: "/nonexistent".into(),
                     sop_instance_uid: format!("1.2.{i}"),
-                    rows: m.rows,
-                    cols: m.cols,
-                    masks: vec![m],
+                    rows: masks[0].rows,
+                    cols: masks[0].cols,
+                    masks,
                 })
                 .collect(),
         }
@@ -360,13 +401,17 @@ mod tests {
                 s.variant.clone(),
                 s.pairs.iter().map(|p| p.number).collect(),
             ));
-            let mut m = s.pairs[0].masks[0].clone();
-            for p in &s.pairs[1..] {
-                for (a, b) in m.data.iter_mut().zip(&p.masks[0].data) {
-                    *a |= *b;
-                }
-            }
-            Ok(vec![m])
+            Ok((0..s.objects.len())
+                .map(|k| {
+                    let mut m = s.pairs[0].masks[k].clone();
+                    for p in &s.pairs[1..] {
+                        for (a, b) in m.data.iter_mut().zip(&p.masks[k].data) {
+                            *a |= *b;
+                        }
+                    }
+                    m
+                })
+                .collect())
         }
     }
 
@@ -419,14 +464,61 @@ mod tests {
         assert_eq!(calls[4], ("loo-5".to_string(), vec![1, 2, 3, 4]));
         assert_eq!(r.pairs.len(), 5);
         assert!(r.pairs[4].dice[0] < r.pairs[0].dice[0]);
-        let dice_flags: Vec<u32> = r
+        let dice_flags: Vec<Option<u32>> = r
             .flags
             .iter()
             .filter(|f| f.kind == FlagKind::DiceOutlier)
             .map(|f| f.pair)
             .collect();
-        assert_eq!(dice_flags, [5]);
+        assert_eq!(dice_flags, [Some(5)]);
         assert!((r.mean - r.object_mean[0]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_set_that_teaches_an_object_poorly_is_flagged_once_for_the_object() {
+        // "disc": four overlapping squares, each well predicted by the others. "vessel": four
+        // small squares in different places: every pair's leave-one-out prediction misses its
+        // own mask (Dice 0 for all, so no pair stands out and no DiceOutlier fires).
+        let pairs = (0..4)
+            .map(|i| {
+                vec![
+                    square(32, 8 + i % 2, 8 + i / 2, 10),
+                    square(32, [0, 24, 0, 24][i], [0, 0, 24, 24][i], 6),
+                ]
+            })
+            .collect();
+        let s = objects_set(&["disc", "vessel"], pairs);
+        let seg = UnionOfSupport(Default::default());
+        let r = leave_one_out(&s, &seg, |_| Ok(dummy_image())).unwrap();
+        assert!(r.object_mean[0] > POOR_SET_DICE, "{:?}", r.object_mean);
+        assert_eq!(r.object_mean[1], 0.0);
+        let set_flags: Vec<&Flag> = r.flags.iter().filter(|f| f.pair.is_none()).collect();
+        assert_eq!(set_flags.len(), 1, "{:?}", r.flags);
+        let f = set_flags[0];
+        assert_eq!((f.object, f.kind), (1, FlagKind::PoorSet));
+        assert!(
+            f.detail
+                .starts_with("vessel: mean leave-one-out Dice 0.000 over 4 pairs is below 0.5"),
+            "{}",
+            f.detail
+        );
+        assert!(
+            r.flags.iter().all(|f| f.kind != FlagKind::DiceOutlier),
+            "{:?}",
+            r.flags
+        );
+        assert_eq!(
+            r.flags.last(),
+            Some(f),
+            "set-level flags come after the pair flags"
+        );
+        // The threshold itself: exactly 0.5 passes, anything below is flagged.
+        let flagged: Vec<usize> = flag_poor_set(&s, &[0.5, 0.4999], 4)
+            .iter()
+            .map(|f| f.object)
+            .collect();
+        assert_eq!(flagged, [1]);
+        assert!(flag_poor_set(&s, &[0.9, 0.7], 4).is_empty());
     }
 
     #[test]
@@ -444,7 +536,7 @@ mod tests {
         let of = |kind| {
             f.iter()
                 .filter(|x| x.kind == kind)
-                .map(|x| x.pair)
+                .filter_map(|x| x.pair)
                 .collect::<Vec<_>>()
         };
         assert_eq!(of(FlagKind::Empty), [7]);
@@ -463,7 +555,7 @@ mod tests {
         ]);
         let f = flag_masks(&tight);
         assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!((f[0].pair, f[0].kind), (5, FlagKind::AreaOutlier));
+        assert_eq!((f[0].pair, f[0].kind), (Some(5), FlagKind::AreaOutlier));
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub struct SpecFile {
     /// Free text.
     #[serde(default)]
     pub description: String,
-    /// Model bundle.
+    /// Model bundle; empty: `[engine] default_bundle`, recorded in the imported set.
     #[serde(default)]
     pub bundle: String,
     /// Informational version of the folder (ignored on import).
@@ -291,7 +291,7 @@ fn load_folder(
     }
     let meta = SetMeta {
         description: spec.description,
-        bundle: spec.bundle.trim().to_string(),
+        bundle: st.bundle_or_default(&spec.bundle),
         modality: spec.match_.modality.trim().to_uppercase(),
         body_part: spec.match_.body_part.trim().to_uppercase(),
     };

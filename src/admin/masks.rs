@@ -78,6 +78,17 @@ pub enum UploadError {
         /// Object label.
         label: String,
     },
+    /// A mask whose every pixel is foreground (all ones): it outlines nothing, usually an
+    /// inverted or unthresholded export.
+    #[error(
+        "mask {object} ({label}): every pixel is foreground (the mask outlines nothing; check for an inverted or unthresholded mask)"
+    )]
+    Full {
+        /// 1-based object index.
+        object: usize,
+        /// Object label.
+        label: String,
+    },
     /// Wrong number of masks.
     #[error("masks: {got} given, the support set has {want} object(s)")]
     Count {
@@ -319,7 +330,8 @@ pub fn decode_seg_masks(
         .collect())
 }
 
-/// Checks that there is one non-empty mask per object, each at the image size.
+/// Checks that there is one mask per object, each at the image size, neither empty nor full
+/// (every pixel foreground).
 pub fn check_masks(
     masks: &[Mask],
     labels: &[String],
@@ -344,6 +356,12 @@ pub fn check_masks(
         }
         if m.area() == 0 {
             return Err(UploadError::Empty {
+                object: k + 1,
+                label: labels[k].clone(),
+            });
+        }
+        if m.area() == m.data.len() {
+            return Err(UploadError::Full {
                 object: k + 1,
                 label: labels[k].clone(),
             });
@@ -436,6 +454,27 @@ mod tests {
         let empty = decode_png_mask(&grey, 1, 1, 2).unwrap();
         let e = check_masks(&[empty], &["disc".into()], 1, 2).unwrap_err();
         assert!(e.to_string().contains("mask 1 (disc): empty"), "{e}");
+        let full = |object: usize| Mask {
+            rows: 2,
+            cols: 2,
+            data: if object == 2 {
+                vec![1; 4]
+            } else {
+                vec![0, 1, 0, 0]
+            },
+        };
+        let labels = ["disc".to_string(), "cup".to_string()];
+        let e = check_masks(&[full(1), full(2)], &labels, 2, 2).unwrap_err();
+        assert!(matches!(e, UploadError::Full { object: 2, .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("mask 2 (cup): every pixel is foreground"),
+            "{e}"
+        );
+        // One background pixel is enough.
+        let mut almost = full(2);
+        almost.data[3] = 0;
+        check_masks(&[full(1), almost], &labels, 2, 2).unwrap();
     }
 
     #[test]

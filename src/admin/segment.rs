@@ -51,12 +51,22 @@ pub trait Segmenter: Send + Sync {
 pub struct EngineSegmenter {
     engine: crate::engine::Engine,
     handle: tokio::runtime::Handle,
+    default_bundle: String,
 }
 
 impl EngineSegmenter {
-    /// Wraps an engine; `handle` is the runtime that drives its async calls.
-    pub fn new(engine: crate::engine::Engine, handle: tokio::runtime::Handle) -> EngineSegmenter {
-        EngineSegmenter { engine, handle }
+    /// Wraps an engine; `handle` is the runtime that drives its async calls. A set that names
+    /// no bundle runs on `default_bundle` (`[engine] default_bundle`).
+    pub fn new(
+        engine: crate::engine::Engine,
+        handle: tokio::runtime::Handle,
+        default_bundle: String,
+    ) -> EngineSegmenter {
+        EngineSegmenter {
+            engine,
+            handle,
+            default_bundle,
+        }
     }
 }
 
@@ -78,9 +88,14 @@ impl Segmenter for EngineSegmenter {
             "image",
         )?;
         let engine_set = engine_set(set)?;
+        let bundle = if set.bundle.trim().is_empty() {
+            &self.default_bundle
+        } else {
+            &set.bundle
+        };
         let seg = self
             .handle
-            .block_on(self.engine.segment(&set.bundle, &engine_set, vec![frame]))
+            .block_on(self.engine.segment(bundle, &engine_set, vec![frame]))
             .map_err(|e| SegmentError(e.to_string()))?;
         let result = seg
             .frames

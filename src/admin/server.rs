@@ -59,6 +59,8 @@ pub struct State {
     pub data_dir: PathBuf,
     /// `[engine] models_dir`.
     pub models_dir: PathBuf,
+    /// `[engine] default_bundle`: recorded for a set created or imported without a bundle.
+    pub default_bundle: String,
     /// Upload limit in bytes.
     pub max_upload: usize,
     /// `[admin] max_upload_mb`, for messages.
@@ -70,6 +72,16 @@ pub struct State {
     /// Turns true at shutdown: server streams (Watch) end, so graceful shutdown never waits on
     /// a client that watches forever.
     pub stop: watch::Receiver<bool>,
+}
+
+impl State {
+    /// The bundle a set records: `name` trimmed, or `[engine] default_bundle` when empty.
+    pub fn bundle_or_default(&self, name: &str) -> String {
+        match name.trim() {
+            "" => self.default_bundle.clone(),
+            b => b.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Debug for State {
@@ -117,6 +129,7 @@ pub async fn start(
         db,
         data_dir: cfg.storage.data_dir.clone(),
         models_dir: cfg.engine.models_dir.clone(),
+        default_bundle: cfg.engine.default_bundle.clone(),
         max_upload,
         max_upload_mb: a.max_upload_mb,
         synonyms: cfg.body_part_synonyms(),
@@ -211,6 +224,7 @@ pub async fn start(
         st.db.clone(),
         st.data_dir.clone(),
         st.synonyms.clone(),
+        st.default_bundle.clone(),
     ));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     servers.spawn(async move {
@@ -247,9 +261,10 @@ pub async fn seed(st: &Arc<State>) {
     if !empty {
         return;
     }
-    let dirs = crate::pipeline::catalog::FolderCatalog::discover(&st.models_dir)
-        .dirs()
-        .to_vec();
+    let dirs =
+        crate::pipeline::catalog::FolderCatalog::discover(&st.models_dir, &st.default_bundle)
+            .dirs()
+            .to_vec();
     for dir in dirs {
         let shown = dir.display().to_string();
         match crate::admin::folder::import(st, &shown, "", "seed").await {

@@ -346,7 +346,7 @@ impl pb::support_sets_server::SupportSets for Svc {
         let objects = objects_from_pb(&r.objects)?;
         let meta = SetMeta {
             description: r.description,
-            bundle: r.bundle.trim().to_string(),
+            bundle: self.st.bundle_or_default(&r.bundle),
             modality: r.modality.trim().to_uppercase(),
             body_part: r.body_part.trim().to_uppercase(),
         };
@@ -392,7 +392,7 @@ impl pb::support_sets_server::SupportSets for Svc {
         let r = req.into_inner();
         let up = SetUpdate {
             description: r.description,
-            bundle: r.bundle.map(|s| s.trim().to_string()),
+            bundle: r.bundle.map(|s| self.st.bundle_or_default(&s)),
             modality: r.modality.map(|s| s.trim().to_uppercase()),
             body_part: r.body_part.map(|s| s.trim().to_uppercase()),
             objects: if r.replace_objects {
@@ -560,13 +560,15 @@ pub fn report_to_pb(set: &support::SupportSetData, r: &evaluate::Report) -> pb::
             .flags
             .iter()
             .map(|f| pb::MaskFlag {
-                pair_number: f.pair,
+                // 0: a set-level flag (the proto's convention).
+                pair_number: f.pair.unwrap_or(0),
                 object_index: f.object as u32 + 1,
                 kind: match f.kind {
                     evaluate::FlagKind::Empty => pb::FlagKind::Empty,
                     evaluate::FlagKind::Tiny => pb::FlagKind::Tiny,
                     evaluate::FlagKind::AreaOutlier => pb::FlagKind::AreaOutlier,
                     evaluate::FlagKind::DiceOutlier => pb::FlagKind::DiceOutlier,
+                    evaluate::FlagKind::PoorSet => pb::FlagKind::PoorSet,
                 } as i32,
                 detail: f.detail.clone(),
             })

@@ -379,14 +379,72 @@ pub struct OfflineReport {
     pub timings: StageTimings,
     /// Per input file, its segmentation (masks at the source size), for writers such as SEG.
     pub results: Vec<(PathBuf, Segmentation)>,
+    /// Per input file (same order as `results`), its output name in the output folder
+    /// ([`output_names`]): unique among this call's inputs.
+    pub names: Vec<String>,
     /// The support set's `supportset.toml` (object codes and colours).
     pub spec: Option<SupportSetSpec>,
 }
 
+/// The output name of each input (same order): its file stem, made unique among `inputs` so
+/// that no input's results overwrite another's. Inputs whose stems collide (`a/image.dcm`,
+/// `b/image.dcm`) are all named `<parent folder>_<stem>` (`a_image`, `b_image`); a name still
+/// taken after that (same folder name twice, the same file twice, a stem equal to such a name)
+/// gets `-2`, `-3`, ... in input order. Pure: the paths are not touched (a relative input
+/// without a folder part takes its parent's name from the working directory when it can).
+pub fn output_names(inputs: &[PathBuf]) -> Vec<String> {
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "input".into())
+    };
+    let parent = |p: &Path| -> Option<String> {
+        let named = |q: &Path| {
+            q.parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        named(p).or_else(|| std::path::absolute(p).ok().as_deref().and_then(named))
+    };
+    let stems: Vec<String> = inputs.iter().map(|p| stem(p)).collect();
+    let mut counts = std::collections::HashMap::new();
+    for s in &stems {
+        *counts.entry(s.as_str()).or_insert(0usize) += 1;
+    }
+    let wanted: Vec<String> = inputs
+        .iter()
+        .zip(&stems)
+        .map(|(p, s)| match parent(p) {
+            Some(dir) if counts[s.as_str()] > 1 => format!("{dir}_{s}"),
+            _ => s.clone(),
+        })
+        .collect();
+    // Names nobody asked for stay free for those who did: reserve them all first.
+    let mut used: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut taken: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for w in &wanted {
+        *taken.entry(w.as_str()).or_insert(0) += 1;
+    }
+    let mut out = Vec::with_capacity(wanted.len());
+    for w in &wanted {
+        let mut name = w.clone();
+        let mut n = 1;
+        while used.contains(&name) || (n > 1 && taken.contains_key(name.as_str())) {
+            n += 1;
+            name = format!("{w}-{n}");
+        }
+        used.insert(name.clone());
+        out.push(name);
+    }
+    out
+}
+
 /// `proxyseg segment --config PATH --support-set NAME -o OUT_DIR INPUT.dcm...`: segments each
-/// input file and writes, per input, `OUT_DIR/<stem>/frame-NNNN/<k>-<label>.png` (0/255),
-/// `OUT_DIR/<stem>/masks.u8` (frames x objects x rows x cols, 0/1) and
-/// `OUT_DIR/<stem>/result.toml` (shapes, labels, IoU scores, timings).
+/// input file and writes, per input, `OUT_DIR/<name>/frame-NNNN/<k>-<label>.png` (0/255),
+/// `OUT_DIR/<name>/masks.u8` (frames x objects x rows x cols, 0/1) and
+/// `OUT_DIR/<name>/result.toml` (shapes, labels, IoU scores, timings), where `<name>` is the
+/// input's file stem, made unique among the inputs by [`output_names`].
 pub async fn segment_files(
     cfg: &Config,
     support_set: &str,
@@ -399,17 +457,18 @@ pub async fn segment_files(
     let engine = Engine::new(&cfg.engine, &cfg.storage.data_dir)?;
     let set_dir = find_support_set(&cfg.engine.models_dir, support_set)?;
     let (set, spec) = load_support_set(&set_dir)?;
-    let bundle = match spec.bundle.clone() {
+    // A set that names no bundle runs on `[engine] default_bundle`.
+    let bundle = match spec.bundle.clone().filter(|b| !b.trim().is_empty()) {
         Some(b) => b,
-        None => match engine.bundle_names().as_slice() {
-            [one] => one.clone(),
-            names => {
+        None => {
+            let b = cfg.engine.default_bundle.clone();
+            if let Err(e) = engine.bundle(&b) {
                 return Err(off(format!(
-                    "supportset.toml names no bundle and {} are served: {names:?}",
-                    names.len()
-                )))
+                    "supportset.toml names no bundle and engine.default_bundle = {b:?} cannot be used: {e}"
+                )));
             }
-        },
+            b
+        }
     };
     let mut report = OfflineReport {
         bundle: String::new(),
@@ -419,11 +478,12 @@ pub async fn segment_files(
         decode: Duration::ZERO,
         timings: StageTimings::default(),
         results: Vec::new(),
+        names: Vec::new(),
         spec: Some(spec.clone()),
     };
     std::fs::create_dir_all(out_dir)
         .map_err(|e| off(format!("cannot create {}: {e}", out_dir.display())))?;
-    for input in inputs {
+    for (input, name) in inputs.iter().zip(output_names(inputs)) {
         let t0 = Instant::now();
         let frames = frames_from_file(input)?;
         report.decode += t0.elapsed();
@@ -431,13 +491,10 @@ pub async fn segment_files(
         report.bundle = seg.bundle.clone();
         report.frames += seg.frames.len();
         report.timings.add(&seg.timings);
-        let stem = input
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "input".into());
-        let dir = out_dir.join(&stem);
+        let dir = out_dir.join(&name);
         report.written.extend(write_outputs(&dir, input, &seg)?);
         report.results.push((input.clone(), seg));
+        report.names.push(name);
     }
     Ok(report)
 }
@@ -580,4 +637,43 @@ fn write_outputs(
 /// Display frames of a file, exposed for the benchmark and the CLI.
 pub fn decode_file(path: &Path) -> Result<Vec<Frame>, EngineError> {
     Ok(frames_from_file(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(inputs: &[&str]) -> Vec<String> {
+        output_names(&inputs.iter().map(PathBuf::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn output_names_are_stems_made_unique() {
+        assert_eq!(names(&["x/ct.dcm", "y/mr.dcm"]), ["ct", "mr"]);
+        // Colliding stems all take their folder's name; the others keep their stem.
+        assert_eq!(
+            names(&["a/image.dcm", "b/image.dcm", "c/other.dcm"]),
+            ["a_image", "b_image", "other"]
+        );
+        // Same stem, different extension or none.
+        assert_eq!(names(&["a/scan", "b/scan.dcm"]), ["a_scan", "b_scan"]);
+        // Same folder name twice, the same file twice: an index.
+        assert_eq!(
+            names(&["p/a/image.dcm", "q/a/image.dcm", "b/image.dcm"]),
+            ["a_image", "a_image-2", "b_image"]
+        );
+        assert_eq!(names(&["s/ct.dcm", "s/ct.dcm"]), ["s_ct", "s_ct-2"]);
+        // A name that another input asks for literally stays that input's.
+        assert_eq!(
+            names(&["a/image.dcm", "a/image.dcm", "a_image-2.dcm"]),
+            ["a_image", "a_image-3", "a_image-2"]
+        );
+        // A bare file name takes the working directory's name when stems collide.
+        let cwd = std::env::current_dir().unwrap();
+        let here = cwd.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            names(&["image.dcm", "sub/image.dcm"]),
+            [format!("{here}_image"), "sub_image".to_string()]
+        );
+    }
 }

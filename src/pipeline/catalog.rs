@@ -3,7 +3,8 @@
 //! [`Catalog`] is the boundary between the pipeline and whoever curates support sets: the
 //! admin store (support sets and rules in SQLite) or, without one, [`FolderCatalog`], which
 //! serves the `supportset.toml` folders bundled with the models (`models/*/support-sets/*`)
-//! and routes by their `[match]` table.
+//! and routes by their `[match]` table; a folder that names no `bundle` runs on
+//! `[engine] default_bundle`.
 
 use crate::dicom::seg::{Code, SegmentDescription};
 use crate::engine::SupportSet;
@@ -105,11 +106,13 @@ pub fn body_part_matches(rule: &str, seen: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct FolderCatalog {
     dirs: Vec<PathBuf>,
+    default_bundle: String,
 }
 
 impl FolderCatalog {
-    /// Finds every bundled support-set folder under `models_dir`.
-    pub fn discover(models_dir: &Path) -> FolderCatalog {
+    /// Finds every bundled support-set folder under `models_dir`; a folder whose
+    /// `supportset.toml` names no `bundle` runs on `default_bundle` (`[engine] default_bundle`).
+    pub fn discover(models_dir: &Path, default_bundle: &str) -> FolderCatalog {
         let pattern = format!(
             "{}/*/support-sets/*/supportset.toml",
             glob::Pattern::escape(&models_dir.to_string_lossy())
@@ -122,7 +125,10 @@ impl FolderCatalog {
             })
             .unwrap_or_default();
         dirs.sort();
-        FolderCatalog { dirs }
+        FolderCatalog {
+            dirs,
+            default_bundle: default_bundle.to_string(),
+        }
     }
 
     /// The folders found.
@@ -183,7 +189,11 @@ impl Catalog for FolderCatalog {
                 rule_id: 0,
                 support_set: set.name.clone(),
                 version: set.version.clone(),
-                bundle: spec.bundle.clone().unwrap_or_else(|| "phantom-tiny".into()),
+                bundle: spec
+                    .bundle
+                    .clone()
+                    .filter(|b| !b.trim().is_empty())
+                    .unwrap_or_else(|| self.default_bundle.clone()),
                 destination_ae: None,
                 series,
                 skip_localizers: true,
@@ -258,5 +268,56 @@ mod tests {
         assert!(body_part_matches("EYE", "retina"));
         assert!(!body_part_matches("EYE", "CHEST"));
         assert!(body_part_matches("", "ANYTHING"));
+    }
+
+    fn copy_dir(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let p = e.unwrap().path();
+            let to = dst.join(p.file_name().unwrap());
+            if p.is_dir() {
+                copy_dir(&p, &to);
+            } else {
+                std::fs::copy(&p, &to).unwrap();
+            }
+        }
+    }
+
+    /// A bundled folder without `bundle` runs on the configured default; one that names
+    /// `phantom-tiny` keeps it.
+    #[test]
+    fn folders_that_name_no_bundle_get_the_default() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/phantom-tiny/support-sets/mr-prostate");
+        let models = tempfile::tempdir().unwrap();
+        let named = models.path().join("phantom-tiny/support-sets/mr-prostate");
+        copy_dir(&src, &named);
+        let study = |body_part: &str| StudyInfo {
+            study_uid: "1.2.3".into(),
+            calling_ae: "PACS".into(),
+            series: vec![SeriesInfo {
+                series_uid: "1.2.3.4".into(),
+                modality: "MR".into(),
+                body_part: body_part.into(),
+                sop_class_uid: String::new(),
+                series_description: String::new(),
+            }],
+        };
+        let bundle_of = |c: &FolderCatalog| match c.route(&study("PROSTATE")).unwrap() {
+            Route::Matched { bundle, .. } => bundle,
+            other => panic!("{other:?}"),
+        };
+        let c = FolderCatalog::discover(models.path(), "my-default");
+        assert_eq!(bundle_of(&c), "phantom-tiny");
+        // The same folder without its `bundle` line.
+        let toml_path = named.join("supportset.toml");
+        let text = std::fs::read_to_string(&toml_path).unwrap();
+        assert!(text.contains("bundle = \"phantom-tiny\"\n"), "{text}");
+        std::fs::write(&toml_path, text.replace("bundle = \"phantom-tiny\"\n", "")).unwrap();
+        assert_eq!(bundle_of(&c), "my-default");
+        assert_eq!(
+            bundle_of(&FolderCatalog::discover(models.path(), "litemedsam-ppg")),
+            "litemedsam-ppg"
+        );
     }
 }

@@ -6,8 +6,10 @@ use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
 use crate::engine::offline::{segment_files, OfflineReport};
 use std::path::{Path, PathBuf};
 
-/// Segments `inputs` with `support_set` and writes `OUT/<stem>.seg.dcm` for each. Returns the
-/// engine's report and the SEG files.
+/// Segments `inputs` with `support_set` and writes `OUT/<name>.seg.dcm` for each, `<name>` being
+/// the input's file stem made unique among the inputs (`engine::offline::output_names`: two
+/// `image.dcm` from folders `a` and `b` give `a_image.seg.dcm` and `b_image.seg.dcm`). Returns
+/// the engine's report and the SEG files.
 pub async fn segment_to_seg(
     cfg: &Config,
     support_set: &str,
@@ -23,7 +25,7 @@ pub async fn segment_to_seg(
         .ok_or("the support set has no supportset.toml")?;
     let segments = crate::pipeline::catalog::describe_segments(&spec);
     let mut written = Vec::new();
-    for (input, result) in &report.results {
+    for ((input, result), name) in report.results.iter().zip(&report.names) {
         let header = dicom_object::OpenFileOptions::new()
             .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
             .open_file(input)
@@ -65,11 +67,7 @@ pub async fn segment_to_seg(
         };
         let obj = seg::write_seg(&input_seg, &opts)
             .map_err(|e| format!("SEG for {}: {e}", input.display()))?;
-        let stem = input
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "input".into());
-        let path = out_dir.join(format!("{stem}.seg.dcm"));
+        let path = out_dir.join(format!("{name}.seg.dcm"));
         seg::save_seg(&obj, &path).map_err(|e| format!("{}: {e}", path.display()))?;
         written.push(path);
     }

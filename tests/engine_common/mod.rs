@@ -7,6 +7,7 @@ use std::process::Command;
 use proxyseg::config::EngineConfig;
 use proxyseg::dicom::pixels::Frame;
 use proxyseg::engine::{Mask, SupportObject, SupportPair, SupportSet};
+use serde_json::Value;
 
 /// The project root.
 pub fn root() -> PathBuf {
@@ -139,4 +140,194 @@ pub fn append_manifest(dir: &Path, toml_text: &str) {
     text.push('\n');
     text.push_str(toml_text);
     std::fs::write(&p, text).unwrap();
+}
+
+// --- Parity fixtures written by the Python reference (scripts/model, bundle_data.py) ---------
+
+/// A parity bundle folder: env `var` or `root()/default`. The bundle and its fixtures ship with
+/// the project (or are fetched by scripts/test before cargo test runs), so their absence is a
+/// failure, never a skip. `hint` says how to get them.
+pub fn parity_bundle(var: &str, default: &str, hint: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(default));
+    assert!(
+        p.join("fixtures/fixtures.json").is_file(),
+        "{} has no fixtures/fixtures.json ({hint}; or point {var} at a bundle that has them)",
+        p.display()
+    );
+    p
+}
+
+/// A bundle's `fixtures/fixtures.json`.
+pub fn read_fixtures(bundle: &Path) -> Value {
+    let p = bundle.join("fixtures/fixtures.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The fixtures' tolerances: (max abs diff of logits, minimum fraction of equal mask pixels).
+pub fn tolerances(doc: &Value) -> (f32, f64) {
+    (
+        doc["tolerance"]["mask_logits_max_abs"]
+            .as_f64()
+            .unwrap_or(1e-3) as f32,
+        doc["tolerance"]["mask_agreement_min"]
+            .as_f64()
+            .unwrap_or(0.999),
+    )
+}
+
+/// Fixture paths are relative to the bundle folder (older fixtures: to fixtures/).
+pub fn resolve(bundle: &Path, rel: &str) -> PathBuf {
+    let p = bundle.join(rel);
+    if p.exists() {
+        p
+    } else {
+        bundle.join("fixtures").join(rel)
+    }
+}
+
+fn spec_shape(spec: &Value) -> Vec<usize> {
+    spec["shape"]
+        .as_array()
+        .expect("shape")
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect()
+}
+
+/// A little-endian f32 fixture tensor `{file, dtype: "f32", shape}`: (shape, values).
+pub fn load_f32(dir: &Path, spec: &Value) -> (Vec<usize>, Vec<f32>) {
+    let file = spec["file"].as_str().expect("file");
+    assert_eq!(spec["dtype"], "f32", "{file}");
+    let bytes = std::fs::read(resolve(dir, file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let shape = spec_shape(spec);
+    let data: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>(),
+        "{file}: size does not match shape {shape:?}"
+    );
+    (shape, data)
+}
+
+/// A u8 fixture tensor `{file, dtype: "u8", shape}`: (shape, values).
+pub fn load_u8(dir: &Path, spec: &Value) -> (Vec<usize>, Vec<u8>) {
+    let file = spec["file"].as_str().expect("file");
+    assert_eq!(spec["dtype"], "u8", "{file}");
+    let data = std::fs::read(resolve(dir, file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let shape = spec_shape(spec);
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>(),
+        "{file}: size does not match shape {shape:?}"
+    );
+    (shape, data)
+}
+
+/// Largest absolute difference of two equally long slices.
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Keeps the 1-based pairs a fixture case lists in `support_pairs` (all when absent), in that
+/// order, and gives the subset its own version (so its support context is cached apart).
+pub fn select_pairs(set: &mut SupportSet, case: &Value) {
+    if let Some(sel) = case["support_pairs"].as_array() {
+        let idx: Vec<usize> = sel.iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        set.pairs = idx.iter().map(|&i| set.pairs[i - 1].clone()).collect();
+        set.version = format!("{}-pairs{idx:?}", set.version);
+    }
+}
+
+/// Report lines and failures of a parity test.
+#[derive(Debug, Default)]
+pub struct Parity {
+    /// One line per comparison.
+    pub lines: Vec<String>,
+    /// One line per comparison out of tolerance.
+    pub failures: Vec<String>,
+}
+
+impl Parity {
+    /// A free report line.
+    pub fn note(&mut self, line: String) {
+        self.lines.push(line);
+    }
+
+    /// A failure line.
+    pub fn fail(&mut self, line: String) {
+        self.failures.push(line);
+    }
+
+    /// Compares a tensor (`shape`, `got`) with a fixture (shape and max abs diff <= `tol`).
+    /// Returns the max abs diff (infinite on a shape mismatch).
+    pub fn f32(
+        &mut self,
+        tag: &str,
+        key: &str,
+        (shape, got): (&[usize], &[f32]),
+        want: (Vec<usize>, Vec<f32>),
+        tol: f32,
+    ) -> f32 {
+        let (want_shape, want) = want;
+        let d = if want_shape == shape {
+            max_abs(got, &want)
+        } else {
+            f32::INFINITY
+        };
+        self.note(format!("{tag}: {key} {want_shape:?}: max abs diff {d:.2e}"));
+        if d > tol {
+            self.fail(format!(
+                "{tag}: {key} shape {shape:?} vs {want_shape:?}, max abs diff {d:.2e} > {tol:e}"
+            ));
+        }
+        d
+    }
+
+    /// Compares masks with a fixture (fraction of equal values >= `agree_min`). Returns the
+    /// fraction of equal values.
+    pub fn masks(
+        &mut self,
+        tag: &str,
+        got: &[u8],
+        want: (Vec<usize>, Vec<u8>),
+        agree_min: f64,
+    ) -> f64 {
+        let (shape, want) = want;
+        let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+        let frac = same as f64 / want.len().max(1) as f64;
+        self.note(format!(
+            "{tag}: masks {shape:?}: {:.5} % equal",
+            frac * 100.0
+        ));
+        if got.len() != want.len() || frac < agree_min {
+            self.fail(format!(
+                "{tag}: masks {} vs {} values, {:.4} % equal < {:.1} %",
+                got.len(),
+                want.len(),
+                frac * 100.0,
+                agree_min * 100.0
+            ));
+        }
+        frac
+    }
+
+    /// Prints the report and fails the test when any comparison was out of tolerance.
+    pub fn finish(self) {
+        eprintln!("parity report:\n  {}", self.lines.join("\n  "));
+        assert!(
+            self.failures.is_empty(),
+            "parity failures:\n  {}\nfull report:\n  {}",
+            self.failures.join("\n  "),
+            self.lines.join("\n  ")
+        );
+    }
 }
