@@ -42,3 +42,14 @@ ensure_venv() {
 onnxruntime_lib() {
   ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1* 2>/dev/null | head -n 1
 }
+
+# ensure_bundle_weights : for every bundle under models/ whose manifest has [weights], puts the
+# verified third-party checkpoint next to its graphs (scripts/model/fetch_weights.py; standard
+# library only, cached after the first run). A failed fetch stops with the file and its sha256.
+ensure_bundle_weights() {
+  local m
+  for m in "$ROOT"/models/*/manifest.toml; do
+    grep -q '^\[weights\]' "$m" 2>/dev/null || continue
+    "$VENV/bin/python" "$ROOT/scripts/model/fetch_weights.py" "$(dirname "$m")"
+  done
+}

