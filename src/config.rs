@@ -93,8 +93,15 @@ pub struct DicomConfig {
     pub ae_title: String,
     /// Plain (non-TLS) listen address.
     pub listen: String,
-    /// Maximum number of concurrent associations (plain + TLS together).
+    /// Maximum number of concurrent associations (plain + TLS together). A connection takes
+    /// a slot only once its A-ASSOCIATE-RQ has passed the AE / host checks.
     pub max_associations: usize,
+    /// Connections that have not yet sent an A-ASSOCIATE-RQ passing the AE / host checks
+    /// (plain + TLS together). A new connection to a full pool closes the oldest one.
+    pub max_pending_connections: usize,
+    /// Seconds from connect until the whole A-ASSOCIATE-RQ (after the TLS handshake, for
+    /// TLS) must have arrived; a connection still silent then is closed.
+    pub association_request_timeout_s: u64,
     /// Maximum PDU length we accept and announce, in bytes.
     pub max_pdu: u32,
     /// Only peers listed in `[[dicom.peers]]` may associate (calling AE and source host).
@@ -119,6 +126,8 @@ impl Default for DicomConfig {
             ae_title: "PROXYSEG".into(),
             listen: "127.0.0.1:11112".into(),
             max_associations: 32,
+            max_pending_connections: 16,
+            association_request_timeout_s: 5,
             max_pdu: 65536,
             require_known_peers: true,
             read_timeout_s: 60,
@@ -197,6 +206,14 @@ pub struct PipelineConfig {
     /// A job segmenting longer than this many seconds counts as stalled: the systemd
     /// watchdog stops being fed, so systemd restarts the daemon (the job resumes).
     pub stall_timeout_s: u64,
+    /// Segmentation starts a job may make. Each start is counted in SQLite before it begins;
+    /// a job still unfinished after this many (the daemon died, was stopped or restarted by
+    /// the watchdog while segmenting it each time) is dead-lettered: `failed`, with why.
+    pub max_attempts: u32,
+    /// Memory one instance's pixels may take once decoded, in MiB (Rows x Columns x Samples
+    /// x Frames x (bytes per sample + 4 for the f32 copy); the worker decodes an instance
+    /// whole). A larger instance is refused at C-STORE (0xA900) and never decoded.
+    pub max_decoded_mb: u64,
 }
 
 impl Default for PipelineConfig {
@@ -207,6 +224,8 @@ impl Default for PipelineConfig {
             queue: 8,
             chunk_frames: 8,
             stall_timeout_s: 900,
+            max_attempts: 3,
+            max_decoded_mb: 4096,
         }
     }
 }
@@ -493,6 +512,18 @@ impl Config {
         if d.max_associations == 0 {
             bad("dicom.max_associations", "must be at least 1".into());
         }
+        if !(1..=4096).contains(&d.max_pending_connections) {
+            bad(
+                "dicom.max_pending_connections",
+                format!("{} is outside 1..=4096", d.max_pending_connections),
+            );
+        }
+        if !(1..=120).contains(&d.association_request_timeout_s) {
+            bad(
+                "dicom.association_request_timeout_s",
+                format!("{} is outside 1..=120", d.association_request_timeout_s),
+            );
+        }
         if !(4096..=16 * 1024 * 1024).contains(&d.max_pdu) {
             bad(
                 "dicom.max_pdu",
@@ -579,6 +610,18 @@ impl Config {
         }
         if self.pipeline.scan_interval_ms == 0 {
             bad("pipeline.scan_interval_ms", "must be at least 1".into());
+        }
+        if !(1..=100).contains(&self.pipeline.max_attempts) {
+            bad(
+                "pipeline.max_attempts",
+                format!("{} is outside 1..=100", self.pipeline.max_attempts),
+            );
+        }
+        if !(1..=1 << 20).contains(&self.pipeline.max_decoded_mb) {
+            bad(
+                "pipeline.max_decoded_mb",
+                format!("{} is outside 1..=1048576", self.pipeline.max_decoded_mb),
+            );
         }
         for (i, p) in self.engine.providers.iter().enumerate() {
             if !matches!(p.as_str(), "tensorrt" | "cuda" | "cpu") {
@@ -828,6 +871,40 @@ mod tests {
                 "engine.providers[0]"
             ]
         );
+    }
+
+    #[test]
+    fn issue_16_limits_have_defaults_and_bounds() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.dicom.max_pending_connections, 16);
+        assert_eq!(c.dicom.association_request_timeout_s, 5);
+        let c = Config::parse(
+            "[dicom]\nmax_pending_connections = 0\nassociation_request_timeout_s = 0\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert!(
+            keys.contains(&"dicom.max_pending_connections".to_string())
+                && keys.contains(&"dicom.association_request_timeout_s".to_string()),
+            "{keys:?}"
+        );
+        let c = Config::parse("[pipeline]\nmax_attempts = 0\nmax_decoded_mb = 0\n").unwrap();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert!(
+            keys.contains(&"pipeline.max_attempts".to_string())
+                && keys.contains(&"pipeline.max_decoded_mb".to_string()),
+            "{keys:?}"
+        );
+        let c = Config::parse("").unwrap();
+        assert_eq!(
+            (c.pipeline.max_attempts, c.pipeline.max_decoded_mb),
+            (3, 4096)
+        );
+        let c = Config::parse("[dicom]\nassociation_request_timeout_s = 121\n").unwrap();
+        assert!(c
+            .validate()
+            .iter()
+            .any(|p| p.key == "dicom.association_request_timeout_s"));
     }
 
     #[test]

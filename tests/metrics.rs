@@ -4,16 +4,6 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
 #[test]
 fn metrics_count_stores_latencies_and_jobs() {
     let d = Daemon::start(Opts::default());
@@ -33,7 +23,7 @@ fn metrics_count_stores_latencies_and_jobs() {
     );
     assert!(out.status.success(), "{}", text(&out));
     std::thread::sleep(std::time::Duration::from_millis(1800));
-    let m = scrape(d.metrics_port);
+    let m = d.metrics();
     for needle in [
         "# TYPE proxyseg_cstore_total counter",
         "proxyseg_cstore_total{result=\"success\"} 1",

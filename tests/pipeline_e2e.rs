@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn demo(family: &str) -> PathBuf {
     let p = root().join("models/phantom-tiny/demo-studies").join(family);
@@ -28,17 +28,6 @@ fn dcm_files(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn wait_for(what: &str, secs: u64, d: &Daemon, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out waiting for {what}; daemon log:\n{}", d.log());
 }
 
 fn job_states(d: &Daemon) -> Vec<(String, String)> {

@@ -70,45 +70,64 @@ pub enum DimseError {
     Encode(String),
 }
 
-impl Command {
-    /// Parses a complete command set.
-    pub fn parse(bytes: &[u8]) -> Result<Command, DimseError> {
-        let obj =
-            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                .map_err(|e| DimseError::Parse(e.to_string()))?;
-        let u16_of = |tag, name| {
-            obj.element(tag)
-                .ok()
-                .and_then(|e| e.to_int::<u16>().ok())
-                .ok_or(DimseError::Missing(name))
-        };
-        let str_of = |tag| {
-            obj.element(tag)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| crate::dicom::sop::trim_uid(&s).to_string())
-                .unwrap_or_default()
-        };
-        let field = u16_of(tags::COMMAND_FIELD, "Command Field")?;
-        let message_id = u16_of(tags::MESSAGE_ID, "Message ID")?;
-        let dst = u16_of(tags::COMMAND_DATA_SET_TYPE, "Command Data Set Type")?;
-        Ok(Command {
-            field,
-            message_id,
-            sop_class_uid: str_of(tags::AFFECTED_SOP_CLASS_UID),
-            sop_instance_uid: str_of(tags::AFFECTED_SOP_INSTANCE_UID),
-            has_dataset: dst != NO_DATASET,
-        })
+/// A command set's elements, parsed by [`crate::dicom::walk::command_elements`]: every
+/// declared length must fit in the bytes received, so nothing is reserved from a length.
+struct Elements<'a>(Vec<(dicom_core::Tag, &'a [u8])>);
+
+impl<'a> Elements<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Elements<'a>, DimseError> {
+        crate::dicom::walk::command_elements(bytes)
+            .map(Elements)
+            .map_err(|e| DimseError::Parse(e.to_string()))
+    }
+
+    fn value(&self, tag: dicom_core::Tag) -> Option<&'a [u8]> {
+        self.0.iter().find(|(t, _)| *t == tag).map(|(_, v)| *v)
+    }
+
+    /// A US value.
+    fn u16(&self, tag: dicom_core::Tag, name: &'static str) -> Result<u16, DimseError> {
+        match self.value(tag) {
+            Some([a, b, ..]) => Ok(u16::from_le_bytes([*a, *b])),
+            _ => Err(DimseError::Missing(name)),
+        }
+    }
+
+    /// A text value (UI, LO), padding trimmed; empty when absent.
+    fn text(&self, tag: dicom_core::Tag) -> String {
+        self.value(tag)
+            .map(|v| {
+                String::from_utf8_lossy(v)
+                    .trim_end_matches(['\0', ' '])
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default()
     }
 }
 
 impl Command {
+    /// Parses a complete command set (bounded: see [`Elements`]).
+    pub fn parse(bytes: &[u8]) -> Result<Command, DimseError> {
+        let els = Elements::parse(bytes)?;
+        let field = els.u16(tags::COMMAND_FIELD, "Command Field")?;
+        let message_id = els.u16(tags::MESSAGE_ID, "Message ID")?;
+        let dst = els.u16(tags::COMMAND_DATA_SET_TYPE, "Command Data Set Type")?;
+        Ok(Command {
+            field,
+            message_id,
+            sop_class_uid: els.text(tags::AFFECTED_SOP_CLASS_UID),
+            sop_instance_uid: els.text(tags::AFFECTED_SOP_INSTANCE_UID),
+            has_dataset: dst != NO_DATASET,
+        })
+    }
+
     /// The Command Field of a response command set, if it parses.
     pub fn parse_response_field(bytes: &[u8]) -> Option<u16> {
-        let obj =
-            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                .ok()?;
-        obj.element(tags::COMMAND_FIELD).ok()?.to_int::<u16>().ok()
+        Elements::parse(bytes)
+            .ok()?
+            .u16(tags::COMMAND_FIELD, "Command Field")
+            .ok()
     }
 }
 
@@ -176,18 +195,11 @@ pub fn store_request(
 
 /// Reads Status (0000,0900) and Error Comment (0000,0902) out of a response command set.
 pub fn response_status(bytes: &[u8]) -> Result<(u16, Option<String>), DimseError> {
-    let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .map_err(|e| DimseError::Parse(e.to_string()))?;
-    let st = obj
-        .element(tags::STATUS)
-        .ok()
-        .and_then(|e| e.to_int::<u16>().ok())
-        .ok_or(DimseError::Missing("Status"))?;
-    let comment = obj
-        .element(tags::ERROR_COMMENT)
-        .ok()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim().to_string());
+    let els = Elements::parse(bytes)?;
+    let st = els.u16(tags::STATUS, "Status")?;
+    let comment = els
+        .value(tags::ERROR_COMMENT)
+        .map(|_| els.text(tags::ERROR_COMMENT));
     Ok((st, comment))
 }
 
@@ -291,6 +303,17 @@ mod tests {
             .to_int::<u32>()
             .unwrap();
         assert_eq!(gl as usize, bytes.len() - 12);
+    }
+
+    #[test]
+    fn command_lengths_beyond_the_bytes_are_refused() {
+        // (0000,0002) declaring about 4 GiB (issue 16): refused, nothing reserved.
+        let mut c = vec![0, 0, 2, 0, 0xF0, 0xFF, 0xFF, 0xFF];
+        c.extend_from_slice(b"1.2.840.10008.5.1.4.1.1.2\0");
+        let e = Command::parse(&c).unwrap_err();
+        assert!(e.to_string().contains("declares 4294967280 bytes"), "{e}");
+        assert!(response_status(&c).is_err());
+        assert!(Command::parse_response_field(&c).is_none());
     }
 
     #[test]

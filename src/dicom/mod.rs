@@ -10,3 +10,4 @@ pub mod scu;
 pub mod seg;
 pub mod sop;
 pub mod tls;
+pub mod walk;

@@ -14,6 +14,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 /// PDU type of P-DATA-TF.
 const P_DATA_TF: u8 = 0x04;
 
+/// Most presentation data values accepted in one P-DATA-TF PDU. Senders put one (sometimes a
+/// command and its data set: two) in each PDU; a PDU of thousands of empty PDVs would cost
+/// about 7 times its size in [`Pdv`] records (review finding L4).
+pub const MAX_PDVS_PER_PDU: usize = 1024;
+
 /// One presentation data value; `data` shares the received PDU's bytes.
 #[derive(Debug, Clone)]
 pub struct Pdv {
@@ -61,6 +66,9 @@ pub enum ReceiveError {
     /// A PDV item whose length does not fit its PDU.
     #[error("malformed P-DATA-TF: {0}")]
     Malformed(&'static str),
+    /// More PDVs in one PDU than [`MAX_PDVS_PER_PDU`].
+    #[error("P-DATA-TF holds more than {MAX_PDVS_PER_PDU} presentation data values")]
+    TooManyPdvs,
     /// The peer closed the connection between or inside PDUs.
     #[error("connection closed by the peer")]
     Closed,
@@ -129,6 +137,9 @@ fn split_pdvs(mut body: Bytes) -> Result<Vec<Pdv>, ReceiveError> {
         body.advance(4);
         if len < 2 || len > body.len() {
             return Err(ReceiveError::Malformed("PDV item length outside its PDU"));
+        }
+        if pdvs.len() == MAX_PDVS_PER_PDU {
+            return Err(ReceiveError::TooManyPdvs);
         }
         let mut item = body.split_to(len);
         let (presentation_context_id, header) = (item[0], item[1]);
@@ -217,5 +228,16 @@ mod tests {
             );
         }
         assert!(split_pdvs(Bytes::new()).unwrap().is_empty());
+        // Empty PDVs (6 bytes each): at most MAX_PDVS_PER_PDU of them.
+        let many =
+            |n: usize| Bytes::from((0..n).flat_map(|_| item(1, 0, b"")).collect::<Vec<u8>>());
+        assert_eq!(
+            split_pdvs(many(MAX_PDVS_PER_PDU)).unwrap().len(),
+            MAX_PDVS_PER_PDU
+        );
+        assert!(matches!(
+            split_pdvs(many(MAX_PDVS_PER_PDU + 1)),
+            Err(ReceiveError::TooManyPdvs)
+        ));
     }
 }

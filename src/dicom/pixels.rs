@@ -66,6 +66,16 @@ pub enum PixelError {
     /// A combination of attributes this module does not handle.
     #[error("unsupported image: {0}")]
     Unsupported(String),
+    /// Decoding would take more memory than the per-instance budget allows.
+    #[error("pixels not decoded: {what} need {need_mib} MiB decoded, more than pipeline.max_decoded_mb ({budget_mib} MiB)")]
+    OverBudget {
+        /// Bytes needed, in MiB.
+        need_mib: u64,
+        /// The budget, in MiB.
+        budget_mib: u64,
+        /// The declared geometry.
+        what: String,
+    },
     /// A needed attribute is missing or malformed.
     #[error("bad attribute {name}: {message}")]
     Attribute {
@@ -101,6 +111,53 @@ impl Frame {
         let c = if self.channels == 1 { 0 } else { c };
         &self.data[c * n..(c + 1) * n]
     }
+}
+
+/// Bytes one instance costs when decoded the way [`frames_from_object`] does it: the decoded
+/// samples (`BitsAllocated` rounded up to whole bytes) plus their f32 copy, for every frame at
+/// once. `None` when the product does not even fit in 64 bits.
+pub fn decoded_bytes(rows: u64, cols: u64, samples: u64, bits: u64, frames: u64) -> Option<u64> {
+    rows.checked_mul(cols)?
+        .checked_mul(samples)?
+        .checked_mul(frames)?
+        .checked_mul(bits.div_ceil(8) + 4)
+}
+
+/// Checks an object's declared image size (Rows, Columns, Samples per Pixel, Bits Allocated,
+/// Number of Frames, read from its header) against `budget` bytes before anything is decoded
+/// (see [`decoded_bytes`]).
+pub fn check_budget(obj: &InMemDicomObject, budget: u64) -> Result<(), PixelError> {
+    let int = |tag: Tag, name: &'static str, default: Option<u64>| -> Result<u64, PixelError> {
+        match obj.element_opt(tag).ok().flatten() {
+            Some(e) => e
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .or_else(|| e.to_int::<u64>().ok())
+                .ok_or(PixelError::Attribute {
+                    name,
+                    message: "not a number".into(),
+                }),
+            None => default.ok_or(PixelError::Attribute {
+                name,
+                message: "missing".into(),
+            }),
+        }
+    };
+    let rows = int(tags::ROWS, "Rows", None)?;
+    let cols = int(tags::COLUMNS, "Columns", None)?;
+    let spp = int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel", Some(1))?;
+    let bits = int(tags::BITS_ALLOCATED, "BitsAllocated", None)?;
+    let frames = int(tags::NUMBER_OF_FRAMES, "NumberOfFrames", Some(1))?.max(1);
+    let need = decoded_bytes(rows, cols, spp, bits, frames).unwrap_or(u64::MAX);
+    if need > budget {
+        return Err(PixelError::OverBudget {
+            need_mib: need / 1048576,
+            budget_mib: budget / 1048576,
+            what: format!("{frames} frame(s) of {rows}x{cols}x{spp} at {bits} bits"),
+        });
+    }
+    Ok(())
 }
 
 /// Opens a DICOM file and converts every frame.
@@ -371,7 +428,23 @@ fn rle_to_native(obj: &DefaultDicomObject, ts: &str) -> Result<DefaultDicomObjec
     }
     let pixels = rows * cols;
     let nseg = spp * bytes;
-    let mut out = vec![0u8; nframes * pixels * nseg];
+    // The RLE header has room for 15 segment offsets (PS3.5 G.5).
+    if nseg > 15 {
+        return Err(fail(format!(
+            "{nseg} RLE segments per frame: at most 15 fit the RLE header"
+        )));
+    }
+    let total = nframes
+        .checked_mul(pixels)
+        .and_then(|n| n.checked_mul(nseg))
+        .ok_or_else(|| fail("image size overflows".into()))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(total).map_err(|_| {
+        fail(format!(
+            "cannot allocate {total} bytes for the decoded frames"
+        ))
+    })?;
+    out.resize(total, 0u8);
     for (f, frag) in fragments.iter().enumerate() {
         if frag.len() < 64 {
             return Err(fail(format!("frame {}: RLE header cut short", f + 1)));
@@ -749,6 +822,50 @@ impl Palette {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_decoding_budget_counts_samples_and_their_f32_copy() {
+        // 512x512 CT, 16 bits: 2 bytes + 4 bytes (f32) per sample.
+        assert_eq!(decoded_bytes(512, 512, 1, 16, 1), Some(512 * 512 * 6));
+        assert_eq!(decoded_bytes(u64::MAX, 2, 1, 8, 1), None);
+        let mut obj = InMemDicomObject::new_empty();
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        for (tag, v) in [
+            (tags::ROWS, 32768u16),
+            (tags::COLUMNS, 32768),
+            (tags::BITS_ALLOCATED, 32),
+            (tags::SAMPLES_PER_PIXEL, 1),
+        ] {
+            obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+        }
+        obj.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from("100000"),
+        ));
+        let e = check_budget(&obj, 4096 << 20).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("100000 frame(s) of 32768x32768x1 at 32 bits"),
+            "{e}"
+        );
+        obj.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from("1"),
+        ));
+        obj.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(512u16),
+        ));
+        obj.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(512u16),
+        ));
+        check_budget(&obj, 4096 << 20).unwrap();
+    }
 
     #[test]
     fn percentile_matches_numpy() {

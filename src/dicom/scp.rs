@@ -7,15 +7,24 @@
 //! association never disturbs the others. P-DATA is streamed to disk one PDU at a time; per
 //! association at most one PDU plus the first 64 KiB of the data set (kept for validation)
 //! are held in memory.
+//!
+//! Hostile input (issue 16): a connection holds an association slot only once its
+//! A-ASSOCIATE-RQ has passed the AE / host checks; before that it lives in a small pending
+//! pool with a short deadline ([`PendingPool`]). Nothing is ever reserved from a length a peer
+//! declared: data sets are walked header by header against the bytes received
+//! ([`walk`]), deflated ones are inflated through that walk under `dicom.max_object_mb`, and
+//! command sets are parsed by a bounded parser. Images whose decoded pixels would not fit
+//! `pipeline.max_decoded_mb` are refused.
 
 use crate::config::Config;
 use crate::dicom::dimse::{self, field, status, Command};
+use crate::dicom::walk::{self, PixelHeader};
 use crate::dicom::{pdata, sop};
 use crate::store::instances::{self, InstanceRecord, Recorded};
 use crate::store::{spool, Db, Spool};
 use dicom_core::Tag;
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
+use dicom_object::FileMetaTableBuilder;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
@@ -57,6 +66,7 @@ pub struct Scp {
     db: Db,
     spool: Spool,
     slots: Arc<Semaphore>,
+    pending: Arc<PendingPool>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     locks: Vec<Mutex<()>>,
     dir_sync: spool::DirSyncer,
@@ -106,29 +116,176 @@ struct PeerAccess {
     peer_ip: IpAddr,
 }
 
-impl AccessControl for PeerAccess {
-    fn check_access(
-        &self,
-        this_ae_title: &str,
-        calling_ae_title: &str,
-        called_ae_title: &str,
-        _user_identity: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        if called_ae_title.trim() != this_ae_title.trim() {
-            tracing::warn!(called = called_ae_title, calling = calling_ae_title, peer = %self.peer_ip, "rejected: called AE is not ours");
+impl PeerAccess {
+    /// The access decision alone (no logging): also what admission checks on the first bytes
+    /// of an A-ASSOCIATE-RQ before any slot is taken.
+    fn decide(&self, calling: &str, called: &str) -> Result<(), AssociationRJServiceUserReason> {
+        if called.trim() != self.cfg.dicom.ae_title.trim() {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         if self.cfg.dicom.require_known_peers {
             let known = self
                 .cfg
-                .peer(calling_ae_title)
+                .peer(calling)
                 .is_some_and(|p| host_matches(&p.host, self.peer_ip));
             if !known {
-                tracing::warn!(calling = calling_ae_title, peer = %self.peer_ip, "rejected: calling AE / host is not a known peer");
                 return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
             }
         }
         Ok(())
+    }
+}
+
+impl AccessControl for PeerAccess {
+    fn check_access(
+        &self,
+        _this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        let decided = self.decide(calling_ae_title, called_ae_title);
+        match &decided {
+            Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized) => {
+                tracing::warn!(called = called_ae_title, calling = calling_ae_title, peer = %self.peer_ip, "rejected: called AE is not ours")
+            }
+            Err(_) => {
+                tracing::warn!(calling = calling_ae_title, peer = %self.peer_ip, "rejected: calling AE / host is not a known peer")
+            }
+            Ok(()) => {}
+        }
+        decided
+    }
+}
+
+/// The start of an A-ASSOCIATE-RQ (PS3.8 9.3.2): enough to decide admission.
+#[derive(Debug)]
+struct RequestHead {
+    called: String,
+    calling: String,
+}
+
+/// Bytes of an A-ASSOCIATE-RQ up to the end of its Calling AE Title.
+const RQ_HEAD_LEN: usize = 42;
+
+/// Waits until the first [`RQ_HEAD_LEN`] bytes of the connection have arrived and reads
+/// them without consuming them (the negotiation reads them again). `Ok(None)`: the first PDU
+/// is not an A-ASSOCIATE-RQ; an error: the connection closed or failed.
+async fn peek_request(stream: &TcpStream) -> std::io::Result<Option<RequestHead>> {
+    let mut buf = [0u8; RQ_HEAD_LEN];
+    let mut wait = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[0] != 0x01 {
+            return Ok(None);
+        }
+        if n >= 6 {
+            let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+            if len + 6 < RQ_HEAD_LEN {
+                return Ok(None);
+            }
+        }
+        if n == RQ_HEAD_LEN {
+            let ae = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+            return Ok(Some(RequestHead {
+                called: ae(&buf[10..26]),
+                calling: ae(&buf[26..42]),
+            }));
+        }
+        // Part of it is here: peek returns at once until more arrives, so back off a little.
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Connections that have not yet sent an A-ASSOCIATE-RQ that passed the AE / host checks
+/// (`dicom.max_pending_connections` of them at most). They hold no association slot. When a
+/// new connection arrives at a full pool, the oldest member is closed: a peer that sends its
+/// request right after connecting (every real one does, within milliseconds) therefore
+/// always gets its turn, however many silent connections are open, while the pool stays
+/// bounded (a full pool that refused newcomers would let a handful of silent sockets lock
+/// every peer out again).
+pub struct PendingPool {
+    max: usize,
+    members: std::sync::Mutex<PendingMembers>,
+    /// Evictions not yet logged, and when the last log line was written (rate-limited).
+    evicted: AtomicU64,
+    last_log: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+#[derive(Default)]
+struct PendingMembers {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+/// A connection's membership of the pending pool.
+pub struct Pending {
+    ticket: PendingTicket,
+    /// Fires when the pool evicts this connection.
+    evicted: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Leaves the pool when dropped.
+struct PendingTicket {
+    pool: Arc<PendingPool>,
+    id: u64,
+}
+
+impl Drop for PendingTicket {
+    fn drop(&mut self) {
+        let mut m = self.pool.members.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = m.queue.iter().position(|(id, _)| *id == self.id) {
+            m.queue.remove(i);
+        }
+    }
+}
+
+impl PendingPool {
+    /// A pool of at most `max` members.
+    pub fn new(max: usize) -> Arc<PendingPool> {
+        Arc::new(PendingPool {
+            max: max.max(1),
+            members: Default::default(),
+            evicted: AtomicU64::new(0),
+            last_log: Default::default(),
+        })
+    }
+
+    /// Adds a new connection, evicting the oldest member when the pool is full.
+    pub fn enter(self: &Arc<Self>) -> Pending {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut m = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        while m.queue.len() >= self.max {
+            if let Some((_, oldest)) = m.queue.pop_front() {
+                let _ = oldest.send(());
+            }
+        }
+        let id = m.next;
+        m.next += 1;
+        m.queue.push_back((id, tx));
+        Pending {
+            ticket: PendingTicket {
+                pool: self.clone(),
+                id,
+            },
+            evicted: rx,
+        }
+    }
+
+    /// Logs an eviction (at most one line per second, with the count since the last one).
+    fn note_eviction(&self, addr: SocketAddr) {
+        let n = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            *last = Some(now);
+            self.evicted.fetch_sub(n, Ordering::Relaxed);
+            tracing::warn!(peer = %addr, closed = n, max = self.max, "closed connections that sent no A-ASSOCIATE-RQ: dicom.max_pending_connections reached, the oldest go first");
+        }
     }
 }
 
@@ -174,6 +331,7 @@ impl Scp {
         let dir_sync = spool::DirSyncer::start(mode, spool.root());
         Ok(Arc::new(Scp {
             slots: Arc::new(Semaphore::new(cfg.dicom.max_associations)),
+            pending: PendingPool::new(cfg.dicom.max_pending_connections),
             cfg,
             db,
             spool,
@@ -202,7 +360,8 @@ impl Scp {
                     Ok((stream, addr)) => {
                         let scp = self.clone();
                         let sd = shutdown.clone();
-                        tasks.spawn(async move { scp.handle_connection(stream, addr, tls, sd).await });
+                        let pending = self.pending.enter();
+                        tasks.spawn(async move { scp.handle_connection(stream, addr, tls, sd, pending).await });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -223,57 +382,274 @@ impl Scp {
         }
     }
 
+    /// One accepted connection. Until its A-ASSOCIATE-RQ has passed the AE / host checks it
+    /// is only a member of the pending pool (see [`PendingPool`]): it holds no association
+    /// slot, must complete its request within `dicom.association_request_timeout_s`, and is
+    /// closed at once when the pool overflows and it is the oldest member. Only then does it
+    /// take one of the `dicom.max_associations` slots.
     async fn handle_connection(
         self: Arc<Self>,
         stream: TcpStream,
         addr: SocketAddr,
         tls: bool,
         shutdown: watch::Receiver<bool>,
+        pending: Pending,
     ) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+        let limit = Duration::from_secs(self.cfg.dicom.association_request_timeout_s);
+        let deadline = tokio::time::Instant::now() + limit;
+        if tls {
+            let admission = self.admit_tls(stream, addr, deadline, limit);
+            self.admit_then_run(admission, pending, addr, shutdown)
+                .await
+        } else {
+            let admission = self.admit_plain(stream, addr, deadline, limit);
+            self.admit_then_run(admission, pending, addr, shutdown)
+                .await
+        }
+    }
+
+    /// Runs `admission` as a member of the pending pool (it ends early when the pool evicts
+    /// the connection or the daemon stops), then leaves the pool and serves the association
+    /// it admitted, if any.
+    async fn admit_then_run<S>(
+        &self,
+        admission: impl std::future::Future<
+            Output = Option<(
+                tokio::sync::OwnedSemaphorePermit,
+                dicom_ul::association::server::AsyncServerAssociation<S>,
+            )>,
+        >,
+        pending: Pending,
+        addr: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Pending {
+            ticket,
+            mut evicted,
+        } = pending;
+        let admitted = tokio::select! {
+            _ = &mut evicted => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                self.pending.note_eviction(addr);
+                return;
+            }
+            _ = shutdown.changed() => return,
+            a = admission => a,
+        };
+        drop(ticket);
+        if let Some((permit, assoc)) = admitted {
+            self.run_admitted(permit, assoc, addr, shutdown).await;
+        }
+    }
+
+    /// Serves an admitted association while it holds its slot.
+    async fn run_admitted<S>(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        assoc: dicom_ul::association::server::AsyncServerAssociation<S>,
+        addr: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        let result = self.run_association(assoc, addr, shutdown).await;
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+        if let Err(e) = result {
+            tracing::warn!(peer = %addr, error = %e, "association ended with an error");
+        }
+    }
+
+    /// A slot, unless every one is taken.
+    fn take_slot(&self, addr: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        if permit.is_none() {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(peer = %addr, max = self.cfg.dicom.max_associations, "rejected: too many associations");
-            reject_raw(
-                stream,
-                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-                tls,
-            )
-            .await;
-            return;
-        };
+        }
+        permit
+    }
+
+    /// False (and logged) while free disk space is below `dicom.min_free_disk_mb`.
+    fn disk_has_room(&self, addr: SocketAddr) -> bool {
         let reserve = self.cfg.dicom.min_free_disk_mb * 1024 * 1024;
         match spool::free_bytes(self.spool.root()) {
             Ok(free) if free < reserve => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(peer = %addr, free_mb = free / 1048576, reserve_mb = self.cfg.dicom.min_free_disk_mb, "rejected: free disk below the reserve");
-                reject_raw(
-                    stream,
-                    AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
-                    tls,
-                )
-                .await;
-                return;
+                false
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read free disk space"),
-            _ => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read free disk space");
+                true
+            }
+            Ok(_) => true,
         }
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        let result = if tls {
-            self.run_tls(stream, addr, shutdown).await
-        } else {
-            self.run_plain(stream, addr, shutdown).await
-        };
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
-        match result {
-            Err(e) if Self::is_probe(&e) => {
-                tracing::debug!(peer = %addr, "connection closed before association")
+    }
+
+    /// Plain TCP admission: waits (without reading) for the first bytes of the
+    /// A-ASSOCIATE-RQ, checks its called and calling AE titles and the source host, and only
+    /// then takes a slot and negotiates. Requests that fail the checks are answered
+    /// A-ASSOCIATE-RJ by the negotiation itself, without a slot.
+    async fn admit_plain(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        deadline: tokio::time::Instant,
+        limit: Duration,
+    ) -> Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        dicom_ul::association::server::AsyncServerAssociation<TcpStream>,
+    )> {
+        let head = match tokio::time::timeout_at(deadline, peek_request(&stream)).await {
+            Err(_) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %addr, seconds = limit.as_secs(), "closed: no A-ASSOCIATE-RQ before dicom.association_request_timeout_s");
+                return None;
             }
-            Err(e) => tracing::warn!(peer = %addr, error = %e, "association ended with an error"),
-            Ok(()) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %addr, error = %e, "connection closed before association");
+                return None;
+            }
+            Ok(Ok(None)) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %addr, "closed: the first PDU is not an A-ASSOCIATE-RQ");
+                return None;
+            }
+            Ok(Ok(Some(head))) => head,
+        };
+        let access = PeerAccess {
+            cfg: self.cfg.clone(),
+            peer_ip: addr.ip(),
+        };
+        if access.decide(&head.calling, &head.called).is_err() {
+            // The negotiation rejects it with the right reason (and logs it); no slot.
+            if let Err(e) = self.establish_plain(stream, addr, deadline, limit).await {
+                tracing::debug!(peer = %addr, error = %e, "association request rejected");
+            }
+            return None;
+        }
+        let Some(permit) = self.take_slot(addr) else {
+            reject_raw(
+                stream,
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                deadline,
+            )
+            .await;
+            return None;
+        };
+        if !self.disk_has_room(addr) {
+            reject_raw(
+                stream,
+                AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
+                deadline,
+            )
+            .await;
+            return None;
+        }
+        match self.establish_plain(stream, addr, deadline, limit).await {
+            Ok(assoc) => Some((permit, assoc)),
+            Err(e) if Self::is_probe(&e) => {
+                tracing::debug!(peer = %addr, "connection closed before association");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "association negotiation failed");
+                None
+            }
+        }
+    }
+
+    /// Negotiates a plain association, the whole A-ASSOCIATE-RQ due by `deadline`.
+    async fn establish_plain(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        deadline: tokio::time::Instant,
+        limit: Duration,
+    ) -> Result<dicom_ul::association::server::AsyncServerAssociation<TcpStream>, AssocError> {
+        let opts = self.options(addr.ip());
+        // A second descriptor on the same connection: when negotiation ends in an
+        // A-ASSOCIATE-RJ, dicom-ul drops its socket right after writing the PDU; holding this
+        // one lets us wait for the requestor to close first (PS3.8 ARTIM), so a busy peer
+        // reads the rejection instead of a reset connection.
+        let keep = stream
+            .into_std()
+            .and_then(|s| s.try_clone().map(|k| (s, k)));
+        let (stream, keep) = match keep {
+            Ok((s, k)) => (
+                TcpStream::from_std(s).map_err(|e| AssocError::Io(e.to_string()))?,
+                Some(k),
+            ),
+            Err(e) => return Err(AssocError::Io(e.to_string())),
+        };
+        match tokio::time::timeout_at(deadline, opts.establish_async(stream)).await {
+            Ok(Ok(assoc)) => {
+                drop(keep);
+                Ok(assoc)
+            }
+            Ok(Err(e)) => {
+                let rejected = matches!(e, dicom_ul::association::Error::Rejected { .. });
+                let err = self.establish_failed(addr, e);
+                if let (true, Some(k)) = (rejected || err.to_string().contains("rejected"), keep) {
+                    linger_until_peer_closes(k).await;
+                }
+                Err(err)
+            }
+            Err(_) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(AssocError::Timeout(limit))
+            }
+        }
+    }
+
+    /// TLS admission: the handshake and the A-ASSOCIATE-RQ (checked by the negotiation) are
+    /// due by `deadline`; the slot is taken once the association is accepted, and an
+    /// association over the limit is aborted at once.
+    async fn admit_tls(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        deadline: tokio::time::Instant,
+        limit: Duration,
+    ) -> Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        dicom_ul::association::server::AsyncServerAssociation<
+            dicom_ul::association::server::AsyncTlsStream,
+        >,
+    )> {
+        let opts = self.options(addr.ip());
+        let assoc = match tokio::time::timeout_at(deadline, opts.establish_tls_async(stream)).await
+        {
+            Err(_) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %addr, seconds = limit.as_secs(), "closed: no A-ASSOCIATE-RQ before dicom.association_request_timeout_s");
+                return None;
+            }
+            Ok(Err(e)) => {
+                let e = self.establish_failed(addr, e);
+                if Self::is_probe(&e) {
+                    tracing::debug!(peer = %addr, "connection closed before association");
+                } else {
+                    tracing::warn!(peer = %addr, error = %e, "association negotiation failed");
+                }
+                return None;
+            }
+            Ok(Ok(a)) => a,
+        };
+        let permit = self.take_slot(addr);
+        match permit {
+            Some(p) if self.disk_has_room(addr) => Some((p, assoc)),
+            _ => {
+                let _ = assoc.abort().await;
+                None
+            }
         }
     }
 
@@ -307,61 +683,6 @@ impl Scp {
             o = o.tls_config(t.clone());
         }
         o
-    }
-
-    async fn run_plain(
-        &self,
-        stream: TcpStream,
-        addr: SocketAddr,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<(), AssocError> {
-        let opts = self.options(addr.ip());
-        let limit = Duration::from_secs(self.cfg.dicom.read_timeout_s);
-        // A second descriptor on the same connection: when negotiation ends in an
-        // A-ASSOCIATE-RJ, dicom-ul drops its socket right after writing the PDU; holding this
-        // one lets us wait for the requestor to close first (PS3.8 ARTIM), so a busy peer
-        // reads the rejection instead of a reset connection.
-        let keep = stream
-            .into_std()
-            .and_then(|s| s.try_clone().map(|k| (s, k)));
-        let (stream, keep) = match keep {
-            Ok((s, k)) => (
-                TcpStream::from_std(s).map_err(|e| AssocError::Io(e.to_string()))?,
-                Some(k),
-            ),
-            Err(e) => return Err(AssocError::Io(e.to_string())),
-        };
-        let established = tokio::time::timeout(limit, opts.establish_async(stream)).await;
-        match established {
-            Ok(Ok(assoc)) => {
-                drop(keep);
-                self.run_association(assoc, addr, shutdown).await
-            }
-            Ok(Err(e)) => {
-                let rejected = matches!(e, dicom_ul::association::Error::Rejected { .. });
-                let err = self.establish_failed(addr, e);
-                if let (true, Some(k)) = (rejected || err.to_string().contains("rejected"), keep) {
-                    linger_until_peer_closes(k).await;
-                }
-                Err(err)
-            }
-            Err(_) => Err(AssocError::Timeout(limit)),
-        }
-    }
-
-    async fn run_tls(
-        &self,
-        stream: TcpStream,
-        addr: SocketAddr,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<(), AssocError> {
-        let opts = self.options(addr.ip());
-        let limit = Duration::from_secs(self.cfg.dicom.read_timeout_s);
-        let assoc = tokio::time::timeout(limit, opts.establish_tls_async(stream))
-            .await
-            .map_err(|_| AssocError::Timeout(limit))?
-            .map_err(|e| self.establish_failed(addr, e))?;
-        self.run_association(assoc, addr, shutdown).await
     }
 
     fn establish_failed(&self, addr: SocketAddr, e: dicom_ul::association::Error) -> AssocError {
@@ -757,6 +1078,10 @@ impl Scp {
         let calling2 = calling.to_string();
         let dir_sync = self.dir_sync.clone();
         let synced = self.synced.clone();
+        let limits = Limits {
+            max_object: self.cfg.dicom.max_object_mb * 1024 * 1024,
+            max_decoded: self.cfg.pipeline.max_decoded_mb * 1024 * 1024,
+        };
         // One blocking step: validate, duplicate check, rename into place, fsync.
         let placed = tokio::task::spawn_blocking(move || {
             let received = ReceivedDataSet {
@@ -766,6 +1091,7 @@ impl Scp {
                 offset,
                 len,
                 digest,
+                limits,
             };
             place(
                 &spool, &db, &dir_sync, &synced, received, &cmd2, &ts, calling2, ip,
@@ -975,6 +1301,7 @@ fn place(
         offset,
         len,
         digest,
+        limits,
     } = received;
     let fsync_mode = dir_sync.mode() == spool::Durability::Fsync;
     let fsync = |file: &std::fs::File| {
@@ -992,7 +1319,7 @@ fn place(
         let size = offset + len;
         // The tail's writeback runs while the data set is validated.
         spool::start_writeback(&file, 0, size);
-        let mut rec = validate(&temp, &head, cmd, ts, offset, len)?;
+        let mut rec = validate(&temp, &head, cmd, ts, offset, len, limits)?;
         rec.calling_ae = calling;
         rec.source_host = ip.to_string();
         rec.size_bytes = size;
@@ -1062,6 +1389,15 @@ fn place(
     }
 }
 
+/// Size limits a received data set is checked against.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Largest data set (`dicom.max_object_mb`), inflated size included, in bytes.
+    max_object: u64,
+    /// Largest decoded pixel data (`pipeline.max_decoded_mb`), in bytes.
+    max_decoded: u64,
+}
+
 /// A data set fully received into its temp file.
 struct ReceivedDataSet {
     file: std::io::BufWriter<std::fs::File>,
@@ -1074,6 +1410,8 @@ struct ReceivedDataSet {
     len: u64,
     /// Digest of the data set bytes.
     digest: String,
+    /// What it is checked against.
+    limits: Limits,
 }
 
 /// The C-STORE being received on an association.
@@ -1232,17 +1570,14 @@ where
         .map_err(|e| AssocError::Ul(e.to_string()))
 }
 
-/// Reads the A-ASSOCIATE-RQ (bounded) and answers A-ASSOCIATE-RJ (transient, service
-/// provider presentation) without negotiating. TLS connections are simply closed.
+/// Reads the A-ASSOCIATE-RQ (bounded, due by `deadline`) and answers A-ASSOCIATE-RJ
+/// (transient, service provider presentation) without negotiating (plain TCP only).
 async fn reject_raw(
     mut stream: TcpStream,
     reason: AssociationRJServiceProviderPresentationReason,
-    tls: bool,
+    deadline: tokio::time::Instant,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if tls {
-        return;
-    }
     let read = async {
         let mut head = [0u8; 6];
         stream.read_exact(&mut head).await?;
@@ -1251,7 +1586,7 @@ async fn reject_raw(
         tokio::io::copy(&mut (&mut stream).take(len), &mut sink).await?;
         std::io::Result::Ok(head[0])
     };
-    match tokio::time::timeout(Duration::from_secs(5), read).await {
+    match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(0x01)) => {}
         _ => return,
     }
@@ -1298,10 +1633,14 @@ const MAX_DIM: u32 = 32768;
 /// Largest Number of Frames we accept.
 const MAX_FRAMES: u64 = 100_000;
 
-/// Parses the stored file's header (everything before Pixel Data, never the pixels, so a
-/// 2 GiB multi-frame costs no memory) and checks it against its command and presentation
-/// context; builds the index record on success. `offset` is where the data set starts in the
-/// file and `len` how many data set bytes were received.
+/// Checks a received data set against its command and presentation context and builds its
+/// index record. The data set is first walked element header by element header
+/// ([`walk::walk`]): every declared length must fit in the bytes received (a deflated data set
+/// is inflated through the walk, and may inflate to at most `cap` bytes), and only the few
+/// small top-level attributes ingest needs are copied out and parsed, so neither a declared
+/// length nor bulk data (pixels, private OB, float pixels) costs memory. `offset` is where the
+/// data set starts in the file, `len` how many data set bytes were received, `head` the
+/// file's first bytes.
 fn validate(
     path: &Path,
     head: &[u8],
@@ -1309,57 +1648,85 @@ fn validate(
     ts: &str,
     offset: u64,
     len: u64,
+    limits: Limits,
 ) -> Result<InstanceRecord, Refusal> {
+    let cap = limits.max_object;
     let deflated = ts == uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
-    if !deflated {
-        if let Some(checked) = validate_head(head, cmd, ts, offset, len) {
-            return checked;
-        }
-    }
-    let opts = OpenFileOptions::new();
-    // A deflated data set cannot be scanned in place: it is parsed whole (they are small).
-    let opts = if deflated {
-        opts
-    } else {
-        opts.read_until(tags::PIXEL_DATA)
+    let Some(encoding) = walk::Encoding::of(ts) else {
+        return Err(unparsable(format!("unknown transfer syntax {ts}")));
     };
-    let obj = opts
-        .open_file(path)
+    let walked = if deflated {
+        inflate_and_walk(path, offset, len, cap)
+    } else {
+        let head = head.get(offset as usize..).unwrap_or_default();
+        walk::walk(
+            walk::HeadThenFile::new(head, path, offset),
+            encoding,
+            Some(len),
+            cap,
+            walk::INGEST_TAGS,
+        )
+    };
+    let walked = walked.map_err(|e| walk_refusal(e, deflated))?;
+    use dicom_transfer_syntax_registry::entries;
+    let kept_ts = match (encoding.explicit, encoding.big_endian) {
+        (false, _) => entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+        (true, true) => entries::EXPLICIT_VR_BIG_ENDIAN.erased(),
+        (true, false) => entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+    };
+    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(&walked.kept[..], &kept_ts)
         .map_err(|e| unparsable(e.to_string()))?;
-    let pixel = if deflated {
-        pixel_header_in_object(&obj)
-    } else {
-        pixel_header_in_file(path, ts, offset, len)?
-    };
-    inspect(&obj, pixel, cmd, ts)
+    inspect(&obj, walked.pixel, cmd, ts, limits.max_decoded)
 }
 
-/// [`validate`] from the file's first bytes alone, when they are the whole file or reach
-/// the Pixel Data header; `None` sends the caller to the file.
-fn validate_head(
-    head: &[u8],
-    cmd: &Command,
-    ts: &str,
+/// [`walk::walk`] over a deflated data set, inflated as it is walked (never whole).
+fn inflate_and_walk(
+    path: &Path,
     offset: u64,
     len: u64,
-) -> Option<Result<InstanceRecord, Refusal>> {
-    let complete = head.len() as u64 == offset + len;
-    let data = head.get(offset as usize..)?;
-    let pixel = match pixel_header_from(data, ts, len) {
-        Ok(Some(p)) => Some(p),
-        Ok(None) if complete => None,
-        Err(e) if complete => return Some(Err(e)),
-        _ => return None,
+    cap: u64,
+) -> Result<walk::Walked, walk::WalkError> {
+    use dicom_encoding::{Codec, TransferSyntaxIndex};
+    use std::io::{Read, Seek, SeekFrom};
+    let syntax = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+        .ok_or_else(|| walk::WalkError::Malformed("deflate is not supported".into()))?;
+    let Codec::Dataset(Some(adapter)) = syntax.codec() else {
+        return Err(walk::WalkError::Malformed(
+            "deflate is not supported".into(),
+        ));
     };
-    let obj = match OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(head)
-    {
-        Ok(obj) => obj,
-        Err(e) if complete => return Some(Err(unparsable(e.to_string()))),
-        Err(_) => return None,
+    let mut f = std::fs::File::open(path).map_err(walk::WalkError::Io)?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(walk::WalkError::Io)?;
+    let compressed = std::io::BufReader::with_capacity(64 * 1024, f.take(len));
+    let inflating = adapter.adapt_reader(Box::new(compressed));
+    let explicit_le = walk::Encoding {
+        explicit: true,
+        big_endian: false,
     };
-    Some(inspect(&obj, pixel, cmd, ts))
+    walk::walk(
+        walk::Streamed::new(inflating),
+        explicit_le,
+        None,
+        cap,
+        walk::INGEST_TAGS,
+    )
+}
+
+/// The refusal for a data set the walk rejected: too large (after inflating) is 0xA700, a
+/// malformed one (a length that overruns, nesting, truncation, corrupt deflate data) 0xC000.
+fn walk_refusal(e: walk::WalkError, deflated: bool) -> Refusal {
+    let comment = e.to_string();
+    match e {
+        _ if e.is_size() => Refusal::new(status::OUT_OF_RESOURCES, comment),
+        walk::WalkError::Io(_) if !deflated => Refusal::new(status::OUT_OF_RESOURCES, comment),
+        walk::WalkError::Io(io) => Refusal::new(
+            status::CANNOT_UNDERSTAND,
+            format!("deflated data set does not inflate: {io}"),
+        ),
+        _ => Refusal::new(status::CANNOT_UNDERSTAND, comment),
+    }
 }
 
 /// The refusal for a data set that does not parse.
@@ -1370,13 +1737,14 @@ fn unparsable(m: String) -> Refusal {
     )
 }
 
-/// Checks a parsed data set (read up to its Pixel Data) against its command and its pixel
-/// header, and makes its index row.
+/// Checks a data set's ingest attributes (see [`walk::INGEST_TAGS`]) against its command and
+/// its pixel header, and makes its index row.
 fn inspect(
-    obj: &dicom_object::DefaultDicomObject,
+    obj: &dicom_object::InMemDicomObject,
     pixel: Option<PixelHeader>,
     cmd: &Command,
     ts: &str,
+    max_decoded: u64,
 ) -> Result<InstanceRecord, Refusal> {
     let text = |tag: Tag| -> String {
         obj.element_opt(tag)
@@ -1420,7 +1788,7 @@ fn inspect(
         }
     }
     if let Some(pixel) = pixel {
-        check_pixels(obj, ts, pixel)?;
+        check_pixels(obj, pixel, max_decoded)?;
     }
     Ok(InstanceRecord {
         sop_instance_uid: sop_instance,
@@ -1444,112 +1812,13 @@ fn inspect(
     })
 }
 
-/// What the Pixel Data element looks like, without its value.
-#[derive(Debug, Clone, Copy)]
-enum PixelHeader {
-    /// Native pixels: declared length and the bytes actually left in the data set.
-    Native { declared: u64, available: u64 },
-    /// Encapsulated (compressed) pixels, with the number of fragments when known.
-    Encapsulated { fragments: Option<usize> },
-}
-
-/// A reader that counts the bytes its consumer took.
-struct Counting<R> {
-    inner: R,
-    taken: std::rc::Rc<std::cell::Cell<u64>>,
-}
-
-impl<R: std::io::Read> std::io::Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.taken.set(self.taken.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// Walks the data set's tokens up to the top-level Pixel Data header and reports its
-/// declared length against the bytes that really follow (catches truncated data sets such as
-/// pydicom's MR_truncated without reading any pixel).
-fn pixel_header_in_file(
-    path: &Path,
-    ts: &str,
-    offset: u64,
-    len: u64,
-) -> Result<Option<PixelHeader>, Refusal> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| unparsable(e.to_string()))?;
-    f.seek(SeekFrom::Start(offset))
-        .map_err(|e| unparsable(e.to_string()))?;
-    pixel_header_from(std::io::BufReader::new(f), ts, len)
-}
-
-/// [`pixel_header_in_file`] over any source positioned at the start of the data set.
-fn pixel_header_from(
-    source: impl std::io::Read,
-    ts: &str,
-    len: u64,
-) -> Result<Option<PixelHeader>, Refusal> {
-    use dicom_encoding::TransferSyntaxIndex;
-    use dicom_parser::dataset::{read::DataSetReader, DataToken};
-    let Some(syntax) = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts) else {
-        return Err(unparsable(format!("unknown transfer syntax {ts}")));
-    };
-    let taken = std::rc::Rc::new(std::cell::Cell::new(0u64));
-    let source = Counting {
-        inner: source,
-        taken: taken.clone(),
-    };
-    let reader =
-        DataSetReader::new_with_ts(source, syntax).map_err(|e| unparsable(e.to_string()))?;
-    let mut depth = 0i32;
-    for token in reader {
-        match token.map_err(|e| unparsable(e.to_string()))? {
-            DataToken::SequenceStart { .. } => depth += 1,
-            DataToken::SequenceEnd if depth > 0 => depth -= 1,
-            DataToken::PixelSequenceStart if depth == 0 => {
-                return Ok(Some(PixelHeader::Encapsulated { fragments: None }));
-            }
-            DataToken::ElementHeader(h) if depth == 0 && h.tag == tags::PIXEL_DATA => {
-                let declared = h.len.get().map(u64::from).unwrap_or(u64::MAX);
-                let available = len.saturating_sub(taken.get());
-                return Ok(Some(PixelHeader::Native {
-                    declared,
-                    available,
-                }));
-            }
-            _ => {}
-        }
-    }
-    Ok(None)
-}
-
-/// The same answer for a data set already fully in memory (deflated transfer syntax).
-fn pixel_header_in_object(obj: &dicom_object::DefaultDicomObject) -> Option<PixelHeader> {
-    let pixel = obj.element_opt(tags::PIXEL_DATA).ok().flatten()?;
-    Some(match pixel.value() {
-        dicom_core::DicomValue::PixelSequence(seq) => PixelHeader::Encapsulated {
-            fragments: Some(seq.fragments().len()),
-        },
-        dicom_core::DicomValue::Primitive(v) => {
-            let n = v.calculate_byte_len() as u64;
-            PixelHeader::Native {
-                declared: n,
-                available: n,
-            }
-        }
-        dicom_core::DicomValue::Sequence(_) => PixelHeader::Native {
-            declared: 0,
-            available: 0,
-        },
-    })
-}
-
-/// Checks image dimensions and, for native (uncompressed) pixel data, that its length agrees
-/// with Rows x Columns x Samples x Bits Allocated x Frames.
+/// Checks image dimensions, that decoding them fits `max_decoded` bytes, and, for native
+/// (uncompressed) pixel data, that its length agrees with Rows x Columns x Samples x Bits
+/// Allocated x Frames (encapsulated: at least one fragment per frame).
 fn check_pixels(
-    obj: &dicom_object::DefaultDicomObject,
-    ts: &str,
+    obj: &dicom_object::InMemDicomObject,
     pixel: PixelHeader,
+    max_decoded: u64,
 ) -> Result<(), Refusal> {
     let bad = |m: String| Refusal::new(status::DATASET_DOES_NOT_MATCH_SOP_CLASS, m);
     let u = |tag: Tag, name: &str| -> Result<u64, Refusal> {
@@ -1589,18 +1858,18 @@ fn check_pixels(
     if frames == 0 || frames > MAX_FRAMES {
         return Err(bad(format!("absurd NumberOfFrames {frames}")));
     }
-    let _ = ts;
+    // What the worker would allocate to decode it (review H1: a few hundred kB declaring
+    // 100 000 frames of 32768 x 32768 x 32 bits). Refused now, never decoded later.
+    let need =
+        crate::dicom::pixels::decoded_bytes(rows, cols, spp, bits, frames).unwrap_or(u64::MAX);
+    if need > max_decoded {
+        return Err(bad(format!(
+            "decoded pixels need {} MiB > pipeline.max_decoded_mb",
+            need / 1048576
+        )));
+    }
     match pixel {
-        PixelHeader::Native {
-            declared,
-            available,
-        } => {
-            if declared > available {
-                return Err(Refusal::new(
-                    status::CANNOT_UNDERSTAND,
-                    format!("data set does not parse: Pixel Data declares {declared} bytes but only {available} follow"),
-                ));
-            }
+        PixelHeader::Native { declared } => {
             // YBR_FULL_422 stores two luminance and two chroma samples per two pixels.
             let photometric = obj
                 .element_opt(tags::PHOTOMETRIC_INTERPRETATION)
@@ -1621,8 +1890,14 @@ fn check_pixels(
                 )));
             }
         }
-        PixelHeader::Encapsulated { fragments: Some(0) } => {
+        PixelHeader::Encapsulated { fragments: 0 } => {
             return Err(bad("encapsulated Pixel Data has no fragments".into()));
+        }
+        // Each frame takes one fragment or more (PS3.5 A.4).
+        PixelHeader::Encapsulated { fragments } if fragments < frames => {
+            return Err(bad(format!(
+                "encapsulated Pixel Data has {fragments} fragments for {frames} frames"
+            )));
         }
         PixelHeader::Encapsulated { .. } => {}
     }

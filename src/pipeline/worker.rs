@@ -339,6 +339,35 @@ struct JobRow {
 }
 
 async fn process(p: &Pipeline, id: i64) {
+    // The attempt is on record before it starts, so one the daemon dies in still counts: a
+    // job that keeps killing the daemon is dead-lettered instead of crash-looping it.
+    let max = p.cfg.pipeline.max_attempts;
+    match p.db.write(move |c| jobs::start_attempt(c, id, max)).await {
+        Ok(jobs::AttemptStart::Started(1)) => {}
+        Ok(jobs::AttemptStart::Started(n)) => {
+            tracing::warn!(
+                job = id,
+                attempt = n,
+                max,
+                "job segmented again: its previous start did not finish"
+            )
+        }
+        Ok(jobs::AttemptStart::Exhausted(n)) => {
+            mark_failed(
+                p,
+                id,
+                &format!(
+                    "dead-lettered: {n} segmentation attempt(s) did not finish (pipeline.max_attempts = {max}); the daemon stopped or died during each"
+                ),
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(job = id, error = %e, "cannot record a segmentation attempt: job left for the next start");
+            return;
+        }
+    }
     let started = Instant::now();
     p.busy_since
         .store(db::now() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -555,7 +584,11 @@ async fn segment_series(
         }
         Ok::<_, JobFailure>((owners, r))
     };
+    let budget = p.cfg.pipeline.max_decoded_mb * 1024 * 1024;
     for (i, src) in sources.iter().enumerate() {
+        // Never decode what cannot fit (an instance stored before the C-STORE check existed).
+        crate::dicom::pixels::check_budget(&src.header, budget)
+            .map_err(|e| fail(format!("{e} ({})", src.path.display())))?;
         let path = src.path.clone();
         let frames =
             tokio::task::spawn_blocking(move || crate::dicom::pixels::frames_from_file(&path))

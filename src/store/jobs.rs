@@ -166,11 +166,42 @@ pub fn transition(
         "UPDATE jobs SET state = ?2, updated_at = ?3, error = ?4 WHERE id = ?1",
         params![id, next.as_str(), now, error],
     )?;
+    if next == JobState::Complete {
+        // A retried job gets its attempts again (see start_attempt).
+        conn.execute("UPDATE jobs SET attempts = 0 WHERE id = ?1", [id])?;
+    }
     conn.execute(
         "INSERT INTO job_events (job_id, state, at, detail) VALUES (?1, ?2, ?3, ?4)",
         params![id, next.as_str(), now, detail],
     )?;
     Ok(())
+}
+
+/// What [`start_attempt`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptStart {
+    /// Go ahead: this is attempt number `n` (1-based), already recorded.
+    Started(u32),
+    /// `n` attempts were started and none finished: dead-letter the job instead.
+    Exhausted(u32),
+}
+
+/// Records the start of a segmentation attempt on job `id`, in the caller's transaction,
+/// before any of the attempt runs: an attempt the daemon dies in (crash, OOM kill, watchdog
+/// restart) is counted all the same. After `max` starts the job is not started again.
+pub fn start_attempt(conn: &Connection, id: i64, max: u32) -> rusqlite::Result<AttemptStart> {
+    let n: i64 = conn.query_row("SELECT attempts FROM jobs WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
+    let n = u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    if n >= max {
+        return Ok(AttemptStart::Exhausted(n));
+    }
+    conn.execute(
+        "UPDATE jobs SET attempts = attempts + 1 WHERE id = ?1",
+        [id],
+    )?;
+    Ok(AttemptStart::Started(n + 1))
 }
 
 /// Jobs that are not in a terminal state, oldest first: what a restart resumes.
@@ -236,5 +267,34 @@ mod tests {
         assert_ne!(again[0].0, id);
         let open = db.read(unfinished).unwrap();
         assert_eq!(open.len(), 2);
+    }
+
+    #[test]
+    fn attempts_are_counted_before_they_run_and_reset_by_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        db.write_blocking(|c| record(c, &rec("1.1", "1.5", 100.0)))
+            .unwrap();
+        let id = db
+            .write_blocking(|c| complete_stable_studies(c, 100.0, 101.0))
+            .unwrap()[0]
+            .0;
+        for n in 1..=3 {
+            let s = db.write_blocking(move |c| start_attempt(c, id, 3)).unwrap();
+            assert_eq!(s, AttemptStart::Started(n));
+        }
+        let s = db.write_blocking(move |c| start_attempt(c, id, 3)).unwrap();
+        assert_eq!(s, AttemptStart::Exhausted(3));
+        let sql = |e: JobError| match e {
+            JobError::Sql(e) => e,
+            other => panic!("{other}"),
+        };
+        db.write_blocking(move |c| {
+            transition(c, id, JobState::Failed, Some("dead-lettered"), 102.0).map_err(sql)?;
+            transition(c, id, JobState::Complete, Some("retry"), 103.0).map_err(sql)
+        })
+        .unwrap();
+        let s = db.write_blocking(move |c| start_attempt(c, id, 3)).unwrap();
+        assert_eq!(s, AttemptStart::Started(1));
     }
 }

@@ -103,6 +103,13 @@ pub struct Opts {
     pub extra: String,
     /// Stable age.
     pub stable_age_s: f64,
+    /// Extra keys for the `[dicom]` table, verbatim (e.g. `"max_object_mb = 64\n"`).
+    pub dicom_extra: String,
+    /// Extra keys for the `[pipeline]` table, verbatim.
+    pub pipeline_extra: String,
+    /// Address-space limit (RLIMIT_AS) of the daemon in MiB: a test that provokes large
+    /// allocations makes them fail inside the daemon instead of exhausting the test machine.
+    pub address_space_mb: Option<u64>,
 }
 
 impl Default for Opts {
@@ -116,6 +123,9 @@ impl Default for Opts {
             max_pdu: 65536,
             extra: String::new(),
             stable_age_s: 1.0,
+            dicom_extra: String::new(),
+            pipeline_extra: String::new(),
+            address_space_mb: None,
         }
     }
 }
@@ -128,6 +138,7 @@ pub struct Daemon {
     pub metrics_port: u16,
     pub config: PathBuf,
     child: Option<Child>,
+    address_space_mb: Option<u64>,
 }
 
 /// AE titles every test daemon knows as peers.
@@ -143,6 +154,7 @@ impl Daemon {
             "[dicom]\nlisten = \"127.0.0.1:{port}\"\nread_timeout_s = {}\nmax_associations = {}\nmin_free_disk_mb = {}\nrequire_known_peers = {}\nmax_pdu = {}\n",
             opts.read_timeout_s, opts.max_associations, opts.min_free_disk_mb, opts.require_known_peers, opts.max_pdu
         );
+        toml += &opts.dicom_extra;
         for (i, ae) in PEERS.iter().enumerate() {
             toml += &format!(
                 "[[dicom.peers]]\nae_title = \"{ae}\"\nhost = \"{}\"\nport = {}\n",
@@ -151,9 +163,10 @@ impl Daemon {
             );
         }
         toml += &format!(
-            "[storage]\ndata_dir = \"{}\"\n[pipeline]\nstable_age_s = {}\nscan_interval_ms = 100\n[log]\nfilter = \"debug,dicom_ul=info\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}\n",
+            "[storage]\ndata_dir = \"{}\"\n[pipeline]\nstable_age_s = {}\nscan_interval_ms = 100\n{}[log]\nfilter = \"debug,dicom_ul=info\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}\n",
             dir.path().join("var").display(),
             opts.stable_age_s,
+            opts.pipeline_extra,
             opts.extra
         );
         let config = dir.path().join("proxyseg.toml");
@@ -164,6 +177,7 @@ impl Daemon {
             port,
             config,
             child: None,
+            address_space_mb: opts.address_space_mb,
         };
         d.spawn();
         d
@@ -174,19 +188,36 @@ impl Daemon {
         self.dir.path().join("var")
     }
 
-    fn spawn(&mut self) {
+    /// Starts the daemon process (again, after it exited) on the same data dir and port.
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxyseg"));
+        cmd.args(["serve", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start proxyseg");
+            .stderr(log);
+        if let Some(mb) = self.address_space_mb {
+            use std::os::unix::process::CommandExt;
+            let bytes = mb * 1024 * 1024;
+            // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start proxyseg");
         self.child = Some(child);
         self.wait_listening(&format!("127.0.0.1:{}", self.port));
     }
@@ -249,6 +280,43 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// The daemon's exit status if it has exited (crashed, aborted, OOM-killed); `None`
+    /// while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// A `Vm*` field of the daemon's /proc/<pid>/status in KiB (`"VmHWM"`: peak resident set
+    /// since start; `"VmRSS"`: resident now).
+    pub fn vm_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status.lines().find_map(|l| {
+            let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+            rest.trim().trim_end_matches("kB").trim().parse().ok()
+        })
+    }
+
+    /// The Prometheus text served at `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        use std::io::Write;
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
+    }
+
+    /// Peak resident set size of the daemon so far, in MiB.
+    pub fn peak_rss_mib(&self) -> u64 {
+        self.vm_kib("VmHWM")
+            .unwrap_or_else(|| panic!("cannot read VmHWM of pid {}", self.pid()))
+            / 1024
+    }
+
     /// Starts it again on the same data dir and port.
     pub fn restart(&mut self) {
         self.kill9();
@@ -302,6 +370,18 @@ impl Drop for Daemon {
     }
 }
 
+/// Polls `f` until it returns true; panics with the daemon's log after `secs` seconds.
+pub fn wait_for(what: &str, secs: u64, d: &Daemon, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}; daemon log:\n{}", d.log());
+}
+
 /// Runs a program with TCP_NODELAY=1 (dcmtk) and returns its output.
 pub fn run(prog: &str, args: &[&str]) -> Output {
     require_tool(prog);
@@ -319,6 +399,23 @@ pub fn run_py(script: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// Runs one case of tests/python/scu_edge.py (hostile and broken SCUs) against the daemon and
+/// returns the JSON object it prints.
+pub fn scu_edge(d: &Daemon, case: &str, args: &[&str]) -> serde_json::Value {
+    let port = d.port.to_string();
+    let mut all = vec![case, port.as_str()];
+    all.extend_from_slice(args);
+    let out = run_py("scu_edge.py", &all);
+    assert!(
+        out.status.success(),
+        "case {case} crashed:\n{}\ndaemon log:\n{}",
+        text(&out),
+        d.log()
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("case {case}: bad JSON ({e}):\n{}", text(&out)))
 }
 
 /// Output as text for assertion messages.

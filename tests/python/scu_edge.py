@@ -1,6 +1,6 @@
 """Hostile and broken SCU behaviour against proxyseg, one case per call.
 
-Usage: scu_edge.py CASE PORT
+Usage: scu_edge.py CASE PORT [ARGS...]
 Prints one JSON object describing what the SCP did; the Rust test asserts on it.
 Well-formed cases use pynetdicom; cases pynetdicom refuses to produce (P-DATA on a rejected
 context, a half-sent data set, a dropped TCP connection, an idle association) use a minimal
@@ -10,7 +10,9 @@ import json
 import socket
 import struct
 import sys
+import threading
 import time
+import zlib
 from io import BytesIO
 
 import pydicom
@@ -24,6 +26,8 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 
 def encode(ds, implicit=True):
@@ -58,13 +62,30 @@ def store_raw(port, ds_bytes, sop_class=CT, sop_instance="1.2.3.4", ctx_sop=CT, 
     reactor drops responses to messages sent through its low-level DIMSE API.)
     """
     s = raw_assoc(port, sop=ctx_sop, ts=ts)
+    return store_on(s, ds_bytes, sop_class, sop_instance)
+
+
+def store_on(s, ds_bytes, sop_class=CT, sop_instance="1.2.3.4", timeout=10):
+    """C-STORE of raw data set bytes (an iterable of chunks, or bytes) on an associated raw
+    socket, then A-RELEASE; returns status and comment, or what the SCP did instead."""
     s.sendall(pdata(1, store_command(sop_instance, sop_class), True, True))
     step = 16000
-    for i in range(0, len(ds_bytes), step):
-        s.sendall(pdata(1, ds_bytes[i:i + step], False, i + step >= len(ds_bytes)))
-    t, body = read_pdu(s, 10)
+    chunks = [ds_bytes] if isinstance(ds_bytes, (bytes, bytearray)) else ds_bytes
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        while len(pending) > step:
+            s.sendall(pdata(1, bytes(pending[:step]), False, False))
+            del pending[:step]
+    s.sendall(pdata(1, bytes(pending), False, True))
+    try:
+        t, body = read_pdu(s, timeout)
+    except socket.timeout:
+        return {"status": None, "after": "silent"}
+    except (ConnectionResetError, BrokenPipeError):
+        return {"status": None, "after": "closed"}
     if t != 4:
-        return {"status": None, "pdu": t}
+        return {"status": None, "pdu": t, "after": "abort" if t == 7 else "closed" if t is None else f"pdu-{t}"}
     rsp = pydicom.dcmread(BytesIO(body[6:]), force=True)
     rsp.file_meta = pydicom.dataset.FileMetaDataset()
     rsp.file_meta.TransferSyntaxUID = IMPLICIT_LE
@@ -75,6 +96,30 @@ def store_raw(port, ds_bytes, sop_class=CT, sop_instance="1.2.3.4", ctx_sop=CT, 
     read_pdu(s, 5)
     s.close()
     return out
+
+
+def pixel_bomb(size, bits, frames):
+    """Explicit VR LE data set bytes of an RLE Lossless MR PROSTATE declaring `frames` frames of
+    size x size at `bits` bits, each frame a fragment holding only its 64-byte RLE header (one
+    empty segment per byte of a sample)."""
+    ds = mr_small()
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.9.7.16.1"
+    ds.BodyPartExamined = "PROSTATE"
+    ds.Rows = size
+    ds.Columns = size
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.NumberOfFrames = frames
+    # An empty Basic Offset Table, then one fragment per frame (pydicom's encapsulate() would
+    # add an offset table of 4 bytes a frame); the writer adds the Sequence Delimitation Item.
+    nseg = bits // 8
+    header = struct.pack("<16I", nseg, *([64] * nseg + [0] * (15 - nseg)))
+    fragment = struct.pack("<HHI", 0xFFFE, 0xE000, len(header)) + header
+    ds.PixelData = struct.pack("<HHI", 0xFFFE, 0xE000, 0) + fragment * frames
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return encode(ds, implicit=False)
 
 
 def mr_small():
@@ -162,7 +207,7 @@ def outcome_after(s, timeout):
 
 # ---- cases -------------------------------------------------------------------------------
 
-def case(name, port):
+def case(name, port, args=()):
     if name == "unknown_calling_ae":
         return rejection(assoc(port, calling="STRANGER"))
     if name == "wrong_called_ae":
@@ -268,8 +313,110 @@ def case(name, port):
     if name == "valid_store":
         ds = mr_small()
         return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
+    if name == "huge_element_parallel":
+        # Issue 16 / review H2: N associations, each storing a 12-byte data set whose one
+        # element (UT) declares a length of about 4 GiB. All associate first, then all send.
+        n = int(args[0]) if args else 8
+        ds = bytes([0x08, 0x00, 0x05, 0x00]) + b"UT" + bytes([0, 0, 0xF0, 0xFF, 0xFF, 0xFF])
+        socks = [raw_assoc(port, sop=CT, ts=EXPLICIT_LE) for _ in range(n)]
+        results = [None] * n
+        go = threading.Barrier(n)
+
+        def one(i):
+            go.wait()
+            try:
+                results[i] = store_on(socks[i], ds, CT, f"1.2.3.16.{i + 1}", timeout=60)
+            except OSError as e:
+                results[i] = {"status": None, "after": f"error {e}"}
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        t0 = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return {"results": results, "seconds": round(time.time() - t0, 2)}
+    if name == "many_pdvs":
+        # Review L4: one P-DATA-TF PDU made of 10 000 empty (6-byte) command PDVs.
+        s = raw_assoc(port)
+        pdvs = struct.pack(">IBB", 2, 1, 1) * (int(args[0]) if args else 10000)
+        t0 = time.time()
+        s.sendall(struct.pack(">BBI", 4, 0, len(pdvs)) + pdvs)
+        return {"after": outcome_after(s, 10), "seconds": round(time.time() - t0, 2)}
+    if name == "huge_command":
+        # A command set whose Affected SOP Class UID declares about 4 GiB (implicit VR).
+        s = raw_assoc(port)
+        cmd = struct.pack("<HHI", 0x0000, 0x0002, 0xFFFFFFF0) + b"1.2.840.10008.5.1.4.1.1.2\0"
+        t0 = time.time()
+        s.sendall(pdata(1, cmd, True, True))
+        return {"after": outcome_after(s, 60), "seconds": round(time.time() - t0, 2)}
+    if name in ("deflate_bomb", "deflate_declared_huge"):
+        # Deflated Explicit VR LE: a small header, then private OB elements of zeros.
+        # deflate_bomb: 100 elements of 1 MiB (100 MiB inflated, about 100 KiB on the wire);
+        # deflate_declared_huge: one element declaring about 4 GiB over 4 MiB of zeros.
+        from pydicom.dataset import Dataset
+        from pydicom.uid import generate_uid
+        ds = Dataset()
+        ds.SOPClassUID = CT
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        ds.Modality = "CT"
+        ds.add_new(0x00290010, "LO", "PROXYSEG BOMB")
+        mib = b"\0" * (1024 * 1024)
+        if name == "deflate_bomb":
+            parts = [(0x1000 + i, len(mib), 1) for i in range(100)]
+        else:
+            parts = [(0x1001, 0xFFFFFFF0, 4)]
+        z = zlib.compressobj(9, zlib.DEFLATED, -15)
+
+        def deflated():
+            yield z.compress(encode(ds, implicit=False))
+            for elem, declared, mibs in parts:
+                yield z.compress(struct.pack("<HH2sHI", 0x0029, elem, b"OB", 0, declared))
+                for _ in range(mibs):
+                    yield z.compress(mib)
+            yield z.flush()
+
+        chunks = list(deflated())
+        s = raw_assoc(port, sop=CT, ts=DEFLATED_LE)
+        out = store_on(s, chunks, CT, ds.SOPInstanceUID, timeout=120)
+        out["sent_bytes"] = sum(len(c) for c in chunks)
+        return out
+    if name == "pixel_bomb":
+        # Review H1: an MR (PROSTATE, the seeded rule's body part) in RLE Lossless declaring
+        # 100 000 frames of 32768 x 32768 x 32 bits in 100 000 header-only fragments (~7 MB);
+        # or SIZE BITS FRAMES as given.
+        size, bits, frames = (int(a) for a in args) if args else (32768, 32, 100000)
+        return store_raw(port, pixel_bomb(size, bits, frames), sop_class=MR,
+                         sop_instance="1.2.826.0.1.3680043.9.7.16.1", ctx_sop=MR, ts=RLE_LOSSLESS)
+    if name == "long_study":
+        # One MR PROSTATE instance of many frames, so that segmenting it takes a while.
+        frames = int(args[0]) if args else 200
+        ds = mr_small()
+        ds.SOPInstanceUID = "1.2.826.0.1.3680043.9.7.16.2"
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.9.7.16.3"
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.9.7.16.4"
+        ds.BodyPartExamined = "PROSTATE"
+        ds.NumberOfFrames = frames
+        ds.PixelData = ds.PixelData * frames
+        return store_raw(port, encode(ds, implicit=False), sop_class=MR, sop_instance=ds.SOPInstanceUID,
+                         ctx_sop=MR, ts=EXPLICIT_LE)
+    if name == "bulk_before_pixels":
+        # Review H2: MR_small with a private OB of MIB mebibytes (default 200) before Pixel Data.
+        mib = int(args[0]) if args else 200
+        ds = mr_small()
+        ds.SOPInstanceUID = "1.2.826.0.1.3680043.9.7.16.5"
+        ds.add_new(0x00090010, "LO", "PROXYSEG TEST")
+        ds.add_new(0x00091001, "OB", b"\x5a" * (mib * 1024 * 1024))
+        return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
+    if name == "deflated_store":
+        ds = mr_small()
+        z = zlib.compressobj(6, zlib.DEFLATED, -15)
+        body = z.compress(encode(ds, implicit=False)) + z.flush()
+        return store_raw(port, body, sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR, ts=DEFLATED_LE)
     raise SystemExit(f"unknown case {name}")
 
 
 if __name__ == "__main__":
-    print(json.dumps(case(sys.argv[1], int(sys.argv[2]))))
+    print(json.dumps(case(sys.argv[1], int(sys.argv[2]), sys.argv[3:])))
