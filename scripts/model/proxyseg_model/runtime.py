@@ -52,18 +52,19 @@ class OrtBundle:
             "support_embeddings": emb})
         return {"support_embeddings": emb, "support_keys": keys, "support_values": values}
 
-    def segment_tensor(self, image: np.ndarray, ctx: dict) -> dict:
-        """1 x 3 x S x S -> dict(image_embeddings, prompt_tokens, mask_logits, iou_scores)."""
-        emb = self.encode(image)
+    def segment_tensor(self, image: np.ndarray, ctx: dict, emb: np.ndarray | None = None) -> dict:
+        """1 x 3 x S x S -> dict(image_embeddings, prompt_tokens, mask_logits, iou_scores).
+        `emb`: the image's embeddings when already computed (they depend on the image only)."""
+        emb = self.encode(image) if emb is None else emb
         tokens = self.sessions["prompt_generator"].run(None, {
             "image_embeddings": emb, "support_keys": ctx["support_keys"], "support_values": ctx["support_values"]})[0]
         logits, iou = self.sessions["mask_decoder"].run(None, {"image_embeddings": emb, "prompt_tokens": tokens})
         return {"image_embeddings": emb, "prompt_tokens": tokens, "mask_logits": logits, "iou_scores": iou}
 
-    def segment_display(self, display: np.ndarray, ctx: dict):
+    def segment_display(self, display: np.ndarray, ctx: dict, emb: np.ndarray | None = None):
         """Display H x W x 3 (preprocess.to_display) -> (masks K x H x W uint8, tensors dict)."""
         img, hw = prepare_image(display, self.S, self.mean, self.std)
-        out = self.segment_tensor(img[None], ctx)
+        out = self.segment_tensor(img[None], ctx, emb)
         masks, logits = postprocess(out["mask_logits"], hw, display.shape[:2], self.S)
         out["image"] = img[None]
         out["logits"] = logits
@@ -101,9 +102,10 @@ class OrtBundle:
                         [np.stack([views.crop(x, b) for x in m]) for m, b in zip(masks, boxes)]))
         return out
 
-    def segment_views(self, display: np.ndarray, ctxs: dict, labels: list[str]):
-        """One frame with the resolution views -> (masks K x H x W uint8, logits K x H x W, first pass)."""
-        masks, first = self.segment_display(display, ctxs[""])
+    def segment_views(self, display: np.ndarray, ctxs: dict, labels: list[str], emb: np.ndarray | None = None):
+        """One frame with the resolution views -> (masks K x H x W uint8, logits K x H x W, first pass).
+        `emb`: the frame's first-pass embeddings, when already computed."""
+        masks, first = self.segment_display(display, ctxs[""], emb)
         logits = first["logits"].copy()
         rows, cols = display.shape[:2]
         for r, rule in enumerate(self.rules):

@@ -46,6 +46,11 @@ RULES = {
     "drive": views.Rule("tiles", ["vessels"], grid=2, overlap=0.125,
                         note="vessels are 1-3 px wide at native resolution (565x584)"),
 }
+# which of them the bundle's manifest ships (export.py). Measured on the validation cases
+# (evaluation.md, columns ppg / ppg_first / ppg_roi): the roi second pass made the optic disc
+# worse (first bundle: 83.0 vs 92.0 whole-image) and did not help the cup (63.8 vs 66.3), so
+# disc and cup stay whole-image; tiles lift vessels (38.8 vs 31.3).
+SHIPPED_RULES = ("drive",)
 FAMILIES = ("drishti-gs", "drishti-gs@roi", "drive", "drive@tiles", "psfhs", "hc18")
 
 
@@ -165,6 +170,12 @@ def train(args):
     model = build_litemedsam(**overrides)
     model.sync_point_tokens()
     add_lora(model.sam, rank=args.lora_rank, encoder=False)
+    prior = {}
+    if args.resume:  # continue a run (PPG + LoRA) with this run's schedule
+        ck = torch.load(args.resume, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["state"])
+        prior = ck["extra"]
+        log(f"lite: resuming {args.resume} ({prior.get('steps')} steps)", fh)
     corpora = {f: corpus(f) for f in args.families}
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"lite: trainable {sum(p.numel() for p in params) / 1e6:.2f} M; views "
@@ -206,6 +217,9 @@ def train(args):
     info = {"phase": "lite", "steps": step, "seconds": round(time.time() - t0), "final_loss_ema": ema,
             "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "families": fams, "overrides": overrides,
             "seed": args.seed, "train_per_set": realdata.TRAIN_PER_SET, "split_seed": realdata.SPLIT_SEED}
+    if args.resume:
+        info.update({"resumed_from": str(args.resume), "total_steps": step + int(prior.get("total_steps", prior.get("steps", 0))),
+                     "prior": {k: prior.get(k) for k in ("steps", "seconds", "optimizer", "lr", "seed")}})
     save_checkpoint(model, Path(args.out), info)
     log(f"lite done: {json.dumps(info)} -> {args.out}", fh)
 
@@ -225,6 +239,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--resume", default="", help="continue from a train_lite checkpoint (PPG + LoRA)")
     ap.add_argument("--cache-only", action="store_true", help="build the embedding caches and stop")
     ap.add_argument("--out", default=str(RUNS / "lite-ppg.pt"))
     ap.add_argument("--log", default="")
