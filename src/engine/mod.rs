@@ -246,12 +246,22 @@ impl Engine {
             return Ok(ctx);
         }
         set.check(&b.manifest)?;
+        self.compute_cached(&key, b, set.clone()).await
+    }
+
+    /// The support context under `key`: from the cache (memory or disk), else computed once on
+    /// a blocking thread that holds a worker slot.
+    async fn compute_cached(
+        &self,
+        key: &ContextKey,
+        b: Arc<Bundle>,
+        set: SupportSet,
+    ) -> Result<Arc<SupportContext>, EngineError> {
         let inner = self.inner.clone();
-        let set = set.clone();
         let batch = self.inner.batch;
         self.inner
             .cache
-            .get_or_compute(&key, move || {
+            .get_or_compute(key, move || {
                 // Runs on a blocking thread: take a worker slot synchronously.
                 let _permit = tokio::runtime::Handle::current()
                     .block_on(inner.workers.acquire())
@@ -329,19 +339,7 @@ impl Engine {
                 return Ok(None);
             }
         }
-        let inner = self.inner.clone();
-        let b = b.clone();
-        let batch = self.inner.batch;
-        self.inner
-            .cache
-            .get_or_compute(&key, move || {
-                let _permit = tokio::runtime::Handle::current()
-                    .block_on(inner.workers.acquire())
-                    .map_err(|_| EngineError::Internal("worker semaphore closed".into()))?;
-                infer::compute_support_context(&b, &sub, batch)
-            })
-            .await
-            .map(Some)
+        self.compute_cached(&key, b.clone(), sub).await.map(Some)
     }
 
     /// Segments frames (of one image, a multi-frame object or a series, slice by slice) with a
