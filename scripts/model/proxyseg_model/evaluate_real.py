@@ -191,6 +191,15 @@ def ablation_scores(checkpoints: list[str], ds: str, targets: Targets) -> list[n
     return out
 
 
+def ablations(r: dict, args, ds: str, tg: Targets) -> None:
+    """Adds the ablation columns (mean over seeds, and per seed) to a data set's results."""
+    for key, cks in (("short", args.short), ("no_selective_map", args.no_map), ("no_ccm", args.no_ccm)):
+        if cks:
+            per_seed = [s.mean(0) for s in ablation_scores(cks, ds, tg)]
+            r[key] = np.mean(per_seed, 0).tolist()
+            r[key + "_seeds"] = [x.tolist() for x in per_seed]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", required=True)
@@ -202,15 +211,23 @@ def main(argv=None):
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--skip-stability", action="store_true")
     ap.add_argument("--json", default="")
+    ap.add_argument("--merge", default="", help="a previous --json: keep its columns, compute only the ablations")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     bundle = OrtBundle(args.bundle)
-    base = None if args.skip_baselines else Baselines()
-    res = {"sets": {}, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    merged = json.loads(Path(args.merge).read_text()) if args.merge else None
+    base = None if args.skip_baselines or merged else Baselines()
+    res = merged or {"sets": {}, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for ds in args.sets:
         t0 = time.time()
         tg = Targets(ds, bundle, args.limit)
         spec = realdata.DATASETS[ds]
+        if merged:
+            r = res["sets"][ds]
+            ablations(r, args, ds, tg)
+            print(ds, "ablations", {k: np.round(np.array(r[k]) * 100, 1).tolist() for k in
+                                    ("short", "no_selective_map", "no_ccm") if k in r}, flush=True)
+            continue
         r = {"labels": list(spec.labels), "n_val": len(tg.items), "support": support_cases(ds)}
         r["ppg"] = run_ppg(bundle, ds, tg, views=True).mean(0).tolist()
         r["ppg_first"] = run_ppg(bundle, ds, tg, views=False).mean(0).tolist()
@@ -229,11 +246,7 @@ def main(argv=None):
             singles = np.stack([run_ppg(bundle, ds, tg, views=True, pairs=[p]).mean(0) for p in range(N_SUPPORT)])
             r["stability_mean"] = singles.mean(0).tolist()
             r["stability_std"] = singles.std(0).tolist()
-        for key, cks in (("short", args.short), ("no_selective_map", args.no_map), ("no_ccm", args.no_ccm)):
-            if cks:
-                per_seed = [s.mean(0) for s in ablation_scores(cks, ds, tg)]
-                r[key] = np.mean(per_seed, 0).tolist()
-                r[key + "_seeds"] = [x.tolist() for x in per_seed]
+        ablations(r, args, ds, tg)
         r["seconds"] = round(time.time() - t0)
         res["sets"][ds] = r
         print(ds, json.dumps({k: (np.round(np.array(v) * 100, 1).tolist() if isinstance(v, list) and k not in
