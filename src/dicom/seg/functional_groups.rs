@@ -1,36 +1,65 @@
 //! The Shared and Per-frame Functional Groups of a SEG (PS3.3 C.7.6.16, Table A.51-2): Pixel
-//! Measures and Plane Orientation shared when the sources have patient geometry; per frame the
-//! Derivation Image (source reference), Frame Content (dimension index values), Plane Position
-//! (volumes) and Segment Identification.
+//! Measures and Plane Orientation shared (Plane Orientation also without patient geometry); per
+//! frame the Derivation Image (source reference), Frame Content (dimension index values), Plane
+//! Position (volumes) and Segment Identification.
 
+use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use dicom_object::mem::InMemElement;
 use dicom_object::InMemDicomObject;
 
 use super::attributes::source_ref_item;
-use super::elements::{put_seq, put_u16s, put_u32s};
-use super::geometry::Plane;
+use super::elements::{put_seq, put_str, put_strs, put_u16s, put_u32s};
+use super::geometry::{fit_ds, Plane};
 use super::input::SourceHeader;
 
 /// The one Shared Functional Groups item. `plane` is the plane whose Pixel Spacing, Slice
-/// Thickness and Image Orientation all source frames share, or `None` without patient geometry.
-pub(super) fn shared_groups(plane: Option<&Plane>) -> InMemDicomObject {
+/// Thickness and Image Orientation all source frames share, or `None` without patient geometry;
+/// `slice_spacing` the distance between the volume's adjacent slices, when regular (Pixel
+/// Measures' Spacing Between Slices, which highdicom writes too and dwv needs to load a SEG).
+///
+/// Without patient geometry (photographs, ultrasound) the item still gets a Plane Orientation
+/// (Patient) of `1\0\0\0\1\0`: the SEG frames lie in their source frames' pixel matrix, rows
+/// along rows. The macro may be present without a Frame of Reference (dciodvfy accepts it), and
+/// OHIF's SEG loader (`@cornerstonejs/adapters`) cannot place any frame of a SEG without it: it
+/// reads the orientation of the first frame to compare it with the source's and fails with a
+/// TypeError otherwise (found by `tests/viewer_check.rs`).
+pub(super) fn shared_groups(plane: Option<&Plane>, slice_spacing: Option<f64>) -> InMemDicomObject {
     let mut shared = InMemDicomObject::new_empty();
-    if let Some(plane) = plane {
-        let mut measures = InMemDicomObject::new_empty();
-        measures.put(plane.elements.spacing.clone());
-        if let Some(thickness) = &plane.elements.thickness {
-            measures.put(thickness.clone());
+    let mut orientation = InMemDicomObject::new_empty();
+    match plane {
+        Some(plane) => {
+            let mut measures = InMemDicomObject::new_empty();
+            measures.put(plane.elements.spacing.clone());
+            if let Some(thickness) = &plane.elements.thickness {
+                measures.put(thickness.clone());
+            }
+            if let Some(spacing) = slice_spacing {
+                put_str(
+                    &mut measures,
+                    tags::SPACING_BETWEEN_SLICES,
+                    VR::DS,
+                    &fit_ds(spacing),
+                );
+            }
+            put_seq(&mut shared, tags::PIXEL_MEASURES_SEQUENCE, vec![measures]);
+            orientation.put(plane.elements.orientation.clone());
         }
-        put_seq(&mut shared, tags::PIXEL_MEASURES_SEQUENCE, vec![measures]);
-        let mut orientation = InMemDicomObject::new_empty();
-        orientation.put(plane.elements.orientation.clone());
-        put_seq(
-            &mut shared,
-            tags::PLANE_ORIENTATION_SEQUENCE,
-            vec![orientation],
-        );
+        None => {
+            let identity = ["1", "0", "0", "0", "1", "0"].map(String::from);
+            put_strs(
+                &mut orientation,
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                &identity,
+            );
+        }
     }
+    put_seq(
+        &mut shared,
+        tags::PLANE_ORIENTATION_SEQUENCE,
+        vec![orientation],
+    );
     shared
 }
 

@@ -32,7 +32,27 @@ impl VolumeGeometry {
     pub(super) fn plane(&self, sf: SourceFrame) -> &Plane {
         &self.planes[sf.source][sf.frame]
     }
+
+    /// The distance between adjacent slices along the normal, when the source frames in `order`
+    /// (SEG order) lie on a regular grid of at least two distinct positions; `None` otherwise.
+    pub(super) fn slice_spacing(&self, order: &[SourceFrame]) -> Option<f64> {
+        let normal = self.first.normal();
+        let mut distances: Vec<f64> = order
+            .iter()
+            .map(|&sf| self.plane(sf).distance_along(normal))
+            .collect();
+        distances.dedup_by(|a, b| (*a - *b).abs() <= SLICE_TOLERANCE_MM);
+        let steps: Vec<f64> = distances.windows(2).map(|w| w[1] - w[0]).collect();
+        let first = *steps.first()?;
+        let regular = steps
+            .iter()
+            .all(|s| (s - first).abs() <= SLICE_TOLERANCE_MM);
+        (regular && first.abs() > SLICE_TOLERANCE_MM).then_some(first.abs())
+    }
 }
+
+/// Tolerance (mm) when comparing slice positions along the normal (DS values are rounded).
+const SLICE_TOLERANCE_MM: f64 = 1e-2;
 
 /// `Some` when every frame of every source has patient geometry (single-frame CT/MR slices, or
 /// enhanced multi-frame images with plane functional groups); an error when they disagree.
@@ -155,4 +175,67 @@ pub(super) fn plan_frames(
         geometry,
         second_dimension,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dicom::seg::geometry::PlaneElements;
+    use dicom_object::mem::InMemElement;
+
+    fn ds(tag: Tag, values: &[&str]) -> InMemElement {
+        InMemElement::new(
+            tag,
+            dicom_core::VR::DS,
+            dicom_core::PrimitiveValue::Strs(values.iter().map(|v| v.to_string()).collect()),
+        )
+    }
+
+    /// A volume of one single-frame source per z, in the given order.
+    fn volume(zs: &[f64]) -> (VolumeGeometry, Vec<SourceFrame>) {
+        let planes: Vec<Vec<Plane>> = zs
+            .iter()
+            .map(|z| {
+                let elements = PlaneElements {
+                    orientation: ds(
+                        tags::IMAGE_ORIENTATION_PATIENT,
+                        &["1", "0", "0", "0", "1", "0"],
+                    ),
+                    position: ds(tags::IMAGE_POSITION_PATIENT, &["0", "0", &z.to_string()]),
+                    spacing: ds(tags::PIXEL_SPACING, &["0.5", "0.5"]),
+                    thickness: None,
+                };
+                vec![Plane {
+                    orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                    position: [0.0, 0.0, *z],
+                    spacing: [0.5, 0.5],
+                    frame_of_reference: "1.2.3".into(),
+                    elements,
+                }]
+            })
+            .collect();
+        let g = VolumeGeometry {
+            first: planes[0][0].clone(),
+            planes,
+        };
+        let mut order: Vec<SourceFrame> = (0..zs.len())
+            .map(|source| SourceFrame { source, frame: 0 })
+            .collect();
+        order.sort_by(|a, b| zs[a.source].total_cmp(&zs[b.source]));
+        (g, order)
+    }
+
+    #[test]
+    fn slice_spacing_only_for_regular_grids() {
+        let (g, order) = volume(&[5.0, -2.5, 0.0, 2.5]);
+        assert_eq!(g.slice_spacing(&order), Some(2.5));
+        // DS rounding noise is tolerated; two frames at one position count once.
+        let (g, order) = volume(&[0.0, 3.6, 7.2001, 7.2001]);
+        assert!((g.slice_spacing(&order).unwrap() - 3.6).abs() < 1e-3);
+        // A gap, a single slice: no Spacing Between Slices.
+        let (g, order) = volume(&[0.0, 2.5, 7.5]);
+        assert_eq!(g.slice_spacing(&order), None);
+        let (g, order) = volume(&[1.0]);
+        assert_eq!(g.slice_spacing(&order), None);
+    }
 }

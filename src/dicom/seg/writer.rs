@@ -128,7 +128,12 @@ pub fn write_seg(
     put_seq(
         &mut ds,
         tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
-        vec![shared_groups(plan.geometry.as_ref().map(|g| &g.first))],
+        vec![shared_groups(
+            plan.geometry.as_ref().map(|g| &g.first),
+            plan.geometry
+                .as_ref()
+                .and_then(|g| g.slice_spacing(&plan.order)),
+        )],
     );
     let pixels = u64::from(rows) * u64::from(columns);
     let mut packer = BitPacker::with_capacity(pixels * plan.frames.len() as u64);
