@@ -53,3 +53,21 @@ ensure_bundle_weights() {
     "$VENV/bin/python" "$ROOT/scripts/model/fetch_weights.py" "$(dirname "$m")"
   done
 }
+
+# ensure_viewer : the viewer check's peers (tests/viewer_check.rs): Debian chromium, node, npm
+# and orthanc-webviewer, and tests/viewer/node_modules from its package-lock.json (npm ci, again
+# when the lock changed). The page itself is bundled by the test.
+ensure_viewer() {
+  ensure_apt chromium:chromium node:nodejs npm:npm
+  [ -f /usr/share/orthanc/plugins/libOrthancWebViewer.so ] || {
+    log "apt-get install orthanc-webviewer"
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+      orthanc-webviewer >/dev/null
+  }
+  local dir="$ROOT/tests/viewer" stamp="$ROOT/tests/viewer/node_modules/.installed-package-lock.json"
+  if [ ! -f "$stamp" ] || ! cmp -s "$dir/package-lock.json" "$stamp"; then
+    log "npm ci in tests/viewer"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$stamp"
+  fi
+}

@@ -42,6 +42,13 @@ pub struct AdminConfig {
     pub tokens_file: PathBuf,
     /// Optional TLS (and mutual TLS) for the admin listener.
     pub tls: Option<AdminTlsConfig>,
+    /// Allows a non-loopback `listen` without `tls` (bearer tokens then cross the network in
+    /// cleartext); false by default, so such a config is refused.
+    pub allow_insecure_remote: bool,
+    /// Wrong tokens from one address within `failed_auth_lockout_s` that lock it out.
+    pub max_failed_auth: u32,
+    /// Seconds over which failed authentications are counted, and that a lockout lasts.
+    pub failed_auth_lockout_s: u64,
     /// Largest upload (one AddPair or Preview stream, one DryRun file), in MiB.
     pub max_upload_mb: u64,
     /// Body-part synonym groups for routing: `CANONICAL = ["ALIAS", ...]`, case-insensitive.
@@ -54,6 +61,9 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:50051".into(),
             tokens_file: PathBuf::from("config/admin-tokens"),
             tls: None,
+            allow_insecure_remote: false,
+            max_failed_auth: 10,
+            failed_auth_lockout_s: 60,
             max_upload_mb: 64,
             body_part_synonyms: default_synonyms(),
         }
@@ -110,7 +120,8 @@ pub struct DicomConfig {
     pub read_timeout_s: u64,
     /// Seconds a single write to the peer may take.
     pub write_timeout_s: u64,
-    /// Refuse new associations while free space in `data_dir` is below this many MiB.
+    /// Refuse new associations, and each C-STORE (0xA700), while free space in `data_dir` is
+    /// below this many MiB.
     pub min_free_disk_mb: u64,
     /// Largest dataset accepted in one C-STORE, in MiB.
     pub max_object_mb: u64,
@@ -710,13 +721,27 @@ impl Config {
             bad("log.filter", e.to_string());
         }
         if let Some(a) = &self.admin {
-            if a.listen.parse::<SocketAddr>().is_err() {
-                bad(
+            match a.listen.parse::<SocketAddr>() {
+                Err(_) => bad(
                     "admin.listen",
                     format!("{:?} is not an IP:port address", a.listen),
-                );
-            } else if a.listen == d.listen {
-                bad("admin.listen", "must differ from dicom.listen".into());
+                ),
+                Ok(_) if a.listen == d.listen => {
+                    bad("admin.listen", "must differ from dicom.listen".into())
+                }
+                Ok(addr)
+                    if !addr.ip().is_loopback() && a.tls.is_none() && !a.allow_insecure_remote =>
+                {
+                    bad(
+                        "admin.listen",
+                        format!(
+                            "{addr} is not a loopback address and [admin.tls] is not set: bearer \
+                             tokens would cross the network in cleartext; configure [admin.tls], \
+                             or set admin.allow_insecure_remote = true to accept that"
+                        ),
+                    )
+                }
+                Ok(_) => {}
             }
             if !a.tokens_file.is_file() {
                 bad(
@@ -748,6 +773,15 @@ impl Config {
                         }
                     }
                 }
+            }
+            if !(1..=1000).contains(&a.max_failed_auth) {
+                bad("admin.max_failed_auth", "must be within 1..=1000".into());
+            }
+            if !(1..=86400).contains(&a.failed_auth_lockout_s) {
+                bad(
+                    "admin.failed_auth_lockout_s",
+                    "must be within 1..=86400".into(),
+                );
             }
             if !(1..=4096).contains(&a.max_upload_mb) {
                 bad("admin.max_upload_mb", "must be within 1..=4096".into());

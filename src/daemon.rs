@@ -82,7 +82,7 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
-        if let Err(e) = std::fs::File::create(&self.marker).and_then(|f| f.sync_all()) {
+        if let Err(e) = crate::store::private::create(&self.marker).and_then(|f| f.sync_all()) {
             tracing::warn!(error = %e, "cannot write the clean-shutdown marker");
         }
         tracing::info!(
@@ -98,10 +98,15 @@ impl Running {
 pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let cfg = Arc::new(cfg);
     let data_dir = cfg.storage.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
+    // PHI at rest: files 0600 and dirs 0700 are set explicitly where the daemon creates them;
+    // the umask covers what other code (SEG writer, engine caches, SQLite journals) creates.
+    crate::store::private::restrict_umask();
+    crate::store::private::create_dir_all(&data_dir)
+        .and_then(|_| crate::store::private::tighten(&data_dir))
+        .map_err(|source| StartError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
     let (spool, removed) = Spool::open(&data_dir)?;
     if removed > 0 {
         tracing::warn!(

@@ -706,6 +706,65 @@ async fn tokens_and_roles_give_the_right_codes() {
     assert!(a.d.log().contains("was refused"), "{}", a.d.log());
 }
 
+/// Review M5 / issue 16 item 6: wrong tokens are logged with the peer address (never the
+/// token) and rate-limited per address: after `admin.max_failed_auth` failures within
+/// `admin.failed_auth_lockout_s`, every call from that address, a valid token included, gets
+/// RESOURCE_EXHAUSTED until the lockout ends. A call without any token is not a guess and is
+/// not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_logged_and_rate_limited() {
+    let a = start_admin_keys(
+        "max_failed_auth = 3\nfailed_auth_lockout_s = 3\n",
+        "",
+        &|_| {},
+    );
+    let ch = channel(&a.addr).await;
+    let mut bare = SupportSetsClient::new(ch.clone());
+    for _ in 0..5 {
+        let e = bare.list(pb::ListSupportSetsRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+    let wrong = "wrong-token-0123456789-guess";
+    for _ in 0..3 {
+        let mut c = clients(&a.addr, wrong).await;
+        let e = c
+            .sets
+            .list(pb::ListSupportSetsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+    // Locked out: even the admin token is refused, without saying whether it is valid.
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    let e = c
+        .sets
+        .list(pb::ListSupportSetsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("too many failed authentications"),
+        "{e:?}"
+    );
+    let log = a.d.log();
+    assert_eq!(
+        log.matches("admin authentication failed").count(),
+        3,
+        "one line per wrong token:\n{log}"
+    );
+    assert!(
+        log.contains("address locked out") && log.contains("peer=127.0.0.1"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(wrong) && !log.contains(ADMIN_TOKEN),
+        "a token was logged"
+    );
+    // After the lockout the valid token works again.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    c.sets.list(pb::ListSupportSetsRequest {}).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let a = start();

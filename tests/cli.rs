@@ -76,3 +76,63 @@ fn unknown_keys_and_missing_files_are_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.toml"));
 }
+
+/// Review M5 / issue 16 item 6: an admin listener off loopback without `[admin.tls]` would
+/// carry bearer tokens in cleartext: `config check` and `serve` refuse it unless
+/// `admin.allow_insecure_remote = true`; loopback without TLS stays fine.
+#[test]
+fn remote_admin_without_tls_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "admin admin 0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let config = |listen: &str, extra: &str| {
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[dicom]\nlisten = \"127.0.0.1:0\"\n[[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n\
+                 [storage]\ndata_dir = \"{}\"\n[engine]\nmodels_dir = \"{}\"\n\
+                 [admin]\nlisten = \"{listen}\"\ntokens_file = \"{}\"\n{extra}",
+                dir.path().join("var").display(),
+                models.display(),
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let run = |cmd: &[&str], p: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+            .args(cmd)
+            .arg("--config")
+            .arg(p)
+            .output()
+            .unwrap()
+    };
+    for listen in ["0.0.0.0:50051", "[::]:50051", "192.0.2.10:50051"] {
+        let p = config(listen, "");
+        for cmd in [&["config", "check"][..], &["serve"][..]] {
+            let o = run(cmd, &p);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{cmd:?} {listen}: {err}");
+            assert!(
+                err.contains("admin.listen")
+                    && err.contains("[admin.tls]")
+                    && err.contains("allow_insecure_remote"),
+                "{cmd:?} {listen}: {err}"
+            );
+        }
+        let o = run(
+            &["config", "check"],
+            &config(listen, "allow_insecure_remote = true\n"),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for listen in ["127.0.0.1:50051", "[::1]:50051"] {
+        let o = run(&["config", "check"], &config(listen, ""));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}

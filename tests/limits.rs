@@ -72,6 +72,49 @@ fn low_free_disk_refuses_new_associations() {
     );
 }
 
+/// Review M1: free disk is checked per instance, not only when the association opens. On a
+/// 64 MiB tmpfs with a 40 MiB reserve the association opens, then one association sends
+/// 12 x 4 MiB (all of it would fit the tmpfs): the stores that would eat into the reserve are
+/// refused 0xA700 before anything is written, and the daemon keeps running.
+#[test]
+fn free_disk_is_checked_per_instance() {
+    let mut d = Daemon::start(Opts {
+        data_tmpfs_mb: Some(64),
+        min_free_disk_mb: 40,
+        ..Opts::default()
+    });
+    let r = scu_edge(&d, "fill_disk", &["12", "4"]);
+    let stores = r["stores"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stores: {r}"));
+    let statuses: Vec<u64> = stores
+        .iter()
+        .map(|s| s["status"].as_u64().unwrap())
+        .collect();
+    let ok = statuses.iter().take_while(|&&s| s == 0).count();
+    assert!(
+        (1..=7).contains(&ok) && statuses[ok..].iter().all(|&s| s == 0xA700),
+        "statuses {statuses:x?}: the first stores succeed, then every one is 0xA700 once free \
+         space is below the reserve ({r})"
+    );
+    assert!(
+        stores[ok]["comment"]
+            .as_str()
+            .is_some_and(|c| c.contains("out of disk space")),
+        "{r}"
+    );
+    assert!(
+        d.log()
+            .contains("C-STORE refused: free disk below the reserve"),
+        "refusal not logged:\n{}",
+        d.log()
+    );
+    assert!(d.exited().is_none(), "daemon died:\n{}", d.log());
+    // A new association is refused at the door, as before.
+    let t = text(&echo_output(&d));
+    assert!(t.contains("Temporary Congestion"), "{t}");
+}
+
 #[test]
 fn known_peer_must_come_from_its_host() {
     let d = Daemon::start(Opts {

@@ -239,29 +239,75 @@ pub async fn watch_file(
 }
 
 /// The tonic interceptor: every call needs `authorization: Bearer <token>`; the caller's
-/// [`Identity`] is put in the request extensions for [`require`].
+/// [`Identity`] is put in the request extensions for [`require`]. A wrong token is logged
+/// (peer address and reason, never the token) and counted against its address
+/// ([`Lockout`](crate::admin::lockout::Lockout)); a locked-out address gets RESOURCE_EXHAUSTED.
 #[derive(Clone, Debug)]
-pub struct AuthInterceptor(pub TokenStore);
+pub struct AuthInterceptor {
+    /// The tokens in force.
+    pub tokens: TokenStore,
+    /// Failed authentications per peer address.
+    pub lockout: Arc<crate::admin::lockout::Lockout>,
+}
+
+impl AuthInterceptor {
+    /// Logs and counts a wrong token from `ip`; the status to answer.
+    fn refuse(&self, ip: std::net::IpAddr, reason: &'static str) -> Status {
+        use crate::admin::lockout::Failure;
+        match self.lockout.failed(ip, std::time::Instant::now()) {
+            Failure::LockedOut => tracing::warn!(
+                peer = %ip,
+                reason,
+                lockout_s = self.lockout_secs(),
+                "admin authentication failed; too many failures: address locked out"
+            ),
+            Failure::Counted(failures) => {
+                tracing::warn!(peer = %ip, reason, failures, "admin authentication failed")
+            }
+            Failure::Untracked => tracing::warn!(
+                peer = %ip,
+                reason,
+                "admin authentication failed (too many addresses failing to count this one)"
+            ),
+        }
+        Status::unauthenticated(reason)
+    }
+
+    fn lockout_secs(&self) -> u64 {
+        self.lockout.period().as_secs()
+    }
+}
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+        let ip = req
+            .remote_addr()
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        if let Some(left) = self.lockout.locked(ip, std::time::Instant::now()) {
+            return Err(Status::resource_exhausted(format!(
+                "too many failed authentications from this address; retry in {} s",
+                left.as_secs().max(1)
+            )));
+        }
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            // Not a guess: logged, not counted against the address.
+            tracing::info!(peer = %ip, "admin call without a token");
+            Status::unauthenticated("missing `authorization: Bearer <token>`")
+        })?;
         let value = header
             .to_str()
-            .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
+            .map_err(|_| self.refuse(ip, "authorization header is not text"))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        match self.0.current().check(token.trim().as_bytes()) {
+            .ok_or_else(|| self.refuse(ip, "authorization must be `Bearer <token>`"))?;
+        match self.tokens.current().check(token.trim().as_bytes()) {
             Some(id) => {
                 req.extensions_mut().insert(id);
                 Ok(req)
             }
-            None => Err(Status::unauthenticated("unknown token")),
+            None => Err(self.refuse(ip, "unknown token")),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod evaluate;
 pub mod folder;
 pub mod jobs;
+pub mod lockout;
 pub mod masks;
 pub mod models;
 pub mod preview;

@@ -123,7 +123,13 @@ pub async fn start(
         a.tokens_file.clone(),
         stop.clone(),
     ));
-    let auth = AuthInterceptor(tokens);
+    let auth = AuthInterceptor {
+        tokens,
+        lockout: Arc::new(crate::admin::lockout::Lockout::new(
+            a.max_failed_auth,
+            std::time::Duration::from_secs(a.failed_auth_lockout_s),
+        )),
+    };
     let max_upload = (a.max_upload_mb as usize).saturating_mul(1024 * 1024);
     let st = Arc::new(State {
         db,
@@ -219,6 +225,9 @@ pub async fn start(
         mutual = a.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "admin gRPC listener up"
     );
+    if a.tls.is_none() && listener.local_addr().is_ok_and(|l| !l.ip().is_loopback()) {
+        tracing::warn!(addr = %a.listen, "admin API off loopback without TLS (admin.allow_insecure_remote): bearer tokens cross the network in cleartext");
+    }
     seed(&st).await;
     let catalog = Arc::new(StoreCatalog::new(
         st.db.clone(),

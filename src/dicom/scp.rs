@@ -476,20 +476,29 @@ impl Scp {
         permit
     }
 
-    /// False (and logged) while free disk space is below `dicom.min_free_disk_mb`.
-    fn disk_has_room(&self, addr: SocketAddr) -> bool {
+    /// The spool's free bytes when they are below `dicom.min_free_disk_mb`; `None` while there
+    /// is room (or when free space cannot be read, which is logged).
+    fn free_below_reserve(&self) -> Option<u64> {
         let reserve = self.cfg.dicom.min_free_disk_mb * 1024 * 1024;
         match spool::free_bytes(self.spool.root()) {
-            Ok(free) if free < reserve => {
+            Ok(free) if free < reserve => Some(free),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read free disk space");
+                None
+            }
+            Ok(_) => None,
+        }
+    }
+
+    /// False (and logged) while free disk space is below `dicom.min_free_disk_mb`.
+    fn disk_has_room(&self, addr: SocketAddr) -> bool {
+        match self.free_below_reserve() {
+            Some(free) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(peer = %addr, free_mb = free / 1048576, reserve_mb = self.cfg.dicom.min_free_disk_mb, "rejected: free disk below the reserve");
                 false
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read free disk space");
-                true
-            }
-            Ok(_) => true,
+            None => true,
         }
     }
 
@@ -975,6 +984,19 @@ impl Scp {
                 Refusal::new(
                     status::CANNOT_UNDERSTAND,
                     "invalid Affected SOP Instance UID",
+                ),
+            ));
+        }
+        // Free disk is checked per instance, not only when the association opened: one
+        // association may otherwise fill the disk. 0xA700 (out of resources) is transient, so
+        // the peer retries later; its data set is read and discarded, never written.
+        if let Some(free) = self.free_below_reserve() {
+            tracing::error!(sop = %cmd.sop_instance_uid, free_mb = free / 1048576, reserve_mb = self.cfg.dicom.min_free_disk_mb, "C-STORE refused: free disk below the reserve");
+            return Ok(Incoming::refused(
+                cmd,
+                Refusal::new(
+                    status::OUT_OF_RESOURCES,
+                    "out of disk space: free space is below the reserve",
                 ),
             ));
         }

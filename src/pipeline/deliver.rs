@@ -227,7 +227,7 @@ pub fn enqueue_files(
         .ok_or_else(|| EnqueueError::UnknownPeer(to_ae.to_string()))?
         .clone();
     let dir = cfg.storage.data_dir.join("outbox");
-    std::fs::create_dir_all(&dir).map_err(|e| EnqueueError::File {
+    crate::store::private::create_dir_all(&dir).map_err(|e| EnqueueError::File {
         path: dir.display().to_string(),
         message: e.to_string(),
     })?;
@@ -250,7 +250,8 @@ pub fn enqueue_files(
         }
         let staged = dir.join(format!("{sop}.dcm"));
         let tmp = dir.join(format!(".{sop}.part"));
-        std::fs::copy(f, &tmp)
+        let _ = std::fs::remove_file(&tmp);
+        crate::store::private::copy(f, &tmp)
             .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|_| std::fs::rename(&tmp, &staged))
             .map_err(|e| ferr(e.to_string()))?;

@@ -304,6 +304,28 @@ fn transition_sql(
     })
 }
 
+/// The `reason` label of a failed job on the (unauthenticated) `/metrics`: one of a fixed set
+/// of words, never the message itself, which may name spool paths and with them UIDs.
+pub fn failure_reason(why: &str) -> &'static str {
+    const REASONS: &[(&str, &str)] = &[
+        ("dead-lettered", "dead-lettered"),
+        ("routing", "routing"),
+        ("engine unavailable", "engine"),
+        ("delivery", "delivery"),
+        ("support set", "support_set"),
+        ("results dir", "storage"),
+        ("cannot read", "storage"),
+        ("pixels", "pixels"),
+        ("inference", "inference"),
+        ("SEG", "seg_write"),
+        ("nothing to segment", "nothing_to_segment"),
+    ];
+    REASONS
+        .iter()
+        .find(|(prefix, _)| why.starts_with(prefix))
+        .map_or("other", |&(_, label)| label)
+}
+
 async fn mark_failed(p: &Pipeline, id: i64, why: &str) {
     let w = why.to_string();
     let now = db::now();
@@ -313,10 +335,9 @@ async fn mark_failed(p: &Pipeline, id: i64, why: &str) {
         .await
     {
         Ok(()) => {
-            let reason = why.split(':').next().unwrap_or("other").to_string();
             p.metrics.inc(
                 "proxyseg_jobs_total",
-                &[("state", "failed"), ("reason", &reason)],
+                &[("state", "failed"), ("reason", failure_reason(why))],
             );
             tracing::error!(job = id, reason = %why, "job failed");
         }
@@ -444,7 +465,8 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
             .map_err(|e| fail(format!("support set: {e}")))?
     };
     let out_dir = p.cfg.storage.data_dir.join("results").join(id.to_string());
-    std::fs::create_dir_all(&out_dir).map_err(|e| fail(format!("results dir: {e}")))?;
+    crate::store::private::create_dir_all(&out_dir)
+        .map_err(|e| fail(format!("results dir: {e}")))?;
     let mut written = Vec::new();
     let mut infer_time = Duration::ZERO;
     for series_uid in &job.series {
@@ -666,4 +688,29 @@ async fn segment_series(
 
 fn short(version: &str) -> &str {
     &version[..version.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_reason;
+
+    #[test]
+    fn failure_reasons_are_fixed_words() {
+        for (why, label) in [
+            (
+                "cannot read /var/lib/proxyseg/spool/1.2.3/4.5/6.7.dcm: gone",
+                "storage",
+            ),
+            ("pixels of /x/1.2.3.dcm: bad", "pixels"),
+            ("pixels not decoded: too large (/x/1.2.dcm)", "pixels"),
+            (
+                "dead-lettered: 3 segmentation attempt(s) did not finish",
+                "dead-lettered",
+            ),
+            ("SEG: write failed", "seg_write"),
+            ("job 17 vanished", "other"),
+        ] {
+            assert_eq!(failure_reason(why), label, "{why}");
+        }
+    }
 }

@@ -20,6 +20,14 @@ pub enum DbError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// A filesystem operation on the database files failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The batch holding this write failed to commit.
     #[error("commit failed: {0}")]
     Commit(String),
@@ -253,6 +261,31 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Creates the database file 0600 before SQLite does (SQLite gives its `-wal` and `-shm`
+/// files the database file's mode) and takes group and other access from existing ones.
+fn make_private(path: &Path) -> Result<(), DbError> {
+    let err = |what: &Path| {
+        let context = format!("making {} private", what.display());
+        move |source| DbError::Io { context, source }
+    };
+    super::private::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err(path))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        match super::private::tighten(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => r.map_err(err(&p))?,
+        }
+    }
+    Ok(())
+}
+
 fn open_conn(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open_with_flags(
         path,
@@ -295,6 +328,7 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
 impl Db {
     /// Opens (creating and migrating if needed) the database at `path` and starts its writer.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        make_private(path)?;
         let mut conn = open_conn(path)?;
         migrate(&mut conn)?;
         let reader = open_conn(path)?;

@@ -8,6 +8,7 @@ pub mod db;
 pub mod instances;
 pub mod jobs;
 pub mod outbox;
+pub mod private;
 pub mod rules;
 pub mod spool;
 pub mod support;

@@ -43,7 +43,8 @@ impl Spool {
     pub fn open(data_dir: &Path) -> Result<(Spool, usize), SpoolError> {
         let root = data_dir.join("spool");
         let tmp = root.join(".tmp");
-        fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        super::private::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        super::private::tighten(&root).map_err(io("chmod", &root))?;
         let mut removed = 0;
         for entry in fs::read_dir(&tmp).map_err(io("list", &tmp))? {
             let entry = entry.map_err(io("list", &tmp))?;
@@ -63,7 +64,7 @@ impl Spool {
     pub fn create_temp(&self) -> Result<(File, PathBuf), SpoolError> {
         let name = format!("{:032x}.part", rand::random::<u128>());
         let path = self.root.join(".tmp").join(name);
-        let f = File::options()
+        let f = super::private::options()
             .write(true)
             .create_new(true)
             .open(&path)
@@ -96,7 +97,7 @@ impl Spool {
         if !series_dir.is_dir() {
             let study_dir = series_dir.parent().unwrap_or(&self.root);
             let study_new = !study_dir.is_dir();
-            fs::create_dir_all(series_dir).map_err(io("create", series_dir))?;
+            super::private::create_dir_all(series_dir).map_err(io("create", series_dir))?;
             if study_new {
                 sync_dir(&self.root)?;
             }

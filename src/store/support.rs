@@ -977,7 +977,7 @@ pub fn write_pair_files(
     use std::io::Write;
     check_name(set_name)?;
     let parent = data_dir.join("support").join(set_name);
-    std::fs::create_dir_all(&parent)
+    super::private::create_dir_all(&parent)
         .map_err(SupportError::io(format!("creating {}", parent.display())))?;
     let unique = format!(
         "{}-{}",
@@ -988,7 +988,8 @@ pub fn write_pair_files(
         hex::encode(rand::random::<[u8; 6]>())
     );
     let tmp = parent.join(format!(".{unique}.tmp"));
-    std::fs::create_dir(&tmp).map_err(SupportError::io(format!("creating {}", tmp.display())))?;
+    super::private::create_dir(&tmp)
+        .map_err(SupportError::io(format!("creating {}", tmp.display())))?;
     let write_all = || -> Result<(), SupportError> {
         let files: Vec<(&str, &[u8])> = [("image.dcm", image), ("masks.bin", masks_bin)]
             .into_iter()
@@ -996,7 +997,7 @@ pub fn write_pair_files(
             .collect();
         for (name, bytes) in files {
             let p = tmp.join(name);
-            let mut f = std::fs::File::create(&p)
+            let mut f = super::private::create(&p)
                 .map_err(SupportError::io(format!("creating {}", p.display())))?;
             f.write_all(bytes)
                 .and_then(|_| f.sync_all())

@@ -48,6 +48,11 @@ pub fn start_with(tables: &str) -> Admin {
 /// Like [`start_with`]; `models` fills the models dir (`[engine] models_dir`, CPU provider)
 /// before the daemon starts.
 pub fn start_full(tables: &str, models_fill: &dyn Fn(&Path)) -> Admin {
+    start_admin_keys("", tables, models_fill)
+}
+
+/// Like [`start_full`], with extra keys for the `[admin]` table (e.g. `"max_failed_auth = 3\n"`).
+pub fn start_admin_keys(admin_keys: &str, tables: &str, models_fill: &dyn Fn(&Path)) -> Admin {
     let aux = tempfile::tempdir().unwrap();
     let tokens = write_tokens(aux.path(), 0o600);
     let models = aux.path().join("models");
@@ -63,7 +68,7 @@ pub fn start_full(tables: &str, models_fill: &dyn Fn(&Path)) -> Admin {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let extra = format!(
-        "[admin]\nlisten = \"{addr}\"\ntokens_file = \"{}\"\nmax_upload_mb = 2\n\
+        "[admin]\nlisten = \"{addr}\"\ntokens_file = \"{}\"\nmax_upload_mb = 2\n{admin_keys}\
          [admin.body_part_synonyms]\nEYE = [\"RETINA\", \"FUNDUS\"]\n\
          [engine]\nmodels_dir = \"{}\"\nproviders = [\"cpu\"]\n{tables}\n",
         tokens.display(),

@@ -110,6 +110,14 @@ pub struct Opts {
     /// Address-space limit (RLIMIT_AS) of the daemon in MiB: a test that provokes large
     /// allocations makes them fail inside the daemon instead of exhausting the test machine.
     pub address_space_mb: Option<u64>,
+    /// File-mode creation mask the daemon starts with (`umask 000` in the spawning shell is
+    /// `Some(0)`); `None` inherits the test's.
+    pub umask: Option<u32>,
+    /// Puts the data dir on a private tmpfs of this many MiB, mounted in a mount namespace of
+    /// the daemon's own (so free space is exact and small). Needs root; the tmpfs, and with it
+    /// the data, lives only as long as the daemon process. The test sees the data dir only
+    /// through the daemon (DICOM, logs), not through `data_dir()`.
+    pub data_tmpfs_mb: Option<u64>,
 }
 
 impl Default for Opts {
@@ -126,6 +134,8 @@ impl Default for Opts {
             dicom_extra: String::new(),
             pipeline_extra: String::new(),
             address_space_mb: None,
+            umask: None,
+            data_tmpfs_mb: None,
         }
     }
 }
@@ -139,6 +149,8 @@ pub struct Daemon {
     pub config: PathBuf,
     child: Option<Child>,
     address_space_mb: Option<u64>,
+    umask: Option<u32>,
+    data_tmpfs_mb: Option<u64>,
 }
 
 /// AE titles every test daemon knows as peers.
@@ -178,6 +190,8 @@ impl Daemon {
             config,
             child: None,
             address_space_mb: opts.address_space_mb,
+            umask: opts.umask,
+            data_tmpfs_mb: opts.data_tmpfs_mb,
         };
         d.spawn();
         d
@@ -217,7 +231,61 @@ impl Daemon {
                 });
             }
         }
-        let child = cmd.spawn().expect("start proxyseg");
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only umask, which is async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
+        if let Some(mb) = self.data_tmpfs_mb {
+            use std::os::unix::ffi::OsStrExt;
+            use std::os::unix::process::CommandExt;
+            let dir = self.data_dir();
+            std::fs::create_dir_all(&dir).unwrap();
+            let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+            let data = std::ffi::CString::new(format!("size={mb}m,mode=0700")).unwrap();
+            // SAFETY: only unshare and mount, which are async-signal-safe, run between fork and
+            // exec, on C strings made before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fail = || Err(std::io::Error::last_os_error());
+                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                        return fail();
+                    }
+                    let flags = libc::MS_REC | libc::MS_PRIVATE;
+                    let none = c"none".as_ptr();
+                    if libc::mount(
+                        none,
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        flags,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return fail();
+                    }
+                    let tmpfs = c"tmpfs".as_ptr();
+                    if libc::mount(tmpfs, target.as_ptr(), tmpfs, 0, data.as_ptr().cast()) != 0 {
+                        return fail();
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "start proxyseg: {e}{}",
+                if self.data_tmpfs_mb.is_some() {
+                    " (a tmpfs data dir needs root: unshare(CLONE_NEWNS) and mount(2))"
+                } else {
+                    ""
+                }
+            )
+        });
         self.child = Some(child);
         self.wait_listening(&format!("127.0.0.1:{}", self.port));
     }

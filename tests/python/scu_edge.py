@@ -410,6 +410,26 @@ def case(name, port, args=()):
         ds.add_new(0x00090010, "LO", "PROXYSEG TEST")
         ds.add_new(0x00091001, "OB", b"\x5a" * (mib * 1024 * 1024))
         return store_raw(port, encode(ds), sop_class=MR, sop_instance=ds.SOPInstanceUID, ctx_sop=MR)
+    if name == "fill_disk":
+        # Review M1: N distinct MR instances of about MIB mebibytes each on ONE association;
+        # returns each C-STORE's status and error comment, in order.
+        n, mib = int(args[0]), int(args[1])
+        a = assoc(port, contexts=((MR, [EXPLICIT_LE]),))
+        if not a.is_established:
+            return rejection(a)
+        out = []
+        for i in range(n):
+            ds = mr_small()
+            ds.SOPInstanceUID = f"1.2.826.0.1.3680043.9.7.16.6.{i + 1}"
+            ds.add_new(0x00090010, "LO", "PROXYSEG TEST")
+            ds.add_new(0x00091001, "OB", b"\x5a" * (mib * 1024 * 1024))
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+            st = a.send_c_store(ds)
+            out.append({"status": int(st.Status) if "Status" in st else None,
+                        "comment": str(st.get("ErrorComment", ""))})
+        a.release()
+        return {"stores": out}
     if name == "deflated_store":
         ds = mr_small()
         z = zlib.compressobj(6, zlib.DEFLATED, -15)
