@@ -11,7 +11,8 @@
 //! the support context is built from the first `support_pairs` of the set, as the engine builds
 //! it for any support set (one per view, cached), then one frame is segmented and its first-pass
 //! mask logits `[K, 1, 4h, 4w]` and final logits `[K, rows, cols]` (after the views) must be
-//! within the fixtures' tolerance (max abs diff, 1e-3), its masks >= 99.9 % equal.
+//! within the fixtures' tolerance (max abs diff; 2e-3 for litemedsam-ppg, whose box tokens
+//! amplify f32 input differences, see bundle_data.py), its masks >= 99.9 % equal.
 
 mod engine_common;
 

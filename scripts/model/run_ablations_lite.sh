@@ -4,6 +4,7 @@
 # without CCM, all on the same schedule (STEPS steps, AdamW, same episodes per seed).
 #   nohup ./run_ablations_lite.sh > runs/ablations.out 2>&1 &
 # VARIANTS / SEEDS / THREADS split the work into lanes, e.g. one lane per variant with THREADS=1.
+# PREFIX names the checkpoints (runs/$PREFIX-<variant>-s<seed>.pt); a new architecture gets a new one.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PYTHONPATH=.
@@ -11,7 +12,7 @@ py=../../.venv/bin/python
 STEPS="${STEPS:-300}"
 for seed in ${SEEDS:-1 2 3}; do
   for variant in ${VARIANTS:-short nomap noccm}; do
-    out="runs/lite-$variant-s$seed.pt"
+    out="runs/${PREFIX:-abl2}-$variant-s$seed.pt"
     [ -f "$out" ] && continue
     flags=()
     [ "$variant" = nomap ] && flags=(--no-selective-map)

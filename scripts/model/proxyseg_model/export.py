@@ -85,7 +85,7 @@ def dims(model) -> dict:
     h = model.sam.embed_size  # S / 16 for SAM's ViT; 64 for LiteMedSAM at S = 256
     g = model.ppg_cfg.grid
     cv = model.ppg_cfg.value_dim + (1 if getattr(model.ppg_cfg, "mask_readout", False) else 0)
-    return {"S": S, "C": model.sam_cfg.embed_dim, "h": h, "w": h, "T": model.ppg_cfg.token_grid ** 2,
+    return {"S": S, "C": model.sam_cfg.embed_dim, "h": h, "w": h, "T": model.ppg_cfg.token_grid ** 2 + (2 if getattr(model.ppg_cfg, "box_tokens", False) else 0),
             "Ck": model.ppg_cfg.key_dim, "Cv": cv, "g": g, "low_res": 4 * h}
 
 

@@ -8,6 +8,7 @@ Graph split for ONNX (DESIGN.md, contract 1):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -36,6 +37,8 @@ class PPGConfig:
     use_ccm: bool = True
     bridge_mask: bool = True      # grid-pooled object mask as an extra Bridge Unit channel
     mask_readout: bool = True     # values carry the grid mask; its readout places tokens (SAM PE)
+    key_pos: bool = False         # learned positional term on the Selective Map's keys
+    box_tokens: bool = False      # + 2 SAM box-corner tokens from the mask readout's extent
 
 
 @dataclass
@@ -59,7 +62,8 @@ class ProxyPromptGenerator(nn.Module):
         self.vim = VisionMamba(img_size=cfg.vim_img_size, patch_size=16, in_chans=4, embed_dim=cfg.vim_dim,
                                depth=cfg.vim_depth, d_state=cfg.vim_state, out_size=cfg.grid)
         self.bridge = BridgeUnit(cfg.embed_dim, cfg.vim_dim, cfg.value_dim, mask_channel=cfg.bridge_mask)
-        self.selective_map = SelectiveMap(cfg.embed_dim, cfg.key_dim, enabled=cfg.use_selective_map)
+        self.selective_map = SelectiveMap(cfg.embed_dim, cfg.key_dim, enabled=cfg.use_selective_map,
+                                         grid=cfg.grid if cfg.key_pos else 0)
         self.tokens = cfg.token_grid ** 2
         hw = cfg.grid * cfg.grid
         if cfg.mask_readout:
@@ -67,6 +71,16 @@ class ProxyPromptGenerator(nn.Module):
             # filled from the (frozen) SAM by ProxyPromptSAM.sync_point_tokens()
             self.register_buffer("point_tokens", torch.zeros(self.tokens, cfg.embed_dim))
             self.point_scale = nn.Parameter(torch.ones(1))
+        if cfg.box_tokens:
+            if not cfg.mask_readout:
+                raise ValueError("PPGConfig.box_tokens needs mask_readout (the box comes from the readout)")
+            # SAM's random-Fourier positional encoding and box-corner embeddings (frozen copies,
+            # filled by ProxyPromptSAM.sync_point_tokens; the export references them in the
+            # checkpoint, byte for byte); the box's half-size in readout stds
+            self.register_buffer("pe_gaussian", torch.zeros(2, cfg.embed_dim // 2))
+            self.register_buffer("box_corner_tl", torch.zeros(1, cfg.embed_dim))
+            self.register_buffer("box_corner_br", torch.zeros(1, cfg.embed_dim))
+            self.box_scale = nn.Parameter(torch.full((1,), 2.0))
         if cfg.use_ccm:
             self.ccm = ContextualColorizationModule(cfg.embed_dim, cfg.value_dim, cfg.ccm_dim, cfg.embed_dim,
                                                     hw=hw, tokens=self.tokens, depth=cfg.ccm_depth)
@@ -80,6 +94,33 @@ class ProxyPromptGenerator(nn.Module):
         if emb.shape[-1] == g:
             return emb
         return F.avg_pool2d(emb, kernel_size=emb.shape[-1] // g)
+
+    def readout_box_tokens(self, readout: torch.Tensor, keep: float = 0.5) -> torch.Tensor:
+        """Two SAM box-corner tokens per object from where its mask readout is strong.
+
+        The cells whose readout is at least `keep` of the object's maximum weigh a centre and a
+        spread (differentiable, no argmax); the box is centre +- box_scale x spread (at least
+        half a cell), clamped to the image, in SAM's normalised coordinates.
+
+        Arguments:
+          readout (torch.Tensor): K x g x g mask readout of the Selective Map.
+        Returns:
+          (torch.Tensor): K x 2 x C tokens (top-left, bottom-right corner).
+        """
+        k, g = readout.shape[0], readout.shape[-1]
+        w = F.relu(readout - keep * readout.amax(dim=(1, 2), keepdim=True))
+        w = w / (w.sum(dim=(1, 2), keepdim=True) + 1e-6)
+        c = (torch.arange(g, dtype=readout.dtype, device=readout.device) + 0.5) / g
+        wy, wx = w.sum(2), w.sum(1)  # K x g marginals
+        cy, cx = (wy * c).sum(1), (wx * c).sum(1)
+        floor = (0.5 / g) ** 2
+        sy = torch.sqrt((wy * (c - cy[:, None]) ** 2).sum(1) + floor)
+        sx = torch.sqrt((wx * (c - cx[:, None]) ** 2).sum(1) + floor)
+        a = self.box_scale
+        corners = torch.stack([torch.stack([cx - a * sx, cy - a * sy], -1),
+                               torch.stack([cx + a * sx, cy + a * sy], -1)], 1).clamp(0.0, 1.0)  # K x 2 x 2
+        proj = 2 * math.pi * ((2 * corners - 1) @ self.pe_gaussian)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], -1) + torch.cat([self.box_corner_tl, self.box_corner_br], 0)
 
     def encode_support(self, support_images, support_masks, support_embeddings):
         """CSM steps 1-2 (run once per support set; cached by the engine).
@@ -110,18 +151,21 @@ class ProxyPromptGenerator(nn.Module):
         keys = self.selective_map.keys(emb)
         return keys, values
 
-    def generate_prompts(self, image_embeddings, support_keys, support_values):
+    def generate_prompts(self, image_embeddings, support_keys, support_values, return_readout: bool = False):
         """CSM step 3 (Selective Map) + CCM (run once per target image or frame).
 
         Arguments:
           image_embeddings (torch.Tensor): 1 x C x h x w target embeddings F_t.
           support_keys (torch.Tensor): N x Ck x g x g.
           support_values (torch.Tensor): N x K x Cv x g x g.
+          return_readout (bool): also return the mask readout K x g x g (training only).
         Returns:
-          (torch.Tensor): K x T x C prompt tokens (the proxy prompt), T = token_grid^2.
+          (torch.Tensor): K x T x C prompt tokens (the proxy prompt), T = token_grid^2
+            (+ 2 box-corner tokens with cfg.box_tokens).
         """
         emb = self._to_grid(image_embeddings)
         ctx = self.selective_map(emb, support_keys, support_values)  # K x Cv(+1) x g x g
+        grid_readout = ctx[:, -1] if self.cfg.mask_readout else None
         k = ctx.shape[0]
         pool = self.cfg.grid // self.cfg.token_grid
         ctx_tokens = F.avg_pool2d(ctx, pool).flatten(2).transpose(1, 2)  # K x T x Cv(+1)
@@ -137,6 +181,10 @@ class ProxyPromptGenerator(nn.Module):
             tokens = self.ccm(target, ctx_tokens)
         if self.cfg.mask_readout:
             tokens = tokens + self.point_scale * readout * self.point_tokens
+        if self.cfg.box_tokens:
+            tokens = torch.cat([tokens, self.readout_box_tokens(grid_readout)], 1)
+        if return_readout:
+            return tokens, grid_readout
         return tokens
 
 
@@ -187,6 +235,11 @@ class ProxyPromptSAM(nn.Module):
         coords = torch.stack([xx.flatten(), yy.flatten()], -1)[None]  # 1 x T x 2 (x, y)
         pe = self.sam.prompt_encoder.pe_layer.forward_with_coords(coords, (S, S))[0]
         self.ppg.point_tokens.copy_(pe + self.sam.prompt_encoder.point_embeddings[1].weight)
+        if self.ppg_cfg.box_tokens:
+            pe_enc = self.sam.prompt_encoder
+            self.ppg.pe_gaussian.copy_(pe_enc.pe_layer.positional_encoding_gaussian_matrix)
+            self.ppg.box_corner_tl.copy_(pe_enc.point_embeddings[2].weight)
+            self.ppg.box_corner_br.copy_(pe_enc.point_embeddings[3].weight)
 
     def config_dict(self) -> dict:
         return {"name": self.name, "backbone": self.backbone, "sam": asdict(self.sam_cfg), "ppg": asdict(self.ppg_cfg)}

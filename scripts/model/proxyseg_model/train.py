@@ -58,13 +58,21 @@ def save_checkpoint(model, path: Path, extra: dict | None = None):
                 "extra": extra or {}}, path)
 
 
+def upgrade_state(state: dict) -> dict:
+    """State dicts of runs from before a buffer was split (box corners: one 2 x C buffer)."""
+    old = state.pop("ppg.box_corner_embed", None)
+    if old is not None:
+        state["ppg.box_corner_tl"], state["ppg.box_corner_br"] = old[:1].clone(), old[1:].clone()
+    return state
+
+
 def load_checkpoint(path: Path, lora_rank: int = 4):
     ck = torch.load(path, map_location="cpu", weights_only=False)
     cfg = ck["config"]
     model = build_from_config(cfg)
     if ck["lora"]:
         add_lora(model.sam, rank=lora_rank, encoder=ck.get("lora_encoder", True))
-    model.load_state_dict(ck["state"])
+    model.load_state_dict(upgrade_state(ck["state"]))
     return model, ck
 
 
@@ -80,6 +88,8 @@ def build_from_config(cfg: dict):
     ppg = dict(cfg["ppg"])
     ppg.setdefault("bridge_mask", False)  # checkpoints from before these options
     ppg.setdefault("mask_readout", False)
+    ppg.setdefault("key_pos", False)
+    ppg.setdefault("box_tokens", False)
     return ProxyPromptSAM(SAMConfig(**cfg["sam"]), PPGConfig(**ppg), name=cfg["name"],
                           backbone=cfg.get("backbone", "sam"))
 

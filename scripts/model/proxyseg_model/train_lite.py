@@ -34,7 +34,7 @@ from .litemedsam import PIXEL_MEAN, PIXEL_STD
 from .lora import add_lora
 from .losses import dice_loss, upscale
 from .preprocess import prepare_image, prepare_mask
-from .train import log, save_checkpoint
+from .train import log, save_checkpoint, upgrade_state
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 S = 256
@@ -167,16 +167,24 @@ def train(args):
         overrides["use_selective_map"] = False
     if args.no_ccm:
         overrides["use_ccm"] = False
+    if not args.key_pos:
+        overrides["key_pos"] = False
+    if not args.box_tokens:
+        overrides["box_tokens"] = False
     model = build_litemedsam(**overrides)
     model.sync_point_tokens()
     add_lora(model.sam, rank=args.lora_rank, encoder=False)
     prior = {}
     if args.resume:  # continue a run (PPG + LoRA) with this run's schedule
         ck = torch.load(args.resume, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["state"])
+        missing, unexpected = model.load_state_dict(upgrade_state(ck["state"]), strict=False)
+        new = {n for n, _ in model.named_parameters() if n.endswith(("key_pos", "box_scale"))}
+        new |= {n for n, _ in model.named_buffers() if n.endswith(("pe_gaussian", "box_corner_tl", "box_corner_br"))}
+        if unexpected or set(missing) - new:
+            raise SystemExit(f"--resume {args.resume}: does not fit this model (missing {missing}, unexpected {unexpected})")
         prior = ck["extra"]
         log(f"lite: resuming {args.resume} ({prior.get('steps')} steps)", fh)
-    corpora = {f: corpus(f) for f in args.families}
+    corpora = {f: corpus(f) for f in dict.fromkeys(args.families)}
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"lite: trainable {sum(p.numel() for p in params) / 1e6:.2f} M; views "
         + ", ".join(f"{f}={len(c['case'])}" for f, c in corpora.items()), fh)
@@ -185,7 +193,7 @@ def train(args):
         opt = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=5e-4)
     else:
         opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=5e-4)
-    fams = list(corpora)
+    fams = list(args.families)  # a family named twice is drawn twice as often
     t0, step, ema = time.time(), 0, None
     steps, budget = args.steps or 10 ** 9, args.minutes * 60
     model.train()
@@ -197,10 +205,17 @@ def train(args):
         fam = fams[step % len(fams)]
         t_emb, si, sm, s_emb, tm = episode(rng, corpora[fam], args.max_support)
         keys, values = model.ppg.encode_support(si, sm, s_emb)
-        tokens = model.ppg.generate_prompts(t_emb, keys, values)
+        tokens, readout = model.ppg.generate_prompts(t_emb, keys, values, return_readout=True)
         logits, _ = model.sam.decode(t_emb, tokens)
         up = upscale(logits, S)
         loss = dice_loss(up, tm)
+        if args.readout_loss and readout is not None:
+            # the Selective Map read of the support masks should already say where each object
+            # is in the target (supervises the memory keys directly; soft Dice on the grid)
+            g = F.adaptive_avg_pool2d(tm[None], readout.shape[-1])[0]
+            inter = (readout * g).flatten(1).sum(1)
+            rd = 1 - (2 * inter + 1) / (readout.flatten(1).sum(1) + g.flatten(1).sum(1) + 1)
+            loss = loss + args.readout_loss * rd.mean()
         if args.bce:
             loss = loss + args.bce * F.binary_cross_entropy_with_logits(up, tm)
         opt.zero_grad()
@@ -215,7 +230,7 @@ def train(args):
             save_checkpoint(model, Path(args.out), {"phase": "lite", "steps": step, "partial": True})
     model.eval()
     info = {"phase": "lite", "steps": step, "seconds": round(time.time() - t0), "final_loss_ema": ema,
-            "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "families": fams, "overrides": overrides,
+            "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "readout_loss": args.readout_loss, "families": fams, "overrides": overrides,
             "seed": args.seed, "train_per_set": realdata.TRAIN_PER_SET, "split_seed": realdata.SPLIT_SEED}
     if args.resume:
         info.update({"resumed_from": str(args.resume), "total_steps": step + int(prior.get("total_steps", prior.get("steps", 0))),
@@ -231,6 +246,12 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--lr", type=float, default=0.0)
     ap.add_argument("--bce", type=float, default=0.0, help="weight of a BCE term added to the Dice loss")
+    ap.add_argument("--readout-loss", type=float, default=1.0,
+                    help="weight of a soft-Dice loss on the Selective Map's mask readout vs the target's grid mask")
+    ap.add_argument("--key-pos", action=argparse.BooleanOptionalAction, default=True,
+                    help="learned positional term on the Selective Map keys")
+    ap.add_argument("--box-tokens", action=argparse.BooleanOptionalAction, default=True,
+                    help="+ 2 SAM box-corner tokens from the mask readout's extent")
     ap.add_argument("--lora-rank", type=int, default=4)
     ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     ap.add_argument("--max-support", type=int, default=2)

@@ -95,7 +95,8 @@ def test_litemedsam_bundle_parity(tmp_path):
     assert any(isinstance(m, LoRALinear) for m in model.sam.modules()), "LoRA stays a side branch"
     export_graphs(model, tmp_path)
     refs = {g: external_locations(onnx.load(str(tmp_path / f"{g}.onnx"), load_external_data=False)) for g in GRAPHS}
-    assert refs == {"image_encoder": {CHECKPOINT_NAME}, "support_encoder": set(), "prompt_generator": set(),
+    # the prompt generator's box tokens use SAM's positional encoding and box-corner embeddings
+    assert refs == {"image_encoder": {CHECKPOINT_NAME}, "support_encoder": set(), "prompt_generator": {CHECKPOINT_NAME},
                     "mask_decoder": {CHECKPOINT_NAME}}
     par = check_parity(model, tmp_path)
     assert par["mask_logits"] <= 1e-3 and par["image_embeddings"] <= 1e-4
