@@ -83,16 +83,9 @@ pub struct AdminTlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-/// The synonym groups used when `[admin]` does not set any.
+/// The synonym groups used when `[admin]` does not set any ([`crate::routing::default_synonym_groups`]).
 pub fn default_synonyms() -> std::collections::BTreeMap<String, Vec<String>> {
-    [
-        ("EYE", &["RETINA", "FUNDUS", "OPHTHALMIC"][..]),
-        ("CHEST", &["THORAX", "LUNG"][..]),
-        ("ABDOMEN", &["ABD"][..]),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
-    .collect()
+    crate::routing::default_synonym_groups()
 }
 
 /// `[dicom]` table.
@@ -810,10 +803,11 @@ impl Config {
     }
 
     /// Body-part synonyms for routing: `[admin] body_part_synonyms`, or the defaults.
-    pub fn body_part_synonyms(&self) -> crate::store::rules::Synonyms {
+    /// Both catalogs (admin store and bundled folders) route with this one table.
+    pub fn body_part_synonyms(&self) -> crate::routing::Synonyms {
         match &self.admin {
-            Some(a) => crate::store::rules::Synonyms::new(a.body_part_synonyms.iter()),
-            None => crate::store::rules::Synonyms::new(default_synonyms().iter()),
+            Some(a) => crate::routing::Synonyms::new(a.body_part_synonyms.iter()),
+            None => crate::routing::Synonyms::default(),
         }
     }
 

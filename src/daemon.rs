@@ -256,6 +256,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let catalog = Arc::new(crate::pipeline::catalog::FolderCatalog::discover(
         &cfg.engine.models_dir,
         &cfg.engine.default_bundle,
+        cfg.body_part_synonyms(),
     ));
     tracing::info!(
         support_sets = catalog.dirs().len(),

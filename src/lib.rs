@@ -13,6 +13,7 @@ pub mod engine;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
+pub mod routing;
 pub mod store;
 
 /// Implementation Class UID written in every file meta group and association we originate.

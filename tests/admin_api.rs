@@ -1088,8 +1088,9 @@ fn cli_round_with_tables_and_json() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["version"], 2);
     assert_eq!(v["pairs"][0]["mask_pixels"][0], 900);
-    // Created without --bundle: the set records [engine] default_bundle.
-    assert_eq!(v["bundle"], "litemedsam-ppg");
+    // Created without --bundle: [engine] default_bundle (litemedsam-ppg) is not installed here,
+    // so the set records the only installed bundle.
+    assert_eq!(v["bundle"], "tiny-test");
     let out = ok(&[
         "support-set",
         "update",
@@ -1400,4 +1401,163 @@ async fn seeded_store_routes_the_pipeline_with_the_job_version() {
         )
         .unwrap();
     assert_eq!(seeded as usize, rules.rules.len());
+}
+
+/// Issue 17, admin gaps: a set created without `--bundle` gets a bundle that is installed (the
+/// default is not, so the only installed one), a set naming a bundle that is not installed is
+/// refused with the reason (CLI and gRPC), `rule dry-run` names the sender when the rule sends
+/// results back, and `rule update` edits a rule in place (same id, audited).
+#[test]
+fn cli_bundles_dry_run_sender_and_rule_update() {
+    let a = start();
+    let tf = a.aux.path().join("alice.token");
+    std::fs::write(&tf, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let ok = |args: &[&str]| {
+        let o = cli(&a, &tf, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let refused = |args: &[&str], code: &str, what: &str| {
+        let o = cli(&a, &tf, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(code) && err.contains(what), "{args:?}: {err}");
+    };
+
+    // (a) The bundle a set records, or why it cannot be created.
+    ok(&["support-set", "create", "no-bundle", "--object", "brain"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "support-set", "show", "no-bundle"])).unwrap();
+    assert_eq!(v["bundle"], "tiny-test", "the only installed bundle");
+    refused(
+        &[
+            "support-set",
+            "create",
+            "bad",
+            "--object",
+            "x",
+            "--bundle",
+            "nope",
+        ],
+        "FAILED_PRECONDITION",
+        "model bundle \"nope\" is not installed",
+    );
+    refused(
+        &[
+            "support-set",
+            "create",
+            "bad",
+            "--object",
+            "x",
+            "--bundle",
+            "nope",
+        ],
+        "FAILED_PRECONDITION",
+        "installed: tiny-test",
+    );
+    refused(
+        &["support-set", "update", "no-bundle", "--bundle", "nope"],
+        "FAILED_PRECONDITION",
+        "not installed",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt
+        .block_on(async {
+            let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+            c.sets
+                .create(pb::CreateSupportSetRequest {
+                    name: "bad".into(),
+                    bundle: "nope".into(),
+                    objects: vec![object("x")],
+                    ..Default::default()
+                })
+                .await
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let sets = ok(&["support-set", "list"]);
+    assert!(!sets.contains("bad"), "{sets}");
+
+    // (b) Dry run of a rule without a destination: back to the sender, named.
+    let out = ok(&[
+        "rule",
+        "add",
+        "--support-set",
+        "no-bundle",
+        "--modality",
+        "CT",
+    ]);
+    let id: i64 = out
+        .trim()
+        .trim_start_matches("created rule ")
+        .parse()
+        .unwrap();
+    let out = ok(&[
+        "rule",
+        "dry-run",
+        "--modality",
+        "CT",
+        "--calling-ae",
+        "MODALITY1",
+    ]);
+    assert!(
+        out.starts_with(&format!(
+            "rule {id} -> support set no-bundle (version 1) -> the sender (AE MODALITY1)\n"
+        )),
+        "{out}"
+    );
+    let out = ok(&["rule", "dry-run", "--modality", "CT"]);
+    assert!(out.contains("-> the sender (its calling AE"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "rule", "dry-run", "--modality", "CT"])).unwrap();
+    assert_eq!(v["to_sender"], true, "{v}");
+
+    // (c) rule update: in place, other fields kept, audited.
+    let out = ok(&[
+        "rule",
+        "update",
+        &id.to_string(),
+        "--destination",
+        "PACS",
+        "--priority",
+        "7",
+    ]);
+    assert_eq!(out.trim(), format!("updated rule {id}"));
+    let rules: serde_json::Value = serde_json::from_str(&ok(&["--json", "rule", "list"])).unwrap();
+    let rules = rules.as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["id"], id);
+    assert_eq!(rules[0]["priority"], 7);
+    assert_eq!(rules[0]["destination_ae"], "PACS");
+    assert_eq!(rules[0]["modality"], "CT", "fields not given are kept");
+    assert_eq!(rules[0]["support_set"], "no-bundle");
+    let out = ok(&[
+        "rule",
+        "dry-run",
+        "--modality",
+        "CT",
+        "--calling-ae",
+        "MODALITY1",
+    ]);
+    assert!(
+        out.starts_with(&format!(
+            "rule {id} -> support set no-bundle (version 1) -> PACS\n"
+        )),
+        "{out}"
+    );
+    let out = ok(&["audit", "list", "--target", &format!("rule:{id}")]);
+    assert!(
+        out.contains("rule.update") && out.contains("alice"),
+        "{out}"
+    );
+    refused(
+        &["rule", "update", "999", "--priority", "1"],
+        "NOT_FOUND",
+        "rule 999 not found",
+    );
+    refused(
+        &["rule", "update", &id.to_string(), "--support-set", "nope"],
+        "INVALID_ARGUMENT",
+        "does not exist",
+    );
 }

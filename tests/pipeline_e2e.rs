@@ -229,3 +229,124 @@ fn demo_studies_come_back_as_valid_segs_in_their_study() {
         "a SEG routed back made proxyseg send another one (loop)"
     );
 }
+
+/// (demo family, Body Part Examined, support set it must route to or "unmatched"): the cases
+/// where the admin store's and the bundled folders' synonym tables used to disagree
+/// (PELVIS_PROSTATE, FETUS routed only with admin off; OPHTHALMIC only with it on), and
+/// controls.
+const ROUTING_CASES: &[(&str, &str, &str)] = &[
+    ("mr", "PROSTATE", "mr-prostate"),
+    ("mr", "PELVIS_PROSTATE", "mr-prostate"),
+    ("mr", "prostate", "mr-prostate"),
+    ("mr", "KNEE", "unmatched"),
+    ("fundus", "EYE", "fundus-disc-cup-vessels"),
+    ("fundus", "OPHTHALMIC", "fundus-disc-cup-vessels"),
+    ("fundus", "RETINA", "fundus-disc-cup-vessels"),
+    ("fundus", "CHEST", "unmatched"),
+    ("us", "PELVIS", "us-intrapartum-ps-fh"),
+    ("us", "FETUS", "us-intrapartum-ps-fh"),
+];
+
+/// One single-instance study per routing case: the first file of the demo family with the
+/// case's body part and UIDs of its own (dcmodify).
+fn routing_studies(dir: &Path) -> Vec<(String, PathBuf)> {
+    ROUTING_CASES
+        .iter()
+        .enumerate()
+        .map(|(i, (family, body_part, _))| {
+            let src = &dcm_files(&demo(family))[0];
+            let dst = dir.join(format!("case-{i}.dcm"));
+            std::fs::copy(src, &dst).unwrap();
+            let study = format!("1.2.826.0.1.3680043.9.7777.{}", i + 1);
+            let out = run(
+                "dcmodify",
+                &[
+                    "-nb",
+                    "-m",
+                    &format!("(0018,0015)={body_part}"),
+                    "-m",
+                    &format!("(0020,000d)={study}"),
+                    "-m",
+                    &format!("(0020,000e)={study}.1"),
+                    "-m",
+                    &format!("(0008,0018)={study}.1.1"),
+                    dst.to_str().unwrap(),
+                ],
+            );
+            assert!(out.status.success(), "dcmodify: {}", text(&out));
+            (study, dst)
+        })
+        .collect()
+}
+
+/// Sends every routing case to a daemon with `admin` (TOML, may be empty) and returns, per
+/// case, the support set its job was routed to or "unmatched".
+fn route_cases(studies: &[(String, PathBuf)], admin: &str) -> Vec<String> {
+    let extra = format!(
+        "[engine]\nmodels_dir = \"{}\"\nproviders = [\"cpu\"]\n{admin}",
+        root().join("models").display()
+    );
+    let d = Daemon::start(Opts {
+        extra,
+        stable_age_s: 0.5,
+        ..Opts::default()
+    });
+    let port = d.port.to_string();
+    let mut args: Vec<&str> = vec!["-R", "-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1"];
+    args.push(&port);
+    args.extend(studies.iter().map(|(_, p)| p.to_str().unwrap()));
+    let out = run("storescu", &args);
+    assert!(out.status.success(), "storescu:\n{}", text(&out));
+    let routed = || -> Vec<(String, Option<String>, String)> {
+        let db = d.db();
+        let mut st = db
+            .prepare("SELECT study_uid, support_set, state FROM jobs ORDER BY id")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    wait_for("every case to be routed", 120, &d, || {
+        let r = routed();
+        r.len() == studies.len()
+            && r.iter()
+                .all(|(_, set, state)| set.is_some() || state == "unmatched")
+    });
+    let r = routed();
+    studies
+        .iter()
+        .map(|(uid, _)| {
+            let (_, set, state) = r.iter().find(|(s, _, _)| s == uid).unwrap();
+            match set {
+                Some(s) => s.clone(),
+                None => state.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The same studies route to the same support sets whether the admin store routes (`[admin]`
+/// on, the bundled folders seeded as rules) or the bundled folders do (`[admin]` off): one
+/// synonym table, one routing function.
+#[test]
+fn routing_is_the_same_with_admin_on_and_off() {
+    require_tool("dcmodify");
+    let work = tempfile::tempdir().unwrap();
+    let studies = routing_studies(work.path());
+    let tokens = common::admin::write_tokens(work.path(), 0o600);
+    let admin = format!(
+        "[admin]\nlisten = \"127.0.0.1:{}\"\ntokens_file = \"{}\"\n",
+        free_port(),
+        tokens.display()
+    );
+    let expected: Vec<String> = ROUTING_CASES.iter().map(|c| c.2.to_string()).collect();
+    let cases: Vec<String> = ROUTING_CASES
+        .iter()
+        .map(|c| format!("{} {}", c.0, c.1))
+        .collect();
+    let off = route_cases(&studies, "");
+    let on = route_cases(&studies, &admin);
+    assert_eq!(off, on, "admin off vs on differ for the cases {cases:?}");
+    assert_eq!(on, expected, "cases {cases:?}");
+}

@@ -4,11 +4,13 @@
 //! A job records the support-set version it was routed to and [`Catalog::load`] returns exactly
 //! that snapshot later, however the set changed in between (see `store::support`). On a first
 //! start with an empty store the bundled folders (`models/*/support-sets/*`) are imported, each
-//! with a rule from its `[match]` table, audited as token `seed`.
+//! with a rule from its `[match]` table, audited as token `seed`. Routing is
+//! [`crate::routing`], the same function and synonym table as the bundled folders'.
 
 use crate::admin::segment::engine_set;
 use crate::pipeline::catalog::{Catalog, LoadedSupportSet, Route, StudyInfo};
-use crate::store::rules::{self, StudyHeader, Synonyms};
+use crate::routing::{self, Synonyms};
+use crate::store::rules;
 use crate::store::support;
 use crate::store::Db;
 use std::path::PathBuf;
@@ -47,19 +49,8 @@ impl Catalog for StoreCatalog {
             .db
             .read(|c| rules::load(c, self.synonyms.clone()))
             .map_err(|e| e.to_string())?;
-        let headers: Vec<StudyHeader> = study
-            .series
-            .iter()
-            .map(|s| StudyHeader {
-                modality: s.modality.clone(),
-                body_part: s.body_part.clone(),
-                sop_class_uid: s.sop_class_uid.clone(),
-                series_description: s.series_description.clone(),
-                calling_ae: study.calling_ae.clone(),
-                image_type: Vec::new(),
-            })
-            .collect();
-        let d = rules::route_study(&set, &headers);
+        let routed = routing::route_series(&set, &study.headers());
+        let d = routed.decision;
         let Some(id) = d.rule else {
             return Ok(Route::Unmatched { reason: d.reason });
         };
@@ -68,13 +59,7 @@ impl Catalog for StoreCatalog {
             .find(|r| r.id == id)
             .ok_or_else(|| format!("rule {id} vanished while routing"))?;
         // Every series whose own first matching rule is the winner is segmented.
-        let series: Vec<String> = study
-            .series
-            .iter()
-            .zip(&headers)
-            .filter(|(_, h)| rules::route(&set, h).rule == Some(id))
-            .map(|(s, _)| s.series_uid.clone())
-            .collect();
+        let series = study.series_uids(&routed.series);
         let name = rule.support_set.clone();
         let info = self
             .db

@@ -246,6 +246,51 @@ pub enum RuleCmd {
     },
     /// List rules in routing order.
     List,
+    /// Change a rule in place (its id stays; audited as rule.update); fields not given keep
+    /// their value.
+    Update {
+        /// Rule id.
+        id: i64,
+        /// Support set to use.
+        #[arg(long)]
+        support_set: Option<String>,
+        /// Lower is tried first.
+        #[arg(long)]
+        priority: Option<i32>,
+        /// Modality ("" = any).
+        #[arg(long)]
+        modality: Option<String>,
+        /// Body Part Examined ("" = any; synonyms apply).
+        #[arg(long)]
+        body_part: Option<String>,
+        /// SOP Class UID ("" = any).
+        #[arg(long)]
+        sop_class: Option<String>,
+        /// Regex on the Series Description ("" = any).
+        #[arg(long)]
+        series_regex: Option<String>,
+        /// Calling AE title ("" = any).
+        #[arg(long)]
+        calling_ae: Option<String>,
+        /// Destination AE ("" = back to the sender).
+        #[arg(long)]
+        destination: Option<String>,
+        /// Stable age override in seconds.
+        #[arg(long, conflicts_with = "no_stable_age")]
+        stable_age: Option<f64>,
+        /// Drop the stable age override ([pipeline] stable_age_s applies).
+        #[arg(long)]
+        no_stable_age: bool,
+        /// Also match localizers / scouts (true or false).
+        #[arg(long)]
+        include_localizers: Option<bool>,
+        /// Enable (true) or disable (false) the rule.
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+    },
     /// Delete a rule.
     Delete {
         /// Rule id.
@@ -658,6 +703,16 @@ fn print(args: &AdminArgs, v: Value, text: impl FnOnce() -> String) {
         println!("{v}");
     } else {
         println!("{}", text());
+    }
+}
+
+/// Where a dry run's results go, for people: the destination AE, or "the sender (AE X)" when
+/// the rule sends back to whoever sent the study.
+fn destination_text(to_sender: bool, destination_ae: &str) -> String {
+    match (to_sender, destination_ae.trim()) {
+        (false, ae) => ae.to_string(),
+        (true, "") => "the sender (its calling AE; give --calling-ae to name it)".into(),
+        (true, ae) => format!("the sender (AE {ae})"),
     }
 }
 
@@ -1086,6 +1141,57 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                     },
                 );
             }
+            RuleCmd::Update {
+                id,
+                support_set,
+                priority,
+                modality,
+                body_part,
+                sop_class,
+                series_regex,
+                calling_ae,
+                destination,
+                stable_age,
+                no_stable_age,
+                include_localizers,
+                enabled,
+                description,
+            } => {
+                let mut r = rules
+                    .list(pb::ListRulesRequest {})
+                    .await?
+                    .into_inner()
+                    .rules
+                    .into_iter()
+                    .find(|r| r.id == *id)
+                    .ok_or_else(|| Status::not_found(format!("rule {id} not found")))?;
+                let set = |field: &mut String, v: &Option<String>| {
+                    if let Some(v) = v {
+                        *field = v.clone();
+                    }
+                };
+                set(&mut r.support_set, support_set);
+                set(&mut r.modality, modality);
+                set(&mut r.body_part, body_part);
+                set(&mut r.sop_class_uid, sop_class);
+                set(&mut r.series_description_regex, series_regex);
+                set(&mut r.calling_ae, calling_ae);
+                set(&mut r.destination_ae, destination);
+                set(&mut r.description, description);
+                r.priority = priority.unwrap_or(r.priority);
+                if *no_stable_age {
+                    r.stable_age_s = None;
+                } else if stable_age.is_some() {
+                    r.stable_age_s = *stable_age;
+                }
+                r.include_localizers = include_localizers.unwrap_or(r.include_localizers);
+                r.disabled = enabled.map_or(r.disabled, |e| !e);
+                let r = rules
+                    .update(pb::UpdateRuleRequest { rule: Some(r) })
+                    .await?
+                    .into_inner();
+                print(args, rule_json(&r), || format!("updated rule {}", r.id));
+            }
             RuleCmd::Delete { id } => {
                 rules.delete(pb::DeleteRuleRequest { id: *id }).await?;
                 print(args, json!({"deleted": id}), || {
@@ -1122,14 +1228,17 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                     "matched": r.matched, "rule_id": r.rule_id, "support_set": r.support_set,
                     "support_set_version": r.support_set_version,
                     "destination_ae": r.destination_ae, "reason": r.reason,
-                    "stable_age_s": r.stable_age_s,
+                    "stable_age_s": r.stable_age_s, "to_sender": r.to_sender,
                     "considered": r.considered.iter().map(|c| json!({"rule_id": c.rule_id, "matched": c.matched, "reason": c.reason})).collect::<Vec<_>>(),
                 });
                 print(args, v, || {
                     let mut s = if r.matched {
                         format!(
                             "rule {} -> support set {} (version {}) -> {}\n",
-                            r.rule_id, r.support_set, r.support_set_version, r.destination_ae
+                            r.rule_id,
+                            r.support_set,
+                            r.support_set_version,
+                            destination_text(r.to_sender, &r.destination_ae)
                         )
                     } else {
                         "unmatched\n".to_string()

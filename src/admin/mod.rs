@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod bundles;
 pub mod catalog;
 pub mod cli;
 pub mod evaluate;

@@ -212,6 +212,10 @@ impl pb::rules_server::Rules for Svc {
             rules::load(c, synonyms).map_err(RuleError::from)
         })?;
         let d = rules::route(&set, &header);
+        let to_sender = d.rule.is_some_and(|id| {
+            set.rules()
+                .any(|r| r.id == id && r.destination_ae.trim().is_empty())
+        });
         let version = match &d.support_set {
             Some(name) => read(&self.st.db, |c| {
                 Ok::<_, RuleError>(
@@ -243,6 +247,7 @@ impl pb::rules_server::Rules for Svc {
                 .collect(),
             header: Some(header_to_pb(&header)),
             stable_age_s: d.stable_age_s,
+            to_sender,
         }))
     }
 }

@@ -9,7 +9,7 @@ use crate::admin::catalog::StoreCatalog;
 use crate::admin::pb;
 use crate::admin::segment::Segmenter;
 use crate::config::Config;
-use crate::store::rules::Synonyms;
+use crate::routing::Synonyms;
 use crate::store::Db;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,12 +75,25 @@ pub struct State {
 }
 
 impl State {
-    /// The bundle a set records: `name` trimmed, or `[engine] default_bundle` when empty.
+    /// The bundle a set records: `name` trimmed or, when empty, `[engine] default_bundle`
+    /// when installed, else the only installed bundle ([`crate::admin::bundles::default_for`]).
     pub fn bundle_or_default(&self, name: &str) -> String {
         match name.trim() {
-            "" => self.default_bundle.clone(),
+            "" => crate::admin::bundles::default_for(
+                &self.default_bundle,
+                &crate::admin::bundles::installed(&self.models_dir),
+            ),
             b => b.to_string(),
         }
+    }
+
+    /// Like [`State::bundle_or_default`], refused unless the bundle is installed under
+    /// `[engine] models_dir` (Create and Update of support sets).
+    pub fn installed_bundle(
+        &self,
+        name: &str,
+    ) -> Result<String, crate::admin::bundles::NotInstalled> {
+        crate::admin::bundles::require(name, &self.default_bundle, &self.models_dir)
     }
 }
 
@@ -270,23 +283,24 @@ pub async fn seed(st: &Arc<State>) {
     if !empty {
         return;
     }
-    let dirs =
-        crate::pipeline::catalog::FolderCatalog::discover(&st.models_dir, &st.default_bundle)
-            .dirs()
-            .to_vec();
+    let dirs = crate::pipeline::catalog::FolderCatalog::discover(
+        &st.models_dir,
+        &st.default_bundle,
+        st.synonyms.clone(),
+    )
+    .dirs()
+    .to_vec();
     for dir in dirs {
         let shown = dir.display().to_string();
         match crate::admin::folder::import(st, &shown, "", "seed").await {
             Ok(set) => {
-                let rule = crate::store::rules::Rule {
-                    priority: 100,
-                    modality: set.meta.modality.clone(),
-                    body_part: set.meta.body_part.clone(),
-                    support_set: set.name.clone(),
-                    enabled: true,
-                    skip_localizers: true,
+                let rule = crate::routing::Rule {
                     description: format!("seeded from {shown}"),
-                    ..Default::default()
+                    ..crate::routing::Rule::bundled(
+                        &set.name,
+                        &set.meta.modality,
+                        &set.meta.body_part,
+                    )
                 };
                 let now = crate::store::db::now();
                 let r = crate::admin::change(&st.db, move |c| {

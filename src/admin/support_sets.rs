@@ -346,7 +346,7 @@ impl pb::support_sets_server::SupportSets for Svc {
         let objects = objects_from_pb(&r.objects)?;
         let meta = SetMeta {
             description: r.description,
-            bundle: self.st.bundle_or_default(&r.bundle),
+            bundle: self.st.installed_bundle(&r.bundle)?,
             modality: r.modality.trim().to_uppercase(),
             body_part: r.body_part.trim().to_uppercase(),
         };
@@ -392,7 +392,7 @@ impl pb::support_sets_server::SupportSets for Svc {
         let r = req.into_inner();
         let up = SetUpdate {
             description: r.description,
-            bundle: r.bundle.map(|s| self.st.bundle_or_default(&s)),
+            bundle: r.bundle.map(|s| self.st.installed_bundle(&s)).transpose()?,
             modality: r.modality.map(|s| s.trim().to_uppercase()),
             body_part: r.body_part.map(|s| s.trim().to_uppercase()),
             objects: if r.replace_objects {

@@ -4,10 +4,13 @@
 //! admin store (support sets and rules in SQLite) or, without one, [`FolderCatalog`], which
 //! serves the `supportset.toml` folders bundled with the models (`models/*/support-sets/*`)
 //! and routes by their `[match]` table; a folder that names no `bundle` runs on
-//! `[engine] default_bundle`.
+//! `[engine] default_bundle`. Both route with [`crate::routing`] and the one synonym table, a
+//! folder's `[match]` being the rule the admin store seeds from it
+//! ([`Rule::bundled`]), so a study routes the same whether the admin API is on or off.
 
 use crate::dicom::seg::{Code, SegmentDescription};
 use crate::engine::SupportSet;
+use crate::routing::{route_series, Rule, RuleSet, StudyHeader, Synonyms};
 use std::path::{Path, PathBuf};
 
 /// What the router knows about one series of a study.
@@ -34,6 +37,32 @@ pub struct StudyInfo {
     pub calling_ae: String,
     /// Its series.
     pub series: Vec<SeriesInfo>,
+}
+
+impl StudyInfo {
+    /// One routing header per series, in series order. Image Type is not indexed, so
+    /// localizers are recognised by their series description.
+    pub fn headers(&self) -> Vec<StudyHeader> {
+        self.series
+            .iter()
+            .map(|s| StudyHeader {
+                modality: s.modality.clone(),
+                body_part: s.body_part.clone(),
+                sop_class_uid: s.sop_class_uid.clone(),
+                series_description: s.series_description.clone(),
+                calling_ae: self.calling_ae.clone(),
+                image_type: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// The UIDs of the series at `indexes` (from [`route_series`] over [`StudyInfo::headers`]).
+    pub fn series_uids(&self, indexes: &[usize]) -> Vec<String> {
+        indexes
+            .iter()
+            .filter_map(|&i| self.series.get(i).map(|s| s.series_uid.clone()))
+            .collect()
+    }
 }
 
 /// A routing decision.
@@ -83,36 +112,19 @@ pub trait Catalog: Send + Sync {
     fn load(&self, name: &str, version: &str) -> Result<LoadedSupportSet, String>;
 }
 
-/// Case-insensitive body part match with common synonyms.
-pub fn body_part_matches(rule: &str, seen: &str) -> bool {
-    const SYNONYMS: &[&[&str]] = &[
-        &["EYE", "RETINA", "FUNDUS"],
-        &["PROSTATE", "PELVIS_PROSTATE"],
-        &["PELVIS", "UTERUS", "FETUS"],
-    ];
-    let (r, s) = (
-        rule.trim().to_ascii_uppercase(),
-        seen.trim().to_ascii_uppercase(),
-    );
-    if r.is_empty() || r == "*" || r == s {
-        return true;
-    }
-    SYNONYMS
-        .iter()
-        .any(|g| g.contains(&r.as_str()) && g.contains(&s.as_str()))
-}
-
 /// Support sets from `models_dir/*/support-sets/*/supportset.toml`, routed by `[match]`.
 #[derive(Debug, Clone)]
 pub struct FolderCatalog {
     dirs: Vec<PathBuf>,
     default_bundle: String,
+    synonyms: Synonyms,
 }
 
 impl FolderCatalog {
     /// Finds every bundled support-set folder under `models_dir`; a folder whose
     /// `supportset.toml` names no `bundle` runs on `default_bundle` (`[engine] default_bundle`).
-    pub fn discover(models_dir: &Path, default_bundle: &str) -> FolderCatalog {
+    /// Body parts match through `synonyms` (`Config::body_part_synonyms`).
+    pub fn discover(models_dir: &Path, default_bundle: &str, synonyms: Synonyms) -> FolderCatalog {
         let pattern = format!(
             "{}/*/support-sets/*/supportset.toml",
             glob::Pattern::escape(&models_dir.to_string_lossy())
@@ -128,6 +140,7 @@ impl FolderCatalog {
         FolderCatalog {
             dirs,
             default_bundle: default_bundle.to_string(),
+            synonyms,
         }
     }
 
@@ -164,52 +177,50 @@ fn code_of(v: Option<&toml::Value>, fallback: &str) -> Code {
 
 impl Catalog for FolderCatalog {
     fn route(&self, study: &StudyInfo) -> Result<Route, String> {
-        for dir in &self.dirs {
+        // One rule per folder with a `[match]` table, in folder order: rule id = index + 1.
+        let mut rules = Vec::new();
+        for (i, dir) in self.dirs.iter().enumerate() {
             let Some(spec) = Self::spec(dir) else {
                 continue;
             };
             let Some(m) = &spec.match_ else { continue };
-            let want_mod = m.get("modality").and_then(|v| v.as_str()).unwrap_or("");
-            let want_bp = m.get("body_part").and_then(|v| v.as_str()).unwrap_or("");
-            let series: Vec<String> = study
-                .series
-                .iter()
-                .filter(|s| {
-                    s.modality.eq_ignore_ascii_case(want_mod)
-                        && body_part_matches(want_bp, &s.body_part)
-                })
-                .map(|s| s.series_uid.clone())
-                .collect();
-            if series.is_empty() {
-                continue;
-            }
-            let (set, _) =
-                crate::engine::offline::load_support_set(dir).map_err(|e| e.to_string())?;
-            return Ok(Route::Matched {
-                rule_id: 0,
-                support_set: set.name.clone(),
-                version: set.version.clone(),
-                bundle: spec
-                    .bundle
-                    .clone()
-                    .filter(|b| !b.trim().is_empty())
-                    .unwrap_or_else(|| self.default_bundle.clone()),
-                destination_ae: None,
-                series,
-                skip_localizers: true,
-                reason: format!(
-                    "bundled support set {} matches modality {want_mod} and body part {want_bp}",
-                    set.name
-                ),
+            let get = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            rules.push(Rule {
+                id: i as i64 + 1,
+                ..Rule::bundled(&spec.name, get("modality"), get("body_part"))
             });
         }
-        let seen: Vec<String> = study
-            .series
-            .iter()
-            .map(|s| format!("{}/{}", s.modality, s.body_part))
-            .collect();
-        Ok(Route::Unmatched {
-            reason: format!("no support set matches {}", seen.join(", ")),
+        let rules = RuleSet::new(rules, self.synonyms.clone());
+        let routed = route_series(&rules, &study.headers());
+        let Some(id) = routed.decision.rule else {
+            return Ok(Route::Unmatched {
+                reason: format!("no bundled support set matches: {}", routed.decision.reason),
+            });
+        };
+        let dir = &self.dirs[(id - 1) as usize];
+        let spec = Self::spec(dir).ok_or_else(|| {
+            format!(
+                "{} changed while routing",
+                dir.join("supportset.toml").display()
+            )
+        })?;
+        let (set, _) = crate::engine::offline::load_support_set(dir).map_err(|e| e.to_string())?;
+        Ok(Route::Matched {
+            rule_id: 0,
+            support_set: set.name.clone(),
+            version: set.version.clone(),
+            bundle: spec
+                .bundle
+                .clone()
+                .filter(|b| !b.trim().is_empty())
+                .unwrap_or_else(|| self.default_bundle.clone()),
+            destination_ae: None,
+            series: study.series_uids(&routed.series),
+            skip_localizers: true,
+            reason: format!(
+                "bundled support set {}: {}",
+                set.name, routed.decision.reason
+            ),
         })
     }
 
@@ -262,14 +273,6 @@ pub fn describe_segments(spec: &crate::engine::offline::SupportSetSpec) -> Vec<S
 mod tests {
     use super::*;
 
-    #[test]
-    fn body_parts_match_case_insensitively_with_synonyms() {
-        assert!(body_part_matches("eye", "EYE"));
-        assert!(body_part_matches("EYE", "retina"));
-        assert!(!body_part_matches("EYE", "CHEST"));
-        assert!(body_part_matches("", "ANYTHING"));
-    }
-
     fn copy_dir(src: &Path, dst: &Path) {
         std::fs::create_dir_all(dst).unwrap();
         for e in std::fs::read_dir(src).unwrap() {
@@ -307,7 +310,7 @@ mod tests {
             Route::Matched { bundle, .. } => bundle,
             other => panic!("{other:?}"),
         };
-        let c = FolderCatalog::discover(models.path(), "my-default");
+        let c = FolderCatalog::discover(models.path(), "my-default", Synonyms::default());
         assert_eq!(bundle_of(&c), "phantom-tiny");
         // The same folder without its `bundle` line.
         let toml_path = named.join("supportset.toml");
@@ -316,7 +319,11 @@ mod tests {
         std::fs::write(&toml_path, text.replace("bundle = \"phantom-tiny\"\n", "")).unwrap();
         assert_eq!(bundle_of(&c), "my-default");
         assert_eq!(
-            bundle_of(&FolderCatalog::discover(models.path(), "litemedsam-ppg")),
+            bundle_of(&FolderCatalog::discover(
+                models.path(),
+                "litemedsam-ppg",
+                Synonyms::default()
+            )),
             "litemedsam-ppg"
         );
     }
