@@ -419,10 +419,11 @@ impl Default for Synonyms {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rule(id: i64, priority: i32, modality: &str, body: &str, set: &str) -> Rule {
+    /// An enabled rule that skips localizers (shared with the store's rule tests).
+    pub(crate) fn rule(id: i64, priority: i32, modality: &str, body: &str, set: &str) -> Rule {
         Rule {
             id,
             priority,

@@ -63,19 +63,7 @@ fn data_dir_is_private_whatever_the_umask() {
         ),
         ..Opts::default()
     });
-    let out = run(
-        "storescu",
-        &[
-            "-R",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "PROXYSEG",
-            "127.0.0.1",
-            &d.port.to_string(),
-            image.to_str().unwrap(),
-        ],
-    );
+    let out = d.store(&image);
     assert!(out.status.success(), "storescu: {}", text(&out));
     // The SEG is written under results/ (its delivery to the unreachable STORESCU peer retries).
     wait_for("the job's SEG", 240, &d, || {

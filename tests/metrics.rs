@@ -8,19 +8,7 @@ use std::io::{Read, Write};
 fn metrics_count_stores_latencies_and_jobs() {
     let d = Daemon::start(Opts::default());
     let ct = pydicom_files().join("CT_small.dcm");
-    let out = run(
-        "storescu",
-        &[
-            "-R",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "PROXYSEG",
-            "127.0.0.1",
-            &d.port.to_string(),
-            ct.to_str().unwrap(),
-        ],
-    );
+    let out = d.store(&ct);
     assert!(out.status.success(), "{}", text(&out));
     std::thread::sleep(std::time::Duration::from_millis(1800));
     let m = d.metrics();
@@ -57,19 +45,7 @@ fn failure_reasons_carry_no_uids_or_paths() {
         stable_age_s: 2.0,
         ..Opts::default()
     });
-    let out = run(
-        "storescu",
-        &[
-            "-R",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "PROXYSEG",
-            "127.0.0.1",
-            &d.port.to_string(),
-            image.to_str().unwrap(),
-        ],
-    );
+    let out = d.store(&image);
     assert!(out.status.success(), "{}", text(&out));
     let (path, study, sop): (String, String, String) = d
         .db()

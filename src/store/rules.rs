@@ -261,18 +261,7 @@ pub fn delete(conn: &Connection, id: i64, who: &str, now: f64) -> Result<(), Rul
 mod tests {
     use super::*;
 
-    fn rule(id: i64, priority: i32, modality: &str, body: &str, set: &str) -> Rule {
-        Rule {
-            id,
-            priority,
-            modality: modality.into(),
-            body_part: body.into(),
-            support_set: set.into(),
-            enabled: true,
-            skip_localizers: true,
-            ..Default::default()
-        }
-    }
+    use crate::routing::tests::rule;
 
     #[test]
     fn series_headers_come_from_the_index() {

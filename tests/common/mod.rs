@@ -430,6 +430,23 @@ impl Daemon {
         .status
         .success()
     }
+
+    /// Runs `storescu -R` (AE STORESCU -> PROXYSEG) with `file` against the daemon.
+    pub fn store(&self, file: &Path) -> Output {
+        run(
+            "storescu",
+            &[
+                "-R",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "PROXYSEG",
+                "127.0.0.1",
+                &self.port.to_string(),
+                file.to_str().unwrap(),
+            ],
+        )
+    }
 }
 
 impl Drop for Daemon {
