@@ -90,3 +90,44 @@ def grey_pixels(ds: str, case: str, root: Path | None = None) -> np.ndarray:
     folder = root / ds / case
     im = Image.open(next(p for p in folder.iterdir() if p.stem == "image"))
     return np.asarray(im.convert("RGB" if DATASETS[ds].rgb else "L"))
+
+
+def pack_training_cases(out: Path, max_side: int = 0, root: Path | None = None) -> int:
+    """Copies each data set's training cases to `out` (a data root for PROXYSEG_DATA on a
+    machine without the data, such as a lent GPU machine), and an empty folder per validation
+    case so that `split` picks the same cases there. Images larger than `max_side` are scaled
+    down (masks by nearest neighbour). Never point `out` into the project's tracked files.
+    Returns the bytes written."""
+    from PIL import Image
+    root = root or data_root()
+    total = 0
+    for ds, spec in DATASETS.items():
+        train, val = split(ds, root)
+        for case in val:
+            (out / ds / case).mkdir(parents=True, exist_ok=True)
+        for case in train:
+            src, dst = root / ds / case, out / ds / case
+            dst.mkdir(parents=True, exist_ok=True)
+            img_path = next(p for p in src.iterdir() if p.stem == "image")
+            im = Image.open(img_path)
+            f = max_side / max(im.size) if max_side and max(im.size) > max_side else 1.0
+            size = (round(im.width * f), round(im.height * f))
+            names = [(img_path.name, Image.LANCZOS)] + [(f"{o}.png", Image.NEAREST) for o in spec.objects]
+            for name, resample in names:
+                if f == 1.0:
+                    (dst / name).write_bytes((src / name).read_bytes())
+                else:
+                    pic = Image.open(src / name)
+                    pic = pic.convert("RGB" if resample == Image.LANCZOS and spec.rgb else pic.mode)
+                    pic.resize(size, resample).save(dst / name, quality=95)
+                total += (dst / name).stat().st_size
+    return total
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser(description="pack the training cases for a machine without the data")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-side", type=int, default=0)
+    a = ap.parse_args()
+    print(f"{pack_training_cases(Path(a.out), a.max_side) / 1e6:.1f} MB -> {a.out}")

@@ -55,16 +55,23 @@ FAMILIES = ("drishti-gs", "drishti-gs@roi", "drive", "drive@tiles", "psfhs", "hc
 
 
 def _jitter(display: np.ndarray, masks: np.ndarray, variant: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented view of a case (display H x W x 3, masks K x H x W)."""
-    if variant in (1, 3):
+    """One augmented view of a case (display H x W x 3, masks K x H x W).
+
+    Variants 0-3 are identity, flip, zoom crop, flip + contrast/gamma; from 4 on (--variants,
+    when embeddings are computed on a GPU) each view draws flip, zoom and contrast at random."""
+    if variant >= 4:
+        flip, zoom, tone = rng.random(3) < (0.5, 0.7, 0.7)
+    else:
+        flip, zoom, tone = variant in (1, 3), variant == 2, variant == 3
+    if flip:
         display, masks = display[:, ::-1], masks[:, :, ::-1]
-    if variant == 2:  # zoom: a random crop of 80-95 % of each side
+    if zoom:  # a random crop of 80-95 % of each side
         h, w = display.shape[:2]
         f = rng.uniform(0.8, 0.95)
         ch, cw = int(h * f), int(w * f)
         y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         display, masks = display[y0:y0 + ch, x0:x0 + cw], masks[:, y0:y0 + ch, x0:x0 + cw]
-    if variant == 3:  # contrast and gamma
+    if tone:  # contrast and gamma
         g = rng.uniform(0.7, 1.4)
         c = rng.uniform(0.8, 1.2)
         display = np.clip(255.0 * (display / 255.0) ** g * c, 0, 255)
@@ -72,11 +79,12 @@ def _jitter(display: np.ndarray, masks: np.ndarray, variant: int, rng) -> tuple[
 
 
 def family_views(fam: str, cases: list[str], rng, variants: int = 4):
-    """Yields (case index, position, display, masks) for a training family."""
+    """Yields (case index, position, display, masks) for a training family (tiles: half as
+    many views of each case, each cut into its tiles)."""
     ds, _, mode = fam.partition("@")
     for ci, case in enumerate(cases):
         display, masks = realdata.load_case(ds, case)
-        for v in range(variants if mode != "tiles" else 2):
+        for v in range(variants if mode != "tiles" else max(2, variants // 2)):
             d, m = _jitter(display, masks, v, rng)
             if mode == "roi":
                 rule = RULES[ds]
@@ -111,34 +119,42 @@ def encoder_session(out_dir: Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def corpus(fam: str, seed: int = 0, cache: Path = RUNS / "cache") -> dict:
-    """Training views of a family with cached LiteMedSAM embeddings (fp16 on disk)."""
+def corpus(fam: str, seed: int = 0, cache: Path = RUNS / "cache", variants: int = 4, encoder=None) -> dict:
+    """Training views of a family with their LiteMedSAM embeddings (fp16).
+
+    Without `encoder` the embeddings come from ONNX Runtime on the CPU and are cached on disk
+    (4 views per case). With `encoder` (a function B x 3 x S x S -> B x C x h x w, the torch
+    encoder on a GPU) `variants` views per case are embedded in batches and kept in memory."""
     path = cache / f"lite-{fam.replace('@', '-')}-s{seed}-v1.pt"
-    if path.exists():
+    if encoder is None and path.exists():
         return torch.load(path)
     ds = fam.partition("@")[0]
     train, _ = realdata.split(ds)
     rng = np.random.default_rng([seed, FAMILIES.index(fam)])
-    sess = encoder_session(RUNS / "lite-encoder")
-    imgs, masks, embs, case_ids, pos = [], [], [], [], []
+    run = encoder or (lambda x, sess=encoder_session(RUNS / "lite-encoder"): torch.from_numpy(
+        sess.run(None, {"image": x.numpy()})[0]))
+    imgs, masks, case_ids, pos = [], [], [], []
     t0 = time.time()
-    for ci, pi, d, m in family_views(fam, train, rng):
+    for ci, pi, d, m in family_views(fam, train, rng, variants if encoder else 4):
         img, _ = prepare_image(d, S, PIXEL_MEAN, PIXEL_STD)
-        emb = sess.run(None, {"image": img[None]})[0][0]
-        imgs.append(torch.from_numpy(img).half())
+        imgs.append(torch.from_numpy(img))
         masks.append(torch.from_numpy(np.stack([prepare_mask(x, S) for x in m])).bool())
-        embs.append(torch.from_numpy(emb).half())
         case_ids.append(ci)
         pos.append(pi)
-    out = {"family": fam, "images": torch.stack(imgs), "masks": torch.stack(masks), "emb": torch.stack(embs),
+    images = torch.stack(imgs)
+    with torch.no_grad():
+        bs = 16 if encoder else 1  # the exported ONNX encoder takes one image
+        embs = [run(images[i:i + bs]).half().cpu() for i in range(0, len(images), bs)]
+    out = {"family": fam, "images": images.half(), "masks": torch.stack(masks), "emb": torch.cat(embs),
            "case": torch.tensor(case_ids), "pos": torch.tensor(pos), "cases": train}
-    cache.mkdir(parents=True, exist_ok=True)
-    torch.save(out, path)
+    if encoder is None:
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(out, path)
     print(f"corpus {fam}: {len(imgs)} views in {time.time() - t0:.0f}s", flush=True)
     return out
 
 
-def episode(rng, corp: dict, max_support: int):
+def episode(rng, corp: dict, max_support: int, device: str = "cpu"):
     """Target view + 1..max_support support views of other cases at the same position, with
     all objects or a random non-empty subset in random order (as train.episode)."""
     n = len(corp["case"])
@@ -153,7 +169,7 @@ def episode(rng, corp: dict, max_support: int):
     if kall > 1:
         size = int(rng.integers(1, kall + 1)) if rng.random() < 0.5 else kall
         objs = [int(o) for o in rng.choice(kall, size, replace=False)]
-    f = lambda x: x.float()  # noqa: E731
+    f = lambda x: x.to(device).float()  # noqa: E731
     return (f(corp["emb"][t:t + 1]), f(corp["images"][sup]), f(corp["masks"][sup][:, objs]), f(corp["emb"][sup]),
             f(corp["masks"][t, objs]))
 
@@ -171,20 +187,36 @@ def train(args):
         overrides["key_pos"] = False
     if not args.box_tokens:
         overrides["box_tokens"] = False
-    model = build_litemedsam(**overrides)
+    model = build_litemedsam(checkpoint=args.litemedsam or None, **overrides)
     model.sync_point_tokens()
     add_lora(model.sam, rank=args.lora_rank, encoder=False)
     prior = {}
     if args.resume:  # continue a run (PPG + LoRA) with this run's schedule
-        ck = torch.load(args.resume, map_location="cpu", weights_only=False)
+        ck = load_run(Path(args.resume))
         missing, unexpected = model.load_state_dict(upgrade_state(ck["state"]), strict=False)
         new = {n for n, _ in model.named_parameters() if n.endswith(("key_pos", "box_scale"))}
         new |= {n for n, _ in model.named_buffers() if n.endswith(("pe_gaussian", "box_corner_tl", "box_corner_br"))}
+        if ck.get("slim"):  # SAM's frozen tensors came from lite_medsam.pth above
+            new |= set(model.state_dict()) - set(run_state(model))
         if unexpected or set(missing) - new:
             raise SystemExit(f"--resume {args.resume}: does not fit this model (missing {missing}, unexpected {unexpected})")
         prior = ck["extra"]
         log(f"lite: resuming {args.resume} ({prior.get('steps')} steps)", fh)
-    corpora = {f: corpus(f) for f in dict.fromkeys(args.families)}
+    dev = torch.device(args.device)
+    model.to(dev)
+    if dev.type == "cuda" or args.variants != 4:
+        # embeddings from the torch encoder, in fp32 as the CPU engine computes them (no TF32)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        model.sam.eval()
+        enc = model.sam.encode
+        corpora = {f: corpus(f, variants=args.variants, encoder=lambda x: enc(x.float().to(dev)))
+                   for f in dict.fromkeys(args.families)}
+        for c in corpora.values():
+            for k in ("images", "masks", "emb"):
+                c[k] = c[k].to(dev)
+    else:
+        corpora = {f: corpus(f) for f in dict.fromkeys(args.families)}
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"lite: trainable {sum(p.numel() for p in params) / 1e6:.2f} M; views "
         + ", ".join(f"{f}={len(c['case'])}" for f, c in corpora.items()), fh)
@@ -203,7 +235,7 @@ def train(args):
         for g in opt.param_groups:
             g["lr"] = lr
         fam = fams[step % len(fams)]
-        t_emb, si, sm, s_emb, tm = episode(rng, corpora[fam], args.max_support)
+        t_emb, si, sm, s_emb, tm = episode(rng, corpora[fam], args.max_support, dev)
         keys, values = model.ppg.encode_support(si, sm, s_emb)
         tokens, readout = model.ppg.generate_prompts(t_emb, keys, values, return_readout=True)
         logits, _ = model.sam.decode(t_emb, tokens)
@@ -227,7 +259,7 @@ def train(args):
         if step % 50 == 0:
             log(f"lite step {step} loss(ema) {ema:.4f} lr {lr:.4f} elapsed {time.time() - t0:.0f}s", fh)
         if args.save_every and step % args.save_every == 0:
-            save_checkpoint(model, Path(args.out), {"phase": "lite", "steps": step, "partial": True})
+            save_run(model, args, {"phase": "lite", "steps": step, "partial": True})
     model.eval()
     info = {"phase": "lite", "steps": step, "seconds": round(time.time() - t0), "final_loss_ema": ema,
             "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "readout_loss": args.readout_loss, "families": fams, "overrides": overrides,
@@ -235,8 +267,50 @@ def train(args):
     if args.resume:
         info.update({"resumed_from": str(args.resume), "total_steps": step + int(prior.get("total_steps", prior.get("steps", 0))),
                      "prior": {k: prior.get(k) for k in ("steps", "seconds", "optimizer", "lr", "seed")}})
-    save_checkpoint(model, Path(args.out), info)
-    log(f"lite done: {json.dumps(info)} -> {args.out}", fh)
+    save_run(model, args, info)
+    log(f"lite done: {json.dumps(info)} -> {args.slim_out or args.out}", fh)
+
+
+def run_state(model) -> dict:
+    """What a run trains or derives: the PPG's tensors and the LoRA factors. The rest is
+    LiteMedSAM's frozen checkpoint, rebuilt from lite_medsam.pth."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith("ppg.") or ".lora_" in k}
+
+
+def save_run(model, args, extra: dict) -> None:
+    """--out as a full checkpoint, or with --slim-out only the run's own tensors, in parts of at
+    most 15 MB (slim-0.pt, slim-1.pt, ...: what a GPU machine can hand back; --resume takes
+    the folder)."""
+    if not args.slim_out:
+        save_checkpoint(model.to("cpu"), Path(args.out), extra)
+        model.to(args.device)
+        return
+    out = Path(args.slim_out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts, size = [{}], 0
+    for k, v in run_state(model).items():
+        v = v.detach().to("cpu", torch.float32 if args.slim_dtype == "float32" else torch.float16)
+        if size and size + v.numel() * v.element_size() > 15e6:
+            parts.append({})
+            size = 0
+        parts[-1][k] = v.clone()
+        size += v.numel() * v.element_size()
+    for old in out.glob("slim-*.pt"):
+        old.unlink()
+    for i, part in enumerate(parts):
+        torch.save({"config": model.config_dict(), "lora": True, "lora_encoder": False, "slim": True,
+                    "state": part, "extra": extra if i == 0 else {}}, out / f"slim-{i}.pt")
+
+
+def load_run(path: Path) -> dict:
+    """A train_lite checkpoint: a full .pt file, or a folder of slim parts (save_run)."""
+    if not path.is_dir():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    parts = [torch.load(p, map_location="cpu", weights_only=False) for p in sorted(path.glob("slim-*.pt"), key=lambda p: int(p.stem[5:]))]
+    if not parts:
+        raise SystemExit(f"--resume {path}: no slim-*.pt in the folder")
+    state = {k: v.float() for p in parts for k, v in p["state"].items()}
+    return {**parts[0], "state": state}
 
 
 def main(argv=None):
@@ -263,6 +337,11 @@ def main(argv=None):
     ap.add_argument("--resume", default="", help="continue from a train_lite checkpoint (PPG + LoRA)")
     ap.add_argument("--cache-only", action="store_true", help="build the embedding caches and stop")
     ap.add_argument("--out", default=str(RUNS / "lite-ppg.pt"))
+    ap.add_argument("--slim-out", default="", help="save PPG + LoRA only, in parts of <= 15 MB, to this folder")
+    ap.add_argument("--slim-dtype", choices=["float32", "float16"], default="float32")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: embeddings computed in torch, --variants views per case")
+    ap.add_argument("--variants", type=int, default=4, help="augmented views per training case; other than 4: embedded in torch, not cached (meant for cuda)")
+    ap.add_argument("--litemedsam", default="", help="lite_medsam.pth (sha256-checked); default: the installed wheel's")
     ap.add_argument("--log", default="")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -57,3 +57,35 @@ def test_lora_merge_is_exact():
         b = model.sam.encode(x)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_slim_run_parts_round_trip(tmp_path):
+    """A run saved as slim parts (what a GPU machine hands back) loads into the same model."""
+    from argparse import Namespace
+    from proxyseg_model.build import build_litemedsam
+    from proxyseg_model.train_lite import load_run, run_state, save_run
+    torch.manual_seed(0)
+    model = build_litemedsam()
+    model.sync_point_tokens()
+    add_lora(model.sam, rank=4, encoder=False)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    args = Namespace(slim_out=str(tmp_path / "slim"), slim_dtype="float32", out="", device="cpu")
+    save_run(model, args, {"steps": 7})
+    parts = sorted((tmp_path / "slim").glob("slim-*.pt"))
+    assert len(parts) >= 2 and all(p.stat().st_size < 16e6 for p in parts)
+    ck = load_run(tmp_path / "slim")
+    assert ck["slim"] and ck["extra"] == {"steps": 7}
+    mine = run_state(model)
+    assert set(ck["state"]) == set(mine) and any(".lora_" in k for k in mine)
+    assert all(torch.equal(ck["state"][k], mine[k]) for k in mine)
+    # no frozen LiteMedSAM tensor travels: it comes from lite_medsam.pth
+    assert not any(k.startswith("sam.") and ".lora_" not in k for k in ck["state"])
+    other = build_litemedsam()
+    other.sync_point_tokens()
+    add_lora(other.sam, rank=4, encoder=False)
+    missing, unexpected = other.load_state_dict(ck["state"], strict=False)
+    assert not unexpected and not any(k.startswith("ppg.") for k in missing)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in model.state_dict().items())
