@@ -27,6 +27,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[retention]`: how long received studies, their results and delivery files are kept.
+    pub retention: RetentionConfig,
     /// `[admin]`: the admin gRPC API; absent = no admin listener.
     pub admin: Option<AdminConfig>,
 }
@@ -353,6 +355,40 @@ impl Default for MetricsConfig {
         }
     }
 }
+
+/// `[retention]` table: when a study's PHI (received instances, SEG results, staged delivery
+/// files, index rows) leaves the daemon. A study is due once all its work is finished (not
+/// receiving, no unfinished job, no SEG waiting for delivery) and the time below has passed
+/// since its last job settled; see [`crate::store::retention`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Run the retention sweeper (admin purges work either way).
+    pub enabled: bool,
+    /// Hours a study is kept once finished well: every SEG delivered, or nothing to deliver
+    /// (no rule matched it). Also the time a delivered manual send (`proxyseg send`) is kept.
+    pub keep_delivered_hours: f64,
+    /// Hours a study is kept when a job of it failed (dead-lettered included) or a SEG
+    /// delivery was dead-lettered, so an admin can look into it; also dead manual sends.
+    /// At least `keep_delivered_hours`.
+    pub keep_failed_hours: f64,
+    /// Seconds between two sweeps.
+    pub sweep_interval_s: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            enabled: true,
+            keep_delivered_hours: 72.0,
+            keep_failed_hours: 720.0,
+            sweep_interval_s: 600,
+        }
+    }
+}
+
+/// Longest retention accepted, in hours (ten years).
+pub const MAX_RETENTION_HOURS: f64 = 87_600.0;
 
 /// `[log]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -704,6 +740,34 @@ impl Config {
                 ),
             );
         }
+        let rt = &self.retention;
+        for (key, hours) in [
+            ("retention.keep_delivered_hours", rt.keep_delivered_hours),
+            ("retention.keep_failed_hours", rt.keep_failed_hours),
+        ] {
+            if !(hours.is_finite() && (0.0..=MAX_RETENTION_HOURS).contains(&hours)) {
+                bad(
+                    key,
+                    format!("{hours} is not a number of hours within 0..={MAX_RETENTION_HOURS}"),
+                );
+            }
+        }
+        if rt.keep_failed_hours < rt.keep_delivered_hours {
+            bad(
+                "retention.keep_failed_hours",
+                format!(
+                    "{} is shorter than retention.keep_delivered_hours ({}): failed studies are \
+                     kept at least as long as delivered ones, for an admin to look into",
+                    rt.keep_failed_hours, rt.keep_delivered_hours
+                ),
+            );
+        }
+        if !(1..=86_400).contains(&rt.sweep_interval_s) {
+            bad(
+                "retention.sweep_interval_s",
+                format!("{} is outside 1..=86400", rt.sweep_interval_s),
+            );
+        }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             bad(
                 "log.format",
@@ -933,6 +997,52 @@ mod tests {
             .validate()
             .iter()
             .any(|p| p.key == "dicom.association_request_timeout_s"));
+    }
+
+    #[test]
+    fn retention_has_defaults_and_bounds() {
+        let c = Config::parse("").unwrap();
+        let r = &c.retention;
+        assert!(r.enabled);
+        assert_eq!(
+            (
+                r.keep_delivered_hours,
+                r.keep_failed_hours,
+                r.sweep_interval_s
+            ),
+            (72.0, 720.0, 600)
+        );
+        let keys = |toml: &str| -> Vec<String> {
+            Config::parse(toml)
+                .unwrap()
+                .validate()
+                .into_iter()
+                .map(|p| p.key)
+                .filter(|k| k.starts_with("retention"))
+                .collect()
+        };
+        // Zero is allowed: purge as soon as the study is finished.
+        assert!(keys("[retention]\nkeep_delivered_hours = 0\nkeep_failed_hours = 0\n").is_empty());
+        assert_eq!(
+            keys("[retention]\nkeep_delivered_hours = -1\nsweep_interval_s = 0\n"),
+            [
+                "retention.keep_delivered_hours",
+                "retention.sweep_interval_s"
+            ]
+        );
+        assert_eq!(
+            keys("[retention]\nkeep_delivered_hours = 100\nkeep_failed_hours = 10\n"),
+            ["retention.keep_failed_hours"]
+        );
+        assert_eq!(
+            keys("[retention]\nkeep_delivered_hours = nan\nkeep_failed_hours = inf\n"),
+            [
+                "retention.keep_delivered_hours",
+                "retention.keep_failed_hours"
+            ]
+        );
+        let e = Config::parse("[retention]\nkeep_hours = 1\n").unwrap_err();
+        assert!(e.contains("keep_hours"), "{e}");
     }
 
     #[test]

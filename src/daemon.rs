@@ -1,5 +1,6 @@
-//! `proxyseg serve`: wires config, spool, index, SCP listeners and the assembler together,
-//! speaks sd_notify, and shuts down gracefully on SIGTERM / SIGINT.
+//! `proxyseg serve`: wires config, spool, index, SCP listeners, the assembler, the pipeline
+//! workers, delivery and the retention sweeper together, speaks sd_notify, and shuts down
+//! gracefully on SIGTERM / SIGINT.
 
 use crate::config::Config;
 use crate::dicom::scp::Scp;
@@ -95,18 +96,22 @@ impl Running {
 }
 
 /// Starts every part of the daemon and returns once all listeners are bound.
-pub async fn start(cfg: Config) -> Result<Running, StartError> {
-    let cfg = Arc::new(cfg);
-    let data_dir = cfg.storage.data_dir.clone();
+pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     // PHI at rest: files 0600 and dirs 0700 are set explicitly where the daemon creates them;
     // the umask covers what other code (SEG writer, engine caches, SQLite journals) creates.
     crate::store::private::restrict_umask();
-    crate::store::private::create_dir_all(&data_dir)
-        .and_then(|_| crate::store::private::tighten(&data_dir))
+    let configured = cfg.storage.data_dir.clone();
+    // One spelling of the data dir, whatever the config says and wherever the daemon was
+    // started: every path the index stores is absolute and canonical (review M3).
+    cfg.storage.data_dir = crate::store::private::create_dir_all(&configured)
+        .and_then(|_| crate::store::private::tighten(&configured))
+        .and_then(|_| std::fs::canonicalize(&configured))
         .map_err(|source| StartError::DataDir {
-            path: data_dir.display().to_string(),
+            path: configured.display().to_string(),
             source,
         })?;
+    let cfg = Arc::new(cfg);
+    let data_dir = cfg.storage.data_dir.clone();
     let (spool, removed) = Spool::open(&data_dir)?;
     if removed > 0 {
         tracing::warn!(
@@ -115,6 +120,15 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         );
     }
     let db = Db::open(&data_dir.join("proxyseg.sqlite"))?;
+    let root = spool.root().to_path_buf();
+    let repointed = db.write(move |c| instances::repoint_into(c, &root)).await?;
+    if repointed > 0 {
+        tracing::warn!(
+            repointed,
+            spool = %spool.root().display(),
+            "index rows named the spool by another path: re-pointed to the same files"
+        );
+    }
     // Rows committed while their file's fsync still ran (none after a clean stop): keep the
     // ones whose file is intact; the others were never acknowledged.
     let unverified = db
@@ -123,8 +137,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     for (uid, path) in &unverified {
         tracing::warn!(sop = %uid, path = %path, "removed an instance whose file was not durable when the daemon stopped (never acknowledged)");
     }
-    // After a crash, files renamed into the spool whose index row never committed, and rows
-    // whose file's directory entry never became durable, were never acknowledged: remove them. A clean shutdown leaves a marker that skips this walk.
+    // After a crash, files renamed into the spool whose index row never committed (moved
+    // aside to spool/.orphans), and rows whose file's directory entry never became durable,
+    // were never acknowledged. A clean shutdown leaves a marker that skips this walk.
     let marker = data_dir.join(".clean-shutdown");
     if marker.exists() {
         let _ = std::fs::remove_file(&marker);
@@ -134,16 +149,29 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             let rows = st.query_map([], |r| r.get::<_, String>(0))?;
             rows.map(|r| r.map(std::path::PathBuf::from)).collect()
         })?;
-        let removed = spool.sweep_orphans(&indexed)?;
+        let moved_aside = spool.sweep_orphans(&indexed)?;
         let dropped = db.write(instances::drop_missing).await?;
         for (uid, path) in &dropped {
             tracing::warn!(sop = %uid, path = %path, "removed an index row whose file is missing (never acknowledged)");
         }
         tracing::info!(
-            removed,
+            moved_aside,
             dropped_rows = dropped.len(),
             "checked the spool and the index after an unclean stop"
         );
+    }
+    // The trash of purges a stop or crash interrupted (store::retention): committed or not,
+    // their files go (rows still naming them were dropped above, or are purged next pass).
+    let stale = crate::store::retention::stale_trash(&data_dir);
+    if !stale.is_empty() {
+        tokio::task::spawn_blocking(move || {
+            let r = crate::store::retention::remove_trash(&stale);
+            tracing::info!(
+                files = r.files,
+                bytes = r.bytes,
+                "emptied the trash of interrupted purges"
+            );
+        });
     }
     let open = db.read(jobs::unfinished)?;
     let indexed = db.read(crate::store::instances::count)?;
@@ -249,6 +277,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         cfg.clone(),
         db.clone(),
         segmenter,
+        metrics.clone(),
         &mut servers,
         stop_rx.clone(),
     )
@@ -365,6 +394,18 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         pipeline.clone(),
         stop_rx.clone(),
     ));
+    let mut tasks = vec![assembler, deliverer, pipeline_task];
+    if cfg.retention.enabled {
+        tasks.push(tokio::spawn(crate::pipeline::retention::run(
+            db.clone(),
+            data_dir.clone(),
+            cfg.retention.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        )));
+    } else {
+        tracing::warn!("retention.enabled = false: received studies and results are kept until an admin purges them");
+    }
 
     for (l, tls) in listeners {
         servers.spawn(scp.clone().serve(l, tls, stop_rx.clone()));
@@ -406,7 +447,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         pipeline,
         stop_tx,
         servers,
-        tasks: vec![assembler, deliverer, pipeline_task],
+        tasks,
         marker,
         scp,
         delivery_stats,
@@ -439,6 +480,8 @@ fn describe_metrics(m: &crate::metrics::Metrics) {
         ("proxyseg_jobs_total", "counter", "Job state transitions by state and failure reason."),
         ("proxyseg_queue_depth", "gauge", "Items waiting, by queue."),
         ("proxyseg_support_cache_total", "counter", "Support-context cache lookups by result (hit, disk, computed)."),
+        (crate::store::retention::PURGED_STUDIES, "counter", "Studies purged (files and index rows), by who asked (retention, admin) and how they ended (finished, failed)."),
+        (crate::store::retention::PURGED_BYTES, "counter", "Bytes removed from disk by purges and leftover sweeps."),
     ] {
         m.describe(name, kind, help);
     }

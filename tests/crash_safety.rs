@@ -183,7 +183,9 @@ fn spool_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
-            if p.file_name().is_some_and(|n| n == ".tmp") {
+            if p.file_name()
+                .is_some_and(|n| n == ".tmp" || n == ".orphans")
+            {
                 continue;
             }
             spool_files(&p, out);
@@ -481,4 +483,109 @@ filter = "info"
         "resent {TOTAL} after restart; total {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Review M3: after an unclean stop the daemon reconciles the spool with the index. Restarted
+/// on the same data through another spelling of its path (relative `var` from the install
+/// directory, then the absolute path, as an admin editing the config would), it must not take
+/// the acknowledged instances for unindexed leftovers and delete them.
+#[test]
+fn another_spelling_of_the_data_dir_loses_no_instance_after_kill_9() {
+    const COUNT: usize = 12;
+    let py = venv_python();
+    let sender = root().join("tests/python/crash_sender.py");
+    let tmp = Workdir(Some(
+        tempfile::Builder::new()
+            .prefix("proxyseg-datadir-")
+            .tempdir()
+            .unwrap(),
+    ));
+    let dir = tmp.0.as_ref().unwrap().path().to_path_buf();
+    let inputs = dir.join("in");
+    let acklog = dir.join("acked.log");
+    let gen = Command::new(&py)
+        .arg(&sender)
+        .args(["generate", "--count", &COUNT.to_string(), "--dir"])
+        .arg(&inputs)
+        .output()
+        .unwrap();
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let (port, metrics_port) = (common::free_port(), common::free_port());
+    let config = dir.join("proxyseg.toml");
+    let write_config = |data_dir: &str| {
+        fs::write(
+            &config,
+            format!(
+                "[dicom]\nae_title = \"PROXYSEG\"\nlisten = \"127.0.0.1:{port}\"\nrequire_known_peers = true\n\
+                 min_free_disk_mb = 1\n[[dicom.peers]]\nae_title = \"{SENDER_AE}\"\nhost = \"127.0.0.1\"\nport = 11199\n\
+                 [storage]\ndata_dir = \"{data_dir}\"\n[pipeline]\nstable_age_s = 3600.0\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+                 [log]\nfilter = \"info\"\n"
+            ),
+        )
+        .unwrap()
+    };
+
+    // Run 1: data_dir "var", relative to the daemon's working directory; all acknowledged.
+    write_config("var");
+    let mut daemon = start_daemon(&dir, &config, port, "1");
+    let send = Command::new(&py)
+        .arg(&sender)
+        .args(["send", "--port", &port.to_string(), "--aet", SENDER_AE])
+        .args(["--assocs", "1", "--dir"])
+        .arg(&inputs)
+        .arg("--log")
+        .arg(&acklog)
+        .output()
+        .unwrap();
+    assert_eq!(
+        count_lines(&acklog),
+        COUNT,
+        "acknowledged before the kill: {}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    daemon.0.kill().unwrap(); // SIGKILL: the next start reconciles spool and index
+    let _ = daemon.0.wait();
+
+    // Run 2: the same directory, spelled absolute (a symlink or "./var" is the same case).
+    write_config(&dir.join("var").display().to_string());
+    let daemon = start_daemon(&dir, &config, port, "2");
+    let log = fs::read_to_string(dir.join("daemon-2.log")).unwrap_or_default();
+    let mut files = Vec::new();
+    spool_files(&dir.join("var/spool"), &mut files);
+    let db = Connection::open_with_flags(
+        dir.join("var/proxyseg.sqlite"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let paths: Vec<String> = db
+        .prepare("SELECT path FROM instances")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    stop_daemon(daemon);
+    assert_eq!(
+        files.len(),
+        COUNT,
+        "acknowledged instance files deleted after the restart; log:\n{log}"
+    );
+    assert_eq!(
+        paths.len(),
+        COUNT,
+        "index rows after the restart; log:\n{log}"
+    );
+    for p in &paths {
+        let abs = Path::new(p);
+        let abs = if abs.is_absolute() {
+            abs.to_path_buf()
+        } else {
+            dir.join("var").join(abs)
+        };
+        assert!(abs.is_file(), "indexed {p} names no file");
+    }
 }

@@ -60,26 +60,6 @@ fn outbox_row(d: &Daemon) -> (String, i64, Option<String>) {
         .unwrap()
 }
 
-fn storescp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
-    require_tool("storescp");
-    std::fs::create_dir_all(dir).unwrap();
-    let c = Command::new("storescp")
-        .args(extra)
-        .args(["-od"])
-        .arg(dir)
-        .arg(port.to_string())
-        .env("TCP_NODELAY", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let g = Guard(c);
-    wait_for("storescp to listen", 10, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    g
-}
-
 fn pacs_scp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
     let mut c = Command::new(python())
         .arg(root().join("tests/python/pacs_scp.py"))

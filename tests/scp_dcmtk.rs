@@ -295,4 +295,17 @@ fn storescu_variants_all_store() {
         d.log().contains("replaced the stored one"),
         "replacement not logged"
     );
+    // Review L5: the replacement's name carries a letter, so it can never be the name of
+    // another instance (UIDs are digits and dots: "<sop>.<12 digits>.dcm" could be one).
+    let name = stored.file_name().unwrap().to_string_lossy().into_owned();
+    let suffix = name
+        .strip_prefix(&format!("{sop}."))
+        .and_then(|r| r.strip_suffix(".dcm"))
+        .unwrap_or_else(|| panic!("replacement stored as {name}"));
+    assert!(
+        suffix.len() == 13
+            && suffix.starts_with('r')
+            && suffix[1..].chars().all(|c| c.is_ascii_hexdigit()),
+        "replacement stored as {name}"
+    );
 }

@@ -1,6 +1,6 @@
 //! `proxyseg admin ...`: the command-line client of the admin API.
 //!
-//! Mirrors the services: `support-set`, `pair`, `rule`, `jobs`, `models`, `preview`, `audit`. Prints readable tables
+//! Mirrors the services: `support-set`, `pair`, `rule`, `jobs`, `study`, `models`, `preview`, `audit`. Prints readable tables
 //! by default and JSON with `--json`; uploads show a progress bar on a terminal. The token comes
 //! from `--token-file` (first non-empty line) or the `PROXYSEG_TOKEN` environment variable. Exit
 //! status: 0 on success, 1 on an API or connection error (the message names the gRPC code),
@@ -12,6 +12,7 @@ use crate::admin::pb::jobs_client::JobsClient;
 use crate::admin::pb::models_client::ModelsClient;
 use crate::admin::pb::preview_client::PreviewClient;
 use crate::admin::pb::rules_client::RulesClient;
+use crate::admin::pb::studies_client::StudiesClient;
 use crate::admin::pb::support_sets_client::SupportSetsClient;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -69,6 +70,9 @@ pub enum AdminCmd {
     /// Jobs.
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// Studies the daemon holds (received instances, results).
+    #[command(subcommand)]
+    Study(StudyCmd),
     /// Model bundles.
     #[command(subcommand)]
     Models(ModelsCmd),
@@ -357,6 +361,21 @@ pub enum JobsCmd {
     Retry {
         /// Job id.
         id: i64,
+    },
+}
+
+/// `study ...`.
+#[derive(Subcommand, Debug)]
+pub enum StudyCmd {
+    /// Purge a study now: its received instances, SEG results, delivery files and index rows
+    /// (audited). Refused (FAILED_PRECONDITION) while it is receiving, a job of it is
+    /// unfinished or a SEG of it waits for delivery; NOT_FOUND when the daemon does not hold it.
+    Purge {
+        /// Study Instance UID.
+        uid: String,
+        /// Why (recorded in the audit row).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -800,6 +819,7 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
     let mut jobs = JobsClient::with_interceptor(ch.clone(), auth.clone());
     let mut models = ModelsClient::with_interceptor(ch.clone(), auth.clone());
     let mut audit = AuditClient::with_interceptor(ch.clone(), auth.clone());
+    let mut studies = StudiesClient::with_interceptor(ch.clone(), auth.clone());
     let mut preview = PreviewClient::with_interceptor(ch, auth)
         .max_decoding_message_size(big)
         .max_encoding_message_size(big);
@@ -1358,6 +1378,37 @@ async fn run(args: &AdminArgs) -> Result<(), CliError> {
                 });
             }
         },
+        AdminCmd::Study(StudyCmd::Purge { uid, reason }) => {
+            let p = studies
+                .purge(pb::PurgeStudyRequest {
+                    study_instance_uid: uid.clone(),
+                    reason: reason.clone(),
+                })
+                .await?
+                .into_inner();
+            print(
+                args,
+                json!({"study_instance_uid": p.study_instance_uid, "outcome": p.outcome,
+                       "instances": p.instances, "jobs": p.jobs, "outbox_rows": p.outbox_rows,
+                       "files": p.files, "bytes": p.bytes, "missing_files": p.missing_files}),
+                || {
+                    let mut s = format!(
+                        "purged study {} ({}): {} instance(s), {} job(s), {} SEG delivery row(s); {} file(s), {} byte(s) removed",
+                        p.study_instance_uid,
+                        p.outcome,
+                        p.instances,
+                        p.jobs,
+                        p.outbox_rows,
+                        p.files,
+                        p.bytes
+                    );
+                    if p.missing_files > 0 {
+                        s += &format!("; {} instance file(s) were already gone", p.missing_files);
+                    }
+                    s
+                },
+            );
+        }
         AdminCmd::Preview {
             set,
             image,

@@ -1,8 +1,9 @@
 //! The admin gRPC API (tonic) and its command-line client: support sets, routing rules, jobs,
-//! model bundles and previews, for the hospital staff who curate what gets segmented.
+//! model bundles, previews and study purges, for the hospital staff who curate what gets
+//! segmented and answer for the PHI it holds.
 //!
 //! Sits beside the data flow: it reads and changes the store (`store::support`, `store::rules`,
-//! `store::jobs`, `store::audit`) and never reaches into the pipeline. Every change is one
+//! `store::jobs`, `store::retention`, `store::audit`) and never reaches into the pipeline. Every change is one
 //! SQLite transaction together with its audit row; every call is authenticated
 //! ([`auth`]). Segmentation for Evaluate / Preview goes through the [`segment::Segmenter`]
 //! boundary, implemented by the engine.
@@ -22,6 +23,7 @@ pub mod preview;
 pub mod rules;
 pub mod segment;
 pub mod server;
+pub mod studies;
 pub mod support_sets;
 
 pub use segment::{DicomImage, SegmentError, Segmenter};
@@ -114,6 +116,17 @@ impl From<crate::store::rules::RuleError> for Status {
             E::NotFound(_) => Status::not_found(e.to_string()),
             E::Invalid(_) => Status::invalid_argument(e.to_string()),
             E::Sql(_) => internal(&e),
+        }
+    }
+}
+
+impl From<crate::store::retention::RetentionError> for Status {
+    fn from(e: crate::store::retention::RetentionError) -> Status {
+        use crate::store::retention::RetentionError as E;
+        match &e {
+            E::NotFound(_) => Status::not_found(e.to_string()),
+            E::InFlight { .. } | E::NotDue { .. } => Status::failed_precondition(e.to_string()),
+            E::Io { .. } | E::Sql(_) | E::Db(_) => internal(&e),
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct State {
     /// Turns true at shutdown: server streams (Watch) end, so graceful shutdown never waits on
     /// a client that watches forever.
     pub stop: watch::Receiver<bool>,
+    /// The daemon's metrics (purges are counted there).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl State {
@@ -124,6 +126,7 @@ pub async fn start(
     cfg: Arc<Config>,
     db: Db,
     segmenter: Option<Arc<dyn Segmenter>>,
+    metrics: crate::metrics::Metrics,
     servers: &mut tokio::task::JoinSet<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Option<Arc<StoreCatalog>>, StartError> {
@@ -154,6 +157,7 @@ pub async fn start(
         synonyms: cfg.body_part_synonyms(),
         segmenter,
         stop: stop.clone(),
+        metrics,
     });
     let data_dir = cfg.storage.data_dir.clone();
     let db2 = st.db.clone();
@@ -187,6 +191,7 @@ pub async fn start(
     use pb::models_server::ModelsServer;
     use pb::preview_server::PreviewServer;
     use pb::rules_server::RulesServer;
+    use pb::studies_server::StudiesServer;
     use pb::support_sets_server::SupportSetsServer;
     let limit = max_upload + 64 * 1024;
     let support = SupportSetsServer::new(crate::admin::support_sets::Svc::new(st.clone()))
@@ -196,6 +201,7 @@ pub async fn start(
     let jobs = JobsServer::new(crate::admin::jobs::Svc::new(st.clone()));
     let models = ModelsServer::new(crate::admin::models::Svc::new(st.clone()));
     let audit = AuditServer::new(crate::admin::audit::Svc::new(st.clone()));
+    let studies = StudiesServer::new(crate::admin::studies::Svc::new(st.clone()));
     let preview = PreviewServer::new(crate::admin::preview::Svc::new(st.clone()))
         .max_decoding_message_size(limit);
     health
@@ -216,6 +222,9 @@ pub async fn start(
     health
         .set_serving::<AuditServer<crate::admin::audit::Svc>>()
         .await;
+    health
+        .set_serving::<StudiesServer<crate::admin::studies::Svc>>()
+        .await;
     let listener = TcpListener::bind(&a.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -231,6 +240,7 @@ pub async fn start(
         .add_service(InterceptedService::new(jobs, auth.clone()))
         .add_service(InterceptedService::new(models, auth.clone()))
         .add_service(InterceptedService::new(audit, auth.clone()))
+        .add_service(InterceptedService::new(studies, auth.clone()))
         .add_service(InterceptedService::new(preview, auth));
     tracing::info!(
         addr = %a.listen,

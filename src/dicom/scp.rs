@@ -93,11 +93,13 @@ enum AssocError {
     Io(String),
 }
 
-/// Why a C-STORE was refused: the DIMSE status and Error Comment sent back.
+/// Why a C-STORE was refused: the DIMSE status and Error Comment sent back, and for a
+/// failure of the daemon's own storage the error itself, which only the log sees.
 #[derive(Debug)]
 struct Refusal {
     status: u16,
     comment: String,
+    detail: Option<String>,
 }
 
 impl Refusal {
@@ -105,9 +107,30 @@ impl Refusal {
         Refusal {
             status,
             comment: comment.into(),
+            detail: None,
         }
     }
+
+    /// A failure of the daemon's own storage (spool I/O, index): the peer reads only `what`
+    /// (0xA700), never the error's server paths; the error goes to the log (review L7).
+    fn internal(what: &'static str, detail: impl std::fmt::Display) -> Refusal {
+        Refusal {
+            status: status::OUT_OF_RESOURCES,
+            comment: what.to_string(),
+            detail: Some(detail.to_string()),
+        }
+    }
+
+    /// What the log says: the error itself where there is one.
+    fn log_reason(&self) -> &str {
+        self.detail.as_deref().unwrap_or(&self.comment)
+    }
 }
+
+/// Error Comments of storage failures (review L7: no server paths reach peers).
+const NOT_WRITTEN: &str = "storage error: instance not written";
+const NOT_DURABLE: &str = "storage error: instance not made durable";
+const NOT_INDEXED: &str = "storage error: instance not indexed";
 
 /// Access control: the called AE must be ours; with `require_known_peers`, the calling AE
 /// must be a configured peer whose host is where the connection came from.
@@ -1078,7 +1101,7 @@ impl Scp {
             } => (file, path, hash, head, len, offset),
             IncomingState::Refused(r) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sop = %cmd.sop_instance_uid, status = format!("{:#06x}", r.status), reason = %r.comment, "C-STORE refused");
+                tracing::warn!(sop = %cmd.sop_instance_uid, status = format!("{:#06x}", r.status), reason = %r.log_reason(), "C-STORE refused");
                 return (r.status, Some(r.comment), cmd);
             }
             IncomingState::Swallow => {
@@ -1130,7 +1153,7 @@ impl Scp {
             Ok(p) => p,
             Err(r) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sop = %cmd.sop_instance_uid, status = format!("{:#06x}", r.status), reason = %r.comment, "C-STORE refused");
+                tracing::warn!(sop = %cmd.sop_instance_uid, status = format!("{:#06x}", r.status), reason = %r.log_reason(), "C-STORE refused");
                 return (r.status, Some(r.comment), cmd);
             }
         };
@@ -1152,7 +1175,7 @@ impl Scp {
                     Ok(()) => (status::SUCCESS, None, cmd),
                     Err(r) => {
                         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(sop = %cmd.sop_instance_uid, reason = %r.comment, "C-STORE failed while committing");
+                        tracing::error!(sop = %cmd.sop_instance_uid, reason = %r.log_reason(), "C-STORE failed while committing");
                         (r.status, Some(r.comment), cmd)
                     }
                 };
@@ -1162,7 +1185,7 @@ impl Scp {
             Ok(()) => (status::SUCCESS, None, cmd),
             Err(r) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sop = %cmd.sop_instance_uid, reason = %r.comment, "C-STORE failed while committing");
+                tracing::error!(sop = %cmd.sop_instance_uid, reason = %r.log_reason(), "C-STORE failed while committing");
                 (r.status, Some(r.comment), cmd)
             }
         }
@@ -1176,15 +1199,15 @@ impl Scp {
         let dir = dest.parent().unwrap_or(self.spool.root()).to_owned();
         let r = rec.clone();
         let outcome = match self.dir_sync.sync(&dir).await {
-            Err(e) => Err(Refusal::new(
-                status::OUT_OF_RESOURCES,
+            Err(e) => Err(Refusal::internal(
+                NOT_DURABLE,
                 format!("cannot fsync spool directory: {e}"),
             )),
             Ok(()) => self
                 .db
                 .write(move |c| instances::record(c, &r))
                 .await
-                .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, format!("index: {e}"))),
+                .map_err(|e| Refusal::internal(NOT_INDEXED, format!("index: {e}"))),
         };
         let outcome = match outcome {
             Ok(o) => o,
@@ -1216,9 +1239,9 @@ impl Scp {
             _ => fsynced,
         };
         let failure = match (&fsynced, &indexed, &barrier) {
-            (Err(e), _, _) => Some(format!("cannot fsync spool file: {e}")),
-            (_, Err(e), _) => Some(format!("index: {e}")),
-            (_, _, Err(e)) => Some(format!("cannot fsync spool directory: {e}")),
+            (Err(e), _, _) => Some((NOT_DURABLE, format!("cannot fsync spool file: {e}"))),
+            (_, Err(e), _) => Some((NOT_INDEXED, format!("index: {e}"))),
+            (_, _, Err(e)) => Some((NOT_DURABLE, format!("cannot fsync spool directory: {e}"))),
             _ => None,
         };
         if fsynced.is_ok() {
@@ -1227,7 +1250,7 @@ impl Scp {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(uid.clone());
         }
-        if let Some(comment) = failure {
+        if let Some((what, detail)) = failure {
             // Only a failed directory barrier leaves a durable file and its committed row in
             // place (consistent while the system runs; the sender retries). Otherwise nothing
             // may name the file any more.
@@ -1244,7 +1267,7 @@ impl Scp {
                 }
                 self.spool.discard(Path::new(&rec.path));
             }
-            return Err(Refusal::new(status::OUT_OF_RESOURCES, comment));
+            return Err(Refusal::internal(what, detail));
         }
         if let Ok(outcome) = indexed {
             self.stored(&rec, outcome);
@@ -1332,8 +1355,8 @@ fn place(
     };
     let r = (|| {
         let file = file.into_inner().map_err(|e| {
-            Refusal::new(
-                status::OUT_OF_RESOURCES,
+            Refusal::internal(
+                NOT_WRITTEN,
                 format!("cannot write spool file: {}", e.error()),
             )
         })?;
@@ -1352,31 +1375,34 @@ fn place(
         rec.path = dest.to_string_lossy().into_owned();
         let existing = db
             .read(|c| instances::existing(c, &rec.sop_instance_uid))
-            .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))?;
+            .map_err(|e| Refusal::internal(NOT_INDEXED, e))?;
         if let Some((stored, path)) = &existing {
             if spool::same_content(stored, Path::new(path), &rec.digest) {
                 return Ok(None);
             }
             // A different copy goes to a new name, so the stored copy and its index row stay
             // consistent until the new row is committed; the old file is removed only after.
+            // The name's "r" keeps it apart from every UID-named file (digits and dots only):
+            // "<sop>.<12 digits>.dcm" would be the path of instance "<sop>.<12 digits>" and
+            // the rename would replace that instance silently (review L5).
             if *path == rec.path {
                 let hex = rec.digest.rsplit(':').next().unwrap_or_default();
                 let short = &hex[..12.min(hex.len())];
                 rec.path = dest
-                    .with_extension(format!("{short}.dcm"))
+                    .with_extension(format!("r{short}.dcm"))
                     .to_string_lossy()
                     .into_owned();
             }
             // A replacement's bytes are durable before it is renamed next to the copy it
             // replaces (with syncfs, the barrier after the rename covers them).
             if fsync_mode {
-                fsync(&file).map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e))?;
+                fsync(&file).map_err(|e| Refusal::internal(NOT_DURABLE, e))?;
             }
         }
         let rename = |to: &str| {
             spool
                 .rename_into_place(&temp, Path::new(to))
-                .map_err(|e| Refusal::new(status::OUT_OF_RESOURCES, e.to_string()))
+                .map_err(|e| Refusal::internal(NOT_WRITTEN, e))
         };
         rename(&rec.path)?;
         if existing.is_some() {
@@ -1521,10 +1547,7 @@ impl Incoming {
                         }
                     }
                     r.err().map(|e| {
-                        Refusal::new(
-                            status::OUT_OF_RESOURCES,
-                            format!("cannot write spool file: {e}"),
-                        )
+                        Refusal::internal(NOT_WRITTEN, format!("cannot write spool file: {e}"))
                     })
                 }
             }
@@ -1935,3 +1958,29 @@ const PART10_PREAMBLE: [u8; 132] = {
     p[131] = b'M';
     p
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_tell_the_peer_no_server_path() {
+        let e = spool::SpoolError::Io {
+            op: "create",
+            path: "/var/lib/proxyseg/spool/.tmp/0f.part".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        let r = Refusal::internal(NOT_WRITTEN, &e);
+        assert_eq!(r.status, status::OUT_OF_RESOURCES);
+        assert_eq!(r.comment, NOT_WRITTEN);
+        assert!(
+            r.comment.len() <= 64,
+            "an Error Comment is at most 64 characters"
+        );
+        assert!(r
+            .log_reason()
+            .contains("/var/lib/proxyseg/spool/.tmp/0f.part"));
+        let plain = Refusal::new(status::CANNOT_UNDERSTAND, "data set does not parse");
+        assert_eq!(plain.log_reason(), "data set does not parse");
+    }
+}

@@ -32,6 +32,7 @@ pub async fn run(
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    settle_written(&db).await;
     let slots = Arc::new(Semaphore::new(cfg.concurrency));
     let mut in_flight = std::collections::HashSet::<i64>::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
@@ -147,6 +148,28 @@ async fn deliver_one(
     }
     if let Some(job) = row.job_id {
         settle_job(db, job).await;
+    }
+}
+
+/// Settles every `written` job none of whose objects is pending: a daemon stopped between
+/// an object's last attempt and its job's settling would otherwise leave that job `written`
+/// for good, and its study would never be finished (nor ever purged by retention).
+pub async fn settle_written(db: &Db) {
+    let ids = db.read(|c| {
+        c.prepare(
+            "SELECT id FROM jobs j WHERE state = 'written' AND NOT EXISTS
+               (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'pending')",
+        )?
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<Result<Vec<_>, _>>()
+    });
+    match ids {
+        Ok(ids) => {
+            for id in ids {
+                settle_job(db, id).await;
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list written jobs to settle"),
     }
 }
 
@@ -274,4 +297,59 @@ pub fn enqueue_files(
         out.push((f.display().to_string(), id));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::instances::{record, test_record};
+
+    /// A job left `written` with every object delivered (the daemon stopped before settling
+    /// it) is settled at the next start; one with an object still pending stays `written`.
+    #[tokio::test]
+    async fn written_jobs_with_nothing_pending_are_settled_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let ids: Vec<i64> = db
+            .write(|c| {
+                record(c, &test_record("1.1", "1.5", 1.0))?;
+                record(c, &test_record("2.1", "2.5", 1.0))?;
+                let ids: Vec<i64> = jobs::complete_stable_studies(c, 1.0, 2.0)?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                for (id, state) in ids.iter().zip(["delivered", "pending"]) {
+                    c.execute("UPDATE jobs SET state = 'written' WHERE id = ?1", [id])?;
+                    let row = outbox::enqueue(
+                        c,
+                        Some(*id),
+                        &format!("9.{id}"),
+                        "1.2",
+                        "/r.dcm",
+                        "PACS",
+                        "h",
+                        104,
+                        false,
+                        2.0,
+                    )?;
+                    c.execute(
+                        "UPDATE outbox SET state = ?2 WHERE id = ?1",
+                        rusqlite::params![row, state],
+                    )?;
+                }
+                Ok(ids)
+            })
+            .await
+            .unwrap();
+        settle_written(&db).await;
+        let states: Vec<String> = db
+            .read(|c| {
+                c.prepare("SELECT state FROM jobs ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(states, ["delivered", "written"]);
+    }
 }

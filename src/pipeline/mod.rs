@@ -5,4 +5,5 @@ pub mod assemble;
 pub mod catalog;
 pub mod deliver;
 pub mod offline;
+pub mod retention;
 pub mod worker;

@@ -242,6 +242,82 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX studies_state;
     CREATE INDEX studies_state ON studies(state);
     "#,
+    // 7: retention deletes rows (store::retention), so ids must never come back: a job id is
+    // its results folder, its SEG UIDs' seed and its name in the audit log, and Jobs.Watch
+    // follows job_events by rowid. Plain INTEGER PRIMARY KEYs hand out max + 1, which reuses
+    // the ids of deleted newest rows; AUTOINCREMENT never does. The three tables are rebuilt
+    // with their rows and ids (see `migrate` for the foreign keys).
+    r#"
+    CREATE TABLE jobs_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+        state TEXT NOT NULL,
+        calling_ae TEXT NOT NULL,
+        instance_count INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        rule_id INTEGER,
+        support_set TEXT,
+        support_set_version INTEGER,
+        bundle TEXT,
+        destination_ae TEXT,
+        series_json TEXT,
+        skip_localizers INTEGER NOT NULL DEFAULT 1
+    );
+    INSERT INTO jobs_new (id, study_uid, state, calling_ae, instance_count, created_at,
+        updated_at, attempts, error, rule_id, support_set, support_set_version, bundle,
+        destination_ae, series_json, skip_localizers)
+    SELECT id, study_uid, state, calling_ae, instance_count, created_at, updated_at, attempts,
+        error, rule_id, support_set, support_set_version, bundle, destination_ae, series_json,
+        skip_localizers FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_new RENAME TO jobs;
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE INDEX jobs_study ON jobs(study_uid);
+    CREATE TABLE job_events_new (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        state TEXT NOT NULL,
+        at REAL NOT NULL,
+        detail TEXT
+    );
+    INSERT INTO job_events_new (seq, job_id, state, at, detail)
+    SELECT rowid, job_id, state, at, detail FROM job_events ORDER BY rowid;
+    DROP TABLE job_events;
+    ALTER TABLE job_events_new RENAME TO job_events;
+    CREATE INDEX job_events_job ON job_events(job_id);
+    CREATE TABLE outbox_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER REFERENCES jobs(id),
+        sop_instance_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        path TEXT NOT NULL,
+        destination_ae TEXT NOT NULL,
+        destination_host TEXT NOT NULL,
+        destination_port INTEGER NOT NULL,
+        tls INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try_at REAL NOT NULL,
+        last_error TEXT,
+        last_status INTEGER,
+        created_at REAL NOT NULL,
+        delivered_at REAL,
+        UNIQUE (sop_instance_uid, destination_ae)
+    );
+    INSERT INTO outbox_new (id, job_id, sop_instance_uid, sop_class_uid, path, destination_ae,
+        destination_host, destination_port, tls, state, attempts, next_try_at, last_error,
+        last_status, created_at, delivered_at)
+    SELECT id, job_id, sop_instance_uid, sop_class_uid, path, destination_ae, destination_host,
+        destination_port, tls, state, attempts, next_try_at, last_error, last_status, created_at,
+        delivered_at FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_new RENAME TO outbox;
+    CREATE INDEX outbox_due ON outbox(state, next_try_at);
+    CREATE INDEX outbox_job ON outbox(job_id);
+    "#,
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -302,7 +378,21 @@ fn open_conn(path: &Path) -> Result<Connection, DbError> {
 }
 
 /// Applies every pending migration inside one transaction.
+///
+/// Foreign key enforcement is off while they run (SQLite changes it only outside a
+/// transaction): a table rebuild (migration 7) drops a table other tables refer to before its
+/// copy takes its name, SQLite's documented procedure for schema changes ALTER TABLE cannot
+/// make. The rows keep their keys, so every reference resolves again once it committed.
 fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    conn.execute_batch("PRAGMA foreign_keys=OFF")
+        .map_err(DbError::sql("foreign_keys off for migrations"))?;
+    let r = migrate_in_transaction(conn);
+    conn.execute_batch("PRAGMA foreign_keys=ON")
+        .map_err(DbError::sql("foreign_keys back on after migrations"))?;
+    r
+}
+
+fn migrate_in_transaction(conn: &mut Connection) -> Result<(), DbError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(DbError::sql("reading user_version"))?;
@@ -519,5 +609,98 @@ mod tests {
             .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    /// Migration 7 keeps every job, event and outbox row with its id, and from then on an id
+    /// freed by deleting the newest row is never handed out again; foreign keys are enforced
+    /// again afterwards.
+    #[test]
+    fn migration_7_keeps_ids_and_never_reuses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = open_conn(&path).unwrap();
+            for sql in &MIGRATIONS[..6] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 6;
+                 INSERT INTO studies VALUES ('1.5', 'P', 'PACS', 1, 1, 'complete', 2);
+                 INSERT INTO jobs (id, study_uid, state, calling_ae, instance_count, created_at,
+                    updated_at, destination_ae, series_json)
+                 VALUES (4, '1.5', 'written', 'PACS', 1, 2, 3, 'PACS', '[\"1.9\"]');
+                 INSERT INTO job_events (job_id, state, at) VALUES (4, 'complete', 2);
+                 INSERT INTO job_events (job_id, state, at) VALUES (4, 'written', 3);
+                 INSERT INTO outbox (id, job_id, sop_instance_uid, sop_class_uid, path,
+                    destination_ae, destination_host, destination_port, state, next_try_at,
+                    created_at)
+                 VALUES (9, 4, '1.7', '1.2', '/r/1.7.dcm', 'PACS', 'h', 104, 'pending', 3, 3);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let kept = db
+            .read(|c| {
+                Ok((
+                    c.query_row(
+                        "SELECT id, destination_ae, series_json FROM jobs",
+                        [],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                            ))
+                        },
+                    )?,
+                    c.query_row("SELECT MAX(rowid), COUNT(*) FROM job_events", [], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })?,
+                    c.query_row("SELECT id, path FROM outbox", [], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(
+            kept,
+            (
+                (4, "PACS".into(), "[\"1.9\"]".into()),
+                (2, 2),
+                (9, "/r/1.7.dcm".into())
+            )
+        );
+        // Deleting the newest rows frees their ids for good.
+        let next = db
+            .write_blocking(|c| {
+                c.execute_batch(
+                    "DELETE FROM outbox; DELETE FROM job_events; DELETE FROM jobs;
+                     INSERT INTO jobs (study_uid, state, calling_ae, instance_count, created_at,
+                        updated_at) VALUES ('1.5', 'complete', 'PACS', 1, 5, 5);
+                     INSERT INTO job_events (job_id, state, at)
+                        VALUES (last_insert_rowid(), 'complete', 5);
+                     INSERT INTO outbox (job_id, sop_instance_uid, sop_class_uid, path,
+                        destination_ae, destination_host, destination_port, state, next_try_at,
+                        created_at)
+                     VALUES (NULL, '1.8', '1.2', '/o/1.8.dcm', 'PACS', 'h', 104, 'pending', 5, 5);",
+                )?;
+                Ok((
+                    c.query_row("SELECT MAX(id) FROM jobs", [], |r| r.get::<_, i64>(0))?,
+                    c.query_row("SELECT MAX(rowid) FROM job_events", [], |r| {
+                        r.get::<_, i64>(0)
+                    })?,
+                    c.query_row("SELECT MAX(id) FROM outbox", [], |r| r.get::<_, i64>(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(next, (5, 3, 10));
+        let orphan = db.write_blocking(|c| {
+            c.execute(
+                "INSERT INTO jobs (study_uid, state, calling_ae, instance_count, created_at,
+                    updated_at) VALUES ('no-such-study', 'complete', 'PACS', 1, 5, 5)",
+                [],
+            )
+        });
+        assert!(orphan.is_err(), "foreign keys are enforced again");
     }
 }

@@ -127,6 +127,47 @@ pub fn record(conn: &Connection, r: &InstanceRecord) -> rusqlite::Result<Recorde
     })
 }
 
+/// Re-points index rows written under another spelling of the data dir (relative `var` run
+/// from another directory, a symlink, an older release that stored paths as configured) to
+/// the same `<study>/<series>/<sop>.dcm` under `spool_root`, where that file exists. Runs at
+/// every start, before anything compares paths with the spool (review M3). Returns how many
+/// rows were re-pointed.
+pub fn repoint_into(conn: &Connection, spool_root: &std::path::Path) -> rusqlite::Result<usize> {
+    let prefix = format!("{}/", spool_root.display());
+    let rows: Vec<(String, String)> = {
+        let mut st = conn.prepare(
+            "SELECT sop_instance_uid, path FROM instances WHERE substr(path, 1, ?1) != ?2",
+        )?;
+        let it = st.query_map(rusqlite::params![prefix.len() as i64, prefix], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        it.collect::<rusqlite::Result<_>>()?
+    };
+    let mut moved = 0;
+    for (uid, path) in rows {
+        let tail: Vec<_> = std::path::Path::new(&path)
+            .components()
+            .rev()
+            .take(3)
+            .collect();
+        if tail.len() < 3 {
+            continue;
+        }
+        let here = tail
+            .iter()
+            .rev()
+            .fold(spool_root.to_path_buf(), |p, c| p.join(c));
+        if here.is_file() {
+            conn.execute(
+                "UPDATE instances SET path = ?1 WHERE sop_instance_uid = ?2",
+                rusqlite::params![here.to_string_lossy(), uid],
+            )?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
 /// After an unclean stop: removes index rows whose spool file does not exist. The SCP commits
 /// a new instance's row while the fsync of its directory entry is still running and answers
 /// only after both, so such a row was never acknowledged. A study left without instances

@@ -9,6 +9,7 @@ pub mod instances;
 pub mod jobs;
 pub mod outbox;
 pub mod private;
+pub mod retention;
 pub mod rules;
 pub mod spool;
 pub mod support;

@@ -31,6 +31,9 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SpoolErro
     move |source| SpoolError::Io { op, path, source }
 }
 
+/// Where [`Spool::sweep_orphans`] moves unindexed files, under the spool root.
+pub const ORPHANS: &str = ".orphans";
+
 /// The spool directory.
 #[derive(Debug, Clone)]
 pub struct Spool {
@@ -113,31 +116,42 @@ impl Spool {
         sync_dir(dest.parent().unwrap_or(&self.root))
     }
 
-    /// Deletes spool files that no index row names (left by a crash between rename and index
-    /// commit: never acknowledged). `indexed` holds every indexed path. Returns the count.
+    /// Moves spool files that no index row names (left by a crash between rename and index
+    /// commit: never acknowledged) into `spool/.orphans/`, where an admin can still find them;
+    /// nothing is unlinked on the strength of a path comparison (review M3). `indexed` holds
+    /// every indexed path, under this spool's root ([`crate::store::instances::repoint_into`]
+    /// runs first). Returns the count moved.
     pub fn sweep_orphans(
         &self,
         indexed: &std::collections::HashSet<PathBuf>,
     ) -> Result<usize, SpoolError> {
-        let mut removed = 0;
+        let quarantine = self.root.join(ORPHANS);
+        let mut moved = 0;
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
             for entry in fs::read_dir(&dir).map_err(io("list", &dir))? {
                 let entry = entry.map_err(io("list", &dir))?;
                 let p = entry.path();
-                if p.file_name().is_some_and(|n| n == ".tmp") {
+                if p.file_name().is_some_and(|n| n == ".tmp" || n == ORPHANS) {
                     continue;
                 }
                 if p.is_dir() {
                     stack.push(p);
                 } else if !indexed.contains(&p) {
-                    tracing::warn!(path = %p.display(), "removing unindexed spool file (never acknowledged)");
-                    fs::remove_file(&p).map_err(io("remove", &p))?;
-                    removed += 1;
+                    super::private::create_dir_all(&quarantine)
+                        .map_err(io("create", &quarantine))?;
+                    let name = p.file_name().unwrap_or_default().to_string_lossy();
+                    let dest = quarantine.join(format!("{:016x}-{name}", rand::random::<u64>()));
+                    tracing::warn!(path = %p.display(), to = %dest.display(), "moved an unindexed spool file aside (never acknowledged)");
+                    fs::rename(&p, &dest).map_err(io("move aside", &p))?;
+                    moved += 1;
                 }
             }
         }
-        Ok(removed)
+        if moved > 0 {
+            sync_dir(&quarantine)?;
+        }
+        Ok(moved)
     }
 
     /// Deletes a temp file that will not be committed.

@@ -540,6 +540,33 @@ impl Drop for Guard {
     }
 }
 
+/// Starts dcmtk `storescp` (a real receiving PACS) on `port`, storing what it receives into
+/// `dir` (created), with `extra` options first; returns once it listens.
+pub fn storescp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
+    require_tool("storescp");
+    std::fs::create_dir_all(dir).unwrap();
+    let c = Command::new("storescp")
+        .args(extra)
+        .args(["-od"])
+        .arg(dir)
+        .arg(port.to_string())
+        .env("TCP_NODELAY", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let g = Guard(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "storescp did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    g
+}
+
 pub fn openssl(dir: &Path, args: &[&str]) {
     require_tool("openssl");
     let o = Command::new("openssl")

@@ -186,6 +186,7 @@ def main():
         "proxyseg.admin.v1.Models",
         "proxyseg.admin.v1.Preview",
         "proxyseg.admin.v1.Audit",
+        "proxyseg.admin.v1.Studies",
         "grpc.health.v1.Health",
     }
     assert want <= services, services
