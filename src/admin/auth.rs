@@ -1,8 +1,10 @@
 //! Bearer-token authentication and the two roles of the admin API.
 //!
 //! Tokens come from a file (`[admin] tokens_file`) with one `name role token` line per token
-//! (`#` starts a comment). The daemon refuses to start when that file is readable by group or
-//! others. Presented tokens are compared in constant time against the SHA-256 of every known
+//! (`#` at the start of a line or after a space starts a comment; inside a token it is part of
+//! it). The daemon refuses a tokens file that is a symbolic link, is owned by another user, or
+//! is readable by group or others; removing the file (or making it unsafe or unreadable)
+//! revokes every token while the daemon runs. Presented tokens are compared in constant time against the SHA-256 of every known
 //! token (so neither the content nor the length leaks through timing). This module never logs
 //! a token.
 
@@ -63,6 +65,32 @@ pub enum TokenFileError {
     /// No token at all.
     #[error("admin.tokens_file lists no tokens: nobody could use the admin API")]
     Empty,
+    /// Not a regular file (a symbolic link can be re-pointed by whoever owns its folder).
+    #[error(
+        "admin.tokens_file {path} is not a regular file (a symbolic link?): name the file itself"
+    )]
+    NotAFile {
+        /// The file.
+        path: String,
+    },
+    /// Owned by another user than the daemon's.
+    #[error("admin.tokens_file {path} is owned by uid {owner}, not by the daemon's uid {daemon} (chown it)")]
+    Owner {
+        /// The file.
+        path: String,
+        /// Its owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        daemon: u32,
+    },
+}
+
+impl TokenFileError {
+    /// Whether the file itself is gone, unreadable or unsafe (every token is then revoked),
+    /// rather than its text being wrong (the tokens in force then stay).
+    pub fn revokes(&self) -> bool {
+        !matches!(self, TokenFileError::Line { .. } | TokenFileError::Empty)
+    }
 }
 
 struct Entry {
@@ -84,19 +112,45 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// `line` without its comment: from a `#` at the start or after whitespace (a `#` inside a
+/// token belongs to the token).
+fn strip_comment(line: &str) -> &str {
+    let mut prev_blank = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && prev_blank {
+            return &line[..i];
+        }
+        prev_blank = c.is_whitespace();
+    }
+    line
+}
+
 fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }
 
 impl Tokens {
-    /// Reads the tokens file, refusing group- or world-readable files.
+    /// Reads the tokens file, refusing symbolic links, files of another owner and group- or
+    /// world-readable files.
     pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|source| TokenFileError::Read {
+        let meta = std::fs::symlink_metadata(path).map_err(|source| TokenFileError::Read {
             path: shown.clone(),
             source,
         })?;
+        if !meta.file_type().is_file() {
+            return Err(TokenFileError::NotAFile { path: shown });
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let daemon = unsafe { libc::geteuid() };
+        if meta.uid() != daemon {
+            return Err(TokenFileError::Owner {
+                path: shown,
+                owner: meta.uid(),
+                daemon,
+            });
+        }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(TokenFileError::Permissions { path: shown, mode });
@@ -112,7 +166,7 @@ impl Tokens {
     pub fn parse(text: &str) -> Result<Tokens, TokenFileError> {
         let mut entries: Vec<Entry> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
-            let line = raw.split('#').next().unwrap_or("").trim();
+            let line = strip_comment(raw).trim();
             if line.is_empty() {
                 continue;
             }
@@ -194,23 +248,33 @@ impl TokenStore {
     fn replace(&self, tokens: Tokens) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
     }
+
+    /// Revokes every token (the tokens file is gone or unsafe).
+    fn revoke_all(&self) {
+        self.replace(Tokens {
+            entries: Vec::new(),
+        });
+    }
 }
 
 /// How often the tokens file is checked for changes.
 pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reloads the tokens file whenever its modification time or size changes, so a token can be
-/// added or revoked without a restart. A changed file that is unsafe or malformed is refused
-/// with an error log and the tokens in force stay; the task ends when `stop` turns true.
+/// Reloads the tokens file whenever its modification time, size, owner, mode or presence
+/// changes, so a token can be added or revoked without a restart. A file that was removed, or
+/// became unreadable or unsafe, revokes every token (review L6: removing the file must revoke);
+/// a file whose text is wrong is refused with an error log and the tokens in force stay. The
+/// task ends when `stop` turns true.
 pub async fn watch_file(
     store: TokenStore,
     path: std::path::PathBuf,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let stamp = |p: &Path| {
-        std::fs::metadata(p)
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(p)
             .ok()
-            .map(|m| (m.modified().ok(), m.len()))
+            .map(|m| (m.modified().ok(), m.len(), m.uid(), m.mode(), m.ino()))
     };
     let mut last = stamp(&path);
     loop {
@@ -230,6 +294,10 @@ pub async fn watch_file(
             Ok(t) => {
                 tracing::info!(tokens = t.entries.len(), "admin tokens file reloaded");
                 store.replace(t);
+            }
+            Err(e) if e.revokes() => {
+                tracing::error!(error = %e, "admin tokens file removed, unreadable or unsafe: every admin token is revoked");
+                store.revoke_all();
             }
             Err(e) => {
                 tracing::error!(error = %e, "admin tokens file changed but was refused; the previous tokens stay in force")
@@ -340,6 +408,82 @@ pub fn require<T>(req: &Request<T>, access: Access, method: &str) -> Result<Iden
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_inside_a_token_is_part_of_it() {
+        let t = Tokens::parse("alice admin abc#defghijklmnopqrstu # the admin\n#bob admin x\n")
+            .unwrap();
+        assert_eq!(t.check(b"abc#defghijklmnopqrstu").unwrap().name, "alice");
+        assert_eq!(t.check(b"abc"), None);
+        assert_eq!(t.entries.len(), 1);
+    }
+
+    fn token_file(dir: &Path) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("tokens");
+        std::fs::write(&p, "alice admin 0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_symlinked_or_foreign_tokens_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = token_file(dir.path());
+        assert!(Tokens::load(&real).is_ok());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = Tokens::load(&link).unwrap_err();
+        assert!(
+            matches!(e, TokenFileError::NotAFile { .. }) && e.revokes(),
+            "{e}"
+        );
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let other = if me == 0 { 1 } else { me };
+        if me == 0 {
+            std::os::unix::fs::chown(&real, Some(other), None).unwrap();
+            let e = Tokens::load(&real).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    TokenFileError::Owner {
+                        owner: 1,
+                        daemon: 0,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn removing_the_tokens_file_revokes_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_file(dir.path());
+        let store = TokenStore::new(Tokens::load(&path).unwrap());
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(watch_file(store.clone(), path.clone(), stop));
+        let token = b"0123456789abcdef0123";
+        assert!(store.current().check(token).is_some());
+        // A malformed edit keeps the tokens in force.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        std::fs::write(&path, "alice admin short\n").unwrap();
+        tokio::time::sleep(RELOAD_EVERY * 2).await;
+        assert!(
+            store.current().check(token).is_some(),
+            "a typo must not lock admins out"
+        );
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::sleep(RELOAD_EVERY * 2).await;
+        assert!(
+            store.current().check(token).is_none(),
+            "removed tokens file: token still valid"
+        );
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
 
     #[test]
     fn parses_and_checks_tokens() {
