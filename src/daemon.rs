@@ -188,6 +188,13 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     describe_metrics(&metrics);
     let scp = Scp::new(cfg.clone(), db.clone(), spool, metrics.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Peers configured by host name: resolved once before the listener is up, then kept fresh
+    // by a task of their own; admission never waits on DNS.
+    let hosts = scp.peer_hosts();
+    for name in hosts.refresh().await {
+        tracing::warn!(host = %name, "a configured peer host name does not resolve: its associations are rejected until it does");
+    }
+    tokio::spawn(hosts.keep_fresh(stop_rx.clone()));
     let mut servers = tokio::task::JoinSet::new();
     let plain = TcpListener::bind(&cfg.dicom.listen)
         .await

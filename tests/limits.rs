@@ -151,6 +151,22 @@ fn known_peer_must_come_from_its_host() {
     );
 }
 
+/// Review L2: a peer configured by host name is resolved before the listener is up and off
+/// the association path; a connection from that name's address is let in.
+#[test]
+fn a_peer_named_by_host_name_is_let_in() {
+    let d = Daemon::start(Opts {
+        peer_host: "localhost".into(),
+        ..Opts::default()
+    });
+    let out = echo_output(&d);
+    assert!(
+        out.status.success(),
+        "a peer configured as host \"localhost\" must be let in from 127.0.0.1:\n{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn sigterm_finishes_the_store_in_flight_then_exits() {
     let mut d = Daemon::start(Opts::default());

@@ -4,6 +4,7 @@
 
 pub mod dimse;
 pub mod pdata;
+pub mod peer_hosts;
 pub mod pixels;
 pub mod scp;
 pub mod scu;

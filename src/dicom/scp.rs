@@ -18,6 +18,7 @@
 
 use crate::config::Config;
 use crate::dicom::dimse::{self, field, status, Command};
+use crate::dicom::peer_hosts::PeerHosts;
 use crate::dicom::walk::{self, PixelHeader};
 use crate::dicom::{pdata, sop};
 use crate::store::instances::{self, InstanceRecord, Recorded};
@@ -63,6 +64,8 @@ pub struct ScpStats {
 /// Shared state of all associations.
 pub struct Scp {
     cfg: Arc<Config>,
+    /// Configured peer host names, resolved off the association path (review L2).
+    hosts: PeerHosts,
     db: Db,
     spool: Spool,
     slots: Arc<Semaphore>,
@@ -136,6 +139,7 @@ const NOT_INDEXED: &str = "storage error: instance not indexed";
 /// must be a configured peer whose host is where the connection came from.
 struct PeerAccess {
     cfg: Arc<Config>,
+    hosts: PeerHosts,
     peer_ip: IpAddr,
 }
 
@@ -150,7 +154,7 @@ impl PeerAccess {
             let known = self
                 .cfg
                 .peer(calling)
-                .is_some_and(|p| host_matches(&p.host, self.peer_ip));
+                .is_some_and(|p| self.hosts.matches(&p.host, self.peer_ip));
             if !known {
                 return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
             }
@@ -313,25 +317,6 @@ impl PendingPool {
 }
 
 /// True when `host` (an IP or a name) designates `ip`.
-fn host_matches(host: &str, ip: IpAddr) -> bool {
-    let canon = |a: IpAddr| match a {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    let ip = canon(ip);
-    if let Ok(h) = host.parse::<IpAddr>() {
-        return canon(h) == ip;
-    }
-    use std::net::ToSocketAddrs;
-    (host, 0)
-        .to_socket_addrs()
-        .map(|mut it| it.any(|a| canon(a.ip()) == ip))
-        .unwrap_or(false)
-}
-
 impl Scp {
     /// Creates the SCP over an open index and spool.
     pub fn new(
@@ -352,7 +337,9 @@ impl Scp {
             spool::Durability::Syncfs
         };
         let dir_sync = spool::DirSyncer::start(mode, spool.root());
+        let hosts = PeerHosts::new(cfg.dicom.peers.iter().map(|p| p.host.as_str()));
         Ok(Arc::new(Scp {
+            hosts,
             slots: Arc::new(Semaphore::new(cfg.dicom.max_associations)),
             pending: PendingPool::new(cfg.dicom.max_pending_connections),
             cfg,
@@ -365,6 +352,12 @@ impl Scp {
             metrics,
             stats: ScpStats::default(),
         }))
+    }
+
+    /// The resolver of configured peer host names: the daemon resolves them before it
+    /// listens and keeps them fresh ([`PeerHosts::keep_fresh`]).
+    pub fn peer_hosts(&self) -> PeerHosts {
+        self.hosts.clone()
     }
 
     /// Accepts connections on `listener` until `shutdown` turns true; `tls` selects DICOM TLS.
@@ -558,6 +551,7 @@ impl Scp {
         };
         let access = PeerAccess {
             cfg: self.cfg.clone(),
+            hosts: self.hosts.clone(),
             peer_ip: addr.ip(),
         };
         if access.decide(&head.calling, &head.called).is_err() {
@@ -697,6 +691,7 @@ impl Scp {
         let mut o = ServerAssociationOptions::new()
             .ae_access_control(PeerAccess {
                 cfg: self.cfg.clone(),
+                hosts: self.hosts.clone(),
                 peer_ip,
             })
             .ae_title(d.ae_title.clone())
