@@ -212,11 +212,15 @@ def main(argv=None):
     ap.add_argument("--skip-stability", action="store_true")
     ap.add_argument("--json", default="")
     ap.add_argument("--merge", default="", help="a previous --json: keep its columns, compute only the ablations")
+    ap.add_argument("--reuse", default="",
+                    help="a previous --json on the same cases: take the columns that do not depend on the "
+                         "shipped PPG (copy, box, persam, the ablation checkpoints) from it, compute the rest")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     bundle = OrtBundle(args.bundle)
     merged = json.loads(Path(args.merge).read_text()) if args.merge else None
-    base = None if args.skip_baselines or merged else Baselines()
+    reused = json.loads(Path(args.reuse).read_text())["sets"] if args.reuse else {}
+    base = None if args.skip_baselines or merged or reused else Baselines()
     res = merged or {"sets": {}, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for ds in args.sets:
         t0 = time.time()
@@ -238,7 +242,16 @@ def main(argv=None):
             bundle.rules = shipped + [cand]
             r[f"ppg_{cand.strategy}"] = run_ppg(bundle, ds, tg, views=True).mean(0).tolist()
             bundle.rules = shipped
-        r["copy"] = run_copy(ds, tg).mean(0).tolist()
+        if ds in reused:
+            old = reused[ds]
+            if old.get("support") != r["support"] or old.get("n_val") != r["n_val"]:
+                raise SystemExit(f"--reuse {args.reuse}: {ds} was evaluated on other cases")
+            for k in ("copy", "box", "persam", "short", "no_selective_map", "no_ccm",
+                      "short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
+                if k in old:
+                    r[k] = old[k]
+        else:
+            r["copy"] = run_copy(ds, tg).mean(0).tolist()
         if base:
             r["box"] = base.box(ds, tg).mean(0).tolist()
             r["persam"] = base.persam(ds, tg, bundle).mean(0).tolist()
@@ -246,7 +259,8 @@ def main(argv=None):
             singles = np.stack([run_ppg(bundle, ds, tg, views=True, pairs=[p]).mean(0) for p in range(N_SUPPORT)])
             r["stability_mean"] = singles.mean(0).tolist()
             r["stability_std"] = singles.std(0).tolist()
-        ablations(r, args, ds, tg)
+        if ds not in reused:
+            ablations(r, args, ds, tg)
         r["seconds"] = round(time.time() - t0)
         res["sets"][ds] = r
         print(ds, json.dumps({k: (np.round(np.array(v) * 100, 1).tolist() if isinstance(v, list) and k not in
