@@ -53,6 +53,17 @@ pub struct AdminConfig {
     pub failed_auth_lockout_s: u64,
     /// Largest upload (one AddPair or Preview stream, one DryRun file), in MiB.
     pub max_upload_mb: u64,
+    /// Seconds one RPC may run before it is cancelled (DEADLINE_EXCEEDED); a Watch stream,
+    /// once opened, is not cut.
+    pub rpc_timeout_s: u64,
+    /// RPCs one client connection may have in flight; more wait for a free one.
+    pub max_concurrent_rpcs: usize,
+    /// Preview and Evaluate calls (they run the model) in flight at once, all clients
+    /// together; one more is answered RESOURCE_EXHAUSTED.
+    pub max_concurrent_inference: usize,
+    /// Jobs.Watch streams open at once, all clients together; one more is answered
+    /// RESOURCE_EXHAUSTED (each stream polls the index).
+    pub max_watch_streams: usize,
     /// Body-part synonym groups for routing: `CANONICAL = ["ALIAS", ...]`, case-insensitive.
     pub body_part_synonyms: std::collections::BTreeMap<String, Vec<String>>,
 }
@@ -67,6 +78,10 @@ impl Default for AdminConfig {
             max_failed_auth: 10,
             failed_auth_lockout_s: 60,
             max_upload_mb: 64,
+            rpc_timeout_s: 600,
+            max_concurrent_rpcs: 32,
+            max_concurrent_inference: 2,
+            max_watch_streams: 16,
             body_part_synonyms: default_synonyms(),
         }
     }
@@ -220,6 +235,12 @@ pub struct PipelineConfig {
     /// x Frames x (bytes per sample + 4 for the f32 copy); the worker decodes an instance
     /// whole). A larger instance is refused at C-STORE (0xA900) and never decoded.
     pub max_decoded_mb: u64,
+    /// Loop guard backstop (review M2): at most this many jobs of one peer's part of a study
+    /// are segmented within `loop_window_h`; a further job is recorded as unmatched with the
+    /// reason. Bounds the SEGs a PACS that keeps routing a study back can cause.
+    pub max_jobs_per_study: u32,
+    /// The window of `max_jobs_per_study`, in hours.
+    pub loop_window_h: f64,
 }
 
 impl Default for PipelineConfig {
@@ -232,6 +253,8 @@ impl Default for PipelineConfig {
             stall_timeout_s: 900,
             max_attempts: 3,
             max_decoded_mb: 4096,
+            max_jobs_per_study: 5,
+            loop_window_h: 24.0,
         }
     }
 }
@@ -657,6 +680,18 @@ impl Config {
                 format!("{} is outside 1..=100", self.pipeline.max_attempts),
             );
         }
+        if !(1..=1000).contains(&self.pipeline.max_jobs_per_study) {
+            bad(
+                "pipeline.max_jobs_per_study",
+                format!("{} is outside 1..=1000", self.pipeline.max_jobs_per_study),
+            );
+        }
+        if !(self.pipeline.loop_window_h.is_finite() && self.pipeline.loop_window_h > 0.0) {
+            bad(
+                "pipeline.loop_window_h",
+                "must be a positive number of hours".into(),
+            );
+        }
         if !(1..=1 << 20).contains(&self.pipeline.max_decoded_mb) {
             bad(
                 "pipeline.max_decoded_mb",
@@ -829,6 +864,18 @@ impl Config {
                             bad(key, format!("{} is not a readable file", p.display()));
                         }
                     }
+                }
+            }
+            if !(1..=86_400).contains(&a.rpc_timeout_s) {
+                bad("admin.rpc_timeout_s", "must be within 1..=86400".into());
+            }
+            for (key, v) in [
+                ("admin.max_concurrent_rpcs", a.max_concurrent_rpcs),
+                ("admin.max_concurrent_inference", a.max_concurrent_inference),
+                ("admin.max_watch_streams", a.max_watch_streams),
+            ] {
+                if !(1..=1024).contains(&v) {
+                    bad(key, "must be within 1..=1024".into());
                 }
             }
             if !(1..=1000).contains(&a.max_failed_auth) {

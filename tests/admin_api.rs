@@ -690,20 +690,36 @@ async fn tokens_and_roles_give_the_right_codes() {
     tokio::time::timeout(Duration::from_secs(10), revoked)
         .await
         .expect("the revoked token still works after 10 s");
-    // An unsafe replacement is refused and the tokens in force stay.
-    std::fs::write(&tokens, format!("mallory admin {VIEWER_TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A malformed edit is refused and the tokens in force stay (a typo must not lock admins out).
+    std::fs::write(&tokens, format!("alice admin {ADMIN_TOKEN}\nbroken line\n")).unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut c = clients(&a.addr, ADMIN_TOKEN).await;
     c.sets.list(pb::ListSupportSetsRequest {}).await.unwrap();
-    let mut m = clients(&a.addr, VIEWER_TOKEN).await;
-    let e = m
-        .sets
-        .list(pb::ListSupportSetsRequest {})
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
     assert!(a.d.log().contains("was refused"), "{}", a.d.log());
+    // An unsafe replacement (readable by others: its tokens may have leaked) revokes every
+    // token, the new ones included (review L6: fail closed).
+    std::fs::write(&tokens, format!("mallory admin {VIEWER_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for token in [ADMIN_TOKEN, VIEWER_TOKEN] {
+        let mut m = clients(&a.addr, token).await;
+        let e = m
+            .sets
+            .list(pb::ListSupportSetsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    assert!(
+        a.d.log().contains("every admin token is revoked"),
+        "{}",
+        a.d.log()
+    );
+    // Made safe again, the file is in force again.
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut m = clients(&a.addr, VIEWER_TOKEN).await;
+    m.sets.list(pb::ListSupportSetsRequest {}).await.unwrap();
 }
 
 /// Review M5 / issue 16 item 6: wrong tokens are logged with the peer address (never the
@@ -1560,4 +1576,62 @@ fn cli_bundles_dry_run_sender_and_rule_update() {
         "INVALID_ARGUMENT",
         "does not exist",
     );
+}
+
+/// Review M7 / L9: Watch streams (each polls the index) are capped across clients; the stream
+/// over the cap is refused with RESOURCE_EXHAUSTED, and closing one frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_are_capped_and_freed() {
+    let a = start_admin_keys("max_watch_streams = 2\n", "", &|_| {});
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    let mut ro = clients(&a.addr, VIEWER_TOKEN).await;
+    let first = c.jobs.watch(pb::WatchJobsRequest::default()).await.unwrap();
+    let second = ro
+        .jobs
+        .watch(pb::WatchJobsRequest::default())
+        .await
+        .unwrap();
+    let e = ro
+        .jobs
+        .watch(pb::WatchJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("admin.max_watch_streams"), "{e:?}");
+    // Other calls still work while the streams are open.
+    c.jobs.list(pb::ListJobsRequest::default()).await.unwrap();
+    drop(first);
+    // The server notices the closed stream at its next poll.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match ro.jobs.watch(pb::WatchJobsRequest::default()).await {
+            Ok(_third) => break,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a closed stream never freed its place"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    drop(second);
+}
+
+/// `admin.rpc_timeout_s` bounds each call, but a Watch stream, once open, outlives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_stream_outlives_the_rpc_timeout() {
+    let a = start_admin_keys("rpc_timeout_s = 1\n", "", &|_| {});
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    let mut stream = c
+        .jobs
+        .watch(pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Nothing happens for 3 s: the stream stays open (no error, no end).
+    let next = tokio::time::timeout(Duration::from_secs(3), stream.message()).await;
+    assert!(next.is_err(), "the Watch stream ended or failed: {next:?}");
+    c.jobs.list(pb::ListJobsRequest::default()).await.unwrap();
 }

@@ -205,6 +205,7 @@ impl pb::jobs_server::Jobs for Svc {
         require(&req, Access::Read, "Jobs.Watch")?;
         let f = req.into_inner();
         check_states(&f.states)?;
+        let slot = State::slot(&self.st.watches, "Jobs.Watch", "max_watch_streams")?;
         let db = self.st.db.clone();
         let mut last = if f.include_history {
             0
@@ -219,6 +220,7 @@ impl pb::jobs_server::Jobs for Svc {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let mut stop = self.st.stop.clone();
         tokio::spawn(async move {
+            let _slot = slot; // the stream's place among admin.max_watch_streams
             loop {
                 let batch = db.read(|c| events_after(c, last, &f));
                 match batch {

@@ -39,7 +39,8 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/admin_descriptor.bin"));
 }
 
-use crate::store::{Db, DbError};
+use crate::store::db::TypedWriteError;
+use crate::store::Db;
 use rusqlite::Connection;
 use tonic::Status;
 
@@ -51,20 +52,10 @@ where
     E: std::error::Error + Into<Status> + Send + Sync + 'static,
     F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
 {
-    let r = db
-        .write(move |c| f(c).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
-        .await;
-    match r {
-        Ok(v) => Ok(v),
-        Err(DbError::Sqlite {
-            source: rusqlite::Error::ToSqlConversionFailure(b),
-            ..
-        }) => match b.downcast::<E>() {
-            Ok(e) => Err((*e).into()),
-            Err(b) => Err(internal(b)),
-        },
-        Err(e) => Err(internal(e)),
-    }
+    db.write_typed(f).await.map_err(|e| match e {
+        TypedWriteError::Domain(e) => e.into(),
+        TypedWriteError::Db(e) => internal(e),
+    })
 }
 
 /// Runs a read, mapping a typed error to its status.

@@ -68,6 +68,7 @@ impl pb::preview_server::Preview for Svc {
                 "Preview needs the segmentation engine, and this daemon runs without one",
             )
         })?;
+        let _slot = State::slot(&self.st.inference, "Preview", "max_concurrent_inference")?;
         let (rows, cols) = (img.rows, img.cols);
         let set2 = set.clone();
         let got = tokio::task::spawn_blocking(move || seg.segment(&set2, &img))

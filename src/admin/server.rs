@@ -74,9 +74,27 @@ pub struct State {
     pub stop: watch::Receiver<bool>,
     /// The daemon's metrics (purges are counted there).
     pub metrics: crate::metrics::Metrics,
+    /// Preview / Evaluate calls that may run the model at once (`admin.max_concurrent_inference`).
+    pub inference: Arc<tokio::sync::Semaphore>,
+    /// Jobs.Watch streams that may be open at once (`admin.max_watch_streams`).
+    pub watches: Arc<tokio::sync::Semaphore>,
 }
 
 impl State {
+    /// A slot of `pool` for one `what` call, or RESOURCE_EXHAUSTED naming the limit (review
+    /// L9 / M7: a read-only token cannot pile up inference or index polling).
+    pub fn slot(
+        pool: &Arc<tokio::sync::Semaphore>,
+        what: &str,
+        key: &str,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
+        pool.clone().try_acquire_owned().map_err(|_| {
+            tonic::Status::resource_exhausted(format!(
+                "{what}: as many run as admin.{key} allows; try again when one has finished"
+            ))
+        })
+    }
+
     /// The bundle a set records: `name` trimmed or, when empty, `[engine] default_bundle`
     /// when installed, else the only installed bundle ([`crate::admin::bundles::default_for`]).
     pub fn bundle_or_default(&self, name: &str) -> String {
@@ -158,11 +176,15 @@ pub async fn start(
         segmenter,
         stop: stop.clone(),
         metrics,
+        inference: Arc::new(tokio::sync::Semaphore::new(a.max_concurrent_inference)),
+        watches: Arc::new(tokio::sync::Semaphore::new(a.max_watch_streams)),
     });
     let data_dir = cfg.storage.data_dir.clone();
     let db2 = st.db.clone();
     let _ = tokio::task::spawn_blocking(move || sweep_orphans(&db2, &data_dir)).await;
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .timeout(std::time::Duration::from_secs(a.rpc_timeout_s))
+        .concurrency_limit_per_connection(a.max_concurrent_rpcs);
     if let Some(t) = &a.tls {
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
             read("admin.tls.certificate", &t.certificate)?,

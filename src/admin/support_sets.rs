@@ -523,6 +523,7 @@ impl pb::support_sets_server::SupportSets for Svc {
                 "Evaluate needs the segmentation engine, and this daemon runs without one",
             )
         })?;
+        let _slot = State::slot(&self.st.inference, "Evaluate", "max_concurrent_inference")?;
         let data_dir = self.st.data_dir.clone();
         let set = read(&self.st.db, |c| {
             support::load(c, &data_dir, &r.name, version_opt(r.version))

@@ -32,6 +32,8 @@ pub mod status {
     pub const CANNOT_UNDERSTAND: u16 = 0xC000;
     /// Refused: SOP class not supported.
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+    /// Refused: not authorized (a peer replacing an instance another peer stored).
+    pub const NOT_AUTHORIZED: u16 = 0x0124;
     /// Failure: unrecognized operation.
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
     /// Failure: processing failure.

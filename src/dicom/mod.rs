@@ -2,6 +2,7 @@
 //! decoded pixels as tensors, SEG writing and reading, the lists of SOP classes and transfer
 //! syntaxes we accept, and DIMSE message encoding.
 
+pub mod content;
 pub mod dimse;
 pub mod pdata;
 pub mod peer_hosts;

@@ -15,6 +15,11 @@
 //! ([`walk`]), deflated ones are inflated through that walk under `dicom.max_object_mb`, and
 //! command sets are parsed by a bounded parser. Images whose decoded pixels would not fit
 //! `pipeline.max_decoded_mb` are refused.
+//!
+//! An instance belongs to the peer (calling AE and host) that stored it first: only that peer
+//! may replace it. A different copy from another peer is refused with 0x0124 (refused: not
+//! authorized) and nothing is stored or removed; an identical one is acknowledged and not
+//! stored (review H4).
 
 use crate::config::Config;
 use crate::dicom::dimse::{self, field, status, Command};
@@ -134,6 +139,8 @@ impl Refusal {
 const NOT_WRITTEN: &str = "storage error: instance not written";
 const NOT_DURABLE: &str = "storage error: instance not made durable";
 const NOT_INDEXED: &str = "storage error: instance not indexed";
+/// Error Comment of a copy refused because another peer stored the instance (review H4).
+const NOT_YOURS: &str = "SOP instance stored earlier by another peer: not replaced";
 
 /// Access control: the called AE must be ours; with `require_known_peers`, the calling AE
 /// must be a configured peer whose host is where the connection came from.
@@ -1153,9 +1160,16 @@ impl Scp {
             }
         };
         let rec = match placed {
-            Placed::Duplicate => {
+            Placed::Duplicate { owner } => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(sop = %cmd.sop_instance_uid, "identical duplicate: kept the stored copy");
+                match owner {
+                    None => {
+                        tracing::info!(sop = %cmd.sop_instance_uid, "identical duplicate: kept the stored copy")
+                    }
+                    Some(owner) => {
+                        tracing::warn!(sop = %cmd.sop_instance_uid, calling = %calling, peer = %ip, owner = %owner, "identical copy of an instance another peer stored: acknowledged, not stored (it stays with that peer's study)")
+                    }
+                }
                 return (status::SUCCESS, None, cmd);
             }
             Placed::Replacement { rec } => *rec,
@@ -1278,8 +1292,15 @@ impl Scp {
             Recorded::New => {
                 tracing::info!(sop = %uid, study = %rec.study_uid, modality = %rec.modality, bytes = rec.size_bytes, "stored")
             }
-            Recorded::Replaced { old_path } => {
-                tracing::warn!(sop = %uid, "a different copy of this instance arrived: replaced the stored one after the new one was durable");
+            Recorded::Replaced {
+                old_path,
+                re_encoded,
+            } => {
+                if re_encoded {
+                    tracing::info!(sop = %uid, transfer_syntax = %rec.transfer_syntax, "a re-encoded copy of this instance arrived (same content key): replaced the stored one after the new one was durable; not a new image");
+                } else {
+                    tracing::warn!(sop = %uid, "a different copy of this instance arrived: replaced the stored one after the new one was durable");
+                }
                 if let Some(old) = old_path {
                     if let Err(e) = std::fs::remove_file(&old) {
                         tracing::warn!(path = %old, error = %e, "cannot remove the replaced copy");
@@ -1293,7 +1314,11 @@ impl Scp {
 /// What the blocking part of a C-STORE did with the received file.
 enum Placed {
     /// An identical copy is already stored: the temp file was removed.
-    Duplicate,
+    Duplicate {
+        /// The calling AE that stored it, when that is another peer than the sender (the
+        /// copy is acknowledged, and stays that peer's).
+        owner: Option<String>,
+    },
     /// A different copy of a stored instance, renamed next to it (its bytes durable in
     /// fsync mode; not yet durable in its directory, not yet indexed).
     Replacement {
@@ -1371,9 +1396,29 @@ fn place(
         let existing = db
             .read(|c| instances::existing(c, &rec.sop_instance_uid))
             .map_err(|e| Refusal::internal(NOT_INDEXED, e))?;
-        if let Some((stored, path)) = &existing {
-            if spool::same_content(stored, Path::new(path), &rec.digest) {
-                return Ok(None);
+        if let Some(stored) = &existing {
+            let path = &stored.path;
+            let same = spool::same_content(&stored.digest, Path::new(path), &rec.digest);
+            // Only the peer that stored an instance may replace it (review H4): a copy from
+            // another calling AE or host is refused, or, when identical, acknowledged without
+            // being stored (the instance stays with its first sender, whose job it is part of).
+            if !stored.sent_by(&rec.calling_ae, &rec.source_host) {
+                if same {
+                    return Ok(Placed::Duplicate {
+                        owner: Some(stored.calling_ae.clone()),
+                    });
+                }
+                return Err(Refusal {
+                    status: status::NOT_AUTHORIZED,
+                    comment: NOT_YOURS.into(),
+                    detail: Some(format!(
+                        "a different copy of an instance {} ({}) stored: {} ({}) may not replace it",
+                        stored.calling_ae, stored.source_host, rec.calling_ae, rec.source_host
+                    )),
+                });
+            }
+            if same {
+                return Ok(Placed::Duplicate { owner: None });
             }
             // A different copy goes to a new name, so the stored copy and its index row stay
             // consistent until the new row is committed; the old file is removed only after.
@@ -1401,7 +1446,7 @@ fn place(
         };
         rename(&rec.path)?;
         if existing.is_some() {
-            return Ok(Some(Placed::Replacement { rec: Box::new(rec) }));
+            return Ok(Placed::Replacement { rec: Box::new(rec) });
         }
         let row = rec.clone();
         let synced = synced.clone();
@@ -1412,19 +1457,19 @@ fn place(
         let barrier = dir_sync.enqueue(dest.parent().unwrap_or(spool.root()));
         // With syncfs, the barrier covers the file's bytes as well.
         let fsynced = if fsync_mode { fsync(&file) } else { Ok(()) };
-        Ok(Some(Placed::Racing {
+        Ok(Placed::Racing {
             rec: Box::new(rec),
             index,
             barrier,
             fsynced,
-        }))
+        })
     })();
     match r {
-        Ok(Some(placed)) => Ok(placed),
-        Ok(None) => {
+        Ok(placed @ Placed::Duplicate { .. }) => {
             spool.discard(&temp);
-            Ok(Placed::Duplicate)
+            Ok(placed)
         }
+        Ok(placed) => Ok(placed),
         Err(e) => {
             spool.discard(&temp);
             Err(e)
@@ -1849,6 +1894,7 @@ fn inspect(
         digest: String::new(),
         path: String::new(),
         received_at: crate::store::db::now(),
+        content_key: crate::dicom::content::content_key(obj),
     })
 }
 

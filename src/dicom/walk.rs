@@ -28,8 +28,8 @@ pub const MAX_DEPTH: usize = 32;
 /// (no attribute ingest reads is anywhere near this long).
 pub const MAX_KEPT_VALUE: u32 = 64 * 1024;
 
-/// The top-level attributes ingest reads: the index record, the pixel checks, and the
-/// character set their text is decoded with.
+/// The top-level attributes ingest reads: the index record, the pixel checks, the content key
+/// ([`crate::dicom::content`]), and the character set their text is decoded with.
 pub const INGEST_TAGS: &[Tag] = &[
     tags::SPECIFIC_CHARACTER_SET,
     tags::SOP_CLASS_UID,
@@ -49,6 +49,11 @@ pub const INGEST_TAGS: &[Tag] = &[
     tags::ROWS,
     tags::COLUMNS,
     tags::BITS_ALLOCATED,
+    tags::BITS_STORED,
+    tags::PIXEL_REPRESENTATION,
+    tags::IMAGE_POSITION_PATIENT,
+    tags::IMAGE_ORIENTATION_PATIENT,
+    tags::PIXEL_SPACING,
 ];
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;

@@ -1,5 +1,6 @@
-//! Study assembly: a study is complete when no instance arrived for `stable_age_s`; each
-//! complete study becomes a job in state `complete`.
+//! Study assembly: one peer's part of a study is complete when no instance of it arrived from
+//! that peer for `stable_age_s`; each complete part becomes a job in state `complete` (a study
+//! two peers send becomes two jobs, one per peer).
 //!
 //! The decision uses the index's timestamps, so a restart completes exactly the studies whose
 //! stable age passed while the daemon was down, and never completes a study early.
@@ -42,8 +43,8 @@ pub async fn run(
         {
             Ok(created) => {
                 beat.passes.fetch_add(1, Ordering::Relaxed);
-                for (id, study) in &created {
-                    tracing::info!(job = id, study = %study, "study complete: job created");
+                for (id, part) in &created {
+                    tracing::info!(job = id, study = %part.study_uid, peer = %part.calling_ae, host = %part.source_host, "study complete from this peer: job created");
                 }
                 beat.jobs_created
                     .fetch_add(created.len() as u64, Ordering::Relaxed);

@@ -1,10 +1,18 @@
 //! Pipeline workers: route complete studies, segment them, write SEGs into the outbox.
 //!
+//! A job is one peer's part of a study (store::peer_studies): its series, its instances, the
+//! patient its SEGs describe and, unless a rule names another destination, the peer its SEGs
+//! go to all come from that calling AE and host alone, so no peer is ever answered with
+//! another peer's instances (review H4). A part whose instances carry more than one Patient ID
+//! fails instead of being segmented.
+//!
 //! Every step is a committed job transition (complete -> matched | unmatched -> inferred ->
 //! written; delivery then settles written -> delivered | failed). A bounded queue sits between
 //! routing and inference, so a flood of studies waits as `matched` rows in SQLite, not in
 //! memory. A restart re-queues every `matched` or `inferred` job; SEG UIDs and outbox rows are
-//! deterministic per job and series, so a repeated step re-creates the very same objects.
+//! deterministic per job and series, so a repeated step re-creates the very same objects. A
+//! SEG's series is one per (study, peer, source series, support-set version): re-runs add
+//! instances to it, never a new series.
 
 use crate::config::Config;
 use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
@@ -12,6 +20,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::pipeline::catalog::{Catalog, LoadedSupportSet, Route, SeriesInfo, StudyInfo};
 use crate::store::jobs::{self, JobState};
+use crate::store::peer_studies::{self, PeerStudy};
 use crate::store::{db, outbox, Db};
 use dicom_dictionary_std::tags;
 use rusqlite::{params, OptionalExtension};
@@ -149,29 +158,10 @@ async fn finish(mut workers: tokio::task::JoinSet<()>) {
     .await;
 }
 
-/// The study as the router sees it: its image series (non-image series are left out).
-fn study_info(
-    p: &Pipeline,
-    study_uid: &str,
-    calling_ae: &str,
-) -> Result<StudyInfo, crate::store::DbError> {
-    let uid = study_uid.to_string();
-    let series = p.db.read(move |c| {
-        let mut st = c.prepare(
-            "SELECT series_uid, MAX(modality), MAX(body_part), MIN(sop_class_uid), MAX(series_description)
-             FROM instances WHERE study_uid = ?1 GROUP BY series_uid ORDER BY MIN(received_at)",
-        )?;
-        let rows = st.query_map([&uid], |r| {
-            Ok(SeriesInfo {
-                series_uid: r.get(0)?,
-                modality: r.get(1)?,
-                body_part: r.get(2)?,
-                sop_class_uid: r.get(3)?,
-                series_description: r.get(4)?,
-            })
-        })?;
-        rows.collect::<Result<Vec<_>, _>>()
-    })?;
+/// One peer's part of a study as the router sees it: the image series that peer sent
+/// (non-image series are left out).
+fn study_info(p: &Pipeline, key: &PeerStudy) -> Result<StudyInfo, crate::store::DbError> {
+    let series = p.db.read(|c| peer_studies::series(c, key))?;
     let series = series
         .into_iter()
         .filter(|s| {
@@ -180,61 +170,102 @@ fn study_info(
                 .any(|m| s.modality.eq_ignore_ascii_case(m))
                 && s.sop_class_uid != seg::SEGMENTATION_STORAGE
         })
+        .map(|s| SeriesInfo {
+            series_uid: s.series_uid,
+            modality: s.modality,
+            body_part: s.body_part,
+            sop_class_uid: s.sop_class_uid,
+            series_description: s.series_description,
+        })
         .collect();
     Ok(StudyInfo {
-        study_uid: study_uid.to_string(),
-        calling_ae: calling_ae.to_string(),
+        study_uid: key.study_uid.clone(),
+        calling_ae: key.calling_ae.clone(),
         series,
     })
 }
 
-/// For a study that already had a job: (that job, number of image instances received since
-/// it was created that are not SEGs we produced). None for a study's first job.
+/// For a peer's part that already had a job: (that job, number of image instances the peer
+/// sent since it was created that are not SEGs we produced). An instance counts when its
+/// content changed since (`content_at`): a copy re-sent in another transfer syntax or with
+/// coerced attributes keeps its content key and is no new image (review M2). None for the
+/// part's first job.
 fn new_images_since_last_job(
     p: &Pipeline,
     id: i64,
-    study: &str,
+    key: &PeerStudy,
 ) -> Result<Option<(i64, i64)>, crate::store::DbError> {
-    let study = study.to_string();
     p.db.read(move |c| {
-        let prev: Option<(i64, f64)> = c
-            .query_row(
-                "SELECT id, created_at FROM jobs WHERE study_uid = ?1 AND id < ?2 ORDER BY id DESC LIMIT 1",
-                params![study, id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((prev, at)) = prev else { return Ok(None) };
-        let placeholders = NON_IMAGE_MODALITIES.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(",");
+        let Some((prev, at)) = peer_studies::previous_job(c, key, id)? else {
+            return Ok(None);
+        };
+        let placeholders = NON_IMAGE_MODALITIES
+            .iter()
+            .map(|m| format!("'{m}'"))
+            .collect::<Vec<_>>()
+            .join(",");
         let n: i64 = c.query_row(
             &format!(
-                "SELECT COUNT(*) FROM instances WHERE study_uid = ?1 AND received_at > ?2
-                   AND UPPER(modality) NOT IN ({placeholders}) AND sop_class_uid != ?3
+                "SELECT COUNT(*) FROM instances
+                  WHERE study_uid = ?1 AND calling_ae = ?2 AND source_host = ?3 AND content_at > ?4
+                   AND UPPER(modality) NOT IN ({placeholders}) AND sop_class_uid != ?5
                    AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM outbox)"
             ),
-            params![study, at, seg::SEGMENTATION_STORAGE],
+            params![
+                key.study_uid,
+                key.calling_ae,
+                key.source_host,
+                at,
+                seg::SEGMENTATION_STORAGE
+            ],
             |r| r.get(0),
         )?;
         Ok(Some((prev, n)))
     })
 }
 
+/// Why a peer's part must not be segmented because it mixes patients, or None: every
+/// instance the peer sent of the study must carry one Patient ID, so that a SEG never mixes
+/// two patients' images or takes one patient's attributes for another's. The message starts
+/// with "patients" (the failure reason on metrics) and names no Patient ID.
+fn mixed_patients(p: &Pipeline, key: &PeerStudy) -> Result<Option<String>, crate::store::DbError> {
+    let ids = p.db.read(|c| peer_studies::patient_ids(c, key))?;
+    Ok((ids.len() > 1).then(|| {
+        format!(
+            "patients: the instances {} sent of this study carry {} different Patient IDs; not segmented, so that no SEG mixes patients (send each patient's images under a study of their own)",
+            key.calling_ae,
+            ids.len()
+        )
+    }))
+}
+
 /// Routes one complete job; true when it was matched and should be segmented.
 async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
-    let (study, calling): (String, String) = p.db.read(|c| {
-        c.query_row(
-            "SELECT study_uid, calling_ae FROM jobs WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-    })?;
-    let info = study_info(p, &study, &calling)?;
-    let since = new_images_since_last_job(p, id, &study)?;
+    let key =
+        p.db.read(|c| peer_studies::of_job(c, id))?
+            .ok_or_else(|| fail(format!("job {id} vanished")))?;
+    if let Some(why) = mixed_patients(p, &key)? {
+        mark_failed(p, id, &why).await;
+        return Ok(false);
+    }
+    let (study, calling) = (key.study_uid.clone(), key.calling_ae.clone());
+    let info = study_info(p, &key)?;
+    let since = new_images_since_last_job(p, id, &key)?;
+    let max = p.cfg.pipeline.max_jobs_per_study;
+    let window_h = p.cfg.pipeline.loop_window_h;
+    let since_t = db::now() - window_h * 3600.0;
+    let recent =
+        p.db.read(|c| peer_studies::segmented_jobs_since(c, &key, id, since_t))?;
     let route = if let Some((prev, 0)) = since {
         // Loop guard: the study came back with nothing new to segment (our own SEG, other
-        // non-image objects or identical duplicates). Segmenting it again would send another
-        // SEG, which a PACS without its own filter would route back to us, forever.
-        Route::Unmatched { reason: format!("no new images since job {prev} (only SEGs, non-image objects or duplicates arrived): not segmented again") }
+        // non-image objects, identical or re-encoded copies). Segmenting it again would send
+        // another SEG, which a PACS without its own filter would route back to us, forever.
+        Route::Unmatched { reason: format!("no new images since job {prev} (only SEGs, non-image objects, identical or re-encoded copies arrived): not segmented again") }
+    } else if recent >= i64::from(max) {
+        // Backstop: a study that keeps coming back with changed images.
+        Route::Unmatched {
+            reason: format!("loop guard: {recent} jobs of this study from {calling} were segmented in the last {window_h} h (pipeline.max_jobs_per_study = {max}): not segmented again"),
+        }
     } else if info.series.is_empty() {
         Route::Unmatched {
             reason: "the study holds no image series to segment (SR, PR, SEG, ... skipped)".into(),
@@ -319,6 +350,7 @@ pub fn failure_reason(why: &str) -> &'static str {
         ("inference", "inference"),
         ("SEG", "seg_write"),
         ("nothing to segment", "nothing_to_segment"),
+        ("patients", "mixed_patients"),
     ];
     REASONS
         .iter()
@@ -349,7 +381,8 @@ async fn mark_failed(p: &Pipeline, id: i64, why: &str) {
 
 /// A job as the inference step needs it.
 struct JobRow {
-    study: String,
+    /// The peer's part of the study it segments: only that peer's instances are read.
+    key: PeerStudy,
     state: String,
     support_set: String,
     version: String,
@@ -422,12 +455,16 @@ struct Source {
 async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
     let job = p.db.read(|c| {
         c.query_row(
-            "SELECT study_uid, state, support_set, CAST(support_set_version AS TEXT), bundle, destination_ae, series_json, skip_localizers FROM jobs WHERE id = ?1",
+            "SELECT study_uid, state, support_set, CAST(support_set_version AS TEXT), bundle, destination_ae, series_json, skip_localizers, calling_ae, source_host FROM jobs WHERE id = ?1",
             [id],
             |r| {
                 let series: Option<String> = r.get(6)?;
                 Ok(JobRow {
-                    study: r.get(0)?,
+                    key: PeerStudy {
+                        study_uid: r.get(0)?,
+                        calling_ae: r.get(8)?,
+                        source_host: r.get(9)?,
+                    },
                     state: r.get(1)?,
                     support_set: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
                     version: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
@@ -443,6 +480,10 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
     let Some(job) = job else {
         return Err(fail(format!("job {id} vanished")));
     };
+    // Checked again: the peer may have sent more of the study since the job was routed.
+    if let Some(why) = mixed_patients(p, &job.key)? {
+        return Err(fail(why));
+    }
     let engine = p
         .engine
         .as_ref()
@@ -529,7 +570,6 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
     .await?;
     p.metrics
         .inc("proxyseg_jobs_total", &[("state", "written")]);
-    let _ = job.study;
     Ok(n)
 }
 
@@ -544,12 +584,9 @@ async fn segment_series(
     series_uid: &str,
     out_dir: &std::path::Path,
 ) -> Result<Option<(PathBuf, String)>, JobFailure> {
-    let s = series_uid.to_string();
-    let paths: Vec<String> = p.db.read(move |c| {
-        let mut st = c.prepare("SELECT path FROM instances WHERE series_uid = ?1 ORDER BY instance_number, sop_instance_uid")?;
-        let rows = st.query_map([&s], |r| r.get::<_, String>(0))?;
-        rows.collect::<Result<Vec<_>, _>>()
-    })?;
+    // Only what this job's peer sent of this series of this study (review H4).
+    let paths =
+        p.db.read(|c| peer_studies::series_paths(c, &job.key, series_uid))?;
     let skip_localizers = job.skip_localizers;
     let sources: Vec<Source> =
         tokio::task::spawn_blocking(move || -> Result<Vec<Source>, JobFailure> {
@@ -636,8 +673,7 @@ async fn segment_series(
     }
     let t0 = Instant::now();
     let sop_uid = seg::deterministic_uid(&format!("proxyseg/job/{id}/series/{series_uid}/seg"));
-    let series_out =
-        seg::deterministic_uid(&format!("proxyseg/job/{id}/series/{series_uid}/seg-series"));
+    let series_out = seg_series_uid(job, series_uid);
     let mut opts = SegOptions::new(sop_uid.clone(), series_out);
     let describe = format!("proxyseg {} v{}", set.set.name, short(&set.set.version));
     opts.series_description = describe.chars().take(64).collect();
@@ -686,6 +722,18 @@ async fn segment_series(
     Ok(Some((path, sop_uid)))
 }
 
+/// The SEG series of a source series: one per (study, peer, source series, support set and
+/// version, bundle), so that a re-run of the same inputs (a late instance, a retry) adds an
+/// instance to the same SEG series instead of a new series each time (review M2). The SEG's
+/// SOP Instance UID stays per job.
+fn seg_series_uid(job: &JobRow, series_uid: &str) -> String {
+    let k = &job.key;
+    seg::deterministic_uid(&format!(
+        "proxyseg/study/{}/peer/{}/{}/series/{series_uid}/set/{}/{}/bundle/{}/seg-series",
+        k.study_uid, k.calling_ae, k.source_host, job.support_set, job.version, job.bundle
+    ))
+}
+
 fn short(version: &str) -> &str {
     &version[..version.len().min(12)]
 }
@@ -708,6 +756,10 @@ mod tests {
                 "dead-lettered",
             ),
             ("SEG: write failed", "seg_write"),
+            (
+                "patients: the instances PACS sent of this study carry 2 different Patient IDs",
+                "mixed_patients",
+            ),
             ("job 17 vanished", "other"),
         ] {
             assert_eq!(failure_reason(why), label, "{why}");

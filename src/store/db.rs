@@ -318,7 +318,64 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_due ON outbox(state, next_try_at);
     CREATE INDEX outbox_job ON outbox(job_id);
     "#,
+    // 8: the unit of work is one peer's part of a study (review H4; store::peer_studies): a
+    // study two peers send is assembled, segmented and answered per (calling AE, source host),
+    // never "last sender wins". Existing parts are rebuilt from the instances: a part of a
+    // study still receiving is receiving when it sent something after the study's last job,
+    // every other part is complete. Jobs name their peer's host too (taken from the latest
+    // instance that AE sent of the study), and series are looked up by study and series.
+    // The loop guard counts images whose content changed (review M2): each instance keeps the
+    // key of what segmentation depends on (dicom::content) and when that last changed; rows
+    // from before have no key, so a re-encoded copy of one counts as new once.
+    r#"
+    CREATE TABLE study_peers (
+        study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+        calling_ae TEXT NOT NULL,
+        source_host TEXT NOT NULL,
+        first_received_at REAL NOT NULL,
+        last_received_at REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('receiving', 'complete')),
+        completed_at REAL,
+        PRIMARY KEY (study_uid, calling_ae, source_host)
+    ) WITHOUT ROWID;
+    CREATE INDEX study_peers_state ON study_peers(state);
+    INSERT INTO study_peers (study_uid, calling_ae, source_host, first_received_at,
+        last_received_at, state, completed_at)
+    SELECT study_uid, calling_ae, source_host, first_at, last_at,
+        CASE WHEN receiving THEN 'receiving' ELSE 'complete' END,
+        CASE WHEN receiving THEN NULL ELSE COALESCE(completed_at, last_at) END
+    FROM (SELECT i.study_uid, i.calling_ae, i.source_host, MIN(i.received_at) AS first_at,
+            MAX(i.received_at) AS last_at, s.completed_at,
+            s.state = 'receiving' AND MAX(i.received_at) > COALESCE(
+                (SELECT MAX(j.created_at) FROM jobs j WHERE j.study_uid = i.study_uid), 0)
+                AS receiving
+          FROM instances i JOIN studies s ON s.study_uid = i.study_uid
+          GROUP BY i.study_uid, i.calling_ae, i.source_host);
+    UPDATE studies SET state = 'complete', completed_at = COALESCE(completed_at, last_received_at)
+     WHERE state = 'receiving'
+       AND EXISTS (SELECT 1 FROM study_peers p WHERE p.study_uid = studies.study_uid)
+       AND NOT EXISTS (SELECT 1 FROM study_peers p
+                        WHERE p.study_uid = studies.study_uid AND p.state = 'receiving');
+    ALTER TABLE jobs ADD COLUMN source_host TEXT NOT NULL DEFAULT '';
+    UPDATE jobs SET source_host = COALESCE((SELECT i.source_host FROM instances i
+        WHERE i.study_uid = jobs.study_uid AND i.calling_ae = jobs.calling_ae
+        ORDER BY i.received_at DESC LIMIT 1), '');
+    CREATE INDEX jobs_peer ON jobs(study_uid, calling_ae, source_host);
+    CREATE INDEX instances_study_series ON instances(study_uid, series_uid);
+    ALTER TABLE instances ADD COLUMN content_key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE instances ADD COLUMN content_at REAL NOT NULL DEFAULT 0;
+    UPDATE instances SET content_at = received_at;
+    "#,
 ];
+
+/// The error of [`Db::write_typed`].
+#[derive(Debug)]
+pub enum TypedWriteError<E> {
+    /// The closure's own error (its request was rolled back).
+    Domain(E),
+    /// The index failed.
+    Db(DbError),
+}
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
@@ -437,6 +494,34 @@ impl Db {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// [`Db::write`] for a closure with an error type of its own: an `Err` rolls its request
+    /// back and comes back as [`TypedWriteError::Domain`], itself. (The one place where such an
+    /// error rides through rusqlite's error type to cross the writer thread.)
+    pub async fn write_typed<T, E, F>(&self, f: F) -> Result<T, TypedWriteError<E>>
+    where
+        T: Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let r = self
+            .write(move |c| f(c).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+            .await;
+        match r {
+            Ok(v) => Ok(v),
+            Err(DbError::Sqlite {
+                source: rusqlite::Error::ToSqlConversionFailure(b),
+                context,
+            }) => match b.downcast::<E>() {
+                Ok(e) => Err(TypedWriteError::Domain(*e)),
+                Err(b) => Err(TypedWriteError::Db(DbError::Sqlite {
+                    context,
+                    source: rusqlite::Error::ToSqlConversionFailure(b),
+                })),
+            },
+            Err(e) => Err(TypedWriteError::Db(e)),
+        }
     }
 
     /// Runs `f` inside the writer's next batch; resolves after the batch committed.
@@ -604,11 +689,124 @@ mod tests {
         let found = db
             .read(|c| crate::store::instances::existing(c, "1.1"))
             .unwrap();
+        let found = found.map(|s| (s.digest, s.path));
         assert_eq!(found, Some(("sha256:ab12".into(), "/x/1.1.dcm".into())));
         let version: i64 = db
             .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    /// Migration 8 rebuilds each peer's part of the studies already indexed: a part the
+    /// study's last job covered is complete, one that sent after it is still receiving (and
+    /// is assembled on its own from then on); jobs learn their peer's host.
+    #[test]
+    fn migration_8_splits_studies_into_peer_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = open_conn(&path).unwrap();
+            for sql in &MIGRATIONS[..7] {
+                conn.execute_batch(sql).unwrap();
+            }
+            let instance = |sop: &str, ae: &str, host: &str, at: f64| {
+                format!(
+                    "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,
+                        transfer_syntax, calling_ae, source_host, size_bytes, digest, path,
+                        received_at)
+                     VALUES ('{sop}', '1.2', '1.5', '1.9', '1.2.840.10008.1.2.1', '{ae}', '{host}',
+                        1, 'xxh3-128:00', '/x/{sop}.dcm', {at});"
+                )
+            };
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = 7;
+                 INSERT INTO studies VALUES ('1.5', 'P', 'B', 1, 20, 'receiving', NULL);
+                 INSERT INTO studies VALUES ('1.6', 'P', 'A', 1, 5, 'complete', 6);
+                 INSERT INTO jobs (study_uid, state, calling_ae, instance_count, created_at,
+                    updated_at) VALUES ('1.5', 'delivered', 'A', 1, 10, 12);
+                 INSERT INTO jobs (study_uid, state, calling_ae, instance_count, created_at,
+                    updated_at) VALUES ('1.6', 'delivered', 'A', 1, 6, 7);
+                 {}{}{}",
+                instance("1.1", "A", "10.0.0.1", 5.0),
+                instance("1.2", "B", "10.0.0.2", 20.0),
+                instance("1.3", "A", "10.0.0.1", 5.0).replace("'1.5', '1.9'", "'1.6', '1.9'"),
+            ))
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let parts: Vec<(String, String, String, String, Option<f64>)> = db
+            .read(|c| {
+                c.prepare(
+                    "SELECT study_uid, calling_ae, source_host, state, completed_at
+                       FROM study_peers ORDER BY study_uid, calling_ae",
+                )?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect()
+            })
+            .unwrap();
+        let part = |s: &str, ae: &str, h: &str, st: &str, at: Option<f64>| {
+            (
+                s.to_string(),
+                ae.to_string(),
+                h.to_string(),
+                st.to_string(),
+                at,
+            )
+        };
+        assert_eq!(
+            parts,
+            vec![
+                part("1.5", "A", "10.0.0.1", "complete", Some(5.0)),
+                part("1.5", "B", "10.0.0.2", "receiving", None),
+                part("1.6", "A", "10.0.0.1", "complete", Some(6.0)),
+            ]
+        );
+        let hosts: Vec<String> = db
+            .read(|c| {
+                c.prepare("SELECT source_host FROM jobs ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(hosts, ["10.0.0.1", "10.0.0.1"]);
+        let content: (String, f64) = db
+            .read(|c| {
+                c.query_row(
+                    "SELECT content_key, content_at FROM instances WHERE sop_instance_uid = '1.2'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            content,
+            (String::new(), 20.0),
+            "no key yet; content as received"
+        );
+        // B's part completes on its own: one job, of B's one instance.
+        let jobs = db
+            .write_blocking(|c| crate::store::jobs::complete_stable_studies(c, 30.0, 31.0))
+            .unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(
+            (
+                jobs[0].1.calling_ae.as_str(),
+                jobs[0].1.source_host.as_str()
+            ),
+            ("B", "10.0.0.2")
+        );
+        let state: String = db
+            .read(|c| {
+                c.query_row(
+                    "SELECT state FROM studies WHERE study_uid = '1.5'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(state, "complete");
     }
 
     /// Migration 7 keeps every job, event and outbox row with its id, and from then on an id

@@ -43,6 +43,10 @@ pub struct InstanceRecord {
     pub path: String,
     /// Reception time (Unix seconds).
     pub received_at: f64,
+    /// What segmentation depends on, independent of the encoding
+    /// ([`crate::dicom::content::content_key`]; empty for rows from before migration 8). A
+    /// re-sent copy with the same key is not a new image to the loop guard (review M2).
+    pub content_key: String,
 }
 
 /// What recording an instance did.
@@ -55,29 +59,70 @@ pub enum Recorded {
     Replaced {
         /// Path of the earlier copy, if it lived elsewhere.
         old_path: Option<String>,
+        /// The copies differ in encoding only (same content key): the instance keeps its
+        /// `content_at`, so the loop guard does not count it as a new image.
+        re_encoded: bool,
     },
 }
 
-/// Looks up the stored copy of an instance: (digest, path).
-pub fn existing(
-    conn: &Connection,
-    sop_instance_uid: &str,
-) -> rusqlite::Result<Option<(String, String)>> {
-    conn.prepare_cached("SELECT digest, path FROM instances WHERE sop_instance_uid = ?1")?
-        .query_row([sop_instance_uid], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
+/// The stored copy of an instance, as a new copy of it is judged against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Digest of its data set (see [`InstanceRecord::digest`]).
+    pub digest: String,
+    /// Its spool file.
+    pub path: String,
+    /// Calling AE title of the peer that stored it.
+    pub calling_ae: String,
+    /// Host the peer that stored it sent from.
+    pub source_host: String,
+    /// Its content key (see [`InstanceRecord::content_key`]).
+    pub content_key: String,
 }
 
-/// Records an instance and touches its study (a study that was complete starts receiving
-/// again, so late arrivals make a new job instead of being silently ignored).
+impl Stored {
+    /// True when the copy came from this peer (calling AE and host); only that peer may
+    /// replace it (review H4).
+    pub fn sent_by(&self, calling_ae: &str, source_host: &str) -> bool {
+        self.calling_ae == calling_ae && self.source_host == source_host
+    }
+}
+
+/// Looks up the stored copy of an instance.
+pub fn existing(conn: &Connection, sop_instance_uid: &str) -> rusqlite::Result<Option<Stored>> {
+    conn.prepare_cached(
+        "SELECT digest, path, calling_ae, source_host, content_key FROM instances
+          WHERE sop_instance_uid = ?1",
+    )?
+    .query_row([sop_instance_uid], |r| {
+        Ok(Stored {
+            digest: r.get(0)?,
+            path: r.get(1)?,
+            calling_ae: r.get(2)?,
+            source_host: r.get(3)?,
+            content_key: r.get(4)?,
+        })
+    })
+    .optional()
+}
+
+/// Records an instance and touches its study and the sending peer's part of it (a part that
+/// was complete starts receiving again, so late arrivals make a new job instead of being
+/// silently ignored). The caller has checked that a stored copy of the instance came from
+/// the same peer ([`Stored::sent_by`]): the row keeps no trace of an earlier owner.
 pub fn record(conn: &Connection, r: &InstanceRecord) -> rusqlite::Result<Recorded> {
     let before = existing(conn, &r.sop_instance_uid)?;
     conn.prepare_cached(
         "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid, patient_id,
             patient_name, modality, body_part, series_description, series_number, instance_number,
-            transfer_syntax, calling_ae, source_host, size_bytes, digest, path, received_at)
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)
-         ON CONFLICT(sop_instance_uid) DO UPDATE SET sop_class_uid=excluded.sop_class_uid,
+            transfer_syntax, calling_ae, source_host, size_bytes, digest, path, received_at,
+            content_key, content_at)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?18)
+         ON CONFLICT(sop_instance_uid) DO UPDATE SET
+            content_at = CASE WHEN excluded.content_key != ''
+                AND instances.content_key = excluded.content_key
+                THEN instances.content_at ELSE excluded.received_at END,
+            content_key = excluded.content_key, sop_class_uid=excluded.sop_class_uid,
             study_uid=excluded.study_uid, series_uid=excluded.series_uid,
             patient_id=excluded.patient_id, patient_name=excluded.patient_name,
             modality=excluded.modality, body_part=excluded.body_part,
@@ -105,13 +150,16 @@ pub fn record(conn: &Connection, r: &InstanceRecord) -> rusqlite::Result<Recorde
         r.size_bytes as i64,
         r.digest,
         r.path,
-        r.received_at
+        r.received_at,
+        r.content_key
     ])?;
+    // The study row's calling AE is its first sender, for information only: jobs, their
+    // instances and their destination come from the peer parts (store::peer_studies).
     conn.prepare_cached(
         "INSERT INTO studies (study_uid, patient_id, calling_ae, first_received_at, last_received_at, state)
          VALUES (?1, ?2, ?3, ?4, ?4, 'receiving')
          ON CONFLICT(study_uid) DO UPDATE SET last_received_at = excluded.last_received_at,
-            calling_ae = excluded.calling_ae, state = 'receiving', completed_at = NULL",
+            state = 'receiving', completed_at = NULL",
     )?
     .execute(params![
         r.study_uid,
@@ -119,10 +167,12 @@ pub fn record(conn: &Connection, r: &InstanceRecord) -> rusqlite::Result<Recorde
         r.calling_ae,
         r.received_at
     ])?;
+    super::peer_studies::touch(conn, r)?;
     Ok(match before {
         None => Recorded::New,
-        Some((_, old)) => Recorded::Replaced {
-            old_path: (old != r.path).then_some(old),
+        Some(old) => Recorded::Replaced {
+            re_encoded: !r.content_key.is_empty() && old.content_key == r.content_key,
+            old_path: (old.path != r.path).then_some(old.path),
         },
     })
 }
@@ -191,12 +241,14 @@ pub fn drop_missing(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>
     Ok(missing)
 }
 
-/// Removes studies still receiving that no instance and no job names any more.
+/// Removes peer parts and studies still receiving that no instance and no job names any more.
 fn drop_empty_receiving_studies(conn: &Connection) -> rusqlite::Result<usize> {
+    super::peer_studies::drop_empty(conn)?;
     conn.execute(
         "DELETE FROM studies WHERE state = 'receiving'
            AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = studies.study_uid)
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = studies.study_uid)",
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = studies.study_uid)
+           AND NOT EXISTS (SELECT 1 FROM study_peers p WHERE p.study_uid = studies.study_uid)",
         [],
     )
 }
@@ -296,6 +348,7 @@ pub(crate) fn test_record(sop: &str, study: &str, t: f64) -> InstanceRecord {
         digest: "xxh3-128:00".into(),
         path: format!("/x/{sop}.dcm"),
         received_at: t,
+        content_key: format!("content-v1:{sop}"),
     }
 }
 
@@ -434,6 +487,61 @@ mod tests {
             .write_blocking(|c| verify_unsynced(c, crate::store::spool::dataset_digest))
             .unwrap()
             .is_empty());
+    }
+
+    /// Review M2: a copy re-sent in another encoding (same content key) replaces the stored
+    /// one but keeps its `content_at`, so the loop guard sees no new image; a copy whose
+    /// content changed moves `content_at` to its arrival.
+    #[test]
+    fn a_re_encoded_copy_keeps_its_content_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let content_at = || {
+            db.read(|c| {
+                c.query_row(
+                    "SELECT content_at, transfer_syntax FROM instances",
+                    [],
+                    |r| Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?)),
+                )
+            })
+            .unwrap()
+        };
+        let first = test_record("1.1", "1.5", 100.0);
+        let r = first.clone();
+        assert_eq!(
+            db.write_blocking(move |c| record(c, &r)).unwrap(),
+            Recorded::New
+        );
+        let re_encoded = InstanceRecord {
+            transfer_syntax: "1.2.840.10008.1.2".into(),
+            digest: "xxh3-128:01".into(),
+            path: "/x/1.1.r01.dcm".into(),
+            received_at: 200.0,
+            ..first.clone()
+        };
+        let outcome = db.write_blocking(move |c| record(c, &re_encoded)).unwrap();
+        assert_eq!(
+            outcome,
+            Recorded::Replaced {
+                old_path: Some("/x/1.1.dcm".into()),
+                re_encoded: true
+            }
+        );
+        assert_eq!(content_at(), (100.0, "1.2.840.10008.1.2".into()));
+        let changed = InstanceRecord {
+            content_key: "content-v1:other".into(),
+            received_at: 300.0,
+            ..first
+        };
+        let outcome = db.write_blocking(move |c| record(c, &changed)).unwrap();
+        assert!(matches!(
+            outcome,
+            Recorded::Replaced {
+                re_encoded: false,
+                ..
+            }
+        ));
+        assert_eq!(content_at().0, 300.0);
     }
 
     /// A new instance whose file could not be made durable loses its row; a later copy that

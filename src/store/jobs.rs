@@ -1,10 +1,12 @@
-//! Jobs: one per completed study, moved through a state machine whose every transition is
-//! committed in SQLite, so a restart resumes each job where it was.
+//! Jobs: one per completed part of a study (the instances one peer sent of it, see
+//! [`peer_studies`]), moved through a state machine whose every transition is committed in
+//! SQLite, so a restart resumes each job where it was.
 //!
 //! received -> complete -> matched -> inferred -> written -> delivered, or -> failed
 //! (plus `unmatched` for a study no routing rule claims). The foundation creates jobs in
 //! `complete`; later stages drive the rest.
 
+use crate::store::peer_studies::{self, PeerStudy};
 use rusqlite::{params, Connection};
 
 /// States of a job.
@@ -100,41 +102,35 @@ pub enum JobError {
     Sql(#[from] rusqlite::Error),
 }
 
-/// Marks every `receiving` study whose last instance arrived at or before `cutoff` as complete
-/// and creates a job for it, in the caller's transaction. Returns the new job ids.
+/// Marks every peer's part of a study (see [`peer_studies`]) that is receiving and whose last
+/// instance arrived at or before `cutoff` as complete, and creates a job for it, in the
+/// caller's transaction: a study two peers send becomes two jobs, each of one peer's
+/// instances, each answered to that peer. Returns the new jobs with their parts.
 pub fn complete_stable_studies(
     conn: &Connection,
     cutoff: f64,
     now: f64,
-) -> rusqlite::Result<Vec<(i64, String)>> {
-    let mut stmt = conn.prepare(
-        "SELECT study_uid, calling_ae FROM studies WHERE state = 'receiving' AND last_received_at <= ?1",
-    )?;
-    let ready: Vec<(String, String)> = stmt
-        .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+) -> rusqlite::Result<Vec<(i64, PeerStudy)>> {
+    let ready = peer_studies::stable(conn, cutoff)?;
     let mut out = Vec::with_capacity(ready.len());
-    for (study, ae) in ready {
+    for key in ready {
+        let n = peer_studies::complete(conn, &key, now)?;
         conn.execute(
-            "UPDATE studies SET state = 'complete', completed_at = ?2 WHERE study_uid = ?1",
-            params![study, now],
-        )?;
-        let n: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM instances WHERE study_uid = ?1",
-            [&study],
-            |r| r.get(0),
-        )?;
-        conn.execute(
-            "INSERT INTO jobs (study_uid, state, calling_ae, instance_count, created_at, updated_at)
-             VALUES (?1, 'complete', ?2, ?3, ?4, ?4)",
-            params![study, ae, n, now],
+            "INSERT INTO jobs (study_uid, state, calling_ae, source_host, instance_count,
+                created_at, updated_at)
+             VALUES (?1, 'complete', ?2, ?3, ?4, ?5, ?5)",
+            params![key.study_uid, key.calling_ae, key.source_host, n, now],
         )?;
         let id = conn.last_insert_rowid();
         conn.execute(
             "INSERT INTO job_events (job_id, state, at, detail) VALUES (?1, 'complete', ?2, ?3)",
-            params![id, now, format!("{n} instance(s) stable")],
+            params![
+                id,
+                now,
+                format!("{n} instance(s) from {} stable", key.calling_ae)
+            ],
         )?;
-        out.push((id, study));
+        out.push((id, key));
     }
     Ok(out)
 }

@@ -8,6 +8,7 @@ pub mod db;
 pub mod instances;
 pub mod jobs;
 pub mod outbox;
+pub mod peer_studies;
 pub mod private;
 pub mod retention;
 pub mod rules;

@@ -55,6 +55,7 @@
 //! every pass.
 
 use crate::config::RetentionConfig;
+use crate::store::db::TypedWriteError;
 use crate::store::{audit, db, Db, DbError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
@@ -683,6 +684,7 @@ pub fn purge_study(
         [study],
     )?;
     let instances = conn.execute("DELETE FROM instances WHERE study_uid = ?1", [study])?;
+    conn.execute("DELETE FROM study_peers WHERE study_uid = ?1", [study])?;
     conn.execute("DELETE FROM studies WHERE study_uid = ?1", [study])?;
     let purged = Purged {
         study_uid: study.to_string(),
@@ -721,23 +723,10 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection) -> Result<T, RetentionError> + Send + 'static,
 {
-    let r = db
-        .write(move |c| f(c).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
-        .await;
-    match r {
-        Ok(v) => Ok(v),
-        Err(DbError::Sqlite {
-            source: rusqlite::Error::ToSqlConversionFailure(b),
-            context,
-        }) => match b.downcast::<RetentionError>() {
-            Ok(e) => Err(*e),
-            Err(b) => Err(RetentionError::Db(DbError::Sqlite {
-                context,
-                source: rusqlite::Error::ToSqlConversionFailure(b),
-            })),
-        },
-        Err(e) => Err(RetentionError::Db(e)),
-    }
+    db.write_typed(f).await.map_err(|e| match e {
+        TypedWriteError::Domain(e) => e,
+        TypedWriteError::Db(e) => RetentionError::Db(e),
+    })
 }
 
 /// Runs `f` with a fresh [`Trash`] as one request of the index writer, then empties the
@@ -1234,6 +1223,10 @@ mod tests {
         );
         assert_eq!(
             left("SELECT COUNT(*) FROM studies WHERE study_uid = '1.5'"),
+            0
+        );
+        assert_eq!(
+            left("SELECT COUNT(*) FROM study_peers WHERE study_uid = '1.5'"),
             0
         );
         assert_eq!(left("SELECT COUNT(*) FROM jobs WHERE study_uid = '1.5'"), 0);
