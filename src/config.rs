@@ -53,6 +53,10 @@ pub struct AdminConfig {
     pub failed_auth_lockout_s: u64,
     /// Largest upload (one AddPair or Preview stream, one DryRun file), in MiB.
     pub max_upload_mb: u64,
+    /// The one server folder SupportSets.Import reads from (besides the bundled sets under
+    /// `engine.models_dir`) and Export writes into; a relative request path is taken inside
+    /// it. Empty: `<storage.data_dir>/exchange`.
+    pub exchange_dir: PathBuf,
     /// Seconds one RPC may run before it is cancelled (DEADLINE_EXCEEDED); a Watch stream,
     /// once opened, is not cut.
     pub rpc_timeout_s: u64,
@@ -78,6 +82,7 @@ impl Default for AdminConfig {
             max_failed_auth: 10,
             failed_auth_lockout_s: 60,
             max_upload_mb: 64,
+            exchange_dir: PathBuf::new(),
             rpc_timeout_s: 600,
             max_concurrent_rpcs: 32,
             max_concurrent_inference: 2,

@@ -537,6 +537,7 @@ async fn full_curation_round_through_tonic() {
             "support_set.add_pair",
             "support_set.add_pair",
             "support_set.import",
+            "support_set.export.failed",
             "support_set.remove_pair",
             "support_set.export",
             "support_set.update",
@@ -1041,9 +1042,25 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
         e.message()
     );
 
-    let after = snapshot(&a);
+    // Nothing changed but the audit log, where the two refused Imports are recorded (they
+    // read server files: every attempt is audited, issue 16 item 6).
+    let mut after = snapshot(&a);
+    assert_eq!(
+        after.0[5],
+        audit_before + 2,
+        "the refused Imports are audited"
+    );
+    let failed: i64 =
+        a.d.db()
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE action = 'support_set.import.failed'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+    assert_eq!(failed, 2);
+    after.0[5] = audit_before;
     assert_eq!(after, before, "refused calls changed the database or files");
-    assert_eq!(after.0[5], audit_before);
 }
 
 fn cli(a: &Admin, token_file: &Path, args: &[&str]) -> std::process::Output {
@@ -1634,4 +1651,112 @@ async fn a_watch_stream_outlives_the_rpc_timeout() {
     let next = tokio::time::timeout(Duration::from_secs(3), stream.message()).await;
     assert!(next.is_err(), "the Watch stream ended or failed: {next:?}");
     c.jobs.list(pb::ListJobsRequest::default()).await.unwrap();
+}
+
+/// Issue 16 item 6: Import reads and Export writes only inside `admin.exchange_dir`, whatever
+/// the path says (absolute elsewhere, `..`, a symbolic link out); every attempt is audited,
+/// a refused one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_and_export_stay_inside_the_exchange_dir() {
+    let a = start();
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    c.sets
+        .create(pb::CreateSupportSetRequest {
+            name: "ex".into(),
+            objects: vec![object("a")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    add_pair(
+        &mut c.sets,
+        "ex",
+        &pydicom("CT_small.dcm"),
+        &pngs(&[square(128, 128, 10, 10, 20)]),
+    )
+    .await
+    .unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), a.aux.path().join("link-out")).unwrap();
+    for path in [
+        outside.path().join("x").display().to_string(),
+        "../escape".to_string(),
+        "link-out/x".to_string(),
+    ] {
+        let e = c
+            .sets
+            .export(pb::ExportRequest {
+                name: "ex".into(),
+                version: 0,
+                path: path.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{path}: {e:?}");
+        assert!(e.message().contains("admin.exchange_dir"), "{e:?}");
+    }
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    // A relative path is taken inside the exchange dir, and the folder imports back.
+    let out = c
+        .sets
+        .export(pb::ExportRequest {
+            name: "ex".into(),
+            version: 0,
+            path: "ex-export".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        a.aux.path().join("ex-export/supportset.toml").is_file(),
+        "{out:?}"
+    );
+    // The same folder, copied outside, is refused; inside, by relative name, it imports.
+    let copy = outside.path().join("ex-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    let e = c
+        .sets
+        .import(pb::ImportRequest {
+            path: outside.path().display().to_string(),
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = c
+        .sets
+        .import(pb::ImportRequest {
+            path: "no-such-folder".into(),
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let s = c
+        .sets
+        .import(pb::ImportRequest {
+            path: "ex-export".into(),
+            name: "ex-again".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.pairs.len(), 1);
+    // Every attempt is in the audit log: the refused ones as `.failed`.
+    let db = a.d.db();
+    let count = |action: &str| -> i64 {
+        db.query_row(
+            "SELECT COUNT(*) FROM audit WHERE action = ?1",
+            [action],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count("support_set.export.failed"), 3);
+    assert_eq!(count("support_set.import.failed"), 2);
+    assert_eq!(count("support_set.export"), 1);
 }

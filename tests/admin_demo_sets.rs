@@ -27,11 +27,15 @@ async fn bundled_demo_support_sets_import() {
         !folders.is_empty(),
         "no models/*/support-sets/*/supportset.toml found"
     );
-    for f in folders {
+    for (i, f) in folders.into_iter().enumerate() {
+        // Import reads only inside admin.exchange_dir (the harness's aux folder): copy the
+        // bundled folder there and name it relative to it, as an admin would.
+        let name = format!("demo-{i}");
+        copy_tree(&f, &a.aux.path().join(&name));
         let s = c
             .sets
             .import(pb::ImportRequest {
-                path: f.display().to_string(),
+                path: name,
                 name: String::new(),
             })
             .await
@@ -39,5 +43,18 @@ async fn bundled_demo_support_sets_import() {
             .into_inner();
         assert!(!s.pairs.is_empty(), "{}", f.display());
         assert!(s.pairs.iter().all(|p| p.mask_pixels.iter().all(|&n| n > 0)));
+    }
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_tree(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
     }
 }

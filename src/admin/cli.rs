@@ -150,7 +150,8 @@ pub enum SetCmd {
         /// Name.
         name: String,
     },
-    /// Import a support-set folder (path on the server).
+    /// Import a support-set folder (path on the server, inside admin.exchange_dir; relative
+    /// paths are taken inside it).
     Import {
         /// Folder holding supportset.toml.
         path: String,
@@ -158,7 +159,8 @@ pub enum SetCmd {
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// Export a version as a folder (path on the server).
+    /// Export a version as a folder (path on the server, inside admin.exchange_dir; relative
+    /// paths are taken inside it).
     Export {
         /// Name.
         name: String,

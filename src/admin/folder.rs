@@ -300,19 +300,71 @@ fn load_folder(
 
 /// Imports a support-set folder as a new set: everything validated first, files written, then
 /// one transaction (create + every pair); on failure the written files are removed.
+/// Which way a folder crosses the exchange directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// Import reads it: inside `admin.exchange_dir`, or a bundled set under `engine.models_dir`.
+    Read,
+    /// Export writes it: inside `admin.exchange_dir` only; the folder itself may not exist yet.
+    Write,
+}
+
+/// The server path an Import or Export request names, if the daemon may use it: a relative
+/// path is taken inside `admin.exchange_dir`; the result, with every symbolic link and `..`
+/// resolved, must lie inside that folder (or, to read, inside `engine.models_dir`, where the
+/// bundled sets ship). Otherwise PERMISSION_DENIED naming the folders (issue 16 item 6: an
+/// admin token cannot read or write arbitrary server files through the daemon).
+pub fn exchange_path(st: &State, requested: &str, way: Exchange) -> Result<PathBuf, Status> {
+    if requested.trim().is_empty() {
+        return Err(invalid(match way {
+            Exchange::Read => "path must name a folder holding supportset.toml".into(),
+            Exchange::Write => "path must name the folder to write".into(),
+        }));
+    }
+    let p = Path::new(requested.trim());
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        st.exchange_dir.join(p)
+    };
+    let resolved = match way {
+        Exchange::Read => std::fs::canonicalize(&p).ok(),
+        // The target may not exist yet: resolve its parent, keep a plain last component.
+        Exchange::Write => match (p.parent(), p.file_name()) {
+            (Some(parent), Some(name)) if name != ".." => {
+                std::fs::canonicalize(parent).ok().map(|d| d.join(name))
+            }
+            _ => None,
+        },
+    };
+    let mut allowed = vec![st.exchange_dir.clone()];
+    if way == Exchange::Read {
+        allowed.extend(std::fs::canonicalize(&st.models_dir).ok());
+    }
+    match resolved {
+        Some(r) if allowed.iter().any(|a| r.starts_with(a) && r != *a) => Ok(r),
+        Some(_) => Err(Status::permission_denied(format!(
+            "{} only {} inside admin.exchange_dir ({}){}: copy the folder there, or name it relative to it",
+            if way == Exchange::Read { "Import" } else { "Export" },
+            if way == Exchange::Read { "reads" } else { "writes" },
+            st.exchange_dir.display(),
+            if way == Exchange::Read { " or the bundled sets of engine.models_dir" } else { "" },
+        ))),
+        None => Err(Status::not_found(format!(
+            "{requested}: no such folder on the server (relative paths are taken inside admin.exchange_dir, {})",
+            st.exchange_dir.display()
+        ))),
+    }
+}
+
 pub async fn import(
     st: &Arc<State>,
-    path: &str,
+    dir: PathBuf,
     name_override: &str,
     who: &str,
 ) -> Result<SetInfo, Status> {
-    if path.trim().is_empty() {
-        return Err(invalid(
-            "path must name a folder holding supportset.toml".into(),
-        ));
-    }
+    let source = dir.display().to_string();
     let st2 = st.clone();
-    let dir = PathBuf::from(path);
     let over = name_override.to_string();
     let (name, dirs, new_pairs, meta, objects) = tokio::task::spawn_blocking(move || {
         let (name, meta, objects, valid) = load_folder(&st2, &dir, &over)?;
@@ -344,7 +396,6 @@ pub async fn import(
     .map_err(internal)??;
     let n2 = name.clone();
     let who = who.to_string();
-    let source = path.to_string();
     let now = db::now();
     let r = change(&st.db, move |c| -> Result<(), SupportError> {
         let id = support::create(c, &n2, &meta, &objects, &who, now)?;
@@ -375,17 +426,13 @@ pub async fn export(
     st: &Arc<State>,
     name: &str,
     version: Option<u32>,
-    path: &str,
+    out: PathBuf,
 ) -> Result<(u32, Vec<String>), Status> {
-    if path.trim().is_empty() {
-        return Err(invalid("path must name the folder to write".into()));
-    }
     let info = read(&st.db, |c| support::get(c, name, version))?;
     let data_dir = st.data_dir.clone();
     let set = read(&st.db, |c| {
         support::load(c, &data_dir, name, Some(info.version))
     })?;
-    let out = PathBuf::from(path);
     let r = tokio::task::spawn_blocking(move || write_folder(&info, &set, &data_dir, &out))
         .await
         .map_err(internal)?;

@@ -48,6 +48,14 @@ pub enum StartError {
     /// Reflection could not be built from the descriptor set.
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    /// `admin.exchange_dir` cannot be created.
+    #[error("admin.exchange_dir {path}: {source}")]
+    ExchangeDir {
+        /// The folder.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// What every admin service shares.
@@ -74,6 +82,9 @@ pub struct State {
     pub stop: watch::Receiver<bool>,
     /// The daemon's metrics (purges are counted there).
     pub metrics: crate::metrics::Metrics,
+    /// `admin.exchange_dir`, canonical: where Import reads and Export writes (see
+    /// [`crate::admin::folder::exchange_path`]).
+    pub exchange_dir: PathBuf,
     /// Preview / Evaluate calls that may run the model at once (`admin.max_concurrent_inference`).
     pub inference: Arc<tokio::sync::Semaphore>,
     /// Jobs.Watch streams that may be open at once (`admin.max_watch_streams`).
@@ -165,6 +176,17 @@ pub async fn start(
         )),
     };
     let max_upload = (a.max_upload_mb as usize).saturating_mul(1024 * 1024);
+    let exchange = if a.exchange_dir.as_os_str().is_empty() {
+        cfg.storage.data_dir.join("exchange")
+    } else {
+        a.exchange_dir.clone()
+    };
+    let exchange_dir = crate::store::private::create_dir_all(&exchange)
+        .and_then(|_| std::fs::canonicalize(&exchange))
+        .map_err(|source| StartError::ExchangeDir {
+            path: exchange.display().to_string(),
+            source,
+        })?;
     let st = Arc::new(State {
         db,
         data_dir: cfg.storage.data_dir.clone(),
@@ -176,6 +198,7 @@ pub async fn start(
         segmenter,
         stop: stop.clone(),
         metrics,
+        exchange_dir,
         inference: Arc::new(tokio::sync::Semaphore::new(a.max_concurrent_inference)),
         watches: Arc::new(tokio::sync::Semaphore::new(a.max_watch_streams)),
     });
@@ -324,7 +347,7 @@ pub async fn seed(st: &Arc<State>) {
     .to_vec();
     for dir in dirs {
         let shown = dir.display().to_string();
-        match crate::admin::folder::import(st, &shown, "", "seed").await {
+        match crate::admin::folder::import(st, dir.clone(), "", "seed").await {
             Ok(set) => {
                 let rule = crate::routing::Rule {
                     description: format!("seeded from {shown}"),

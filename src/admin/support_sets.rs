@@ -6,6 +6,7 @@
 //! transaction fails, so a failed call leaves neither rows nor files behind.
 
 use crate::admin::auth::{require, Access};
+use crate::admin::folder::{exchange_path, Exchange};
 use crate::admin::masks::{self, UploadError};
 use crate::admin::pb::{self, add_pair_request::Part};
 use crate::admin::segment::DicomImage;
@@ -18,6 +19,25 @@ use crate::store::support::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
+
+/// Import and Export read and write server files: a refused or failed attempt is audited too
+/// (`<action>.failed`, with the status), not only a completed one (issue 16 item 6).
+async fn audit_failure(st: &State, who: &str, action: &str, target: &str, e: &Status) {
+    let (who, action, target) = (
+        who.to_string(),
+        format!("{action}.failed"),
+        target.to_string(),
+    );
+    let (detail, now) = (format!("{:?}: {}", e.code(), e.message()), db::now());
+    let r = change(&st.db, move |c| {
+        crate::store::audit::record(c, &who, &action, &target, &detail, now)
+            .map_err(SupportError::from)
+    })
+    .await;
+    if let Err(err) = r {
+        tracing::error!(error = %err, "cannot audit a failed Import / Export");
+    }
+}
 
 /// The SupportSets service.
 #[derive(Debug, Clone)]
@@ -478,8 +498,14 @@ impl pb::support_sets_server::SupportSets for Svc {
     ) -> Result<Response<pb::SupportSet>, Status> {
         let who = require(&req, Access::Write, "SupportSets.Import")?;
         let r = req.into_inner();
-        let s = crate::admin::folder::import(&self.st, &r.path, &r.name, &who.name).await?;
-        Ok(Response::new(set_to_pb(&s, true)))
+        let s = match exchange_path(&self.st, &r.path, Exchange::Read) {
+            Ok(dir) => crate::admin::folder::import(&self.st, dir, &r.name, &who.name).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &s {
+            audit_failure(&self.st, &who.name, "support_set.import", &r.path, e).await;
+        }
+        Ok(Response::new(set_to_pb(&s?, true)))
     }
 
     async fn export(
@@ -488,9 +514,17 @@ impl pb::support_sets_server::SupportSets for Svc {
     ) -> Result<Response<pb::ExportResponse>, Status> {
         let who = require(&req, Access::Write, "SupportSets.Export")?;
         let r = req.into_inner();
-        let (version, files) =
-            crate::admin::folder::export(&self.st, &r.name, version_opt(r.version), &r.path)
-                .await?;
+        let exported = match exchange_path(&self.st, &r.path, Exchange::Write) {
+            Ok(out) => {
+                crate::admin::folder::export(&self.st, &r.name, version_opt(r.version), out).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &exported {
+            let target = format!("support_set:{} to {}", r.name, r.path);
+            audit_failure(&self.st, &who.name, "support_set.export", &target, e).await;
+        }
+        let (version, files) = exported?;
         // Not a database change, but files written on the server: keep a trace of who and where.
         let (name, path, now) = (r.name.clone(), r.path.clone(), db::now());
         change(&self.st.db, move |c| {

@@ -68,10 +68,11 @@ pub fn start_admin_keys(admin_keys: &str, tables: &str, models_fill: &dyn Fn(&Pa
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let extra = format!(
-        "[admin]\nlisten = \"{addr}\"\ntokens_file = \"{}\"\nmax_upload_mb = 2\n{admin_keys}\
+        "[admin]\nlisten = \"{addr}\"\ntokens_file = \"{}\"\nmax_upload_mb = 2\nexchange_dir = \"{}\"\n{admin_keys}\
          [admin.body_part_synonyms]\nEYE = [\"RETINA\", \"FUNDUS\"]\n\
          [engine]\nmodels_dir = \"{}\"\nproviders = [\"cpu\"]\n{tables}\n",
         tokens.display(),
+        aux.path().display(),
         models.display()
     );
     let mut d = Daemon::start(Opts {
