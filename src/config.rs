@@ -133,6 +133,10 @@ pub struct DicomConfig {
     pub require_known_peers: bool,
     /// Seconds of silence before an association is aborted.
     pub read_timeout_s: u64,
+    /// The longest one association may stay open, busy or not (review L10: a peer that keeps
+    /// it alive with a message every few seconds holds a slot for ever otherwise). It is
+    /// aborted between messages once over; a store in flight gets `read_timeout_s` more.
+    pub max_association_s: u64,
     /// Seconds a single write to the peer may take.
     pub write_timeout_s: u64,
     /// Refuse new associations, and each C-STORE (0xA700), while free space in `data_dir` is
@@ -157,6 +161,7 @@ impl Default for DicomConfig {
             max_pdu: 65536,
             require_known_peers: true,
             read_timeout_s: 60,
+            max_association_s: 3600,
             write_timeout_s: 60,
             min_free_disk_mb: 1024,
             max_object_mb: 2048,
@@ -223,6 +228,10 @@ impl Default for StorageConfig {
 pub struct PipelineConfig {
     /// A study is complete when no instance arrived for this many seconds.
     pub stable_age_s: f64,
+    /// A peer's part of a study that has been receiving this long is complete even if
+    /// instances keep arriving (review L10: one instance every `stable_age_s` would otherwise
+    /// hold it open for ever); what arrives later opens it again.
+    pub max_receiving_s: f64,
     /// How often the assembler looks for stable studies, in milliseconds.
     pub scan_interval_ms: u64,
     /// Jobs waiting for inference at most (a flood of studies waits in SQLite, not in memory).
@@ -252,6 +261,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             stable_age_s: 30.0,
+            max_receiving_s: 3600.0,
             scan_interval_ms: 500,
             queue: 8,
             chunk_frames: 8,
@@ -601,6 +611,12 @@ impl Config {
         if d.read_timeout_s == 0 {
             bad("dicom.read_timeout_s", "must be at least 1".into());
         }
+        if !(1..=7 * 86_400).contains(&d.max_association_s) {
+            bad(
+                "dicom.max_association_s",
+                "must be within 1..=604800".into(),
+            );
+        }
         if d.write_timeout_s == 0 {
             bad("dicom.write_timeout_s", "must be at least 1".into());
         }
@@ -669,6 +685,15 @@ impl Config {
         }
         if !(self.pipeline.stable_age_s.is_finite() && self.pipeline.stable_age_s >= 0.0) {
             bad("pipeline.stable_age_s", "must be a number >= 0".into());
+        }
+        if !(self.pipeline.max_receiving_s.is_finite()
+            && self.pipeline.max_receiving_s >= self.pipeline.stable_age_s
+            && self.pipeline.max_receiving_s > 0.0)
+        {
+            bad(
+                "pipeline.max_receiving_s",
+                "must be a number > 0 and >= pipeline.stable_age_s".into(),
+            );
         }
         if self.pipeline.queue == 0 {
             bad("pipeline.queue", "must be at least 1".into());

@@ -230,6 +230,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     let assembler = tokio::spawn(assemble::run(
         db.clone(),
         stable,
+        Duration::from_secs_f64(cfg.pipeline.max_receiving_s),
         every,
         beat.clone(),
         stop_rx.clone(),

@@ -209,3 +209,23 @@ fn sigterm_finishes_the_store_in_flight_then_exits() {
     assert_eq!(d.instance_count(), 1);
     assert!(d.log().contains("shutdown requested"));
 }
+
+/// Review L10: a known peer that keeps its association busy (a C-ECHO every 0.5 s, never
+/// silent for read_timeout_s) is aborted once `dicom.max_association_s` is over, and the
+/// daemon keeps serving.
+#[test]
+fn a_busy_association_ends_at_its_lifetime() {
+    let d = Daemon::start(Opts {
+        dicom_extra: "max_association_s = 2\n".into(),
+        ..Opts::default()
+    });
+    let v = scu_edge(&d, "keepalive", &["10"]);
+    assert_eq!(v["established"], false, "{v}");
+    let s = v["seconds"].as_f64().unwrap();
+    assert!((1.5..6.0).contains(&s), "aborted after {s} s: {v}");
+    assert!(
+        d.log().contains("max_association_s"),
+        "the abort is not logged with its reason"
+    );
+    assert!(d.echo(), "the daemon stopped serving");
+}

@@ -93,6 +93,8 @@ enum AssocError {
     Establish(String),
     #[error("peer silent for {0:?}")]
     Timeout(Duration),
+    #[error("association open longer than dicom.max_association_s ({0:?})")]
+    Lifetime(Duration),
     #[error("upper layer: {0}")]
     Ul(String),
     #[error("protocol violation: {0}")]
@@ -766,6 +768,8 @@ impl Scp {
             "association accepted"
         );
         let limit = Duration::from_secs(self.cfg.dicom.read_timeout_s);
+        let lifetime = Duration::from_secs(self.cfg.dicom.max_association_s);
+        let opened = std::time::Instant::now();
         let mut cmd_buf: Vec<u8> = Vec::new();
         let mut cmd_ctx: Option<u8> = None;
         let mut incoming: Option<Incoming> = None;
@@ -777,6 +781,17 @@ impl Scp {
                 tracing::info!("shutting down: aborting idle association");
                 let _ = assoc.abort().await;
                 return Ok(());
+            }
+            // Review L10: no association lives for ever. Between messages it ends at once; a
+            // store in flight (not acknowledged: nothing is lost) gets read_timeout_s more.
+            let age = opened.elapsed();
+            let idle = incoming.is_none() && cmd_buf.is_empty() && pending.is_empty();
+            if age > lifetime && (idle || age > lifetime + limit) {
+                if let Some(inc) = incoming.take() {
+                    inc.discard(&self.spool);
+                }
+                let _ = assoc.abort().await;
+                return Err(AssocError::Lifetime(lifetime));
             }
             let pdv = match pending.pop_front() {
                 Some(p) => p,

@@ -24,6 +24,7 @@ pub struct Heartbeat {
 pub async fn run(
     db: Db,
     stable_age: Duration,
+    max_receiving: Duration,
     every: Duration,
     beat: Arc<Heartbeat>,
     mut shutdown: watch::Receiver<bool>,
@@ -37,8 +38,9 @@ pub async fn run(
         }
         let now = db::now();
         let cutoff = now - stable_age.as_secs_f64();
+        let overdue = Some(now - max_receiving.as_secs_f64());
         match db
-            .write(move |c| jobs::complete_stable_studies(c, cutoff, now))
+            .write(move |c| jobs::complete_ready_studies(c, cutoff, overdue, now))
             .await
         {
             Ok(created) => {

@@ -111,9 +111,20 @@ pub fn complete_stable_studies(
     cutoff: f64,
     now: f64,
 ) -> rusqlite::Result<Vec<(i64, PeerStudy)>> {
-    let ready = peer_studies::stable(conn, cutoff)?;
+    complete_ready_studies(conn, cutoff, None, now)
+}
+
+/// [`complete_stable_studies`], and with `overdue_before` also the parts receiving since
+/// before it although instances keep arriving (`pipeline.max_receiving_s`).
+pub fn complete_ready_studies(
+    conn: &Connection,
+    cutoff: f64,
+    overdue_before: Option<f64>,
+    now: f64,
+) -> rusqlite::Result<Vec<(i64, PeerStudy)>> {
+    let ready = peer_studies::ready(conn, cutoff, overdue_before)?;
     let mut out = Vec::with_capacity(ready.len());
-    for key in ready {
+    for (key, quiet) in ready {
         let n = peer_studies::complete(conn, &key, now)?;
         conn.execute(
             "INSERT INTO jobs (study_uid, state, calling_ae, source_host, instance_count,
@@ -127,7 +138,14 @@ pub fn complete_stable_studies(
             params![
                 id,
                 now,
-                format!("{n} instance(s) from {} stable", key.calling_ae)
+                if quiet {
+                    format!("{n} instance(s) from {} stable", key.calling_ae)
+                } else {
+                    format!(
+                        "{n} instance(s) from {}: still receiving after pipeline.max_receiving_s",
+                        key.calling_ae
+                    )
+                }
             ],
         )?;
         out.push((id, key));

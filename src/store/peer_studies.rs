@@ -108,17 +108,37 @@ pub fn drop_empty(conn: &Connection) -> rusqlite::Result<usize> {
 
 /// Peer parts still receiving whose last instance arrived at or before `cutoff`.
 pub fn stable(conn: &Connection, cutoff: f64) -> rusqlite::Result<Vec<PeerStudy>> {
+    Ok(ready(conn, cutoff, None)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
+}
+
+/// Peer parts still receiving that are ready for a job: quiet since `cutoff` (true in the
+/// pair), or, with `overdue_before`, receiving since before it, counted from the part's last
+/// job or else its first instance (false in the pair).
+pub fn ready(
+    conn: &Connection,
+    cutoff: f64,
+    overdue_before: Option<f64>,
+) -> rusqlite::Result<Vec<(PeerStudy, bool)>> {
     let mut st = conn.prepare_cached(
-        "SELECT study_uid, calling_ae, source_host FROM study_peers
-          WHERE state = 'receiving' AND last_received_at <= ?1
+        "SELECT study_uid, calling_ae, source_host, last_received_at <= ?1 FROM study_peers p
+          WHERE state = 'receiving' AND (last_received_at <= ?1 OR (?2 IS NOT NULL AND
+            COALESCE((SELECT MAX(j.created_at) FROM jobs j WHERE j.study_uid = p.study_uid
+                        AND j.calling_ae = p.calling_ae AND j.source_host = p.source_host),
+                     first_received_at) <= ?2))
           ORDER BY last_received_at, study_uid, calling_ae, source_host",
     )?;
-    let rows = st.query_map([cutoff], |r| {
-        Ok(PeerStudy {
-            study_uid: r.get(0)?,
-            calling_ae: r.get(1)?,
-            source_host: r.get(2)?,
-        })
+    let rows = st.query_map(params![cutoff, overdue_before], |r| {
+        Ok((
+            PeerStudy {
+                study_uid: r.get(0)?,
+                calling_ae: r.get(1)?,
+                source_host: r.get(2)?,
+            },
+            r.get(3)?,
+        ))
     })?;
     rows.collect()
 }
@@ -291,6 +311,64 @@ mod tests {
             calling_ae: ae.into(),
             source_host: host.into(),
         }
+    }
+
+    /// Review L10: a part that keeps receiving (never quiet for stable_age_s) is completed
+    /// once it has been receiving for max_receiving_s, counted from its first instance, and
+    /// after that job from the job; a quiet part is completed as before.
+    #[test]
+    fn a_part_that_never_goes_quiet_is_completed_when_overdue() {
+        use crate::store::jobs::complete_ready_studies;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        // One instance a second from 100 to 120: never quiet for 5 s.
+        for i in 0..=20 {
+            let r = sent(
+                &format!("1.{i}"),
+                "9.1",
+                "9.1.1",
+                "A",
+                "10.0.0.1",
+                "P",
+                100.0 + i as f64,
+            );
+            db.write_blocking(move |c| record(c, &r)).unwrap();
+        }
+        // At 110 (cutoff 105): not quiet; receiving since 100, not yet 30 s.
+        let none = db
+            .write_blocking(|c| complete_ready_studies(c, 105.0, Some(80.0), 110.0))
+            .unwrap();
+        assert!(none.is_empty(), "{none:?}");
+        // At 120 with max_receiving 15 s: overdue since 105, so a job now, on 21 instances.
+        let jobs = db
+            .write_blocking(|c| complete_ready_studies(c, 115.0, Some(105.0), 120.0))
+            .unwrap();
+        assert_eq!(jobs.len(), 1);
+        let (n, detail): (i64, String) = db
+            .read(|c| {
+                c.query_row(
+                    "SELECT j.instance_count, e.detail FROM jobs j JOIN job_events e ON e.job_id = j.id",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!(n, 21);
+        assert!(detail.contains("max_receiving_s"), "{detail}");
+        // More arrives: the part opens again, and is overdue only 15 s after that job.
+        let r = sent("1.99", "9.1", "9.1.1", "A", "10.0.0.1", "P", 121.0);
+        db.write_blocking(move |c| record(c, &r)).unwrap();
+        let none = db
+            .write_blocking(|c| complete_ready_studies(c, 117.0, Some(110.0), 122.0))
+            .unwrap();
+        assert!(
+            none.is_empty(),
+            "counted from the last job, not the first instance"
+        );
+        let again = db
+            .write_blocking(|c| complete_ready_studies(c, 117.0, Some(121.0), 136.0))
+            .unwrap();
+        assert_eq!(again.len(), 1);
     }
 
     /// Two peers sending one study: each gets a job of its own, of its own instances, in its

@@ -278,6 +278,19 @@ def case(name, port, args=()):
         t0 = time.time()
         what = outcome_after(s, 15)
         return {"after": what, "seconds": round(time.time() - t0, 2)}
+    if name == "keepalive":
+        # A peer that keeps its association busy with a C-ECHO every 0.5 s (never silent for
+        # read_timeout_s): how long the daemon lets it stay (review L10).
+        limit = float(args[0]) if args else 10.0
+        a = assoc(port, contexts=((Verification, [IMPLICIT_LE]),))
+        t0 = time.time()
+        while a.is_established and time.time() - t0 < limit:
+            a.send_c_echo()
+            time.sleep(0.5)
+        out = {"established": a.is_established, "seconds": round(time.time() - t0, 2)}
+        if a.is_established:
+            a.release()
+        return out
     if name == "hold":
         s = raw_assoc(port)
         print(json.dumps({"holding": True}), flush=True)
