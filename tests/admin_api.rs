@@ -1240,22 +1240,7 @@ fn unsafe_tokens_file_stops_the_daemon() {
 async fn restart_sweeps_orphans_and_shutdown_ends_watch() {
     let mut a = start();
     let mut c = clients(&a.addr, ADMIN_TOKEN).await;
-    c.sets
-        .create(pb::CreateSupportSetRequest {
-            name: "keep".into(),
-            objects: vec![object("a")],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    add_pair(
-        &mut c.sets,
-        "keep",
-        &pydicom("CT_small.dcm"),
-        &pngs(&[square(128, 128, 0, 0, 9)]),
-    )
-    .await
-    .unwrap();
+    one_pair_set(&mut c.sets, "keep", square(128, 128, 0, 0, 9)).await;
     // What a crash between writing files and committing leaves behind.
     let support = a.d.data_dir().join("support");
     std::fs::create_dir_all(support.join("keep/.123-abc.tmp")).unwrap();
@@ -1660,22 +1645,7 @@ async fn a_watch_stream_outlives_the_rpc_timeout() {
 async fn import_and_export_stay_inside_the_exchange_dir() {
     let a = start();
     let mut c = clients(&a.addr, ADMIN_TOKEN).await;
-    c.sets
-        .create(pb::CreateSupportSetRequest {
-            name: "ex".into(),
-            objects: vec![object("a")],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    add_pair(
-        &mut c.sets,
-        "ex",
-        &pydicom("CT_small.dcm"),
-        &pngs(&[square(128, 128, 10, 10, 20)]),
-    )
-    .await
-    .unwrap();
+    one_pair_set(&mut c.sets, "ex", square(128, 128, 10, 10, 20)).await;
     let outside = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(outside.path(), a.aux.path().join("link-out")).unwrap();
     for path in [

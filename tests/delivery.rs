@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn opts_with_pacs(pacs_port: u16, extra: &str) -> Opts {
@@ -58,28 +58,6 @@ fn outbox_row(d: &Daemon) -> (String, i64, Option<String>) {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap()
-}
-
-fn pacs_scp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
-    let mut c = Command::new(python())
-        .arg(root().join("tests/python/pacs_scp.py"))
-        .arg(port.to_string())
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(c.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let g = Guard(c);
-    wait_for("pacs_scp to listen", 10, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    g
 }
 
 fn ct_small() -> PathBuf {

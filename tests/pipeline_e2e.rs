@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn demo(family: &str) -> PathBuf {
@@ -46,24 +46,8 @@ fn demo_studies_come_back_as_valid_segs_in_their_study() {
     require_tool("dciodvfy");
     let pacs_dir = tempfile::tempdir().unwrap();
     let pacs_port = free_port();
-    let mut child = Command::new(python())
-        .arg(root().join("tests/python/pacs_scp.py"))
-        .arg(pacs_port.to_string())
-        .arg(pacs_dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let _pacs = Guard(child);
-    let extra = format!(
-        "[[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n[engine]\nmodels_dir = \"{}\"\n[delivery]\nbackoff_initial_s = 0.5\npoll_interval_ms = 100\n",
-        root().join("models").display()
-    );
+    let _pacs = pacs_scp(pacs_port, pacs_dir.path(), &[]);
+    let extra = pacs_delivery_tables(pacs_port);
     let d = Daemon::start(Opts {
         extra,
         stable_age_s: 1.0,

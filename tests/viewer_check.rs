@@ -21,7 +21,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn dcm_files(dir: &Path) -> Vec<PathBuf> {
@@ -58,23 +58,10 @@ fn daemon_segs(
     pacs_dir: &Path,
 ) -> Vec<(String, Vec<PathBuf>, PathBuf)> {
     let pacs_port = free_port();
-    let mut child = Command::new(python())
-        .arg(root().join("tests/python/pacs_scp.py"))
-        .arg(pacs_port.to_string())
-        .arg(pacs_dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let _pacs = Guard(child);
+    let _pacs = pacs_scp(pacs_port, pacs_dir, &[]);
     let extra = format!(
-        "[[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n[engine]\nmodels_dir = \"{}\"\n[delivery]\nbackoff_initial_s = 0.5\npoll_interval_ms = 100\n[seg]\nomit_empty_frames = {omit}\n",
-        root().join("models").display()
+        "{}[seg]\nomit_empty_frames = {omit}\n",
+        pacs_delivery_tables(pacs_port)
     );
     let d = Daemon::start(Opts {
         extra,

@@ -343,13 +343,16 @@ pub fn exchange_path(st: &State, requested: &str, way: Exchange) -> Result<PathB
     }
     match resolved {
         Some(r) if allowed.iter().any(|a| r.starts_with(a) && r != *a) => Ok(r),
-        Some(_) => Err(Status::permission_denied(format!(
-            "{} only {} inside admin.exchange_dir ({}){}: copy the folder there, or name it relative to it",
-            if way == Exchange::Read { "Import" } else { "Export" },
-            if way == Exchange::Read { "reads" } else { "writes" },
-            st.exchange_dir.display(),
-            if way == Exchange::Read { " or the bundled sets of engine.models_dir" } else { "" },
-        ))),
+        Some(_) => {
+            let (what, besides) = match way {
+                Exchange::Read => ("Import reads", " or the bundled sets of engine.models_dir"),
+                Exchange::Write => ("Export writes", ""),
+            };
+            Err(Status::permission_denied(format!(
+                "{what} only inside admin.exchange_dir ({}){besides}: copy the folder there, or name it relative to it",
+                st.exchange_dir.display(),
+            )))
+        }
         None => Err(Status::not_found(format!(
             "{requested}: no such folder on the server (relative paths are taken inside admin.exchange_dir, {})",
             st.exchange_dir.display()

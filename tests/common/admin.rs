@@ -172,6 +172,20 @@ pub async fn add_pair(
 
 /// Row counts of every admin table plus the files under support/: what a refused change must
 /// leave untouched.
+/// Creates set `name` with one object "a" and one pair: pydicom's CT_small with `mask`.
+pub async fn one_pair_set(sets: &mut SupportSetsClient<Authed>, name: &str, mask: Mask) {
+    sets.create(pb::CreateSupportSetRequest {
+        name: name.into(),
+        objects: vec![object("a")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    add_pair(sets, name, &pydicom("CT_small.dcm"), &pngs(&[mask]))
+        .await
+        .unwrap();
+}
+
 pub fn snapshot(a: &Admin) -> (Vec<i64>, usize) {
     let db = a.d.db();
     let counts = [

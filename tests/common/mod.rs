@@ -567,6 +567,44 @@ pub fn storescp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
     g
 }
 
+/// Starts tests/python/pacs_scp.py (a pynetdicom storage SCP, AE "PACS", writing what it
+/// receives into `dir`) on `port` with `extra` arguments; returns once it accepts connections.
+pub fn pacs_scp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
+    let mut c = Command::new(python())
+        .arg(root().join("tests/python/pacs_scp.py"))
+        .arg(port.to_string())
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(c.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let g = Guard(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "pacs_scp did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    g
+}
+
+/// Config tables for a daemon that segments with the repository's bundles and delivers to the
+/// PACS peer (AE "PACS") listening on `pacs_port`, retrying quickly.
+pub fn pacs_delivery_tables(pacs_port: u16) -> String {
+    format!(
+        "[[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n[engine]\nmodels_dir = \"{}\"\n[delivery]\nbackoff_initial_s = 0.5\npoll_interval_ms = 100\n",
+        root().join("models").display()
+    )
+}
+
 pub fn openssl(dir: &Path, args: &[&str]) {
     require_tool("openssl");
     let o = Command::new("openssl")
