@@ -245,16 +245,29 @@ pub struct PipelineConfig {
     /// a job still unfinished after this many (the daemon died, was stopped or restarted by
     /// the watchdog while segmenting it each time) is dead-lettered: `failed`, with why.
     pub max_attempts: u32,
-    /// Memory one instance's pixels may take once decoded, in MiB (Rows x Columns x Samples
-    /// x Frames x (bytes per sample + 4 for the f32 copy); the worker decodes an instance
-    /// whole). A larger instance is refused at C-STORE (0xA900) and never decoded.
+    /// Memory one job may take for pixels, in MiB: the masks of the series it segments, the
+    /// instance being read and the frames in flight (the worker decodes frame by frame; see
+    /// `dicom::pixels::series_bytes`). An instance that alone cannot fit is refused at
+    /// C-STORE (0xA900); a series that cannot fails its job before anything is decoded.
     pub max_decoded_mb: u64,
+    /// Memory all jobs together may take for pixels, in MiB (at least `max_decoded_mb`; unset:
+    /// `max_decoded_mb`, see [`PipelineConfig::memory_budget_mb`]). A job waits, first come
+    /// first served, until the jobs ahead of it give back enough.
+    pub memory_budget_mb: Option<u64>,
     /// Loop guard backstop (review M2): at most this many jobs of one peer's part of a study
     /// are segmented within `loop_window_h`; a further job is recorded as unmatched with the
     /// reason. Bounds the SEGs a PACS that keeps routing a study back can cause.
     pub max_jobs_per_study: u32,
     /// The window of `max_jobs_per_study`, in hours.
     pub loop_window_h: f64,
+}
+
+impl PipelineConfig {
+    /// The memory all jobs share for pixels, in MiB: `memory_budget_mb`, else
+    /// `max_decoded_mb` (one job's worth).
+    pub fn memory_budget_mb(&self) -> u64 {
+        self.memory_budget_mb.unwrap_or(self.max_decoded_mb)
+    }
 }
 
 impl Default for PipelineConfig {
@@ -268,6 +281,7 @@ impl Default for PipelineConfig {
             stall_timeout_s: 900,
             max_attempts: 3,
             max_decoded_mb: 4096,
+            memory_budget_mb: None,
             max_jobs_per_study: 5,
             loop_window_h: 24.0,
         }
@@ -728,6 +742,17 @@ impl Config {
                 format!("{} is outside 1..=1048576", self.pipeline.max_decoded_mb),
             );
         }
+        if let Some(total) = self.pipeline.memory_budget_mb {
+            if total < self.pipeline.max_decoded_mb || total > 1 << 20 {
+                bad(
+                    "pipeline.memory_budget_mb",
+                    format!(
+                        "{total} must be between pipeline.max_decoded_mb ({}) and 1048576: a job allowed max_decoded_mb could otherwise never get its memory",
+                        self.pipeline.max_decoded_mb
+                    ),
+                );
+            }
+        }
         for (i, p) in self.engine.providers.iter().enumerate() {
             if !matches!(p.as_str(), "tensorrt" | "cuda" | "cpu") {
                 bad(
@@ -1066,8 +1091,28 @@ mod tests {
         );
         let c = Config::parse("").unwrap();
         assert_eq!(
-            (c.pipeline.max_attempts, c.pipeline.max_decoded_mb),
-            (3, 4096)
+            (
+                c.pipeline.max_attempts,
+                c.pipeline.max_decoded_mb,
+                c.pipeline.memory_budget_mb()
+            ),
+            (3, 4096, 4096)
+        );
+        // The shared budget follows max_decoded_mb unless set, and may not be smaller.
+        let c = Config::parse("[pipeline]\nmax_decoded_mb = 8192\n").unwrap();
+        assert_eq!(c.pipeline.memory_budget_mb(), 8192);
+        assert!(
+            !c.validate().iter().any(|p| p.key.starts_with("pipeline.")),
+            "{:?}",
+            c.validate()
+        );
+        let c =
+            Config::parse("[pipeline]\nmax_decoded_mb = 2048\nmemory_budget_mb = 1024\n").unwrap();
+        let p = c.validate();
+        assert!(
+            p.iter().any(|p| p.key == "pipeline.memory_budget_mb"
+                && p.message.contains("max_decoded_mb (2048)")),
+            "{p:?}"
         );
         let c = Config::parse("[dicom]\nassociation_request_timeout_s = 121\n").unwrap();
         assert!(c

@@ -311,6 +311,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         wake_delivery: wake.clone(),
         busy_since: Default::default(),
+        memory: crate::pipeline::memory::MemoryBudget::new(cfg.pipeline.memory_budget_mb()),
     });
     if !cfg.metrics.listen.is_empty() {
         let l = TcpListener::bind(&cfg.metrics.listen)
@@ -487,6 +488,8 @@ fn describe_metrics(m: &crate::metrics::Metrics) {
         ("proxyseg_jobs", "gauge", "Jobs by current state."),
         ("proxyseg_jobs_total", "counter", "Job state transitions by state and failure reason."),
         ("proxyseg_queue_depth", "gauge", "Items waiting, by queue."),
+        ("proxyseg_memory_reserved_bytes", "gauge", "Pixel memory the running jobs hold of pipeline.memory_budget_mb."),
+        ("proxyseg_memory_waits_total", "counter", "Jobs that waited for pixel memory other jobs held."),
         ("proxyseg_support_cache_total", "counter", "Support-context cache lookups by result (hit, disk, computed)."),
         (crate::store::retention::PURGED_STUDIES, "counter", "Studies purged (files and index rows), by who asked (retention, admin) and how they ended (finished, failed)."),
         (crate::store::retention::PURGED_BYTES, "counter", "Bytes removed from disk by purges and leftover sweeps."),

@@ -334,3 +334,79 @@ fn routing_is_the_same_with_admin_on_and_off() {
     assert_eq!(off, on, "admin off vs on differ for the cases {cases:?}");
     assert_eq!(on, expected, "cases {cases:?}");
 }
+
+/// Issue 16 item 1: jobs share `pipeline.memory_budget_mb`. Two workers, and a budget that
+/// holds the fundus series or the US cine but not both (42 + 26 MiB by
+/// `dicom::pixels::series_bytes`, against 50): both studies arrive in one association and
+/// become complete together, so one job must wait for the other's memory instead of
+/// decoding beside it; both are still segmented and delivered. A series over the per-job
+/// budget fails before decoding (hostile_input covers that).
+#[test]
+fn jobs_wait_for_pixel_memory_instead_of_exceeding_the_budget() {
+    use proxyseg::dicom::pixels::{series_bytes, ImageSize};
+    let size = |family: &str| -> Vec<ImageSize> {
+        dcm_files(&demo(family))
+            .iter()
+            .map(|p| {
+                let o = dicom_object::OpenFileOptions::new()
+                    .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+                    .open_file(p)
+                    .unwrap();
+                ImageSize::of(&o).unwrap()
+            })
+            .collect()
+    };
+    // Segments of the bundled sets: disc, cup, vessels; symphysis, head. 17 = 2 x 8 + 1.
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    let fundus = mib(series_bytes(&size("fundus"), 3, 17).unwrap());
+    let us = mib(series_bytes(&size("us"), 2, 17).unwrap());
+    let budget = fundus.max(us) + 4;
+    assert!(
+        fundus + us > budget,
+        "the test needs two series that do not fit together: {fundus} + {us} MiB"
+    );
+
+    let pacs_dir = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let _pacs = pacs_scp(pacs_port, pacs_dir.path(), &[]);
+    let d = Daemon::start(Opts {
+        extra: pacs_delivery_tables(pacs_port).replace("[engine]\n", "[engine]\nworkers = 2\n"),
+        stable_age_s: 2.0,
+        pipeline_extra: format!("max_decoded_mb = {budget}\n"),
+        ..Opts::default()
+    });
+    let port = d.port.to_string();
+    let mut args: Vec<String> = ["-R", "-aet", "PACS", "-aec", "PROXYSEG", "127.0.0.1"]
+        .map(String::from)
+        .to_vec();
+    args.push(port);
+    args.extend(dcm_files(&demo("us")));
+    args.extend(dcm_files(&demo("fundus")));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("storescu", &a);
+    assert!(out.status.success(), "storescu:\n{}", text(&out));
+    wait_for("both jobs to be delivered", 240, &d, || {
+        let s = job_states(&d);
+        s.len() == 2 && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
+    });
+    let states = job_states(&d);
+    assert!(
+        states.iter().all(|(_, s)| s == "delivered"),
+        "{states:?}\n{}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(
+        log.contains("waiting for memory"),
+        "neither job waited although {fundus} + {us} MiB > {budget} MiB:\n{log}"
+    );
+    let metrics = d.metrics();
+    assert!(
+        metrics.contains("proxyseg_memory_waits_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("proxyseg_memory_reserved_bytes 0"),
+        "every reservation is given back: {metrics}"
+    );
+}

@@ -113,175 +113,370 @@ impl Frame {
     }
 }
 
-/// Bytes one instance costs when decoded the way [`frames_from_object`] does it: the decoded
-/// samples (`BitsAllocated` rounded up to whole bytes) plus their f32 copy, for every frame at
-/// once. `None` when the product does not even fit in 64 bits.
-pub fn decoded_bytes(rows: u64, cols: u64, samples: u64, bits: u64, frames: u64) -> Option<u64> {
-    rows.checked_mul(cols)?
-        .checked_mul(samples)?
-        .checked_mul(frames)?
-        .checked_mul(bits.div_ceil(8) + 4)
+/// Frames of one instance that the pipeline worker holds decoded at the same time with the
+/// default `pipeline.chunk_frames` (8): the chunk in the engine, the chunk waiting for it and
+/// the frame being converted. The ingest check ([`decoded_bytes`]) assumes this many; the
+/// worker's own check ([`series_bytes`]) uses the configured chunk.
+pub const FRAMES_IN_FLIGHT: u64 = 17;
+
+/// The declared size of an instance's pixels, read from its header (Rows, Columns, Samples
+/// per Pixel, Bits Allocated, Number of Frames), before anything is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageSize {
+    /// Rows.
+    pub rows: u64,
+    /// Columns.
+    pub cols: u64,
+    /// Samples per pixel.
+    pub samples: u64,
+    /// Bits allocated per sample.
+    pub bits: u64,
+    /// Number of frames (1 when absent).
+    pub frames: u64,
 }
 
-/// Checks an object's declared image size (Rows, Columns, Samples per Pixel, Bits Allocated,
-/// Number of Frames, read from its header) against `budget` bytes before anything is decoded
-/// (see [`decoded_bytes`]).
-pub fn check_budget(obj: &InMemDicomObject, budget: u64) -> Result<(), PixelError> {
-    let int = |tag: Tag, name: &'static str, default: Option<u64>| -> Result<u64, PixelError> {
-        match obj.element_opt(tag).ok().flatten() {
-            Some(e) => e
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .or_else(|| e.to_int::<u64>().ok())
-                .ok_or(PixelError::Attribute {
+impl ImageSize {
+    /// Reads the size attributes of `obj` (a header is enough).
+    pub fn of(obj: &InMemDicomObject) -> Result<ImageSize, PixelError> {
+        let int = |tag: Tag, name: &'static str, default: Option<u64>| -> Result<u64, PixelError> {
+            match obj.element_opt(tag).ok().flatten() {
+                Some(e) => e
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .or_else(|| e.to_int::<u64>().ok())
+                    .ok_or(PixelError::Attribute {
+                        name,
+                        message: "not a number".into(),
+                    }),
+                None => default.ok_or(PixelError::Attribute {
                     name,
-                    message: "not a number".into(),
+                    message: "missing".into(),
                 }),
-            None => default.ok_or(PixelError::Attribute {
-                name,
-                message: "missing".into(),
-            }),
-        }
+            }
+        };
+        Ok(ImageSize {
+            rows: int(tags::ROWS, "Rows", None)?,
+            cols: int(tags::COLUMNS, "Columns", None)?,
+            samples: int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel", Some(1))?,
+            bits: int(tags::BITS_ALLOCATED, "BitsAllocated", None)?,
+            frames: int(tags::NUMBER_OF_FRAMES, "NumberOfFrames", Some(1))?.max(1),
+        })
+    }
+
+    /// Pixels per frame.
+    fn pixels(&self) -> Option<u64> {
+        self.rows.checked_mul(self.cols)
+    }
+
+    /// The instance's samples as bytes, all frames: what its pixel data takes in memory at
+    /// most while it is read (native size; compressed data is smaller).
+    pub fn sample_bytes(&self) -> Option<u64> {
+        self.pixels()?
+            .checked_mul(self.samples)?
+            .checked_mul(self.frames)?
+            .checked_mul(self.bits.div_ceil(8))
+    }
+
+    /// What one frame costs while it is converted: its decoded samples, their f32 copy and
+    /// the three f32 display planes.
+    pub fn frame_work_bytes(&self) -> Option<u64> {
+        self.pixels()?.checked_mul(
+            self.samples
+                .checked_mul(self.bits.div_ceil(8) + 4)?
+                .checked_add(12)?,
+        )
+    }
+
+    /// One byte per pixel per frame: the size of one segment's masks for this instance.
+    pub fn mask_bytes(&self) -> Option<u64> {
+        self.pixels()?.checked_mul(self.frames)
+    }
+
+    /// A readable description for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} frame(s) of {}x{}x{} at {} bits",
+            self.frames, self.rows, self.cols, self.samples, self.bits
+        )
+    }
+}
+
+/// Bytes one instance costs in the worker, which decodes it frame by frame
+/// ([`FrameSource`]): its pixel data held twice (as read, and as bytes or as the whole-object
+/// decode that RLE of 32-bit samples needs), the masks of one segment, and
+/// [`FRAMES_IN_FLIGHT`] frames being converted. `None` when the product does not fit in 64
+/// bits.
+pub fn decoded_bytes(rows: u64, cols: u64, samples: u64, bits: u64, frames: u64) -> Option<u64> {
+    let size = ImageSize {
+        rows,
+        cols,
+        samples,
+        bits,
+        frames,
     };
-    let rows = int(tags::ROWS, "Rows", None)?;
-    let cols = int(tags::COLUMNS, "Columns", None)?;
-    let spp = int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel", Some(1))?;
-    let bits = int(tags::BITS_ALLOCATED, "BitsAllocated", None)?;
-    let frames = int(tags::NUMBER_OF_FRAMES, "NumberOfFrames", Some(1))?.max(1);
-    let need = decoded_bytes(rows, cols, spp, bits, frames).unwrap_or(u64::MAX);
+    size.sample_bytes()?
+        .checked_mul(2)?
+        .checked_add(size.mask_bytes()?)?
+        .checked_add(size.frame_work_bytes()?.checked_mul(FRAMES_IN_FLIGHT)?)
+}
+
+/// Bytes a job costs while it segments one series of `sizes` with `segments` segments and
+/// `in_flight` frames decoded at once: every frame's masks (the SEG writer needs them all)
+/// plus their bit-packed copy in the SEG, the largest instance's pixel data held twice, and
+/// the frames in flight at the largest frame's cost. `None` on overflow.
+pub fn series_bytes(sizes: &[ImageSize], segments: u64, in_flight: u64) -> Option<u64> {
+    let mut masks = 0u64;
+    let mut held = 0u64;
+    let mut frame = 0u64;
+    for s in sizes {
+        masks = masks.checked_add(s.mask_bytes()?.checked_mul(segments.max(1))?)?;
+        held = held.max(s.sample_bytes()?.checked_mul(2)?);
+        frame = frame.max(s.frame_work_bytes()?);
+    }
+    masks
+        .checked_add(masks / 8 + 1)?
+        .checked_add(held)?
+        .checked_add(frame.checked_mul(in_flight)?)
+}
+
+/// Checks an object's declared image size ([`ImageSize::of`]) against `budget` bytes before
+/// anything is decoded (see [`decoded_bytes`]).
+pub fn check_budget(obj: &InMemDicomObject, budget: u64) -> Result<(), PixelError> {
+    let size = ImageSize::of(obj)?;
+    let need = decoded_bytes(size.rows, size.cols, size.samples, size.bits, size.frames)
+        .unwrap_or(u64::MAX);
     if need > budget {
         return Err(PixelError::OverBudget {
             need_mib: need / 1048576,
             budget_mib: budget / 1048576,
-            what: format!("{frames} frame(s) of {rows}x{cols}x{spp} at {bits} bits"),
+            what: size.describe(),
         });
     }
     Ok(())
 }
 
-/// Opens a DICOM file and converts every frame.
+/// Opens a DICOM file and converts every frame (all at once: for one image or a small
+/// series; the pipeline reads frame by frame with [`FrameSource`]).
 pub fn frames_from_file(path: &Path) -> Result<Vec<Frame>, PixelError> {
-    let obj = dicom_object::open_file(path).map_err(|e| {
-        let mut message = error_chain(&e);
-        if message.contains("fill whole buffer") || message.contains("UnexpectedEof") {
-            message.push_str(" (the file ends early: it is truncated)");
-        }
-        PixelError::Open {
-            path: path.display().to_string(),
-            message,
-        }
-    })?;
-    frames_from_object(&obj)
+    FrameSource::open(path)?.collect_all()
 }
 
-/// Converts every frame of a DICOM object into display frames.
+/// Converts every frame of a DICOM object into display frames (see [`frames_from_file`]).
 pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelError> {
-    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
-        let sop_class = str_attr(obj, tags::SOP_CLASS_UID).unwrap_or_default();
-        return Err(PixelError::NoPixelData { sop_class });
-    }
-    let ts_uid = obj
-        .meta()
-        .transfer_syntax()
-        .trim_end_matches('\0')
-        .to_string();
-    let ts_name = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-        .get(&ts_uid)
-        .map(|t| t.name().to_string())
-        .unwrap_or_else(|| "unknown transfer syntax".into());
-    let ts = format!("{ts_uid} {ts_name}");
-    let decoded = match obj.decode_pixel_data() {
-        Ok(d) => d,
-        // dicom-pixeldata 0.10.1 decodes RLE for 8 and 16 bits only: decode it here instead.
-        Err(_) if ts_uid == RLE_LOSSLESS => return frames_from_object(&rle_to_native(obj, &ts)?),
-        Err(e) => {
-            return Err(PixelError::Decode {
-                transfer_syntax: ts.clone(),
-                message: error_chain(&e),
-            })
-        }
-    };
-    let rows = decoded.rows();
-    let cols = decoded.columns();
-    let nframes = decoded.number_of_frames().max(1);
-    let spp = decoded.samples_per_pixel();
-    let mut bits = decoded.bits_allocated();
-    let bits_stored = decoded.bits_stored();
-    let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
-    let pi = decoded.photometric_interpretation().clone();
-    // PixelFirst (1) = colour-by-plane: R plane, G plane, B plane.
-    let planar = spp == 3 && decoded.planar_configuration() == PlanarConfiguration::PixelFirst;
-    if rows == 0 || cols == 0 {
-        return Err(PixelError::Unsupported(format!("image size {rows}x{cols}")));
-    }
-    if bits == 1 {
-        // dicom-pixeldata expands 1-bit samples to one byte of 0 or 255 each.
-        bits = 8;
-    }
-    if !matches!(bits, 8 | 16 | 32) {
-        return Err(PixelError::Unsupported(format!("BitsAllocated {bits}")));
-    }
-    // Codecs (encapsulated pixel data) hand back interleaved RGB and relabel it; only native
-    // data keeps its photometric interpretation and planar configuration.
-    let encapsulated = obj
-        .element_opt(tags::PIXEL_DATA)
-        .ok()
-        .flatten()
-        .map(|e| matches!(e.value(), dicom_core::DicomValue::PixelSequence(_)))
-        .unwrap_or(false);
-    // Native YBR_FULL_422 stores two luma samples and one chroma pair per two pixels.
-    let subsampled = !encapsulated && pi == PhotometricInterpretation::YbrFull422;
-    let bytes = bits as usize / 8;
-    let pixels = rows as usize * cols as usize;
-    let frame_bytes = if subsampled {
-        pixels.div_ceil(2) * 4 * bytes
-    } else {
-        pixels * spp as usize * bytes
-    };
-    let data = decoded.data();
-    let expected = frame_bytes * nframes as usize;
-    if data.len() < expected {
-        return Err(PixelError::Truncated {
-            got: data.len(),
-            expected,
-            frames: nframes,
-            rows,
-            cols,
-            samples: spp,
-            bits: decoded.bits_allocated(),
-        });
-    }
-    let rescale: Vec<(f32, f32)> = decoded
-        .rescale()
-        .map(|r| {
-            r.iter()
-                .map(|r| (r.slope as f32, r.intercept as f32))
-                .collect()
-        })
-        .unwrap_or_default();
-    // The top-level first WindowCenter/Width (as the reference); else, for enhanced
-    // multi-frame objects, the frame's own window from the functional groups.
-    let top_window = first_window(obj);
-    let fg_windows: Vec<(f32, f32)> = decoded
-        .window()
-        .ok()
-        .flatten()
-        .map(|w| {
-            w.iter()
-                .map(|w| (w.center as f32, w.width as f32))
-                .collect()
-        })
-        .unwrap_or_default();
-    let palette = if pi == PhotometricInterpretation::PaletteColor {
-        Some(Palette::read(obj)?)
-    } else {
-        None
-    };
+    FrameSource::new(obj)?.collect_all()
+}
 
-    let mut out = Vec::with_capacity(nframes as usize);
-    for f in 0..nframes {
-        let raw = &data[f as usize * frame_bytes..(f as usize + 1) * frame_bytes];
+/// An instance's frames, decoded one at a time: only the frame asked for is decoded (by the
+/// transfer syntax's codec for encapsulated data, as a slice for native data) and converted,
+/// so memory holds the pixel data as read plus one frame, whatever the number of frames.
+///
+/// Native pixel data read as 16-bit words is re-held as bytes once (so that no frame copies
+/// the whole value); native YBR_FULL_422 and RLE Lossless of 32-bit samples (which
+/// dicom-pixeldata cannot decode) are decoded whole once, into a native copy.
+pub struct FrameSource<'a> {
+    obj: std::borrow::Cow<'a, DefaultDicomObject>,
+    ts: String,
+    frames: u32,
+    top_window: Option<(f32, f32)>,
+    palette: Option<Palette>,
+}
+
+impl std::fmt::Debug for FrameSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameSource")
+            .field("ts", &self.ts)
+            .field("frames", &self.frames)
+            .finish()
+    }
+}
+
+impl FrameSource<'static> {
+    /// Opens a DICOM file for frame-by-frame reading.
+    pub fn open(path: &Path) -> Result<FrameSource<'static>, PixelError> {
+        let obj = dicom_object::open_file(path).map_err(|e| {
+            let mut message = error_chain(&e);
+            if message.contains("fill whole buffer") || message.contains("UnexpectedEof") {
+                message.push_str(" (the file ends early: it is truncated)");
+            }
+            PixelError::Open {
+                path: path.display().to_string(),
+                message,
+            }
+        })?;
+        FrameSource::prepare(std::borrow::Cow::Owned(obj))
+    }
+}
+
+impl<'a> FrameSource<'a> {
+    /// Reads the frames of an object already in memory (borrowed unless it must be
+    /// converted, see [`FrameSource`]).
+    pub fn new(obj: &'a DefaultDicomObject) -> Result<FrameSource<'a>, PixelError> {
+        FrameSource::prepare(std::borrow::Cow::Borrowed(obj))
+    }
+
+    fn prepare(
+        mut obj: std::borrow::Cow<'a, DefaultDicomObject>,
+    ) -> Result<FrameSource<'a>, PixelError> {
+        use dicom_core::{DicomValue, PrimitiveValue};
+        let Some(px) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
+            let sop_class = str_attr(&obj, tags::SOP_CLASS_UID).unwrap_or_default();
+            return Err(PixelError::NoPixelData { sop_class });
+        };
+        let native = matches!(px.value(), DicomValue::Primitive(_));
+        let as_bytes = matches!(px.value(), DicomValue::Primitive(PrimitiveValue::U8(_)));
+        let ts_uid = obj
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string();
+        let ts_name = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+            .get(&ts_uid)
+            .map(|t| t.name().to_string())
+            .unwrap_or_else(|| "unknown transfer syntax".into());
+        let ts = format!("{ts_uid} {ts_name}");
+        let size = ImageSize::of(&obj)?;
+        if size.rows == 0 || size.cols == 0 {
+            return Err(PixelError::Unsupported(format!(
+                "image size {}x{}",
+                size.rows, size.cols
+            )));
+        }
+        let frames = u32::try_from(size.frames).map_err(|_| PixelError::Attribute {
+            name: "NumberOfFrames",
+            message: format!("{} is too large", size.frames),
+        })?;
+        if let (false, DicomValue::Primitive(p)) = (as_bytes, px.value()) {
+            // 16-bit words (OW) -> bytes, once: a frame is then a slice, not a copy of all.
+            let bytes = p.to_bytes().into_owned();
+            let vr = px.vr();
+            obj.to_mut().put(dicom_core::DataElement::new(
+                tags::PIXEL_DATA,
+                vr,
+                PrimitiveValue::U8(bytes.into()),
+            ));
+        }
+        let pi = str_attr(&obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
+        if native && pi == "YBR_FULL_422" {
+            obj = std::borrow::Cow::Owned(expand_native_422(&obj, size, &ts)?);
+        }
+        let mut src = FrameSource {
+            top_window: first_window(&obj),
+            palette: None,
+            obj,
+            ts,
+            frames,
+        };
+        if ts_uid == RLE_LOSSLESS {
+            // dicom-pixeldata 0.10.1 decodes RLE for 8 and 16 bits only.
+            if let Err(e) = src.obj.decode_pixel_data_frame(0) {
+                tracing::debug!(error = %e, "RLE decoded by proxyseg's own decoder");
+                src.obj = std::borrow::Cow::Owned(rle_to_native(&src.obj, &src.ts)?);
+            }
+        }
+        if native {
+            let have = src
+                .obj
+                .element(tags::PIXEL_DATA)
+                .ok()
+                .and_then(|e| e.value().primitive().map(|p| p.to_bytes().len() as u64))
+                .unwrap_or(0);
+            let frame_bytes = if size.bits == 1 {
+                (size.rows * size.cols * size.samples).div_ceil(8)
+            } else {
+                size.rows * size.cols * size.samples * size.bits.div_ceil(8)
+            };
+            let expected = frame_bytes.saturating_mul(size.frames);
+            if have < expected {
+                return Err(PixelError::Truncated {
+                    got: have as usize,
+                    expected: expected as usize,
+                    frames,
+                    rows: size.rows as u32,
+                    cols: size.cols as u32,
+                    samples: size.samples as u16,
+                    bits: size.bits as u16,
+                });
+            }
+        }
+        if pi == "PALETTE COLOR" {
+            src.palette = Some(Palette::read(&src.obj)?);
+        }
+        Ok(src)
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> u32 {
+        self.frames
+    }
+
+    /// True when the object has no frame (never: an object without pixel data is refused).
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// Every frame, in order.
+    pub fn collect_all(&self) -> Result<Vec<Frame>, PixelError> {
+        (0..self.frames).map(|f| self.frame(f)).collect()
+    }
+
+    /// Decodes and converts frame `f` (0-based).
+    pub fn frame(&self, f: u32) -> Result<Frame, PixelError> {
+        let decoded = self
+            .obj
+            .decode_pixel_data_frame(f)
+            .map_err(|e| PixelError::Decode {
+                transfer_syntax: self.ts.clone(),
+                message: error_chain(&e),
+            })?;
+        let rows = decoded.rows();
+        let cols = decoded.columns();
+        let spp = decoded.samples_per_pixel();
+        let mut bits = decoded.bits_allocated();
+        let bits_stored = decoded.bits_stored();
+        let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
+        let pi = decoded.photometric_interpretation().clone();
+        // PixelFirst (1) = colour-by-plane: R plane, G plane, B plane.
+        let planar = spp == 3 && decoded.planar_configuration() == PlanarConfiguration::PixelFirst;
+        if bits == 1 {
+            // dicom-pixeldata expands 1-bit samples to one byte of 0 or 255 each.
+            bits = 8;
+        }
+        if !matches!(bits, 8 | 16 | 32) {
+            return Err(PixelError::Unsupported(format!("BitsAllocated {bits}")));
+        }
+        let bytes = bits as usize / 8;
+        let pixels = rows as usize * cols as usize;
+        let frame_bytes = pixels * spp as usize * bytes;
+        let raw = decoded.data();
+        if raw.len() < frame_bytes {
+            return Err(PixelError::Truncated {
+                got: raw.len(),
+                expected: frame_bytes,
+                frames: 1,
+                rows,
+                cols,
+                samples: spp,
+                bits: decoded.bits_allocated(),
+            });
+        }
+        let raw = &raw[..frame_bytes];
+        // The frame's own rescale (enhanced objects: its functional group).
+        let (slope, intercept) = decoded
+            .rescale()
+            .ok()
+            .and_then(|r| r.first().map(|r| (r.slope as f32, r.intercept as f32)))
+            .unwrap_or((1.0, 0.0));
+        // The top-level first WindowCenter/Width (as the reference); else, for enhanced
+        // multi-frame objects, the frame's own window from the functional groups.
+        let window = self.top_window.or_else(|| {
+            decoded
+                .window()
+                .ok()
+                .flatten()
+                .and_then(|w| w.first().map(|w| (w.center as f32, w.width as f32)))
+        });
+        let (rows, cols) = (rows as usize, cols as usize);
         // 8-bit interleaved RGB (photographs, most colour images): one pass, bytes to planes.
         if pi == PhotometricInterpretation::Rgb && spp == 3 && bits == 8 && !signed && !planar {
             let mut planes = vec![0f32; 3 * pixels];
@@ -292,31 +487,23 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
                 g[i] = px[1] as f32;
                 b[i] = px[2] as f32;
             }
-            out.push(Frame {
+            return Ok(Frame {
                 index: f,
-                rows: rows as usize,
-                cols: cols as usize,
+                rows,
+                cols,
                 channels: 3,
                 data: planes,
             });
-            continue;
         }
         let samples = read_samples(raw, bits, bits_stored, signed);
-        let frame = match &pi {
+        let data = match &pi {
             PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => {
                 if spp != 1 {
                     return Err(PixelError::Unsupported(format!(
                         "{pi} with {spp} samples per pixel"
                     )));
                 }
-                let (slope, intercept) = rescale
-                    .get(f as usize)
-                    .or_else(|| rescale.first())
-                    .copied()
-                    .unwrap_or((1.0, 0.0));
                 let x: Vec<f32> = samples.iter().map(|&v| v * slope + intercept).collect();
-                let window = top_window
-                    .or_else(|| fg_windows.get(f as usize).or(fg_windows.first()).copied());
                 let mut y = match window {
                     Some((c, w)) => voi_linear(&x, c, w),
                     None => percentile_window(&x),
@@ -342,18 +529,15 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
                 ybr_to_rgb(&to_planes(&samples, pixels, planar), pixels)
             }
             PhotometricInterpretation::YbrFull422 => {
+                // Codecs hand back full-resolution samples; native 4:2:2 was expanded when
+                // the source was prepared.
                 check_spp(&pi, spp, 3)?;
                 check_8bit(&pi, bits)?;
-                let planes = if subsampled {
-                    expand_422(&samples, rows as usize, cols as usize)
-                } else {
-                    to_planes(&samples, pixels, planar)
-                };
-                ybr_to_rgb(&planes, pixels)
+                ybr_to_rgb(&to_planes(&samples, pixels, planar), pixels)
             }
             PhotometricInterpretation::PaletteColor => {
                 check_spp(&pi, spp, 1)?;
-                match &palette {
+                match &self.palette {
                     Some(p) => p.apply(&samples),
                     None => {
                         return Err(PixelError::Unsupported("PALETTE COLOR without LUT".into()))
@@ -366,16 +550,80 @@ pub fn frames_from_object(obj: &DefaultDicomObject) -> Result<Vec<Frame>, PixelE
                 )))
             }
         };
-        let channels = frame.len() / pixels;
-        out.push(Frame {
+        let channels = data.len() / pixels;
+        Ok(Frame {
             index: f,
-            rows: rows as usize,
-            cols: cols as usize,
+            rows,
+            cols,
             channels,
-            data: frame,
+            data,
+        })
+    }
+}
+
+/// Native YBR_FULL_422 (Y0 Y1 Cb Cr per pixel pair, 8 bits) of every frame -> a copy of the
+/// object with full-resolution interleaved YBR_FULL samples, so that frames slice evenly.
+fn expand_native_422(
+    obj: &DefaultDicomObject,
+    size: ImageSize,
+    ts: &str,
+) -> Result<DefaultDicomObject, PixelError> {
+    if size.samples != 3 || size.bits != 8 {
+        return Err(PixelError::Unsupported(format!(
+            "YBR_FULL_422 with {} samples at {} bits",
+            size.samples, size.bits
+        )));
+    }
+    let pixels = (size.rows * size.cols) as usize;
+    let pairs = pixels.div_ceil(2);
+    let frames = size.frames as usize;
+    let px = obj
+        .element(tags::PIXEL_DATA)
+        .map_err(|e| PixelError::Decode {
+            transfer_syntax: ts.to_string(),
+            message: e.to_string(),
+        })?;
+    let data = px
+        .value()
+        .primitive()
+        .map(|p| p.to_bytes())
+        .unwrap_or_default();
+    let expected = pairs * 4 * frames;
+    if data.len() < expected {
+        return Err(PixelError::Truncated {
+            got: data.len(),
+            expected,
+            frames: frames as u32,
+            rows: size.rows as u32,
+            cols: size.cols as u32,
+            samples: 3,
+            bits: 8,
         });
     }
-    Ok(out)
+    let mut out = vec![0u8; pixels * 3 * frames];
+    for f in 0..frames {
+        let src = &data[f * pairs * 4..(f + 1) * pairs * 4];
+        let dst = &mut out[f * pixels * 3..(f + 1) * pixels * 3];
+        for (i, q) in src.chunks_exact(4).enumerate() {
+            for (k, y) in [(2 * i, q[0]), (2 * i + 1, q[1])] {
+                if k < pixels {
+                    dst[3 * k..3 * k + 3].copy_from_slice(&[y, q[2], q[3]]);
+                }
+            }
+        }
+    }
+    let mut copy = obj.clone();
+    copy.put(dicom_core::DataElement::new(
+        tags::PIXEL_DATA,
+        dicom_core::VR::OB,
+        dicom_core::PrimitiveValue::U8(out.into()),
+    ));
+    copy.put(dicom_core::DataElement::new(
+        tags::PLANAR_CONFIGURATION,
+        dicom_core::VR::US,
+        dicom_core::PrimitiveValue::from(0u16),
+    ));
+    Ok(copy)
 }
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
@@ -629,28 +877,6 @@ fn to_planes(samples: &[f32], pixels: usize, planar: bool) -> Vec<f32> {
     out
 }
 
-/// Native YBR_FULL_422 (Y0 Y1 Cb Cr per pixel pair) -> full-resolution Y, Cb, Cr planes.
-fn expand_422(samples: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let pixels = rows * cols;
-    let mut out = vec![0f32; 3 * pixels];
-    for i in 0..pixels.div_ceil(2) {
-        let (y0, y1, cb, cr) = (
-            samples[4 * i],
-            samples[4 * i + 1],
-            samples[4 * i + 2],
-            samples[4 * i + 3],
-        );
-        for (k, y) in [(2 * i, y0), (2 * i + 1, y1)] {
-            if k < pixels {
-                out[k] = y;
-                out[pixels + k] = cb;
-                out[2 * pixels + k] = cr;
-            }
-        }
-    }
-    out
-}
-
 /// YBR_FULL -> RGB as pydicom's `convert_color_space` (PS3.3 C.7.6.3.1.2), rounded and
 /// clipped to 0..255 like its uint8 result.
 fn ybr_to_rgb(planes: &[f32], pixels: usize) -> Vec<f32> {
@@ -824,9 +1050,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_decoding_budget_counts_samples_and_their_f32_copy() {
-        // 512x512 CT, 16 bits: 2 bytes + 4 bytes (f32) per sample.
-        assert_eq!(decoded_bytes(512, 512, 1, 16, 1), Some(512 * 512 * 6));
+    fn the_decoding_budget_counts_held_samples_masks_and_frames_in_flight() {
+        // 512x512 CT, 16 bits: the samples held twice (2 x 2 bytes) and one mask byte per
+        // pixel, plus 17 frames in flight at 2 + 4 (f32) + 12 (display planes) bytes.
+        assert_eq!(
+            decoded_bytes(512, 512, 1, 16, 1),
+            Some(512 * 512 * (5 + 17 * 18))
+        );
+        // A 1000-frame cine costs its frames once, not its f32 copies of every frame.
+        let one = decoded_bytes(256, 256, 1, 8, 1).unwrap();
+        let cine = decoded_bytes(256, 256, 1, 8, 1000).unwrap();
+        assert_eq!(cine - one, 999 * 256 * 256 * 3);
         assert_eq!(decoded_bytes(u64::MAX, 2, 1, 8, 1), None);
         let mut obj = InMemDicomObject::new_empty();
         use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -865,6 +1099,32 @@ mod tests {
             PrimitiveValue::from(512u16),
         ));
         check_budget(&obj, 4096 << 20).unwrap();
+    }
+
+    #[test]
+    fn a_series_costs_all_its_masks_but_one_instance_held_at_a_time() {
+        let slice = ImageSize {
+            rows: 512,
+            cols: 512,
+            samples: 1,
+            bits: 16,
+            frames: 1,
+        };
+        let px = 512 * 512;
+        let need = series_bytes(&[slice; 100], 3, 17).unwrap();
+        let masks = 100 * px * 3;
+        assert_eq!(need, masks + masks / 8 + 1 + 2 * px * 2 + 17 * px * 18);
+        assert_eq!(
+            series_bytes(
+                &[ImageSize {
+                    rows: u64::MAX,
+                    ..slice
+                }],
+                1,
+                1
+            ),
+            None
+        );
     }
 
     #[test]

@@ -15,10 +15,12 @@
 //! instances to it, never a new series.
 
 use crate::config::Config;
+use crate::dicom::pixels::{self, ImageSize};
 use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::pipeline::catalog::{Catalog, LoadedSupportSet, Route, SeriesInfo, StudyInfo};
+use crate::pipeline::memory::MemoryBudget;
 use crate::store::jobs::{self, JobState};
 use crate::store::peer_studies::{self, PeerStudy};
 use crate::store::{db, outbox, Db};
@@ -50,6 +52,8 @@ pub struct Pipeline {
     pub wake_delivery: Arc<Notify>,
     /// Unix seconds when the job being segmented started (0 when idle), for the watchdog.
     pub busy_since: std::sync::atomic::AtomicU64,
+    /// Memory all jobs share for pixels (`pipeline.memory_budget_mb`).
+    pub memory: MemoryBudget,
 }
 
 impl Pipeline {
@@ -622,9 +626,9 @@ async fn segment_series(
     // masks[source][frame][segment]
     let mut masks: Vec<Vec<Vec<Vec<u8>>>> = Vec::with_capacity(sources.len());
     let chunk = p.cfg.pipeline.chunk_frames.max(1);
-    let mut pending: Vec<(usize, crate::dicom::pixels::Frame)> = Vec::new();
+    let mut pending: Vec<(usize, pixels::Frame)> = Vec::new();
     let bundle = job.bundle.clone();
-    let flush = |pending: Vec<(usize, crate::dicom::pixels::Frame)>| async {
+    let flush = |pending: Vec<(usize, pixels::Frame)>| async {
         let owners: Vec<usize> = pending.iter().map(|(o, _)| *o).collect();
         let frames: Vec<_> = pending.into_iter().map(|(_, f)| f).collect();
         let t0 = Instant::now();
@@ -643,20 +647,62 @@ async fn segment_series(
         }
         Ok::<_, JobFailure>((owners, r))
     };
+    // What the series costs, checked against the per-job budget before anything is decoded
+    // (also for instances stored before the C-STORE check existed), then reserved from the
+    // budget all jobs share: the job waits here while others hold it (issue 16 item 1).
+    let sizes = sources
+        .iter()
+        .map(|s| {
+            ImageSize::of(&s.header)
+                .map_err(|e| fail(format!("pixels of {}: {e}", s.path.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let in_flight = 2 * chunk as u64 + 1;
+    let need =
+        pixels::series_bytes(&sizes, set.segments.len() as u64, in_flight).unwrap_or(u64::MAX);
     let budget = p.cfg.pipeline.max_decoded_mb * 1024 * 1024;
+    if need > budget {
+        return Err(fail(
+            pixels::PixelError::OverBudget {
+                need_mib: need / 1048576,
+                budget_mib: budget / 1048576,
+                what: format!(
+                    "series {series_uid} ({} instance(s), {} frame(s), {} segment(s))",
+                    sizes.len(),
+                    sizes.iter().map(|s| s.frames).sum::<u64>(),
+                    set.segments.len()
+                ),
+            }
+            .to_string(),
+        ));
+    }
+    let _memory = reserve_memory(p, job, need).await?;
     for (i, src) in sources.iter().enumerate() {
-        // Never decode what cannot fit (an instance stored before the C-STORE check existed).
-        crate::dicom::pixels::check_budget(&src.header, budget)
-            .map_err(|e| fail(format!("{e} ({})", src.path.display())))?;
+        // One frame at a time: a blocking thread decodes into a channel of `chunk` frames, so
+        // at most 2 x chunk + 1 frames of this instance exist at once.
         let path = src.path.clone();
-        let frames =
-            tokio::task::spawn_blocking(move || crate::dicom::pixels::frames_from_file(&path))
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .map_err(|e| fail(format!("pixels of {}: {e}", src.path.display())))?;
-        masks.push(Vec::with_capacity(frames.len()));
-        for f in frames {
-            pending.push((i, f));
+        let (tx, mut rx) = mpsc::channel::<Result<pixels::Frame, pixels::PixelError>>(chunk);
+        let producer = tokio::task::spawn_blocking(move || {
+            let source = match pixels::FrameSource::open(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            for f in 0..source.len() {
+                let frame = source.frame(f);
+                let failed = frame.is_err();
+                if tx.blocking_send(frame).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        masks.push(Vec::new());
+        while let Some(frame) = rx.recv().await {
+            let frame =
+                frame.map_err(|e| fail(format!("pixels of {}: {e}", src.path.display())))?;
+            pending.push((i, frame));
             if pending.len() >= chunk {
                 let (owners, r) = flush(std::mem::take(&mut pending)).await?;
                 for (o, fr) in owners.into_iter().zip(r.frames) {
@@ -664,6 +710,7 @@ async fn segment_series(
                 }
             }
         }
+        producer.await.map_err(|e| fail(e.to_string()))?;
     }
     if !pending.is_empty() {
         let (owners, r) = flush(std::mem::take(&mut pending)).await?;
@@ -720,6 +767,72 @@ async fn segment_series(
         t0.elapsed().as_secs_f64(),
     );
     Ok(Some((path, sop_uid)))
+}
+
+/// Reserves `need` bytes from the shared memory budget, waiting while other jobs hold it
+/// (logged, and counted in `proxyseg_memory_waits_total`).
+async fn reserve_memory<'p>(
+    p: &'p Pipeline,
+    job: &JobRow,
+    need: u64,
+) -> Result<MemoryGuard<'p>, JobFailure> {
+    let reservation = match p.memory.try_reserve(need) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            tracing::info!(
+                study = %job.key.study_uid,
+                need_mib = MemoryBudget::mib_of(need),
+                in_use_mib = p.memory.in_use_mib(),
+                budget_mib = p.memory.total_mib(),
+                "waiting for memory: other jobs hold pipeline.memory_budget_mb"
+            );
+            p.metrics.inc("proxyseg_memory_waits_total", &[]);
+            let t0 = Instant::now();
+            let r = p.memory.reserve(need).await;
+            // The wait is not segmentation: the watchdog's stall clock starts again.
+            p.busy_since
+                .store(db::now() as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                waited_ms = t0.elapsed().as_millis() as u64,
+                "memory reserved"
+            );
+            r.map_err(|e| fail(format!("pixels not decoded: {e}")))?
+        }
+        Err(e) => return Err(fail(format!("pixels not decoded: {e}"))),
+    };
+    let guard = MemoryGuard {
+        p,
+        _reservation: reservation,
+    };
+    guard.publish();
+    Ok(guard)
+}
+
+/// A job's memory reservation; the gauge follows it.
+struct MemoryGuard<'a> {
+    p: &'a Pipeline,
+    _reservation: crate::pipeline::memory::Reservation,
+}
+
+impl MemoryGuard<'_> {
+    fn publish(&self) {
+        self.p.metrics.set(
+            "proxyseg_memory_reserved_bytes",
+            &[],
+            self.p.memory.in_use_mib() as f64 * 1048576.0,
+        );
+    }
+}
+
+impl Drop for MemoryGuard<'_> {
+    fn drop(&mut self) {
+        let left = self.p.memory.in_use_mib() - self._reservation.mib();
+        self.p.metrics.set(
+            "proxyseg_memory_reserved_bytes",
+            &[],
+            left as f64 * 1048576.0,
+        );
+    }
 }
 
 /// The SEG series of a source series: one per (study, peer, source series, support set and
