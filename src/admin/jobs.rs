@@ -222,7 +222,7 @@ impl pb::jobs_server::Jobs for Svc {
         tokio::spawn(async move {
             let _slot = slot; // the stream's place among admin.max_watch_streams
             loop {
-                let batch = db.read(|c| events_after(c, last, &f));
+                let batch = super::off_runtime(|| db.read(|c| events_after(c, last, &f)));
                 match batch {
                     Ok((events, seen)) => {
                         last = seen;

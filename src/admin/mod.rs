@@ -58,19 +58,33 @@ where
     })
 }
 
-/// Runs a read, mapping a typed error to its status.
+/// Runs blocking work (an index read) without holding up the runtime: on the multi-thread
+/// runtime the worker thread first hands its other tasks (ingest, delivery) to another
+/// (review M7).
+pub(crate) fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// Runs a read off the runtime ([`off_runtime`]), mapping a typed error to its status.
 pub(crate) fn read<T, E, F>(db: &Db, f: F) -> Result<T, Status>
 where
     E: std::error::Error + Into<Status> + Send + Sync + 'static,
     F: FnOnce(&Connection) -> Result<T, E>,
 {
     let mut typed = None;
-    let r = db.read(|c| match f(c) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) => {
-            typed = Some(e);
-            Ok(None)
-        }
+    let r = off_runtime(|| {
+        db.read(|c| match f(c) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                typed = Some(e);
+                Ok(None)
+            }
+        })
     });
     match (r, typed) {
         (_, Some(e)) => Err(e.into()),
