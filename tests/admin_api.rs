@@ -512,7 +512,8 @@ async fn full_curation_round_through_tonic() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
 
-    // Every change has its audit row with the token's name.
+    // Every change has its audit row with the token's name, and so has every read of
+    // support-set data (Get, DryRun, Preview: review L9).
     let audit: Vec<(String, String)> =
         a.d.db()
             .prepare("SELECT token_name, action FROM audit ORDER BY id")
@@ -532,13 +533,18 @@ async fn full_curation_round_through_tonic() {
             "rule.create",
             "rule.update",
             "rule.update",
+            "rule.dry_run",
+            "rule.dry_run",
+            "rule.dry_run",
             "support_set.export",
             "support_set.create",
             "support_set.add_pair",
             "support_set.add_pair",
             "support_set.import",
+            "support_set.get",
             "support_set.export.failed",
             "support_set.remove_pair",
+            "support_set.get",
             "support_set.export",
             "support_set.update",
             "job.retry",

@@ -229,7 +229,24 @@ async fn evaluate_and_preview_with_the_engine() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(out_dir.join("overlay-1.png").is_file() && out_dir.join("overlay-2.png").is_file());
-    assert_eq!(snapshot(&a), before, "Preview changed the database");
+    // Nothing changed but the audit log: each Preview is a read of the set, audited under
+    // the reading token (review L9).
+    let mut after = snapshot(&a);
+    assert_eq!(after.0[5], before.0[5] + 2, "one audit row per Preview");
+    after.0[5] = before.0[5];
+    assert_eq!(after, before, "Preview changed the database");
+    let previews: Vec<(String, String)> =
+        a.d.db()
+            .prepare("SELECT token_name, target FROM audit WHERE action = 'support_set.preview'")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(
+        previews,
+        vec![("bob".to_string(), "support_set:engine-set".to_string()); 2]
+    );
 
     // Too few pairs for leave-one-out.
     c.sets

@@ -58,6 +58,25 @@ where
     })
 }
 
+/// Records a read of support-set data (review L9): SupportSets.Get, Preview.Segment and
+/// Rules.DryRun each leave an audit row with the token's name, like every change. A failed
+/// audit write is logged and does not fail the read.
+pub(crate) async fn audit_read(
+    db: &Db,
+    who: &str,
+    action: &'static str,
+    target: String,
+    detail: String,
+) {
+    let (who, now) = (who.to_string(), crate::store::db::now());
+    let r = db
+        .write(move |c| crate::store::audit::record(c, &who, action, &target, &detail, now))
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, action, "cannot audit a read");
+    }
+}
+
 /// Runs blocking work (an index read) without holding up the runtime: on the multi-thread
 /// runtime the worker thread first hands its other tasks (ingest, delivery) to another
 /// (review M7).

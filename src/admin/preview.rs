@@ -29,7 +29,7 @@ impl pb::preview_server::Preview for Svc {
         &self,
         req: Request<Streaming<pb::PreviewRequest>>,
     ) -> Result<Response<pb::PreviewResponse>, Status> {
-        require(&req, Access::Read, "Preview.Segment")?;
+        let who = require(&req, Access::Read, "Preview.Segment")?;
         let mut stream = req.into_inner();
         let header = match stream.message().await? {
             Some(pb::PreviewRequest {
@@ -60,6 +60,14 @@ impl pb::preview_server::Preview for Svc {
         let set = read(&self.st.db, |c| {
             support::load(c, &data_dir, &header.support_set, version)
         })?;
+        crate::admin::audit_read(
+            &self.st.db,
+            &who.name,
+            "support_set.preview",
+            format!("support_set:{}", header.support_set),
+            format!("version {}, image of {} bytes", set.version, image.len()),
+        )
+        .await;
         let img = tokio::task::spawn_blocking(move || masks::parse_image(&image))
             .await
             .map_err(internal)??;

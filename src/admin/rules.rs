@@ -177,7 +177,7 @@ impl pb::rules_server::Rules for Svc {
         &self,
         req: Request<pb::DryRunRequest>,
     ) -> Result<Response<pb::DryRunResponse>, Status> {
-        require(&req, Access::Read, "Rules.DryRun")?;
+        let who = require(&req, Access::Read, "Rules.DryRun")?;
         let r = req.into_inner();
         let header = match r.input {
             Some(pb::dry_run_request::Input::Dicom(bytes)) => {
@@ -229,6 +229,22 @@ impl pb::rules_server::Rules for Svc {
             })?,
             None => 0,
         };
+        crate::admin::audit_read(
+            &self.st.db,
+            &who.name,
+            "rule.dry_run",
+            match &d.support_set {
+                Some(name) => format!("support_set:{name}"),
+                None => "rules".into(),
+            },
+            format!(
+                "{} {}: {}",
+                header.modality,
+                header.body_part,
+                d.rule.map_or("no rule".into(), |id| format!("rule {id}"))
+            ),
+        )
+        .await;
         Ok(Response::new(pb::DryRunResponse {
             matched: d.rule.is_some(),
             rule_id: d.rule.unwrap_or(0),

@@ -385,11 +385,19 @@ impl pb::support_sets_server::SupportSets for Svc {
         &self,
         req: Request<pb::GetSupportSetRequest>,
     ) -> Result<Response<pb::SupportSet>, Status> {
-        require(&req, Access::Read, "SupportSets.Get")?;
+        let who = require(&req, Access::Read, "SupportSets.Get")?;
         let r = req.into_inner();
         let s = read(&self.st.db, |c| {
             support::get(c, &r.name, version_opt(r.version))
         })?;
+        crate::admin::audit_read(
+            &self.st.db,
+            &who.name,
+            "support_set.get",
+            format!("support_set:{}", s.name),
+            format!("version {}", s.version),
+        )
+        .await;
         Ok(Response::new(set_to_pb(&s, true)))
     }
 
