@@ -1647,6 +1647,15 @@ async fn a_watch_stream_outlives_the_rpc_timeout() {
 /// Issue 16 item 6: Import reads and Export writes only inside `admin.exchange_dir`, whatever
 /// the path says (absolute elsewhere, `..`, a symbolic link out); every attempt is audited,
 /// a refused one too.
+/// Review L7: an admin error names no server path (exchange dir, data dir, temp dirs).
+fn no_server_path(a: &Admin, message: &str) {
+    for dir in [a.aux.path(), a.d.dir.path()] {
+        let dir = dir.display().to_string();
+        assert!(!message.contains(&dir), "{message:?} names {dir}");
+    }
+    assert!(!message.contains("/tmp/"), "{message:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_and_export_stay_inside_the_exchange_dir() {
     let a = start();
@@ -1670,6 +1679,7 @@ async fn import_and_export_stay_inside_the_exchange_dir() {
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{path}: {e:?}");
         assert!(e.message().contains("admin.exchange_dir"), "{e:?}");
+        no_server_path(&a, e.message());
     }
     assert_eq!(
         std::fs::read_dir(outside.path()).unwrap().count(),
@@ -1712,6 +1722,30 @@ async fn import_and_export_stay_inside_the_exchange_dir() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    no_server_path(&a, e.message());
+    // A folder whose pair names a missing image: the error names the file inside the folder.
+    let bad = a.aux.path().join("bad-folder");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("supportset.toml"),
+        "name = \"bad\"\n[[objects]]\nlabel = \"a\"\n[[pairs]]\nimage = \"gone.dcm\"\nmask = \"gone-seg.dcm\"\n",
+    )
+    .unwrap();
+    let e = c
+        .sets
+        .import(pb::ImportRequest {
+            path: "bad-folder".into(),
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .contains("supportset.toml pair 1: cannot read gone.dcm"),
+        "{e:?}"
+    );
+    no_server_path(&a, e.message());
     let s = c
         .sets
         .import(pb::ImportRequest {
@@ -1733,6 +1767,6 @@ async fn import_and_export_stay_inside_the_exchange_dir() {
         .unwrap()
     };
     assert_eq!(count("support_set.export.failed"), 3);
-    assert_eq!(count("support_set.import.failed"), 2);
+    assert_eq!(count("support_set.import.failed"), 3);
     assert_eq!(count("support_set.export"), 1);
 }

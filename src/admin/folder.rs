@@ -170,17 +170,34 @@ fn inside(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, Status> {
     Ok(dir.join(p))
 }
 
-fn read_limited(p: &Path, limit: usize, max_mb: u64) -> Result<Vec<u8>, Status> {
+/// How an error names a file of a folder being imported: relative to that folder, never by
+/// its server path (review L7).
+fn shown(dir: &Path, p: &Path) -> String {
+    p.strip_prefix(dir)
+        .map(|r| r.display().to_string())
+        .unwrap_or_else(|_| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
+/// The kind of an I/O error, without the path some of them carry.
+fn io_kind(e: &std::io::Error) -> String {
+    e.kind().to_string()
+}
+
+fn read_limited(dir: &Path, p: &Path, limit: usize, max_mb: u64) -> Result<Vec<u8>, Status> {
+    let name = shown(dir, p);
     let len = std::fs::metadata(p)
-        .map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))?
+        .map_err(|e| invalid(format!("cannot read {name}: {}", io_kind(&e))))?
         .len();
     if len as usize > limit {
         return Err(invalid(format!(
-            "{} exceeds admin.max_upload_mb = {max_mb} MiB",
-            p.display()
+            "{name} exceeds admin.max_upload_mb = {max_mb} MiB"
         )));
     }
-    std::fs::read(p).map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))
+    std::fs::read(p).map_err(|e| invalid(format!("cannot read {name}: {}", io_kind(&e))))
 }
 
 /// Reads and validates a folder (blocking): the spec, its objects and every pair.
@@ -198,10 +215,11 @@ fn load_folder(
     Status,
 > {
     let toml_path = dir.join("supportset.toml");
+    let toml_name = "supportset.toml";
     let text = std::fs::read_to_string(&toml_path)
-        .map_err(|e| invalid(format!("cannot read {}: {e}", toml_path.display())))?;
-    let spec: SpecFile = toml::from_str(&text)
-        .map_err(|e| invalid(format!("{} is not valid: {e}", toml_path.display())))?;
+        .map_err(|e| invalid(format!("cannot read {toml_name}: {}", io_kind(&e))))?;
+    let spec: SpecFile =
+        toml::from_str(&text).map_err(|e| invalid(format!("{toml_name} is not valid: {e}")))?;
     let name = if name_override.trim().is_empty() {
         spec.name.trim().to_string()
     } else {
@@ -217,8 +235,7 @@ fn load_folder(
                 None => Ok(PALETTE[i % PALETTE.len()]),
                 Some([r, g, b]) => Ok([*r, *g, *b]),
                 Some(_) => Err(invalid(format!(
-                    "{}: objects[{}].color must be [r, g, b]",
-                    toml_path.display(),
+                    "{toml_name}: objects[{}].color must be [r, g, b]",
                     i + 1
                 ))),
             }?;
@@ -238,7 +255,7 @@ fn load_folder(
         let ctx = |s: Status| {
             Status::new(
                 s.code(),
-                format!("{} pair {}: {}", toml_path.display(), i + 1, s.message()),
+                format!("{toml_name} pair {}: {}", i + 1, s.message()),
             )
         };
         let image_path = inside(dir, &p.image, "image").map_err(ctx)?;
@@ -247,11 +264,12 @@ fn load_folder(
         } else {
             image_path
         };
-        let image = read_limited(&image_path, st.max_upload, st.max_upload_mb).map_err(ctx)?;
+        let image = read_limited(dir, &image_path, st.max_upload, st.max_upload_mb).map_err(ctx)?;
         total += image.len();
         let upload = match (&p.mask, &p.masks) {
             (Some(seg), None) => {
                 let bytes = read_limited(
+                    dir,
                     &inside(dir, seg, "mask").map_err(ctx)?,
                     st.max_upload,
                     st.max_upload_mb,
@@ -264,6 +282,7 @@ fn load_folder(
                 let mut m = BTreeMap::new();
                 for (k, f) in list.iter().enumerate() {
                     let bytes = read_limited(
+                        dir,
                         &inside(dir, f, "masks").map_err(ctx)?,
                         st.max_upload,
                         st.max_upload_mb,
@@ -349,13 +368,11 @@ pub fn exchange_path(st: &State, requested: &str, way: Exchange) -> Result<PathB
                 Exchange::Write => ("Export writes", ""),
             };
             Err(Status::permission_denied(format!(
-                "{what} only inside admin.exchange_dir ({}){besides}: copy the folder there, or name it relative to it",
-                st.exchange_dir.display(),
+                "{what} only inside admin.exchange_dir{besides}: copy the folder there, and name it relative to it"
             )))
         }
         None => Err(Status::not_found(format!(
-            "{requested}: no such folder on the server (relative paths are taken inside admin.exchange_dir, {})",
-            st.exchange_dir.display()
+            "{requested}: no such folder on the server (relative paths are taken inside admin.exchange_dir)"
         ))),
     }
 }
@@ -461,10 +478,9 @@ fn write_folder(
             .map(|mut d| d.next().is_some())
             .unwrap_or(true)
     {
-        return Err(ExportError::Target(format!(
-            "{} exists and is not an empty folder",
-            out.display()
-        )));
+        return Err(ExportError::Target(
+            "the export folder exists and is not empty: name a new one".into(),
+        ));
     }
     let io = |what: &Path| {
         let shown = what.display().to_string();

@@ -113,10 +113,13 @@ where
     }
 }
 
-/// Logs an unexpected server-side error and hides its details from the client.
+/// Logs an unexpected server-side error and hides its details (paths, SQL) from the client
+/// (review L7): the client gets an id to find the log line by.
 pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "admin API internal error");
-    Status::internal(format!("internal error: {e}"))
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(error = %e, incident = id, "admin API internal error");
+    Status::internal(format!("internal error (incident {id} in the daemon log)"))
 }
 
 impl From<crate::store::support::SupportError> for Status {

@@ -344,8 +344,11 @@ async fn collect_add_pair(
 
 /// Loads a stored support image for evaluation.
 pub fn load_image(p: &support::SupportPairData) -> Result<DicomImage, String> {
-    let bytes = std::fs::read(&p.image_path)
-        .map_err(|e| format!("cannot read {}: {e}", p.image_path.display()))?;
+    let bytes = std::fs::read(&p.image_path).map_err(|e| {
+        // The server path goes to the log only (review L7).
+        tracing::error!(path = %p.image_path.display(), error = %e, "cannot read a support image");
+        format!("cannot read a stored support image: {}", e.kind())
+    })?;
     let mut img = masks::parse_image(&bytes).map_err(|e| e.to_string())?;
     img.path = Some(p.image_path.clone());
     Ok(img)
