@@ -1,0 +1,316 @@
+//! `rule ...`: routing rules, and what a study would be routed to.
+
+use super::output::*;
+use super::*;
+
+/// `rule ...`.
+#[derive(Subcommand, Debug)]
+pub enum RuleCmd {
+    /// Add a routing rule.
+    Add {
+        /// Support set to use.
+        #[arg(long)]
+        support_set: String,
+        /// Lower is tried first.
+        #[arg(long, default_value_t = 100)]
+        priority: i32,
+        /// Modality.
+        #[arg(long, default_value = "")]
+        modality: String,
+        /// Body Part Examined (synonyms apply).
+        #[arg(long, default_value = "")]
+        body_part: String,
+        /// SOP Class UID.
+        #[arg(long, default_value = "")]
+        sop_class: String,
+        /// Regex on the Series Description.
+        #[arg(long, default_value = "")]
+        series_regex: String,
+        /// Calling AE title.
+        #[arg(long, default_value = "")]
+        calling_ae: String,
+        /// Destination AE (default: back to the sender).
+        #[arg(long, default_value = "")]
+        destination: String,
+        /// Stable age override in seconds.
+        #[arg(long)]
+        stable_age: Option<f64>,
+        /// Also match localizers / scouts.
+        #[arg(long)]
+        include_localizers: bool,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List rules in routing order.
+    List,
+    /// Change a rule in place (its id stays; audited as rule.update); fields not given keep
+    /// their value.
+    Update {
+        /// Rule id.
+        id: i64,
+        /// Support set to use.
+        #[arg(long)]
+        support_set: Option<String>,
+        /// Lower is tried first.
+        #[arg(long)]
+        priority: Option<i32>,
+        /// Modality ("" = any).
+        #[arg(long)]
+        modality: Option<String>,
+        /// Body Part Examined ("" = any; synonyms apply).
+        #[arg(long)]
+        body_part: Option<String>,
+        /// SOP Class UID ("" = any).
+        #[arg(long)]
+        sop_class: Option<String>,
+        /// Regex on the Series Description ("" = any).
+        #[arg(long)]
+        series_regex: Option<String>,
+        /// Calling AE title ("" = any).
+        #[arg(long)]
+        calling_ae: Option<String>,
+        /// Destination AE ("" = back to the sender).
+        #[arg(long)]
+        destination: Option<String>,
+        /// Stable age override in seconds.
+        #[arg(long, conflicts_with = "no_stable_age")]
+        stable_age: Option<f64>,
+        /// Drop the stable age override ([pipeline] stable_age_s applies).
+        #[arg(long)]
+        no_stable_age: bool,
+        /// Also match localizers / scouts (true or false).
+        #[arg(long)]
+        include_localizers: Option<bool>,
+        /// Enable (true) or disable (false) the rule.
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a rule.
+    Delete {
+        /// Rule id.
+        id: i64,
+    },
+    /// Which rule a DICOM file (or given header fields) would get, and why.
+    DryRun {
+        /// DICOM file.
+        file: Option<PathBuf>,
+        /// Modality (without a file).
+        #[arg(long, default_value = "")]
+        modality: String,
+        /// Body part (without a file).
+        #[arg(long, default_value = "")]
+        body_part: String,
+        /// Series description (without a file).
+        #[arg(long, default_value = "")]
+        series_description: String,
+        /// SOP Class UID (without a file).
+        #[arg(long, default_value = "")]
+        sop_class: String,
+        /// Calling AE to assume.
+        #[arg(long, default_value = "")]
+        calling_ae: String,
+    },
+}
+
+/// Runs `rule ...`.
+pub(super) async fn run(args: &AdminArgs, c: &mut Clients, cmd: &RuleCmd) -> Result<(), CliError> {
+    let rules = &mut c.rules;
+    match cmd {
+        RuleCmd::Add {
+            support_set,
+            priority,
+            modality,
+            body_part,
+            sop_class,
+            series_regex,
+            calling_ae,
+            destination,
+            stable_age,
+            include_localizers,
+            disabled,
+            description,
+        } => {
+            let r = rules
+                .create(pb::CreateRuleRequest {
+                    rule: Some(pb::Rule {
+                        priority: *priority,
+                        modality: modality.clone(),
+                        body_part: body_part.clone(),
+                        sop_class_uid: sop_class.clone(),
+                        series_description_regex: series_regex.clone(),
+                        calling_ae: calling_ae.clone(),
+                        support_set: support_set.clone(),
+                        destination_ae: destination.clone(),
+                        stable_age_s: *stable_age,
+                        disabled: *disabled,
+                        include_localizers: *include_localizers,
+                        description: description.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            print(args, rule_json(&r), || format!("created rule {}", r.id));
+        }
+        RuleCmd::List => {
+            let l = rules.list(pb::ListRulesRequest {}).await?.into_inner();
+            print(
+                args,
+                Value::Array(l.rules.iter().map(rule_json).collect()),
+                || {
+                    table(
+                        &[
+                            "ID",
+                            "PRIO",
+                            "ON",
+                            "MODALITY",
+                            "BODY PART",
+                            "SERIES /RE/",
+                            "FROM AE",
+                            "SUPPORT SET",
+                            "TO AE",
+                            "STABLE",
+                        ],
+                        &l.rules
+                            .iter()
+                            .map(|r| {
+                                vec![
+                                    r.id.to_string(),
+                                    r.priority.to_string(),
+                                    if r.disabled { "no" } else { "yes" }.into(),
+                                    or_dash(&r.modality).into(),
+                                    or_dash(&r.body_part).into(),
+                                    or_dash(&r.series_description_regex).into(),
+                                    or_dash(&r.calling_ae).into(),
+                                    r.support_set.clone(),
+                                    if r.destination_ae.is_empty() {
+                                        "(sender)".into()
+                                    } else {
+                                        r.destination_ae.clone()
+                                    },
+                                    r.stable_age_s
+                                        .map(|s| format!("{s}s"))
+                                        .unwrap_or_else(|| "-".into()),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                },
+            );
+        }
+        RuleCmd::Update {
+            id,
+            support_set,
+            priority,
+            modality,
+            body_part,
+            sop_class,
+            series_regex,
+            calling_ae,
+            destination,
+            stable_age,
+            no_stable_age,
+            include_localizers,
+            enabled,
+            description,
+        } => {
+            let mut r = rules
+                .list(pb::ListRulesRequest {})
+                .await?
+                .into_inner()
+                .rules
+                .into_iter()
+                .find(|r| r.id == *id)
+                .ok_or_else(|| Status::not_found(format!("rule {id} not found")))?;
+            let set = |field: &mut String, v: &Option<String>| {
+                if let Some(v) = v {
+                    *field = v.clone();
+                }
+            };
+            set(&mut r.support_set, support_set);
+            set(&mut r.modality, modality);
+            set(&mut r.body_part, body_part);
+            set(&mut r.sop_class_uid, sop_class);
+            set(&mut r.series_description_regex, series_regex);
+            set(&mut r.calling_ae, calling_ae);
+            set(&mut r.destination_ae, destination);
+            set(&mut r.description, description);
+            r.priority = priority.unwrap_or(r.priority);
+            if *no_stable_age {
+                r.stable_age_s = None;
+            } else if stable_age.is_some() {
+                r.stable_age_s = *stable_age;
+            }
+            r.include_localizers = include_localizers.unwrap_or(r.include_localizers);
+            r.disabled = enabled.map_or(r.disabled, |e| !e);
+            let r = rules
+                .update(pb::UpdateRuleRequest { rule: Some(r) })
+                .await?
+                .into_inner();
+            print(args, rule_json(&r), || format!("updated rule {}", r.id));
+        }
+        RuleCmd::Delete { id } => {
+            rules.delete(pb::DeleteRuleRequest { id: *id }).await?;
+            print(args, json!({"deleted": id}), || {
+                format!("deleted rule {id}")
+            });
+        }
+        RuleCmd::DryRun {
+            file,
+            modality,
+            body_part,
+            series_description,
+            sop_class,
+            calling_ae,
+        } => {
+            let input = match file {
+                Some(f) => pb::dry_run_request::Input::Dicom(read_file(f)?),
+                None => pb::dry_run_request::Input::Header(pb::StudyHeader {
+                    modality: modality.clone(),
+                    body_part: body_part.clone(),
+                    sop_class_uid: sop_class.clone(),
+                    series_description: series_description.clone(),
+                    calling_ae: calling_ae.clone(),
+                    image_type: Vec::new(),
+                }),
+            };
+            let r = rules
+                .dry_run(pb::DryRunRequest {
+                    input: Some(input),
+                    calling_ae: calling_ae.clone(),
+                })
+                .await?
+                .into_inner();
+            let v = json!({
+                "matched": r.matched, "rule_id": r.rule_id, "support_set": r.support_set,
+                "support_set_version": r.support_set_version,
+                "destination_ae": r.destination_ae, "reason": r.reason,
+                "stable_age_s": r.stable_age_s, "to_sender": r.to_sender,
+                "considered": r.considered.iter().map(|c| json!({"rule_id": c.rule_id, "matched": c.matched, "reason": c.reason})).collect::<Vec<_>>(),
+            });
+            print(args, v, || {
+                let mut s = if r.matched {
+                    format!(
+                        "rule {} -> support set {} (version {}) -> {}\n",
+                        r.rule_id,
+                        r.support_set,
+                        r.support_set_version,
+                        destination_text(r.to_sender, &r.destination_ae)
+                    )
+                } else {
+                    "unmatched\n".to_string()
+                };
+                s += &format!("why: {}", r.reason);
+                s
+            });
+        }
+    }
+    Ok(())
+}
