@@ -129,6 +129,10 @@ pub struct DicomConfig {
     pub association_request_timeout_s: u64,
     /// Maximum PDU length we accept and announce, in bytes.
     pub max_pdu: u32,
+    /// Memory the associations' receive buffers may take together, in MiB: each reserves
+    /// one PDU plus 64 KiB (whole MiB) before it reads its first message, and waits, without
+    /// reading, while the others hold the budget (issue 16 item 1).
+    pub max_buffered_mb: u64,
     /// Only peers listed in `[[dicom.peers]]` may associate (calling AE and source host).
     pub require_known_peers: bool,
     /// Seconds of silence before an association is aborted.
@@ -159,6 +163,7 @@ impl Default for DicomConfig {
             max_pending_connections: 16,
             association_request_timeout_s: 5,
             max_pdu: 65536,
+            max_buffered_mb: 256,
             require_known_peers: true,
             read_timeout_s: 60,
             max_association_s: 3600,
@@ -184,6 +189,22 @@ pub struct PeerConfig {
     /// Deliver to this peer over DICOM TLS.
     #[serde(default)]
     pub tls: bool,
+    /// The DNS name or IP address this peer's client certificate carries in its
+    /// subjectAltName (review L3). When set, an association calling with this AE title is
+    /// accepted only on the `[dicom.tls]` listener (with `client_ca`), from a certificate valid
+    /// for this name; the plain listener refuses it.
+    #[serde(default)]
+    pub tls_identity: Option<String>,
+}
+
+impl PeerConfig {
+    /// The peer's `tls_identity` as a name certificates are checked against.
+    pub fn tls_name(&self) -> Option<Result<rustls_pki_types::ServerName<'static>, String>> {
+        self.tls_identity.as_ref().map(|n| {
+            rustls_pki_types::ServerName::try_from(n.trim().to_string())
+                .map_err(|e| format!("{n:?} is not a DNS name or IP address: {e}"))
+        })
+    }
 }
 
 /// `[dicom.tls]` table: a second listener that speaks DICOM over TLS.
@@ -595,7 +616,15 @@ impl Config {
         if let Err(m) = check_ae_title(&d.ae_title) {
             bad("dicom.ae_title", m);
         }
-        if d.listen.parse::<SocketAddr>().is_err() {
+        if d.listen.is_empty() {
+            // Review L3: the plain listener can be turned off when DICOM TLS is the only way in.
+            if d.tls.is_none() {
+                bad(
+                    "dicom.listen",
+                    "is empty (no plain listener) but there is no [dicom.tls] listener: nobody could send".into(),
+                );
+            }
+        } else if d.listen.parse::<SocketAddr>().is_err() {
             bad(
                 "dicom.listen",
                 format!("{:?} is not an IP:port address", d.listen),
@@ -634,6 +663,16 @@ impl Config {
         if d.write_timeout_s == 0 {
             bad("dicom.write_timeout_s", "must be at least 1".into());
         }
+        let per_association = crate::memory::MemoryBudget::mib_of(d.max_pdu as u64 + 65536);
+        if d.max_buffered_mb < per_association || d.max_buffered_mb > 1 << 20 {
+            bad(
+                "dicom.max_buffered_mb",
+                format!(
+                    "{} must hold at least one association's buffers ({per_association} MiB for dicom.max_pdu {} + 64 KiB) and at most 1048576",
+                    d.max_buffered_mb, d.max_pdu
+                ),
+            );
+        }
         if d.max_object_mb == 0 {
             bad("dicom.max_object_mb", "must be at least 1".into());
         }
@@ -656,6 +695,14 @@ impl Config {
             }
             if p.port == 0 {
                 bad(&format!("dicom.peers[{i}].port"), "must not be 0".into());
+            }
+            match p.tls_name() {
+                Some(Err(m)) => bad(&format!("dicom.peers[{i}].tls_identity"), m),
+                Some(Ok(_)) if d.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) => bad(
+                    &format!("dicom.peers[{i}].tls_identity"),
+                    "needs [dicom.tls] with client_ca: without client certificates nobody could prove it".into(),
+                ),
+                _ => {}
             }
             if !seen.insert(p.ae_title.trim().to_string()) {
                 bad(
@@ -1098,6 +1145,26 @@ mod tests {
             ),
             (3, 4096, 4096)
         );
+        // Review L3: an identity needs client certificates; no listener at all is refused.
+        let c = Config::parse(
+            "[dicom]\nlisten = \"\"\n[[dicom.peers]]\nae_title = \"A\"\nhost = \"127.0.0.1\"\nport = 1\ntls_identity = \"pacs.example\"\n",
+        )
+        .unwrap();
+        let p: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert!(
+            p.contains(&"dicom.listen".to_string())
+                && p.contains(&"dicom.peers[0].tls_identity".to_string()),
+            "{p:?}"
+        );
+        let c = Config::parse(
+            "[[dicom.peers]]\nae_title = \"A\"\nhost = \"127.0.0.1\"\nport = 1\ntls_identity = \"not a name!\"\n",
+        )
+        .unwrap();
+        assert!(c
+            .validate()
+            .iter()
+            .any(|p| p.key == "dicom.peers[0].tls_identity"
+                && p.message.contains("not a DNS name or IP address")));
         // The shared budget follows max_decoded_mb unless set, and may not be smaller.
         let c = Config::parse("[pipeline]\nmax_decoded_mb = 8192\n").unwrap();
         assert_eq!(c.pipeline.memory_budget_mb(), 8192);

@@ -60,8 +60,9 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
 
 /// A started daemon: every listener and worker running.
 pub struct Running {
-    /// Where the plain DICOM listener is bound (useful with port 0).
-    pub dicom_addr: std::net::SocketAddr,
+    /// Where the plain DICOM listener is bound (useful with port 0); `None` when
+    /// `dicom.listen` is empty (DICOM TLS only).
+    pub dicom_addr: Option<std::net::SocketAddr>,
     /// The pipeline (engine, catalog) the workers use.
     pub pipeline: Arc<crate::pipeline::worker::Pipeline>,
     stop_tx: watch::Sender<bool>,
@@ -196,22 +197,28 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     }
     tokio::spawn(hosts.keep_fresh(stop_rx.clone()));
     let mut servers = tokio::task::JoinSet::new();
-    let plain = TcpListener::bind(&cfg.dicom.listen)
-        .await
-        .map_err(|source| StartError::Bind {
+    // Listeners are bound now (a port conflict fails fast) but served only once everything
+    // else is up; peers connecting meanwhile wait in the accept backlog.
+    let mut listeners = Vec::new();
+    let mut dicom_addr = None;
+    if cfg.dicom.listen.is_empty() {
+        tracing::info!("no plain DICOM listener (dicom.listen is empty): DICOM TLS only");
+    } else {
+        let plain = TcpListener::bind(&cfg.dicom.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "dicom.listen",
+                addr: cfg.dicom.listen.clone(),
+                source,
+            })?;
+        tracing::info!(addr = %cfg.dicom.listen, ae = %cfg.dicom.ae_title, "DICOM listener up");
+        dicom_addr = Some(plain.local_addr().map_err(|source| StartError::Bind {
             key: "dicom.listen",
             addr: cfg.dicom.listen.clone(),
             source,
-        })?;
-    tracing::info!(addr = %cfg.dicom.listen, ae = %cfg.dicom.ae_title, "DICOM listener up");
-    let dicom_addr = plain.local_addr().map_err(|source| StartError::Bind {
-        key: "dicom.listen",
-        addr: cfg.dicom.listen.clone(),
-        source,
-    })?;
-    // Listeners are bound now (a port conflict fails fast) but served only once everything
-    // else is up; peers connecting meanwhile wait in the accept backlog.
-    let mut listeners = vec![(plain, false)];
+        })?);
+        listeners.push((plain, false));
+    }
     if let Some(t) = &cfg.dicom.tls {
         let l = TcpListener::bind(&t.listen)
             .await
@@ -311,7 +318,10 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         wake_delivery: wake.clone(),
         busy_since: Default::default(),
-        memory: crate::pipeline::memory::MemoryBudget::new(cfg.pipeline.memory_budget_mb()),
+        memory: crate::memory::MemoryBudget::new(
+            cfg.pipeline.memory_budget_mb(),
+            "pipeline.memory_budget_mb",
+        ),
     });
     if !cfg.metrics.listen.is_empty() {
         let l = TcpListener::bind(&cfg.metrics.listen)
@@ -490,6 +500,7 @@ fn describe_metrics(m: &crate::metrics::Metrics) {
         ("proxyseg_queue_depth", "gauge", "Items waiting, by queue."),
         ("proxyseg_memory_reserved_bytes", "gauge", "Pixel memory the running jobs hold of pipeline.memory_budget_mb."),
         ("proxyseg_memory_waits_total", "counter", "Jobs that waited for pixel memory other jobs held."),
+        ("proxyseg_buffer_waits_total", "counter", "Associations that waited for receive-buffer memory (dicom.max_buffered_mb) other associations held."),
         ("proxyseg_support_cache_total", "counter", "Support-context cache lookups by result (hit, disk, computed)."),
         (crate::store::retention::PURGED_STUDIES, "counter", "Studies purged (files and index rows), by who asked (retention, admin) and how they ended (finished, failed)."),
         (crate::store::retention::PURGED_BYTES, "counter", "Bytes removed from disk by purges and leftover sweeps."),

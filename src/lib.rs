@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dicom;
 pub mod engine;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;

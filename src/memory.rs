@@ -1,14 +1,18 @@
-//! The pipeline's total memory budget (issue 16 item 1): every job reserves, before it decodes
-//! a series, what that series costs ([`crate::dicom::pixels::series_bytes`]: its masks, the
-//! instance being read, the frames in flight) from one budget shared by all workers
-//! (`pipeline.memory_budget_mb`). A job whose series does not fit the per-job budget
-//! (`pipeline.max_decoded_mb`) fails before anything is decoded; one that fits waits, in
-//! arrival order, until the jobs ahead of it release enough (back-pressure), so that N
-//! workers never hold more than the budget between them, whatever they are sent.
+//! Memory budgets shared across tasks (issue 16 item 1), counted in MiB, reserved first come
+//! first served: a task that does not fit waits until the ones ahead of it give enough back
+//! (back-pressure), so that together they never hold more than the budget, whatever they are
+//! sent. A reservation larger than the whole budget is refused at once.
 //!
-//! Counted in MiB. ONNX Runtime's own arenas and the models are not part of this budget (they
-//! do not grow with the input); the SCP's buffers are bounded per association (one PDU plus
-//! 64 KiB, see [`crate::dicom::scp`]).
+//! Two budgets use it:
+//! - `pipeline.memory_budget_mb`: every job reserves, before it decodes a series, what the
+//!   series costs ([`crate::dicom::pixels::series_bytes`]: its masks, the instance being read,
+//!   the frames in flight). A series over the per-job `pipeline.max_decoded_mb` fails first.
+//! - `dicom.max_buffered_mb`: every association reserves its receive buffers (one PDU of
+//!   `dicom.max_pdu` plus the 64 KiB head kept for validation) before it reads its first
+//!   message, across the plain and TLS listeners ([`crate::dicom::scp`]).
+//!
+//! ONNX Runtime's own arenas and the models are not part of either (they do not grow with the
+//! input).
 
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -17,12 +21,14 @@ const MIB: u64 = 1024 * 1024;
 
 /// A reservation asked for more than the whole budget.
 #[derive(Debug, thiserror::Error)]
-#[error("needs {need_mib} MiB, more than the whole pipeline.memory_budget_mb ({total_mib} MiB)")]
+#[error("needs {need_mib} MiB, more than the whole {name} ({total_mib} MiB)")]
 pub struct TooLarge {
     /// What was asked, in MiB.
     pub need_mib: u64,
     /// The budget, in MiB.
     pub total_mib: u64,
+    /// The budget's configuration key.
+    pub name: &'static str,
 }
 
 /// The shared budget.
@@ -30,6 +36,7 @@ pub struct TooLarge {
 pub struct MemoryBudget {
     permits: Arc<Semaphore>,
     total_mib: u32,
+    name: &'static str,
 }
 
 /// Memory held by one job; given back when dropped.
@@ -47,12 +54,13 @@ impl Reservation {
 }
 
 impl MemoryBudget {
-    /// A budget of `total_mb` MiB (at least 1).
-    pub fn new(total_mb: u64) -> MemoryBudget {
+    /// A budget of `total_mb` MiB (at least 1), named by its configuration key in messages.
+    pub fn new(total_mb: u64, name: &'static str) -> MemoryBudget {
         let total_mib = total_mb.clamp(1, u32::MAX as u64) as u32;
         MemoryBudget {
             permits: Arc::new(Semaphore::new(total_mib as usize)),
             total_mib,
+            name,
         }
     }
 
@@ -105,6 +113,7 @@ impl MemoryBudget {
             return Err(TooLarge {
                 need_mib,
                 total_mib: self.total_mib as u64,
+                name: self.name,
             });
         }
         Ok(need_mib as u32)
@@ -118,7 +127,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reservation_waits_until_enough_is_given_back() {
-        let b = MemoryBudget::new(100);
+        let b = MemoryBudget::new(100, "pipeline.memory_budget_mb");
         let first = b.reserve(60 * MIB).await.unwrap();
         assert_eq!((first.mib(), b.in_use_mib()), (60, 60));
         assert!(b.try_reserve(50 * MIB).unwrap().is_none());
@@ -143,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn more_than_the_whole_budget_is_refused_at_once() {
-        let b = MemoryBudget::new(64);
+        let b = MemoryBudget::new(64, "pipeline.memory_budget_mb");
         let e = b.reserve(65 * MIB).await.unwrap_err();
         assert_eq!(
             e.to_string(),

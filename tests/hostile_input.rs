@@ -365,3 +365,169 @@ fn a_job_the_daemon_keeps_dying_in_is_dead_lettered() {
     );
     still_serving(&mut d, "a dead-lettered job");
 }
+
+/// The target "nothing acknowledged is lost through any of this": for each attack
+/// (8 x 4 GiB declared lengths, a deflate bomb, a pixel bomb, 40 idle sockets), a peer stores
+/// a study (8 new instances) while the attack runs, the daemon is killed with SIGKILL right
+/// after the last acknowledgement with the attack still going, and restarted. Every
+/// acknowledged instance is then indexed with its file in place, and every job ends: written
+/// (its SEG waits for a PACS that is not there), failed or dead-lettered.
+#[test]
+fn kill_9_during_each_attack_loses_no_acknowledged_instance() {
+    require_tool("dcmodify");
+    let mut d = Daemon::start(Opts {
+        address_space_mb: Some(ADDRESS_SPACE_MB),
+        extra: with_models(),
+        stable_age_s: 1.0,
+        ..Opts::default()
+    });
+    let demo = root().join("models/phantom-tiny/demo-studies/mr");
+    let mut slices: Vec<std::path::PathBuf> = std::fs::read_dir(&demo)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .collect();
+    slices.sort();
+    assert_eq!(slices.len(), 8, "{}", demo.display());
+    let attacks: [(&str, &[&str]); 4] = [
+        ("huge_element_parallel", &["8"]),
+        ("deflate_bomb", &[]),
+        ("pixel_bomb", &["32768", "32", "100000"]),
+        ("idle_sockets", &[]),
+    ];
+    for (round, (attack, args)) in attacks.iter().enumerate() {
+        // This round's study: the demo slices with a study, series and instance UIDs of
+        // their own.
+        let dir = tempfile::tempdir().unwrap();
+        let study = format!("1.2.826.0.1.3680043.9.7.16.{}", round + 1);
+        let mut files = Vec::new();
+        for s in &slices {
+            let f = dir.path().join(s.file_name().unwrap());
+            std::fs::copy(s, &f).unwrap();
+            files.push(f.display().to_string());
+        }
+        let mut m: Vec<String> = [
+            "-nb",
+            "-gin",
+            "-m",
+            &format!("(0020,000d)={study}"),
+            "-m",
+            &format!("(0020,000e)={study}.1"),
+        ]
+        .map(String::from)
+        .to_vec();
+        m.extend(files.iter().cloned());
+        let out = run(
+            "dcmodify",
+            &m.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+
+        // The attack runs beside the peer's store.
+        let mut sockets = Vec::new();
+        let mut attacker = None;
+        if *attack == "idle_sockets" {
+            sockets = (0..40)
+                .map(|_| TcpStream::connect(("127.0.0.1", d.port)).expect("connect"))
+                .collect::<Vec<_>>();
+        } else {
+            attacker = Some(
+                std::process::Command::new(python())
+                    .arg(root().join("tests/python/scu_edge.py"))
+                    .arg(attack)
+                    .arg(d.port.to_string())
+                    .args(args.iter())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        let mut a: Vec<String> = ["-aet", "STORESCU", "-aec", "PROXYSEG", "127.0.0.1"]
+            .map(String::from)
+            .to_vec();
+        a.push(d.port.to_string());
+        a.extend(files.iter().cloned());
+        let out = run(
+            "storescu",
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert!(
+            out.status.success(),
+            "{attack}: the peer's store failed:\n{}\n{}",
+            text(&out),
+            d.log()
+        );
+        // Every instance is acknowledged: kill -9 now, the attack still going.
+        d.kill9();
+        if let Some(mut p) = attacker {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        drop(sockets);
+        d.spawn();
+        let db = d.db();
+        let paths: Vec<String> = db
+            .prepare("SELECT path FROM instances WHERE study_uid = ?1")
+            .unwrap()
+            .query_map([&study], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            paths.len(),
+            8,
+            "{attack}: acknowledged instances missing after kill -9:\n{}",
+            d.log()
+        );
+        for p in &paths {
+            assert!(
+                std::path::Path::new(p).is_file(),
+                "{attack}: {p} is indexed but gone"
+            );
+        }
+        assert!(d.echo(), "{attack}: not serving after the restart");
+    }
+    // Every job ends: nothing crash-loops, nothing is left half-done.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let states: Vec<(String, String)> = d
+            .db()
+            .prepare("SELECT study_uid, state || ' ' || COALESCE(error, '') FROM jobs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let state = |st: &str| st.split(' ').next().unwrap_or_default().to_string();
+        let done = states.len() >= attacks.len()
+            && states.iter().all(|(_, st)| {
+                matches!(
+                    state(st).as_str(),
+                    "written" | "delivered" | "failed" | "unmatched"
+                )
+            });
+        if done {
+            // Each round's study was segmented, or, when the kills of later rounds hit its
+            // job while it was being segmented max_attempts (3) times, dead-lettered.
+            for round in 1..=attacks.len() {
+                let study = format!("1.2.826.0.1.3680043.9.7.16.{round}");
+                assert!(
+                    states.iter().any(|(s, st)| *s == study
+                        && (state(st) == "written" || st.starts_with("failed dead-lettered"))),
+                    "round {round}'s study neither segmented nor dead-lettered: {states:?}\n{}",
+                    d.log()
+                );
+            }
+            eprintln!("jobs after the attacks: {states:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not end: {states:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    still_serving(&mut d, "kill -9 during each attack");
+}

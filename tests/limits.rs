@@ -229,3 +229,55 @@ fn a_busy_association_ends_at_its_lifetime() {
     );
     assert!(d.echo(), "the daemon stopped serving");
 }
+
+/// Issue 16 item 1: the associations' receive buffers share `dicom.max_buffered_mb`. With
+/// 1 MiB PDUs an association reserves 2 MiB (one PDU plus the 64 KiB head, in whole MiB); with
+/// a 2 MiB budget a second association waits, reading nothing, while the first holds it, and
+/// goes on (its store succeeds) once the first leaves: back-pressure, not a refusal.
+#[test]
+fn associations_wait_for_receive_buffer_memory() {
+    let d = Daemon::start(Opts {
+        max_pdu: 1 << 20,
+        dicom_extra: "max_buffered_mb = 2\n".into(),
+        ..Opts::default()
+    });
+    let mut hold = Command::new(python())
+        .arg(root().join("tests/python/scu_edge.py"))
+        .args(["hold", &d.port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(hold.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("holding"), "holder did not associate: {line}");
+    // The holder keeps its association (and buffers) for 6 s, less than read_timeout_s (10).
+    let ct = pydicom_files().join("CT_small.dcm");
+    let out = run(
+        "storescu",
+        &[
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PROXYSEG",
+            "127.0.0.1",
+            &d.port.to_string(),
+            ct.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out), d.log());
+    let _ = hold.wait();
+    assert_eq!(d.instance_count(), 1);
+    assert!(
+        d.log()
+            .contains("association waits for receive-buffer memory (dicom.max_buffered_mb)"),
+        "the second association did not wait:\n{}",
+        d.log()
+    );
+    assert!(
+        d.metrics().contains("proxyseg_buffer_waits_total 1"),
+        "{}",
+        d.metrics()
+    );
+}

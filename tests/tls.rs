@@ -196,3 +196,144 @@ fn dicom_tls_and_mutual_tls_with_dcmtk() {
     );
     assert!(d.echo());
 }
+
+/// Review L3: a peer whose entry names a `tls_identity` is admitted only over TLS, with a
+/// client certificate valid for that name; another certificate from the same CA claiming its
+/// AE title is aborted before anything is read, and the plain listener refuses the AE title.
+/// Peers without an identity are admitted as before. With `dicom.listen = ""` there is no
+/// plain listener at all.
+#[test]
+fn a_peer_with_a_tls_identity_must_present_its_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    let p = pki.path();
+    make_pki(p);
+    // Another client certificate from the same CA, for another name.
+    std::fs::write(
+        p.join("impostor.ext"),
+        "subjectAltName=DNS:impostor.example\n",
+    )
+    .unwrap();
+    openssl(
+        p,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "impostor.key",
+            "-out",
+            "impostor.csr",
+            "-subj",
+            "/CN=impostor",
+        ],
+    );
+    openssl(
+        p,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "impostor.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "impostor.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "impostor.ext",
+        ],
+    );
+    let f = |n: &str| p.join(n).display().to_string();
+    let tls_port = free_port();
+    let extra = format!(
+        "[dicom.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\nclient_ca = \"{}\"\n[[dicom.peers]]\nae_title = \"SECUREPACS\"\nhost = \"127.0.0.1\"\nport = 40100\ntls_identity = \"localhost\"\n",
+        f("server.crt"),
+        f("server.key"),
+        f("ca.crt"),
+    );
+    let mut d = Daemon::start(Opts {
+        extra,
+        read_timeout_s: 5,
+        ..Opts::default()
+    });
+    d.wait_listening(&format!("127.0.0.1:{tls_port}"));
+    let ct = pydicom_files().join("CT_small.dcm").display().to_string();
+    let tp = tls_port.to_string();
+    let tls_call = |cert: &str, aet: &str, file: Option<&str>| {
+        let (key, crt) = (f(&format!("{cert}.key")), f(&format!("{cert}.crt")));
+        let ca = f("ca.crt");
+        let mut args = vec![
+            "+tls", &key, &crt, "+cf", &ca, "-aet", aet, "-aec", "PROXYSEG",
+        ];
+        args.extend(["127.0.0.1", &tp]);
+        match file {
+            Some(file) => {
+                let mut a = vec!["-R"];
+                a.extend(args);
+                a.push(file);
+                run("storescu", &a)
+            }
+            None => run("echoscu", &args),
+        }
+    };
+    // The right certificate for SECUREPACS: echo and store.
+    let out = tls_call("client", "SECUREPACS", None);
+    assert!(out.status.success(), "{}\n{}", text(&out), d.log());
+    let out = tls_call("client", "SECUREPACS", Some(&ct));
+    assert!(out.status.success(), "{}\n{}", text(&out), d.log());
+    assert_eq!(d.instance_count(), 1);
+    // Another certificate of the same CA claiming SECUREPACS: aborted, nothing stored.
+    let mr = pydicom_files().join("MR_small.dcm").display().to_string();
+    for file in [None, Some(mr.as_str())] {
+        let out = tls_call("impostor", "SECUREPACS", file);
+        assert!(
+            !out.status.success(),
+            "an impostor certificate got through:\n{}",
+            text(&out)
+        );
+    }
+    assert_eq!(d.instance_count(), 1, "the impostor stored nothing");
+    assert!(
+        d.log()
+            .contains("aborted: the client certificate is not the calling AE's tls_identity"),
+        "{}",
+        d.log()
+    );
+    // SECUREPACS on the plain listener: rejected (it has to prove its certificate).
+    let port = d.port.to_string();
+    let out = run(
+        "echoscu",
+        &["-aet", "SECUREPACS", "-aec", "PROXYSEG", "127.0.0.1", &port],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Calling AE Title Not Recognized"),
+        "{}",
+        text(&out)
+    );
+    // A peer without an identity is admitted as before, plain or TLS.
+    assert!(d.echo());
+    let out = tls_call("impostor", "ECHOSCU", None);
+    assert!(out.status.success(), "{}\n{}", text(&out), d.log());
+
+    // DICOM TLS only: no plain listener.
+    assert!(d.terminate(), "clean stop:\n{}", d.log());
+    let cfg = std::fs::read_to_string(&d.config).unwrap().replace(
+        &format!("listen = \"127.0.0.1:{}\"", d.port),
+        "listen = \"\"",
+    );
+    std::fs::write(&d.config, cfg).unwrap();
+    d.spawn_process();
+    d.wait_listening(&format!("127.0.0.1:{tls_port}"));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", d.port)).is_err(),
+        "the plain listener is still up"
+    );
+    let out = tls_call("client", "SECUREPACS", None);
+    assert!(out.status.success(), "{}\n{}", text(&out), d.log());
+}

@@ -131,8 +131,15 @@ fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
         .unwrap_or_default()
 }
 
-/// Parses DICOM Part 10 bytes (with or without the 128-byte preamble).
+/// Largest data set a deflated upload may inflate to.
+const MAX_INFLATED: u64 = 256 * 1024 * 1024;
+
+/// Parses DICOM Part 10 bytes (with or without the 128-byte preamble). Every declared length is
+/// first checked against the bytes there are ([`crate::dicom::validate::check_part10`]):
+/// dicom-object would reserve and zero-fill it before reading the value.
 pub fn parse_dicom(bytes: &[u8]) -> Result<DefaultDicomObject, UploadError> {
+    crate::dicom::validate::check_part10(bytes, MAX_INFLATED)
+        .map_err(|e| UploadError::BrokenDicom(e.to_string()))?;
     let preamble = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
         ReadPreamble::Always
     } else {

@@ -171,6 +171,7 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<DemoRow>, DemoError> {
         host: "127.0.0.1".into(),
         port: pacs_port,
         tls: false,
+        tls_identity: None,
     }];
     cfg.storage.data_dir = out.join("data");
     cfg.pipeline.stable_age_s = 1.0;
@@ -219,7 +220,10 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<DemoRow>, DemoError> {
     let dest = Destination {
         ae_title: "PROXYSEG".into(),
         host: "127.0.0.1".into(),
-        port: running.dicom_addr.port(),
+        port: running
+            .dicom_addr
+            .ok_or_else(|| setup("the demo daemon has no plain DICOM listener"))?
+            .port(),
         tls: false,
     };
     let mut sent = Vec::new();

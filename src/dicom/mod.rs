@@ -12,4 +12,5 @@ pub mod scu;
 pub mod seg;
 pub mod sop;
 pub mod tls;
+pub mod validate;
 pub mod walk;

@@ -91,8 +91,8 @@ where
         if buf.len() >= 6 && buf[0] != P_DATA_TF {
             break;
         }
-        if let Some(pdu) = take_pdata(buf, max_pdu as usize)? {
-            return Ok(Received::PData(split_pdvs(pdu)?));
+        if let Some(pdvs) = take_pdvs(buf, max_pdu as usize)? {
+            return Ok(Received::PData(pdvs));
         }
         // Room for the rest of this PDU (or a whole one when its header is still missing).
         let want = if buf.len() >= 6 {
@@ -106,6 +106,18 @@ where
         }
     }
     Ok(Received::Other(AsyncAssociation::receive(assoc).await?))
+}
+
+/// The pure part of [`receive`]: when `buf` (the bytes received so far, starting with a
+/// P-DATA-TF PDU's header) holds a complete P-DATA-TF PDU, splits it off the front of `buf` and
+/// returns its presentation data values; `Ok(None)` while it is incomplete. A PDU longer than
+/// `max` (our maximum PDU length), a PDV whose length does not fit its PDU, or more than
+/// [`MAX_PDVS_PER_PDU`] PDVs is an error. The PDU type byte is not checked.
+pub fn take_pdvs(buf: &mut BytesMut, max: usize) -> Result<Option<Vec<Pdv>>, ReceiveError> {
+    match take_pdata(buf, max)? {
+        Some(pdu) => split_pdvs(pdu).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Splits a complete P-DATA-TF PDU (header included) off the front of `buf`, if there is one.
@@ -205,6 +217,27 @@ mod tests {
                 (3, PDataValueType::Data, true, &b"last data"[..]),
             ]
         );
+    }
+
+    #[test]
+    fn take_pdvs_waits_for_a_whole_pdu_then_splits_it() {
+        let wire = pdu(&item(5, 0b11, b"command"));
+        let mut buf = BytesMut::from(&wire[..4]);
+        assert!(take_pdvs(&mut buf, 1 << 16).unwrap().is_none());
+        buf = BytesMut::from(&wire[..]);
+        let pdvs = take_pdvs(&mut buf, 1 << 16).unwrap().unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(pdvs.len(), 1);
+        assert_eq!(
+            (pdvs[0].presentation_context_id, pdvs[0].is_last),
+            (5, true)
+        );
+        assert_eq!(&pdvs[0].data[..], b"command");
+        let mut big = BytesMut::from(&pdu(&[0; 100])[..]);
+        assert!(matches!(
+            take_pdvs(&mut big, 64),
+            Err(ReceiveError::TooLarge { .. })
+        ));
     }
 
     #[test]

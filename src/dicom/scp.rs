@@ -12,9 +12,9 @@
 //! A-ASSOCIATE-RQ has passed the AE / host checks; before that it lives in a small pending
 //! pool with a short deadline ([`PendingPool`]). Nothing is ever reserved from a length a peer
 //! declared: data sets are walked header by header against the bytes received
-//! ([`walk`]), deflated ones are inflated through that walk under `dicom.max_object_mb`, and
-//! command sets are parsed by a bounded parser. Images whose decoded pixels would not fit
-//! `pipeline.max_decoded_mb` are refused.
+//! ([`crate::dicom::walk`], run by [`validate`]), deflated ones are inflated through that walk
+//! under `dicom.max_object_mb`, and command sets are parsed by a bounded parser. Images whose
+//! decoded pixels would not fit `pipeline.max_decoded_mb` are refused.
 //!
 //! An instance belongs to the peer (calling AE and host) that stored it first: only that peer
 //! may replace it. A different copy from another peer is refused with 0x0124 (refused: not
@@ -24,12 +24,11 @@
 use crate::config::Config;
 use crate::dicom::dimse::{self, field, status, Command};
 use crate::dicom::peer_hosts::PeerHosts;
-use crate::dicom::walk::{self, PixelHeader};
+use crate::dicom::validate::{self, Limits};
 use crate::dicom::{pdata, sop};
 use crate::store::instances::{self, InstanceRecord, Recorded};
 use crate::store::{spool, Db, Spool};
-use dicom_core::Tag;
-use dicom_dictionary_std::{tags, uids};
+use dicom_dictionary_std::uids;
 use dicom_object::FileMetaTableBuilder;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::pdu::{
@@ -74,6 +73,8 @@ pub struct Scp {
     db: Db,
     spool: Spool,
     slots: Arc<Semaphore>,
+    /// `dicom.max_buffered_mb`: the receive buffers of all associations together.
+    buffers: crate::memory::MemoryBudget,
     pending: Arc<PendingPool>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     locks: Vec<Mutex<()>>,
@@ -101,6 +102,8 @@ enum AssocError {
     Protocol(String),
     #[error("local I/O: {0}")]
     Io(String),
+    #[error("receive buffers: {0}")]
+    Buffers(String),
 }
 
 /// Why a C-STORE was refused: the DIMSE status and Error Comment sent back, and for a
@@ -137,6 +140,13 @@ impl Refusal {
     }
 }
 
+/// A data set that failed validation is refused with its status and comment as they are.
+impl From<validate::Invalid> for Refusal {
+    fn from(v: validate::Invalid) -> Refusal {
+        Refusal::new(v.status, v.comment)
+    }
+}
+
 /// Error Comments of storage failures (review L7: no server paths reach peers).
 const NOT_WRITTEN: &str = "storage error: instance not written";
 const NOT_DURABLE: &str = "storage error: instance not made durable";
@@ -150,6 +160,8 @@ struct PeerAccess {
     cfg: Arc<Config>,
     hosts: PeerHosts,
     peer_ip: IpAddr,
+    /// The association arrives on the `[dicom.tls]` listener.
+    over_tls: bool,
 }
 
 impl PeerAccess {
@@ -159,14 +171,17 @@ impl PeerAccess {
         if called.trim() != self.cfg.dicom.ae_title.trim() {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
+        let peer = self.cfg.peer(calling);
         if self.cfg.dicom.require_known_peers {
-            let known = self
-                .cfg
-                .peer(calling)
-                .is_some_and(|p| self.hosts.matches(&p.host, self.peer_ip));
+            let known = peer.is_some_and(|p| self.hosts.matches(&p.host, self.peer_ip));
             if !known {
                 return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
             }
+        }
+        // Review L3: a peer with a certificate identity comes over TLS, where the identity is
+        // checked once the handshake is done (`Scp::check_tls_identity`).
+        if peer.is_some_and(|p| p.tls_identity.is_some()) && !self.over_tls {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
     }
@@ -350,6 +365,10 @@ impl Scp {
         Ok(Arc::new(Scp {
             hosts,
             slots: Arc::new(Semaphore::new(cfg.dicom.max_associations)),
+            buffers: crate::memory::MemoryBudget::new(
+                cfg.dicom.max_buffered_mb,
+                "dicom.max_buffered_mb",
+            ),
             pending: PendingPool::new(cfg.dicom.max_pending_connections),
             cfg,
             db,
@@ -483,11 +502,47 @@ impl Scp {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        let result = self.run_association(assoc, addr, shutdown).await;
+        let result = match self.reserve_buffers(addr).await {
+            Ok(buffers) => {
+                let r = self.run_association(assoc, addr, shutdown).await;
+                drop(buffers);
+                r
+            }
+            Err(e) => {
+                // Nothing was read from it: the peer sends again later.
+                let _ = assoc.abort().await;
+                Err(e)
+            }
+        };
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
         if let Err(e) = result {
             tracing::warn!(peer = %addr, error = %e, "association ended with an error");
+        }
+    }
+
+    /// The association's receive buffers (one PDU plus the 64 KiB validation head) from
+    /// `dicom.max_buffered_mb`, waiting up to `read_timeout_s` while other associations hold
+    /// it: meanwhile nothing is read, so the peer's sends wait in TCP (back-pressure).
+    async fn reserve_buffers(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<crate::memory::Reservation, AssocError> {
+        let need = self.cfg.dicom.max_pdu as u64 + HEAD_BYTES as u64;
+        let too_large = |e: crate::memory::TooLarge| AssocError::Buffers(e.to_string());
+        if let Some(r) = self.buffers.try_reserve(need).map_err(too_large)? {
+            return Ok(r);
+        }
+        tracing::info!(peer = %addr, in_use_mib = self.buffers.in_use_mib(), budget_mib = self.buffers.total_mib(), "association waits for receive-buffer memory (dicom.max_buffered_mb)");
+        self.metrics.inc("proxyseg_buffer_waits_total", &[]);
+        let limit = Duration::from_secs(self.cfg.dicom.read_timeout_s);
+        match tokio::time::timeout(limit, self.buffers.reserve(need)).await {
+            Ok(r) => r.map_err(too_large),
+            Err(_) => Err(AssocError::Buffers(format!(
+                "no receive-buffer memory within {} s: dicom.max_buffered_mb ({} MiB) is held by other associations",
+                limit.as_secs(),
+                self.buffers.total_mib()
+            ))),
         }
     }
 
@@ -562,6 +617,7 @@ impl Scp {
             cfg: self.cfg.clone(),
             hosts: self.hosts.clone(),
             peer_ip: addr.ip(),
+            over_tls: false,
         };
         if access.decide(&head.calling, &head.called).is_err() {
             // The negotiation rejects it with the right reason (and logs it); no slot.
@@ -609,7 +665,7 @@ impl Scp {
         deadline: tokio::time::Instant,
         limit: Duration,
     ) -> Result<dicom_ul::association::server::AsyncServerAssociation<TcpStream>, AssocError> {
-        let opts = self.options(addr.ip());
+        let opts = self.options(addr.ip(), false);
         // A second descriptor on the same connection: when negotiation ends in an
         // A-ASSOCIATE-RJ, dicom-ul drops its socket right after writing the PDU; holding this
         // one lets us wait for the requestor to close first (PS3.8 ARTIM), so a busy peer
@@ -659,7 +715,7 @@ impl Scp {
             dicom_ul::association::server::AsyncTlsStream,
         >,
     )> {
-        let opts = self.options(addr.ip());
+        let opts = self.options(addr.ip(), true);
         let assoc = match tokio::time::timeout_at(deadline, opts.establish_tls_async(stream)).await
         {
             Err(_) => {
@@ -678,6 +734,16 @@ impl Scp {
             }
             Ok(Ok(a)) => a,
         };
+        let mut assoc = assoc;
+        if let Err(why) = self.check_tls_identity(&mut assoc) {
+            // Accepted by the negotiation (which cannot see the certificate), ended before
+            // any message is read: nothing from it is stored.
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            let calling = dicom_ul::association::Association::peer_ae_title(&assoc).to_string();
+            tracing::warn!(peer = %addr, calling = %calling, reason = %why, "aborted: the client certificate is not the calling AE's tls_identity");
+            let _ = assoc.abort().await;
+            return None;
+        }
         let permit = self.take_slot(addr);
         match permit {
             Some(p) if self.disk_has_room(addr) => Some((p, assoc)),
@@ -691,6 +757,7 @@ impl Scp {
     fn options(
         &self,
         peer_ip: IpAddr,
+        over_tls: bool,
     ) -> ServerAssociationOptions<
         'static,
         PeerAccess,
@@ -702,6 +769,7 @@ impl Scp {
                 cfg: self.cfg.clone(),
                 hosts: self.hosts.clone(),
                 peer_ip,
+                over_tls,
             })
             .ae_title(d.ae_title.clone())
             .with_abstract_syntax(uids::VERIFICATION)
@@ -719,6 +787,36 @@ impl Scp {
             o = o.tls_config(t.clone());
         }
         o
+    }
+
+    /// Review L3: when the calling AE's peer entry names a `tls_identity`, the client
+    /// certificate of this TLS association must be valid for that name (subjectAltName DNS
+    /// name or IP address). A peer without one is admitted as before (AE title and host).
+    fn check_tls_identity(
+        &self,
+        assoc: &mut dicom_ul::association::server::AsyncServerAssociation<
+            dicom_ul::association::server::AsyncTlsStream,
+        >,
+    ) -> Result<(), String> {
+        use dicom_ul::association::AsyncAssociation;
+        let calling = dicom_ul::association::Association::peer_ae_title(assoc).to_string();
+        let Some(want) = self.cfg.peer(&calling).and_then(|p| p.tls_name()) else {
+            return Ok(());
+        };
+        let want = want?;
+        let (socket, _) = assoc.get_mut();
+        let Some(cert) = socket
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+        else {
+            return Err("no client certificate".into());
+        };
+        let cert = webpki::EndEntityCert::try_from(cert)
+            .map_err(|e| format!("client certificate does not parse: {e}"))?;
+        cert.verify_is_valid_for_subject_name(&want)
+            .map_err(|e| format!("client certificate is not for {want:?}: {e}"))
     }
 
     fn establish_failed(&self, addr: SocketAddr, e: dicom_ul::association::Error) -> AssocError {
@@ -1399,7 +1497,7 @@ fn place(
         let size = offset + len;
         // The tail's writeback runs while the data set is validated.
         spool::start_writeback(&file, 0, size);
-        let mut rec = validate(&temp, &head, cmd, ts, offset, len, limits)?;
+        let mut rec = validate::validate(&temp, &head, cmd, ts, offset, len, limits)?;
         rec.calling_ae = calling;
         rec.source_host = ip.to_string();
         rec.size_bytes = size;
@@ -1409,7 +1507,7 @@ fn place(
             .map_err(|e| Refusal::new(status::DATASET_DOES_NOT_MATCH_SOP_CLASS, e.to_string()))?;
         rec.path = dest.to_string_lossy().into_owned();
         let existing = db
-            .read(|c| instances::existing(c, &rec.sop_instance_uid))
+            .read_ingest(|c| instances::existing(c, &rec.sop_instance_uid))
             .map_err(|e| Refusal::internal(NOT_INDEXED, e))?;
         if let Some(stored) = &existing {
             let path = &stored.path;
@@ -1490,15 +1588,6 @@ fn place(
             Err(e)
         }
     }
-}
-
-/// Size limits a received data set is checked against.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    /// Largest data set (`dicom.max_object_mb`), inflated size included, in bytes.
-    max_object: u64,
-    /// Largest decoded pixel data (`pipeline.max_decoded_mb`), in bytes.
-    max_decoded: u64,
 }
 
 /// A data set fully received into its temp file.
@@ -1726,283 +1815,6 @@ async fn linger_until_peer_closes(sock: std::net::TcpStream) {
         }
     })
     .await;
-}
-
-/// Largest Rows or Columns we accept.
-const MAX_DIM: u32 = 32768;
-/// Largest Number of Frames we accept.
-const MAX_FRAMES: u64 = 100_000;
-
-/// Checks a received data set against its command and presentation context and builds its
-/// index record. The data set is first walked element header by element header
-/// ([`walk::walk`]): every declared length must fit in the bytes received (a deflated data set
-/// is inflated through the walk, and may inflate to at most `cap` bytes), and only the few
-/// small top-level attributes ingest needs are copied out and parsed, so neither a declared
-/// length nor bulk data (pixels, private OB, float pixels) costs memory. `offset` is where the
-/// data set starts in the file, `len` how many data set bytes were received, `head` the
-/// file's first bytes.
-fn validate(
-    path: &Path,
-    head: &[u8],
-    cmd: &Command,
-    ts: &str,
-    offset: u64,
-    len: u64,
-    limits: Limits,
-) -> Result<InstanceRecord, Refusal> {
-    let cap = limits.max_object;
-    let deflated = ts == uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
-    let Some(encoding) = walk::Encoding::of(ts) else {
-        return Err(unparsable(format!("unknown transfer syntax {ts}")));
-    };
-    let walked = if deflated {
-        inflate_and_walk(path, offset, len, cap)
-    } else {
-        let head = head.get(offset as usize..).unwrap_or_default();
-        walk::walk(
-            walk::HeadThenFile::new(head, path, offset),
-            encoding,
-            Some(len),
-            cap,
-            walk::INGEST_TAGS,
-        )
-    };
-    let walked = walked.map_err(|e| walk_refusal(e, deflated))?;
-    use dicom_transfer_syntax_registry::entries;
-    let kept_ts = match (encoding.explicit, encoding.big_endian) {
-        (false, _) => entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(),
-        (true, true) => entries::EXPLICIT_VR_BIG_ENDIAN.erased(),
-        (true, false) => entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
-    };
-    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(&walked.kept[..], &kept_ts)
-        .map_err(|e| unparsable(e.to_string()))?;
-    inspect(&obj, walked.pixel, cmd, ts, limits.max_decoded)
-}
-
-/// [`walk::walk`] over a deflated data set, inflated as it is walked (never whole).
-fn inflate_and_walk(
-    path: &Path,
-    offset: u64,
-    len: u64,
-    cap: u64,
-) -> Result<walk::Walked, walk::WalkError> {
-    use dicom_encoding::{Codec, TransferSyntaxIndex};
-    use std::io::{Read, Seek, SeekFrom};
-    let syntax = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-        .get(uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
-        .ok_or_else(|| walk::WalkError::Malformed("deflate is not supported".into()))?;
-    let Codec::Dataset(Some(adapter)) = syntax.codec() else {
-        return Err(walk::WalkError::Malformed(
-            "deflate is not supported".into(),
-        ));
-    };
-    let mut f = std::fs::File::open(path).map_err(walk::WalkError::Io)?;
-    f.seek(SeekFrom::Start(offset))
-        .map_err(walk::WalkError::Io)?;
-    let compressed = std::io::BufReader::with_capacity(64 * 1024, f.take(len));
-    let inflating = adapter.adapt_reader(Box::new(compressed));
-    let explicit_le = walk::Encoding {
-        explicit: true,
-        big_endian: false,
-    };
-    walk::walk(
-        walk::Streamed::new(inflating),
-        explicit_le,
-        None,
-        cap,
-        walk::INGEST_TAGS,
-    )
-}
-
-/// The refusal for a data set the walk rejected: too large (after inflating) is 0xA700, a
-/// malformed one (a length that overruns, nesting, truncation, corrupt deflate data) 0xC000.
-fn walk_refusal(e: walk::WalkError, deflated: bool) -> Refusal {
-    let comment = e.to_string();
-    match e {
-        _ if e.is_size() => Refusal::new(status::OUT_OF_RESOURCES, comment),
-        walk::WalkError::Io(_) if !deflated => Refusal::new(status::OUT_OF_RESOURCES, comment),
-        walk::WalkError::Io(io) => Refusal::new(
-            status::CANNOT_UNDERSTAND,
-            format!("deflated data set does not inflate: {io}"),
-        ),
-        _ => Refusal::new(status::CANNOT_UNDERSTAND, comment),
-    }
-}
-
-/// The refusal for a data set that does not parse.
-fn unparsable(m: String) -> Refusal {
-    Refusal::new(
-        status::CANNOT_UNDERSTAND,
-        format!("data set does not parse: {m}"),
-    )
-}
-
-/// Checks a data set's ingest attributes (see [`walk::INGEST_TAGS`]) against its command and
-/// its pixel header, and makes its index row.
-fn inspect(
-    obj: &dicom_object::InMemDicomObject,
-    pixel: Option<PixelHeader>,
-    cmd: &Command,
-    ts: &str,
-    max_decoded: u64,
-) -> Result<InstanceRecord, Refusal> {
-    let text = |tag: Tag| -> String {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
-            .unwrap_or_default()
-    };
-    let int = |tag: Tag| -> Option<i64> {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_int::<i64>().ok())
-    };
-    let sop_class = text(tags::SOP_CLASS_UID);
-    let sop_instance = text(tags::SOP_INSTANCE_UID);
-    if sop_class != cmd.sop_class_uid {
-        return Err(Refusal::new(
-            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            format!(
-                "SOPClassUID {sop_class:?} differs from the command's {}",
-                cmd.sop_class_uid
-            ),
-        ));
-    }
-    if sop_instance != cmd.sop_instance_uid {
-        return Err(Refusal::new(
-            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            "SOPInstanceUID differs from the command's",
-        ));
-    }
-    let study = text(tags::STUDY_INSTANCE_UID);
-    let series = text(tags::SERIES_INSTANCE_UID);
-    for (name, v) in [("StudyInstanceUID", &study), ("SeriesInstanceUID", &series)] {
-        if !sop::is_valid_uid(v) {
-            return Err(Refusal::new(
-                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                format!("missing or invalid {name}"),
-            ));
-        }
-    }
-    if let Some(pixel) = pixel {
-        check_pixels(obj, pixel, max_decoded)?;
-    }
-    Ok(InstanceRecord {
-        sop_instance_uid: sop_instance,
-        sop_class_uid: sop_class,
-        study_uid: study,
-        series_uid: series,
-        patient_id: text(tags::PATIENT_ID),
-        patient_name: text(tags::PATIENT_NAME),
-        modality: text(tags::MODALITY),
-        body_part: text(tags::BODY_PART_EXAMINED),
-        series_description: text(tags::SERIES_DESCRIPTION),
-        series_number: int(tags::SERIES_NUMBER),
-        instance_number: int(tags::INSTANCE_NUMBER),
-        transfer_syntax: ts.to_string(),
-        calling_ae: String::new(),
-        source_host: String::new(),
-        size_bytes: 0,
-        digest: String::new(),
-        path: String::new(),
-        received_at: crate::store::db::now(),
-        content_key: crate::dicom::content::content_key(obj),
-    })
-}
-
-/// Checks image dimensions, that decoding them fits `max_decoded` bytes, and, for native
-/// (uncompressed) pixel data, that its length agrees with Rows x Columns x Samples x Bits
-/// Allocated x Frames (encapsulated: at least one fragment per frame).
-fn check_pixels(
-    obj: &dicom_object::InMemDicomObject,
-    pixel: PixelHeader,
-    max_decoded: u64,
-) -> Result<(), Refusal> {
-    let bad = |m: String| Refusal::new(status::DATASET_DOES_NOT_MATCH_SOP_CLASS, m);
-    let u = |tag: Tag, name: &str| -> Result<u64, Refusal> {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_int::<u64>().ok())
-            .ok_or_else(|| {
-                bad(format!(
-                    "Pixel Data present but {name} missing or not a number"
-                ))
-            })
-    };
-    let rows = u(tags::ROWS, "Rows")?;
-    let cols = u(tags::COLUMNS, "Columns")?;
-    let spp = u(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?;
-    let bits = u(tags::BITS_ALLOCATED, "BitsAllocated")?;
-    let frames = match obj.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
-        Some(e) => e
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| bad("NumberOfFrames is not a number".into()))?,
-        None => 1,
-    };
-    if rows == 0 || cols == 0 || rows > MAX_DIM as u64 || cols > MAX_DIM as u64 {
-        return Err(bad(format!("absurd image size {rows}x{cols}")));
-    }
-    if !matches!(spp, 1 | 3 | 4) {
-        return Err(bad(format!("SamplesPerPixel {spp} is not 1, 3 or 4")));
-    }
-    if !matches!(bits, 1 | 8 | 16 | 32 | 64) {
-        return Err(bad(format!(
-            "BitsAllocated {bits} is not 1, 8, 16, 32 or 64"
-        )));
-    }
-    if frames == 0 || frames > MAX_FRAMES {
-        return Err(bad(format!("absurd NumberOfFrames {frames}")));
-    }
-    // What the worker would allocate to decode it (review H1: a few hundred kB declaring
-    // 100 000 frames of 32768 x 32768 x 32 bits). Refused now, never decoded later.
-    let need =
-        crate::dicom::pixels::decoded_bytes(rows, cols, spp, bits, frames).unwrap_or(u64::MAX);
-    if need > max_decoded {
-        return Err(bad(format!(
-            "decoded pixels need {} MiB > pipeline.max_decoded_mb",
-            need / 1048576
-        )));
-    }
-    match pixel {
-        PixelHeader::Native { declared } => {
-            // YBR_FULL_422 stores two luminance and two chroma samples per two pixels.
-            let photometric = obj
-                .element_opt(tags::PHOTOMETRIC_INTERPRETATION)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            let samples = if spp == 3 && photometric == "YBR_FULL_422" {
-                2
-            } else {
-                spp
-            };
-            let expected = (rows * cols * samples * bits * frames).div_ceil(8);
-            if declared != expected && declared != expected + (expected % 2) {
-                return Err(bad(format!(
-                    "Pixel Data holds {declared} bytes; Rows x Columns x Samples x Bits x Frames needs {expected}"
-                )));
-            }
-        }
-        PixelHeader::Encapsulated { fragments: 0 } => {
-            return Err(bad("encapsulated Pixel Data has no fragments".into()));
-        }
-        // Each frame takes one fragment or more (PS3.5 A.4).
-        PixelHeader::Encapsulated { fragments } if fragments < frames => {
-            return Err(bad(format!(
-                "encapsulated Pixel Data has {fragments} fragments for {frames} frames"
-            )));
-        }
-        PixelHeader::Encapsulated { .. } => {}
-    }
-    Ok(())
 }
 
 /// 128-byte zero preamble followed by the "DICM" prefix of a Part 10 file.

@@ -7,10 +7,11 @@
 //! few small top-level elements that ingest needs (see [`INGEST_TAGS`]), so that the parser
 //! proper only ever sees a buffer of bounded size.
 //!
-//! Sequences are walked item by item, the way a parser would read them (explicit VR: VR SQ;
-//! implicit VR: SQ in the standard dictionary; undefined length: always), and every element
-//! inside a defined-length item or sequence must fit in it, so that the parsers that open the
-//! stored file later (the pipeline's) never meet a length that overruns its container.
+//! Sequences are walked item by item, the way dicom-parser reads them (explicit VR: VR SQ;
+//! implicit VR: SQ in the standard dictionary; undefined length: always but for Pixel Data, and
+//! in the data set's own encoding, also for UN), and every element inside a defined-length item
+//! or sequence must fit in it, so that the parsers that open the stored file later (the
+//! pipeline's) never meet a length that overruns its container.
 //!
 //! Must never: allocate from a length read off the wire, hold a value bigger than
 //! [`MAX_KEPT_VALUE`], or nest deeper than [`MAX_DEPTH`]. Values other than the kept ones are
@@ -324,6 +325,7 @@ pub fn walk<S: Source>(
         containers: Vec::new(),
         keep,
         kept_tags: Vec::new(),
+        ragged: None,
         out: Walked::default(),
     };
     w.dataset(0, encoding.explicit, Until::End)?;
@@ -342,6 +344,10 @@ struct Walker<'k, S> {
     containers: Vec<u64>,
     keep: &'k [Tag],
     kept_tags: Vec<Tag>,
+    /// A binary value whose length is not a whole number of its values (tag, VR, length):
+    /// dicom-parser reads only the whole values but counts the full length, so anything after
+    /// it would be read misaligned (see [`Walker::header`]).
+    ragged: Option<(Tag, VR, u32)>,
     out: Walked,
 }
 
@@ -445,6 +451,16 @@ impl<S: Source> Walker<'_, S> {
         let mut raw = [0u8; 12];
         if !self.read(&mut raw[..4], may_end)? {
             return Ok(None);
+        }
+        // dicom-parser reads a US, UL, FL, FD, AT... value of a length that is not a whole
+        // number of values short (it reads `len / size` values) while it counts the whole
+        // length: every header after it is read from the wrong offset, where any bytes may
+        // declare 4 GiB (found by fuzz/fuzz_targets/dataset_validate.rs). Harmless only when
+        // nothing follows.
+        if let Some((tag, vr, len)) = self.ragged {
+            return Err(WalkError::Malformed(format!(
+                "{tag} {vr:?} of {len} bytes: not a whole number of values"
+            )));
         }
         let tag = Tag(self.u16([raw[0], raw[1]]), self.u16([raw[2], raw[3]]));
         if tag.0 == 0xFFFE || !explicit {
@@ -554,19 +570,21 @@ impl<S: Source> Walker<'_, S> {
                 _ => {}
             }
             if h.len == UNDEFINED {
-                let pixel = depth == 0 && h.tag == tags::PIXEL_DATA;
-                match h.vr {
-                    // Undefined-length SQ, or (implicit VR) anything: a sequence of items.
-                    Some(VR::SQ) | None if !pixel => self.sequence(depth + 1, explicit, None)?,
-                    // UN of undefined length holds an Implicit VR LE sequence (PS3.5 6.2.2).
-                    Some(VR::UN) if !pixel => self.sequence(depth + 1, false, None)?,
-                    // Encapsulated pixel data (or another fragment sequence).
-                    _ => {
-                        let fragments = self.fragments()?;
-                        if pixel {
-                            self.out.pixel = Some(PixelHeader::Encapsulated { fragments });
-                        }
+                // As dicom-parser reads it (the parser that opens the stored file later): Pixel
+                // Data of undefined length, at any depth, is a sequence of fragments; any other
+                // element of undefined length, whatever its VR, a sequence of items whose data
+                // sets are in this data set's own encoding. PS3.5 6.2.2 puts the items of an
+                // undefined-length UN in Implicit VR LE, but the parser reads them explicit:
+                // walked the standard's way, their lengths were checked for a reading the
+                // parser does not do, and a 674-byte data set made the worker reserve and zero
+                // 3.7 GB (found by fuzz/fuzz_targets/dataset_validate.rs).
+                if h.tag == tags::PIXEL_DATA {
+                    let fragments = self.fragments()?;
+                    if depth == 0 {
+                        self.out.pixel = Some(PixelHeader::Encapsulated { fragments });
                     }
+                } else {
+                    self.sequence(depth + 1, explicit, None)?;
                 }
                 continue;
             }
@@ -589,6 +607,10 @@ impl<S: Source> Walker<'_, S> {
                 self.containers.pop();
                 r?;
                 continue;
+            }
+            let vr = h.vr.unwrap_or_else(|| implicit_vr(h.tag));
+            if h.len % value_size(vr) != 0 {
+                self.ragged = Some((h.tag, vr, h.len));
             }
             // Only primitive values are copied (never a sequence or UN, whose content the
             // parser would interpret).
@@ -695,6 +717,29 @@ fn is_sequence_in_dictionary(tag: Tag) -> bool {
         .is_some_and(|e| e.vr().relaxed() == VR::SQ)
 }
 
+/// The VR dicom-encoding's Implicit VR decoder gives `tag`: OW for Pixel Data and Overlay
+/// Data, else the standard dictionary's (relaxed), else UN.
+fn implicit_vr(tag: Tag) -> VR {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    if tag == tags::PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+        return VR::OW;
+    }
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(tag)
+        .map(|e| e.vr().relaxed())
+        .unwrap_or(VR::UN)
+}
+
+/// Bytes per value of the binary VRs dicom-parser reads value by value (1 for the others).
+fn value_size(vr: VR) -> u32 {
+    match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::AT | VR::UL | VR::SL | VR::FL | VR::OF | VR::OL => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
+    }
+}
+
 /// The command set elements (PS3.7 6.3: group 0000, Implicit VR Little Endian), each tag with
 /// its value, parsed without allocating from any declared length: each must fit in `bytes`.
 pub fn command_elements(bytes: &[u8]) -> Result<Vec<(Tag, &[u8])>, WalkError> {
@@ -762,6 +807,89 @@ mod tests {
 
     fn run(bytes: &[u8], enc: Encoding) -> Result<Walked, WalkError> {
         walk(bytes, enc, Some(bytes.len() as u64), u64::MAX, INGEST_TAGS)
+    }
+
+    /// Fuzzing regression (fuzz/dataset_validate, pydicom's UN_sequence.dcm): an undefined-length
+    /// UN whose item holds Implicit VR elements, as PS3.5 6.2.2 has it. dicom-parser reads the
+    /// item in the data set's Explicit VR, where `(0008,1115)`'s length bytes read as a VR and
+    /// its value's first bytes as a 4-byte length (here 0xE000FFFE: the parser reserved and
+    /// zeroed 3.7 GB). The walk reads it as the parser does, so the data set is refused.
+    #[test]
+    fn an_undefined_length_un_is_walked_as_the_parser_reads_it() {
+        let mut inner = Vec::new(); // Implicit VR: (0008,1150) UI, 4 bytes
+        inner.extend(item_hdr(Tag(0x0008, 0x1150), 4));
+        inner.extend(b"1.2\0");
+        let mut implicit_item = Vec::new(); // (0008,1115) of undefined length, then its item
+        implicit_item.extend(item_hdr(Tag(0x0008, 0x1115), UNDEFINED));
+        implicit_item.extend(item_hdr(ITEM, UNDEFINED));
+        implicit_item.extend(&inner);
+        implicit_item.extend(item_hdr(ITEM_DELIMITER, 0));
+        implicit_item.extend(item_hdr(SEQUENCE_DELIMITER, 0));
+        let un = |content: &[u8]| {
+            let mut ds = vec![
+                0x53, 0x44, 0x0C, 0x10, b'U', b'N', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+            ];
+            ds.extend(item_hdr(ITEM, UNDEFINED));
+            ds.extend(content);
+            ds.extend(item_hdr(ITEM_DELIMITER, 0));
+            ds.extend(item_hdr(SEQUENCE_DELIMITER, 0));
+            ds.extend(el(0x0008, 0x0060, b"CS", b"OT"));
+            ds
+        };
+        assert!(run(&un(&implicit_item), EXPLICIT).is_err());
+        // The same content in Explicit VR is walked (and kept elements after it are found).
+        let mut explicit_item = el(0x0008, 0x1150, b"UI", b"1.2\0");
+        explicit_item.extend(el(0x0009, 0x0010, b"LO", b"ACME"));
+        let w = run(&un(&explicit_item), EXPLICIT).unwrap();
+        assert_eq!(w.kept, el(0x0008, 0x0060, b"CS", b"OT"));
+        // Any other undefined-length element is a sequence too, never opaque fragments: an
+        // item of an undefined-length OB holding an element that overruns it is refused.
+        let mut ob = vec![
+            0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        let bad = el(0x0009, 0x1011, b"OB", &[1, 2, 3, 4]);
+        ob.extend(item_hdr(ITEM, bad.len() as u32 - 2));
+        ob.extend(&bad[..bad.len() - 2]);
+        ob.extend(item_hdr(SEQUENCE_DELIMITER, 0));
+        assert!(run(&ob, EXPLICIT).is_err());
+    }
+
+    /// Fuzzing regression (fuzz/dataset_validate, a mutated highdicom SEG in Implicit VR): a
+    /// UL of 6 bytes. dicom-parser reads one value (4 bytes) but counts 6, so it read the next
+    /// header 2 bytes early, and the text after it as a length of 892 219 484 bytes, which it
+    /// reserved and zeroed. A binary value of a length that is not a whole number of values is
+    /// refused unless nothing follows it.
+    #[test]
+    fn a_binary_value_of_a_partial_length_must_end_the_data_set() {
+        let mut ds = item_hdr(Tag(0x0000, 0x0000), 6); // implicit: UL by the dictionary
+        ds.extend(b"CT_SEG");
+        let last = run(&ds, IMPLICIT).unwrap();
+        assert_eq!(last.length, 14);
+        ds.extend(item_hdr(Tag(0x0070, 0x0081), 0));
+        let e = run(&ds, IMPLICIT).unwrap_err();
+        assert!(
+            e.to_string().contains("not a whole number of values"),
+            "{e}"
+        );
+        assert!(e.to_string().len() <= 64, "{e}");
+        // Explicit VR: the header's VR decides; US of 3 bytes inside an item.
+        let us = el(0x0028, 0x0010, b"US", &[1, 0, 0]);
+        let mut item = us.clone();
+        item.extend(el(0x0008, 0x0060, b"CS", b"OT"));
+        let mut sq = vec![0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0];
+        sq.extend(((item.len() + 8) as u32).to_le_bytes());
+        sq.extend(item_hdr(ITEM, item.len() as u32));
+        sq.extend(&item);
+        assert!(run(&sq, EXPLICIT).is_err());
+        // A string of odd length is read whole: not affected.
+        let mut ok = el(0x0008, 0x0060, b"CS", b"OTX");
+        ok.extend(el(0x0010, 0x0020, b"LO", b"P1"));
+        run(&ok, EXPLICIT).unwrap();
+        // Odd native Pixel Data at the end (8-bit, odd pixel count, implicit VR: OW) is kept.
+        let mut px = item_hdr(tags::PIXEL_DATA, 9);
+        px.extend([7u8; 9]);
+        let w = run(&px, IMPLICIT).unwrap();
+        assert_eq!(w.pixel, Some(PixelHeader::Native { declared: 9 }));
     }
 
     #[test]

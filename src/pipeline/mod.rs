@@ -4,7 +4,6 @@
 pub mod assemble;
 pub mod catalog;
 pub mod deliver;
-pub mod memory;
 pub mod offline;
 pub mod retention;
 pub mod worker;

@@ -18,9 +18,9 @@ use crate::config::Config;
 use crate::dicom::pixels::{self, ImageSize};
 use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
 use crate::engine::Engine;
+use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::pipeline::catalog::{Catalog, LoadedSupportSet, Route, SeriesInfo, StudyInfo};
-use crate::pipeline::memory::MemoryBudget;
 use crate::store::jobs::{self, JobState};
 use crate::store::peer_studies::{self, PeerStudy};
 use crate::store::{db, outbox, Db};
@@ -811,7 +811,7 @@ async fn reserve_memory<'p>(
 /// A job's memory reservation; the gauge follows it.
 struct MemoryGuard<'a> {
     p: &'a Pipeline,
-    _reservation: crate::pipeline::memory::Reservation,
+    _reservation: crate::memory::Reservation,
 }
 
 impl MemoryGuard<'_> {

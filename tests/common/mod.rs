@@ -203,7 +203,9 @@ impl Daemon {
     }
 
     /// Starts the daemon process (again, after it exited) on the same data dir and port.
-    pub fn spawn(&mut self) {
+    /// Starts the daemon process without waiting for a listener (for a configuration
+    /// without the plain one).
+    pub fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -287,6 +289,11 @@ impl Daemon {
             )
         });
         self.child = Some(child);
+    }
+
+    /// Starts the daemon process and waits until its plain DICOM port listens.
+    pub fn spawn(&mut self) {
+        self.spawn_process();
         self.wait_listening(&format!("127.0.0.1:{}", self.port));
     }
 
