@@ -603,7 +603,7 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Every semantic problem, each naming its key. Empty means valid.
+    /// Every semantic problem, each naming its key. Empty means valid. One step per table.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut bad = |key: &str, message: String| {
@@ -612,6 +612,21 @@ impl Config {
                 message,
             })
         };
+        self.check_dicom(&mut bad);
+        self.check_dicom_tls(&mut bad);
+        self.check_storage(&mut bad);
+        self.check_pipeline(&mut bad);
+        self.check_engine(&mut bad);
+        self.check_delivery(&mut bad);
+        self.check_metrics(&mut bad);
+        self.check_retention(&mut bad);
+        self.check_log(&mut bad);
+        self.check_admin(&mut bad);
+        out
+    }
+
+    /// Checks the `[dicom]` table, its peers and its TLS listener.
+    fn check_dicom(&self, bad: &mut dyn FnMut(&str, String)) {
         let d = &self.dicom;
         if let Err(m) = check_ae_title(&d.ae_title) {
             bad("dicom.ae_title", m);
@@ -711,6 +726,11 @@ impl Config {
                 );
             }
         }
+    }
+
+    /// Checks `[dicom.tls]`.
+    fn check_dicom_tls(&self, bad: &mut dyn FnMut(&str, String)) {
+        let d = &self.dicom;
         if let Some(t) = &d.tls {
             if t.listen.parse::<SocketAddr>().is_err() {
                 bad(
@@ -732,6 +752,10 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// Checks `[storage]`.
+    fn check_storage(&self, bad: &mut dyn FnMut(&str, String)) {
         if !matches!(self.storage.durability.as_str(), "syncfs" | "fsync") {
             bad(
                 "storage.durability",
@@ -744,6 +768,10 @@ impl Config {
         if self.storage.data_dir.as_os_str().is_empty() {
             bad("storage.data_dir", "must not be empty".into());
         }
+    }
+
+    /// Checks `[pipeline]`: study assembly, attempts and memory budgets.
+    fn check_pipeline(&self, bad: &mut dyn FnMut(&str, String)) {
         if !(self.pipeline.stable_age_s.is_finite() && self.pipeline.stable_age_s >= 0.0) {
             bad("pipeline.stable_age_s", "must be a number >= 0".into());
         }
@@ -800,6 +828,10 @@ impl Config {
                 );
             }
         }
+    }
+
+    /// Checks `[engine]`.
+    fn check_engine(&self, bad: &mut dyn FnMut(&str, String)) {
         for (i, p) in self.engine.providers.iter().enumerate() {
             if !matches!(p.as_str(), "tensorrt" | "cuda" | "cpu") {
                 bad(
@@ -817,6 +849,11 @@ impl Config {
         if let Err(m) = check_bundle_name(&self.engine.default_bundle) {
             bad("engine.default_bundle", m);
         }
+    }
+
+    /// Checks `[delivery]`: retries and TLS files.
+    fn check_delivery(&self, bad: &mut dyn FnMut(&str, String)) {
+        let d = &self.dicom;
         let dl = &self.delivery;
         if dl.max_attempts == 0 {
             bad("delivery.max_attempts", "must be at least 1".into());
@@ -868,6 +905,10 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// Checks `[metrics]`.
+    fn check_metrics(&self, bad: &mut dyn FnMut(&str, String)) {
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             bad(
                 "metrics.listen",
@@ -877,6 +918,10 @@ impl Config {
                 ),
             );
         }
+    }
+
+    /// Checks `[retention]`.
+    fn check_retention(&self, bad: &mut dyn FnMut(&str, String)) {
         let rt = &self.retention;
         for (key, hours) in [
             ("retention.keep_delivered_hours", rt.keep_delivered_hours),
@@ -905,6 +950,10 @@ impl Config {
                 format!("{} is outside 1..=86400", rt.sweep_interval_s),
             );
         }
+    }
+
+    /// Checks `[log]`.
+    fn check_log(&self, bad: &mut dyn FnMut(&str, String)) {
         if !matches!(self.log.format.as_str(), "human" | "json") {
             bad(
                 "log.format",
@@ -914,6 +963,11 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             bad("log.filter", e.to_string());
         }
+    }
+
+    /// Checks `[admin]` and its TLS, tokens and synonyms.
+    fn check_admin(&self, bad: &mut dyn FnMut(&str, String)) {
+        let d = &self.dicom;
         if let Some(a) = &self.admin {
             match a.listen.parse::<SocketAddr>() {
                 Err(_) => bad(
@@ -1012,7 +1066,6 @@ impl Config {
                 }
             }
         }
-        out
     }
 
     /// Body-part synonyms for routing: `[admin] body_part_synonyms`, or the defaults.
