@@ -98,6 +98,136 @@ impl Running {
 
 /// Starts every part of the daemon and returns once all listeners are bound.
 pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
+    prepare_data_dir(&mut cfg)?;
+    let cfg = Arc::new(cfg);
+    let data_dir = cfg.storage.data_dir.clone();
+    let (spool, db, marker) = open_store(&data_dir).await?;
+
+    let metrics = crate::metrics::Metrics::new();
+    describe_metrics(&metrics);
+    let scp = Scp::new(cfg.clone(), db.clone(), spool, metrics.clone())?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    resolve_peer_hosts(&scp, stop_rx.clone()).await;
+    let mut servers = tokio::task::JoinSet::new();
+    // Listeners are bound now (a port conflict fails fast) but served only once everything
+    // else is up; peers connecting meanwhile wait in the accept backlog.
+    let (listeners, dicom_addr) = bind_dicom(&cfg).await?;
+
+    let beat = Arc::new(Heartbeat::default());
+    let assembler = spawn_assembler(&cfg, &db, &beat, stop_rx.clone());
+
+    let scu = crate::dicom::scu::Scu::new(&cfg).map_err(StartError::DeliveryTls)?;
+    let delivery_stats = Arc::new(crate::pipeline::deliver::DeliveryStats::default());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let deliverer = tokio::spawn(crate::pipeline::deliver::run(
+        db.clone(),
+        scu,
+        cfg.delivery.clone(),
+        delivery_stats.clone(),
+        wake.clone(),
+        stop_rx.clone(),
+    ));
+
+    let engine = load_engine(&cfg, &data_dir).await;
+    let segmenter = engine_segmenter(&engine, &cfg);
+    let admin_catalog = crate::admin::start(
+        cfg.clone(),
+        db.clone(),
+        segmenter,
+        metrics.clone(),
+        &mut servers,
+        stop_rx.clone(),
+    )
+    .await?;
+    let catalog = Arc::new(crate::pipeline::catalog::FolderCatalog::discover(
+        &cfg.engine.models_dir,
+        &cfg.engine.default_bundle,
+        cfg.body_part_synonyms(),
+    ));
+    tracing::info!(
+        support_sets = catalog.dirs().len(),
+        "bundled support sets found"
+    );
+    let pipeline = Arc::new(crate::pipeline::worker::Pipeline {
+        cfg: cfg.clone(),
+        db: db.clone(),
+        engine,
+        // With [admin], the curated store routes; without it, the bundled folders do.
+        catalog: match admin_catalog {
+            Some(c) => c as Arc<dyn crate::pipeline::catalog::Catalog>,
+            None => catalog,
+        },
+        metrics: metrics.clone(),
+        wake_delivery: wake.clone(),
+        busy_since: Default::default(),
+        memory: crate::memory::MemoryBudget::new(
+            cfg.pipeline.memory_budget_mb(),
+            "pipeline.memory_budget_mb",
+        ),
+    });
+    if !cfg.metrics.listen.is_empty() {
+        serve_metrics(
+            &cfg,
+            &metrics,
+            &scp,
+            &db,
+            &delivery_stats,
+            &pipeline,
+            stop_rx.clone(),
+        )
+        .await?;
+    }
+
+    let pipeline_task = tokio::spawn(crate::pipeline::worker::run(
+        pipeline.clone(),
+        stop_rx.clone(),
+    ));
+    let mut tasks = vec![assembler, deliverer, pipeline_task];
+    tasks.extend(spawn_retention(&cfg, &db, &metrics, stop_rx.clone()));
+
+    for (l, tls) in listeners {
+        servers.spawn(scp.clone().serve(l, tls, stop_rx.clone()));
+    }
+    crate::ops::notify("READY=1\nSTATUS=accepting associations");
+    if let Some(interval) = crate::ops::watchdog_interval() {
+        spawn_watchdog(
+            interval,
+            beat.clone(),
+            pipeline.clone(),
+            &cfg,
+            stop_rx.clone(),
+        );
+    }
+
+    Ok(Running {
+        dicom_addr,
+        pipeline,
+        stop_tx,
+        servers,
+        tasks,
+        marker,
+        scp,
+        delivery_stats,
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Creates the data dir (0700) and makes `storage.data_dir` its one canonical spelling.
+fn prepare_data_dir(cfg: &mut Config) -> Result<(), StartError> {
     // PHI at rest: files 0600 and dirs 0700 are set explicitly where the daemon creates them;
     // the umask covers what other code (SEG writer, engine caches, SQLite journals) creates.
     crate::store::private::restrict_umask();
@@ -111,9 +241,79 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
             path: configured.display().to_string(),
             source,
         })?;
-    let cfg = Arc::new(cfg);
-    let data_dir = cfg.storage.data_dir.clone();
-    let (spool, removed) = Spool::open(&data_dir)?;
+    Ok(())
+}
+
+/// Peers configured by host name: resolved once before the listener is up, then kept fresh
+/// by a task of their own; admission never waits on DNS.
+async fn resolve_peer_hosts(scp: &Arc<Scp>, stop_rx: watch::Receiver<bool>) {
+    let hosts = scp.peer_hosts();
+    for name in hosts.refresh().await {
+        tracing::warn!(host = %name, "a configured peer host name does not resolve: its associations are rejected until it does");
+    }
+    tokio::spawn(hosts.keep_fresh(stop_rx));
+}
+
+/// What the admin API's Preview and Evaluate run on, when the engine loaded.
+fn engine_segmenter(
+    engine: &Result<crate::engine::Engine, String>,
+    cfg: &Config,
+) -> Option<Arc<dyn crate::admin::Segmenter>> {
+    engine.as_ref().ok().map(|e| {
+        Arc::new(crate::admin::segment::EngineSegmenter::new(
+            e.clone(),
+            tokio::runtime::Handle::current(),
+            cfg.engine.default_bundle.clone(),
+        )) as Arc<dyn crate::admin::Segmenter>
+    })
+}
+
+/// The retention sweeper (`[retention]`), unless it is disabled.
+fn spawn_retention(
+    cfg: &Config,
+    db: &Db,
+    metrics: &crate::metrics::Metrics,
+    stop_rx: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !cfg.retention.enabled {
+        tracing::warn!("retention.enabled = false: received studies and results are kept until an admin purges them");
+        return None;
+    }
+    Some(tokio::spawn(crate::pipeline::retention::run(
+        db.clone(),
+        cfg.storage.data_dir.clone(),
+        cfg.retention.clone(),
+        metrics.clone(),
+        stop_rx,
+    )))
+}
+
+/// The assembler: marks each peer's part of a study complete once it is quiet.
+fn spawn_assembler(
+    cfg: &Config,
+    db: &Db,
+    beat: &Arc<Heartbeat>,
+    stop_rx: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(assemble::run(
+        db.clone(),
+        Duration::from_secs_f64(cfg.pipeline.stable_age_s),
+        Duration::from_secs_f64(cfg.pipeline.max_receiving_s),
+        Duration::from_millis(cfg.pipeline.scan_interval_ms),
+        beat.clone(),
+        stop_rx,
+    ))
+}
+
+/// Opens the spool and the index and reconciles them after a stop: temp files of
+/// unacknowledged instances go, index rows written under another spelling of the data dir are
+/// re-pointed, rows whose file was not durable are dropped; after a crash (no clean-shutdown
+/// marker) unindexed spool files are moved aside and rows without a file dropped; the trash
+/// of interrupted purges is emptied. Returns the spool, the index and the marker's path.
+async fn open_store(
+    data_dir: &std::path::Path,
+) -> Result<(Spool, Db, std::path::PathBuf), StartError> {
+    let (spool, removed) = Spool::open(data_dir)?;
     if removed > 0 {
         tracing::warn!(
             removed,
@@ -163,7 +363,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     }
     // The trash of purges a stop or crash interrupted (store::retention): committed or not,
     // their files go (rows still naming them were dropped above, or are purged next pass).
-    let stale = crate::store::retention::stale_trash(&data_dir);
+    let stale = crate::store::retention::stale_trash(data_dir);
     if !stale.is_empty() {
         tokio::task::spawn_blocking(move || {
             let r = crate::store::retention::remove_trash(&stale);
@@ -184,21 +384,14 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     for (id, study, state) in &open {
         tracing::info!(job = id, study = %study, state = state.as_str(), "resuming job");
     }
+    Ok((spool, db, marker))
+}
 
-    let metrics = crate::metrics::Metrics::new();
-    describe_metrics(&metrics);
-    let scp = Scp::new(cfg.clone(), db.clone(), spool, metrics.clone())?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Peers configured by host name: resolved once before the listener is up, then kept fresh
-    // by a task of their own; admission never waits on DNS.
-    let hosts = scp.peer_hosts();
-    for name in hosts.refresh().await {
-        tracing::warn!(host = %name, "a configured peer host name does not resolve: its associations are rejected until it does");
-    }
-    tokio::spawn(hosts.keep_fresh(stop_rx.clone()));
-    let mut servers = tokio::task::JoinSet::new();
-    // Listeners are bound now (a port conflict fails fast) but served only once everything
-    // else is up; peers connecting meanwhile wait in the accept backlog.
+/// Binds the plain DICOM listener (unless `dicom.listen` is empty) and the TLS one; returns
+/// them (with whether each is TLS) and the plain one's address.
+async fn bind_dicom(
+    cfg: &Config,
+) -> Result<(Vec<(TcpListener, bool)>, Option<std::net::SocketAddr>), StartError> {
     let mut listeners = Vec::new();
     let mut dicom_addr = None;
     if cfg.dicom.listen.is_empty() {
@@ -230,39 +423,23 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         tracing::info!(addr = %t.listen, mutual = t.client_ca.is_some(), "DICOM TLS listener up");
         listeners.push((l, true));
     }
+    Ok((listeners, dicom_addr))
+}
 
-    let beat = Arc::new(Heartbeat::default());
-    let stable = Duration::from_secs_f64(cfg.pipeline.stable_age_s);
-    let every = Duration::from_millis(cfg.pipeline.scan_interval_ms);
-    let assembler = tokio::spawn(assemble::run(
-        db.clone(),
-        stable,
-        Duration::from_secs_f64(cfg.pipeline.max_receiving_s),
-        every,
-        beat.clone(),
-        stop_rx.clone(),
-    ));
-
-    let scu = crate::dicom::scu::Scu::new(&cfg).map_err(StartError::DeliveryTls)?;
-    let delivery_stats = Arc::new(crate::pipeline::deliver::DeliveryStats::default());
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let deliverer = tokio::spawn(crate::pipeline::deliver::run(
-        db.clone(),
-        scu,
-        cfg.delivery.clone(),
-        delivery_stats.clone(),
-        wake.clone(),
-        stop_rx.clone(),
-    ));
-
+/// Loads ONNX Runtime and the model bundles, off the runtime (blocking work). A missing
+/// runtime or bad bundle never stops ingest: jobs then fail with the reason.
+async fn load_engine(
+    cfg: &Config,
+    data_dir: &std::path::Path,
+) -> Result<crate::engine::Engine, String> {
     // The engine: a missing ONNX Runtime or bad bundle never stops ingest; jobs then fail
     // with the reason, and the daemon keeps receiving.
     // Loading ONNX Runtime and creating sessions is blocking work: keep it off the runtime.
-    let (ecfg, edir) = (cfg.engine.clone(), data_dir.clone());
+    let (ecfg, edir) = (cfg.engine.clone(), data_dir.to_path_buf());
     let loaded = tokio::task::spawn_blocking(move || crate::engine::Engine::new(&ecfg, &edir))
         .await
         .unwrap_or_else(|e| Err(crate::engine::EngineError::Internal(e.to_string())));
-    let engine = match loaded {
+    match loaded {
         Ok(e) => {
             tracing::info!(library = %e.library().display(), bundles = ?e.bundle_names(), "engine ready");
             for r in e.refused() {
@@ -280,212 +457,138 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
             tracing::error!(error = %e, "engine unavailable: studies will be stored and their jobs failed");
             Err(e.to_string())
         }
-    };
-    let segmenter = engine.as_ref().ok().map(|e| {
-        Arc::new(crate::admin::segment::EngineSegmenter::new(
-            e.clone(),
-            tokio::runtime::Handle::current(),
-            cfg.engine.default_bundle.clone(),
-        )) as Arc<dyn crate::admin::Segmenter>
-    });
-    let admin_catalog = crate::admin::start(
-        cfg.clone(),
-        db.clone(),
-        segmenter,
-        metrics.clone(),
-        &mut servers,
-        stop_rx.clone(),
-    )
-    .await?;
-    let catalog = Arc::new(crate::pipeline::catalog::FolderCatalog::discover(
-        &cfg.engine.models_dir,
-        &cfg.engine.default_bundle,
-        cfg.body_part_synonyms(),
-    ));
-    tracing::info!(
-        support_sets = catalog.dirs().len(),
-        "bundled support sets found"
-    );
-    let pipeline = Arc::new(crate::pipeline::worker::Pipeline {
-        cfg: cfg.clone(),
-        db: db.clone(),
-        engine,
-        // With [admin], the curated store routes; without it, the bundled folders do.
-        catalog: match admin_catalog {
-            Some(c) => c as Arc<dyn crate::pipeline::catalog::Catalog>,
-            None => catalog,
-        },
-        metrics: metrics.clone(),
-        wake_delivery: wake.clone(),
-        busy_since: Default::default(),
-        memory: crate::memory::MemoryBudget::new(
-            cfg.pipeline.memory_budget_mb(),
-            "pipeline.memory_budget_mb",
-        ),
-    });
-    if !cfg.metrics.listen.is_empty() {
-        let l = TcpListener::bind(&cfg.metrics.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                key: "metrics.listen",
-                addr: cfg.metrics.listen.clone(),
-                source,
-            })?;
-        tracing::info!(addr = %cfg.metrics.listen, "metrics endpoint up");
-        let (scp2, db2, ds, pl) = (
-            scp.clone(),
-            db.clone(),
-            delivery_stats.clone(),
-            pipeline.clone(),
-        );
-        let refresh: Arc<dyn Fn(&crate::metrics::Metrics) + Send + Sync> = Arc::new(move |m| {
-            m.set(
-                "proxyseg_active_associations",
-                &[],
-                scp2.stats.active.load(Ordering::Relaxed) as f64,
-            );
-            if let Ok(e) = &pl.engine {
-                let st = e.support_stats();
-                m.set(
-                    "proxyseg_support_cache_total",
-                    &[("result", "memory_hit")],
-                    st.memory_hits as f64,
-                );
-                m.set(
-                    "proxyseg_support_cache_total",
-                    &[("result", "disk_hit")],
-                    st.disk_hits as f64,
-                );
-                m.set(
-                    "proxyseg_support_cache_total",
-                    &[("result", "computed")],
-                    st.computed as f64,
-                );
-            }
-            m.set(
-                "proxyseg_deliveries_total",
-                &[("result", "delivered")],
-                ds.delivered.load(Ordering::Relaxed) as f64,
-            );
-            m.set(
-                "proxyseg_deliveries_total",
-                &[("result", "retried")],
-                ds.retried.load(Ordering::Relaxed) as f64,
-            );
-            m.set(
-                "proxyseg_deliveries_total",
-                &[("result", "dead")],
-                ds.dead.load(Ordering::Relaxed) as f64,
-            );
-            let counts = db2.read(|c| {
-                let mut out = Vec::new();
-                let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-                for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-                    out.push(r?);
-                }
-                let pending: i64 = c.query_row(
-                    "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
-                    [],
-                    |r| r.get(0),
-                )?;
-                out.push(("outbox".into(), pending));
-                Ok(out)
-            });
-            if let Ok(counts) = counts {
-                for (state, n) in counts {
-                    if state == "outbox" {
-                        m.set("proxyseg_queue_depth", &[("queue", "outbox")], n as f64);
-                    } else {
-                        m.set("proxyseg_jobs", &[("state", &state)], n as f64);
-                    }
-                }
-            }
-        });
-        tokio::spawn(crate::metrics::serve(
-            l,
-            metrics.clone(),
-            refresh,
-            stop_rx.clone(),
-        ));
     }
-
-    let pipeline_task = tokio::spawn(crate::pipeline::worker::run(
-        pipeline.clone(),
-        stop_rx.clone(),
-    ));
-    let mut tasks = vec![assembler, deliverer, pipeline_task];
-    if cfg.retention.enabled {
-        tasks.push(tokio::spawn(crate::pipeline::retention::run(
-            db.clone(),
-            data_dir.clone(),
-            cfg.retention.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-        )));
-    } else {
-        tracing::warn!("retention.enabled = false: received studies and results are kept until an admin purges them");
-    }
-
-    for (l, tls) in listeners {
-        servers.spawn(scp.clone().serve(l, tls, stop_rx.clone()));
-    }
-    crate::ops::notify("READY=1\nSTATUS=accepting associations");
-    if let Some(interval) = crate::ops::watchdog_interval() {
-        let beat = beat.clone();
-        let pl = pipeline.clone();
-        let stall = Duration::from_secs(cfg.pipeline.stall_timeout_s);
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            // Fed only while the pipeline makes progress: the assembler keeps committing
-            // (database and runtime alive) and no job is stuck in inference. Otherwise the
-            // pings stop and systemd restarts us; unfinished jobs resume from SQLite.
-            let mut last = beat.passes.load(Ordering::Relaxed);
-            let mut tick = tokio::time::interval(interval / 2);
-            loop {
-                tokio::select! { _ = stop.changed() => return, _ = tick.tick() => {} }
-                let now = beat.passes.load(Ordering::Relaxed);
-                if now == last {
-                    tracing::warn!(
-                        "watchdog not fed: the assembler made no pass since the last ping"
-                    );
-                } else if pl.stalled(stall) {
-                    tracing::error!(
-                        limit_s = stall.as_secs(),
-                        "watchdog not fed: a job has been segmenting for too long"
-                    );
-                } else {
-                    crate::ops::notify("WATCHDOG=1");
-                }
-                last = now;
-            }
-        });
-    }
-
-    Ok(Running {
-        dicom_addr,
-        pipeline,
-        stop_tx,
-        servers,
-        tasks,
-        marker,
-        scp,
-        delivery_stats,
-    })
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+/// Serves `/metrics` on `metrics.listen`, with the gauges read at each scrape.
+async fn serve_metrics(
+    cfg: &Config,
+    metrics: &crate::metrics::Metrics,
+    scp: &Arc<Scp>,
+    db: &Db,
+    delivery_stats: &Arc<crate::pipeline::deliver::DeliveryStats>,
+    pipeline: &Arc<crate::pipeline::worker::Pipeline>,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let l = TcpListener::bind(&cfg.metrics.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "metrics.listen",
+            addr: cfg.metrics.listen.clone(),
+            source,
+        })?;
+    tracing::info!(addr = %cfg.metrics.listen, "metrics endpoint up");
+    let (scp2, db2, ds, pl) = (
+        scp.clone(),
+        db.clone(),
+        delivery_stats.clone(),
+        pipeline.clone(),
+    );
+    let refresh: Arc<dyn Fn(&crate::metrics::Metrics) + Send + Sync> = Arc::new(move |m| {
+        m.set(
+            "proxyseg_active_associations",
+            &[],
+            scp2.stats.active.load(Ordering::Relaxed) as f64,
+        );
+        if let Ok(e) = &pl.engine {
+            let st = e.support_stats();
+            m.set(
+                "proxyseg_support_cache_total",
+                &[("result", "memory_hit")],
+                st.memory_hits as f64,
+            );
+            m.set(
+                "proxyseg_support_cache_total",
+                &[("result", "disk_hit")],
+                st.disk_hits as f64,
+            );
+            m.set(
+                "proxyseg_support_cache_total",
+                &[("result", "computed")],
+                st.computed as f64,
+            );
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        m.set(
+            "proxyseg_deliveries_total",
+            &[("result", "delivered")],
+            ds.delivered.load(Ordering::Relaxed) as f64,
+        );
+        m.set(
+            "proxyseg_deliveries_total",
+            &[("result", "retried")],
+            ds.retried.load(Ordering::Relaxed) as f64,
+        );
+        m.set(
+            "proxyseg_deliveries_total",
+            &[("result", "dead")],
+            ds.dead.load(Ordering::Relaxed) as f64,
+        );
+        let counts = db2.read(|c| {
+            let mut out = Vec::new();
+            let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                out.push(r?);
+            }
+            let pending: i64 = c.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )?;
+            out.push(("outbox".into(), pending));
+            Ok(out)
+        });
+        if let Ok(counts) = counts {
+            for (state, n) in counts {
+                if state == "outbox" {
+                    m.set("proxyseg_queue_depth", &[("queue", "outbox")], n as f64);
+                } else {
+                    m.set("proxyseg_jobs", &[("state", &state)], n as f64);
+                }
+            }
         }
-    }
+    });
+    tokio::spawn(crate::metrics::serve(
+        l,
+        metrics.clone(),
+        refresh,
+        stop_rx.clone(),
+    ));
+    Ok(())
+}
+
+/// Feeds the systemd watchdog every `interval / 2` while the pipeline makes progress.
+fn spawn_watchdog(
+    interval: Duration,
+    beat: Arc<Heartbeat>,
+    pipeline: Arc<crate::pipeline::worker::Pipeline>,
+    cfg: &Config,
+    stop_rx: watch::Receiver<bool>,
+) {
+    let pl = pipeline;
+    let stall = Duration::from_secs(cfg.pipeline.stall_timeout_s);
+    let mut stop = stop_rx;
+    tokio::spawn(async move {
+        // Fed only while the pipeline makes progress: the assembler keeps committing
+        // (database and runtime alive) and no job is stuck in inference. Otherwise the
+        // pings stop and systemd restarts us; unfinished jobs resume from SQLite.
+        let mut last = beat.passes.load(Ordering::Relaxed);
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tokio::select! { _ = stop.changed() => return, _ = tick.tick() => {} }
+            let now = beat.passes.load(Ordering::Relaxed);
+            if now == last {
+                tracing::warn!("watchdog not fed: the assembler made no pass since the last ping");
+            } else if pl.stalled(stall) {
+                tracing::error!(
+                    limit_s = stall.as_secs(),
+                    "watchdog not fed: a job has been segmenting for too long"
+                );
+            } else {
+                crate::ops::notify("WATCHDOG=1");
+            }
+            last = now;
+        }
+    });
 }
 
 /// HELP and TYPE lines of every metric family the daemon exports.
