@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use proxyseg::dicom::pixels::{frames_from_file, PixelError};
+use proxyseg::dicom::pixels::{frames_from_file, frames_from_object, PixelError};
 
 fn test_files() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -300,4 +300,28 @@ fn display_values_match_pydicom_and_the_reference() {
     }
     eprintln!("display value report:\n  {}", report.join("\n  "));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Inputs the fuzzer found (issue 16 item 8) that made dicom-pixeldata's codecs panic: RLE
+/// headers announcing more segments than the fragment holds, an RLE segment that decodes
+/// short, a JPEG 2000 codestream with more components than Samples per Pixel. Each now fails
+/// with a clear decode error before any codec indexes past its buffer.
+#[test]
+fn fuzzer_found_codec_inputs_fail_cleanly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz");
+    for (name, want) in [
+        ("pixels-rle-header.dcm", "RLE"),
+        ("pixels-rle-short-segment.dcm", "RLE"),
+        ("pixels-j2k-components.dcm", "JPEG 2000 frame 1"),
+    ] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let obj = proxyseg::admin::masks::parse_dicom(&bytes)
+            .unwrap_or_else(|e| panic!("{name} parses (the codec is what failed): {e}"));
+        match frames_from_object(&obj) {
+            Err(e @ PixelError::Decode { .. }) => {
+                assert!(e.to_string().contains(want), "{name}: {e}")
+            }
+            other => panic!("{name}: expected a decode error, got {other:?}"),
+        }
+    }
 }

@@ -368,11 +368,11 @@ impl<'a> FrameSource<'a> {
             frames,
         };
         if ts_uid == RLE_LOSSLESS {
-            // dicom-pixeldata 0.10.1 decodes RLE for 8 and 16 bits only.
-            if let Err(e) = src.obj.decode_pixel_data_frame(0) {
-                tracing::debug!(error = %e, "RLE decoded by proxyseg's own decoder");
-                src.obj = std::borrow::Cow::Owned(rle_to_native(&src.obj, &src.ts)?);
-            }
+            // Always proxyseg's own RLE decoder, which checks every header word and segment
+            // length: dicom-pixeldata 0.10.1 decodes 8 and 16 bits only, and panics on a
+            // header that announces more segments than its fragment holds, or on a segment
+            // that decodes short (found by fuzzing, issue 16 item 8).
+            src.obj = std::borrow::Cow::Owned(rle_to_native(&src.obj, &src.ts)?);
         }
         if native {
             let have = src
@@ -422,6 +422,7 @@ impl<'a> FrameSource<'a> {
 
     /// Decodes and converts frame `f` (0-based).
     pub fn frame(&self, f: u32) -> Result<Frame, PixelError> {
+        self.check_codestream(f)?;
         let decoded = self
             .obj
             .decode_pixel_data_frame(f)
@@ -559,6 +560,98 @@ impl<'a> FrameSource<'a> {
             data,
         })
     }
+}
+
+impl FrameSource<'_> {
+    /// JPEG 2000 (and HTJ2K): the codestream's SIZ header must describe the image the
+    /// attributes declare (as many components as samples per pixel, each Columns x Rows,
+    /// not subsampled, no deeper than Bits Allocated) before the codec runs. dicom-pixeldata's
+    /// adapter writes every decoded sample into a buffer sized from the attributes and
+    /// indexes past it otherwise (found by fuzzing, issue 16 item 8).
+    fn check_codestream(&self, f: u32) -> Result<(), PixelError> {
+        use dicom_encoding::adapters::PixelDataObject;
+        let ts = self.ts.split(' ').next().unwrap_or_default();
+        if !J2K_SYNTAXES.contains(&ts) {
+            return Ok(());
+        }
+        let fail = |m: String| PixelError::Decode {
+            transfer_syntax: self.ts.clone(),
+            message: format!("JPEG 2000 frame {}: {m}", f + 1),
+        };
+        let size = ImageSize::of(&self.obj)?;
+        let data = self
+            .obj
+            .frame_pixel_data(f)
+            .ok_or_else(|| fail("no such frame in the pixel data".into()))?;
+        check_siz(&data, size).map_err(fail)
+    }
+}
+
+/// Transfer syntaxes whose frames are JPEG 2000 codestreams.
+const J2K_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+];
+
+/// Checks a JPEG 2000 codestream's SIZ marker segment (ITU-T T.800 A.5.1; found after the SOC
+/// marker, also inside a JP2 wrapper) against the declared image.
+fn check_siz(data: &[u8], size: ImageSize) -> Result<(), String> {
+    const SOC_SIZ: [u8; 4] = [0xFF, 0x4F, 0xFF, 0x51];
+    let at = data
+        .windows(4)
+        .position(|w| w == SOC_SIZ)
+        .ok_or("no codestream header (SOC + SIZ markers)")?;
+    let siz = &data[at + 4..];
+    let u16_at = |i: usize| {
+        siz.get(i..i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as u64)
+    };
+    let u32_at = |i: usize| {
+        siz.get(i..i + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64)
+    };
+    let short = || "SIZ marker segment cut short".to_string();
+    // Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz, then Csiz x (Ssiz XRsiz YRsiz).
+    let (xsiz, ysiz) = (u32_at(4).ok_or_else(short)?, u32_at(8).ok_or_else(short)?);
+    let (xo, yo) = (u32_at(12).ok_or_else(short)?, u32_at(16).ok_or_else(short)?);
+    let csiz = u16_at(36).ok_or_else(short)?;
+    let (width, height) = (xsiz.saturating_sub(xo), ysiz.saturating_sub(yo));
+    if csiz != size.samples {
+        return Err(format!(
+            "{csiz} component(s), but Samples per Pixel is {}",
+            size.samples
+        ));
+    }
+    if (width, height) != (size.cols, size.rows) {
+        return Err(format!(
+            "{width}x{height} pixels, but Columns x Rows is {}x{}",
+            size.cols, size.rows
+        ));
+    }
+    for c in 0..csiz as usize {
+        let at = 38 + 3 * c;
+        let comp = siz.get(at..at + 3).ok_or_else(short)?;
+        let depth = (comp[0] & 0x7F) as u64 + 1;
+        if comp[1] != 1 || comp[2] != 1 {
+            return Err(format!(
+                "component {} is subsampled ({}x{})",
+                c + 1,
+                comp[1],
+                comp[2]
+            ));
+        }
+        if depth > size.bits {
+            return Err(format!(
+                "component {} has {depth}-bit samples, more than Bits Allocated ({})",
+                c + 1,
+                size.bits
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Native YBR_FULL_422 (Y0 Y1 Cb Cr per pixel pair, 8 bits) of every frame -> a copy of the
