@@ -304,7 +304,8 @@ fn display_values_match_pydicom_and_the_reference() {
 
 /// Inputs the fuzzer found (issue 16 item 8) that made dicom-pixeldata's codecs panic: RLE
 /// headers announcing more segments than the fragment holds, an RLE segment that decodes
-/// short, a JPEG 2000 codestream with more components than Samples per Pixel. Each now fails
+/// short, a JPEG 2000 codestream with more components than Samples per Pixel, a JPEG whose frame
+/// header is larger than Rows x Columns. Each now fails
 /// with a clear decode error before any codec indexes past its buffer.
 #[test]
 fn fuzzer_found_codec_inputs_fail_cleanly() {
@@ -313,6 +314,7 @@ fn fuzzer_found_codec_inputs_fail_cleanly() {
         ("pixels-rle-header.dcm", "RLE"),
         ("pixels-rle-short-segment.dcm", "RLE"),
         ("pixels-j2k-components.dcm", "JPEG 2000 frame 1"),
+        ("pixels-jpeg-sof-larger.dcm", "JPEG frame 1"),
     ] {
         let bytes = std::fs::read(dir.join(name)).unwrap();
         let obj = proxyseg::admin::masks::parse_dicom(&bytes)

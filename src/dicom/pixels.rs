@@ -563,27 +563,106 @@ impl<'a> FrameSource<'a> {
 }
 
 impl FrameSource<'_> {
-    /// JPEG 2000 (and HTJ2K): the codestream's SIZ header must describe the image the
-    /// attributes declare (as many components as samples per pixel, each Columns x Rows,
-    /// not subsampled, no deeper than Bits Allocated) before the codec runs. dicom-pixeldata's
-    /// adapter writes every decoded sample into a buffer sized from the attributes and
-    /// indexes past it otherwise (found by fuzzing, issue 16 item 8).
+    /// JPEG 2000 (and HTJ2K), JPEG and JPEG-LS: the codestream's header (SIZ, SOF) must
+    /// describe the image the attributes declare (as many components as samples per pixel,
+    /// Columns x Rows, no deeper than Bits Allocated) before the codec runs. dicom-pixeldata's
+    /// adapters write the decoded samples into a buffer sized from the attributes and index
+    /// past it otherwise (found by fuzzing, issue 16 item 8).
     fn check_codestream(&self, f: u32) -> Result<(), PixelError> {
         use dicom_encoding::adapters::PixelDataObject;
         let ts = self.ts.split(' ').next().unwrap_or_default();
-        if !J2K_SYNTAXES.contains(&ts) {
+        let (kind, check): (&str, HeaderCheck) = if J2K_SYNTAXES.contains(&ts) {
+            ("JPEG 2000", check_siz)
+        } else if JPEG_SYNTAXES.contains(&ts) {
+            ("JPEG", check_sof)
+        } else {
             return Ok(());
-        }
+        };
         let fail = |m: String| PixelError::Decode {
             transfer_syntax: self.ts.clone(),
-            message: format!("JPEG 2000 frame {}: {m}", f + 1),
+            message: format!("{kind} frame {}: {m}", f + 1),
         };
         let size = ImageSize::of(&self.obj)?;
         let data = self
             .obj
             .frame_pixel_data(f)
             .ok_or_else(|| fail("no such frame in the pixel data".into()))?;
-        check_siz(&data, size).map_err(fail)
+        check(&data, size).map_err(fail)
+    }
+}
+
+/// A check of a frame's codestream header against the declared image.
+type HeaderCheck = fn(&[u8], ImageSize) -> Result<(), String>;
+
+/// Transfer syntaxes whose frames are JPEG (ISO 10918-1) or JPEG-LS (ISO 14495-1) streams.
+const JPEG_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+];
+
+/// Checks a JPEG or JPEG-LS stream's frame header (SOFn, or SOF55 for JPEG-LS; ITU-T T.81
+/// B.2.2) against the declared image: walks the marker segments from SOI to the first SOF.
+fn check_sof(data: &[u8], size: ImageSize) -> Result<(), String> {
+    if data.get(..2) != Some(&[0xFF, 0xD8][..]) {
+        return Err("no SOI marker at the start".into());
+    }
+    let mut i = 2;
+    loop {
+        // Fill bytes (0xFF) may precede a marker.
+        while data.get(i) == Some(&0xFF) && data.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        let (Some(&0xFF), Some(&code)) = (data.get(i), data.get(i + 1)) else {
+            return Err("no frame header (SOF) before the data ends".into());
+        };
+        if matches!(code, 0x01 | 0xD0..=0xD7) {
+            // Markers without a segment (TEM, RSTn).
+            i += 2;
+            continue;
+        }
+        let len = data
+            .get(i + 2..i + 4)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+            .ok_or("marker segment cut short")?;
+        let is_sof = matches!(code, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xF7);
+        if code == 0xDA {
+            return Err("scan (SOS) before any frame header (SOF)".into());
+        }
+        if is_sof {
+            // P (1), Y (2), X (2), Nf (1)
+            let seg = data.get(i + 4..i + 10).ok_or("frame header cut short")?;
+            let precision = seg[0] as u64;
+            let rows = u16::from_be_bytes([seg[1], seg[2]]) as u64;
+            let cols = u16::from_be_bytes([seg[3], seg[4]]) as u64;
+            let components = seg[5] as u64;
+            if components != size.samples {
+                return Err(format!(
+                    "{components} component(s), but Samples per Pixel is {}",
+                    size.samples
+                ));
+            }
+            if (cols, rows) != (size.cols, size.rows) {
+                return Err(format!(
+                    "{cols}x{rows} pixels, but Columns x Rows is {}x{}",
+                    size.cols, size.rows
+                ));
+            }
+            if precision.div_ceil(8) > size.bits.div_ceil(8) {
+                return Err(format!(
+                    "{precision}-bit samples, more than Bits Allocated ({})",
+                    size.bits
+                ));
+            }
+            return Ok(());
+        }
+        if len < 2 {
+            return Err(format!("marker FF{code:02X} has length {len}"));
+        }
+        i += 2 + len;
     }
 }
 
