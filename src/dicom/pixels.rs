@@ -423,13 +423,23 @@ impl<'a> FrameSource<'a> {
     /// Decodes and converts frame `f` (0-based).
     pub fn frame(&self, f: u32) -> Result<Frame, PixelError> {
         self.check_codestream(f)?;
-        let decoded = self
-            .obj
-            .decode_pixel_data_frame(f)
-            .map_err(|e| PixelError::Decode {
-                transfer_syntax: self.ts.clone(),
-                message: error_chain(&e),
-            })?;
+        // The codecs' own stream parsing (openjp2's packet headers, say) cannot all be checked
+        // beforehand: a codec that panics on a hostile frame fails this frame, with the reason.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.obj.decode_pixel_data_frame(f)
+        }))
+        .map_err(|panic| PixelError::Decode {
+            transfer_syntax: self.ts.clone(),
+            message: format!(
+                "the codec failed on frame {}: {}",
+                f + 1,
+                panic_text(&panic)
+            ),
+        })?
+        .map_err(|e| PixelError::Decode {
+            transfer_syntax: self.ts.clone(),
+            message: error_chain(&e),
+        })?;
         let rows = decoded.rows();
         let cols = decoded.columns();
         let spp = decoded.samples_per_pixel();
@@ -947,6 +957,15 @@ fn unpack_bits(src: &[u8], want: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
