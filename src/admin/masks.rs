@@ -10,7 +10,6 @@ use crate::store::support::Mask;
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use dicom_pixeldata::PixelDecoder;
 
 /// Largest image side we accept for support images and previews.
 pub const MAX_SIDE: usize = 16384;
@@ -195,8 +194,9 @@ pub fn parse_image(bytes: &[u8]) -> Result<DicomImage, UploadError> {
             "{frames} frames: support and preview images must be single-frame (export the annotated frame)"
         )));
     }
-    object
-        .decode_pixel_data()
+    // Decoded as the engine will decode it (the codec guards of `dicom::pixels` included):
+    // an image the engine cannot read is refused at upload.
+    crate::dicom::pixels::frames_from_object(&object)
         .map_err(|e| UploadError::BadPixels(e.to_string()))?;
     Ok(DicomImage {
         modality: text(&object, tags::MODALITY),

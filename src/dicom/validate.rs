@@ -274,7 +274,8 @@ pub fn check_part10(bytes: &[u8], cap: u64) -> Result<(), walk::WalkError> {
         return inflate_and_walk(dataset, cap).map(|_| ());
     }
     let encoding = walk::Encoding {
-        explicit: ts != uids::IMPLICIT_VR_LITTLE_ENDIAN,
+        // The registry's own UID: it finds a syntax whatever padding follows the UID.
+        explicit: syntax.uid() != uids::IMPLICIT_VR_LITTLE_ENDIAN,
         big_endian: syntax.endianness() == dicom_encoding::Endianness::Big,
     };
     walk::walk(dataset, encoding, Some(dataset.len() as u64), cap, &[]).map(|_| ())
@@ -745,6 +746,16 @@ mod tests {
         // Implicit VR data set behind an Explicit VR syntax: read as the parser reads it.
         let implicit = encode(&image(32), &entries::IMPLICIT_VR_LITTLE_ENDIAN.erased());
         assert!(check_part10(&part10(ts, &implicit), 1 << 20).is_err());
+        // Fuzzing regression (fuzz/seg_reader, 424 bytes): a Transfer Syntax UID padded with
+        // a carriage return. dicom-rs's registry trims any whitespace, so dicom-object read
+        // the data set as Implicit VR while the check compared the padded text and walked it
+        // as Explicit VR: the syntax is now the registry's.
+        let implicit_ts = part10("1.2.840.10008.1.2\r", &implicit);
+        check_part10(&implicit_ts, 1 << 20).unwrap();
+        let mut huge = implicit.clone();
+        huge.extend([0x08, 0x00, 0x00, 0x01, 0xF0, 0xFF, 0xFF, 0xFF]); // (0008,0100)
+        let e = check_part10(&part10("1.2.840.10008.1.2\r", &huge), 1 << 20).unwrap_err();
+        assert!(matches!(e, walk::WalkError::Overrun { .. }), "{e}");
         // Deflated: inflated under the cap.
         let dfl = uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
         check_part10(&part10(dfl, &deflate(&good)), 1 << 20).unwrap();
@@ -759,7 +770,9 @@ mod tests {
     /// zeroed 3.7 GB for pydicom's UN_sequence.dcm (an undefined-length UN holding Implicit VR
     /// items in an Explicit VR file, fuzz/pixels), about 2 GB for a mutated highdicom SEG
     /// (fuzz/seg_reader: a declared length), and 1.1 GB for another (a UL of 6 bytes, after
-    /// which dicom-parser read misaligned: see walk::tests). All are now refused before
+    /// which dicom-parser read misaligned: see walk::tests), and 436 MB for a 424-byte file
+    /// whose Transfer Syntax UID ends in a carriage return (see
+    /// `part10_lengths_must_fit_before_dicom_object_parses`). All are now refused before
     /// dicom-object reads them.
     #[test]
     fn fuzzing_out_of_memory_inputs_are_refused_before_parsing() {
@@ -768,6 +781,7 @@ mod tests {
             "un-sequence-4gib-alloc.dcm",
             "seg-declared-length-alloc.dcm",
             "seg-ragged-ul-alloc.dcm",
+            "seg-ts-padding-cr.dcm",
         ] {
             let bytes = std::fs::read(dir.join(name)).unwrap();
             let e = check_part10(&bytes, 1 << 20).unwrap_err();
