@@ -19,12 +19,9 @@ fn echo_output(d: &Daemon) -> std::process::Output {
     )
 }
 
-#[test]
-fn association_limit_rejects_transiently_and_recovers() {
-    let d = Daemon::start(Opts {
-        max_associations: 1,
-        ..Opts::default()
-    });
+/// A raw association (tests/python/scu_edge.py `hold`) kept open for 6 s, once it is
+/// established.
+fn hold_association(d: &Daemon) -> std::process::Child {
     let mut hold = Command::new(python())
         .arg(root().join("tests/python/scu_edge.py"))
         .args(["hold", &d.port.to_string()])
@@ -36,6 +33,16 @@ fn association_limit_rejects_transiently_and_recovers() {
         .read_line(&mut line)
         .unwrap();
     assert!(line.contains("holding"), "holder did not associate: {line}");
+    hold
+}
+
+#[test]
+fn association_limit_rejects_transiently_and_recovers() {
+    let d = Daemon::start(Opts {
+        max_associations: 1,
+        ..Opts::default()
+    });
+    let mut hold = hold_association(&d);
     let out = echo_output(&d);
     assert!(!out.status.success(), "second association must be refused");
     let t = text(&out);
@@ -241,31 +248,9 @@ fn associations_wait_for_receive_buffer_memory() {
         dicom_extra: "max_buffered_mb = 2\n".into(),
         ..Opts::default()
     });
-    let mut hold = Command::new(python())
-        .arg(root().join("tests/python/scu_edge.py"))
-        .args(["hold", &d.port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(hold.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("holding"), "holder did not associate: {line}");
+    let mut hold = hold_association(&d);
     // The holder keeps its association (and buffers) for 6 s, less than read_timeout_s (10).
-    let ct = pydicom_files().join("CT_small.dcm");
-    let out = run(
-        "storescu",
-        &[
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "PROXYSEG",
-            "127.0.0.1",
-            &d.port.to_string(),
-            ct.to_str().unwrap(),
-        ],
-    );
+    let out = d.store(&pydicom_files().join("CT_small.dcm"));
     assert!(out.status.success(), "{}\n{}", text(&out), d.log());
     let _ = hold.wait();
     assert_eq!(d.instance_count(), 1);

@@ -208,46 +208,7 @@ fn a_peer_with_a_tls_identity_must_present_its_certificate() {
     let p = pki.path();
     make_pki(p);
     // Another client certificate from the same CA, for another name.
-    std::fs::write(
-        p.join("impostor.ext"),
-        "subjectAltName=DNS:impostor.example\n",
-    )
-    .unwrap();
-    openssl(
-        p,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "impostor.key",
-            "-out",
-            "impostor.csr",
-            "-subj",
-            "/CN=impostor",
-        ],
-    );
-    openssl(
-        p,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "impostor.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "impostor.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "impostor.ext",
-        ],
-    );
+    make_cert(p, "impostor", "DNS:impostor.example");
     let f = |n: &str| p.join(n).display().to_string();
     let tls_port = free_port();
     let extra = format!(

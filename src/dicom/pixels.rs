@@ -648,19 +648,7 @@ fn check_sof(data: &[u8], size: ImageSize) -> Result<(), String> {
             let precision = seg[0] as u64;
             let rows = u16::from_be_bytes([seg[1], seg[2]]) as u64;
             let cols = u16::from_be_bytes([seg[3], seg[4]]) as u64;
-            let components = seg[5] as u64;
-            if components != size.samples {
-                return Err(format!(
-                    "{components} component(s), but Samples per Pixel is {}",
-                    size.samples
-                ));
-            }
-            if (cols, rows) != (size.cols, size.rows) {
-                return Err(format!(
-                    "{cols}x{rows} pixels, but Columns x Rows is {}x{}",
-                    size.cols, size.rows
-                ));
-            }
+            check_header_size(seg[5] as u64, cols, rows, size)?;
             if precision.div_ceil(8) > size.bits.div_ceil(8) {
                 return Err(format!(
                     "{precision}-bit samples, more than Bits Allocated ({})",
@@ -685,6 +673,23 @@ const J2K_SYNTAXES: &[&str] = &[
     "1.2.840.10008.1.2.4.203",
 ];
 
+/// A codestream header's components and size against the declared image.
+fn check_header_size(components: u64, cols: u64, rows: u64, size: ImageSize) -> Result<(), String> {
+    if components != size.samples {
+        return Err(format!(
+            "{components} component(s), but Samples per Pixel is {}",
+            size.samples
+        ));
+    }
+    if (cols, rows) != (size.cols, size.rows) {
+        return Err(format!(
+            "{cols}x{rows} pixels, but Columns x Rows is {}x{}",
+            size.cols, size.rows
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a JPEG 2000 codestream's SIZ marker segment (ITU-T T.800 A.5.1; found after the SOC
 /// marker, also inside a JP2 wrapper) against the declared image.
 fn check_siz(data: &[u8], size: ImageSize) -> Result<(), String> {
@@ -708,18 +713,7 @@ fn check_siz(data: &[u8], size: ImageSize) -> Result<(), String> {
     let (xo, yo) = (u32_at(12).ok_or_else(short)?, u32_at(16).ok_or_else(short)?);
     let csiz = u16_at(36).ok_or_else(short)?;
     let (width, height) = (xsiz.saturating_sub(xo), ysiz.saturating_sub(yo));
-    if csiz != size.samples {
-        return Err(format!(
-            "{csiz} component(s), but Samples per Pixel is {}",
-            size.samples
-        ));
-    }
-    if (width, height) != (size.cols, size.rows) {
-        return Err(format!(
-            "{width}x{height} pixels, but Columns x Rows is {}x{}",
-            size.cols, size.rows
-        ));
-    }
+    check_header_size(csiz, width, height, size)?;
     for c in 0..csiz as usize {
         let at = 38 + 3 * c;
         let comp = siz.get(at..at + 3).ok_or_else(short)?;
