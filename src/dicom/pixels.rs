@@ -278,6 +278,10 @@ pub struct FrameSource<'a> {
     obj: std::borrow::Cow<'a, DefaultDicomObject>,
     ts: String,
     frames: u32,
+    /// The declared image size, read once.
+    size: ImageSize,
+    /// The codestream header check of the transfer syntax, if its codec needs one.
+    header_check: Option<(&'static str, HeaderCheck)>,
     top_window: Option<(f32, f32)>,
     palette: Option<Palette>,
 }
@@ -360,12 +364,22 @@ impl<'a> FrameSource<'a> {
         if native && pi == "YBR_FULL_422" {
             obj = std::borrow::Cow::Owned(expand_native_422(&obj, size, &ts)?);
         }
+        let header_check: Option<(&'static str, HeaderCheck)> =
+            if J2K_SYNTAXES.contains(&ts_uid.as_str()) {
+                Some(("JPEG 2000", check_siz))
+            } else if JPEG_SYNTAXES.contains(&ts_uid.as_str()) {
+                Some(("JPEG", check_sof))
+            } else {
+                None
+            };
         let mut src = FrameSource {
             top_window: first_window(&obj),
             palette: None,
             obj,
             ts,
             frames,
+            size,
+            header_check,
         };
         if ts_uid == RLE_LOSSLESS {
             // Always proxyseg's own RLE decoder, which checks every header word and segment
@@ -580,24 +594,18 @@ impl FrameSource<'_> {
     /// past it otherwise (found by fuzzing, issue 16 item 8).
     fn check_codestream(&self, f: u32) -> Result<(), PixelError> {
         use dicom_encoding::adapters::PixelDataObject;
-        let ts = self.ts.split(' ').next().unwrap_or_default();
-        let (kind, check): (&str, HeaderCheck) = if J2K_SYNTAXES.contains(&ts) {
-            ("JPEG 2000", check_siz)
-        } else if JPEG_SYNTAXES.contains(&ts) {
-            ("JPEG", check_sof)
-        } else {
+        let Some((kind, check)) = self.header_check else {
             return Ok(());
         };
         let fail = |m: String| PixelError::Decode {
             transfer_syntax: self.ts.clone(),
             message: format!("{kind} frame {}: {m}", f + 1),
         };
-        let size = ImageSize::of(&self.obj)?;
         let data = self
             .obj
             .frame_pixel_data(f)
             .ok_or_else(|| fail("no such frame in the pixel data".into()))?;
-        check(&data, size).map_err(fail)
+        check(&data, self.size).map_err(fail)
     }
 }
 

@@ -563,15 +563,20 @@ pub fn storescp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
         .spawn()
         .unwrap();
     let g = Guard(c);
+    wait_port(port, "storescp");
+    g
+}
+
+/// Waits up to 10 s until `port` on loopback accepts connections.
+fn wait_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "storescp did not listen on port {port}"
+            "{what} did not listen on port {port}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    g
 }
 
 /// Starts tests/python/pacs_scp.py (a pynetdicom storage SCP, AE "PACS", writing what it
@@ -592,14 +597,7 @@ pub fn pacs_scp(port: u16, dir: &Path, extra: &[&str]) -> Guard {
     )
     .unwrap();
     let g = Guard(c);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "pacs_scp did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_port(port, "pacs_scp");
     g
 }
 
