@@ -252,8 +252,9 @@ fn a_peer_with_a_tls_identity_must_present_its_certificate() {
     let mr = pydicom_files().join("MR_small.dcm").display().to_string();
     for file in [None, Some(mr.as_str())] {
         let out = tls_call("impostor", "SECUREPACS", file);
+        // echoscu may exit 0 although its echo failed on the abort: judge by what it says.
         assert!(
-            !out.status.success(),
+            !out.status.success() || text(&out).contains("Peer aborted Association"),
             "an impostor certificate got through:\n{}",
             text(&out)
         );
