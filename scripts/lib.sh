@@ -32,7 +32,12 @@ ensure_venv() {
     stamp="$VENV/.installed-$(basename "$(dirname "$req")")-$(basename "$req")"
     if [ ! -f "$stamp" ] || ! cmp -s "$req" "$stamp"; then
       log "pip install -r ${req#"$ROOT"/}"
-      "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req"
+      # a requirements file may ask for pip arguments ("# pip-args: ..."); sam2 builds an
+      # optional CUDA op when it finds CUDA, which the CPU build skips
+      local args
+      args=$(sed -n 's/^# pip-args: //p' "$req")
+      # shellcheck disable=SC2086
+      SAM2_BUILD_CUDA=0 "$VENV/bin/pip" install -q --disable-pip-version-check $args -r "$req"
       cp "$req" "$stamp"
     fi
   done
