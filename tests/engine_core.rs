@@ -289,7 +289,7 @@ fn default_providers_fall_back_to_cpu_and_say_why() {
     let engine = Engine::new(&cfg, &tmp.path().join("var")).unwrap();
     let b = engine.bundle("t").unwrap();
     for kind in GraphKind::ALL {
-        let g = b.graph(kind);
+        let g = b.graph(kind).expect("a contract-1 graph");
         assert_eq!(g.provider.active, Provider::Cpu, "{kind:?}");
         let skipped: Vec<Provider> = g.provider.skipped.iter().map(|(p, _)| *p).collect();
         assert_eq!(

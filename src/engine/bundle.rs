@@ -1,4 +1,5 @@
-//! Model bundles: `models/<name>/manifest.toml` plus four ONNX graphs (contract version 1).
+//! Model bundles: `models/<name>/manifest.toml` plus four ONNX graphs (contract 1, SAM) or six
+//! (contract 2, SAM 2 with a memory bank: see [`super::memory`] and docs/bundles.md).
 //!
 //! Owns parsing manifests, checking every graph's metadata_props, input and output names,
 //! element types and static dimensions against the manifest, and the registry that serves
@@ -18,11 +19,14 @@ use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 use serde::Deserialize;
 
+use super::memory::{refs, MemorySpec};
 use super::runtime::{Provider, ProviderReport, Runtime};
 use super::views::{ResolutionRule, Strategy};
 
-/// The ONNX contract version this engine implements.
+/// The ONNX contract of SAM-family bundles (four graphs, every frame on its own).
 pub const CONTRACT_VERSION: i64 = 1;
+/// The ONNX contract of SAM 2 bundles (six graphs, frames tracked through a memory bank).
+pub const CONTRACT_SAM2: i64 = 2;
 
 /// Why a bundle was refused.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +119,8 @@ struct RawManifest {
     weights: Option<Weights>,
     #[serde(default)]
     resolution: Vec<RawRule>,
+    #[serde(default)]
+    memory: Option<MemorySpec>,
 }
 
 /// One raw `[[resolution]]` table (defaults as the Python reference's `views.Rule`).
@@ -203,18 +209,39 @@ pub struct GraphFiles {
     pub prompt_generator: String,
     /// `mask_decoder.onnx`.
     pub mask_decoder: String,
+    /// `memory_attention.onnx` (contract 2 only).
+    #[serde(default)]
+    pub memory_attention: Option<String>,
+    /// `memory_encoder.onnx` (contract 2 only).
+    #[serde(default)]
+    pub memory_encoder: Option<String>,
+}
+
+impl GraphFiles {
+    /// Every graph file the manifest names, in pipeline order.
+    pub fn all(&self) -> Vec<&String> {
+        let mut v = vec![
+            &self.image_encoder,
+            &self.support_encoder,
+            &self.prompt_generator,
+            &self.mask_decoder,
+        ];
+        v.extend(self.memory_attention.iter());
+        v.extend(self.memory_encoder.iter());
+        v
+    }
 }
 
 /// A parsed and checked `manifest.toml`.
 #[derive(Debug, Clone)]
 pub struct Manifest {
-    /// Contract version (1).
+    /// Contract version (1: SAM, 2: SAM 2).
     pub contract: i64,
     /// Bundle name.
     pub name: String,
     /// Bundle version (text).
     pub version: String,
-    /// Model family ("sam").
+    /// Model family ("sam" with contract 1, "sam2" with contract 2).
     pub family: String,
     /// Input size S: the encoder sees S x S images.
     pub input_size: usize,
@@ -257,6 +284,8 @@ pub struct Manifest {
     /// `objects`, `grid`, `overlap`; optional `note`), in manifest order. Geometry and
     /// semantics: [`super::views`]. Empty when the manifest has none.
     pub resolution: Vec<ResolutionRule>,
+    /// `[memory]`: the memory bank of a contract-2 bundle (None for contract 1).
+    pub memory: Option<MemorySpec>,
 }
 
 impl Manifest {
@@ -270,18 +299,7 @@ impl Manifest {
             path: path.to_owned(),
             message,
         };
-        if raw.contract != CONTRACT_VERSION {
-            return Err(bad(format!(
-                "contract = {} but this engine implements contract {CONTRACT_VERSION}",
-                raw.contract
-            )));
-        }
-        if raw.family != "sam" {
-            return Err(bad(format!(
-                "family = {:?} is not supported (expected \"sam\")",
-                raw.family
-            )));
-        }
+        check_contract(&raw).map_err(bad)?;
         let three = |v: &[f32], key: &str| -> Result<[f32; 3], BundleError> {
             <[f32; 3]>::try_from(v)
                 .map_err(|_| bad(format!("{key} must have 3 values, has {}", v.len())))
@@ -365,6 +383,7 @@ impl Manifest {
                 ..w
             }),
             resolution,
+            memory: raw.memory,
         })
     }
 
@@ -432,12 +451,17 @@ pub enum GraphKind {
     SupportEncoder,
     /// image embeddings, keys, values -> prompt tokens.
     PromptGenerator,
-    /// image embeddings, prompt tokens -> mask logits, IoU scores.
+    /// image embeddings, prompt tokens -> mask logits, IoU scores (contract 2: conditioned
+    /// embeddings -> mask logits, IoU scores, object pointer, object score).
     MaskDecoder,
+    /// Contract 2: image embeddings, prompt memory and bank slots -> conditioned embeddings.
+    MemoryAttention,
+    /// Contract 2: image embeddings, mask logits, object score -> the frame's memory.
+    MemoryEncoder,
 }
 
 impl GraphKind {
-    /// All four, in pipeline order.
+    /// The four of contract 1, in pipeline order.
     pub const ALL: [GraphKind; 4] = [
         GraphKind::ImageEncoder,
         GraphKind::SupportEncoder,
@@ -452,13 +476,15 @@ impl GraphKind {
             GraphKind::SupportEncoder => "support_encoder",
             GraphKind::PromptGenerator => "prompt_generator",
             GraphKind::MaskDecoder => "mask_decoder",
+            GraphKind::MemoryAttention => "memory_attention",
+            GraphKind::MemoryEncoder => "memory_encoder",
         }
     }
 }
 
 /// One expected dimension of a graph input or output.
 #[derive(Debug, Clone, Copy)]
-enum Dim {
+pub(crate) enum Dim {
     /// Must equal this value when static.
     Is(usize),
     /// A batch-like dimension (B, N or K): dynamic, or static and recorded.
@@ -513,6 +539,15 @@ pub struct Bundle {
     pub(crate) support_encoder: Graph,
     pub(crate) prompt_generator: Graph,
     pub(crate) mask_decoder: Graph,
+    /// Contract 2's memory graphs.
+    pub(crate) memory: Option<MemoryGraphs>,
+}
+
+/// The two graphs of a contract-2 bundle's memory bank.
+#[derive(Debug)]
+pub(crate) struct MemoryGraphs {
+    pub(crate) attention: Graph,
+    pub(crate) encoder: Graph,
 }
 
 impl Bundle {
@@ -573,11 +608,29 @@ impl Bundle {
             })
         };
         let g = &m.graphs;
+        let sam2 = m.memory.as_ref();
+        let mut encoder_out: Vec<(&str, Vec<Dim>)> =
+            vec![("image_embeddings", vec![Var("B"), Is(c), Is(h), Is(w)])];
+        if let Some(mem) = sam2 {
+            let [c0, c1] = mem.high_res_channels;
+            encoder_out.push((
+                "high_res_feats_0",
+                vec![Var("B"), Is(c0), Is(4 * h), Is(4 * w)],
+            ));
+            encoder_out.push((
+                "high_res_feats_1",
+                vec![Var("B"), Is(c1), Is(2 * h), Is(2 * w)],
+            ));
+        }
+        let encoder_out: Vec<(&str, &[Dim])> = encoder_out
+            .iter()
+            .map(|(n, d)| (*n, d.as_slice()))
+            .collect();
         let image_encoder = load(
             GraphKind::ImageEncoder,
             &g.image_encoder,
             &[("image", &[Var("B"), Is(3), Is(s), Is(s)])],
-            &[("image_embeddings", &[Var("B"), Is(c), Is(h), Is(w)])],
+            &encoder_out,
         )?;
         let support_encoder = load(
             GraphKind::SupportEncoder,
@@ -599,18 +652,45 @@ impl Bundle {
             ],
             &[("prompt_tokens", &[Var("K"), Is(t), Is(c)])],
         )?;
-        let mask_decoder = load(
-            GraphKind::MaskDecoder,
-            &g.mask_decoder,
-            &[
-                ("image_embeddings", &[Is(1), Is(c), Is(h), Is(w)]),
-                ("prompt_tokens", &[Var("K"), Is(t), Is(c)]),
-            ],
-            &[
-                ("mask_logits", &[Var("K"), Is(1), Is(4 * h), Is(4 * w)]),
-                ("iou_scores", &[Var("K"), Is(1)]),
-            ],
-        )?;
+        let (mask_decoder, memory) = match sam2 {
+            None => (
+                load(
+                    GraphKind::MaskDecoder,
+                    &g.mask_decoder,
+                    &[
+                        ("image_embeddings", &[Is(1), Is(c), Is(h), Is(w)]),
+                        ("prompt_tokens", &[Var("K"), Is(t), Is(c)]),
+                    ],
+                    &[
+                        ("mask_logits", &[Var("K"), Is(1), Is(4 * h), Is(4 * w)]),
+                        ("iou_scores", &[Var("K"), Is(1)]),
+                    ],
+                )?,
+                None,
+            ),
+            Some(mem) => {
+                let sig = super::memory::signatures(mem, c, t, [h, w]);
+                let decoder = load(
+                    GraphKind::MaskDecoder,
+                    &g.mask_decoder,
+                    &refs(&sig.decoder_in),
+                    &refs(&sig.decoder_out),
+                )?;
+                let attention = load(
+                    GraphKind::MemoryAttention,
+                    g.memory_attention.as_deref().unwrap_or_default(),
+                    &refs(&sig.attention_in),
+                    &refs(&sig.attention_out),
+                )?;
+                let encoder = load(
+                    GraphKind::MemoryEncoder,
+                    g.memory_encoder.as_deref().unwrap_or_default(),
+                    &refs(&sig.encoder_in),
+                    &refs(&sig.encoder_out),
+                )?;
+                (decoder, Some(MemoryGraphs { attention, encoder }))
+            }
+        };
         if let Some(k) = dims.objects {
             if k != m.max_objects {
                 return Err(BundleError::Contract {
@@ -637,6 +717,7 @@ impl Bundle {
             support_encoder,
             prompt_generator,
             mask_decoder,
+            memory,
         })
     }
 
@@ -647,26 +728,73 @@ impl Bundle {
 
     /// The provider each graph got.
     pub fn providers(&self) -> Vec<(GraphKind, Provider)> {
-        [
+        let mut v = vec![
             &self.image_encoder,
             &self.support_encoder,
             &self.prompt_generator,
             &self.mask_decoder,
-        ]
-        .iter()
-        .map(|g| (g.kind, g.provider.active))
-        .collect()
+        ];
+        if let Some(m) = &self.memory {
+            v.extend([&m.attention, &m.encoder]);
+        }
+        v.iter().map(|g| (g.kind, g.provider.active)).collect()
     }
 
-    /// The graph of a kind.
-    pub fn graph(&self, kind: GraphKind) -> &Graph {
+    /// The graph of a kind; None for the memory graphs of a contract-1 bundle.
+    pub fn graph(&self, kind: GraphKind) -> Option<&Graph> {
         match kind {
-            GraphKind::ImageEncoder => &self.image_encoder,
-            GraphKind::SupportEncoder => &self.support_encoder,
-            GraphKind::PromptGenerator => &self.prompt_generator,
-            GraphKind::MaskDecoder => &self.mask_decoder,
+            GraphKind::ImageEncoder => Some(&self.image_encoder),
+            GraphKind::SupportEncoder => Some(&self.support_encoder),
+            GraphKind::PromptGenerator => Some(&self.prompt_generator),
+            GraphKind::MaskDecoder => Some(&self.mask_decoder),
+            GraphKind::MemoryAttention => self.memory.as_ref().map(|m| &m.attention),
+            GraphKind::MemoryEncoder => self.memory.as_ref().map(|m| &m.encoder),
         }
     }
+
+    /// True for a contract-2 bundle: its frames are tracked through a memory bank.
+    pub fn tracks_frames(&self) -> bool {
+        self.memory.is_some()
+    }
+}
+
+/// The contract and family agree, and a contract-2 manifest has its `[memory]` table and its two
+/// memory graphs (which a contract-1 manifest must not name).
+fn check_contract(raw: &RawManifest) -> Result<(), String> {
+    let g = &raw.graphs;
+    let memory_graphs = g.memory_attention.is_some() && g.memory_encoder.is_some();
+    match (raw.contract, raw.family.as_str()) {
+        (CONTRACT_VERSION, "sam") => {
+            if raw.memory.is_some() || g.memory_attention.is_some() || g.memory_encoder.is_some() {
+                return Err("[memory] and the memory graphs belong to contract 2 (family \"sam2\")".into());
+            }
+        }
+        (CONTRACT_SAM2, "sam2") => {
+            let Some(mem) = &raw.memory else {
+                return Err("contract 2 needs a [memory] table".into());
+            };
+            if !memory_graphs {
+                return Err(
+                    "contract 2 needs [graphs] memory_attention and memory_encoder".into(),
+                );
+            }
+            mem.check()?;
+            if !raw.resolution.is_empty() {
+                return Err("[[resolution]] rules are not supported with contract 2".into());
+            }
+        }
+        (c @ (CONTRACT_VERSION | CONTRACT_SAM2), f) => {
+            return Err(format!(
+                "family = {f:?} does not go with contract = {c} (contract 1: \"sam\", contract 2: \"sam2\")"
+            ))
+        }
+        (c, _) => {
+            return Err(format!(
+                "contract = {c} but this engine implements contracts {CONTRACT_VERSION} and {CONTRACT_SAM2}"
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// True for a relative path without `..` (or a root or prefix) components.
@@ -730,12 +858,7 @@ fn fingerprint(manifest_text: &str, dir: &Path, g: &GraphFiles) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(manifest_text.as_bytes());
-    for f in [
-        &g.image_encoder,
-        &g.support_encoder,
-        &g.prompt_generator,
-        &g.mask_decoder,
-    ] {
+    for f in g.all() {
         h.update(f.as_bytes());
         // External data files (`<graph>.onnx.data`) count too.
         for p in [dir.join(f), dir.join(format!("{f}.data"))] {
@@ -786,6 +909,9 @@ fn check_metadata(session: &Session, m: &Manifest) -> Result<(), String> {
     }
 }
 
+/// The contract's only integer tensors (contract 2's memory slot rows).
+const INT64_TENSORS: &[&str] = &["frame_tpos"];
+
 fn check_signature(
     what: &str,
     got: &[(String, ValueType)],
@@ -810,9 +936,14 @@ fn check_signature(
         let ValueType::Tensor { ty, shape, .. } = ty else {
             return Err(format!("{what} {name} is not a tensor"));
         };
-        if *ty != TensorElementType::Float32 {
+        let want_ty = if INT64_TENSORS.contains(name) {
+            TensorElementType::Int64
+        } else {
+            TensorElementType::Float32
+        };
+        if *ty != want_ty {
             return Err(format!(
-                "{what} {name} is {ty:?}, the contract says float32"
+                "{what} {name} is {ty:?}, the contract says {want_ty:?}"
             ));
         }
         if shape_want.is_empty() {

@@ -101,6 +101,16 @@ pub fn run_graph(
     inputs: &[(&str, &Tensor)],
     outputs: &[&str],
 ) -> Result<Vec<Tensor>, EngineError> {
+    run_graph_with_ints(graph, inputs, &[], outputs)
+}
+
+/// [`run_graph`] with some 1-D int64 inputs as well (contract 2's `frame_tpos`).
+pub fn run_graph_with_ints(
+    graph: &Graph,
+    inputs: &[(&str, &Tensor)],
+    ints: &[(&str, &[i64])],
+    outputs: &[&str],
+) -> Result<Vec<Tensor>, EngineError> {
     let ort_err = |e: &dyn std::fmt::Display| EngineError::Inference {
         graph: graph.kind.as_str(),
         message: e.to_string(),
@@ -109,6 +119,10 @@ pub fn run_graph(
     for (name, t) in inputs {
         let v = TensorRef::from_array_view((t.shape.clone(), t.data.as_slice()))
             .map_err(|e| ort_err(&e))?;
+        values.push((Cow::Owned(name.to_string()), v.into()));
+    }
+    for (name, v) in ints {
+        let v = TensorRef::from_array_view((vec![v.len()], *v)).map_err(|e| ort_err(&e))?;
         values.push((Cow::Owned(name.to_string()), v.into()));
     }
     let mut session = graph
@@ -131,7 +145,7 @@ pub fn run_graph(
     Ok(res)
 }
 
-fn expect_shape(
+pub(crate) fn expect_shape(
     graph: &'static str,
     what: &str,
     t: &Tensor,
@@ -235,7 +249,6 @@ pub fn compute_support_context(
             masks[(i * k + j) * s * s..(i * k + j + 1) * s * s].copy_from_slice(&pm);
         }
     }
-    let emb = encode_images(bundle, &images, n, max_batch)?;
     let images = Tensor {
         shape: vec![n, 3, s, s],
         data: images,
@@ -244,11 +257,26 @@ pub fn compute_support_context(
         shape: vec![n, k, s, s],
         data: masks,
     };
+    support_context_of(bundle, &images, &masks, k_real, max_batch)
+}
+
+/// The support context of model-ready support tensors: `images` `[N, 3, S, S]` (normalised,
+/// padded) and `masks` `[N, K, S, S]`, of which the first `objects` are the set's.
+pub fn support_context_of(
+    bundle: &Bundle,
+    images: &Tensor,
+    masks: &Tensor,
+    objects: usize,
+    max_batch: usize,
+) -> Result<SupportContext, EngineError> {
+    let n = images.shape[0];
+    // contract 2's image encoder has two more outputs; only the embeddings are read here
+    let emb = encode_images(bundle, &images.data, n, max_batch)?;
     let mut r = run_graph(
         &bundle.support_encoder,
         &[
-            ("support_images", &images),
-            ("support_masks", &masks),
+            ("support_images", images),
+            ("support_masks", masks),
             ("support_embeddings", &emb),
         ],
         &["support_keys", "support_values"],
@@ -258,7 +286,7 @@ pub fn compute_support_context(
     Ok(SupportContext {
         keys,
         values,
-        objects: k_real,
+        objects,
         pairs: n,
     })
 }
@@ -387,7 +415,7 @@ fn decode(
 }
 
 /// Object `j`'s low-resolution logits -> logits at the source size of `g`.
-fn object_logits(bundle: &Bundle, low: &Tensor, j: usize, g: &Geometry) -> Vec<f32> {
+pub(crate) fn object_logits(bundle: &Bundle, low: &Tensor, j: usize, g: &Geometry) -> Vec<f32> {
     let (lh, lw) = (
         bundle.manifest.low_res_size[0],
         bundle.manifest.low_res_size[1],
@@ -396,7 +424,7 @@ fn object_logits(bundle: &Bundle, low: &Tensor, j: usize, g: &Geometry) -> Vec<f
 }
 
 /// `[planes.len(), rows, cols]` from per-object planes.
-fn stack(planes: &[Vec<f32>], rows: usize, cols: usize) -> Tensor {
+pub(crate) fn stack(planes: &[Vec<f32>], rows: usize, cols: usize) -> Tensor {
     Tensor {
         shape: vec![planes.len(), rows, cols],
         data: planes.concat(),

@@ -20,6 +20,7 @@
 
 pub mod bundle;
 pub mod infer;
+pub mod memory;
 pub mod offline;
 pub mod preprocess;
 pub mod runtime;
@@ -36,6 +37,7 @@ pub use infer::{
     FrameResult, FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor, ViewPass,
     ViewTensors,
 };
+pub use memory::{MemoryBank, MemorySpec};
 pub use preprocess::Geometry;
 pub use runtime::{LibrarySearch, Provider, RuntimeError};
 pub use support::{Mask, SupportObject, SupportPair, SupportSet};
@@ -363,28 +365,16 @@ impl Engine {
         frames: Vec<Frame>,
         opts: SegmentOptions,
     ) -> Result<Segmentation, EngineError> {
-        if frames.is_empty() {
-            return Err(EngineError::NoFrames);
-        }
-        for (index, f) in frames.iter().enumerate() {
-            if !matches!(f.channels, 1 | 3)
-                || f.rows == 0
-                || f.cols == 0
-                || f.data.len() != f.rows * f.cols * f.channels
-            {
-                return Err(EngineError::BadFrame {
-                    index,
-                    message: format!(
-                        "{}x{}x{} with {} values",
-                        f.rows,
-                        f.cols,
-                        f.channels,
-                        f.data.len()
-                    ),
-                });
-            }
-        }
+        check_frames(&frames)?;
         let b = self.bundle(bundle)?;
+        if let Some(spec) = &b.manifest.memory {
+            // A contract-2 bundle tracks the call's frames as one sequence.
+            let bank = MemoryBank::new(spec, frames.len(), None);
+            return self
+                .segment_sequence_with(bundle, set, frames, bank, opts)
+                .await
+                .map(|(seg, _)| seg);
+        }
         let t0 = Instant::now();
         let before = self.support_stats();
         let ctx = self.support_context(bundle, set).await?;
@@ -419,6 +409,114 @@ impl Engine {
             timings,
         })
     }
+}
+
+impl Engine {
+    /// A memory bank for a sequence of `num_frames` frames (a cine loop, or a volume's slices
+    /// in order) when the bundle tracks frames (contract 2); None for a contract-1 bundle.
+    /// `recent`: frames of spatial memory (default: the manifest's `recent_frames`).
+    pub fn memory_bank(
+        &self,
+        bundle: &str,
+        num_frames: usize,
+        recent: Option<usize>,
+    ) -> Result<Option<MemoryBank>, EngineError> {
+        let b = self.bundle(bundle)?;
+        Ok(b.manifest
+            .memory
+            .as_ref()
+            .map(|spec| MemoryBank::new(spec, num_frames, recent)))
+    }
+
+    /// Segments the next `frames` of a sequence through its memory bank (contract 2), in
+    /// order; call again with the returned bank for the sequence's next frames.
+    pub async fn segment_sequence(
+        &self,
+        bundle: &str,
+        set: &SupportSet,
+        frames: Vec<Frame>,
+        bank: MemoryBank,
+    ) -> Result<(Segmentation, MemoryBank), EngineError> {
+        check_frames(&frames)?;
+        self.segment_sequence_with(bundle, set, frames, bank, SegmentOptions::default())
+            .await
+    }
+
+    async fn segment_sequence_with(
+        &self,
+        bundle: &str,
+        set: &SupportSet,
+        frames: Vec<Frame>,
+        mut bank: MemoryBank,
+        opts: SegmentOptions,
+    ) -> Result<(Segmentation, MemoryBank), EngineError> {
+        let b = self.bundle(bundle)?;
+        let t0 = Instant::now();
+        let before = self.support_stats();
+        let ctx = self.support_context(bundle, set).await?;
+        let after = self.support_stats();
+        let mut timings = StageTimings::default();
+        if after.computed != before.computed || after.disk_hits != before.disk_hits {
+            timings.support_context = t0.elapsed();
+        }
+        let permit = self
+            .inner
+            .workers
+            .acquire()
+            .await
+            .map_err(|_| EngineError::Internal("worker semaphore closed".into()))?;
+        let b2 = b.clone();
+        let (results, t, bank) = tokio::task::spawn_blocking(move || {
+            let mut t = StageTimings::default();
+            let start = bank.position();
+            memory::track::segment_tracked(&b2, &ctx, &mut bank, &frames, opts, &mut t).map(
+                |mut r| {
+                    for fr in &mut r {
+                        fr.index += start;
+                    }
+                    (r, t, bank)
+                },
+            )
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("inference task failed: {e}")))??;
+        drop(permit);
+        timings.add(&t);
+        let seg = Segmentation {
+            bundle: b.id(),
+            context: context_key(&b, set),
+            objects: set.objects.clone(),
+            frames: results,
+            timings,
+        };
+        Ok((seg, bank))
+    }
+}
+
+/// Every frame has a size and a buffer that match, with 1 or 3 channels.
+fn check_frames(frames: &[Frame]) -> Result<(), EngineError> {
+    if frames.is_empty() {
+        return Err(EngineError::NoFrames);
+    }
+    for (index, f) in frames.iter().enumerate() {
+        if !matches!(f.channels, 1 | 3)
+            || f.rows == 0
+            || f.cols == 0
+            || f.data.len() != f.rows * f.cols * f.channels
+        {
+            return Err(EngineError::BadFrame {
+                index,
+                message: format!(
+                    "{}x{}x{} with {} values",
+                    f.rows,
+                    f.cols,
+                    f.channels,
+                    f.data.len()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The cache identity of a set's context for a bundle.

@@ -331,3 +331,78 @@ impl Parity {
         );
     }
 }
+
+/// The contract-2 test bundle: SAM 2.1 hiera-tiny with random weights at input size 256 and
+/// its 16-frame parity fixtures, exported by scripts/model (`sam2_export --random-weights`)
+/// into `target/sam2-random/<models>/sam2-random` once per change of the export code (~20 s).
+/// Returns the bundle folder; its parent is a models folder holding only it.
+pub fn sam2_random_bundle() -> PathBuf {
+    use sha2::{Digest, Sha256};
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let src = root().join("scripts/model/proxyseg_model");
+    let mut h = Sha256::new();
+    for f in [
+        "sam2_export.py",
+        "sam2_graphs.py",
+        "sam2_track.py",
+        "memory_attention.py",
+        "ppg.py",
+        "csm.py",
+        "ccm.py",
+        "export.py",
+    ] {
+        h.update(std::fs::read(src.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")));
+    }
+    let stamp = hex::encode(h.finalize())[..12].to_string();
+    let models = root().join("target/sam2-random").join(&stamp);
+    let bundle = models.join("sam2-random");
+    if bundle.join("fixtures/fixtures.json").is_file() {
+        return bundle;
+    }
+    let _ = std::fs::remove_dir_all(root().join("target/sam2-random"));
+    let out = Command::new(python())
+        .current_dir(root().join("scripts/model"))
+        .args([
+            "-m",
+            "proxyseg_model.sam2_export",
+            "--config",
+            "sam2.1_hiera_t",
+        ])
+        .args([
+            "--random-weights",
+            "--image-size",
+            "256",
+            "--fixtures",
+            "16",
+        ])
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .expect("run sam2_export");
+    assert!(
+        out.status.success(),
+        "sam2_export failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bundle
+}
+
+/// A raw little-endian f32 file of a fixtures.json with `shapes` and `files` maps.
+pub fn clip_tensor(bundle: &Path, doc: &Value, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let file = doc["files"][key].as_str().expect(key);
+    let shape: Vec<usize> = doc["shapes"][key]
+        .as_array()
+        .expect(key)
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let bytes = std::fs::read(bundle.join("fixtures").join(file)).expect(file);
+    let data: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>(), "{file}");
+    (shape, data)
+}
