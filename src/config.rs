@@ -281,6 +281,24 @@ pub struct PipelineConfig {
     pub max_jobs_per_study: u32,
     /// The window of `max_jobs_per_study`, in hours.
     pub loop_window_h: f64,
+    /// With a bundle that tracks frames (contract 2, SAM 2): `auto` (default) tracks
+    /// multi-frame ultrasound and volumes through the memory bank and segments other series
+    /// frame by frame; `memory` tracks every series; `per-frame` none (see
+    /// `pipeline::sequence`). Contract-1 bundles always segment frame by frame.
+    pub sequence_mode: SequenceMode,
+}
+
+/// `pipeline.sequence_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SequenceMode {
+    /// Memory for multi-frame ultrasound and for volumes, frame by frame otherwise.
+    #[default]
+    Auto,
+    /// Every series through the memory bank.
+    Memory,
+    /// Every frame on its own.
+    PerFrame,
 }
 
 impl PipelineConfig {
@@ -305,6 +323,7 @@ impl Default for PipelineConfig {
             memory_budget_mb: None,
             max_jobs_per_study: 5,
             loop_window_h: 24.0,
+            sequence_mode: SequenceMode::Auto,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! computed once per support set; a study no rule claims is recorded as unmatched.
 
 mod common;
+mod engine_common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -409,4 +410,97 @@ fn jobs_wait_for_pixel_memory_instead_of_exceeding_the_budget() {
         metrics.contains("proxyseg_memory_reserved_bytes 0"),
         "every reservation is given back: {metrics}"
     );
+}
+
+/// A SAM 2 bundle (contract 2: the real hiera-tiny architecture, random weights) tracks the US
+/// cine (one multi-frame instance, in frame order) and the MR volume (8 single-frame slices, sent
+/// in reverse and tracked along the slice normal) through its memory bank, and every frame
+/// comes back in a valid SEG (issue 15 items 2 and 4).
+#[test]
+fn a_sam2_bundle_tracks_cine_and_volumes_through_the_pipeline() {
+    let bundle = engine_common::sam2_random_bundle();
+    let models = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&bundle, models.path().join("sam2-random")).unwrap();
+    let sets = models.path().join("sets/support-sets");
+    std::fs::create_dir_all(&sets).unwrap();
+    for set in ["us-intrapartum-ps-fh", "mr-prostate"] {
+        let src = root().join("models/phantom-tiny/support-sets").join(set);
+        let out = run("cp", &["-r", src.to_str().unwrap(), sets.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        let toml = sets.join(set).join("supportset.toml");
+        let t = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(
+            &toml,
+            t.replace("bundle = \"phantom-tiny\"", "bundle = \"sam2-random\""),
+        )
+        .unwrap();
+    }
+    let pacs_dir = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let _pacs = pacs_scp(pacs_port, pacs_dir.path(), &[]);
+    // the delivery tables' [engine] table, pointed at the SAM 2 models folder
+    let extra = pacs_delivery_tables(pacs_port).replace(
+        &format!("models_dir = \"{}\"", root().join("models").display()),
+        &format!(
+            "models_dir = \"{}\"\nproviders = [\"cpu\"]\ndefault_bundle = \"sam2-random\"",
+            models.path().display()
+        ),
+    );
+    let d = Daemon::start(Opts {
+        extra,
+        stable_age_s: 1.0,
+        ..Opts::default()
+    });
+    let port = d.port.to_string();
+    let mut mr = dcm_files(&demo("mr"));
+    mr.reverse();
+    for files in [dcm_files(&demo("us")), mr] {
+        let mut args: Vec<&str> =
+            vec!["-R", "-aet", "PACS", "-aec", "PROXYSEG", "127.0.0.1", &port];
+        args.extend(files.iter().map(String::as_str));
+        let out = run("storescu", &args);
+        assert!(out.status.success(), "storescu:\n{}", text(&out));
+    }
+    wait_for("both jobs to settle", 300, &d, || {
+        let s = job_states(&d);
+        s.len() == 2 && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
+    });
+    let states = job_states(&d);
+    assert!(
+        states.iter().all(|(_, s)| s == "delivered"),
+        "{states:?}\n{}",
+        d.log()
+    );
+    let log = d.log();
+    assert_eq!(
+        log.matches("series tracked through the memory bank")
+            .count(),
+        2,
+        "{log}"
+    );
+    let mut frames: Vec<u64> = std::fs::read_dir(pacs_dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .map(|seg| {
+            let o = Command::new("dciodvfy").arg(&seg).output().unwrap();
+            let errs = String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .filter(|l| l.starts_with("Error"))
+                .count();
+            assert!(
+                o.status.success() && errs == 0,
+                "{} fails dciodvfy",
+                seg.display()
+            );
+            let chk = run_py("seg_check.py", &[seg.to_str().unwrap()]);
+            assert!(chk.status.success(), "{}", text(&chk));
+            let v: serde_json::Value = serde_json::from_slice(&chk.stdout).unwrap();
+            v["frames"].as_u64().unwrap()
+        })
+        .collect();
+    frames.sort_unstable();
+    // every source frame referenced once per segment: MR 8 slices x 1, US 8 frames x 2
+    assert_eq!(frames, vec![8, 16], "SEG frames");
 }

@@ -17,10 +17,11 @@
 use crate::config::Config;
 use crate::dicom::pixels::{self, ImageSize};
 use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
-use crate::engine::Engine;
+use crate::engine::{Engine, MemoryBank};
 use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::pipeline::catalog::{Catalog, LoadedSupportSet, Route, SeriesInfo, StudyInfo};
+use crate::pipeline::sequence::{self, Plan, SliceInfo};
 use crate::store::jobs::{self, JobState};
 use crate::store::peer_studies::{self, PeerStudy};
 use crate::store::{db, outbox, Db};
@@ -624,29 +625,9 @@ async fn segment_series(
         return Ok(None);
     }
     // masks[source][frame][segment]
-    let mut masks: Vec<Vec<Vec<Vec<u8>>>> = Vec::with_capacity(sources.len());
+    let mut masks: Vec<Vec<Vec<Vec<u8>>>> = vec![Vec::new(); sources.len()];
     let chunk = p.cfg.pipeline.chunk_frames.max(1);
-    let mut pending: Vec<(usize, pixels::Frame)> = Vec::new();
     let bundle = job.bundle.clone();
-    let flush = |pending: Vec<(usize, pixels::Frame)>| async {
-        let owners: Vec<usize> = pending.iter().map(|(o, _)| *o).collect();
-        let frames: Vec<_> = pending.into_iter().map(|(_, f)| f).collect();
-        let t0 = Instant::now();
-        let n = frames.len();
-        let r = engine
-            .segment(&bundle, &set.set, frames)
-            .await
-            .map_err(|e| fail(format!("inference: {e}")))?;
-        let per = t0.elapsed().as_secs_f64() / n.max(1) as f64;
-        for _ in 0..n {
-            p.metrics.observe(
-                "proxyseg_stage_seconds",
-                &[("stage", "inference_per_image")],
-                per,
-            );
-        }
-        Ok::<_, JobFailure>((owners, r))
-    };
     // What the series costs, checked against the per-job budget before anything is decoded
     // (also for instances stored before the C-STORE check existed), then reserved from the
     // budget all jobs share: the job waits here while others hold it (issue 16 item 1).
@@ -677,45 +658,82 @@ async fn segment_series(
         ));
     }
     let _memory = reserve_memory(p, job, need).await?;
-    for (i, src) in sources.iter().enumerate() {
-        // One frame at a time: a blocking thread decodes into a channel of `chunk` frames, so
-        // at most 2 x chunk + 1 frames of this instance exist at once.
-        let path = src.path.clone();
-        let (tx, mut rx) = mpsc::channel::<Result<pixels::Frame, pixels::PixelError>>(chunk);
-        let producer = tokio::task::spawn_blocking(move || {
-            let source = match pixels::FrameSource::open(&path) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
+    // A bundle that tracks frames (SAM 2) runs each sequence (a cine loop, a volume in slice
+    // order) through one memory bank; otherwise every frame is on its own (issue 15).
+    let tracks = engine
+        .bundle(&bundle)
+        .map(|b| b.tracks_frames())
+        .unwrap_or(false);
+    let infos: Vec<SliceInfo> = sources.iter().map(|s| SliceInfo::of(&s.header)).collect();
+    let modality = element_text(&sources[0].header, tags::MODALITY);
+    let groups: Vec<(Vec<usize>, Option<usize>)> =
+        match sequence::plan(&infos, &modality, p.cfg.pipeline.sequence_mode, tracks)
+            .map_err(|e| fail(format!("series {series_uid}: {e}")))?
+        {
+            Plan::PerFrame => vec![((0..sources.len()).collect(), None)],
+            Plan::Memory(seqs) => {
+                tracing::info!(
+                    series = %series_uid,
+                    sequences = seqs.len(),
+                    frames = seqs.iter().map(|s| s.frames).sum::<usize>(),
+                    "series tracked through the memory bank"
+                );
+                seqs.into_iter()
+                    .map(|s| (s.instances, Some(s.frames)))
+                    .collect()
+            }
+        };
+    let run = Chunks {
+        p,
+        engine,
+        bundle: &bundle,
+        set: &set.set,
+        tracks,
+    };
+    for (instances, frames) in groups {
+        let mut bank = match frames {
+            Some(n) => engine
+                .memory_bank(&bundle, n, None)
+                .map_err(|e| fail(format!("inference: {e}")))?,
+            None => None,
+        };
+        let mut pending: Vec<(usize, pixels::Frame)> = Vec::new();
+        for &i in &instances {
+            let src = &sources[i];
+            // One frame at a time: a blocking thread decodes into a channel of `chunk` frames,
+            // so at most 2 x chunk + 1 frames of this instance exist at once.
+            let path = src.path.clone();
+            let (tx, mut rx) = mpsc::channel::<Result<pixels::Frame, pixels::PixelError>>(chunk);
+            let producer = tokio::task::spawn_blocking(move || {
+                let source = match pixels::FrameSource::open(&path) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                for f in 0..source.len() {
+                    let frame = source.frame(f);
+                    let failed = frame.is_err();
+                    if tx.blocking_send(frame).is_err() || failed {
+                        return;
+                    }
                 }
-            };
-            for f in 0..source.len() {
-                let frame = source.frame(f);
-                let failed = frame.is_err();
-                if tx.blocking_send(frame).is_err() || failed {
-                    return;
+            });
+            while let Some(frame) = rx.recv().await {
+                let frame =
+                    frame.map_err(|e| fail(format!("pixels of {}: {e}", src.path.display())))?;
+                pending.push((i, frame));
+                if pending.len() >= chunk {
+                    bank = run
+                        .flush(std::mem::take(&mut pending), bank, &mut masks)
+                        .await?;
                 }
             }
-        });
-        masks.push(Vec::new());
-        while let Some(frame) = rx.recv().await {
-            let frame =
-                frame.map_err(|e| fail(format!("pixels of {}: {e}", src.path.display())))?;
-            pending.push((i, frame));
-            if pending.len() >= chunk {
-                let (owners, r) = flush(std::mem::take(&mut pending)).await?;
-                for (o, fr) in owners.into_iter().zip(r.frames) {
-                    masks[o].push(fr.masks.into_iter().map(|m| m.data).collect());
-                }
-            }
+            producer.await.map_err(|e| fail(e.to_string()))?;
         }
-        producer.await.map_err(|e| fail(e.to_string()))?;
-    }
-    if !pending.is_empty() {
-        let (owners, r) = flush(std::mem::take(&mut pending)).await?;
-        for (o, fr) in owners.into_iter().zip(r.frames) {
-            masks[o].push(fr.masks.into_iter().map(|m| m.data).collect());
+        if !pending.is_empty() {
+            run.flush(pending, bank, &mut masks).await?;
         }
     }
     let t0 = Instant::now();
@@ -767,6 +785,90 @@ async fn segment_series(
         t0.elapsed().as_secs_f64(),
     );
     Ok(Some((path, sop_uid)))
+}
+
+/// Segments chunks of a series' frames: per frame, or through a sequence's memory bank.
+struct Chunks<'a> {
+    p: &'a Pipeline,
+    engine: &'a Engine,
+    bundle: &'a str,
+    set: &'a crate::engine::SupportSet,
+    tracks: bool,
+}
+
+impl Chunks<'_> {
+    /// Segments `pending` (frames with the index of their instance) and appends each frame's
+    /// masks to its instance in `masks`; returns the bank for the sequence's next frames.
+    async fn flush(
+        &self,
+        pending: Vec<(usize, pixels::Frame)>,
+        bank: Option<MemoryBank>,
+        masks: &mut [Vec<Vec<Vec<u8>>>],
+    ) -> Result<Option<MemoryBank>, JobFailure> {
+        let owners: Vec<usize> = pending.iter().map(|(o, _)| *o).collect();
+        let frames: Vec<_> = pending.into_iter().map(|(_, f)| f).collect();
+        let t0 = Instant::now();
+        let n = frames.len();
+        let infer = |e: crate::engine::EngineError| fail(format!("inference: {e}"));
+        let (results, bank) = match bank {
+            Some(b) => {
+                let (seg, b) = self
+                    .engine
+                    .segment_sequence(self.bundle, self.set, frames, b)
+                    .await
+                    .map_err(infer)?;
+                (seg.frames, Some(b))
+            }
+            // A tracking bundle segments a frame on its own as a sequence of one.
+            None if self.tracks => {
+                let mut out = Vec::with_capacity(n);
+                for f in frames {
+                    let one = self
+                        .engine
+                        .memory_bank(self.bundle, 1, None)
+                        .map_err(infer)?
+                        .ok_or_else(|| fail("inference: the bundle stopped tracking frames"))?;
+                    let (seg, _) = self
+                        .engine
+                        .segment_sequence(self.bundle, self.set, vec![f], one)
+                        .await
+                        .map_err(infer)?;
+                    out.extend(seg.frames);
+                }
+                (out, None)
+            }
+            None => (
+                self.engine
+                    .segment(self.bundle, self.set, frames)
+                    .await
+                    .map_err(infer)?
+                    .frames,
+                None,
+            ),
+        };
+        let per = t0.elapsed().as_secs_f64() / n.max(1) as f64;
+        for _ in 0..n {
+            self.p.metrics.observe(
+                "proxyseg_stage_seconds",
+                &[("stage", "inference_per_image")],
+                per,
+            );
+        }
+        for (o, fr) in owners.into_iter().zip(results) {
+            masks[o].push(fr.masks.into_iter().map(|m| m.data).collect());
+        }
+        Ok(bank)
+    }
+}
+
+/// A header element as trimmed text ("" when absent).
+fn element_text(h: &dicom_object::DefaultDicomObject, tag: dicom_core::Tag) -> String {
+    h.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Reserves `need` bytes from the shared memory budget, waiting while other jobs hold it

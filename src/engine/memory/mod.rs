@@ -142,7 +142,7 @@ pub fn slots(t: usize, num_frames: usize, recent: usize, spec: &MemorySpec) -> S
     }
     let mut frames = vec![(0, spec.frame_slots as i64 - 1)];
     for age in (1..=recent).rev() {
-        if t >= age + 1 {
+        if t > age {
             frames.push((t - age, age as i64 - 1));
         }
     }
