@@ -62,14 +62,12 @@ class MemoryAttentionGraph(nn.Module):
         layer = self.mem.layers[0]
         sc, ss = _rope_tables(layer.self_attn, h, w)
         cc, cs = _rope_tables(layer.cross_attn_image, h, w)
-        self.register_buffer("sa_cos", sc, persistent=False)
-        self.register_buffer("sa_sin", ss, persistent=False)
-        # keys of the M spatial slots are rotated slot by slot with the same angles (SAM 2's
-        # rope_k_repeat), slot-major like the concatenated memory
-        self.register_buffer("ca_cos", cc, persistent=False)
-        self.register_buffer("ca_sin", cs, persistent=False)
-        self.register_buffer("ca_cos_k", cc.repeat(frame_slots, 1), persistent=False)
-        self.register_buffer("ca_sin_k", cs.repeat(frame_slots, 1), persistent=False)
+        # persistent, so the export keeps one initializer each, shared by the layers (traced
+        # non-persistent buffers become a constant per use: 340 MB at 1024 x 1024)
+        self.register_buffer("sa_cos", sc)
+        self.register_buffer("sa_sin", ss)
+        self.register_buffer("ca_cos", cc)
+        self.register_buffer("ca_sin", cs)
 
     def pointer_pos(self, pos: torch.Tensor) -> torch.Tensor:
         """SAM 2's temporal encoding of object pointers: P normalised distances -> P x Dm."""
@@ -79,16 +77,21 @@ class MemoryAttentionGraph(nn.Module):
         dim = s.hidden_dim if s.proj_tpos_enc_in_obj_ptrs else s.mem_dim
         return s.obj_ptr_tpos_proj(get_1d_sine_pe(pos, dim=dim))
 
-    def _attend(self, attn, q, k, v, bias, rope_q, rope_k, n_rope: int):
+    def _attend(self, attn, q, k, v, bias, rope_q, rope_k, slots: int):
         q, k, v = attn.q_proj(q), attn.k_proj(k), attn.v_proj(v)
         q = attn._separate_heads(q, attn.num_heads)
         k = attn._separate_heads(k, attn.num_heads)
         v = attn._separate_heads(v, attn.num_heads)
         q = _rotate(q, *rope_q)
-        if n_rope == k.shape[-2]:
+        if slots == 0:
             k = _rotate(k, *rope_k)
-        elif n_rope > 0:
-            k = torch.cat([_rotate(k[:, :, :n_rope], *rope_k), k[:, :, n_rope:]], dim=2)
+        else:
+            # the keys of the M spatial slots are rotated slot by slot with the same angles
+            # (SAM 2's rope_k_repeat); pointer and prompt tokens after them are not rotated
+            n_rope = slots * rope_k[0].shape[0]
+            b, heads, _, d = k.shape
+            spatial = _rotate(k[:, :, :n_rope].reshape(b, heads, slots, -1, d), *rope_k).flatten(2, 3)
+            k = torch.cat([spatial, k[:, :, n_rope:]], dim=2)
         scores = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5)
         if bias is not None:
             scores = scores + bias
@@ -129,7 +132,6 @@ class MemoryAttentionGraph(nn.Module):
         valid = torch.cat([frame_valid.repeat_interleave(h * w), ptr_valid.repeat_interleave(split),
                            torch.ones(prompt_tok.shape[1], dtype=frame_valid.dtype)])
         bias = ((1.0 - valid) * MASKED).reshape(1, 1, 1, -1)
-        n_rope = self.frame_slots * h * w
 
         out = curr
         if self.mem.pos_enc_at_input:
@@ -138,12 +140,13 @@ class MemoryAttentionGraph(nn.Module):
         for layer in self.mem.layers:
             t = layer.norm1(out)
             q = t + curr_pos if layer.pos_enc_at_attn else t
-            out = out + self._attend(layer.self_attn, q, q, t, None, sa_rope, sa_rope, q.shape[1])
+            out = out + self._attend(layer.self_attn, q, q, t, None, sa_rope, sa_rope, 0)
             t = layer.norm2(out)
             q = t + curr_pos if layer.pos_enc_at_cross_attn_queries else t
             key = memory + memory_pos if layer.pos_enc_at_cross_attn_keys else memory
-            out = out + self._attend(layer.cross_attn_image, q, key, memory, bias, (self.ca_cos, self.ca_sin),
-                                     (self.ca_cos_k, self.ca_sin_k), n_rope)
+            ca_rope = (self.ca_cos, self.ca_sin)
+            out = out + self._attend(layer.cross_attn_image, q, key, memory, bias, ca_rope, ca_rope,
+                                     self.frame_slots)
             t = layer.norm3(out)
             out = out + layer.linear2(layer.activation(layer.linear1(t)))
         out = self.mem.norm(out)
