@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod db;
+pub mod ingest;
 pub mod instances;
 pub mod jobs;
 pub mod outbox;
