@@ -454,23 +454,53 @@ fn a_sam2_bundle_tracks_cine_and_volumes_through_the_pipeline() {
     let port = d.port.to_string();
     let mut mr = dcm_files(&demo("mr"));
     mr.reverse();
-    for files in [dcm_files(&demo("us")), mr] {
+    // a copy of the volume as a study of its own, with slice 2 moved onto slice 1's position
+    let dup_dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, pydicom
+from pydicom.uid import generate_uid
+out, files = sys.argv[1], sys.argv[2:]
+study, series, first = generate_uid(), generate_uid(), None
+for i, f in enumerate(sorted(files)):
+    ds = pydicom.dcmread(f)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    first = first or list(ds.ImagePositionPatient)
+    if i == 1:
+        ds.ImagePositionPatient = first
+    ds.save_as(f"{out}/dup-{i}.dcm")
+"#;
+    let mut py = vec!["-c", script, dup_dir.path().to_str().unwrap()];
+    py.extend(mr.iter().map(String::as_str));
+    let out = Command::new(python()).args(&py).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let dup = dcm_files(dup_dir.path());
+    for files in [dcm_files(&demo("us")), mr, dup] {
         let mut args: Vec<&str> =
             vec!["-R", "-aet", "PACS", "-aec", "PROXYSEG", "127.0.0.1", &port];
         args.extend(files.iter().map(String::as_str));
         let out = run("storescu", &args);
         assert!(out.status.success(), "storescu:\n{}", text(&out));
     }
-    wait_for("both jobs to settle", 300, &d, || {
+    wait_for("the three jobs to settle", 300, &d, || {
         let s = job_states(&d);
-        s.len() == 2 && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
+        s.len() == 3 && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
     });
     let states = job_states(&d);
-    assert!(
-        states.iter().all(|(_, s)| s == "delivered"),
-        "{states:?}\n{}",
-        d.log()
-    );
+    let delivered = states.iter().filter(|(_, s)| s == "delivered").count();
+    assert_eq!(delivered, 2, "{states:?}\n{}", d.log());
+    // the volume with two slices at one position fails with the reason, nothing half-tracked
+    let errors: Vec<String> = d
+        .db()
+        .prepare("SELECT error FROM jobs WHERE state = 'failed'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("duplicated slices"), "{errors:?}");
+    assert!(d.echo(), "the daemon keeps serving");
     let log = d.log();
     assert_eq!(
         log.matches("series tracked through the memory bank")
