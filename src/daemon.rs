@@ -507,6 +507,16 @@ async fn serve_metrics(
                 &[("result", "computed")],
                 st.computed as f64,
             );
+            m.set(
+                "proxyseg_support_embeddings_total",
+                &[("result", "computed")],
+                st.embeddings_computed as f64,
+            );
+            m.set(
+                "proxyseg_support_embeddings_total",
+                &[("result", "reused")],
+                st.embeddings_reused as f64,
+            );
         }
         m.set(
             "proxyseg_deliveries_total",
@@ -605,6 +615,7 @@ fn describe_metrics(m: &crate::metrics::Metrics) {
         ("proxyseg_memory_waits_total", "counter", "Jobs that waited for pixel memory other jobs held."),
         ("proxyseg_buffer_waits_total", "counter", "Associations that waited for receive-buffer memory (dicom.max_buffered_mb) other associations held."),
         ("proxyseg_support_cache_total", "counter", "Support-context cache lookups by result (hit, disk, computed)."),
+        ("proxyseg_support_embeddings_total", "counter", "Support images encoded for a support context (computed) or taken from an earlier one (reused)."),
         (crate::store::retention::PURGED_STUDIES, "counter", "Studies purged (files and index rows), by who asked (retention, admin) and how they ended (finished, failed)."),
         (crate::store::retention::PURGED_BYTES, "counter", "Bytes removed from disk by purges and leftover sweeps."),
     ] {

@@ -71,6 +71,13 @@ fn support_context_is_computed_once_per_version_and_survives_restart() {
             1,
             "the old version is dropped from memory"
         );
+        // v2's two pairs are v1's first two: their images are not encoded again
+        let s = engine.support_stats();
+        assert_eq!(
+            (s.embeddings_computed, s.embeddings_reused),
+            (3, 2),
+            "support images encoded once: {s:?}"
+        );
     });
     let files = std::fs::read_dir(data.join("cache/support"))
         .unwrap()
@@ -222,7 +229,8 @@ fn bad_bundles_are_refused_with_reasons_and_good_ones_served() {
         std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
     };
     edit("dim", "embed_dim = 8", "embed_dim = 16");
-    edit("contract", "contract = 1", "contract = 2");
+    edit("contract", "contract = 1", "contract = 3");
+    edit("family", "contract = 1", "contract = 2");
     edit(
         "missing",
         "mask_decoder = \"mask_decoder.onnx\"",
@@ -261,8 +269,9 @@ fn bad_bundles_are_refused_with_reasons_and_good_ones_served() {
         })
         .collect();
     let expect = [
-        ("contract", "contract = 2 but this engine implements contract 1"),
+        ("contract", "contract = 3 but this engine implements contracts 1 and 2"),
         ("dim", "metadata_props embed_dim = \"8\" but the manifest says 16"),
+        ("family", "family = \"sam\" does not go with contract = 2"),
         ("meta", "metadata_props name = \"other-name\" but the manifest says \"meta\""),
         ("missing", "mask_decoder graph file is missing"),
         ("swap", "inputs are [\"image_embeddings\", \"prompt_tokens\"] but the contract says [\"image_embeddings\", \"support_keys\", \"support_values\"]"),

@@ -39,6 +39,7 @@ fn rust_frame_loop_matches_onnxruntime_over_a_16_frame_clip() {
         &Tensor::new(ms, smask).unwrap(),
         k,
         1,
+        None,
     )
     .expect("support context");
     let n = fs[0];

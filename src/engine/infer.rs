@@ -14,6 +14,7 @@ use ort::session::SessionInputValue;
 use ort::value::TensorRef;
 
 use super::bundle::{Bundle, Graph};
+use super::embedding_cache::{Embedding, EmbeddingCache};
 use super::preprocess::{postprocess_logits, prepare_image, prepare_mask, Geometry};
 use super::support::{Mask, SupportSet};
 use super::views::{self, Crop, MatchedRule, Strategy, TileMean};
@@ -217,11 +218,13 @@ pub struct SupportContext {
     pub pairs: usize,
 }
 
-/// image_encoder on the support images, then support_encoder (CSM steps 1-2).
+/// image_encoder on the support images (each image once per bundle while `cache` holds it),
+/// then support_encoder (CSM steps 1-2).
 pub fn compute_support_context(
     bundle: &Bundle,
     set: &SupportSet,
     max_batch: usize,
+    cache: Option<&EmbeddingCache>,
 ) -> Result<SupportContext, EngineError> {
     let m = &bundle.manifest;
     let s = m.input_size;
@@ -257,21 +260,21 @@ pub fn compute_support_context(
         shape: vec![n, k, s, s],
         data: masks,
     };
-    support_context_of(bundle, &images, &masks, k_real, max_batch)
+    support_context_of(bundle, &images, &masks, k_real, max_batch, cache)
 }
 
 /// The support context of model-ready support tensors: `images` `[N, 3, S, S]` (normalised,
-/// padded) and `masks` `[N, K, S, S]`, of which the first `objects` are the set's.
+/// padded) and `masks` `[N, K, S, S]`, of which the first `objects` are the set's. Images
+/// whose embeddings `cache` holds are not encoded again.
 pub fn support_context_of(
     bundle: &Bundle,
     images: &Tensor,
     masks: &Tensor,
     objects: usize,
     max_batch: usize,
+    cache: Option<&EmbeddingCache>,
 ) -> Result<SupportContext, EngineError> {
-    let n = images.shape[0];
-    // contract 2's image encoder has two more outputs; only the embeddings are read here
-    let emb = encode_images(bundle, &images.data, n, max_batch)?;
+    let emb = support_embeddings(bundle, images, max_batch, cache)?;
     let mut r = run_graph(
         &bundle.support_encoder,
         &[
@@ -287,7 +290,57 @@ pub fn support_context_of(
         keys,
         values,
         objects,
-        pairs: n,
+        pairs: images.shape[0],
+    })
+}
+
+/// `[N, C, h, w]` embeddings of the support images: from `cache` where it has them, the rest
+/// encoded in batches (and put into `cache`).
+fn support_embeddings(
+    bundle: &Bundle,
+    images: &Tensor,
+    max_batch: usize,
+    cache: Option<&EmbeddingCache>,
+) -> Result<Tensor, EngineError> {
+    let n = images.shape[0];
+    let Some(cache) = cache else {
+        // contract 2's image encoder has two more outputs; only the embeddings are read here
+        return encode_images(bundle, &images.data, n, max_batch);
+    };
+    let m = &bundle.manifest;
+    let per_in = images.data.len() / n.max(1);
+    let per = m.embed_dim * m.embed_size[0] * m.embed_size[1];
+    let keys: Vec<String> = (0..n)
+        .map(|i| {
+            EmbeddingCache::key(
+                &bundle.fingerprint,
+                &images.data[i * per_in..(i + 1) * per_in],
+            )
+        })
+        .collect();
+    let mut found: Vec<Option<Embedding>> = keys.iter().map(|k| cache.get(k)).collect();
+    let missing: Vec<usize> = (0..n).filter(|&i| found[i].is_none()).collect();
+    if !missing.is_empty() {
+        let mut data = Vec::with_capacity(missing.len() * per_in);
+        for &i in &missing {
+            data.extend_from_slice(&images.data[i * per_in..(i + 1) * per_in]);
+        }
+        let e = encode_images(bundle, &data, missing.len(), max_batch)?;
+        for (j, &i) in missing.iter().enumerate() {
+            let one: Embedding = Arc::new(e.data[j * per..(j + 1) * per].to_vec());
+            cache.put(keys[i].clone(), one.clone());
+            found[i] = Some(one);
+        }
+    }
+    let mut data = Vec::with_capacity(n * per);
+    for e in found.into_iter().flatten() {
+        data.extend_from_slice(&e);
+    }
+    Tensor::new(vec![n, m.embed_dim, m.embed_size[0], m.embed_size[1]], data).map_err(|message| {
+        EngineError::Inference {
+            graph: "image_encoder",
+            message,
+        }
     })
 }
 

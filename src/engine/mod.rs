@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+pub mod embedding_cache;
 pub mod infer;
 pub mod memory;
 pub mod offline;
@@ -47,6 +48,10 @@ pub use views::ResolutionRule;
 use crate::config::EngineConfig;
 use crate::dicom::pixels::{Frame, PixelError};
 use support_cache::SupportCache;
+
+/// Support-image embeddings kept for reuse across support contexts (256 MiB: 256 LiteMedSAM
+/// or SAM 2 embeddings of 1 MiB at 256 / 1024 input).
+const EMBEDDING_CACHE_BYTES: usize = 256 << 20;
 
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +144,7 @@ pub struct Segmentation {
 struct Inner {
     registry: BundleRegistry,
     cache: SupportCache,
+    embeddings: embedding_cache::EmbeddingCache,
     workers: tokio::sync::Semaphore,
     batch: usize,
     runtime: runtime::Runtime,
@@ -182,6 +188,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 registry,
                 cache: SupportCache::new(data_dir.join("cache").join("support")),
+                embeddings: embedding_cache::EmbeddingCache::new(EMBEDDING_CACHE_BYTES),
                 workers: tokio::sync::Semaphore::new(cfg.workers.max(1)),
                 batch: cfg.batch.max(1),
                 runtime: rt,
@@ -232,7 +239,12 @@ impl Engine {
 
     /// Support-context cache counters (for metrics).
     pub fn support_stats(&self) -> SupportCacheStats {
-        self.inner.cache.stats()
+        let (computed, reused) = self.inner.embeddings.counts();
+        SupportCacheStats {
+            embeddings_computed: computed,
+            embeddings_reused: reused,
+            ..self.inner.cache.stats()
+        }
     }
 
     /// The support context of a set for a bundle: from memory, disk, or computed once.
@@ -268,7 +280,7 @@ impl Engine {
                 let _permit = tokio::runtime::Handle::current()
                     .block_on(inner.workers.acquire())
                     .map_err(|_| EngineError::Internal("worker semaphore closed".into()))?;
-                infer::compute_support_context(&b, &set, batch)
+                infer::compute_support_context(&b, &set, batch, Some(&inner.embeddings))
             })
             .await
     }

@@ -116,6 +116,10 @@ pub struct SupportCacheStats {
     pub disk_errors: u64,
     /// Contexts currently held in memory.
     pub in_memory: u64,
+    /// Support images encoded by image_encoder for a context ([`super::embedding_cache`]).
+    pub embeddings_computed: u64,
+    /// Support images whose embeddings an earlier context had computed.
+    pub embeddings_reused: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -172,6 +176,7 @@ impl SupportCache {
             disk_hits: self.disk_hits.load(Ordering::Relaxed),
             disk_errors: self.disk_errors.load(Ordering::Relaxed),
             in_memory,
+            ..SupportCacheStats::default()
         }
     }
 
