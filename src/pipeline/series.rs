@@ -1,0 +1,451 @@
+//! Segmenting one series of a job: the headers of what the peer sent, the pixel-memory
+//! budget, the plan (frame by frame, or sequences through a memory bank), frames decoded one
+//! at a time into chunks for the engine, and the SEG written for the outbox.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dicom_dictionary_std::tags;
+use tokio::sync::mpsc;
+
+use super::catalog::LoadedSupportSet;
+use super::sequence::{self, Plan, SliceInfo};
+use super::worker::{fail, JobFailure, JobRow, Pipeline};
+use crate::dicom::pixels::{self, ImageSize};
+use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
+use crate::engine::{Engine, MemoryBank};
+use crate::memory::MemoryBudget;
+use crate::store::{db, peer_studies};
+
+/// One instance of a series to segment.
+struct Source {
+    path: PathBuf,
+    header: dicom_object::DefaultDicomObject,
+}
+
+/// Segments one series and writes its SEG; None when every instance was skipped.
+pub(super) async fn segment_series(
+    p: &Pipeline,
+    engine: &Engine,
+    job: &JobRow,
+    set: &LoadedSupportSet,
+    id: i64,
+    series_uid: &str,
+    out_dir: &std::path::Path,
+) -> Result<Option<(PathBuf, String)>, JobFailure> {
+    let sources = read_sources(p, job, series_uid).await?;
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    let chunk = p.cfg.pipeline.chunk_frames.max(1);
+    let _memory = reserve_series_memory(p, job, set, series_uid, &sources, chunk).await?;
+    let tracks = engine
+        .bundle(&job.bundle)
+        .map(|b| b.tracks_frames())
+        .unwrap_or(false);
+    let groups = sequence_groups(p, &sources, series_uid, tracks)?;
+    let run = Chunks {
+        p,
+        engine,
+        bundle: &job.bundle,
+        set: &set.set,
+        tracks,
+    };
+    // masks[source][frame][segment]
+    let mut masks: Vec<Vec<Vec<Vec<u8>>>> = vec![Vec::new(); sources.len()];
+    for (instances, frames) in groups {
+        let mut bank = match frames {
+            Some(n) => engine
+                .memory_bank(&job.bundle, n, None)
+                .map_err(|e| fail(format!("inference: {e}")))?,
+            None => None,
+        };
+        let mut pending: Vec<(usize, pixels::Frame)> = Vec::new();
+        for &i in &instances {
+            bank = run
+                .instance(i, &sources[i], chunk, &mut pending, bank, &mut masks)
+                .await?;
+        }
+        if !pending.is_empty() {
+            run.flush(pending, bank, &mut masks).await?;
+        }
+    }
+    let t0 = Instant::now();
+    let written = write_series_seg(p, job, set, id, series_uid, out_dir, &sources, &masks)?;
+    p.metrics.observe(
+        "proxyseg_stage_seconds",
+        &[("stage", "seg_write")],
+        t0.elapsed().as_secs_f64(),
+    );
+    Ok(Some(written))
+}
+
+/// The headers of what this job's peer sent of the series (review H4), localizers left out
+/// when the job says so.
+async fn read_sources(
+    p: &Pipeline,
+    job: &JobRow,
+    series_uid: &str,
+) -> Result<Vec<Source>, JobFailure> {
+    let paths =
+        p.db.read(|c| peer_studies::series_paths(c, &job.key, series_uid))?;
+    let skip_localizers = job.skip_localizers;
+    tokio::task::spawn_blocking(move || -> Result<Vec<Source>, JobFailure> {
+        let mut out = Vec::new();
+        for path in paths {
+            let header = dicom_object::OpenFileOptions::new()
+                .read_until(tags::PIXEL_DATA)
+                .open_file(&path)
+                .map_err(|e| fail(format!("cannot read {path}: {e}")))?;
+            let image_type = element_text(&header, tags::IMAGE_TYPE).to_ascii_uppercase();
+            if skip_localizers && image_type.contains("LOCALIZER") {
+                tracing::info!(path = %path, "localizer skipped");
+                continue;
+            }
+            out.push(Source {
+                path: PathBuf::from(path),
+                header,
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?
+}
+
+/// What the series costs, checked against the per-job budget before anything is decoded
+/// (also for instances stored before the C-STORE check existed), then reserved from the
+/// budget all jobs share: the job waits here while others hold it (issue 16 item 1).
+async fn reserve_series_memory<'p>(
+    p: &'p Pipeline,
+    job: &JobRow,
+    set: &LoadedSupportSet,
+    series_uid: &str,
+    sources: &[Source],
+    chunk: usize,
+) -> Result<MemoryGuard<'p>, JobFailure> {
+    let sizes = sources
+        .iter()
+        .map(|s| {
+            ImageSize::of(&s.header)
+                .map_err(|e| fail(format!("pixels of {}: {e}", s.path.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let in_flight = 2 * chunk as u64 + 1;
+    let need =
+        pixels::series_bytes(&sizes, set.segments.len() as u64, in_flight).unwrap_or(u64::MAX);
+    let budget = p.cfg.pipeline.max_decoded_mb * 1024 * 1024;
+    if need > budget {
+        return Err(fail(
+            pixels::PixelError::OverBudget {
+                need_mib: need / 1048576,
+                budget_mib: budget / 1048576,
+                what: format!(
+                    "series {series_uid} ({} instance(s), {} frame(s), {} segment(s))",
+                    sizes.len(),
+                    sizes.iter().map(|s| s.frames).sum::<u64>(),
+                    set.segments.len()
+                ),
+            }
+            .to_string(),
+        ));
+    }
+    reserve_memory(p, job, need).await
+}
+
+/// Instances segmented together, in order, and the sequence length when a bank tracks them.
+type Group = (Vec<usize>, Option<usize>);
+
+/// The instances to segment together, in order, each group with its sequence length when a
+/// memory bank tracks it: a bundle that tracks frames (SAM 2) runs each sequence (a cine
+/// loop, a volume in slice order) through one bank; otherwise every frame is on its own
+/// (issue 15, [`sequence::plan`]).
+fn sequence_groups(
+    p: &Pipeline,
+    sources: &[Source],
+    series_uid: &str,
+    tracks: bool,
+) -> Result<Vec<Group>, JobFailure> {
+    let infos: Vec<SliceInfo> = sources.iter().map(|s| SliceInfo::of(&s.header)).collect();
+    let modality = element_text(&sources[0].header, tags::MODALITY);
+    let plan = sequence::plan(&infos, &modality, p.cfg.pipeline.sequence_mode, tracks)
+        .map_err(|e| fail(format!("series {series_uid}: {e}")))?;
+    Ok(match plan {
+        Plan::PerFrame => vec![((0..sources.len()).collect(), None)],
+        Plan::Memory(seqs) => {
+            tracing::info!(
+                series = %series_uid,
+                sequences = seqs.len(),
+                frames = seqs.iter().map(|s| s.frames).sum::<usize>(),
+                "series tracked through the memory bank"
+            );
+            seqs.into_iter()
+                .map(|s| (s.instances, Some(s.frames)))
+                .collect()
+        }
+    })
+}
+
+/// Writes the series' SEG into `out_dir`: (path, SOP Instance UID).
+#[allow(clippy::too_many_arguments)]
+fn write_series_seg(
+    p: &Pipeline,
+    job: &JobRow,
+    set: &LoadedSupportSet,
+    id: i64,
+    series_uid: &str,
+    out_dir: &std::path::Path,
+    sources: &[Source],
+    masks: &[Vec<Vec<Vec<u8>>>],
+) -> Result<(PathBuf, String), JobFailure> {
+    let sop_uid = seg::deterministic_uid(&format!("proxyseg/job/{id}/series/{series_uid}/seg"));
+    let mut opts = SegOptions::new(sop_uid.clone(), seg_series_uid(job, series_uid));
+    let describe = format!("proxyseg {} v{}", set.set.name, short(&set.set.version));
+    opts.series_description = describe.chars().take(64).collect();
+    opts.content_label = "PROXYSEG".into();
+    opts.content_creator = "PROXYSEG^AUTOMATED".into();
+    opts.content_description = format!(
+        "Proxy-prompted SAM segmentation with support set {}",
+        set.set.name
+    )
+    .chars()
+    .take(64)
+    .collect();
+    opts.manufacturer = p.cfg.seg.manufacturer.clone();
+    opts.algorithm_version = format!(
+        "{} ; {} v{}",
+        job.bundle,
+        set.set.name,
+        short(&set.set.version)
+    )
+    .chars()
+    .take(64)
+    .collect();
+    opts.omit_empty_frames = p.cfg.seg.omit_empty_frames;
+    let input = SegInput {
+        segments: set.segments.clone(),
+        sources: sources
+            .iter()
+            .zip(masks)
+            .map(|(s, m)| SourceImage {
+                dataset: &s.header,
+                masks: m
+                    .iter()
+                    .map(|f| f.iter().map(|x| x.as_slice()).collect())
+                    .collect(),
+            })
+            .collect(),
+    };
+    let obj = seg::write_seg(&input, &opts).map_err(|e| fail(format!("SEG: {e}")))?;
+    let path = out_dir.join(format!("{sop_uid}.dcm"));
+    seg::save_seg(&obj, &path).map_err(|e| fail(format!("SEG: {e}")))?;
+    Ok((path, sop_uid))
+}
+
+/// Segments chunks of a series' frames: per frame, or through a sequence's memory bank.
+struct Chunks<'a> {
+    p: &'a Pipeline,
+    engine: &'a Engine,
+    bundle: &'a str,
+    set: &'a crate::engine::SupportSet,
+    tracks: bool,
+}
+
+impl Chunks<'_> {
+    /// Decodes instance `i` frame by frame (a blocking thread feeds a channel of `chunk`
+    /// frames, so at most 2 x chunk + 1 frames of it exist at once) and segments every full
+    /// chunk of `pending`; returns the bank for the sequence's next frames.
+    async fn instance(
+        &self,
+        i: usize,
+        src: &Source,
+        chunk: usize,
+        pending: &mut Vec<(usize, pixels::Frame)>,
+        mut bank: Option<MemoryBank>,
+        masks: &mut [Vec<Vec<Vec<u8>>>],
+    ) -> Result<Option<MemoryBank>, JobFailure> {
+        let path = src.path.clone();
+        let (tx, mut rx) = mpsc::channel::<Result<pixels::Frame, pixels::PixelError>>(chunk);
+        let producer = tokio::task::spawn_blocking(move || {
+            let source = match pixels::FrameSource::open(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            for f in 0..source.len() {
+                let frame = source.frame(f);
+                let failed = frame.is_err();
+                if tx.blocking_send(frame).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        while let Some(frame) = rx.recv().await {
+            let frame =
+                frame.map_err(|e| fail(format!("pixels of {}: {e}", src.path.display())))?;
+            pending.push((i, frame));
+            if pending.len() >= chunk {
+                bank = self.flush(std::mem::take(pending), bank, masks).await?;
+            }
+        }
+        producer.await.map_err(|e| fail(e.to_string()))?;
+        Ok(bank)
+    }
+
+    /// Segments `pending` (frames with the index of their instance) and appends each frame's
+    /// masks to its instance in `masks`; returns the bank for the sequence's next frames.
+    async fn flush(
+        &self,
+        pending: Vec<(usize, pixels::Frame)>,
+        bank: Option<MemoryBank>,
+        masks: &mut [Vec<Vec<Vec<u8>>>],
+    ) -> Result<Option<MemoryBank>, JobFailure> {
+        let owners: Vec<usize> = pending.iter().map(|(o, _)| *o).collect();
+        let frames: Vec<_> = pending.into_iter().map(|(_, f)| f).collect();
+        let t0 = Instant::now();
+        let n = frames.len();
+        let infer = |e: crate::engine::EngineError| fail(format!("inference: {e}"));
+        let (results, bank) = match bank {
+            Some(b) => {
+                let (seg, b) = self
+                    .engine
+                    .segment_sequence(self.bundle, self.set, frames, b)
+                    .await
+                    .map_err(infer)?;
+                (seg.frames, Some(b))
+            }
+            // A tracking bundle segments a frame on its own as a sequence of one.
+            None if self.tracks => {
+                let mut out = Vec::with_capacity(n);
+                for f in frames {
+                    let one = self
+                        .engine
+                        .memory_bank(self.bundle, 1, None)
+                        .map_err(infer)?
+                        .ok_or_else(|| fail("inference: the bundle stopped tracking frames"))?;
+                    let (seg, _) = self
+                        .engine
+                        .segment_sequence(self.bundle, self.set, vec![f], one)
+                        .await
+                        .map_err(infer)?;
+                    out.extend(seg.frames);
+                }
+                (out, None)
+            }
+            None => (
+                self.engine
+                    .segment(self.bundle, self.set, frames)
+                    .await
+                    .map_err(infer)?
+                    .frames,
+                None,
+            ),
+        };
+        let per = t0.elapsed().as_secs_f64() / n.max(1) as f64;
+        for _ in 0..n {
+            self.p.metrics.observe(
+                "proxyseg_stage_seconds",
+                &[("stage", "inference_per_image")],
+                per,
+            );
+        }
+        for (o, fr) in owners.into_iter().zip(results) {
+            masks[o].push(fr.masks.into_iter().map(|m| m.data).collect());
+        }
+        Ok(bank)
+    }
+}
+
+/// A header element as trimmed text ("" when absent).
+fn element_text(h: &dicom_object::DefaultDicomObject, tag: dicom_core::Tag) -> String {
+    h.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Reserves `need` bytes from the shared memory budget, waiting while other jobs hold it
+/// (logged, and counted in `proxyseg_memory_waits_total`).
+async fn reserve_memory<'p>(
+    p: &'p Pipeline,
+    job: &JobRow,
+    need: u64,
+) -> Result<MemoryGuard<'p>, JobFailure> {
+    let reservation = match p.memory.try_reserve(need) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            tracing::info!(
+                study = %job.key.study_uid,
+                need_mib = MemoryBudget::mib_of(need),
+                in_use_mib = p.memory.in_use_mib(),
+                budget_mib = p.memory.total_mib(),
+                "waiting for memory: other jobs hold pipeline.memory_budget_mb"
+            );
+            p.metrics.inc("proxyseg_memory_waits_total", &[]);
+            let t0 = Instant::now();
+            let r = p.memory.reserve(need).await;
+            // The wait is not segmentation: the watchdog's stall clock starts again.
+            p.busy_since
+                .store(db::now() as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                waited_ms = t0.elapsed().as_millis() as u64,
+                "memory reserved"
+            );
+            r.map_err(|e| fail(format!("pixels not decoded: {e}")))?
+        }
+        Err(e) => return Err(fail(format!("pixels not decoded: {e}"))),
+    };
+    let guard = MemoryGuard {
+        p,
+        _reservation: reservation,
+    };
+    guard.publish();
+    Ok(guard)
+}
+
+/// A job's memory reservation; the gauge follows it.
+struct MemoryGuard<'a> {
+    p: &'a Pipeline,
+    _reservation: crate::memory::Reservation,
+}
+
+impl MemoryGuard<'_> {
+    fn publish(&self) {
+        self.p.metrics.set(
+            "proxyseg_memory_reserved_bytes",
+            &[],
+            self.p.memory.in_use_mib() as f64 * 1048576.0,
+        );
+    }
+}
+
+impl Drop for MemoryGuard<'_> {
+    fn drop(&mut self) {
+        let left = self.p.memory.in_use_mib() - self._reservation.mib();
+        self.p.metrics.set(
+            "proxyseg_memory_reserved_bytes",
+            &[],
+            left as f64 * 1048576.0,
+        );
+    }
+}
+
+/// The SEG series of a source series: one per (study, peer, source series, support set and
+/// version, bundle), so that a re-run of the same inputs (a late instance, a retry) adds an
+/// instance to the same SEG series instead of a new series each time (review M2). The SEG's
+/// SOP Instance UID stays per job.
+fn seg_series_uid(job: &JobRow, series_uid: &str) -> String {
+    let k = &job.key;
+    seg::deterministic_uid(&format!(
+        "proxyseg/study/{}/peer/{}/{}/series/{series_uid}/set/{}/{}/bundle/{}/seg-series",
+        k.study_uid, k.calling_ae, k.source_host, job.support_set, job.version, job.bundle
+    ))
+}
+
+fn short(version: &str) -> &str {
+    &version[..version.len().min(12)]
+}
