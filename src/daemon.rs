@@ -130,7 +130,8 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
 
     let engine = load_engine(&cfg, &data_dir).await;
     let segmenter = engine_segmenter(&engine, &cfg);
-    let admin_catalog = crate::admin::start(
+    let catalog = seed_catalog(&cfg, &db).await;
+    crate::admin::start(
         cfg.clone(),
         db.clone(),
         segmenter,
@@ -139,24 +140,11 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         stop_rx.clone(),
     )
     .await?;
-    let catalog = Arc::new(crate::pipeline::catalog::FolderCatalog::discover(
-        &cfg.engine.models_dir,
-        &cfg.engine.default_bundle,
-        cfg.body_part_synonyms(),
-    ));
-    tracing::info!(
-        support_sets = catalog.dirs().len(),
-        "bundled support sets found"
-    );
     let pipeline = Arc::new(crate::pipeline::worker::Pipeline {
         cfg: cfg.clone(),
         db: db.clone(),
         engine,
-        // With [admin], the curated store routes; without it, the bundled folders do.
-        catalog: match admin_catalog {
-            Some(c) => c as Arc<dyn crate::pipeline::catalog::Catalog>,
-            None => catalog,
-        },
+        catalog,
         metrics: metrics.clone(),
         wake_delivery: wake.clone(),
         busy_since: Default::default(),
@@ -209,6 +197,19 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         scp,
         delivery_stats,
     })
+}
+
+/// Seeds the bundled support sets into the store (admin API on or off: the store is the one
+/// place the pipeline reads support sets and rules from) and returns the pipeline's catalog
+/// over it.
+async fn seed_catalog(cfg: &Config, db: &Db) -> Arc<dyn crate::pipeline::catalog::Catalog> {
+    crate::admin::seed::at_start(&crate::admin::folder::Target::from_config(cfg, db.clone())).await;
+    Arc::new(crate::pipeline::catalog::StoreCatalog::new(
+        db.clone(),
+        cfg.storage.data_dir.clone(),
+        cfg.body_part_synonyms(),
+        cfg.engine.default_bundle.clone(),
+    ))
 }
 
 async fn wait_for_signal() {

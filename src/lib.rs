@@ -16,6 +16,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod routing;
 pub mod store;
+pub mod support_folder;
 
 /// Implementation Class UID written in every file meta group and association we originate.
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.81540919461728474236106372858512394137";

@@ -336,6 +336,76 @@ fn routing_is_the_same_with_admin_on_and_off() {
     assert_eq!(on, expected, "cases {cases:?}");
 }
 
+/// Issue 17 item 1: with the admin API off the bundled folders are seeded into the store too
+/// (the pipeline reads support sets and rules from the store only), each with the rule of its
+/// `[match]` table, audited as `seed`; a restart adds neither sets nor rules.
+#[test]
+fn bundled_sets_are_seeded_into_the_store_once_with_admin_off() {
+    let mut d = Daemon::start(Opts {
+        extra: format!(
+            "[engine]\nmodels_dir = \"{}\"\nproviders = [\"cpu\"]\n",
+            root().join("models").display()
+        ),
+        ..Opts::default()
+    });
+    let mut bundled: Vec<String> =
+        std::fs::read_dir(root().join("models/phantom-tiny/support-sets"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("supportset.toml").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+    bundled.sort();
+    assert!(!bundled.is_empty());
+    let store = |d: &Daemon| -> (Vec<String>, Vec<String>, i64, i64) {
+        let db = d.db();
+        let list = |sql: &str| -> Vec<String> {
+            let mut st = db.prepare(sql).unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+        (
+            list("SELECT name FROM support_sets ORDER BY name"),
+            list("SELECT support_set FROM rules ORDER BY support_set"),
+            count("SELECT COUNT(*) FROM support_pairs"),
+            count(
+                "SELECT COUNT(*) FROM audit WHERE token_name = 'seed' AND action = 'rule.create'",
+            ),
+        )
+    };
+    // The DICOM listener is bound (and accepts into its backlog) before the seeding runs.
+    let seeded = |d: &Daemon, starts: usize| {
+        wait_for("the seeding to finish", 60, d, || {
+            d.log()
+                .matches("bundled support sets seeded into the store")
+                .count()
+                >= starts
+        })
+    };
+    seeded(&d, 1);
+    let first = store(&d);
+    assert_eq!(first.0, bundled, "{}", d.log());
+    assert_eq!(first.1, bundled, "one rule per set");
+    assert!(first.2 >= bundled.len() as i64, "pairs: {}", first.2);
+    assert_eq!(first.3, bundled.len() as i64, "seeding is audited");
+    let log = d.log();
+    assert!(
+        log.contains("seeded a bundled support set") && !log.contains("cannot seed"),
+        "{log}"
+    );
+    d.restart();
+    seeded(&d, 2);
+    assert_eq!(
+        store(&d),
+        first,
+        "a restart must not seed again:\n{}",
+        d.log()
+    );
+}
+
 /// Issue 16 item 1: jobs share `pipeline.memory_budget_mb`. Two workers, and a budget that
 /// holds the fundus series or the US cine but not both (42 + 26 MiB by
 /// `dicom::pixels::series_bytes`, against 50): both studies arrive in one association and

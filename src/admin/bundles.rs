@@ -52,6 +52,15 @@ pub fn default_for(default_bundle: &str, installed: &[String]) -> String {
     }
 }
 
+/// The bundle a set records for `name`: `name` trimmed or, when empty, [`default_for`] among
+/// the bundles installed under `models_dir` (Import and the seeding, which do not refuse).
+pub fn recorded(name: &str, default_bundle: &str, models_dir: &Path) -> String {
+    match name.trim() {
+        "" => default_for(default_bundle, &installed(models_dir)),
+        b => b.to_string(),
+    }
+}
+
 /// The bundle a set records for `name` (trimmed; empty: [`default_for`]), refused unless it is
 /// installed under `models_dir`.
 pub fn require(

@@ -1,119 +1,90 @@
-//! Support-set folders: the `supportset.toml` format the bundled demo sets use, for Import and
-//! Export.
-//!
-//! ```toml
-//! name = "fundus-demo"
-//! description = "optic disc and cup"
-//! bundle = "phantom-tiny"
-//! [match]
-//! modality = "OP"
-//! body_part = "EYE"
-//! [[objects]]
-//! label = "optic disc"
-//! category = { scheme = "SCT", code = "91723000", meaning = "Anatomical structure" }
-//! type = { scheme = "SCT", code = "70555000", meaning = "Optic disc" }
-//! color = [255, 200, 0]
-//! [[pairs]]
-//! image = "pairs/01/image.dcm"                # or a folder of slices: the lowest InstanceNumber
-//! mask = "pairs/01/mask.seg.dcm"             # a DICOM SEG, one segment per object
-//! # or: masks = ["pairs/01/mask-1.png", ...]  # one PNG per object
-//! ```
+//! Support-set folders (the `supportset.toml` format of [`crate::support_folder`], the one
+//! parser of that file) into and out of the store: Import, Export, and the seeding of the
+//! bundled sets at start ([`crate::admin::seed`]).
 //!
 //! Import validates every pair before writing anything and records the whole set in one
-//! transaction. Paths in the file must stay inside the folder. Export writes a version as such a
-//! folder (SEG masks as they were uploaded, PNG masks as PNG).
+//! transaction (with, when seeding, the routing rule of its `[match]` table). Paths in the file
+//! must stay inside the folder. Export writes a version as such a folder (SEG masks as they were
+//! uploaded, PNG masks as PNG).
 
 use crate::admin::server::State;
 use crate::admin::support_sets::{validate_pair, write_pair, MaskUpload};
 use crate::admin::{change, internal, masks, read};
+use crate::routing::Rule;
 use crate::store::db;
+use crate::store::rules::RuleError;
 use crate::store::support::{self, Code, ObjectDef, SetInfo, SetMeta, SupportError, PALETTE};
-use serde::{Deserialize, Serialize};
+use crate::store::Db;
+use crate::support_folder::{self, CodeSpec, MatchSpec, ObjectSpec, PairSpec, SupportSetSpec};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use tonic::Status;
 
-/// `supportset.toml`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct SpecFile {
-    /// Set name.
-    pub name: String,
-    /// Free text.
-    #[serde(default)]
-    pub description: String,
-    /// Model bundle; empty: `[engine] default_bundle`, recorded in the imported set.
-    #[serde(default)]
-    pub bundle: String,
-    /// Informational version of the folder (ignored on import).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<toml::Value>,
-    /// `[match]` hints.
-    #[serde(default, rename = "match")]
-    pub match_: MatchSpec,
-    /// `[[objects]]`.
-    #[serde(default)]
-    pub objects: Vec<ObjectSpec>,
-    /// `[[pairs]]`.
-    #[serde(default)]
-    pub pairs: Vec<PairSpec>,
+/// Where and how a folder is imported: the store, the data dir its pair files go to, the bundle
+/// a set that names none records, and the upload limit every file is held to. The admin API
+/// builds it from its state ([`State::folder_target`]); the daemon builds one to seed the
+/// bundled sets whether or not the API listens.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The index.
+    pub db: Db,
+    /// `[storage] data_dir`: pair files go under `support/`.
+    pub data_dir: PathBuf,
+    /// `[engine] models_dir`: which bundles are installed.
+    pub models_dir: PathBuf,
+    /// `[engine] default_bundle`.
+    pub default_bundle: String,
+    /// Largest file, in bytes.
+    pub max_upload: usize,
+    /// The same in MiB (`admin.max_upload_mb`), for messages.
+    pub max_upload_mb: u64,
 }
 
-/// `[match]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-pub struct MatchSpec {
-    /// Modality.
-    #[serde(default)]
-    pub modality: String,
-    /// Body part.
-    #[serde(default)]
-    pub body_part: String,
+impl Target {
+    /// The daemon's target: `[storage] data_dir`, `[engine] models_dir` and `default_bundle`,
+    /// and `admin.max_upload_mb` (its default without `[admin]`).
+    pub fn from_config(cfg: &crate::config::Config, db: Db) -> Target {
+        let max_upload_mb = cfg
+            .admin
+            .as_ref()
+            .map_or(crate::config::AdminConfig::default().max_upload_mb, |a| {
+                a.max_upload_mb
+            });
+        Target {
+            db,
+            data_dir: cfg.storage.data_dir.clone(),
+            models_dir: cfg.engine.models_dir.clone(),
+            default_bundle: cfg.engine.default_bundle.clone(),
+            max_upload: (max_upload_mb as usize).saturating_mul(1024 * 1024),
+            max_upload_mb,
+        }
+    }
+
+    /// The bundle a set naming `name` records ([`crate::admin::bundles::recorded`]).
+    pub fn bundle_or_default(&self, name: &str) -> String {
+        crate::admin::bundles::recorded(name, &self.default_bundle, &self.models_dir)
+    }
 }
 
-/// A code: a table, or plain text (then a local `99PROXYSEG` code).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum CodeSpec {
-    /// `{ scheme, code, meaning }`.
-    Code {
-        /// Scheme designator.
-        scheme: String,
-        /// Code value.
-        code: String,
-        /// Code meaning.
-        meaning: String,
-    },
-    /// Free text.
-    Text(String),
+/// A folder's set, and when seeding its routing rule, could not be recorded.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    /// The set (or its audit row).
+    #[error(transparent)]
+    Set(#[from] SupportError),
+    /// The seeded rule.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
 }
 
-/// `[[objects]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ObjectSpec {
-    /// Label.
-    pub label: String,
-    /// Category.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub category: Option<CodeSpec>,
-    /// Type.
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub property_type: Option<CodeSpec>,
-    /// `[r, g, b]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub color: Option<Vec<u8>>,
-}
-
-/// `[[pairs]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct PairSpec {
-    /// DICOM image, relative to the folder.
-    pub image: String,
-    /// DICOM SEG with one segment per object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mask: Option<String>,
-    /// One PNG per object, in object order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub masks: Option<Vec<String>>,
+impl From<RecordError> for Status {
+    fn from(e: RecordError) -> Status {
+        match e {
+            RecordError::Set(e) => e.into(),
+            RecordError::Rule(e) => e.into(),
+        }
+    }
 }
 
 fn code(c: &Option<CodeSpec>) -> Code {
@@ -200,33 +171,17 @@ fn read_limited(dir: &Path, p: &Path, limit: usize, max_mb: u64) -> Result<Vec<u
     std::fs::read(p).map_err(|e| invalid(format!("cannot read {name}: {}", io_kind(&e))))
 }
 
-/// Reads and validates a folder (blocking): the spec, its objects and every pair.
-fn load_folder(
-    st: &State,
-    dir: &Path,
-    name_override: &str,
-) -> Result<
-    (
-        String,
-        SetMeta,
-        Vec<ObjectDef>,
-        Vec<crate::admin::support_sets::ValidPair>,
-    ),
-    Status,
-> {
-    let toml_path = dir.join("supportset.toml");
-    let toml_name = "supportset.toml";
-    let text = std::fs::read_to_string(&toml_path)
-        .map_err(|e| invalid(format!("cannot read {toml_name}: {}", io_kind(&e))))?;
-    let spec: SpecFile =
-        toml::from_str(&text).map_err(|e| invalid(format!("{toml_name} is not valid: {e}")))?;
-    let name = if name_override.trim().is_empty() {
-        spec.name.trim().to_string()
-    } else {
-        name_override.trim().to_string()
-    };
-    support::check_name(&name)?;
-    let objects: Vec<ObjectDef> = spec
+/// A folder read and validated: the set's name, metadata, objects and pairs.
+struct Loaded {
+    name: String,
+    meta: SetMeta,
+    objects: Vec<ObjectDef>,
+    pairs: Vec<crate::admin::support_sets::ValidPair>,
+}
+
+/// The objects of a spec, checked; missing colours from the palette.
+fn objects_of(spec: &SupportSetSpec) -> Result<Vec<ObjectDef>, Status> {
+    let objects = spec
         .objects
         .iter()
         .enumerate()
@@ -235,7 +190,8 @@ fn load_folder(
                 None => Ok(PALETTE[i % PALETTE.len()]),
                 Some([r, g, b]) => Ok([*r, *g, *b]),
                 Some(_) => Err(invalid(format!(
-                    "{toml_name}: objects[{}].color must be [r, g, b]",
+                    "{}: objects[{}].color must be [r, g, b]",
+                    support_folder::FILE,
                     i + 1
                 ))),
             }?;
@@ -246,79 +202,94 @@ fn load_folder(
                 color,
             })
         })
-        .collect::<Result<_, Status>>()?;
+        .collect::<Result<Vec<_>, Status>>()?;
     support::check_objects(&objects)?;
+    Ok(objects)
+}
+
+/// Reads the files of pair `p` of the folder, each within the upload limit (`total` counts
+/// the folder's bytes).
+fn read_pair(
+    t: &Target,
+    dir: &Path,
+    p: &PairSpec,
+    total: &mut usize,
+) -> Result<(Vec<u8>, MaskUpload), Status> {
+    let mut file = |rel: &str, what: &str| -> Result<Vec<u8>, Status> {
+        let path = inside(dir, rel, what)?;
+        let path = if what == "image" && path.is_dir() {
+            crate::engine::offline::first_source(&path).map_err(invalid)?
+        } else {
+            path
+        };
+        let bytes = read_limited(dir, &path, t.max_upload, t.max_upload_mb)?;
+        *total += bytes.len();
+        Ok(bytes)
+    };
+    let image = file(&p.image, "image")?;
+    let upload = match (&p.mask, &p.masks) {
+        (Some(seg), None) => MaskUpload::Seg(file(seg, "mask")?),
+        (None, Some(list)) => {
+            let mut m = BTreeMap::new();
+            for (k, f) in list.iter().enumerate() {
+                m.insert(k as u32 + 1, file(f, "masks")?);
+            }
+            MaskUpload::Png(m)
+        }
+        _ => {
+            return Err(invalid(
+                "give either `mask` (a DICOM SEG) or `masks` (one PNG per object)".into(),
+            ))
+        }
+    };
+    Ok((image, upload))
+}
+
+/// Validates a folder whose `supportset.toml` reads as `spec` (blocking): its objects and every
+/// pair.
+fn load_folder(
+    t: &Target,
+    dir: &Path,
+    spec: SupportSetSpec,
+    name_override: &str,
+) -> Result<Loaded, Status> {
+    let name = match name_override.trim() {
+        "" => spec.name.trim().to_string(),
+        over => over.to_string(),
+    };
+    support::check_name(&name)?;
+    let objects = objects_of(&spec)?;
     let labels: Vec<String> = objects.iter().map(|o| o.label.clone()).collect();
     let mut total = 0usize;
     let mut pairs = Vec::with_capacity(spec.pairs.len());
     for (i, p) in spec.pairs.iter().enumerate() {
         let ctx = |s: Status| {
-            Status::new(
-                s.code(),
-                format!("{toml_name} pair {}: {}", i + 1, s.message()),
-            )
+            let message = format!("{} pair {}: {}", support_folder::FILE, i + 1, s.message());
+            Status::new(s.code(), message)
         };
-        let image_path = inside(dir, &p.image, "image").map_err(ctx)?;
-        let image_path = if image_path.is_dir() {
-            crate::engine::offline::first_source(&image_path).map_err(|m| ctx(invalid(m)))?
-        } else {
-            image_path
-        };
-        let image = read_limited(dir, &image_path, st.max_upload, st.max_upload_mb).map_err(ctx)?;
-        total += image.len();
-        let upload = match (&p.mask, &p.masks) {
-            (Some(seg), None) => {
-                let bytes = read_limited(
-                    dir,
-                    &inside(dir, seg, "mask").map_err(ctx)?,
-                    st.max_upload,
-                    st.max_upload_mb,
-                )
-                .map_err(ctx)?;
-                total += bytes.len();
-                MaskUpload::Seg(bytes)
-            }
-            (None, Some(list)) => {
-                let mut m = BTreeMap::new();
-                for (k, f) in list.iter().enumerate() {
-                    let bytes = read_limited(
-                        dir,
-                        &inside(dir, f, "masks").map_err(ctx)?,
-                        st.max_upload,
-                        st.max_upload_mb,
-                    )
-                    .map_err(ctx)?;
-                    total += bytes.len();
-                    m.insert(k as u32 + 1, bytes);
-                }
-                MaskUpload::Png(m)
-            }
-            _ => {
-                return Err(ctx(invalid(
-                    "give either `mask` (a DICOM SEG) or `masks` (one PNG per object)".into(),
-                )))
-            }
-        };
-        if total > st.max_upload.saturating_mul(64) {
+        let (image, upload) = read_pair(t, dir, p, &mut total).map_err(ctx)?;
+        if total > t.max_upload.saturating_mul(64) {
             return Err(invalid(format!(
                 "the folder holds more than 64 x admin.max_upload_mb = {} MiB",
-                64 * st.max_upload_mb
+                64 * t.max_upload_mb
             )));
         }
-        let valid = validate_pair(image, upload, &labels).map_err(|e| ctx(e.into()))?;
-        pairs.push(valid);
+        pairs.push(validate_pair(image, upload, &labels).map_err(|e| ctx(e.into()))?);
     }
     let meta = SetMeta {
         description: spec.description,
-        bundle: st.bundle_or_default(&spec.bundle),
+        bundle: t.bundle_or_default(&spec.bundle),
         modality: spec.match_.modality.trim().to_uppercase(),
         body_part: spec.match_.body_part.trim().to_uppercase(),
     };
-    Ok((name, meta, objects, pairs))
+    Ok(Loaded {
+        name,
+        meta,
+        objects,
+        pairs,
+    })
 }
 
-/// Imports a support-set folder as a new set: everything validated first, files written, then
-/// one transaction (create + every pair); on failure the written files are removed.
 /// Which way a folder crosses the exchange directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exchange {
@@ -377,47 +348,78 @@ pub fn exchange_path(st: &State, requested: &str, way: Exchange) -> Result<PathB
     }
 }
 
+/// Imports a support-set folder as a new set, audited as `who`: everything validated first,
+/// files written, then one transaction (create + every pair); on failure the written files are
+/// removed.
 pub async fn import(
-    st: &Arc<State>,
+    t: &Target,
     dir: PathBuf,
     name_override: &str,
     who: &str,
 ) -> Result<SetInfo, Status> {
+    let spec = read_spec(&dir)?;
+    Ok(import_spec(t, dir, spec, name_override, who, None).await?.0)
+}
+
+/// Reads a folder's `supportset.toml` ([`support_folder::read`]) as INVALID_ARGUMENT.
+pub(crate) fn read_spec(dir: &Path) -> Result<SupportSetSpec, Status> {
+    support_folder::read(dir)
+        .map(|(spec, _)| spec)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// [`import`] of a folder already read as `spec`; with `rule` (the seeding: the rule's
+/// description), the routing rule of the spec's `[match]` table ([`Rule::bundled`]) is created
+/// in the same transaction. Returns the set and that rule's id.
+pub(crate) async fn import_spec(
+    t: &Target,
+    dir: PathBuf,
+    spec: SupportSetSpec,
+    name_override: &str,
+    who: &str,
+    rule: Option<String>,
+) -> Result<(SetInfo, Option<i64>), Status> {
     let source = dir.display().to_string();
-    let st2 = st.clone();
+    let t2 = t.clone();
     let over = name_override.to_string();
-    let (name, dirs, new_pairs, meta, objects) = tokio::task::spawn_blocking(move || {
-        let (name, meta, objects, valid) = load_folder(&st2, &dir, &over)?;
-        let exists = st2
+    let (loaded, new_pairs) = tokio::task::spawn_blocking(move || {
+        let loaded = load_folder(&t2, &dir, spec, &over)?;
+        let name = &loaded.name;
+        let exists = t2
             .db
-            .read(|c| Ok(support::set_id(c, &name).is_ok()))
+            .read(|c| Ok(support::set_id(c, name).is_ok()))
             .map_err(internal)?;
         if exists {
-            return Err(Status::from(SupportError::Exists(name)));
+            return Err(Status::from(SupportError::Exists(name.clone())));
         }
-        let mut new_pairs = Vec::new();
-        for v in &valid {
-            match write_pair(&st2, &name, v) {
+        let mut new_pairs: Vec<support::NewPair> = Vec::new();
+        for v in &loaded.pairs {
+            match write_pair(&t2.data_dir, name, v) {
                 Ok(p) => new_pairs.push(p),
                 Err(e) => {
-                    let dirs: Vec<String> = new_pairs
-                        .iter()
-                        .map(|p: &support::NewPair| p.dir.clone())
-                        .collect();
-                    support::remove_pair_dirs(&st2.data_dir, &name, &dirs);
+                    let dirs: Vec<String> = new_pairs.iter().map(|p| p.dir.clone()).collect();
+                    support::remove_pair_dirs(&t2.data_dir, name, &dirs);
                     return Err(e.into());
                 }
             }
         }
-        let dirs: Vec<String> = new_pairs.iter().map(|p| p.dir.clone()).collect();
-        Ok((name, dirs, new_pairs, meta, objects))
+        Ok((loaded, new_pairs))
     })
     .await
     .map_err(internal)??;
-    let n2 = name.clone();
-    let who = who.to_string();
-    let now = db::now();
-    let r = change(&st.db, move |c| -> Result<(), SupportError> {
+    let Loaded {
+        name,
+        meta,
+        objects,
+        ..
+    } = loaded;
+    let dirs: Vec<String> = new_pairs.iter().map(|p| p.dir.clone()).collect();
+    let rule = rule.map(|description| Rule {
+        description,
+        ..Rule::bundled(&name, &meta.modality, &meta.body_part)
+    });
+    let (n2, who, now) = (name.clone(), who.to_string(), db::now());
+    let r = change(&t.db, move |c| -> Result<Option<i64>, RecordError> {
         let id = support::create(c, &n2, &meta, &objects, &who, now)?;
         for p in &new_pairs {
             support::add_pair(c, &n2, id, 0, p, &who, now)?;
@@ -429,15 +431,21 @@ pub async fn import(
             &format!("support_set:{n2}"),
             &format!("from {source}, {} pair(s)", new_pairs.len()),
             now,
-        )?;
-        Ok(())
+        )
+        .map_err(SupportError::from)?;
+        Ok(match &rule {
+            Some(rule) => Some(crate::store::rules::create(c, rule, &who, now)?),
+            None => None,
+        })
     })
     .await;
-    if let Err(e) = r {
-        support::remove_pair_dirs(&st.data_dir, &name, &dirs);
-        return Err(e);
+    match r {
+        Ok(rule_id) => Ok((read(&t.db, |c| support::get(c, &name, None))?, rule_id)),
+        Err(e) => {
+            support::remove_pair_dirs(&t.data_dir, &name, &dirs);
+            Err(e)
+        }
     }
-    read(&st.db, |c| support::get(c, &name, None))
 }
 
 /// Exports a version as a folder at `path` (which must not exist, or be empty). Returns the
@@ -520,7 +528,7 @@ fn write_folder(
         };
         pairs.push(spec);
     }
-    let spec = SpecFile {
+    let spec = SupportSetSpec {
         name: info.name.clone(),
         description: info.meta.description.clone(),
         bundle: info.meta.bundle.clone(),
@@ -553,30 +561,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spec_parses_both_mask_forms_and_text_codes() {
-        let s: SpecFile = toml::from_str(
-            r#"
-            name = "x"
-            bundle = "phantom-tiny"
-            [match]
-            modality = "OP"
-            [[objects]]
-            label = "disc"
-            category = "Anatomical structure"
-            type = { scheme = "SCT", code = "70555000", meaning = "Optic disc" }
-            color = [1, 2, 3]
-            [[pairs]]
-            image = "pairs/01/image.dcm"
-            mask = "pairs/01/mask.seg.dcm"
-            [[pairs]]
-            image = "pairs/02/image.dcm"
-            masks = ["pairs/02/mask-1.png"]
-            "#,
-        )
-        .unwrap();
-        assert_eq!(s.pairs.len(), 2);
-        assert_eq!(code(&s.objects[0].category).scheme, "99PROXYSEG");
-        assert_eq!(code(&s.objects[0].property_type).code, "70555000");
+    fn text_codes_and_paths_inside_the_folder() {
+        let text = Some(CodeSpec::Text("Anatomical structure".into()));
+        assert_eq!(code(&text).scheme, "99PROXYSEG");
+        assert_eq!(code(&text).code, "ANATOMICAL_STRUC");
+        let table = Some(CodeSpec::Code {
+            scheme: "SCT".into(),
+            code: "70555000".into(),
+            meaning: "Optic disc".into(),
+        });
+        assert_eq!(code(&table).code, "70555000");
+        assert_eq!(code(&None), support::default_code());
         assert!(inside(Path::new("/d"), "../etc/passwd", "image").is_err());
         assert!(inside(Path::new("/d"), "/etc/passwd", "image").is_err());
         assert!(inside(Path::new("/d"), "pairs/01/image.dcm", "image").is_ok());

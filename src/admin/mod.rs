@@ -3,7 +3,9 @@
 //! segmented and answer for the PHI it holds.
 //!
 //! Sits beside the data flow: it reads and changes the store (`store::support`, `store::rules`,
-//! `store::jobs`, `store::retention`, `store::audit`) and never reaches into the pipeline. Every change is one
+//! `store::jobs`, `store::retention`, `store::audit`) and never reaches into the pipeline, which
+//! reads support sets and rules from the store itself. The daemon seeds the bundled support sets
+//! into the store through [`seed`] at every start, whether or not the API listens. Every change is one
 //! SQLite transaction together with its audit row; every call is authenticated
 //! ([`auth`]). Segmentation for Evaluate / Preview goes through the [`segment::Segmenter`]
 //! boundary, implemented by the engine.
@@ -11,7 +13,6 @@
 pub mod audit;
 pub mod auth;
 pub mod bundles;
-pub mod catalog;
 pub mod cli;
 pub mod evaluate;
 pub mod folder;
@@ -21,6 +22,7 @@ pub mod masks;
 pub mod models;
 pub mod preview;
 pub mod rules;
+pub mod seed;
 pub mod segment;
 pub mod server;
 pub mod studies;

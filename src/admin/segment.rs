@@ -43,8 +43,8 @@ pub trait Segmenter: Send + Sync {
     fn segment(&self, set: &SupportSetData, image: &DicomImage) -> Result<Vec<Mask>, SegmentError>;
 }
 
-/// The engine as the admin API's [`Segmenter`]: decodes the support images and the image with
-/// `dicom::pixels`, and runs `Engine::segment` on the daemon's runtime (called from a blocking
+/// The engine as the admin API's [`Segmenter`]: decodes the support images
+/// ([`crate::engine::SupportSet::from_stored`]) and the image with `dicom::pixels`, and runs `Engine::segment` on the daemon's runtime (called from a blocking
 /// thread). The support set's `variant` becomes part of the engine's version key, so
 /// leave-one-out subsets never share a cache entry with the full set.
 #[derive(Clone)]
@@ -87,7 +87,8 @@ impl Segmenter for EngineSegmenter {
             crate::dicom::pixels::frames_from_object(&image.object),
             "image",
         )?;
-        let engine_set = engine_set(set)?;
+        let engine_set =
+            crate::engine::SupportSet::from_stored(set).map_err(|e| SegmentError(e.to_string()))?;
         let bundle = if set.bundle.trim().is_empty() {
             &self.default_bundle
         } else {
@@ -112,50 +113,4 @@ impl Segmenter for EngineSegmenter {
             })
             .collect())
     }
-}
-
-/// The engine's view of a stored support set: the support images decoded with
-/// `dicom::pixels` (first frame), the masks copied, and `version` = `"{version}"` or
-/// `"{version}-{variant}"`, so derived subsets get their own support-context cache entry.
-pub fn engine_set(set: &SupportSetData) -> Result<crate::engine::SupportSet, SegmentError> {
-    use crate::engine as e;
-    let mut pairs = Vec::with_capacity(set.pairs.len());
-    for p in &set.pairs {
-        let image = first_frame(
-            crate::dicom::pixels::frames_from_file(&p.image_path),
-            &format!("support pair {}", p.number),
-        )?;
-        pairs.push(e::SupportPair {
-            image,
-            masks: p
-                .masks
-                .iter()
-                .map(|m| e::Mask {
-                    rows: m.rows,
-                    cols: m.cols,
-                    data: m.data.clone(),
-                })
-                .collect(),
-        });
-    }
-    let engine_set = e::SupportSet {
-        name: set.name.clone(),
-        version: if set.variant.is_empty() {
-            set.version.to_string()
-        } else {
-            format!("{}-{}", set.version, set.variant)
-        },
-        objects: set
-            .objects
-            .iter()
-            .map(|o| e::SupportObject {
-                label: o.label.clone(),
-                category: Some(o.category.meaning.clone()),
-                property_type: Some(o.property_type.meaning.clone()),
-                color: Some(o.color),
-            })
-            .collect(),
-        pairs,
-    };
-    Ok(engine_set)
 }

@@ -5,7 +5,6 @@
 //! probes can use it; every other service, reflection included, needs a valid token.
 
 use crate::admin::auth::{AuthInterceptor, TokenFileError, TokenStore, Tokens};
-use crate::admin::catalog::StoreCatalog;
 use crate::admin::pb;
 use crate::admin::segment::Segmenter;
 use crate::config::Config;
@@ -109,12 +108,18 @@ impl State {
     /// The bundle a set records: `name` trimmed or, when empty, `[engine] default_bundle`
     /// when installed, else the only installed bundle ([`crate::admin::bundles::default_for`]).
     pub fn bundle_or_default(&self, name: &str) -> String {
-        match name.trim() {
-            "" => crate::admin::bundles::default_for(
-                &self.default_bundle,
-                &crate::admin::bundles::installed(&self.models_dir),
-            ),
-            b => b.to_string(),
+        crate::admin::bundles::recorded(name, &self.default_bundle, &self.models_dir)
+    }
+
+    /// What Import needs of this state ([`crate::admin::folder::Target`]).
+    pub fn folder_target(&self) -> crate::admin::folder::Target {
+        crate::admin::folder::Target {
+            db: self.db.clone(),
+            data_dir: self.data_dir.clone(),
+            models_dir: self.models_dir.clone(),
+            default_bundle: self.default_bundle.clone(),
+            max_upload: self.max_upload,
+            max_upload_mb: self.max_upload_mb,
         }
     }
 
@@ -145,12 +150,62 @@ fn read(key: &'static str, p: &std::path::Path) -> Result<Vec<u8>, StartError> {
     })
 }
 
+/// `admin.exchange_dir` (default `data_dir/exchange`), created and canonical.
+fn exchange_dir(cfg: &Config, a: &crate::config::AdminConfig) -> Result<PathBuf, StartError> {
+    let exchange = if a.exchange_dir.as_os_str().is_empty() {
+        cfg.storage.data_dir.join("exchange")
+    } else {
+        a.exchange_dir.clone()
+    };
+    crate::store::private::create_dir_all(&exchange)
+        .and_then(|_| std::fs::canonicalize(&exchange))
+        .map_err(|source| StartError::ExchangeDir {
+            path: exchange.display().to_string(),
+            source,
+        })
+}
+
+/// The server with its limits and, under `[admin.tls]`, its TLS identity and client CA.
+fn server_builder(a: &crate::config::AdminConfig) -> Result<Server, StartError> {
+    let builder = Server::builder()
+        .timeout(std::time::Duration::from_secs(a.rpc_timeout_s))
+        .concurrency_limit_per_connection(a.max_concurrent_rpcs);
+    let Some(t) = &a.tls else {
+        return Ok(builder);
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("admin.tls.certificate", &t.certificate)?,
+        read("admin.tls.private_key", &t.private_key)?,
+    ));
+    if let Some(ca) = &t.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read("admin.tls.client_ca", ca)?));
+    }
+    builder
+        .tls_config(tls)
+        .map_err(|e| StartError::Tls(e.to_string()))
+}
+
+/// Marks every admin service SERVING for `grpc.health.v1.Health`.
+async fn report_serving(health: &tonic_health::server::HealthReporter) {
+    use crate::admin::{audit, jobs, models, preview, rules, studies, support_sets};
+    use pb::{audit_server::AuditServer, jobs_server::JobsServer};
+    use pb::{models_server::ModelsServer, preview_server::PreviewServer};
+    use pb::{rules_server::RulesServer, studies_server::StudiesServer};
+    health
+        .set_serving::<pb::support_sets_server::SupportSetsServer<support_sets::Svc>>()
+        .await;
+    health.set_serving::<RulesServer<rules::Svc>>().await;
+    health.set_serving::<JobsServer<jobs::Svc>>().await;
+    health.set_serving::<ModelsServer<models::Svc>>().await;
+    health.set_serving::<PreviewServer<preview::Svc>>().await;
+    health.set_serving::<AuditServer<audit::Svc>>().await;
+    health.set_serving::<StudiesServer<studies::Svc>>().await;
+}
+
 /// Starts the admin server on `servers` when `[admin]` is configured; stops with `stop`.
 /// Errors (unsafe tokens file, bad TLS files, port in use) happen before anything is served.
-///
-/// With `[admin]`, the admin store is what the pipeline routes with: the returned
-/// [`StoreCatalog`] (seeded from the bundled support-set folders on a first start). Without
-/// it, None: the pipeline keeps its folder catalog.
+/// The bundled support sets are in the store already, admin API or not
+/// ([`crate::admin::seed::at_start`], run by the daemon before).
 pub async fn start(
     cfg: Arc<Config>,
     db: Db,
@@ -158,9 +213,9 @@ pub async fn start(
     metrics: crate::metrics::Metrics,
     servers: &mut tokio::task::JoinSet<()>,
     mut stop: watch::Receiver<bool>,
-) -> Result<Option<Arc<StoreCatalog>>, StartError> {
+) -> Result<(), StartError> {
     let Some(a) = cfg.admin.clone() else {
-        return Ok(None);
+        return Ok(());
     };
     let tokens = TokenStore::new(Tokens::load(&a.tokens_file)?);
     servers.spawn(crate::admin::auth::watch_file(
@@ -176,17 +231,7 @@ pub async fn start(
         )),
     };
     let max_upload = (a.max_upload_mb as usize).saturating_mul(1024 * 1024);
-    let exchange = if a.exchange_dir.as_os_str().is_empty() {
-        cfg.storage.data_dir.join("exchange")
-    } else {
-        a.exchange_dir.clone()
-    };
-    let exchange_dir = crate::store::private::create_dir_all(&exchange)
-        .and_then(|_| std::fs::canonicalize(&exchange))
-        .map_err(|source| StartError::ExchangeDir {
-            path: exchange.display().to_string(),
-            source,
-        })?;
+    let exchange_dir = exchange_dir(&cfg, &a)?;
     let st = Arc::new(State {
         db,
         data_dir: cfg.storage.data_dir.clone(),
@@ -202,24 +247,7 @@ pub async fn start(
         inference: Arc::new(tokio::sync::Semaphore::new(a.max_concurrent_inference)),
         watches: Arc::new(tokio::sync::Semaphore::new(a.max_watch_streams)),
     });
-    let data_dir = cfg.storage.data_dir.clone();
-    let db2 = st.db.clone();
-    let _ = tokio::task::spawn_blocking(move || sweep_orphans(&db2, &data_dir)).await;
-    let mut builder = Server::builder()
-        .timeout(std::time::Duration::from_secs(a.rpc_timeout_s))
-        .concurrency_limit_per_connection(a.max_concurrent_rpcs);
-    if let Some(t) = &a.tls {
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-            read("admin.tls.certificate", &t.certificate)?,
-            read("admin.tls.private_key", &t.private_key)?,
-        ));
-        if let Some(ca) = &t.client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(read("admin.tls.client_ca", ca)?));
-        }
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-    }
+    let mut builder = server_builder(&a)?;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -249,27 +277,7 @@ pub async fn start(
     let studies = StudiesServer::new(crate::admin::studies::Svc::new(st.clone()));
     let preview = PreviewServer::new(crate::admin::preview::Svc::new(st.clone()))
         .max_decoding_message_size(limit);
-    health
-        .set_serving::<SupportSetsServer<crate::admin::support_sets::Svc>>()
-        .await;
-    health
-        .set_serving::<RulesServer<crate::admin::rules::Svc>>()
-        .await;
-    health
-        .set_serving::<JobsServer<crate::admin::jobs::Svc>>()
-        .await;
-    health
-        .set_serving::<ModelsServer<crate::admin::models::Svc>>()
-        .await;
-    health
-        .set_serving::<PreviewServer<crate::admin::preview::Svc>>()
-        .await;
-    health
-        .set_serving::<AuditServer<crate::admin::audit::Svc>>()
-        .await;
-    health
-        .set_serving::<StudiesServer<crate::admin::studies::Svc>>()
-        .await;
+    report_serving(&health).await;
     let listener = TcpListener::bind(&a.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -296,13 +304,6 @@ pub async fn start(
     if a.tls.is_none() && listener.local_addr().is_ok_and(|l| !l.ip().is_loopback()) {
         tracing::warn!(addr = %a.listen, "admin API off loopback without TLS (admin.allow_insecure_remote): bearer tokens cross the network in cleartext");
     }
-    seed(&st).await;
-    let catalog = Arc::new(StoreCatalog::new(
-        st.db.clone(),
-        st.data_dir.clone(),
-        st.synonyms.clone(),
-        st.default_bundle.clone(),
-    ));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     servers.spawn(async move {
         let shutdown = async move {
@@ -319,98 +320,5 @@ pub async fn start(
             tracing::error!(error = %e, "admin gRPC server stopped with an error");
         }
     });
-    Ok(Some(catalog))
-}
-
-/// On a first start (no support set in the store yet), imports the bundled support-set
-/// folders (`models_dir/*/support-sets/*`) with a routing rule each from their `[match]` table,
-/// audited as token `seed`. A folder that does not import is logged and skipped.
-pub async fn seed(st: &Arc<State>) {
-    let empty = st
-        .db
-        .read(|c| {
-            c.query_row("SELECT COUNT(*) FROM support_sets", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .map(|n| n == 0)
-        .unwrap_or(false);
-    if !empty {
-        return;
-    }
-    let dirs = crate::pipeline::catalog::FolderCatalog::discover(
-        &st.models_dir,
-        &st.default_bundle,
-        st.synonyms.clone(),
-    )
-    .dirs()
-    .to_vec();
-    for dir in dirs {
-        let shown = dir.display().to_string();
-        match crate::admin::folder::import(st, dir.clone(), "", "seed").await {
-            Ok(set) => {
-                let rule = crate::routing::Rule {
-                    description: format!("seeded from {shown}"),
-                    ..crate::routing::Rule::bundled(
-                        &set.name,
-                        &set.meta.modality,
-                        &set.meta.body_part,
-                    )
-                };
-                let now = crate::store::db::now();
-                let r = crate::admin::change(&st.db, move |c| {
-                    crate::store::rules::create(c, &rule, "seed", now)
-                })
-                .await;
-                match r {
-                    Ok(id) => {
-                        tracing::info!(support_set = %set.name, rule = id, "seeded a bundled support set")
-                    }
-                    Err(e) => {
-                        tracing::error!(support_set = %set.name, error = %e.message(), "cannot seed a routing rule")
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(folder = %shown, error = %e.message(), "cannot seed a bundled support set")
-            }
-        }
-    }
-}
-
-/// Removes pair folders no committed row names: temp folders of uploads cut short by a crash,
-/// and folders written just before a transaction that never committed.
-pub fn sweep_orphans(db: &Db, data_dir: &std::path::Path) {
-    let root = data_dir.join("support");
-    let Ok(sets) = std::fs::read_dir(&root) else {
-        return;
-    };
-    let known: std::collections::HashSet<String> = match db.read(|c| {
-        c.prepare("SELECT dir FROM support_pairs")?
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect()
-    }) {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list support pairs; leaving support/ as it is");
-            return;
-        }
-    };
-    for set in sets.filter_map(|e| e.ok()) {
-        let Ok(pairs) = std::fs::read_dir(set.path()) else {
-            continue;
-        };
-        for p in pairs.filter_map(|e| e.ok()) {
-            let rel = format!(
-                "support/{}/{}",
-                set.file_name().to_string_lossy(),
-                p.file_name().to_string_lossy()
-            );
-            if !known.contains(&rel) {
-                tracing::info!(dir = %rel, "removing a support pair folder no row refers to");
-                let _ = std::fs::remove_dir_all(p.path());
-            }
-        }
-        let _ = std::fs::remove_dir(set.path());
-    }
+    Ok(())
 }

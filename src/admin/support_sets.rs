@@ -210,15 +210,20 @@ pub fn validate_pair(
     })
 }
 
-/// Writes a validated pair's files under the set's folder (blocking). Returns the new pair.
-pub fn write_pair(st: &State, name: &str, v: &ValidPair) -> Result<NewPair, SupportError> {
+/// Writes a validated pair's files under the set's folder in `data_dir` (blocking). Returns the
+/// new pair.
+pub fn write_pair(
+    data_dir: &std::path::Path,
+    name: &str,
+    v: &ValidPair,
+) -> Result<NewPair, SupportError> {
     let masks_bin = support::encode_masks(&v.masks);
     let extra: Vec<(&str, &[u8])> = v
         .seg
         .as_deref()
         .map(|s| vec![("mask.seg.dcm", s)])
         .unwrap_or_default();
-    let dir = support::write_pair_files(&st.data_dir, name, &v.image_bytes, &masks_bin, &extra)?;
+    let dir = support::write_pair_files(data_dir, name, &v.image_bytes, &masks_bin, &extra)?;
     Ok(NewPair {
         dir,
         sop_instance_uid: v.image.sop_instance_uid.clone(),
@@ -256,7 +261,7 @@ pub async fn add_pair(
     let name2 = name.clone();
     let pair = tokio::task::spawn_blocking(move || -> Result<NewPair, Status> {
         let valid = validate_pair(image, masks, &labels)?;
-        Ok(write_pair(&st2, &name2, &valid)?)
+        Ok(write_pair(&st2.data_dir, &name2, &valid)?)
     })
     .await
     .map_err(internal)??;
@@ -510,7 +515,10 @@ impl pb::support_sets_server::SupportSets for Svc {
         let who = require(&req, Access::Write, "SupportSets.Import")?;
         let r = req.into_inner();
         let s = match exchange_path(&self.st, &r.path, Exchange::Read) {
-            Ok(dir) => crate::admin::folder::import(&self.st, dir, &r.name, &who.name).await,
+            Ok(dir) => {
+                let target = self.st.folder_target();
+                crate::admin::folder::import(&target, dir, &r.name, &who.name).await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &s {

@@ -1,10 +1,10 @@
 //! `proxyseg segment`: segments DICOM files without the network, for admins and tests.
 //!
 //! Owns loading a support set from a `supportset.toml` folder (or by name under
-//! `models_dir/*/support-sets/`), reading its SEG masks with a deliberately small private
-//! reader (BINARY, uncompressed, per-frame functional groups; to be replaced by
-//! `dicom::seg` when it merges), and writing the masks as PNG + raw bytes. It never writes
-//! DICOM SEG and never talks to the store.
+//! `models_dir/*/support-sets/`; the file itself is parsed by [`crate::support_folder`]),
+//! reading its SEG masks with a deliberately small private reader (BINARY, uncompressed,
+//! per-frame functional groups; to be replaced by `dicom::seg` when it merges), and writing the
+//! masks as PNG + raw bytes. It never writes DICOM SEG and never talks to the store.
 //!
 //! The CLI calls [`segment_files`] with the loaded config.
 
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -22,56 +21,9 @@ use super::{
 };
 use crate::config::Config;
 use crate::dicom::pixels::{frames_from_file, Frame};
+use crate::support_folder::{self, CodeSpec, SpecError};
 
-/// `supportset.toml`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SupportSetSpec {
-    /// Set name.
-    pub name: String,
-    /// Free text.
-    #[serde(default)]
-    pub description: String,
-    /// Bundle name it was curated for.
-    #[serde(default)]
-    pub bundle: Option<String>,
-    /// Explicit content version; when absent a hash of the folder's content is used.
-    #[serde(default)]
-    pub version: Option<toml::Value>,
-    /// `[match]`: modality / body part (used by the router, ignored here).
-    #[serde(default, rename = "match")]
-    pub match_: Option<toml::Table>,
-    /// `[[objects]]`.
-    #[serde(default)]
-    pub objects: Vec<ObjectSpec>,
-    /// `[[pairs]]`.
-    #[serde(default)]
-    pub pairs: Vec<PairSpec>,
-}
-
-/// One `[[objects]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ObjectSpec {
-    /// Segment label.
-    pub label: String,
-    /// Segmented property category: text, or a code table (`scheme`, `code`, `meaning`).
-    #[serde(default)]
-    pub category: Option<toml::Value>,
-    /// Segmented property type: text, or a code table (`scheme`, `code`, `meaning`).
-    #[serde(default, rename = "type")]
-    pub property_type: Option<toml::Value>,
-    /// RGB colour.
-    #[serde(default)]
-    pub color: Option<Vec<u8>>,
-}
-
-/// One `[[pairs]]` entry: paths relative to the set folder.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PairSpec {
-    /// Image file, or a folder of slices (the first by InstanceNumber is the annotated one).
-    pub image: String,
-    /// DICOM SEG file with one segment per object.
-    pub mask: String,
-}
+pub use crate::support_folder::SupportSetSpec;
 
 fn off(msg: String) -> EngineError {
     EngineError::Offline(msg)
@@ -81,49 +33,39 @@ fn off(msg: String) -> EngineError {
 /// folder of that name under `models_dir/*/support-sets/`.
 pub fn find_support_set(models_dir: &Path, name_or_path: &str) -> Result<PathBuf, EngineError> {
     let p = Path::new(name_or_path);
-    if p.is_file() && p.file_name().is_some_and(|n| n == "supportset.toml") {
+    if p.is_file() && p.file_name().is_some_and(|n| n == support_folder::FILE) {
         return Ok(p.parent().unwrap_or(Path::new(".")).to_path_buf());
     }
-    if p.join("supportset.toml").is_file() {
+    if p.join(support_folder::FILE).is_file() {
         return Ok(p.to_path_buf());
     }
-    let pattern = format!(
-        "{}/*/support-sets/*/supportset.toml",
-        glob::Pattern::escape(&models_dir.to_string_lossy())
-    );
-    let mut found = Vec::new();
-    for entry in glob::glob(&pattern)
-        .map_err(|e| off(e.to_string()))?
-        .flatten()
-    {
-        let dir = entry.parent().map(Path::to_path_buf).unwrap_or_default();
-        let by_dir = dir.file_name().is_some_and(|n| n == name_or_path);
-        let by_name = std::fs::read_to_string(&entry)
-            .ok()
-            .and_then(|t| toml::from_str::<SupportSetSpec>(&t).ok())
-            .is_some_and(|s| s.name == name_or_path);
-        if by_dir || by_name {
-            found.push(dir);
-        }
-    }
-    found.sort();
-    found.dedup();
+    let mut found: Vec<PathBuf> = support_folder::bundled(models_dir)
+        .into_iter()
+        .filter(|dir| {
+            dir.file_name().is_some_and(|n| n == name_or_path)
+                || support_folder::read(dir).is_ok_and(|(s, _)| s.name == name_or_path)
+        })
+        .collect();
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(off(format!(
-            "support set {name_or_path:?} not found: not a folder with supportset.toml, and no {pattern} names it"
+            "support set {name_or_path:?} not found: not a folder with {}, and no {}/*/support-sets/*/{} names it",
+            support_folder::FILE,
+            models_dir.display(),
+            support_folder::FILE
         ))),
         _ => Err(off(format!("support set {name_or_path:?} is ambiguous: {found:?}"))),
     }
 }
 
-/// Loads a support-set folder into a [`SupportSet`] (and its spec).
+/// Loads a support-set folder into a [`SupportSet`] (and its spec). Masks are read from the
+/// pairs' DICOM SEG files (`mask`); PNG masks (`masks`) are for Import only.
 pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), EngineError> {
-    let toml_path = dir.join("supportset.toml");
-    let text = std::fs::read_to_string(&toml_path)
-        .map_err(|e| off(format!("cannot read {}: {e}", toml_path.display())))?;
-    let spec: SupportSetSpec = toml::from_str(&text)
-        .map_err(|e| off(format!("{} is not valid: {e}", toml_path.display())))?;
+    let toml_path = dir.join(support_folder::FILE);
+    let (spec, text) = support_folder::read(dir).map_err(|e| match e {
+        SpecError::Read(e) => off(format!("cannot read {}: {e}", toml_path.display())),
+        SpecError::Invalid(e) => off(format!("{} is not valid: {e}", toml_path.display())),
+    })?;
     let objects: Vec<SupportObject> = spec
         .objects
         .iter()
@@ -149,7 +91,10 @@ pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), Engi
             .ok_or_else(|| ctx("image has no frames".into()))?;
         let src = dicom_object::open_file(&first).map_err(|e| ctx(e.to_string()))?;
         let sop = text_of(&src, tags::SOP_INSTANCE_UID).unwrap_or_default();
-        let seg_path = dir.join(&p.mask);
+        let mask = p.mask.as_deref().ok_or_else(|| {
+            ctx("no `mask` (a DICOM SEG): PNG `masks` are read by Import only".into())
+        })?;
+        let seg_path = dir.join(mask);
         let masks = read_seg_masks(&seg_path, &sop, 1, &objects, image.rows, image.cols)
             .map_err(|m| ctx(format!("{}: {m}", seg_path.display())))?;
         for f in [&first, &seg_path] {
@@ -174,14 +119,14 @@ pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), Engi
 }
 
 /// A code as text: a string as is; a table as "meaning (scheme code)".
-fn code_text(v: &toml::Value) -> String {
+fn code_text(v: &CodeSpec) -> String {
     match v {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Table(t) => {
-            let get = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("");
-            format!("{} ({} {})", get("meaning"), get("scheme"), get("code"))
-        }
-        other => other.to_string(),
+        CodeSpec::Text(s) => s.clone(),
+        CodeSpec::Code {
+            scheme,
+            code,
+            meaning,
+        } => format!("{meaning} ({scheme} {code})"),
     }
 }
 
@@ -458,8 +403,8 @@ pub async fn segment_files(
     let set_dir = find_support_set(&cfg.engine.models_dir, support_set)?;
     let (set, spec) = load_support_set(&set_dir)?;
     // A set that names no bundle runs on `[engine] default_bundle`.
-    let bundle = match spec.bundle.clone().filter(|b| !b.trim().is_empty()) {
-        Some(b) => b,
+    let bundle = match spec.bundle() {
+        Some(b) => b.to_string(),
         None => {
             let b = cfg.engine.default_bundle.clone();
             if let Err(e) = engine.bundle(&b) {

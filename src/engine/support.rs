@@ -1,8 +1,9 @@
 //! Support sets as the engine sees them: already-decoded images and per-object binary masks.
 //!
 //! Owns the in-memory shape of a support set and its checks against a bundle. It never reads
-//! SQLite or SEG files: the store, the admin API and the SEG reader build a [`SupportSet`] and
-//! hand it over (the offline command has its own small loader in `offline.rs`).
+//! SQLite or SEG files: a stored set comes in already loaded (`store::support::load`) and
+//! [`SupportSet::from_stored`] decodes its images, for the pipeline and the admin API alike
+//! (the offline command has its own small loader in `offline.rs`).
 
 use crate::dicom::pixels::Frame;
 
@@ -67,6 +68,58 @@ pub struct SupportSet {
 }
 
 impl SupportSet {
+    /// The engine's view of a stored support set version: the support images decoded with
+    /// `dicom::pixels` (first frame), the masks copied, and `version` = `"{version}"` or
+    /// `"{version}-{variant}"`, so derived subsets (leave-one-out) get their own
+    /// support-context cache entry.
+    pub fn from_stored(
+        set: &crate::store::support::SupportSetData,
+    ) -> Result<SupportSet, EngineError> {
+        let bad = |number: u32, message: String| EngineError::SupportSet {
+            name: set.name.clone(),
+            message: format!("support pair {number}: {message}"),
+        };
+        let mut pairs = Vec::with_capacity(set.pairs.len());
+        for p in &set.pairs {
+            let image = crate::dicom::pixels::frames_from_file(&p.image_path)
+                .map_err(|e| bad(p.number, e.to_string()))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| bad(p.number, "no frames".into()))?;
+            pairs.push(SupportPair {
+                image,
+                masks: p
+                    .masks
+                    .iter()
+                    .map(|m| Mask {
+                        rows: m.rows,
+                        cols: m.cols,
+                        data: m.data.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(SupportSet {
+            name: set.name.clone(),
+            version: if set.variant.is_empty() {
+                set.version.to_string()
+            } else {
+                format!("{}-{}", set.version, set.variant)
+            },
+            objects: set
+                .objects
+                .iter()
+                .map(|o| SupportObject {
+                    label: o.label.clone(),
+                    category: Some(o.category.meaning.clone()),
+                    property_type: Some(o.property_type.meaning.clone()),
+                    color: Some(o.color),
+                })
+                .collect(),
+            pairs,
+        })
+    }
+
     /// Checks the set against a bundle's limits; the error names the set and what is wrong.
     pub fn check(&self, m: &Manifest) -> Result<(), EngineError> {
         let bad = |message: String| EngineError::SupportSet {

@@ -1,17 +1,20 @@
-//! The catalog the pipeline asks for routing decisions and support sets.
+//! The catalog the pipeline asks for routing decisions and support sets: the store.
 //!
-//! [`Catalog`] is the boundary between the pipeline and whoever curates support sets: the
-//! admin store (support sets and rules in SQLite) or, without one, [`FolderCatalog`], which
-//! serves the `supportset.toml` folders bundled with the models (`models/*/support-sets/*`)
-//! and routes by their `[match]` table; a folder that names no `bundle` runs on
-//! `[engine] default_bundle`. Both route with [`crate::routing`] and the one synonym table, a
-//! folder's `[match]` being the rule the admin store seeds from it
-//! ([`Rule::bundled`]), so a study routes the same whether the admin API is on or off.
+//! [`StoreCatalog`] routes with the rules in SQLite (`store::rules`) through [`crate::routing`]
+//! and its one synonym table, and loads versioned support sets (`store::support`), so what
+//! admins curate is what the pipeline segments with. The bundled folders
+//! (`models/*/support-sets/*`) reach it only through the store: the daemon seeds them, each
+//! with the rule of its `[match]` table, at start whether or not the admin API listens
+//! (`admin::seed`). A job records the support-set version it was routed to and
+//! [`Catalog::load`] returns exactly that snapshot later, however the set changed in between.
+//! [`Catalog`] is the seam the worker uses (and tests may fake).
 
 use crate::dicom::seg::{Code, SegmentDescription};
-use crate::engine::SupportSet;
-use crate::routing::{route_series, Rule, RuleSet, StudyHeader, Synonyms};
-use std::path::{Path, PathBuf};
+use crate::engine::{EngineError, SupportSet};
+use crate::routing::{self, StudyHeader, Synonyms};
+use crate::store::support::{self, ObjectDef, SupportError};
+use crate::store::{rules, Db, DbError};
+use std::path::PathBuf;
 
 /// What the router knows about one series of a study.
 #[derive(Debug, Clone)]
@@ -56,7 +59,7 @@ impl StudyInfo {
             .collect()
     }
 
-    /// The UIDs of the series at `indexes` (from [`route_series`] over [`StudyInfo::headers`]).
+    /// The UIDs of the series at `indexes` (from [`routing::route_series`] over [`StudyInfo::headers`]).
     pub fn series_uids(&self, indexes: &[usize]) -> Vec<String> {
         indexes
             .iter()
@@ -104,198 +107,161 @@ pub struct LoadedSupportSet {
     pub segments: Vec<SegmentDescription>,
 }
 
+/// Why routing or loading a support set failed (the job fails with it as its reason).
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The index could not be read.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The winning rule is gone (deleted while routing).
+    #[error("rule {0} vanished while routing")]
+    RuleVanished(i64),
+    /// The winning rule names a set the store cannot give.
+    #[error("rule {rule}: {source}")]
+    RuleSet {
+        /// The rule.
+        rule: i64,
+        /// Why.
+        source: SupportError,
+    },
+    /// The winning rule's set has no pairs to segment with.
+    #[error("support set {0} has no image/mask pairs yet")]
+    NoPairs(String),
+    /// A job's recorded version is not one the store numbers (`v<N>`).
+    #[error("support set {name}: version {version:?} is not a store version")]
+    Version {
+        /// The set.
+        name: String,
+        /// The version the job recorded.
+        version: String,
+    },
+    /// The set (at that version) cannot be loaded.
+    #[error(transparent)]
+    Support(#[from] SupportError),
+    /// Its images cannot be decoded for the engine.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
 /// Routing and support sets, as the pipeline needs them.
 pub trait Catalog: Send + Sync {
     /// Decides what to do with a complete study.
-    fn route(&self, study: &StudyInfo) -> Result<Route, String>;
+    fn route(&self, study: &StudyInfo) -> Result<Route, CatalogError>;
     /// Loads a support set at the version a job recorded.
-    fn load(&self, name: &str, version: &str) -> Result<LoadedSupportSet, String>;
+    fn load(&self, name: &str, version: &str) -> Result<LoadedSupportSet, CatalogError>;
 }
 
-/// Support sets from `models_dir/*/support-sets/*/supportset.toml`, routed by `[match]`.
+/// Routing rules and support sets from the store.
 #[derive(Debug, Clone)]
-pub struct FolderCatalog {
-    dirs: Vec<PathBuf>,
-    default_bundle: String,
+pub struct StoreCatalog {
+    db: Db,
+    data_dir: PathBuf,
     synonyms: Synonyms,
+    default_bundle: String,
 }
 
-impl FolderCatalog {
-    /// Finds every bundled support-set folder under `models_dir`; a folder whose
-    /// `supportset.toml` names no `bundle` runs on `default_bundle` (`[engine] default_bundle`).
-    /// Body parts match through `synonyms` (`Config::body_part_synonyms`).
-    pub fn discover(models_dir: &Path, default_bundle: &str, synonyms: Synonyms) -> FolderCatalog {
-        let pattern = format!(
-            "{}/*/support-sets/*/supportset.toml",
-            glob::Pattern::escape(&models_dir.to_string_lossy())
-        );
-        let mut dirs: Vec<PathBuf> = glob::glob(&pattern)
-            .map(|g| {
-                g.flatten()
-                    .filter_map(|p| p.parent().map(Path::to_path_buf))
-                    .collect()
-            })
-            .unwrap_or_default();
-        dirs.sort();
-        FolderCatalog {
-            dirs,
-            default_bundle: default_bundle.to_string(),
+impl StoreCatalog {
+    /// A catalog on the index and the data dir that holds `support/`; body parts match through
+    /// `synonyms` (`Config::body_part_synonyms`); a stored set that names no bundle (recorded
+    /// before sets got `[engine] default_bundle` at creation) runs on `default_bundle`.
+    pub fn new(
+        db: Db,
+        data_dir: PathBuf,
+        synonyms: Synonyms,
+        default_bundle: String,
+    ) -> StoreCatalog {
+        StoreCatalog {
+            db,
+            data_dir,
             synonyms,
+            default_bundle,
         }
-    }
-
-    /// The folders found.
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
-    }
-
-    fn spec(dir: &Path) -> Option<crate::engine::offline::SupportSetSpec> {
-        let text = std::fs::read_to_string(dir.join("supportset.toml")).ok()?;
-        toml::from_str(&text).ok()
     }
 }
 
-fn code_of(v: Option<&toml::Value>, fallback: &str) -> Code {
-    match v {
-        Some(toml::Value::Table(t)) => {
-            let get = |k: &str| t.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
-            let scheme = get("scheme");
-            Code {
-                scheme: if scheme.is_empty() {
-                    "SCT".into()
-                } else {
-                    scheme
-                },
-                value: get("code"),
-                meaning: get("meaning"),
-            }
-        }
-        Some(toml::Value::String(s)) => Code::sct("91723000", s),
-        _ => Code::sct("91723000", fallback),
-    }
+/// The version a job records for store version `v`: "v<N>", since the jobs column has INTEGER
+/// affinity and the worker reads it back as text, so a bare number would come back as an
+/// integer it cannot read.
+fn job_version(v: u32) -> String {
+    format!("v{v}")
 }
 
-impl Catalog for FolderCatalog {
-    fn route(&self, study: &StudyInfo) -> Result<Route, String> {
-        // One rule per folder with a `[match]` table, in folder order: rule id = index + 1.
-        let mut rules = Vec::new();
-        for (i, dir) in self.dirs.iter().enumerate() {
-            let Some(spec) = Self::spec(dir) else {
-                continue;
-            };
-            let Some(m) = &spec.match_ else { continue };
-            let get = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("");
-            rules.push(Rule {
-                id: i as i64 + 1,
-                ..Rule::bundled(&spec.name, get("modality"), get("body_part"))
-            });
-        }
-        let rules = RuleSet::new(rules, self.synonyms.clone());
-        let routed = route_series(&rules, &study.headers());
-        let Some(id) = routed.decision.rule else {
-            return Ok(Route::Unmatched {
-                reason: format!("no bundled support set matches: {}", routed.decision.reason),
-            });
+impl Catalog for StoreCatalog {
+    fn route(&self, study: &StudyInfo) -> Result<Route, CatalogError> {
+        let set = self.db.read(|c| rules::load(c, self.synonyms.clone()))?;
+        let routed = routing::route_series(&set, &study.headers());
+        let d = routed.decision;
+        let Some(id) = d.rule else {
+            return Ok(Route::Unmatched { reason: d.reason });
         };
-        let dir = &self.dirs[(id - 1) as usize];
-        let spec = Self::spec(dir).ok_or_else(|| {
-            format!(
-                "{} changed while routing",
-                dir.join("supportset.toml").display()
-            )
-        })?;
-        let (set, _) = crate::engine::offline::load_support_set(dir).map_err(|e| e.to_string())?;
+        let rule = set
+            .rules()
+            .find(|r| r.id == id)
+            .ok_or(CatalogError::RuleVanished(id))?;
+        // Every series whose own first matching rule is the winner is segmented.
+        let series = study.series_uids(&routed.series);
+        let name = rule.support_set.clone();
+        let info = self
+            .db
+            .read(|c| Ok(support::get(c, &name, None)))?
+            .map_err(|source| CatalogError::RuleSet { rule: id, source })?;
+        if info.pairs.is_empty() {
+            return Err(CatalogError::NoPairs(name));
+        }
         Ok(Route::Matched {
-            rule_id: 0,
-            support_set: set.name.clone(),
-            version: set.version.clone(),
-            bundle: spec
-                .bundle
-                .clone()
-                .filter(|b| !b.trim().is_empty())
-                .unwrap_or_else(|| self.default_bundle.clone()),
-            destination_ae: None,
-            series: study.series_uids(&routed.series),
-            skip_localizers: true,
-            reason: format!(
-                "bundled support set {}: {}",
-                set.name, routed.decision.reason
-            ),
+            rule_id: id,
+            support_set: name,
+            version: job_version(info.version),
+            bundle: if info.meta.bundle.is_empty() {
+                self.default_bundle.clone()
+            } else {
+                info.meta.bundle
+            },
+            destination_ae: (!rule.destination_ae.is_empty()).then(|| rule.destination_ae.clone()),
+            series,
+            skip_localizers: rule.skip_localizers,
+            reason: d.reason,
         })
     }
 
-    fn load(&self, name: &str, version: &str) -> Result<LoadedSupportSet, String> {
-        for dir in &self.dirs {
-            let Some(spec) = Self::spec(dir) else {
-                continue;
-            };
-            if spec.name != name {
-                continue;
-            }
-            let (set, spec) =
-                crate::engine::offline::load_support_set(dir).map_err(|e| e.to_string())?;
-            if set.version != version {
-                return Err(format!("support set {name} is now at version {} (job needs {version}); bundled folders keep no history", set.version));
-            }
-            let segments = describe_segments(&spec);
-            return Ok(LoadedSupportSet { set, segments });
-        }
-        Err(format!(
-            "support set {name:?} not found among {} bundled folders",
-            self.dirs.len()
-        ))
+    fn load(&self, name: &str, version: &str) -> Result<LoadedSupportSet, CatalogError> {
+        let v: u32 = version
+            .strip_prefix('v')
+            .unwrap_or(version)
+            .parse()
+            .map_err(|_| CatalogError::Version {
+                name: name.to_string(),
+                version: version.to_string(),
+            })?;
+        let data = self
+            .db
+            .read(|c| Ok(support::load(c, &self.data_dir, name, Some(v))))??;
+        let segments = data.objects.iter().map(segment_of).collect();
+        let set = SupportSet::from_stored(&data)?;
+        Ok(LoadedSupportSet { set, segments })
     }
 }
 
-/// The SEG segment descriptions of a `supportset.toml`'s objects (codes, colours), in order.
-pub fn describe_segments(spec: &crate::engine::offline::SupportSetSpec) -> Vec<SegmentDescription> {
-    spec.objects
-        .iter()
-        .map(|o| {
-            let color = o
-                .color
-                .as_deref()
-                .filter(|c| c.len() == 3)
-                .map(|c| [c[0], c[1], c[2]])
-                .unwrap_or([255, 0, 0]);
-            SegmentDescription {
-                label: o.label.clone(),
-                category: code_of(o.category.as_ref(), "Anatomical Structure"),
-                type_: code_of(o.property_type.as_ref(), &o.label),
-                color_rgb: color,
-                algorithm_name: "proxyseg PPG+SAM".into(),
-            }
-        })
-        .collect()
+/// The SEG segment description of a stored object.
+fn segment_of(o: &ObjectDef) -> SegmentDescription {
+    let code = |c: &support::Code| Code::new(c.scheme.clone(), c.code.clone(), c.meaning.clone());
+    SegmentDescription {
+        label: o.label.clone(),
+        category: code(&o.category),
+        type_: code(&o.property_type),
+        color_rgb: o.color,
+        algorithm_name: "proxyseg PPG+SAM".into(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::Rule;
+    use crate::store::support::{NewPair, SetMeta};
 
-    fn copy_dir(src: &Path, dst: &Path) {
-        std::fs::create_dir_all(dst).unwrap();
-        for e in std::fs::read_dir(src).unwrap() {
-            let p = e.unwrap().path();
-            let to = dst.join(p.file_name().unwrap());
-            if p.is_dir() {
-                copy_dir(&p, &to);
-            } else {
-                std::fs::copy(&p, &to).unwrap();
-            }
-        }
-    }
-
-    /// A bundled folder without `bundle` runs on the configured default; one that names
-    /// `phantom-tiny` keeps it.
-    #[test]
-    fn folders_that_name_no_bundle_get_the_default() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("models/phantom-tiny/support-sets/mr-prostate");
-        let models = tempfile::tempdir().unwrap();
-        let named = models.path().join("phantom-tiny/support-sets/mr-prostate");
-        copy_dir(&src, &named);
-        let study = |body_part: &str| StudyInfo {
+    fn study(body_part: &str) -> StudyInfo {
+        StudyInfo {
             study_uid: "1.2.3".into(),
             calling_ae: "PACS".into(),
             series: vec![SeriesInfo {
@@ -305,26 +271,90 @@ mod tests {
                 sop_class_uid: String::new(),
                 series_description: String::new(),
             }],
+        }
+    }
+
+    /// A set routed by a bundled rule through the synonym table: the rule's id, the set's
+    /// version as the job records it, `default_bundle` for a set that names none; a study no
+    /// rule claims is unmatched; a set without pairs and a version the store never numbered
+    /// are typed errors.
+    #[tokio::test]
+    async fn routes_and_loads_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let object = ObjectDef {
+            label: "prostate".into(),
+            category: support::default_code(),
+            property_type: support::default_code(),
+            color: [1, 2, 3],
         };
-        let bundle_of = |c: &FolderCatalog| match c.route(&study("PROSTATE")).unwrap() {
-            Route::Matched { bundle, .. } => bundle,
-            other => panic!("{other:?}"),
+        let pair = NewPair {
+            dir: "support/s/1".into(),
+            sop_instance_uid: "1.2.9".into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.4".into(),
+            modality: "MR".into(),
+            rows: 2,
+            cols: 2,
+            image_sha256: String::new(),
+            masks_sha256: String::new(),
+            mask_pixels: vec![1],
+            mask_source: "png",
         };
-        let c = FolderCatalog::discover(models.path(), "my-default", Synonyms::default());
-        assert_eq!(bundle_of(&c), "phantom-tiny");
-        // The same folder without its `bundle` line.
-        let toml_path = named.join("supportset.toml");
-        let text = std::fs::read_to_string(&toml_path).unwrap();
-        assert!(text.contains("bundle = \"phantom-tiny\"\n"), "{text}");
-        std::fs::write(&toml_path, text.replace("bundle = \"phantom-tiny\"\n", "")).unwrap();
-        assert_eq!(bundle_of(&c), "my-default");
-        assert_eq!(
-            bundle_of(&FolderCatalog::discover(
-                models.path(),
-                "litemedsam-ppg",
-                Synonyms::default()
-            )),
-            "litemedsam-ppg"
+        let rule_id = db
+            .write_typed(move |c| -> Result<i64, rules::RuleError> {
+                let meta = SetMeta::default();
+                let id = support::create(c, "s", &meta, std::slice::from_ref(&object), "t", 1.0)
+                    .unwrap();
+                support::add_pair(c, "s", id, 0, &pair, "t", 1.0).unwrap();
+                support::create(c, "empty", &meta, &[object], "t", 1.0).unwrap();
+                rules::create(c, &Rule::bundled("empty", "MR", "KNEE"), "t", 1.0)?;
+                rules::create(c, &Rule::bundled("s", "MR", "PROSTATE"), "t", 1.0)
+            })
+            .await
+            .unwrap();
+        let c = StoreCatalog::new(
+            db,
+            dir.path().to_path_buf(),
+            Synonyms::default(),
+            "my-default".into(),
         );
+        match c.route(&study("pelvis_prostate")).unwrap() {
+            Route::Matched {
+                rule_id: id,
+                support_set,
+                version,
+                bundle,
+                destination_ae,
+                series,
+                ..
+            } => {
+                assert_eq!((id, support_set.as_str()), (rule_id, "s"));
+                assert_eq!((version.as_str(), bundle.as_str()), ("v2", "my-default"));
+                assert_eq!(
+                    (destination_ae, series),
+                    (None, vec!["1.2.3.4".to_string()])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            c.route(&study("CHEST")).unwrap(),
+            Route::Unmatched { .. }
+        ));
+        let e = c.route(&study("KNEE")).unwrap_err();
+        assert!(
+            matches!(&e, CatalogError::NoPairs(n) if n == "empty"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "support set empty has no image/mask pairs yet"
+        );
+        let e = c.load("s", "sha256:0123").unwrap_err();
+        assert!(matches!(e, CatalogError::Version { .. }), "{e}");
+        assert!(matches!(
+            c.load("nope", "v1").unwrap_err(),
+            CatalogError::Support(SupportError::NotFound { .. })
+        ));
     }
 }

@@ -2,8 +2,9 @@
 //! input (beside the engine's PNG + raw masks), for admins checking a support set and for tests.
 
 use crate::config::Config;
-use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
+use crate::dicom::seg::{self, Code, SegInput, SegOptions, SegmentDescription, SourceImage};
 use crate::engine::offline::{segment_files, OfflineReport};
+use crate::support_folder::{CodeSpec, SupportSetSpec};
 use std::path::{Path, PathBuf};
 
 /// Segments `inputs` with `support_set` and writes `OUT/<name>.seg.dcm` for each, `<name>` being
@@ -23,7 +24,7 @@ pub async fn segment_to_seg(
         .spec
         .clone()
         .ok_or("the support set has no supportset.toml")?;
-    let segments = crate::pipeline::catalog::describe_segments(&spec);
+    let segments = describe_segments(&spec);
     let mut written = Vec::new();
     for ((input, result), name) in report.results.iter().zip(&report.names) {
         let header = dicom_object::OpenFileOptions::new()
@@ -72,4 +73,48 @@ pub async fn segment_to_seg(
         written.push(path);
     }
     Ok((report, written))
+}
+
+/// A code of `supportset.toml` for the SEG: a table as given (an empty scheme read as SCT);
+/// text as the meaning of SCT 91723000; none as that with `fallback` as the meaning.
+fn code_of(v: Option<&CodeSpec>, fallback: &str) -> Code {
+    match v {
+        Some(CodeSpec::Code {
+            scheme,
+            code,
+            meaning,
+        }) => Code {
+            scheme: if scheme.is_empty() {
+                "SCT".into()
+            } else {
+                scheme.clone()
+            },
+            value: code.clone(),
+            meaning: meaning.clone(),
+        },
+        Some(CodeSpec::Text(s)) => Code::sct("91723000", s),
+        None => Code::sct("91723000", fallback),
+    }
+}
+
+/// The SEG segment descriptions of a `supportset.toml`'s objects (codes, colours), in order.
+pub fn describe_segments(spec: &SupportSetSpec) -> Vec<SegmentDescription> {
+    spec.objects
+        .iter()
+        .map(|o| {
+            let color = o
+                .color
+                .as_deref()
+                .filter(|c| c.len() == 3)
+                .map(|c| [c[0], c[1], c[2]])
+                .unwrap_or([255, 0, 0]);
+            SegmentDescription {
+                label: o.label.clone(),
+                category: code_of(o.category.as_ref(), "Anatomical Structure"),
+                type_: code_of(o.property_type.as_ref(), &o.label),
+                color_rgb: color,
+                algorithm_name: "proxyseg PPG+SAM".into(),
+            }
+        })
+        .collect()
 }

@@ -272,7 +272,7 @@ async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
             reason: "the study holds no image series to segment (SR, PR, SEG, ... skipped)".into(),
         }
     } else {
-        p.catalog.route(&info).map_err(fail)?
+        p.catalog.route(&info).map_err(|e| fail(e.to_string()))?
     };
     let now = db::now();
     match route {

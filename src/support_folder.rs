@@ -1,0 +1,218 @@
+//! The support-set folder format: a `supportset.toml` beside its image and mask files, as the
+//! model bundles ship them (`models/*/support-sets/*`) and as the admin API imports and exports
+//! them. The one parser of that file: the seeding and Import / Export (`admin::folder`) and the
+//! offline command (`engine::offline`) all read it through [`read`].
+//!
+//! ```toml
+//! name = "fundus-demo"
+//! description = "optic disc and cup"
+//! bundle = "phantom-tiny"                     # empty or absent: [engine] default_bundle
+//! [match]
+//! modality = "OP"
+//! body_part = "EYE"
+//! [[objects]]
+//! label = "optic disc"
+//! category = { scheme = "SCT", code = "91723000", meaning = "Anatomical structure" }
+//! type = { scheme = "SCT", code = "70555000", meaning = "Optic disc" }
+//! color = [255, 200, 0]
+//! [[pairs]]
+//! image = "pairs/01/image.dcm"                # or a folder of slices: the lowest InstanceNumber
+//! mask = "pairs/01/mask.seg.dcm"             # a DICOM SEG, one segment per object
+//! # or: masks = ["pairs/01/mask-1.png", ...]  # one PNG per object (Import only)
+//! ```
+//!
+//! Pure format and discovery: nothing here validates images or masks, or touches the store.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The file name of a support-set folder's description.
+pub const FILE: &str = "supportset.toml";
+
+/// `supportset.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SupportSetSpec {
+    /// Set name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Model bundle it was curated for; empty: `[engine] default_bundle`.
+    #[serde(default)]
+    pub bundle: String,
+    /// Explicit content version. The offline command uses it as the set's version (a hash of
+    /// the folder's content when absent); Import ignores it (the store numbers versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<toml::Value>,
+    /// `[match]`: the routing rule a bundled folder is seeded with.
+    #[serde(default, rename = "match")]
+    pub match_: MatchSpec,
+    /// `[[objects]]`.
+    #[serde(default)]
+    pub objects: Vec<ObjectSpec>,
+    /// `[[pairs]]`.
+    #[serde(default)]
+    pub pairs: Vec<PairSpec>,
+}
+
+impl SupportSetSpec {
+    /// The bundle the file names, trimmed; None when it names none.
+    pub fn bundle(&self) -> Option<&str> {
+        Some(self.bundle.trim()).filter(|b| !b.is_empty())
+    }
+}
+
+/// `[match]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct MatchSpec {
+    /// Modality.
+    #[serde(default)]
+    pub modality: String,
+    /// Body part.
+    #[serde(default)]
+    pub body_part: String,
+}
+
+/// A code: a table, or plain text.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum CodeSpec {
+    /// `{ scheme, code, meaning }`.
+    Code {
+        /// Scheme designator.
+        scheme: String,
+        /// Code value.
+        code: String,
+        /// Code meaning.
+        meaning: String,
+    },
+    /// Free text.
+    Text(String),
+}
+
+/// `[[objects]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ObjectSpec {
+    /// Segment label.
+    pub label: String,
+    /// Segmented property category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<CodeSpec>,
+    /// Segmented property type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub property_type: Option<CodeSpec>,
+    /// `[r, g, b]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<Vec<u8>>,
+}
+
+/// `[[pairs]]`: paths relative to the folder.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PairSpec {
+    /// DICOM image, or a folder of slices (the lowest InstanceNumber is the annotated one).
+    pub image: String,
+    /// DICOM SEG with one segment per object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    /// One PNG per object, in object order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masks: Option<Vec<String>>,
+}
+
+/// Why a folder's `supportset.toml` could not be read. The messages name the file, never the
+/// folder's server path (callers that may show it add it).
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("cannot read supportset.toml: {}", .0.kind())]
+    Read(#[source] std::io::Error),
+    /// The file is not a valid description.
+    #[error("supportset.toml is not valid: {0}")]
+    Invalid(#[source] toml::de::Error),
+}
+
+/// Reads `dir/supportset.toml`: the parsed description and the file's text (the offline
+/// command hashes it into the set's version).
+pub fn read(dir: &Path) -> Result<(SupportSetSpec, String), SpecError> {
+    let text = std::fs::read_to_string(dir.join(FILE)).map_err(SpecError::Read)?;
+    let spec = toml::from_str(&text).map_err(SpecError::Invalid)?;
+    Ok((spec, text))
+}
+
+/// The support-set folders bundled with the model bundles under `models_dir`
+/// (`models_dir/*/support-sets/*` holding a `supportset.toml`), sorted by path.
+pub fn bundled(models_dir: &Path) -> Vec<PathBuf> {
+    let pattern = format!(
+        "{}/*/support-sets/*/{FILE}",
+        glob::Pattern::escape(&models_dir.to_string_lossy())
+    );
+    let mut dirs: Vec<PathBuf> = glob::glob(&pattern)
+        .map(|g| {
+            g.flatten()
+                .filter_map(|p| p.parent().map(Path::to_path_buf))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_mask_forms_text_codes_and_the_bundled_folders() {
+        let s: SupportSetSpec = toml::from_str(
+            r#"
+            name = "x"
+            bundle = " phantom-tiny "
+            [match]
+            modality = "OP"
+            [[objects]]
+            label = "disc"
+            category = "Anatomical structure"
+            type = { scheme = "SCT", code = "70555000", meaning = "Optic disc" }
+            color = [1, 2, 3]
+            [[pairs]]
+            image = "pairs/01/image.dcm"
+            mask = "pairs/01/mask.seg.dcm"
+            [[pairs]]
+            image = "pairs/02/image.dcm"
+            masks = ["pairs/02/mask-1.png"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.pairs.len(), 2);
+        assert_eq!(s.bundle(), Some("phantom-tiny"));
+        assert_eq!(
+            (s.match_.modality.as_str(), s.match_.body_part.as_str()),
+            ("OP", "")
+        );
+        assert_eq!(
+            s.objects[0].category,
+            Some(CodeSpec::Text("Anatomical structure".into()))
+        );
+        assert!(matches!(
+            &s.objects[0].property_type,
+            Some(CodeSpec::Code { code, .. }) if code == "70555000"
+        ));
+        assert!(s.pairs[1].mask.is_none() && s.pairs[1].masks.is_some());
+        let none: SupportSetSpec = toml::from_str("name = \"y\"\nbundle = \"  \"\n").unwrap();
+        assert_eq!(none.bundle(), None);
+
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let found = bundled(&models);
+        assert!(
+            found
+                .iter()
+                .any(|d| d.ends_with("phantom-tiny/support-sets/mr-prostate")),
+            "{found:?}"
+        );
+        let (spec, text) = read(&found[0]).unwrap();
+        assert!(!spec.name.is_empty() && text.contains(&spec.name));
+        let e = read(&models).unwrap_err();
+        assert!(matches!(e, SpecError::Read(_)), "{e}");
+        assert!(bundled(&models.join("nowhere")).is_empty());
+    }
+}
