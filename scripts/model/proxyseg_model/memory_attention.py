@@ -73,7 +73,8 @@ class MemoryAttentionGraph(nn.Module):
         """SAM 2's temporal encoding of object pointers: P normalised distances -> P x Dm."""
         s = self.sam2
         if not s.add_tpos_enc_to_obj_ptrs:
-            return pos.new_zeros(pos.shape[0], s.mem_dim)
+            # zeros that still read `pos`, so the exported graph keeps its ptr_pos input
+            return pos.unsqueeze(-1).expand(-1, s.mem_dim) * 0.0
         dim = s.hidden_dim if s.proj_tpos_enc_in_obj_ptrs else s.mem_dim
         return s.obj_ptr_tpos_proj(get_1d_sine_pe(pos, dim=dim))
 

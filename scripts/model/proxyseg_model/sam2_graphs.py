@@ -46,9 +46,19 @@ def build(config: str, checkpoint: Path | None, image_size: int = 1024):
 
 def random_checkpoint(config: str, path: Path, seed: int = 0, image_size: int = 1024) -> Path:
     """A checkpoint file in the released format ({"model": state_dict}) with random weights of the
-    real architecture: what the tests load in place of Meta's weights, which cannot be fetched."""
+    real architecture: what the tests load in place of Meta's weights, which cannot be fetched.
+
+    One bias is set: the object-score head's output (+10), so that every frame predicts its
+    object present and the parity checks run through the mask path (with a negative score SAM 2
+    replaces all logits by a constant, and any two implementations agree trivially)."""
     torch.manual_seed(seed)
     model = build(config, None, image_size)
+    dec = model.sam_mask_decoder
+    if getattr(dec, "pred_obj_scores", False):
+        head = dec.pred_obj_score_head
+        last = head if isinstance(head, torch.nn.Linear) else head.layers[-1]
+        with torch.no_grad():
+            last.bias.fill_(10.0)
     torch.save({"model": model.state_dict()}, path)
     return path
 
@@ -102,4 +112,7 @@ class MemoryEncoderGraph(nn.Module):
         memory, _ = s._encode_new_memory(current_vision_feats=[feats], feat_sizes=[(h, w)],
                                          pred_masks_high_res=high, object_score_logits=object_score_logits,
                                          is_mask_from_pts=False)
+        if s.no_obj_embed_spatial is None:
+            # SAM 2 (not 2.1) ignores the score here: a zero term keeps the graph's input
+            memory = memory + 0.0 * object_score_logits.sum()
         return memory

@@ -64,3 +64,16 @@ def test_memory_slots_follow_sam2():
     assert slots(3, 4, 6, 7, 16).pointers == [(0, 1.0), (2, 1 / 3), (1, 2 / 3)]
     # fewer recent frames on request
     assert slots(20, 40, 2, 7, 16).frames == [(0, 6), (18, 1), (19, 0)]
+
+
+def test_sam2_v1_config_exports_and_agrees(tmp_path):
+    """SAM 2 (not 2.1) differs in the parts the graphs wrap: no temporal encoding of pointers,
+    no object-score input to the memory encoder; its graphs keep the contract's inputs."""
+    out = tmp_path / "sam2-v1"
+    main(["--config", "sam2_hiera_t", "--random-weights", "--image-size", "256", "--out", str(out),
+          "--fixtures", "4"])
+    doc = json.loads((out / "fixtures" / "fixtures.json").read_text())
+    assert doc["pytorch_vs_onnxruntime"]["mask_logits"] <= 1e-3 and doc["objects_appearing"] == 1.0
+    names = [i.name for i in ort.InferenceSession(str(out / "memory_attention.onnx")).get_inputs()]
+    assert names == ["image_embeddings", "prompt_tokens", "frame_memory", "frame_tpos", "frame_valid",
+                     "obj_ptrs", "ptr_pos", "ptr_valid"]
