@@ -28,10 +28,27 @@ pub struct DicomImage {
     pub cols: usize,
 }
 
-/// A segmentation failure, as the engine reports it.
+/// Why an image could not be segmented.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SegmentError(pub String);
+pub enum SegmentError {
+    /// The image's pixels could not be decoded (`what`: which image).
+    #[error("{what}: {source}")]
+    Pixels {
+        /// Which image ("image").
+        what: &'static str,
+        /// The decoder's error.
+        source: crate::dicom::pixels::PixelError,
+    },
+    /// The image has no frames.
+    #[error("{0}: no frames")]
+    NoFrames(&'static str),
+    /// The engine refused the set or failed (bundle, support set, a graph run).
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The engine's answer does not fit the request.
+    #[error("{0}")]
+    Result(&'static str),
+}
 
 /// Segments one image with a support set: one mask per object of `set`, in object order, at
 /// the image's size. Called on blocking threads (it may run ONNX Runtime).
@@ -72,13 +89,13 @@ impl EngineSegmenter {
 
 fn first_frame(
     frames: Result<Vec<crate::dicom::pixels::Frame>, crate::dicom::pixels::PixelError>,
-    what: &str,
+    what: &'static str,
 ) -> Result<crate::dicom::pixels::Frame, SegmentError> {
     frames
-        .map_err(|e| SegmentError(format!("{what}: {e}")))?
+        .map_err(|source| SegmentError::Pixels { what, source })?
         .into_iter()
         .next()
-        .ok_or_else(|| SegmentError(format!("{what}: no frames")))
+        .ok_or(SegmentError::NoFrames(what))
 }
 
 impl Segmenter for EngineSegmenter {
@@ -87,8 +104,7 @@ impl Segmenter for EngineSegmenter {
             crate::dicom::pixels::frames_from_object(&image.object),
             "image",
         )?;
-        let engine_set =
-            crate::engine::SupportSet::from_stored(set).map_err(|e| SegmentError(e.to_string()))?;
+        let engine_set = crate::engine::SupportSet::from_stored(set)?;
         let bundle = if set.bundle.trim().is_empty() {
             &self.default_bundle
         } else {
@@ -96,13 +112,12 @@ impl Segmenter for EngineSegmenter {
         };
         let seg = self
             .handle
-            .block_on(self.engine.segment(bundle, &engine_set, vec![frame]))
-            .map_err(|e| SegmentError(e.to_string()))?;
+            .block_on(self.engine.segment(bundle, &engine_set, vec![frame]))?;
         let result = seg
             .frames
             .into_iter()
             .next()
-            .ok_or_else(|| SegmentError("the engine returned no frame".into()))?;
+            .ok_or(SegmentError::Result("the engine returned no frame"))?;
         Ok(result
             .masks
             .into_iter()

@@ -20,6 +20,7 @@ use crate::engine::Engine;
 use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::pipeline::catalog::{Catalog, Route, SeriesInfo, StudyInfo};
+use crate::store::db::TypedWriteError;
 use crate::store::jobs::{self, JobState};
 use crate::store::peer_studies::{self, PeerStudy};
 use crate::store::{db, outbox, Db};
@@ -68,6 +69,10 @@ pub(super) enum JobFailure {
     Msg(String),
     #[error("index: {0}")]
     Db(#[from] crate::store::DbError),
+    #[error("{0}")]
+    Job(#[from] jobs::JobError),
+    #[error("{0}")]
+    Catalog(#[from] crate::pipeline::catalog::CatalogError),
 }
 
 pub(super) fn fail(m: impl Into<String>) -> JobFailure {
@@ -272,14 +277,11 @@ async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
             reason: "the study holds no image series to segment (SR, PR, SEG, ... skipped)".into(),
         }
     } else {
-        p.catalog.route(&info).map_err(|e| fail(e.to_string()))?
+        p.catalog.route(&info)?
     };
-    let now = db::now();
     match route {
         Route::Unmatched { reason } => {
-            let r2 = reason.clone();
-            p.db.write(move |c| transition_sql(c, id, JobState::Unmatched, Some(&r2), now))
-                .await?;
+            write_transition(p, id, JobState::Unmatched, reason.clone(), |_| Ok(())).await?;
             p.metrics
                 .inc("proxyseg_jobs_total", &[("state", "unmatched")]);
             tracing::info!(job = id, study = %study, reason = %reason, "unmatched study recorded");
@@ -304,12 +306,12 @@ async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
                 bundle.clone(),
                 dest.clone(),
             );
-            p.db.write(move |c| {
+            write_transition(p, id, JobState::Matched, r2, move |c| {
                 c.execute(
                     "UPDATE jobs SET rule_id = ?2, support_set = ?3, support_set_version = ?4, bundle = ?5, destination_ae = ?6, series_json = ?7, skip_localizers = ?8 WHERE id = ?1",
                     params![id, rule_id, s2, v2, b2, d2, series_json, skip_localizers],
-                )?;
-                transition_sql(c, id, JobState::Matched, Some(&r2), now)
+                )
+                .map(|_| ())
             })
             .await?;
             p.metrics
@@ -320,19 +322,27 @@ async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
     }
 }
 
-/// [`jobs::transition`] with errors folded into rusqlite's (for use inside `Db::write`).
-fn transition_sql(
-    c: &rusqlite::Connection,
+/// Moves job `id` to `next` with `detail`, after `before` (SQL in the same request), through
+/// the typed writer: an illegal transition comes back as [`jobs::JobError`] itself.
+async fn write_transition<F>(
+    p: &Pipeline,
     id: i64,
     next: JobState,
-    detail: Option<&str>,
-    now: f64,
-) -> rusqlite::Result<()> {
-    jobs::transition(c, id, next, detail, now).map_err(|e| match e {
-        jobs::JobError::Sql(e) => e,
-        other => rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(
-            other.to_string(),
-        ))),
+    detail: String,
+    before: F,
+) -> Result<(), JobFailure>
+where
+    F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
+{
+    let now = db::now();
+    p.db.write_typed(move |c| {
+        before(c)?;
+        jobs::transition(c, id, next, Some(&detail), now)
+    })
+    .await
+    .map_err(|e| match e {
+        TypedWriteError::Domain(j) => JobFailure::Job(j),
+        TypedWriteError::Db(d) => JobFailure::Db(d),
     })
 }
 
@@ -360,13 +370,7 @@ pub fn failure_reason(why: &str) -> &'static str {
 }
 
 async fn mark_failed(p: &Pipeline, id: i64, why: &str) {
-    let w = why.to_string();
-    let now = db::now();
-    match p
-        .db
-        .write(move |c| transition_sql(c, id, JobState::Failed, Some(&w), now))
-        .await
-    {
+    match write_transition(p, id, JobState::Failed, why.to_string(), |_| Ok(())).await {
         Ok(()) => {
             p.metrics.inc(
                 "proxyseg_jobs_total",
@@ -521,21 +525,20 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
         ));
     }
     if job.state == JobState::Matched.as_str() {
-        let now = db::now();
         let detail = format!(
             "{} series in {:.2} s",
             written.len(),
             infer_time.as_secs_f64()
         );
-        p.db.write(move |c| transition_sql(c, id, JobState::Inferred, Some(&detail), now))
-            .await?;
+        write_transition(p, id, JobState::Inferred, detail, |_| Ok(())).await?;
         p.metrics
             .inc("proxyseg_jobs_total", &[("state", "inferred")]);
     }
     let n = written.len();
     let now = db::now();
     let dest = peer.clone();
-    p.db.write(move |c| {
+    let detail = format!("{n} SEG(s) queued for {}", dest.ae_title);
+    write_transition(p, id, JobState::Written, detail, move |c| {
         for (path, sop) in &written {
             outbox::enqueue(
                 c,
@@ -550,17 +553,7 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
                 now,
             )?;
         }
-        transition_sql(
-            c,
-            id,
-            JobState::Written,
-            Some(&format!(
-                "{} SEG(s) queued for {}",
-                written.len(),
-                dest.ae_title
-            )),
-            now,
-        )
+        Ok(())
     })
     .await?;
     p.metrics
