@@ -493,31 +493,23 @@ async fn serve_metrics(
         );
         if let Ok(e) = &pl.engine {
             let st = e.support_stats();
-            m.set(
-                "proxyseg_support_cache_total",
-                &[("result", "memory_hit")],
-                st.memory_hits as f64,
-            );
-            m.set(
-                "proxyseg_support_cache_total",
-                &[("result", "disk_hit")],
-                st.disk_hits as f64,
-            );
-            m.set(
-                "proxyseg_support_cache_total",
-                &[("result", "computed")],
-                st.computed as f64,
-            );
-            m.set(
-                "proxyseg_support_embeddings_total",
-                &[("result", "computed")],
-                st.embeddings_computed as f64,
-            );
-            m.set(
-                "proxyseg_support_embeddings_total",
-                &[("result", "reused")],
-                st.embeddings_reused as f64,
-            );
+            for (name, result, v) in [
+                ("proxyseg_support_cache_total", "memory_hit", st.memory_hits),
+                ("proxyseg_support_cache_total", "disk_hit", st.disk_hits),
+                ("proxyseg_support_cache_total", "computed", st.computed),
+                (
+                    "proxyseg_support_embeddings_total",
+                    "computed",
+                    st.embeddings_computed,
+                ),
+                (
+                    "proxyseg_support_embeddings_total",
+                    "reused",
+                    st.embeddings_reused,
+                ),
+            ] {
+                m.set(name, &[("result", result)], v as f64);
+            }
         }
         m.set(
             "proxyseg_deliveries_total",

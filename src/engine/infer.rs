@@ -337,6 +337,18 @@ pub(crate) fn object_logits(bundle: &Bundle, low: &Tensor, j: usize, g: &Geometr
     postprocess_logits(&low.data[j * lh * lw..(j + 1) * lh * lw], lh, lw, g)
 }
 
+/// Each object's logits at the source size thresholded at 0.
+pub(crate) fn masks_of(logits: &[Vec<f32>], g: &Geometry) -> Vec<Mask> {
+    logits
+        .iter()
+        .map(|l| Mask {
+            rows: g.rows,
+            cols: g.cols,
+            data: l.iter().map(|&v| u8::from(v > 0.0)).collect(),
+        })
+        .collect()
+}
+
 /// `[planes.len(), rows, cols]` from per-object planes.
 pub(crate) fn stack(planes: &[Vec<f32>], rows: usize, cols: usize) -> Tensor {
     Tensor {
@@ -407,14 +419,7 @@ pub fn segment_frames(
                 timings.views += t5.elapsed();
             }
             let t6 = Instant::now();
-            let masks = logits
-                .iter()
-                .map(|l| Mask {
-                    rows: g.rows,
-                    cols: g.cols,
-                    data: l.iter().map(|&v| u8::from(v > 0.0)).collect(),
-                })
-                .collect();
+            let masks = masks_of(&logits, &g);
             timings.postprocess += t6.elapsed();
             timings.frames += 1;
             let tensors = opts.keep_tensors.then(|| {

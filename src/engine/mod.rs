@@ -392,18 +392,9 @@ impl Engine {
         let before = self.support_stats();
         let ctx = self.support_context(bundle, set).await?;
         let views = self.view_passes(bundle, set).await?;
-        let after = self.support_stats();
-        let mut timings = StageTimings::default();
-        if after.computed != before.computed || after.disk_hits != before.disk_hits {
-            timings.support_context = t0.elapsed();
-        }
+        let mut timings = self.context_timings(&before, t0);
         let key = context_key(&b, set);
-        let permit = self
-            .inner
-            .workers
-            .acquire()
-            .await
-            .map_err(|_| EngineError::Internal("worker semaphore closed".into()))?;
+        let permit = self.worker_slot().await?;
         let batch = self.inner.batch;
         let b2 = b.clone();
         let (results, t) = tokio::task::spawn_blocking(move || {
@@ -467,17 +458,8 @@ impl Engine {
         let t0 = Instant::now();
         let before = self.support_stats();
         let ctx = self.support_context(bundle, set).await?;
-        let after = self.support_stats();
-        let mut timings = StageTimings::default();
-        if after.computed != before.computed || after.disk_hits != before.disk_hits {
-            timings.support_context = t0.elapsed();
-        }
-        let permit = self
-            .inner
-            .workers
-            .acquire()
-            .await
-            .map_err(|_| EngineError::Internal("worker semaphore closed".into()))?;
+        let mut timings = self.context_timings(&before, t0);
+        let permit = self.worker_slot().await?;
         let b2 = b.clone();
         let (results, t, bank) = tokio::task::spawn_blocking(move || {
             let mut t = StageTimings::default();
@@ -503,6 +485,28 @@ impl Engine {
             timings,
         };
         Ok((seg, bank))
+    }
+}
+
+impl Engine {
+    /// Timings with `support_context` set when a context was computed or loaded from disk
+    /// since `before` (taken at `t0`).
+    fn context_timings(&self, before: &SupportCacheStats, t0: Instant) -> StageTimings {
+        let after = self.support_stats();
+        let mut timings = StageTimings::default();
+        if after.computed != before.computed || after.disk_hits != before.disk_hits {
+            timings.support_context = t0.elapsed();
+        }
+        timings
+    }
+
+    /// One of the `[engine] workers` slots that graph runs hold.
+    async fn worker_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, EngineError> {
+        self.inner
+            .workers
+            .acquire()
+            .await
+            .map_err(|_| EngineError::Internal("worker semaphore closed".into()))
     }
 }
 

@@ -157,33 +157,44 @@ def export_graphs(model, out: Path, external_data: bool | None = None) -> dict:
         specs["image_encoder"] = (export_form(copy.deepcopy(model.sam.image_encoder)),) + specs["image_encoder"][1:4] + ({},)
     sizes = {}
     for name, (mod, args, ins, outs, dyn) in specs.items():
-        path = out / f"{name}.onnx"
-        # torch writes a graph over 2 GB as one file per tensor next to it: export into a scratch
-        # folder, load everything back, and save only the finished graph into `out`.
-        with tempfile.TemporaryDirectory(dir=out) as scratch:
-            raw = Path(scratch) / f"{name}.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(mod, args, str(raw), dynamo=False, opset_version=OPSET, input_names=ins,
-                                  output_names=outs, dynamic_axes=dyn, do_constant_folding=not lite)
-            proto = onnx.load(str(raw))  # external tensors, if any, are read in here
+        proto = trace(mod, args, out, name, ins, outs, dyn, folding=not lite)
         if lite:
             reference_lite_checkpoint(proto, out)
-        weights = sum(len(t.raw_data) for t in proto.graph.initializer)
-        big = external_data if external_data is not None else weights > 1.8e9  # protobuf's limit is 2 GB
-        for stale in (path, out / f"{name}.onnx.data"):
-            stale.unlink(missing_ok=True)
-        del proto.metadata_props[:]
-        for k, v in meta.items():
-            p = proto.metadata_props.add()
-            p.key, p.value = k, v
-        if big:
-            onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=f"{name}.onnx.data")
-        else:
-            onnx.save(proto, str(path))
-        sizes[name] = sum(f.stat().st_size for f in out.glob(f"{name}.onnx*"))
+        sizes[name] = save_graph(proto, out, name, meta, external_data)
     return sizes
+
+
+def trace(mod, args, out: Path, name: str, ins, outs, dyn, folding: bool = True):
+    """Exports `mod` (opset OPSET, TorchScript tracing) and returns the loaded ModelProto. torch
+    writes a graph over 2 GB as one file per tensor next to it: the export goes to a scratch
+    folder inside `out` and every tensor is read back in here."""
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+        raw = Path(scratch) / f"{name}.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(mod, args, str(raw), dynamo=False, opset_version=OPSET, input_names=ins,
+                              output_names=outs, dynamic_axes=dyn, do_constant_folding=folding)
+        return onnx.load(str(raw))
+
+
+def save_graph(proto, out: Path, name: str, meta: dict, external_data: bool | None = None) -> int:
+    """Saves `out/<name>.onnx` with `meta` as its metadata_props (over 1.8 GB of tensors, or with
+    `external_data`, as ONNX external data in `<name>.onnx.data`). Returns the bytes written."""
+    path = out / f"{name}.onnx"
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    big = external_data if external_data is not None else weights > 1.8e9  # protobuf's limit is 2 GB
+    for stale in (path, out / f"{name}.onnx.data"):
+        stale.unlink(missing_ok=True)
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        p = proto.metadata_props.add()
+        p.key, p.value = k, v
+    if big:
+        onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"{name}.onnx.data")
+    else:
+        onnx.save(proto, str(path))
+    return sum(f.stat().st_size for f in out.glob(f"{name}.onnx*"))
 
 
 def reference_lite_checkpoint(proto, out: Path) -> dict:

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
-from .export import OPSET, SupportEncoderGraph, PromptGeneratorGraph, git_commit, write_manifest
+from .export import PromptGeneratorGraph, SupportEncoderGraph, git_commit, save_graph, trace, write_manifest
 from .memory_attention import MemoryAttentionGraph
 from .ppg import PPGConfig, ProxyPromptGenerator
 from .sam2_graphs import CONFIGS, ImageEncoderGraph, MaskDecoderGraph, MemoryEncoderGraph, build, random_checkpoint
@@ -129,28 +126,8 @@ def export_graphs(s, ppg, out: Path, name: str) -> dict:
     sizes = {}
     for gname, (mod, ins, outs, dyn) in specs(s, ppg).items():
         mod.eval()
-        args = tuple(ex[i] for i in ins)
-        path = out / f"{gname}.onnx"
-        with tempfile.TemporaryDirectory(dir=out) as scratch:
-            raw = Path(scratch) / f"{gname}.onnx"
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(mod, args, str(raw), dynamo=False, opset_version=OPSET, input_names=ins,
-                                  output_names=outs, dynamic_axes=dyn, do_constant_folding=True)
-            proto = onnx.load(str(raw))
-        big = sum(len(t.raw_data) for t in proto.graph.initializer) > 1.8e9
-        for stale in (path, out / f"{gname}.onnx.data"):
-            stale.unlink(missing_ok=True)
-        del proto.metadata_props[:]
-        for key, v in meta.items():
-            p = proto.metadata_props.add()
-            p.key, p.value = key, v
-        if big:
-            onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=f"{gname}.onnx.data")
-        else:
-            onnx.save(proto, str(path))
-        sizes[gname] = sum(f.stat().st_size for f in out.glob(f"{gname}.onnx*"))
+        proto = trace(mod, tuple(ex[i] for i in ins), out, gname, ins, outs, dyn)
+        sizes[gname] = save_graph(proto, out, gname, meta)
     return sizes
 
 

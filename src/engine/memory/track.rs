@@ -9,11 +9,10 @@ use super::MemoryBank;
 use crate::dicom::pixels::Frame;
 use crate::engine::bundle::Bundle;
 use crate::engine::infer::{
-    expect_shape, object_logits, run_graph, run_graph_with_ints, stack, FrameResult, FrameTensors,
-    SegmentOptions, StageTimings, SupportContext, Tensor,
+    expect_shape, masks_of, object_logits, run_graph, run_graph_with_ints, stack, FrameResult,
+    FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor,
 };
 use crate::engine::preprocess::prepare_image;
-use crate::engine::support::Mask;
 use crate::engine::EngineError;
 
 /// image_encoder's three outputs for one frame.
@@ -192,14 +191,7 @@ pub fn segment_tracked(
         let logits: Vec<Vec<f32>> = (0..ctx.objects)
             .map(|j| object_logits(bundle, &step.mask_logits, j, &g))
             .collect();
-        let masks = logits
-            .iter()
-            .map(|l| Mask {
-                rows: g.rows,
-                cols: g.cols,
-                data: l.iter().map(|&v| u8::from(v > 0.0)).collect(),
-            })
-            .collect();
+        let masks = masks_of(&logits, &g);
         timings.postprocess += t1.elapsed();
         timings.frames += 1;
         let tensors = opts.keep_tensors.then(|| {
