@@ -177,11 +177,13 @@ fn sweeper_purges_a_delivered_study_with_its_files_and_rows() {
         "{}",
         audit[0].1
     );
+    // The sweeper counts a purge once it returned, which is after its rows went (and after the
+    // trash was settled): under load the test can see the rows gone first.
+    wait_for("the purge to be counted", 30, d, || {
+        d.metrics()
+            .contains("proxyseg_studies_purged_total{by=\"retention\",outcome=\"finished\"} 1")
+    });
     let m = d.metrics();
-    assert!(
-        m.contains("proxyseg_studies_purged_total{by=\"retention\",outcome=\"finished\"} 1"),
-        "{m}"
-    );
     assert!(!m.contains(&study), "a UID in /metrics");
     assert_eq!(
         files_under(pacs_dir.path()).len(),
