@@ -38,12 +38,25 @@ pub(super) async fn segment_series(
         return Ok(None);
     }
     let chunk = p.cfg.pipeline.chunk_frames.max(1);
-    let _memory = reserve_series_memory(p, job, set, series_uid, &sources, chunk).await?;
-    let tracks = engine
-        .bundle(&job.bundle)
-        .map(|b| b.tracks_frames())
-        .unwrap_or(false);
+    let bundle = engine.bundle(&job.bundle).ok();
+    let tracks = bundle.as_ref().is_some_and(|b| b.tracks_frames());
     let groups = sequence_groups(p, &sources, series_uid, tracks)?;
+    // a tracked sequence also holds its memory bank while it runs (one at a time)
+    let bank = match (&bundle, groups.iter().any(|g| g.1.is_some())) {
+        (Some(b), true) => b.manifest.memory.as_ref().map_or(0, |spec| {
+            let m = &b.manifest;
+            MemoryBank::max_bytes(
+                spec,
+                set.segments.len(),
+                m.embed_dim,
+                m.embed_size,
+                m.prompt_tokens,
+            )
+        }),
+        _ => 0,
+    };
+    let _memory =
+        reserve_series_memory(p, job, set, series_uid, &sources, chunk, bank as u64).await?;
     let run = Chunks {
         p,
         engine,
@@ -113,9 +126,10 @@ async fn read_sources(
     .map_err(|e| fail(e.to_string()))?
 }
 
-/// What the series costs, checked against the per-job budget before anything is decoded
-/// (also for instances stored before the C-STORE check existed), then reserved from the
-/// budget all jobs share: the job waits here while others hold it (issue 16 item 1).
+/// What the series costs (its pixels, and `bank`: the most a memory bank holds when a
+/// sequence is tracked), checked against the per-job budget before anything is decoded (also
+/// for instances stored before the C-STORE check existed), then reserved from the budget all
+/// jobs share: the job waits here while others hold it (issue 16 item 1).
 async fn reserve_series_memory<'p>(
     p: &'p Pipeline,
     job: &JobRow,
@@ -123,6 +137,7 @@ async fn reserve_series_memory<'p>(
     series_uid: &str,
     sources: &[Source],
     chunk: usize,
+    bank: u64,
 ) -> Result<MemoryGuard<'p>, JobFailure> {
     let sizes = sources
         .iter()
@@ -132,8 +147,9 @@ async fn reserve_series_memory<'p>(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let in_flight = 2 * chunk as u64 + 1;
-    let need =
-        pixels::series_bytes(&sizes, set.segments.len() as u64, in_flight).unwrap_or(u64::MAX);
+    let need = pixels::series_bytes(&sizes, set.segments.len() as u64, in_flight)
+        .and_then(|n| n.checked_add(bank))
+        .unwrap_or(u64::MAX);
     let budget = p.cfg.pipeline.max_decoded_mb * 1024 * 1024;
     if need > budget {
         return Err(fail(

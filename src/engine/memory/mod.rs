@@ -230,6 +230,20 @@ impl MemoryBank {
                 .sum::<usize>()
     }
 
+    /// The most bytes a full bank holds for `k` objects: M frame memories, P pointers and
+    /// the prompt of `prompt_tokens` x `embed_dim` ([`MemoryBank::bytes`] never exceeds it).
+    pub fn max_bytes(
+        spec: &MemorySpec,
+        k: usize,
+        embed_dim: usize,
+        hw: [usize; 2],
+        prompt_tokens: usize,
+    ) -> usize {
+        4 * k
+            * (spec.frame_slots * spec.memory_dim * hw[0] * hw[1]
+                + (spec.pointer_slots + prompt_tokens) * embed_dim)
+    }
+
     /// Frames whose memory or pointer is held.
     pub fn held_frames(&self) -> usize {
         self.entries.len()
@@ -422,6 +436,7 @@ mod tests {
         assert_eq!(bank.held_frames(), 16);
         // prompt + 7 memories + 16 pointers
         assert_eq!(most, (12 + 7 * 8 + 16 * 4) * 4);
+        assert_eq!(MemoryBank::max_bytes(&s, 1, 4, [2, 2], 3), most);
         assert!(bank.prompt().is_some());
     }
 
