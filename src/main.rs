@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use proxyseg::config::Config;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// proxyseg: few-shot DICOM segmentation daemon for PACS.
@@ -88,128 +88,145 @@ fn main() -> ExitCode {
         Cmd::Admin(args) => proxyseg::admin::cli::main(*args),
         Cmd::Config {
             command: ConfigCmd::Check { config },
-        } => match Config::check_file(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(1)
-            }
-        },
-        Cmd::Send { config, to, files } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match proxyseg::pipeline::deliver::enqueue_files(&cfg, &to, &files) {
-                Ok(rows) => {
-                    for (f, id) in rows {
-                        println!("queued {f} as outbox row {id}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("proxyseg send: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        } => config_check(&config),
+        Cmd::Send { config, to, files } => send(&config, &to, &files),
         Cmd::Demo {
             models_dir,
             out,
             timeout_s,
-        } => {
-            proxyseg::ops::init_logging(&proxyseg::config::LogConfig {
-                format: "human".into(),
-                filter: "warn,proxyseg=info,ort=error".into(),
-            });
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            let opts = proxyseg::demo::DemoOptions {
-                models_dir,
-                out_dir: out,
-                onnxruntime: None,
-                timeout_s,
-            };
-            match rt.block_on(proxyseg::demo::run(opts)) {
-                Ok(rows) => {
-                    proxyseg::demo::print_table(&rows);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("proxyseg demo: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        } => demo(models_dir, out, timeout_s),
         Cmd::Segment {
             config,
             support_set,
             out,
             inputs,
-        } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            proxyseg::ops::init_logging(&proxyseg::config::LogConfig {
-                format: "human".into(),
-                filter: "warn,ort=error".into(),
-            });
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(proxyseg::pipeline::offline::segment_to_seg(
-                &cfg,
-                &support_set,
-                &out,
-                &inputs,
-            )) {
-                Ok((report, segs)) => {
-                    println!(
-                        "segmented {} frame(s) with {} on {}",
-                        report.frames, report.support_set, report.bundle
-                    );
-                    for p in segs {
-                        println!("SEG {}", p.display());
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("proxyseg segment: {e}");
-                    ExitCode::from(1)
-                }
-            }
+        } => segment(&config, &support_set, &out, &inputs),
+        Cmd::Serve { config } => serve(&config),
+    }
+}
+
+/// `proxyseg config check`: the config's problems and what it expects installed.
+fn config_check(config: &Path) -> ExitCode {
+    match Config::check_file(config) {
+        Ok(_) => {
+            println!("{}: ok", config.display());
+            ExitCode::SUCCESS
         }
-        Cmd::Serve { config } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            proxyseg::ops::init_logging(&cfg.log);
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(proxyseg::daemon::serve(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start");
-                    eprintln!("proxyseg: {e}");
-                    ExitCode::from(1)
-                }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `proxyseg send`: queues the files in the outbox for the running daemon to deliver.
+fn send(config: &Path, to: &str, files: &[PathBuf]) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match proxyseg::pipeline::deliver::enqueue_files(&cfg, to, files) {
+        Ok(rows) => {
+            for (f, id) in rows {
+                println!("queued {f} as outbox row {id}");
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxyseg send: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `proxyseg demo`: runs the demo and prints its table.
+fn demo(models_dir: PathBuf, out: PathBuf, timeout_s: u64) -> ExitCode {
+    proxyseg::ops::init_logging(&proxyseg::config::LogConfig {
+        format: "human".into(),
+        filter: "warn,proxyseg=info,ort=error".into(),
+    });
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let opts = proxyseg::demo::DemoOptions {
+        models_dir,
+        out_dir: out,
+        onnxruntime: None,
+        timeout_s,
+    };
+    match rt.block_on(proxyseg::demo::run(opts)) {
+        Ok(rows) => {
+            proxyseg::demo::print_table(&rows);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxyseg demo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `proxyseg segment`: segments files offline, one SEG per input.
+fn segment(config: &Path, support_set: &str, out: &Path, inputs: &[PathBuf]) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    proxyseg::ops::init_logging(&proxyseg::config::LogConfig {
+        format: "human".into(),
+        filter: "warn,ort=error".into(),
+    });
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(proxyseg::pipeline::offline::segment_to_seg(
+        &cfg,
+        support_set,
+        out,
+        inputs,
+    )) {
+        Ok((report, segs)) => {
+            println!(
+                "segmented {} frame(s) with {} on {}",
+                report.frames, report.support_set, report.bundle
+            );
+            for p in segs {
+                println!("SEG {}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxyseg segment: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `proxyseg serve`: runs the daemon until it is stopped.
+fn serve(config: &Path) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    proxyseg::ops::init_logging(&cfg.log);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(proxyseg::daemon::serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("proxyseg: {e}");
+            ExitCode::from(1)
         }
     }
 }
 
 /// Loads and validates a config; on error prints every problem and gives exit code 1.
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(1)

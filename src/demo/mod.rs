@@ -133,36 +133,133 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<DemoRow>, DemoError> {
         )));
     }
     let out = &opts.out_dir;
+    prepare_out_dir(out)?;
+    let pacs = Pacs::start(out).await?;
+    let running = crate::daemon::start(daemon_config(&opts, pacs.port)?).await?;
+    if let Err(e) = running
+        .pipeline
+        .engine
+        .as_ref()
+        .map(|_| ())
+        .map_err(String::clone)
+    {
+        running.stop().await;
+        let _ = pacs.stop.send(true);
+        return Err(setup(format!("the engine did not start: {e}")));
+    }
+
+    // Send every demo study over a real association, as the PACS would.
+    let scu = Scu::new(&pacs.cfg).map_err(setup)?;
+    let dest = Destination {
+        ae_title: "PROXYSEG".into(),
+        host: "127.0.0.1".into(),
+        port: running
+            .dicom_addr
+            .ok_or_else(|| setup("the demo daemon has no plain DICOM listener"))?
+            .port(),
+        tls: false,
+    };
+    let mut sent = Vec::new();
+    for s in &studies {
+        if let Err(e) = send_study(&scu, &dest, s).await {
+            running.stop().await;
+            let _ = pacs.stop.send(true);
+            return Err(e);
+        }
+        sent.push((study_uid_of(&s.files[0])?, Instant::now()));
+        println!("sent demo study {:<8} ({} file(s))", s.name, s.files.len());
+    }
+
+    let arrived = wait_for_segs(&pacs.db, &sent, studies.len(), opts.timeout_s).await;
+    let failed_jobs = failed_jobs(&running.pipeline.db);
+    running.stop().await;
+    let _ = pacs.stop.send(true);
+    let _ = pacs.task.await;
+    if arrived.iter().any(Option::is_none) {
+        let missing: Vec<&str> = studies
+            .iter()
+            .zip(&arrived)
+            .filter(|(_, a)| a.is_none())
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        return Err(DemoError::Timeout(format!(
+            "no SEG came back for {missing:?} within {} s; {failed_jobs:?}",
+            opts.timeout_s
+        )));
+    }
+
+    let mut rows = Vec::new();
+    for ((s, (_, t_sent)), a) in studies.iter().zip(&sent).zip(arrived) {
+        let (seg_path, t_arrived) = a.ok_or_else(|| setup("missing result"))?;
+        let latency_s = t_arrived.duration_since(*t_sent).as_secs_f64();
+        rows.push(score_study(s, &seg_path, latency_s, out)?);
+    }
+    Ok(rows)
+}
+
+/// Empties the scratch data of an earlier run (the PACS's and the daemon's) and creates the
+/// output folders.
+fn prepare_out_dir(out: &Path) -> Result<(), DemoError> {
     let _ = std::fs::remove_dir_all(out.join("data"));
     let _ = std::fs::remove_dir_all(out.join("pacs"));
     for d in ["data", "pacs", "overlays"] {
         std::fs::create_dir_all(out.join(d))
             .map_err(|e| setup(format!("{}: {e}", out.join(d).display())))?;
     }
+    Ok(())
+}
 
-    // The PACS: our own storage SCP, in-process, on its own scratch dir.
-    let pacs_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+/// The PACS: our own storage SCP, in-process, on its own scratch dir (`out/pacs`).
+struct Pacs {
+    /// Its configuration (AE title `DEMO-PACS`); the demo's SCU sends with it too.
+    cfg: Config,
+    /// Its index, where the returned SEGs show up.
+    db: Db,
+    /// The port it listens on (loopback).
+    port: u16,
+    /// Stops it.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Its listener task.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pacs {
+    /// Starts the PACS on a free loopback port.
+    async fn start(out: &Path) -> Result<Pacs, DemoError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(setup)?;
+        let port = listener.local_addr().map_err(setup)?.port();
+        let mut cfg = Config::default();
+        cfg.dicom.ae_title = "DEMO-PACS".into();
+        cfg.dicom.require_known_peers = false;
+        cfg.dicom.min_free_disk_mb = 1;
+        cfg.storage.data_dir = out.join("pacs");
+        let db = Db::open(&out.join("pacs").join("proxyseg.sqlite")).map_err(setup)?;
+        let (spool, _) = Spool::open(&out.join("pacs")).map_err(setup)?;
+        let scp = Scp::new(
+            Arc::new(cfg.clone()),
+            db.clone(),
+            spool,
+            crate::metrics::Metrics::new(),
+        )
         .map_err(setup)?;
-    let pacs_port = pacs_listener.local_addr().map_err(setup)?.port();
-    let mut pacs_cfg = Config::default();
-    pacs_cfg.dicom.ae_title = "DEMO-PACS".into();
-    pacs_cfg.dicom.require_known_peers = false;
-    pacs_cfg.dicom.min_free_disk_mb = 1;
-    pacs_cfg.storage.data_dir = out.join("pacs");
-    let pacs_db = Db::open(&out.join("pacs").join("proxyseg.sqlite")).map_err(setup)?;
-    let (pacs_spool, _) = Spool::open(&out.join("pacs")).map_err(setup)?;
-    let pacs = Scp::new(
-        Arc::new(pacs_cfg.clone()),
-        pacs_db.clone(),
-        pacs_spool,
-        crate::metrics::Metrics::new(),
-    )
-    .map_err(setup)?;
-    let (pacs_stop, pacs_stop_rx) = tokio::sync::watch::channel(false);
-    let pacs_task = tokio::spawn(pacs.serve(pacs_listener, false, pacs_stop_rx));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(scp.serve(listener, false, stop_rx));
+        Ok(Pacs {
+            cfg,
+            db,
+            port,
+            stop,
+            task,
+        })
+    }
+}
 
-    // The daemon, on its embedded defaults plus scratch paths.
+/// The daemon's configuration: its embedded defaults plus scratch paths, the PACS as its only
+/// peer, short stable age and polling, and an admin listener with a fresh token.
+fn daemon_config(opts: &DemoOptions, pacs_port: u16) -> Result<Config, DemoError> {
+    let out = &opts.out_dir;
     let mut cfg = Config::default();
     cfg.dicom.listen = "127.0.0.1:0".into();
     cfg.dicom.min_free_disk_mb = 1;
@@ -184,67 +281,51 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<DemoRow>, DemoError> {
     // The admin store seeds the bundled demo support sets and their routing rules on this
     // first start, exactly as `scripts/run` does for a fresh installation.
     let tokens = out.join("data").join("admin-tokens");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let token: u128 = rand::random();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tokens)
-            .map_err(setup)?;
-        writeln!(f, "demo admin {token:032x}").map_err(setup)?;
-    }
+    write_admin_token(&tokens)?;
     cfg.admin = Some(crate::config::AdminConfig {
         listen: "127.0.0.1:0".into(),
         tokens_file: tokens,
         ..Default::default()
     });
-    let running = crate::daemon::start(cfg).await?;
-    if let Err(e) = running
-        .pipeline
-        .engine
-        .as_ref()
-        .map(|_| ())
-        .map_err(String::clone)
-    {
-        running.stop().await;
-        let _ = pacs_stop.send(true);
-        return Err(setup(format!("the engine did not start: {e}")));
-    }
+    Ok(cfg)
+}
 
-    // Send every demo study over a real association, as the PACS would.
-    let scu = Scu::new(&pacs_cfg).map_err(setup)?;
-    let dest = Destination {
-        ae_title: "PROXYSEG".into(),
-        host: "127.0.0.1".into(),
-        port: running
-            .dicom_addr
-            .ok_or_else(|| setup("the demo daemon has no plain DICOM listener"))?
-            .port(),
-        tls: false,
-    };
-    let mut sent = Vec::new();
-    for s in &studies {
-        for f in &s.files {
-            match scu.send_file(f, &dest).await {
-                Attempt::Delivered { .. } => {}
-                other => {
-                    running.stop().await;
-                    let _ = pacs_stop.send(true);
-                    return Err(setup(format!("sending {}: {other:?}", f.display())));
-                }
-            }
+/// Writes a tokens file (mode 0600) with one random admin token.
+fn write_admin_token(tokens: &Path) -> Result<(), DemoError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token: u128 = rand::random();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tokens)
+        .map_err(setup)?;
+    writeln!(f, "demo admin {token:032x}").map_err(setup)
+}
+
+/// Sends every file of one demo study; an error names the file that was not delivered.
+async fn send_study(scu: &Scu, dest: &Destination, s: &DemoStudy) -> Result<(), DemoError> {
+    for f in &s.files {
+        match scu.send_file(f, dest).await {
+            Attempt::Delivered { .. } => {}
+            other => return Err(setup(format!("sending {}: {other:?}", f.display()))),
         }
-        sent.push((study_uid_of(&s.files[0])?, Instant::now()));
-        println!("sent demo study {:<8} ({} file(s))", s.name, s.files.len());
     }
+    Ok(())
+}
 
-    // Wait for one SEG per study at the PACS.
-    let deadline = Instant::now() + Duration::from_secs(opts.timeout_s);
-    let mut arrived: Vec<Option<(PathBuf, Instant)>> = vec![None; studies.len()];
+/// Waits (until `timeout_s` is over) for one SEG per sent study at the PACS: its path and
+/// when it was seen, by study, `None` for those that did not come.
+async fn wait_for_segs(
+    pacs_db: &Db,
+    sent: &[(String, Instant)],
+    studies: usize,
+    timeout_s: u64,
+) -> Vec<Option<(PathBuf, Instant)>> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    let mut arrived: Vec<Option<(PathBuf, Instant)>> = vec![None; studies];
     while arrived.iter().any(Option::is_none) && Instant::now() < deadline {
         for (i, (study_uid, _)) in sent.iter().enumerate() {
             if arrived[i].is_some() {
@@ -264,64 +345,55 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<DemoRow>, DemoError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let failed_jobs: Vec<String> = running
-        .pipeline
-        .db
-        .read(|c| {
-            let mut st = c.prepare("SELECT id, state, COALESCE(error, '') FROM jobs WHERE state IN ('failed', 'unmatched')")?;
-            let rows = st.query_map([], |r| Ok(format!("job {} {}: {}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
-            rows.collect::<Result<Vec<_>, _>>()
-        })
-        .unwrap_or_default();
-    running.stop().await;
-    let _ = pacs_stop.send(true);
-    let _ = pacs_task.await;
-    if arrived.iter().any(Option::is_none) {
-        let missing: Vec<&str> = studies
-            .iter()
-            .zip(&arrived)
-            .filter(|(_, a)| a.is_none())
-            .map(|(s, _)| s.name.as_str())
-            .collect();
-        return Err(DemoError::Timeout(format!(
-            "no SEG came back for {missing:?} within {} s; {failed_jobs:?}",
-            opts.timeout_s
-        )));
-    }
+    arrived
+}
 
-    let mut rows = Vec::new();
-    for ((s, (_, t_sent)), a) in studies.iter().zip(&sent).zip(arrived) {
-        let (seg_path, t_arrived) = a.ok_or_else(|| setup("missing result"))?;
-        let copy = out.join(format!("{}.seg.dcm", s.name));
-        std::fs::copy(&seg_path, &copy).map_err(setup)?;
-        let ours_obj = dicom_object::open_file(&seg_path).map_err(setup)?;
-        let ours = read_seg(&ours_obj).map_err(setup)?;
-        let mut truth_masks = Vec::new();
-        for t in &s.truth {
-            let obj = dicom_object::open_file(t).map_err(setup)?;
-            truth_masks.push(read_seg(&obj).map_err(setup)?);
-        }
-        let dice = dice_by_label(&ours, &truth_masks);
-        let overlay = draw_overlay(
-            s,
-            &ours,
-            &out.join("overlays").join(format!("{}.png", s.name)),
-        )
-        .ok();
-        rows.push(DemoRow {
-            study: s.name.clone(),
-            objects: ours
-                .segments
-                .iter()
-                .map(|g| g.description.label.clone())
-                .collect(),
-            dice,
-            latency_s: t_arrived.duration_since(*t_sent).as_secs_f64(),
-            seg: copy,
-            overlay,
-        });
+/// The daemon's failed and unmatched jobs, with their errors (for the timeout message).
+fn failed_jobs(db: &Db) -> Vec<String> {
+    db.read(|c| {
+        let mut st = c.prepare("SELECT id, state, COALESCE(error, '') FROM jobs WHERE state IN ('failed', 'unmatched')")?;
+        let rows = st.query_map([], |r| Ok(format!("job {} {}: {}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        rows.collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap_or_default()
+}
+
+/// One study's row: the SEG copied into `out`, Dice against the ground truth, the overlay
+/// picture.
+fn score_study(
+    s: &DemoStudy,
+    seg_path: &Path,
+    latency_s: f64,
+    out: &Path,
+) -> Result<DemoRow, DemoError> {
+    let copy = out.join(format!("{}.seg.dcm", s.name));
+    std::fs::copy(seg_path, &copy).map_err(setup)?;
+    let ours_obj = dicom_object::open_file(seg_path).map_err(setup)?;
+    let ours = read_seg(&ours_obj).map_err(setup)?;
+    let mut truth_masks = Vec::new();
+    for t in &s.truth {
+        let obj = dicom_object::open_file(t).map_err(setup)?;
+        truth_masks.push(read_seg(&obj).map_err(setup)?);
     }
-    Ok(rows)
+    let dice = dice_by_label(&ours, &truth_masks);
+    let overlay = draw_overlay(
+        s,
+        &ours,
+        &out.join("overlays").join(format!("{}.png", s.name)),
+    )
+    .ok();
+    Ok(DemoRow {
+        study: s.name.clone(),
+        objects: ours
+            .segments
+            .iter()
+            .map(|g| g.description.label.clone())
+            .collect(),
+        dice,
+        latency_s,
+        seg: copy,
+        overlay,
+    })
 }
 
 /// Dice per segment label over every source frame the truth covers.

@@ -468,7 +468,18 @@ fn apply_views(
     keep: bool,
     timings: &mut StageTimings,
 ) -> Result<Vec<ViewTensors>, EngineError> {
-    let m = &bundle.manifest;
+    let jobs = view_jobs(views, frame, logits);
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (crop_logits, kept) = segment_crops(bundle, views, &jobs, frame, max_batch, keep, timings)?;
+    merge_views(views, &jobs, &crop_logits, frame, logits);
+    Ok(kept)
+}
+
+/// The crops the views segment, from the first pass: a roi view's box around its anchor
+/// object (none when the anchor is empty), every tile of a tiles view.
+fn view_jobs(views: &[ViewPass], frame: &Frame, logits: &[Vec<f32>]) -> Vec<ViewJob> {
     let (rows, cols) = (frame.rows, frame.cols);
     let mut jobs = Vec::new();
     for (vi, v) in views.iter().enumerate() {
@@ -503,28 +514,32 @@ fn apply_views(
             }
         }
     }
-    if jobs.is_empty() {
-        return Ok(Vec::new());
-    }
+    jobs
+}
+
+/// The logits of a view's objects on one crop, one plane per object, at the crop's size.
+type CropLogits = Vec<Vec<f32>>;
+
+/// Encodes every crop of a frame (batched), then decodes each with its view's context: the
+/// logits of the view's objects per crop (at the crop's size), and the crops' tensors when
+/// `keep`.
+fn segment_crops(
+    bundle: &Bundle,
+    views: &[ViewPass],
+    jobs: &[ViewJob],
+    frame: &Frame,
+    max_batch: usize,
+    keep: bool,
+    timings: &mut StageTimings,
+) -> Result<(Vec<CropLogits>, Vec<ViewTensors>), EngineError> {
+    let m = &bundle.manifest;
     let s = m.input_size;
     let (c, h, w) = (m.embed_dim, m.embed_size[0], m.embed_size[1]);
-    let mut inputs = Vec::with_capacity(jobs.len() * 3 * s * s);
-    let mut geoms = Vec::with_capacity(jobs.len());
-    for j in &jobs {
-        let f = j.crop.frame(frame).ok_or_else(|| {
-            EngineError::Internal(format!(
-                "view crop {:?} does not fit the {rows}x{cols} frame",
-                j.crop
-            ))
-        })?;
-        let (t, g) = prepare_image(&f, s, m.pixel_mean, m.pixel_std);
-        inputs.extend_from_slice(&t);
-        geoms.push(g);
-    }
+    let (inputs, geoms) = crop_inputs(bundle, jobs, frame)?;
     let emb = encode_images(bundle, &inputs, jobs.len(), max_batch)?;
     let per = c * h * w;
     let mut scratch = StageTimings::default();
-    let mut crop_logits: Vec<Vec<Vec<f32>>> = Vec::with_capacity(jobs.len());
+    let mut crop_logits: Vec<CropLogits> = Vec::with_capacity(jobs.len());
     let mut kept = Vec::new();
     for (n, j) in jobs.iter().enumerate() {
         let v = &views[j.view];
@@ -565,6 +580,43 @@ fn apply_views(
         }
         crop_logits.push(planes);
     }
+    Ok((crop_logits, kept))
+}
+
+/// The model inputs of every crop, one after the other, with their geometries.
+fn crop_inputs(
+    bundle: &Bundle,
+    jobs: &[ViewJob],
+    frame: &Frame,
+) -> Result<(Vec<f32>, Vec<Geometry>), EngineError> {
+    let m = &bundle.manifest;
+    let s = m.input_size;
+    let mut inputs = Vec::with_capacity(jobs.len() * 3 * s * s);
+    let mut geoms = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let f = j.crop.frame(frame).ok_or_else(|| {
+            EngineError::Internal(format!(
+                "view crop {:?} does not fit the {}x{} frame",
+                j.crop, frame.rows, frame.cols
+            ))
+        })?;
+        let (t, g) = prepare_image(&f, s, m.pixel_mean, m.pixel_std);
+        inputs.extend_from_slice(&t);
+        geoms.push(g);
+    }
+    Ok((inputs, geoms))
+}
+
+/// Merges each view's crops into `logits`, rule by rule in manifest order: a roi crop is pasted
+/// back, the tiles are averaged where they overlap.
+fn merge_views(
+    views: &[ViewPass],
+    jobs: &[ViewJob],
+    crop_logits: &[CropLogits],
+    frame: &Frame,
+    logits: &mut [Vec<f32>],
+) {
+    let (rows, cols) = (frame.rows, frame.cols);
     for (vi, v) in views.iter().enumerate() {
         let mine: Vec<usize> = (0..jobs.len()).filter(|&n| jobs[n].view == vi).collect();
         let Some(&first) = mine.first() else {
@@ -586,5 +638,4 @@ fn apply_views(
             logits[o] = merged;
         }
     }
-    Ok(kept)
 }

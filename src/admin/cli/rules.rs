@@ -119,198 +119,232 @@ pub enum RuleCmd {
     },
 }
 
-/// Runs `rule ...`.
+/// The rules service's client.
+type Rules = RulesClient<Authed>;
+
+/// Runs `rule ...`: one function per subcommand.
 pub(super) async fn run(args: &AdminArgs, c: &mut Clients, cmd: &RuleCmd) -> Result<(), CliError> {
     let rules = &mut c.rules;
     match cmd {
-        RuleCmd::Add {
-            support_set,
-            priority,
-            modality,
-            body_part,
-            sop_class,
-            series_regex,
-            calling_ae,
-            destination,
-            stable_age,
-            include_localizers,
-            disabled,
-            description,
-        } => {
-            let r = rules
-                .create(pb::CreateRuleRequest {
-                    rule: Some(pb::Rule {
-                        priority: *priority,
-                        modality: modality.clone(),
-                        body_part: body_part.clone(),
-                        sop_class_uid: sop_class.clone(),
-                        series_description_regex: series_regex.clone(),
-                        calling_ae: calling_ae.clone(),
-                        support_set: support_set.clone(),
-                        destination_ae: destination.clone(),
-                        stable_age_s: *stable_age,
-                        disabled: *disabled,
-                        include_localizers: *include_localizers,
-                        description: description.clone(),
-                        ..Default::default()
-                    }),
-                })
-                .await?
-                .into_inner();
-            print(args, rule_json(&r), || format!("created rule {}", r.id));
-        }
-        RuleCmd::List => {
-            let l = rules.list(pb::ListRulesRequest {}).await?.into_inner();
-            print(
-                args,
-                Value::Array(l.rules.iter().map(rule_json).collect()),
-                || {
-                    table(
-                        &[
-                            "ID",
-                            "PRIO",
-                            "ON",
-                            "MODALITY",
-                            "BODY PART",
-                            "SERIES /RE/",
-                            "FROM AE",
-                            "SUPPORT SET",
-                            "TO AE",
-                            "STABLE",
-                        ],
-                        &l.rules
-                            .iter()
-                            .map(|r| {
-                                vec![
-                                    r.id.to_string(),
-                                    r.priority.to_string(),
-                                    if r.disabled { "no" } else { "yes" }.into(),
-                                    or_dash(&r.modality).into(),
-                                    or_dash(&r.body_part).into(),
-                                    or_dash(&r.series_description_regex).into(),
-                                    or_dash(&r.calling_ae).into(),
-                                    r.support_set.clone(),
-                                    if r.destination_ae.is_empty() {
-                                        "(sender)".into()
-                                    } else {
-                                        r.destination_ae.clone()
-                                    },
-                                    r.stable_age_s
-                                        .map(|s| format!("{s}s"))
-                                        .unwrap_or_else(|| "-".into()),
-                                ]
-                            })
-                            .collect::<Vec<_>>(),
-                    )
-                },
-            );
-        }
-        RuleCmd::Update {
-            id,
-            support_set,
-            priority,
-            modality,
-            body_part,
-            sop_class,
-            series_regex,
-            calling_ae,
-            destination,
-            stable_age,
-            no_stable_age,
-            include_localizers,
-            enabled,
-            description,
-        } => {
-            let mut r = rules
-                .list(pb::ListRulesRequest {})
-                .await?
-                .into_inner()
-                .rules
-                .into_iter()
-                .find(|r| r.id == *id)
-                .ok_or_else(|| Status::not_found(format!("rule {id} not found")))?;
-            let set = |field: &mut String, v: &Option<String>| {
-                if let Some(v) = v {
-                    *field = v.clone();
-                }
-            };
-            set(&mut r.support_set, support_set);
-            set(&mut r.modality, modality);
-            set(&mut r.body_part, body_part);
-            set(&mut r.sop_class_uid, sop_class);
-            set(&mut r.series_description_regex, series_regex);
-            set(&mut r.calling_ae, calling_ae);
-            set(&mut r.destination_ae, destination);
-            set(&mut r.description, description);
-            r.priority = priority.unwrap_or(r.priority);
-            if *no_stable_age {
-                r.stable_age_s = None;
-            } else if stable_age.is_some() {
-                r.stable_age_s = *stable_age;
-            }
-            r.include_localizers = include_localizers.unwrap_or(r.include_localizers);
-            r.disabled = enabled.map_or(r.disabled, |e| !e);
-            let r = rules
-                .update(pb::UpdateRuleRequest { rule: Some(r) })
-                .await?
-                .into_inner();
-            print(args, rule_json(&r), || format!("updated rule {}", r.id));
-        }
-        RuleCmd::Delete { id } => {
-            rules.delete(pb::DeleteRuleRequest { id: *id }).await?;
-            print(args, json!({"deleted": id}), || {
-                format!("deleted rule {id}")
-            });
-        }
-        RuleCmd::DryRun {
-            file,
-            modality,
-            body_part,
-            series_description,
-            sop_class,
-            calling_ae,
-        } => {
-            let input = match file {
-                Some(f) => pb::dry_run_request::Input::Dicom(read_file(f)?),
-                None => pb::dry_run_request::Input::Header(pb::StudyHeader {
-                    modality: modality.clone(),
-                    body_part: body_part.clone(),
-                    sop_class_uid: sop_class.clone(),
-                    series_description: series_description.clone(),
-                    calling_ae: calling_ae.clone(),
-                    image_type: Vec::new(),
-                }),
-            };
-            let r = rules
-                .dry_run(pb::DryRunRequest {
-                    input: Some(input),
-                    calling_ae: calling_ae.clone(),
-                })
-                .await?
-                .into_inner();
-            let v = json!({
-                "matched": r.matched, "rule_id": r.rule_id, "support_set": r.support_set,
-                "support_set_version": r.support_set_version,
-                "destination_ae": r.destination_ae, "reason": r.reason,
-                "stable_age_s": r.stable_age_s, "to_sender": r.to_sender,
-                "considered": r.considered.iter().map(|c| json!({"rule_id": c.rule_id, "matched": c.matched, "reason": c.reason})).collect::<Vec<_>>(),
-            });
-            print(args, v, || {
-                let mut s = if r.matched {
-                    format!(
-                        "rule {} -> support set {} (version {}) -> {}\n",
-                        r.rule_id,
-                        r.support_set,
-                        r.support_set_version,
-                        destination_text(r.to_sender, &r.destination_ae)
-                    )
-                } else {
-                    "unmatched\n".to_string()
-                };
-                s += &format!("why: {}", r.reason);
-                s
-            });
-        }
+        RuleCmd::Add { .. } => add(args, rules, cmd).await,
+        RuleCmd::List => list(args, rules).await,
+        RuleCmd::Update { .. } => update(args, rules, cmd).await,
+        RuleCmd::Delete { id } => delete(args, rules, *id).await,
+        RuleCmd::DryRun { .. } => dry_run(args, rules, cmd).await,
     }
+}
+
+/// `rule add`.
+async fn add(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<(), CliError> {
+    let RuleCmd::Add {
+        support_set,
+        priority,
+        modality,
+        body_part,
+        sop_class,
+        series_regex,
+        calling_ae,
+        destination,
+        stable_age,
+        include_localizers,
+        disabled,
+        description,
+    } = cmd
+    else {
+        unreachable!("run dispatches only `rule add` here");
+    };
+    let r = rules
+        .create(pb::CreateRuleRequest {
+            rule: Some(pb::Rule {
+                priority: *priority,
+                modality: modality.clone(),
+                body_part: body_part.clone(),
+                sop_class_uid: sop_class.clone(),
+                series_description_regex: series_regex.clone(),
+                calling_ae: calling_ae.clone(),
+                support_set: support_set.clone(),
+                destination_ae: destination.clone(),
+                stable_age_s: *stable_age,
+                disabled: *disabled,
+                include_localizers: *include_localizers,
+                description: description.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    print(args, rule_json(&r), || format!("created rule {}", r.id));
+    Ok(())
+}
+
+/// `rule list`: a table of the rules in routing order.
+async fn list(args: &AdminArgs, rules: &mut Rules) -> Result<(), CliError> {
+    let l = rules.list(pb::ListRulesRequest {}).await?.into_inner();
+    print(
+        args,
+        Value::Array(l.rules.iter().map(rule_json).collect()),
+        || {
+            table(
+                &[
+                    "ID",
+                    "PRIO",
+                    "ON",
+                    "MODALITY",
+                    "BODY PART",
+                    "SERIES /RE/",
+                    "FROM AE",
+                    "SUPPORT SET",
+                    "TO AE",
+                    "STABLE",
+                ],
+                &l.rules
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.priority.to_string(),
+                            if r.disabled { "no" } else { "yes" }.into(),
+                            or_dash(&r.modality).into(),
+                            or_dash(&r.body_part).into(),
+                            or_dash(&r.series_description_regex).into(),
+                            or_dash(&r.calling_ae).into(),
+                            r.support_set.clone(),
+                            if r.destination_ae.is_empty() {
+                                "(sender)".into()
+                            } else {
+                                r.destination_ae.clone()
+                            },
+                            r.stable_age_s
+                                .map(|s| format!("{s}s"))
+                                .unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        },
+    );
+    Ok(())
+}
+
+/// `rule update`: the rule as listed, with the fields given changed, sent back whole.
+async fn update(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<(), CliError> {
+    let RuleCmd::Update {
+        id,
+        support_set,
+        priority,
+        modality,
+        body_part,
+        sop_class,
+        series_regex,
+        calling_ae,
+        destination,
+        stable_age,
+        no_stable_age,
+        include_localizers,
+        enabled,
+        description,
+    } = cmd
+    else {
+        unreachable!("run dispatches only `rule update` here");
+    };
+    let mut r = rules
+        .list(pb::ListRulesRequest {})
+        .await?
+        .into_inner()
+        .rules
+        .into_iter()
+        .find(|r| r.id == *id)
+        .ok_or_else(|| Status::not_found(format!("rule {id} not found")))?;
+    let set = |field: &mut String, v: &Option<String>| {
+        if let Some(v) = v {
+            *field = v.clone();
+        }
+    };
+    set(&mut r.support_set, support_set);
+    set(&mut r.modality, modality);
+    set(&mut r.body_part, body_part);
+    set(&mut r.sop_class_uid, sop_class);
+    set(&mut r.series_description_regex, series_regex);
+    set(&mut r.calling_ae, calling_ae);
+    set(&mut r.destination_ae, destination);
+    set(&mut r.description, description);
+    r.priority = priority.unwrap_or(r.priority);
+    if *no_stable_age {
+        r.stable_age_s = None;
+    } else if stable_age.is_some() {
+        r.stable_age_s = *stable_age;
+    }
+    r.include_localizers = include_localizers.unwrap_or(r.include_localizers);
+    r.disabled = enabled.map_or(r.disabled, |e| !e);
+    let r = rules
+        .update(pb::UpdateRuleRequest { rule: Some(r) })
+        .await?
+        .into_inner();
+    print(args, rule_json(&r), || format!("updated rule {}", r.id));
+    Ok(())
+}
+
+/// `rule delete`.
+async fn delete(args: &AdminArgs, rules: &mut Rules, id: i64) -> Result<(), CliError> {
+    rules.delete(pb::DeleteRuleRequest { id }).await?;
+    print(args, json!({"deleted": id}), || {
+        format!("deleted rule {id}")
+    });
+    Ok(())
+}
+
+/// `rule dry-run`: which rule a DICOM file (or the header fields given) would get, and why.
+async fn dry_run(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<(), CliError> {
+    let RuleCmd::DryRun {
+        file,
+        modality,
+        body_part,
+        series_description,
+        sop_class,
+        calling_ae,
+    } = cmd
+    else {
+        unreachable!("run dispatches only `rule dry-run` here");
+    };
+    let input = match file {
+        Some(f) => pb::dry_run_request::Input::Dicom(read_file(f)?),
+        None => pb::dry_run_request::Input::Header(pb::StudyHeader {
+            modality: modality.clone(),
+            body_part: body_part.clone(),
+            sop_class_uid: sop_class.clone(),
+            series_description: series_description.clone(),
+            calling_ae: calling_ae.clone(),
+            image_type: Vec::new(),
+        }),
+    };
+    let r = rules
+        .dry_run(pb::DryRunRequest {
+            input: Some(input),
+            calling_ae: calling_ae.clone(),
+        })
+        .await?
+        .into_inner();
+    let v = json!({
+        "matched": r.matched, "rule_id": r.rule_id, "support_set": r.support_set,
+        "support_set_version": r.support_set_version,
+        "destination_ae": r.destination_ae, "reason": r.reason,
+        "stable_age_s": r.stable_age_s, "to_sender": r.to_sender,
+        "considered": r.considered.iter().map(|c| json!({"rule_id": c.rule_id, "matched": c.matched, "reason": c.reason})).collect::<Vec<_>>(),
+    });
+    print(args, v, || {
+        let mut s = if r.matched {
+            format!(
+                "rule {} -> support set {} (version {}) -> {}\n",
+                r.rule_id,
+                r.support_set,
+                r.support_set_version,
+                destination_text(r.to_sender, &r.destination_ae)
+            )
+        } else {
+            "unmatched\n".to_string()
+        };
+        s += &format!("why: {}", r.reason);
+        s
+    });
     Ok(())
 }

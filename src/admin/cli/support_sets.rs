@@ -185,205 +185,260 @@ pub(super) fn msg_len(m: &pb::AddPairRequest) -> u64 {
     }
 }
 
-/// Runs `support-set ...`.
+/// The support-set service's client.
+type Sets = SupportSetsClient<Authed>;
+
+/// Runs `support-set ...`: one function per subcommand.
 pub(super) async fn run(args: &AdminArgs, c: &mut Clients, cmd: &SetCmd) -> Result<(), CliError> {
     let sets = &mut c.sets;
     match cmd {
-        SetCmd::Create {
-            name,
-            objects,
-            bundle,
-            modality,
-            body_part,
-            description,
-        } => {
-            let s = sets
-                .create(pb::CreateSupportSetRequest {
-                    name: name.clone(),
-                    description: description.clone(),
-                    bundle: bundle.clone(),
-                    modality: modality.clone(),
-                    body_part: body_part.clone(),
-                    objects: objects
-                        .iter()
-                        .map(|l| pb::SupportObject {
-                            label: l.clone(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                })
-                .await?
-                .into_inner();
-            print(args, set_json(&s), || {
-                format!("created support set {} (version {})", s.name, s.version)
-            });
-        }
-        SetCmd::List => {
-            let l = sets.list(pb::ListSupportSetsRequest {}).await?.into_inner();
-            print(
-                args,
-                Value::Array(l.support_sets.iter().map(set_json).collect()),
-                || {
-                    table(
-                        &[
-                            "NAME",
-                            "VERSION",
-                            "BUNDLE",
-                            "MODALITY",
-                            "BODY PART",
-                            "OBJECTS",
-                            "PAIRS",
-                            "UPDATED",
-                        ],
-                        &l.support_sets
-                            .iter()
-                            .map(|s| {
-                                vec![
-                                    s.name.clone(),
-                                    s.version.to_string(),
-                                    s.bundle.clone(),
-                                    s.modality.clone(),
-                                    s.body_part.clone(),
-                                    s.objects
-                                        .iter()
-                                        .map(|o| o.label.clone())
-                                        .collect::<Vec<_>>()
-                                        .join(", "),
-                                    s.pair_count.to_string(),
-                                    ts(&s.updated_at),
-                                ]
-                            })
-                            .collect::<Vec<_>>(),
-                    )
-                },
-            );
-        }
-        SetCmd::Show { name, version } => {
-            let s = sets
-                .get(pb::GetSupportSetRequest {
-                    name: name.clone(),
-                    version: *version,
-                })
-                .await?
-                .into_inner();
-            print(args, set_json(&s), || set_text(&s));
-        }
-        SetCmd::Update {
-            name,
-            description,
-            bundle,
-            modality,
-            body_part,
-        } => {
-            let s = sets
-                .update(pb::UpdateSupportSetRequest {
-                    name: name.clone(),
-                    description: description.clone(),
-                    bundle: bundle.clone(),
-                    modality: modality.clone(),
-                    body_part: body_part.clone(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            print(args, set_json(&s), || {
-                format!("support set {} is at version {}", s.name, s.version)
-            });
-        }
-        SetCmd::Delete { name } => {
-            sets.delete(pb::DeleteSupportSetRequest { name: name.clone() })
-                .await?;
-            print(args, json!({"deleted": name}), || {
-                format!("deleted support set {name}")
-            });
-        }
-        SetCmd::Import { path, name } => {
-            let s = sets
-                .import(pb::ImportRequest {
-                    path: path.clone(),
-                    name: name.clone(),
-                })
-                .await?
-                .into_inner();
-            print(args, set_json(&s), || {
-                format!(
-                    "imported support set {} (version {}, {} pair(s))",
-                    s.name, s.version, s.pair_count
-                )
-            });
-        }
+        SetCmd::Create { .. } => create(args, sets, cmd).await,
+        SetCmd::List => list(args, sets).await,
+        SetCmd::Show { name, version } => show(args, sets, name, *version).await,
+        SetCmd::Update { .. } => update(args, sets, cmd).await,
+        SetCmd::Delete { name } => delete(args, sets, name).await,
+        SetCmd::Import { path, name } => import(args, sets, path, name).await,
         SetCmd::Export {
             name,
             path,
             version,
-        } => {
-            let r = sets
-                .export(pb::ExportRequest {
-                    name: name.clone(),
-                    version: *version,
-                    path: path.clone(),
-                })
-                .await?
-                .into_inner();
-            print(
-                args,
-                json!({"path": r.path, "version": r.version, "files": r.files}),
-                || {
-                    format!(
-                        "exported {name} version {} to {} ({} files)",
-                        r.version,
-                        r.path,
-                        r.files.len()
-                    )
-                },
-            );
-        }
-        SetCmd::Evaluate { name, version } => {
-            let r = sets
-                .evaluate(pb::EvaluateRequest {
-                    name: name.clone(),
-                    version: *version,
-                })
-                .await?
-                .into_inner();
-            let v = json!({
-                "name": r.name, "version": r.version, "mean_dice": r.mean_dice,
-                "object_mean_dice": r.object_mean_dice,
-                "pairs": r.pairs.iter().map(|p| json!({"pair": p.pair_number, "dice": p.dice, "mean_dice": p.mean_dice})).collect::<Vec<_>>(),
-                // A set-level flag (pair_number 0) has "pair": null.
-                "flags": r.flags.iter().map(|f| json!({"pair": (f.pair_number > 0).then_some(f.pair_number),
-                    "object": f.object_index,
-                    "kind": pb::FlagKind::try_from(f.kind).map(|k| k.as_str_name()).unwrap_or("?"), "detail": f.detail})).collect::<Vec<_>>(),
-            });
-            print(args, v, || {
-                let mut s = format!(
-                    "{} version {}: mean leave-one-out Dice {:.3}\n",
-                    r.name, r.version, r.mean_dice
-                );
-                s += &table(
-                    &["PAIR", "DICE PER OBJECT", "MEAN"],
-                    &r.pairs
-                        .iter()
-                        .map(|p| {
-                            vec![
-                                p.pair_number.to_string(),
-                                p.dice
-                                    .iter()
-                                    .map(|d| format!("{d:.3}"))
-                                    .collect::<Vec<_>>()
-                                    .join(" "),
-                                format!("{:.3}", p.mean_dice),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                );
-                for f in &r.flags {
-                    s += &evaluate_flag_line(f);
-                }
-                s
-            });
-        }
+        } => export(args, sets, name, path, *version).await,
+        SetCmd::Evaluate { name, version } => evaluate(args, sets, name, *version).await,
     }
+}
+
+/// `support-set create`.
+async fn create(args: &AdminArgs, sets: &mut Sets, cmd: &SetCmd) -> Result<(), CliError> {
+    let SetCmd::Create {
+        name,
+        objects,
+        bundle,
+        modality,
+        body_part,
+        description,
+    } = cmd
+    else {
+        unreachable!("run dispatches only `support-set create` here");
+    };
+    let s = sets
+        .create(pb::CreateSupportSetRequest {
+            name: name.clone(),
+            description: description.clone(),
+            bundle: bundle.clone(),
+            modality: modality.clone(),
+            body_part: body_part.clone(),
+            objects: objects
+                .iter()
+                .map(|l| pb::SupportObject {
+                    label: l.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .await?
+        .into_inner();
+    print(args, set_json(&s), || {
+        format!("created support set {} (version {})", s.name, s.version)
+    });
+    Ok(())
+}
+
+/// `support-set list`: a table of every set.
+async fn list(args: &AdminArgs, sets: &mut Sets) -> Result<(), CliError> {
+    let l = sets.list(pb::ListSupportSetsRequest {}).await?.into_inner();
+    print(
+        args,
+        Value::Array(l.support_sets.iter().map(set_json).collect()),
+        || {
+            table(
+                &[
+                    "NAME",
+                    "VERSION",
+                    "BUNDLE",
+                    "MODALITY",
+                    "BODY PART",
+                    "OBJECTS",
+                    "PAIRS",
+                    "UPDATED",
+                ],
+                &l.support_sets
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.name.clone(),
+                            s.version.to_string(),
+                            s.bundle.clone(),
+                            s.modality.clone(),
+                            s.body_part.clone(),
+                            s.objects
+                                .iter()
+                                .map(|o| o.label.clone())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            s.pair_count.to_string(),
+                            ts(&s.updated_at),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        },
+    );
+    Ok(())
+}
+
+/// `support-set show`.
+async fn show(args: &AdminArgs, sets: &mut Sets, name: &str, version: u32) -> Result<(), CliError> {
+    let s = sets
+        .get(pb::GetSupportSetRequest {
+            name: name.to_string(),
+            version,
+        })
+        .await?
+        .into_inner();
+    print(args, set_json(&s), || set_text(&s));
+    Ok(())
+}
+
+/// `support-set update`.
+async fn update(args: &AdminArgs, sets: &mut Sets, cmd: &SetCmd) -> Result<(), CliError> {
+    let SetCmd::Update {
+        name,
+        description,
+        bundle,
+        modality,
+        body_part,
+    } = cmd
+    else {
+        unreachable!("run dispatches only `support-set update` here");
+    };
+    let s = sets
+        .update(pb::UpdateSupportSetRequest {
+            name: name.clone(),
+            description: description.clone(),
+            bundle: bundle.clone(),
+            modality: modality.clone(),
+            body_part: body_part.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    print(args, set_json(&s), || {
+        format!("support set {} is at version {}", s.name, s.version)
+    });
+    Ok(())
+}
+
+/// `support-set delete`.
+async fn delete(args: &AdminArgs, sets: &mut Sets, name: &str) -> Result<(), CliError> {
+    sets.delete(pb::DeleteSupportSetRequest {
+        name: name.to_string(),
+    })
+    .await?;
+    print(args, json!({"deleted": name}), || {
+        format!("deleted support set {name}")
+    });
+    Ok(())
+}
+
+/// `support-set import`.
+async fn import(args: &AdminArgs, sets: &mut Sets, path: &str, name: &str) -> Result<(), CliError> {
+    let s = sets
+        .import(pb::ImportRequest {
+            path: path.to_string(),
+            name: name.to_string(),
+        })
+        .await?
+        .into_inner();
+    print(args, set_json(&s), || {
+        format!(
+            "imported support set {} (version {}, {} pair(s))",
+            s.name, s.version, s.pair_count
+        )
+    });
+    Ok(())
+}
+
+/// `support-set export`.
+async fn export(
+    args: &AdminArgs,
+    sets: &mut Sets,
+    name: &str,
+    path: &str,
+    version: u32,
+) -> Result<(), CliError> {
+    let r = sets
+        .export(pb::ExportRequest {
+            name: name.to_string(),
+            version,
+            path: path.to_string(),
+        })
+        .await?
+        .into_inner();
+    print(
+        args,
+        json!({"path": r.path, "version": r.version, "files": r.files}),
+        || {
+            format!(
+                "exported {name} version {} to {} ({} files)",
+                r.version,
+                r.path,
+                r.files.len()
+            )
+        },
+    );
+    Ok(())
+}
+
+/// `support-set evaluate`: leave-one-out Dice per pair and the mask flags.
+async fn evaluate(
+    args: &AdminArgs,
+    sets: &mut Sets,
+    name: &str,
+    version: u32,
+) -> Result<(), CliError> {
+    let r = sets
+        .evaluate(pb::EvaluateRequest {
+            name: name.to_string(),
+            version,
+        })
+        .await?
+        .into_inner();
+    let v = json!({
+        "name": r.name, "version": r.version, "mean_dice": r.mean_dice,
+        "object_mean_dice": r.object_mean_dice,
+        "pairs": r.pairs.iter().map(|p| json!({"pair": p.pair_number, "dice": p.dice, "mean_dice": p.mean_dice})).collect::<Vec<_>>(),
+        // A set-level flag (pair_number 0) has "pair": null.
+        "flags": r.flags.iter().map(|f| json!({"pair": (f.pair_number > 0).then_some(f.pair_number),
+            "object": f.object_index,
+            "kind": pb::FlagKind::try_from(f.kind).map(|k| k.as_str_name()).unwrap_or("?"), "detail": f.detail})).collect::<Vec<_>>(),
+    });
+    print(args, v, || {
+        let mut s = format!(
+            "{} version {}: mean leave-one-out Dice {:.3}\n",
+            r.name, r.version, r.mean_dice
+        );
+        s += &table(
+            &["PAIR", "DICE PER OBJECT", "MEAN"],
+            &r.pairs
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.pair_number.to_string(),
+                        p.dice
+                            .iter()
+                            .map(|d| format!("{d:.3}"))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        format!("{:.3}", p.mean_dice),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
+        for f in &r.flags {
+            s += &evaluate_flag_line(f);
+        }
+        s
+    });
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! segmentations with native (uncompressed) pixel data are supported; anything else is a typed
 //! error, never a panic.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use dicom_core::value::Value;
@@ -83,6 +84,81 @@ impl SegMasks {
 /// Image or Referenced Series Sequence), or else to `sop_instance_uid: None` and its order within
 /// its segment.
 pub fn read_seg(obj: &InMemDicomObject) -> Result<SegMasks, SegError> {
+    let header = read_header(obj)?;
+    let segments = read_segments(obj)?;
+    let numbers: Vec<u16> = segments.iter().map(|s| s.number).collect();
+    let pixel_data = pixel_bytes(obj)?;
+    let pixel_data: &[u8] = &pixel_data;
+    let (pixels, need) = header.check_length(pixel_data.len())?;
+    let frames = header.frames;
+
+    let per_frame = items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    if !per_frame.is_empty() && per_frame.len() != frames {
+        return Err(SegError::BadValue {
+            attribute: "PerFrameFunctionalGroupsSequence",
+            reason: format!("{} items for {frames} frames", per_frame.len()),
+        });
+    }
+    let mut source_classes = BTreeMap::new();
+    let only_source = sole_referenced_instance(obj, &mut source_classes);
+
+    let mut masks: BTreeMap<SourceKey, BTreeMap<u16, Vec<u8>>> = BTreeMap::new();
+    let mut order_in_segment: BTreeMap<u16, u32> = BTreeMap::new();
+    for f in 0..frames {
+        let group = per_frame.get(f);
+        let segment = frame_segment(group, shared, segments.len(), f)?;
+        if !numbers.contains(&segment) {
+            return Err(SegError::SegmentOutOfRange {
+                frame: f + 1,
+                segment: u32::from(segment),
+                count: segments.len(),
+            });
+        }
+        let counter = order_in_segment.entry(segment).or_insert(0);
+        *counter += 1;
+        let key = match group.and_then(|g| frame_source(g, &mut source_classes)) {
+            Some(key) => key,
+            // The n-th frame of a segment is the source's frame n (1 for single-frame).
+            None => SourceKey {
+                sop_instance_uid: only_source.clone(),
+                frame_number: *counter,
+            },
+        };
+        let mask = header.frame_mask(pixel_data, pixels, f, need)?;
+        let slot = masks.entry(key).or_default();
+        match slot.get_mut(&segment) {
+            // Two frames for the same source frame and segment: their union.
+            Some(existing) => existing.iter_mut().zip(&mask).for_each(|(a, b)| *a |= b),
+            None => {
+                slot.insert(segment, mask);
+            }
+        }
+    }
+    Ok(SegMasks {
+        rows: header.rows,
+        columns: header.columns,
+        segments,
+        source_classes,
+        masks,
+    })
+}
+
+/// What the top level says about the frames: size, count and how a pixel is stored.
+struct FramesHeader {
+    /// Rows of every frame.
+    rows: u16,
+    /// Columns of every frame.
+    columns: u16,
+    /// Number of Frames (1 when absent).
+    frames: usize,
+    /// `None` for BINARY (1 bit a pixel); the Maximum Fractional Value for FRACTIONAL (a byte a
+    /// pixel, thresholded at half of it).
+    fractional_max: Option<u16>,
+}
+
+/// Checks that `obj` is a SEG and reads its [`FramesHeader`].
+fn read_header(obj: &InMemDicomObject) -> Result<FramesHeader, SegError> {
     let sop_class = get_str(obj, tags::SOP_CLASS_UID).unwrap_or_default();
     if sop_class != SEGMENTATION_STORAGE {
         return Err(SegError::NotSeg(sop_class));
@@ -119,90 +195,45 @@ pub fn read_seg(obj: &InMemDicomObject) -> Result<SegMasks, SegError> {
             )))
         }
     };
+    Ok(FramesHeader {
+        rows,
+        columns,
+        frames,
+        fractional_max,
+    })
+}
 
-    let segments = read_segments(obj)?;
-    let numbers: Vec<u16> = segments.iter().map(|s| s.number).collect();
-
-    let pixel_elem = obj
-        .get(tags::PIXEL_DATA)
-        .ok_or(SegError::Missing("PixelData"))?;
-    let pixel_data: std::borrow::Cow<'_, [u8]> = match pixel_elem.value() {
-        Value::Primitive(dicom_core::PrimitiveValue::U8(bytes)) => bytes.as_slice().into(),
-        // Implicit VR files may hold it as OW: the byte stream is the little-endian words.
-        Value::Primitive(dicom_core::PrimitiveValue::U16(words)) => words
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect::<Vec<u8>>()
-            .into(),
-        Value::Primitive(_) => {
-            return Err(SegError::Unsupported("PixelData is not OB or OW".into()))
-        }
-        Value::PixelSequence(_) => {
-            return Err(SegError::Unsupported(
-                "encapsulated (compressed) pixel data".into(),
-            ))
-        }
-        Value::Sequence(_) => return Err(SegError::Missing("PixelData")),
-    };
-    let pixel_data: &[u8] = &pixel_data;
-    let pixels = usize::from(rows) * usize::from(columns);
-    let total = pixels
-        .checked_mul(frames)
-        .ok_or_else(|| SegError::BadValue {
-            attribute: "NumberOfFrames",
-            reason: format!("{frames} frames of {rows}x{columns} overflow"),
-        })?;
-    let need = match fractional_max {
-        None => total.div_ceil(8),
-        Some(_) => total,
-    };
-    if pixel_data.len() < need {
-        return Err(SegError::PixelDataTooShort {
-            got: pixel_data.len(),
-            need,
-        });
-    }
-
-    let per_frame = items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
-    let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
-    if !per_frame.is_empty() && per_frame.len() != frames {
-        return Err(SegError::BadValue {
-            attribute: "PerFrameFunctionalGroupsSequence",
-            reason: format!("{} items for {frames} frames", per_frame.len()),
-        });
-    }
-    let mut source_classes = BTreeMap::new();
-    let only_source = sole_referenced_instance(obj, &mut source_classes);
-
-    let mut masks: BTreeMap<SourceKey, BTreeMap<u16, Vec<u8>>> = BTreeMap::new();
-    let mut order_in_segment: BTreeMap<u16, u32> = BTreeMap::new();
-    for f in 0..frames {
-        let group = per_frame.get(f);
-        let segment = frame_segment(group, shared, segments.len(), f)?;
-        if !numbers.contains(&segment) {
-            return Err(SegError::SegmentOutOfRange {
-                frame: f + 1,
-                segment: u32::from(segment),
-                count: segments.len(),
-            });
-        }
-        let counter = order_in_segment.entry(segment).or_insert(0);
-        *counter += 1;
-        let key = match group.and_then(|g| frame_source(g, &mut source_classes)) {
-            Some(key) => key,
-            None => match &only_source {
-                // The n-th frame of a segment is the source's frame n (1 for single-frame).
-                Some(uid) => SourceKey {
-                    sop_instance_uid: Some(uid.clone()),
-                    frame_number: *counter,
-                },
-                None => SourceKey {
-                    sop_instance_uid: None,
-                    frame_number: *counter,
-                },
-            },
+impl FramesHeader {
+    /// Pixels per frame and the bytes all frames need, checked against the `got` bytes of
+    /// Pixel Data.
+    fn check_length(&self, got: usize) -> Result<(usize, usize), SegError> {
+        let (rows, columns, frames) = (self.rows, self.columns, self.frames);
+        let pixels = usize::from(rows) * usize::from(columns);
+        let total = pixels
+            .checked_mul(frames)
+            .ok_or_else(|| SegError::BadValue {
+                attribute: "NumberOfFrames",
+                reason: format!("{frames} frames of {rows}x{columns} overflow"),
+            })?;
+        let need = match self.fractional_max {
+            None => total.div_ceil(8),
+            Some(_) => total,
         };
-        let mask = match fractional_max {
+        if got < need {
+            return Err(SegError::PixelDataTooShort { got, need });
+        }
+        Ok((pixels, need))
+    }
+
+    /// Frame `f` (0-based) as a 0/1 mask of `pixels` bytes.
+    fn frame_mask(
+        &self,
+        pixel_data: &[u8],
+        pixels: usize,
+        f: usize,
+        need: usize,
+    ) -> Result<Vec<u8>, SegError> {
+        Ok(match self.fractional_max {
             None => unpack_frame(pixel_data, pixels, f).ok_or(SegError::PixelDataTooShort {
                 got: pixel_data.len(),
                 need,
@@ -211,23 +242,29 @@ pub fn read_seg(obj: &InMemDicomObject) -> Result<SegMasks, SegError> {
                 .iter()
                 .map(|&v| u8::from(u32::from(v) * 2 >= u32::from(max)))
                 .collect(),
-        };
-        let slot = masks.entry(key).or_default();
-        match slot.get_mut(&segment) {
-            // Two frames for the same source frame and segment: their union.
-            Some(existing) => existing.iter_mut().zip(&mask).for_each(|(a, b)| *a |= b),
-            None => {
-                slot.insert(segment, mask);
-            }
-        }
+        })
     }
-    Ok(SegMasks {
-        rows,
-        columns,
-        segments,
-        source_classes,
-        masks,
-    })
+}
+
+/// The Pixel Data as bytes: OB as is, OW as its little-endian byte stream.
+fn pixel_bytes(obj: &InMemDicomObject) -> Result<Cow<'_, [u8]>, SegError> {
+    let pixel_elem = obj
+        .get(tags::PIXEL_DATA)
+        .ok_or(SegError::Missing("PixelData"))?;
+    match pixel_elem.value() {
+        Value::Primitive(dicom_core::PrimitiveValue::U8(bytes)) => Ok(bytes.as_slice().into()),
+        // Implicit VR files may hold it as OW: the byte stream is the little-endian words.
+        Value::Primitive(dicom_core::PrimitiveValue::U16(words)) => Ok(words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect::<Vec<u8>>()
+            .into()),
+        Value::Primitive(_) => Err(SegError::Unsupported("PixelData is not OB or OW".into())),
+        Value::PixelSequence(_) => Err(SegError::Unsupported(
+            "encapsulated (compressed) pixel data".into(),
+        )),
+        Value::Sequence(_) => Err(SegError::Missing("PixelData")),
+    }
 }
 
 /// The Segment Sequence.

@@ -18,8 +18,8 @@ use super::bitpack::BitPacker;
 use super::codes;
 use super::elements::{copy, put_seq, put_str, put_u16s};
 use super::functional_groups::{per_frame_item, shared_groups, FrameRef};
-use super::input::{check_input, check_options, SegInput, SegOptions};
-use super::layout::plan_frames;
+use super::input::{check_input, check_options, SegInput, SegOptions, SourceHeader};
+use super::layout::{plan_frames, FramePlan};
 use super::uid::deterministic_uid;
 use super::SegError;
 
@@ -41,65 +41,84 @@ pub fn write_seg(
 
     let mut ds = InMemDicomObject::new_empty();
     put_common(&mut ds, first, options)?;
+    put_frame_of_reference(&mut ds, first, &plan);
+    put_image(&mut ds, input, options, (rows, columns), plan.frames.len());
+    put_source_references(&mut ds, &headers);
+    put_dimensions(&mut ds, options, &plan);
+    put_frames(&mut ds, input, &headers, &plan, (rows, columns));
+
+    ds.with_meta(
+        FileMetaTableBuilder::new()
+            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .implementation_class_uid(deterministic_uid("proxyseg implementation class"))
+            .implementation_version_name(IMPLEMENTATION_VERSION_NAME),
+    )
+    .map_err(|e| SegError::Meta(e.to_string()))
+}
+
+/// Frame of Reference from the sources' patient geometry, else Patient Orientation.
+fn put_frame_of_reference(ds: &mut InMemDicomObject, first: &InMemDicomObject, plan: &FramePlan) {
     match plan.geometry.as_ref() {
         Some(g) => {
             put_str(
-                &mut ds,
+                ds,
                 tags::FRAME_OF_REFERENCE_UID,
                 VR::UI,
                 &g.first.frame_of_reference,
             );
-            copy(
-                &mut ds,
-                first,
-                tags::POSITION_REFERENCE_INDICATOR,
-                Some(VR::LO),
-            );
+            copy(ds, first, tags::POSITION_REFERENCE_INDICATOR, Some(VR::LO));
         }
         // No patient geometry (US, photographs): General Image needs Patient Orientation (2C).
-        None => copy(&mut ds, first, tags::PATIENT_ORIENTATION, Some(VR::CS)),
+        None => copy(ds, first, tags::PATIENT_ORIENTATION, Some(VR::CS)),
     }
+}
 
-    // Image Pixel and Segmentation Image modules.
-    put_u16s(&mut ds, tags::SAMPLES_PER_PIXEL, &[1]);
-    put_str(
-        &mut ds,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    let frame_count = plan.frames.len().to_string();
-    put_str(&mut ds, tags::NUMBER_OF_FRAMES, VR::IS, &frame_count);
-    put_u16s(&mut ds, tags::ROWS, &[rows]);
-    put_u16s(&mut ds, tags::COLUMNS, &[columns]);
-    put_u16s(&mut ds, tags::BITS_ALLOCATED, &[1]);
-    put_u16s(&mut ds, tags::BITS_STORED, &[1]);
-    put_u16s(&mut ds, tags::HIGH_BIT, &[0]);
-    put_u16s(&mut ds, tags::PIXEL_REPRESENTATION, &[0]);
-    put_str(&mut ds, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
-    put_str(&mut ds, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
+/// Image Pixel and Segmentation Image modules, with the Segment Sequence.
+fn put_image(
+    ds: &mut InMemDicomObject,
+    input: &SegInput<'_>,
+    options: &SegOptions,
+    (rows, columns): (u16, u16),
+    frames: usize,
+) {
+    put_u16s(ds, tags::SAMPLES_PER_PIXEL, &[1]);
+    put_str(ds, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    let frame_count = frames.to_string();
+    put_str(ds, tags::NUMBER_OF_FRAMES, VR::IS, &frame_count);
+    put_u16s(ds, tags::ROWS, &[rows]);
+    put_u16s(ds, tags::COLUMNS, &[columns]);
+    put_u16s(ds, tags::BITS_ALLOCATED, &[1]);
+    put_u16s(ds, tags::BITS_STORED, &[1]);
+    put_u16s(ds, tags::HIGH_BIT, &[0]);
+    put_u16s(ds, tags::PIXEL_REPRESENTATION, &[0]);
+    put_str(ds, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
+    put_str(ds, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
     let segments = input.segments.iter().enumerate();
     put_seq(
-        &mut ds,
+        ds,
         tags::SEGMENT_SEQUENCE,
         segments
             .map(|(i, s)| segment_item(i as u16 + 1, s, options))
             .collect(),
     );
+}
 
-    // References to the sources.
+/// References to the sources: Source Image Sequence and Referenced Series Sequence.
+fn put_source_references(ds: &mut InMemDicomObject, headers: &[SourceHeader]) {
     put_seq(
-        &mut ds,
+        ds,
         tags::SOURCE_IMAGE_SEQUENCE,
         headers.iter().map(|h| source_ref_item(h, None)).collect(),
     );
     put_seq(
-        &mut ds,
+        ds,
         tags::REFERENCED_SERIES_SEQUENCE,
-        referenced_series(&headers),
+        referenced_series(headers),
     );
+}
 
-    // Multi-frame Dimension module: segment number, then the source position if any.
+/// Multi-frame Dimension module: segment number, then the source position if any.
+fn put_dimensions(ds: &mut InMemDicomObject, options: &SegOptions, plan: &FramePlan) {
     let org_uid = deterministic_uid(&format!("{}/dimensions", options.sop_instance_uid));
     let mut organization = InMemDicomObject::new_empty();
     put_str(
@@ -109,7 +128,7 @@ pub fn write_seg(
         &org_uid,
     );
     put_seq(
-        &mut ds,
+        ds,
         tags::DIMENSION_ORGANIZATION_SEQUENCE,
         vec![organization],
     );
@@ -122,11 +141,19 @@ pub fn write_seg(
     if let Some((pointer, group, label)) = plan.second_dimension {
         dimensions.push(dimension_item(&org_uid, pointer, group, label));
     }
-    put_seq(&mut ds, tags::DIMENSION_INDEX_SEQUENCE, dimensions);
+    put_seq(ds, tags::DIMENSION_INDEX_SEQUENCE, dimensions);
+}
 
-    // Functional groups and the packed pixels, frame by frame in one pass.
+/// Functional groups and the packed pixels, frame by frame in one pass.
+fn put_frames(
+    ds: &mut InMemDicomObject,
+    input: &SegInput<'_>,
+    headers: &[SourceHeader],
+    plan: &FramePlan,
+    (rows, columns): (u16, u16),
+) {
     put_seq(
-        &mut ds,
+        ds,
         tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
         vec![shared_groups(
             plan.geometry.as_ref().map(|g| &g.first),
@@ -159,22 +186,10 @@ pub fn write_seg(
         ));
         packer.push_frame(source.masks[sf.frame][usize::from(segment) - 1]);
     }
-    put_seq(
-        &mut ds,
-        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
-        per_frame,
-    );
+    put_seq(ds, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
     ds.put(DataElement::new(
         tags::PIXEL_DATA,
         VR::OB,
         PrimitiveValue::from(packer.finish()),
     ));
-
-    ds.with_meta(
-        FileMetaTableBuilder::new()
-            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .implementation_class_uid(deterministic_uid("proxyseg implementation class"))
-            .implementation_version_name(IMPLEMENTATION_VERSION_NAME),
-    )
-    .map_err(|e| SegError::Meta(e.to_string()))
 }

@@ -1,0 +1,60 @@
+//! `[engine]`: ONNX Runtime, execution providers, workers and the model bundles
+//! ([`DEFAULT_BUNDLE`], [`check_bundle_name`]).
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// `[engine]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Path of libonnxruntime.so; else ORT_DYLIB_PATH, else the wheel in `.venv`.
+    pub onnxruntime: Option<PathBuf>,
+    /// Execution providers in order of preference: "tensorrt", "cuda", "cpu".
+    pub providers: Vec<String>,
+    /// Folder holding one sub-folder per model bundle (`<name>/manifest.toml`).
+    pub models_dir: PathBuf,
+    /// Threads ONNX Runtime may use inside one graph run (0 = ORT default).
+    pub intra_threads: usize,
+    /// Number of inference jobs that run at the same time.
+    pub workers: usize,
+    /// Most frames per image_encoder run when the graph's batch is dynamic.
+    pub batch: usize,
+    /// The model bundle (folder name under `models_dir`) for a support set that names none:
+    /// a bundled `supportset.toml` without `bundle`, a set created or imported through the
+    /// admin API without one, `proxyseg segment` on such a folder. Sets that name a bundle
+    /// keep it. `proxyseg config check` reports an error when `models_dir/<default_bundle>/`
+    /// holds no `manifest.toml`; the daemon starts anyway and logs it.
+    pub default_bundle: String,
+}
+
+/// The default of `[engine] default_bundle`: the LiteMedSAM bundle that ships with proxyseg.
+pub const DEFAULT_BUNDLE: &str = "litemedsam-ppg";
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            onnxruntime: None,
+            providers: vec!["tensorrt".into(), "cuda".into(), "cpu".into()],
+            models_dir: PathBuf::from("models"),
+            intra_threads: 0,
+            workers: 1,
+            batch: 4,
+            default_bundle: DEFAULT_BUNDLE.into(),
+        }
+    }
+}
+
+/// A bundle name as `[engine] default_bundle` takes it: a plain folder name under
+/// `models_dir` (no path separators, not `.` or `..`).
+pub fn check_bundle_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must name a bundle (a folder under engine.models_dir)".into());
+    }
+    if name != name.trim() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(format!(
+            "{name:?} is not a plain folder name under engine.models_dir"
+        ));
+    }
+    Ok(())
+}

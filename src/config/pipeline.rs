@@ -1,0 +1,89 @@
+//! `[pipeline]`: study assembly, job attempts, memory budgets, the loop guard and how
+//! sequences are segmented ([`SequenceMode`]).
+
+use serde::Deserialize;
+
+/// `[pipeline]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// A study is complete when no instance arrived for this many seconds.
+    pub stable_age_s: f64,
+    /// A peer's part of a study that has been receiving this long is complete even if
+    /// instances keep arriving (review L10: one instance every `stable_age_s` would otherwise
+    /// hold it open for ever); what arrives later opens it again.
+    pub max_receiving_s: f64,
+    /// How often the assembler looks for stable studies, in milliseconds.
+    pub scan_interval_ms: u64,
+    /// Jobs waiting for inference at most (a flood of studies waits in SQLite, not in memory).
+    pub queue: usize,
+    /// Slices or frames decoded and segmented together (bounds memory for volumes and cine).
+    pub chunk_frames: usize,
+    /// A job segmenting longer than this many seconds counts as stalled: the systemd
+    /// watchdog stops being fed, so systemd restarts the daemon (the job resumes).
+    pub stall_timeout_s: u64,
+    /// Segmentation starts a job may make. Each start is counted in SQLite before it begins;
+    /// a job still unfinished after this many (the daemon died, was stopped or restarted by
+    /// the watchdog while segmenting it each time) is dead-lettered: `failed`, with why.
+    pub max_attempts: u32,
+    /// Memory one job may take for pixels, in MiB: the masks of the series it segments, the
+    /// instance being read and the frames in flight (the worker decodes frame by frame; see
+    /// `dicom::pixels::series_bytes`). An instance that alone cannot fit is refused at
+    /// C-STORE (0xA900); a series that cannot fails its job before anything is decoded.
+    pub max_decoded_mb: u64,
+    /// Memory all jobs together may take for pixels, in MiB (at least `max_decoded_mb`; unset:
+    /// `max_decoded_mb`, see [`PipelineConfig::memory_budget_mb`]). A job waits, first come
+    /// first served, until the jobs ahead of it give back enough.
+    pub memory_budget_mb: Option<u64>,
+    /// Loop guard backstop (review M2): at most this many jobs of one peer's part of a study
+    /// are segmented within `loop_window_h`; a further job is recorded as unmatched with the
+    /// reason. Bounds the SEGs a PACS that keeps routing a study back can cause.
+    pub max_jobs_per_study: u32,
+    /// The window of `max_jobs_per_study`, in hours.
+    pub loop_window_h: f64,
+    /// With a bundle that tracks frames (contract 2, SAM 2): `auto` (default) tracks
+    /// multi-frame ultrasound and volumes through the memory bank and segments other series
+    /// frame by frame; `memory` tracks every series; `per-frame` none (see
+    /// `pipeline::sequence`). Contract-1 bundles always segment frame by frame.
+    pub sequence_mode: SequenceMode,
+}
+
+/// `pipeline.sequence_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SequenceMode {
+    /// Memory for multi-frame ultrasound and for volumes, frame by frame otherwise.
+    #[default]
+    Auto,
+    /// Every series through the memory bank.
+    Memory,
+    /// Every frame on its own.
+    PerFrame,
+}
+
+impl PipelineConfig {
+    /// The memory all jobs share for pixels, in MiB: `memory_budget_mb`, else
+    /// `max_decoded_mb` (one job's worth).
+    pub fn memory_budget_mb(&self) -> u64 {
+        self.memory_budget_mb.unwrap_or(self.max_decoded_mb)
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            stable_age_s: 30.0,
+            max_receiving_s: 3600.0,
+            scan_interval_ms: 500,
+            queue: 8,
+            chunk_frames: 8,
+            stall_timeout_s: 900,
+            max_attempts: 3,
+            max_decoded_mb: 4096,
+            memory_budget_mb: None,
+            max_jobs_per_study: 5,
+            loop_window_h: 24.0,
+            sequence_mode: SequenceMode::Auto,
+        }
+    }
+}
