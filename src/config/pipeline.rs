@@ -46,6 +46,10 @@ pub struct PipelineConfig {
     /// frame by frame; `memory` tracks every series; `per-frame` none (see
     /// `pipeline::sequence`). Contract-1 bundles always segment frame by frame.
     pub sequence_mode: SequenceMode,
+    /// Recent frames of spatial memory a tracked frame attends to (N; unset: the bundle's
+    /// `[memory] recent_frames`, SAM 2's 6; at most the bundle's slots - 1). Bounds the memory
+    /// bank, which holds N + 1 frame memories per object, whatever the series length.
+    pub memory_frames: Option<usize>,
 }
 
 /// `pipeline.sequence_mode`.
@@ -84,6 +88,7 @@ impl Default for PipelineConfig {
             max_jobs_per_study: 5,
             loop_window_h: 24.0,
             sequence_mode: SequenceMode::Auto,
+            memory_frames: None,
         }
     }
 }

@@ -256,3 +256,17 @@ fn peer_lookup_ignores_padding() {
     assert!(c.peer("PACS  ").is_some());
     assert!(c.peer("OTHER").is_none());
 }
+
+#[test]
+fn sequence_mode_and_memory_frames_parse_and_are_checked() {
+    let c =
+        Config::parse("[pipeline]\nsequence_mode = \"per-frame\"\nmemory_frames = 3\n").unwrap();
+    assert_eq!(c.pipeline.sequence_mode, SequenceMode::PerFrame);
+    assert_eq!(c.pipeline.memory_frames, Some(3));
+    assert!(Config::parse("[pipeline]\nsequence_mode = \"sometimes\"\n").is_err());
+    let c = Config::parse("[pipeline]\nmemory_frames = 0\n").unwrap();
+    assert!(c
+        .validate()
+        .iter()
+        .any(|p| p.key == "pipeline.memory_frames"));
+}

@@ -189,6 +189,9 @@ impl Config {
         if self.pipeline.queue == 0 {
             bad("pipeline.queue", "must be at least 1".into());
         }
+        if self.pipeline.memory_frames == Some(0) {
+            bad("pipeline.memory_frames", "must be at least 1".into());
+        }
         if self.pipeline.chunk_frames == 0 {
             bad("pipeline.chunk_frames", "must be at least 1".into());
         }

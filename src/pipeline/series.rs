@@ -69,7 +69,7 @@ pub(super) async fn segment_series(
     for (instances, frames) in groups {
         let mut bank = match frames {
             Some(n) => engine
-                .memory_bank(&job.bundle, n, None)
+                .memory_bank(&job.bundle, n, p.cfg.pipeline.memory_frames)
                 .map_err(|e| fail(format!("inference: {e}")))?,
             None => None,
         };
