@@ -59,7 +59,7 @@ ensure_bundle_weights() {
   done
 }
 
-# ensure_viewer : the viewer check's peers (tests/viewer_check.rs): Debian chromium, node, npm
+# ensure_viewer : the viewer check's peers (tests/pipeline/viewer_check.rs): Debian chromium, node, npm
 # and orthanc-webviewer, and tests/viewer/node_modules from its package-lock.json (npm ci, again
 # when the lock changed). The page itself is bundled by the test.
 ensure_viewer() {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Helpers for tests/e2e_orthanc.rs: Orthanc REST (upload, study listing, SEG polling, download)
+"""Helpers for tests/pipeline/e2e_orthanc.rs: Orthanc REST (upload, study listing, SEG polling, download)
 and Dice of a SEG against a ground-truth SEG. Standard library + pydicom/highdicom/numpy only.
 
 Every command prints one JSON document on stdout; errors go to stderr with exit status 1

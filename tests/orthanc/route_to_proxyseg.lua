@@ -3,7 +3,7 @@
 -- a series of Modality SEG. proxyseg's results come back into the same study, which then turns
 -- stable again: without this check each result would be routed back to proxyseg (a loop).
 --
--- The "proxyseg-route:" lines are part of the test's contract (tests/e2e_orthanc.rs greps them).
+-- The "proxyseg-route:" lines are part of the test's contract (tests/pipeline/e2e_orthanc.rs greps them).
 
 function OnStableStudy(studyId, tags, metadata)
   local series = ParseJson(RestApiGet('/studies/' .. studyId .. '/series'))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Sender for tests/crash_safety.rs: many parallel C-STOREs, logging only what was acknowledged.
+"""Sender for tests/dicom/crash_safety.rs: many parallel C-STOREs, logging only what was acknowledged.
 
 Usage:
   crash_sender.py generate --dir DIR [--count 500]

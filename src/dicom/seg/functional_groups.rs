@@ -23,7 +23,7 @@ use super::input::SourceHeader;
 /// along rows. The macro may be present without a Frame of Reference (dciodvfy accepts it), and
 /// OHIF's SEG loader (`@cornerstonejs/adapters`) cannot place any frame of a SEG without it: it
 /// reads the orientation of the first frame to compare it with the source's and fails with a
-/// TypeError otherwise (found by `tests/viewer_check.rs`).
+/// TypeError otherwise (found by `tests/pipeline/viewer_check.rs`).
 pub(super) fn shared_groups(plane: Option<&Plane>, slice_spacing: Option<f64>) -> InMemDicomObject {
     let mut shared = InMemDicomObject::new_empty();
     let mut orientation = InMemDicomObject::new_empty();

@@ -1,0 +1,11 @@
+//! Whole pipeline runs: studies in, SEGs out to a PACS (pynetdicom, Orthanc), and the SEGs opened
+//! the way OHIF does. One test binary (`cargo test --test pipeline`); each module was a test
+//! binary of its own and keeps its name as the test path prefix
+//! (`cargo test --test pipeline viewer_check`).
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod e2e_orthanc;
+mod pipeline_e2e;
+mod viewer_check;
