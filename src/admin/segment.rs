@@ -118,14 +118,7 @@ impl Segmenter for EngineSegmenter {
             .into_iter()
             .next()
             .ok_or(SegmentError::Result("the engine returned no frame"))?;
-        Ok(result
-            .masks
-            .into_iter()
-            .map(|m| Mask {
-                rows: m.rows,
-                cols: m.cols,
-                data: m.data.into_iter().map(|v| u8::from(v != 0)).collect(),
-            })
-            .collect())
+        // the engine's masks are the store's type, already 0/1
+        Ok(result.masks)
     }
 }

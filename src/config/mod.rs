@@ -100,33 +100,21 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file. Relative paths in it are resolved against
-    /// the directory that holds the config file's parent (the project root for `config/x.toml`)
-    /// only if they do not exist relative to the working directory; see [`Config::resolve_paths`].
+    /// Reads, parses and validates a config file (paths in it are used as written).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
-        let problems = cfg.validate();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
-        }
+        Config::read_checked(path, false)
     }
 
     /// What `proxyseg config check` runs: [`Config::load`]'s checks plus
     /// [`Config::deployment_problems`] (what must be installed beside the config), every
     /// problem in one [`ConfigError::Invalid`].
     pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
+        Config::read_checked(path, true)
+    }
+
+    /// Reads and parses `path`, then collects [`Config::validate`]'s problems (and
+    /// [`Config::deployment_problems`] with `deployment`).
+    fn read_checked(path: &Path, deployment: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -136,7 +124,9 @@ impl Config {
             message,
         })?;
         let mut problems = cfg.validate();
-        problems.extend(cfg.deployment_problems());
+        if deployment {
+            problems.extend(cfg.deployment_problems());
+        }
         if problems.is_empty() {
             Ok(cfg)
         } else {

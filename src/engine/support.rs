@@ -10,23 +10,8 @@ use crate::dicom::pixels::Frame;
 use super::bundle::Manifest;
 use super::EngineError;
 
-/// A binary mask at an image's own size: `rows x cols` bytes, non-zero = inside.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mask {
-    /// Rows.
-    pub rows: usize,
-    /// Columns.
-    pub cols: usize,
-    /// Row-major 0/1 bytes (any non-zero value counts as inside).
-    pub data: Vec<u8>,
-}
-
-impl Mask {
-    /// Number of pixels inside the mask.
-    pub fn area(&self) -> usize {
-        self.data.iter().filter(|&&v| v != 0).count()
-    }
-}
+/// The one binary mask type (the store's): `rows x cols` bytes, non-zero = inside.
+pub use crate::store::support::Mask;
 
 /// One object (segment) the support set teaches.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,15 +73,7 @@ impl SupportSet {
                 .ok_or_else(|| bad(p.number, "no frames".into()))?;
             pairs.push(SupportPair {
                 image,
-                masks: p
-                    .masks
-                    .iter()
-                    .map(|m| Mask {
-                        rows: m.rows,
-                        cols: m.cols,
-                        data: m.data.clone(),
-                    })
-                    .collect(),
+                masks: p.masks.clone(),
             });
         }
         Ok(SupportSet {

@@ -97,8 +97,8 @@ pub struct SetInfo {
     pub updated_at: f64,
 }
 
-/// A binary mask at its image's size: `rows x cols` bytes, row-major, 0 = outside, 1 = inside.
-/// Same layout as the engine's `Mask`.
+/// A binary mask at its image's size: `rows x cols` bytes, row-major, 0 = outside, non-zero =
+/// inside. The one mask type: the engine re-exports it (`engine::Mask`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mask {
     /// Rows.
