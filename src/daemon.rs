@@ -207,7 +207,7 @@ async fn seed_catalog(cfg: &Config, db: &Db) -> Arc<dyn crate::pipeline::catalog
     Arc::new(crate::pipeline::catalog::StoreCatalog::new(
         db.clone(),
         cfg.storage.data_dir.clone(),
-        cfg.body_part_synonyms(),
+        crate::routing::Synonyms::of(cfg),
         cfg.engine.default_bundle.clone(),
     ))
 }

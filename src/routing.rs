@@ -2,7 +2,7 @@
 //!
 //! Pure (no SQL, no I/O): the header fields routing looks at ([`StudyHeader`]), the rules
 //! ([`Rule`], [`RuleSet`]), the one body-part synonym table ([`Synonyms`], from
-//! `[admin] body_part_synonyms` or [`default_synonym_groups`]) and the one routing function
+//! `[admin] body_part_synonyms` or [`crate::config::default_synonyms`]) and the one routing function
 //! ([`route`] per series, [`route_study`] and [`route_series`] per study). Both catalogs the
 //! pipeline can route through (the admin store's rules and the bundled support-set folders)
 //! route with it, so a study routes the same whether the admin API is on or off.
@@ -14,7 +14,7 @@
 //! becomes `unmatched`), with the reason.
 
 use regex::Regex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// A routing rule row.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -103,7 +103,7 @@ impl StudyHeader {
 }
 
 /// Body-part synonym groups: every alias maps to its group's canonical name. The default is
-/// [`default_synonym_groups`].
+/// [`crate::config::default_synonyms`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Synonyms {
     canonical: HashMap<String, String>,
@@ -229,10 +229,10 @@ fn check_rule(
         ));
     }
     if !rule.sop_class_uid.is_empty() {
-        if crate::dicom::sop::trim_uid(&h.sop_class_uid) != rule.sop_class_uid.trim() {
+        if crate::sop::trim_uid(&h.sop_class_uid) != rule.sop_class_uid.trim() {
             return Err(format!(
                 "SOP class {} is not {}",
-                crate::dicom::sop::trim_uid(&h.sop_class_uid),
+                crate::sop::trim_uid(&h.sop_class_uid),
                 rule.sop_class_uid
             ));
         }
@@ -334,7 +334,7 @@ pub fn route_study(rules: &RuleSet, series: &[StudyHeader]) -> RouteDecision {
     let mut best: Option<RouteDecision> = None;
     let mut why = Vec::new();
     for h in series {
-        if crate::dicom::sop::trim_uid(&h.sop_class_uid)
+        if crate::sop::trim_uid(&h.sop_class_uid)
             == dicom_dictionary_std::uids::SEGMENTATION_STORAGE
         {
             why.push("a SEG series is never segmented".to_string());
@@ -397,24 +397,21 @@ pub fn route_series(rules: &RuleSet, series: &[StudyHeader]) -> StudyRoute {
     }
 }
 
-/// The body-part synonym groups used when the config sets none: `canonical -> aliases`.
-pub fn default_synonym_groups() -> BTreeMap<String, Vec<String>> {
-    [
-        ("EYE", &["RETINA", "FUNDUS", "OPHTHALMIC"][..]),
-        ("PROSTATE", &["PELVIS_PROSTATE"][..]),
-        ("PELVIS", &["UTERUS", "FETUS"][..]),
-        ("CHEST", &["THORAX", "LUNG"][..]),
-        ("ABDOMEN", &["ABD"][..]),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
-    .collect()
+impl Default for Synonyms {
+    /// The config's default groups ([`crate::config::default_synonyms`]).
+    fn default() -> Synonyms {
+        Synonyms::new(crate::config::default_synonyms().iter())
+    }
 }
 
-impl Default for Synonyms {
-    /// [`default_synonym_groups`].
-    fn default() -> Synonyms {
-        Synonyms::new(default_synonym_groups().iter())
+impl Synonyms {
+    /// The table a daemon routes with: `[admin] body_part_synonyms`, or the defaults. Both
+    /// the pipeline and the admin API (dry runs) route with it.
+    pub fn of(cfg: &crate::config::Config) -> Synonyms {
+        match &cfg.admin {
+            Some(a) => Synonyms::new(a.body_part_synonyms.iter()),
+            None => Synonyms::default(),
+        }
     }
 }
 
@@ -452,6 +449,19 @@ pub(crate) mod tests {
             vec!["RETINA".to_string(), "fundus".to_string()],
         );
         Synonyms::new(m.iter())
+    }
+
+    /// A daemon routes with the config's groups: `[admin] body_part_synonyms` or the defaults.
+    #[test]
+    fn the_config_gives_the_table() {
+        let c = crate::config::Config::parse("[admin]\n").unwrap();
+        assert_eq!(Synonyms::of(&c).canonical("retina"), "EYE");
+        let c = crate::config::Config::parse("[admin.body_part_synonyms]\nHEAD = [\"SKULL\"]\n")
+            .unwrap();
+        assert_eq!(Synonyms::of(&c).canonical("skull"), "HEAD");
+        assert_eq!(Synonyms::of(&c).canonical("retina"), "RETINA");
+        let c = crate::config::Config::parse("").unwrap();
+        assert_eq!(Synonyms::of(&c).canonical("fundus"), "EYE");
     }
 
     /// One table: the groups both catalogs used to keep apart are all in the default.

@@ -239,7 +239,7 @@ pub async fn start(
         default_bundle: cfg.engine.default_bundle.clone(),
         max_upload,
         max_upload_mb: a.max_upload_mb,
-        synonyms: cfg.body_part_synonyms(),
+        synonyms: crate::routing::Synonyms::of(&cfg),
         segmenter,
         stop: stop.clone(),
         metrics,

@@ -76,7 +76,17 @@ pub struct AdminTlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-/// The synonym groups used when `[admin]` does not set any ([`crate::routing::default_synonym_groups`]).
+/// The body-part synonym groups used when `[admin]` sets none: `canonical -> aliases`
+/// (routing builds its table from them, [`crate::routing::Synonyms`]).
 pub fn default_synonyms() -> std::collections::BTreeMap<String, Vec<String>> {
-    crate::routing::default_synonym_groups()
+    [
+        ("EYE", &["RETINA", "FUNDUS", "OPHTHALMIC"][..]),
+        ("PROSTATE", &["PELVIS_PROSTATE"][..]),
+        ("PELVIS", &["UTERUS", "FETUS"][..]),
+        ("CHEST", &["THORAX", "LUNG"][..]),
+        ("ABDOMEN", &["ABD"][..]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+    .collect()
 }

@@ -166,15 +166,6 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Body-part synonyms for routing: `[admin] body_part_synonyms`, or the defaults.
-    /// Both catalogs (admin store and bundled folders) route with this one table.
-    pub fn body_part_synonyms(&self) -> crate::routing::Synonyms {
-        match &self.admin {
-            Some(a) => crate::routing::Synonyms::new(a.body_part_synonyms.iter()),
-            None => crate::routing::Synonyms::default(),
-        }
-    }
-
     /// Finds the peer with this AE title (trailing spaces ignored).
     pub fn peer(&self, ae_title: &str) -> Option<&PeerConfig> {
         let ae = ae_title.trim();

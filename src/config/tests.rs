@@ -176,7 +176,7 @@ fn admin_section_defaults_and_problems() {
     let c = Config::parse("[admin]\n").unwrap();
     let a = c.admin.as_ref().unwrap();
     assert_eq!(a.listen, "127.0.0.1:50051");
-    assert_eq!(c.body_part_synonyms().canonical("retina"), "EYE");
+    assert_eq!(a.body_part_synonyms, default_synonyms());
     let c = Config::parse(
         r#"
         [admin]

@@ -10,7 +10,9 @@ pub mod pixels;
 pub mod scp;
 pub mod scu;
 pub mod seg;
-pub mod sop;
+/// The SOP classes and transfer syntaxes we accept, and UID checks (a foundation module,
+/// [`crate::sop`], used below and beside the DICOM layer too).
+pub use crate::sop;
 pub mod tls;
 pub mod validate;
 pub mod walk;

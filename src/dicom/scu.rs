@@ -5,7 +5,6 @@
 //! proposed.
 
 use crate::dicom::dimse::{self, field, Command};
-use crate::store::outbox::Attempt;
 use dicom_ul::association::client::ClientAssociationOptions;
 use dicom_ul::pdu::{
     AssociationRJResult, PDataValue, PDataValueType, PresentationContextResultReason,
@@ -16,6 +15,30 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::rustls;
+
+/// What a delivery attempt produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    /// Stored by the peer (status 0x0000 or a warning 0xB000 / 0xB006 / 0xB007).
+    Delivered {
+        /// The status the peer answered.
+        status: u16,
+    },
+    /// Worth retrying (peer down, timeout, transient rejection, 0xA7xx out of resources).
+    Transient {
+        /// Why.
+        reason: String,
+        /// DIMSE status, when one came back.
+        status: Option<u16>,
+    },
+    /// Will not succeed by retrying soon (AE rejected, SOP class refused, 0xA9xx / 0xCxxx).
+    Permanent {
+        /// Why.
+        reason: String,
+        /// DIMSE status, when one came back.
+        status: Option<u16>,
+    },
+}
 
 /// Where and how to send.
 #[derive(Debug, Clone)]

@@ -33,29 +33,9 @@ pub struct OutboxRow {
     pub attempts: u32,
 }
 
-/// What a delivery attempt produced.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Attempt {
-    /// Stored by the peer (status 0x0000 or a warning 0xB000 / 0xB006 / 0xB007).
-    Delivered {
-        /// The status the peer answered.
-        status: u16,
-    },
-    /// Worth retrying (peer down, timeout, transient rejection, 0xA7xx out of resources).
-    Transient {
-        /// Why.
-        reason: String,
-        /// DIMSE status, when one came back.
-        status: Option<u16>,
-    },
-    /// Will not succeed by retrying soon (AE rejected, SOP class refused, 0xA9xx / 0xCxxx).
-    Permanent {
-        /// Why.
-        reason: String,
-        /// DIMSE status, when one came back.
-        status: Option<u16>,
-    },
-}
+/// What a delivery attempt produced: the SCU's outcome ([`crate::dicom::scu::Attempt`]),
+/// which the outbox records.
+pub use crate::dicom::scu::Attempt;
 
 /// What recording an attempt did to the row.
 #[derive(Debug, Clone, Copy, PartialEq)]

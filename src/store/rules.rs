@@ -76,9 +76,7 @@ pub fn check(rule: &Rule, support_set_exists: bool) -> Result<(), RuleError> {
             }
         }
     }
-    if !rule.sop_class_uid.is_empty()
-        && !crate::dicom::sop::is_accepted_sop_class(&rule.sop_class_uid)
-    {
+    if !rule.sop_class_uid.is_empty() && !crate::sop::is_accepted_sop_class(&rule.sop_class_uid) {
         return bad(format!(
             "sop_class_uid {} is not a storage SOP class proxyseg accepts",
             rule.sop_class_uid

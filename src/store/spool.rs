@@ -78,7 +78,7 @@ impl Spool {
     /// Where an instance lives once committed.
     pub fn final_path(&self, study: &str, series: &str, sop: &str) -> Result<PathBuf, SpoolError> {
         for uid in [study, series, sop] {
-            if !crate::dicom::sop::is_valid_uid(uid) {
+            if !crate::sop::is_valid_uid(uid) {
                 return Err(SpoolError::BadUid(uid.to_string()));
             }
         }

@@ -2,11 +2,11 @@
 //! against the command that announced the data set and against the size limits
 //! ([`check_pixels`]), and the instance's index record made from them ([`inspect`]).
 
+use super::InstanceRecord;
 use super::{Invalid, MAX_DIM, MAX_FRAMES};
 use crate::dicom::dimse::{status, Command};
 use crate::dicom::sop;
 use crate::dicom::walk::PixelHeader;
-use crate::store::instances::InstanceRecord;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 
@@ -81,7 +81,10 @@ pub fn inspect(
         size_bytes: 0,
         digest: String::new(),
         path: String::new(),
-        received_at: crate::store::db::now(),
+        received_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
         content_key: crate::dicom::content::content_key(obj),
     })
 }

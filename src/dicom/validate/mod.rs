@@ -25,10 +25,57 @@ pub use part10::check_part10;
 
 use crate::dicom::dimse::{status, Command};
 use crate::dicom::walk;
-use crate::store::instances::InstanceRecord;
 use dicom_dictionary_std::uids;
 use std::io::Read;
 use std::path::Path;
+
+/// Everything the index keeps about one received instance, as validation reads it from the
+/// data set (the store indexes it as one row, `store::instances`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRecord {
+    /// SOP Instance UID (primary key).
+    pub sop_instance_uid: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Patient ID.
+    pub patient_id: String,
+    /// Patient's Name.
+    pub patient_name: String,
+    /// Modality.
+    pub modality: String,
+    /// Body Part Examined.
+    pub body_part: String,
+    /// Series Description.
+    pub series_description: String,
+    /// Series Number.
+    pub series_number: Option<i64>,
+    /// Instance Number.
+    pub instance_number: Option<i64>,
+    /// Transfer syntax the instance was received (and is stored) in.
+    pub transfer_syntax: String,
+    /// Calling AE title of the sender.
+    pub calling_ae: String,
+    /// IP address of the sender.
+    pub source_host: String,
+    /// Size of the spool file in bytes.
+    pub size_bytes: u64,
+    /// Digest of the data set bytes as received, labelled with its algorithm (see
+    /// `store::spool::DatasetHasher`; older rows: `blake3:` or `sha256:`). Equal
+    /// digests mean identical copies.
+    pub digest: String,
+    /// Spool file path.
+    pub path: String,
+    /// Reception time (Unix seconds).
+    pub received_at: f64,
+    /// What segmentation depends on, independent of the encoding
+    /// ([`crate::dicom::content::content_key`]; empty for rows from before migration 8). A
+    /// re-sent copy with the same key is not a new image to the loop guard (review M2).
+    pub content_key: String,
+}
 
 /// Largest Rows or Columns we accept.
 pub const MAX_DIM: u32 = 32768;
