@@ -88,37 +88,13 @@ impl From<RecordError> for Status {
 }
 
 fn code(c: &Option<CodeSpec>) -> Code {
-    match c {
-        None => support::default_code(),
-        Some(CodeSpec::Code {
-            scheme,
-            code,
-            meaning,
-        }) => Code {
-            scheme: scheme.clone(),
-            code: code.clone(),
-            meaning: meaning.clone(),
-        },
-        Some(CodeSpec::Text(t)) => {
-            let slug: String = t
-                .to_uppercase()
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .take(16)
-                .collect();
-            Code {
-                scheme: "99PROXYSEG".into(),
-                code: slug,
-                meaning: t.clone(),
-            }
-        }
-    }
+    support::code_of_spec(c.as_ref(), support::default_code())
 }
 
 fn code_spec(c: &Code) -> CodeSpec {
     CodeSpec::Code {
         scheme: c.scheme.clone(),
-        code: c.code.clone(),
+        code: c.value.clone(),
         meaning: c.meaning.clone(),
     }
 }
@@ -564,13 +540,13 @@ mod tests {
     fn text_codes_and_paths_inside_the_folder() {
         let text = Some(CodeSpec::Text("Anatomical structure".into()));
         assert_eq!(code(&text).scheme, "99PROXYSEG");
-        assert_eq!(code(&text).code, "ANATOMICAL_STRUC");
+        assert_eq!(code(&text).value, "ANATOMICAL_STRUC");
         let table = Some(CodeSpec::Code {
             scheme: "SCT".into(),
             code: "70555000".into(),
             meaning: "Optic disc".into(),
         });
-        assert_eq!(code(&table).code, "70555000");
+        assert_eq!(code(&table).value, "70555000");
         assert_eq!(code(&None), support::default_code());
         assert!(inside(Path::new("/d"), "../etc/passwd", "image").is_err());
         assert!(inside(Path::new("/d"), "/etc/passwd", "image").is_err());

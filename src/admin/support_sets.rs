@@ -56,7 +56,7 @@ fn code_from_pb(c: &Option<pb::Code>) -> Code {
     match c {
         Some(c) if !(c.scheme.is_empty() && c.code.is_empty() && c.meaning.is_empty()) => Code {
             scheme: c.scheme.trim().to_string(),
-            code: c.code.trim().to_string(),
+            value: c.code.trim().to_string(),
             meaning: c.meaning.trim().to_string(),
         },
         _ => support::default_code(),
@@ -66,7 +66,7 @@ fn code_from_pb(c: &Option<pb::Code>) -> Code {
 fn code_to_pb(c: &Code) -> pb::Code {
     pb::Code {
         scheme: c.scheme.clone(),
-        code: c.code.clone(),
+        code: c.value.clone(),
         meaning: c.meaning.clone(),
     }
 }

@@ -9,7 +9,7 @@
 //! [`Catalog::load`] returns exactly that snapshot later, however the set changed in between.
 //! [`Catalog`] is the seam the worker uses (and tests may fake).
 
-use crate::dicom::seg::{Code, SegmentDescription};
+use crate::dicom::seg::SegmentDescription;
 use crate::engine::{EngineError, SupportSet};
 use crate::routing::{self, StudyHeader, Synonyms};
 use crate::store::support::{self, ObjectDef, SupportError};
@@ -242,13 +242,12 @@ impl Catalog for StoreCatalog {
     }
 }
 
-/// The SEG segment description of a stored object.
+/// The SEG segment description of a stored object (the store keeps the SEG's own codes).
 fn segment_of(o: &ObjectDef) -> SegmentDescription {
-    let code = |c: &support::Code| Code::new(c.scheme.clone(), c.code.clone(), c.meaning.clone());
     SegmentDescription {
         label: o.label.clone(),
-        category: code(&o.category),
-        type_: code(&o.property_type),
+        category: o.category.clone(),
+        type_: o.property_type.clone(),
         color_rgb: o.color,
         algorithm_name: "proxyseg PPG+SAM".into(),
     }

@@ -75,26 +75,10 @@ pub async fn segment_to_seg(
     Ok((report, written))
 }
 
-/// A code of `supportset.toml` for the SEG: a table as given (an empty scheme read as SCT);
-/// text as the meaning of SCT 91723000; none as that with `fallback` as the meaning.
+/// A code of `supportset.toml` for the SEG ([`crate::store::support::code_of_spec`], as import
+/// reads it); none as SCT 91723000 with `fallback` as the meaning.
 fn code_of(v: Option<&CodeSpec>, fallback: &str) -> Code {
-    match v {
-        Some(CodeSpec::Code {
-            scheme,
-            code,
-            meaning,
-        }) => Code {
-            scheme: if scheme.is_empty() {
-                "SCT".into()
-            } else {
-                scheme.clone()
-            },
-            value: code.clone(),
-            meaning: meaning.clone(),
-        },
-        Some(CodeSpec::Text(s)) => Code::sct("91723000", s),
-        None => Code::sct("91723000", fallback),
-    }
+    crate::store::support::code_of_spec(v, Code::sct("91723000", fallback))
 }
 
 /// The SEG segment descriptions of a `supportset.toml`'s objects (codes, colours), in order.

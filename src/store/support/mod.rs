@@ -36,8 +36,8 @@ mod tests;
 
 pub use files::{decode_masks, encode_masks, load, remove_pair_dirs, sha256_hex, write_pair_files};
 pub use model::{
-    check_name, check_objects, Code, Mask, NewPair, ObjectDef, PairInfo, SetInfo, SetMeta,
-    SetUpdate, SupportPairData, SupportSetData, MAX_OBJECTS,
+    check_name, check_objects, code_of_spec, Code, Mask, NewPair, ObjectDef, PairInfo, SetInfo,
+    SetMeta, SetUpdate, SupportPairData, SupportSetData, MAX_OBJECTS,
 };
 pub use palette::{default_code, PALETTE};
 pub use sql::{add_pair, create, current_version, delete, get, list, remove_pair, set_id, update};

@@ -8,15 +8,32 @@ use std::path::PathBuf;
 /// Largest number of objects a support set may define.
 pub const MAX_OBJECTS: usize = 64;
 
-/// A coded concept: scheme designator, code value, code meaning.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Code {
-    /// Coding scheme designator, e.g. `SCT`.
-    pub scheme: String,
-    /// Code value.
-    pub code: String,
-    /// Code meaning.
-    pub meaning: String,
+/// A coded concept: the SEG's own type ([`crate::dicom::seg::Code`]: scheme designator, code
+/// value, code meaning), so what is stored is what a SEG writes.
+pub use crate::dicom::seg::Code;
+
+/// The one reading of a `supportset.toml` code, for import and for the offline SEG writer
+/// alike: a table as given; text as a private code (scheme `99PROXYSEG`, value the text's
+/// upper-case slug of at most 16 characters, the text as meaning); absent as `default`.
+pub fn code_of_spec(spec: Option<&crate::support_folder::CodeSpec>, default: Code) -> Code {
+    use crate::support_folder::CodeSpec;
+    match spec {
+        None => default,
+        Some(CodeSpec::Code {
+            scheme,
+            code,
+            meaning,
+        }) => Code::new(scheme.clone(), code.clone(), meaning.clone()),
+        Some(CodeSpec::Text(t)) => {
+            let slug: String = t
+                .to_uppercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .take(16)
+                .collect();
+            Code::new("99PROXYSEG", slug, t.clone())
+        }
+    }
 }
 
 /// One object (segment) of a support set.
@@ -271,7 +288,7 @@ pub fn check_objects(objects: &[ObjectDef]) -> Result<(), SupportError> {
             )));
         }
         for (what, c) in [("category", &o.category), ("type", &o.property_type)] {
-            if c.scheme.is_empty() || c.code.is_empty() || c.meaning.is_empty() {
+            if c.scheme.is_empty() || c.value.is_empty() || c.meaning.is_empty() {
                 return Err(SupportError::Invalid(format!(
                     "objects[{}].{what} needs scheme, code and meaning",
                     i + 1

@@ -17,9 +17,5 @@ pub const PALETTE: [[u8; 3]; 8] = [
 
 /// Default SNOMED CT category / type for objects given without codes: "Tissue" / "Tissue".
 pub fn default_code() -> Code {
-    Code {
-        scheme: "SCT".into(),
-        code: "85756007".into(),
-        meaning: "Tissue".into(),
-    }
+    Code::sct("85756007", "Tissue")
 }
