@@ -43,6 +43,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
 
 
+def pointer_pos(s, pos: torch.Tensor) -> torch.Tensor:
+    """SAM 2's temporal encoding of object pointers (`s`: SAM2Base): P normalised distances ->
+    P x Dm. Used by the graph and by the PyTorch reference (sam2_track.py)."""
+    if not s.add_tpos_enc_to_obj_ptrs:
+        # zeros that still read `pos`, so the exported graph keeps its ptr_pos input
+        return pos.unsqueeze(-1).expand(-1, s.mem_dim) * 0.0
+    dim = s.hidden_dim if s.proj_tpos_enc_in_obj_ptrs else s.mem_dim
+    return s.obj_ptr_tpos_proj(get_1d_sine_pe(pos, dim=dim))
+
+
 class MemoryAttentionGraph(nn.Module):
     """image_embeddings, prompt_tokens, the memory bank's slots -> conditioned_embeddings.
 
@@ -68,15 +78,6 @@ class MemoryAttentionGraph(nn.Module):
         self.register_buffer("sa_sin", ss)
         self.register_buffer("ca_cos", cc)
         self.register_buffer("ca_sin", cs)
-
-    def pointer_pos(self, pos: torch.Tensor) -> torch.Tensor:
-        """SAM 2's temporal encoding of object pointers: P normalised distances -> P x Dm."""
-        s = self.sam2
-        if not s.add_tpos_enc_to_obj_ptrs:
-            # zeros that still read `pos`, so the exported graph keeps its ptr_pos input
-            return pos.unsqueeze(-1).expand(-1, s.mem_dim) * 0.0
-        dim = s.hidden_dim if s.proj_tpos_enc_in_obj_ptrs else s.mem_dim
-        return s.obj_ptr_tpos_proj(get_1d_sine_pe(pos, dim=dim))
 
     def _attend(self, attn, q, k, v, bias, rope_q, rope_k, slots: int):
         q, k, v = attn.q_proj(q), attn.k_proj(k), attn.v_proj(v)
@@ -123,10 +124,10 @@ class MemoryAttentionGraph(nn.Module):
         mpos = mpos.expand(k_obj, -1, -1, -1).flatten(1, 2)
         # object pointers and the proxy prompt, each C-vector split into C / Dm tokens
         ptr_tok = obj_ptrs.reshape(k_obj, -1, dm)
-        ptr_tpos = self.pointer_pos(ptr_pos).repeat_interleave(split, dim=0)  # P*split x Dm
+        ptr_tpos = pointer_pos(s, ptr_pos).repeat_interleave(split, dim=0)  # P*split x Dm
         prompt_tok = prompt_tokens.reshape(k_obj, -1, dm)
         zero = ptr_pos.new_zeros(1)
-        prompt_tpos = self.pointer_pos(zero).expand(prompt_tok.shape[1], -1)
+        prompt_tpos = pointer_pos(s, zero).expand(prompt_tok.shape[1], -1)
         memory = torch.cat([mem, ptr_tok, prompt_tok], dim=1)
         memory_pos = torch.cat([mpos, ptr_tpos.unsqueeze(0).expand(k_obj, -1, -1),
                                 prompt_tpos.unsqueeze(0).expand(k_obj, -1, -1)], dim=1)

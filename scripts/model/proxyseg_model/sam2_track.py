@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sam2.modeling.sam2_utils import get_1d_sine_pe
+
+from .memory_attention import pointer_pos
 
 
 @dataclass
@@ -58,13 +59,6 @@ def _split_tokens(vectors: torch.Tensor, pos: torch.Tensor, mem_dim: int):
     return toks, pos.unsqueeze(1).expand(-1, k, mem_dim).repeat_interleave(c // mem_dim, dim=0)
 
 
-def _pointer_pos(s, values: torch.Tensor) -> torch.Tensor:
-    if not s.add_tpos_enc_to_obj_ptrs:
-        return values.new_zeros(values.shape[0], s.mem_dim)
-    dim = s.hidden_dim if s.proj_tpos_enc_in_obj_ptrs else s.mem_dim
-    return s.obj_ptr_tpos_proj(get_1d_sine_pe(values, dim=dim))
-
-
 @torch.no_grad()
 def track_reference(s, ppg, frames, support_images, support_masks, recent: int):
     """PyTorch reference: SAM 2's own modules (complex RoPE, memory of varying length).
@@ -95,11 +89,11 @@ def track_reference(s, ppg, frames, support_images, support_masks, recent: int):
         n_excluded = 0
         if sl.pointers:
             ptrs = torch.stack([bank[f]["obj_ptr"] for f, _ in sl.pointers])
-            tok, tpos = _split_tokens(ptrs, _pointer_pos(s, torch.tensor([p for _, p in sl.pointers])), s.mem_dim)
+            tok, tpos = _split_tokens(ptrs, pointer_pos(s, torch.tensor([p for _, p in sl.pointers])), s.mem_dim)
             mem.append(tok)
             mpos.append(tpos)
             n_excluded += tok.shape[0]
-        tok, tpos = _split_tokens(prompt.transpose(0, 1), _pointer_pos(s, torch.zeros(prompt.shape[1])), s.mem_dim)
+        tok, tpos = _split_tokens(prompt.transpose(0, 1), pointer_pos(s, torch.zeros(prompt.shape[1])), s.mem_dim)
         mem.append(tok)
         mpos.append(tpos)
         n_excluded += tok.shape[0]

@@ -269,11 +269,7 @@ impl MemoryBank {
         let mut frame_valid = vec![0f32; ms];
         for (i, (f, row)) in sl.frames.iter().enumerate() {
             if let Some(m) = self.entries.get(f).and_then(|e| e.memory.as_ref()) {
-                for j in 0..k {
-                    let dst = (j * ms + i) * plane;
-                    frame_memory[dst..dst + plane]
-                        .copy_from_slice(&m.data[j * plane..(j + 1) * plane]);
-                }
+                fill_slot(&mut frame_memory, &m.data, k, ms, i, plane);
                 frame_tpos[i] = *row;
                 frame_valid[i] = 1.0;
             }
@@ -283,10 +279,7 @@ impl MemoryBank {
         let mut ptr_valid = vec![0f32; ps];
         for (i, (f, pos)) in sl.pointers.iter().enumerate().take(ps) {
             if let Some(e) = self.entries.get(f) {
-                for j in 0..k {
-                    let dst = (j * ps + i) * c;
-                    obj_ptrs[dst..dst + c].copy_from_slice(&e.obj_ptr.data[j * c..(j + 1) * c]);
-                }
+                fill_slot(&mut obj_ptrs, &e.obj_ptr.data, k, ps, i, c);
                 ptr_pos[i] = *pos;
                 ptr_valid[i] = 1.0;
             }
@@ -342,6 +335,15 @@ impl MemoryBank {
                 e.memory = None;
             }
         }
+    }
+}
+
+/// Copies each of the `k` objects' `per` values of `src` (`[K, per]`) into slot `i` of `dst`
+/// (`[K, slots, per]`).
+fn fill_slot(dst: &mut [f32], src: &[f32], k: usize, slots: usize, i: usize, per: usize) {
+    for j in 0..k {
+        let at = (j * slots + i) * per;
+        dst[at..at + per].copy_from_slice(&src[j * per..(j + 1) * per]);
     }
 }
 
