@@ -257,7 +257,7 @@ async fn resolve_peer_hosts(scp: &Arc<Scp>, stop_rx: watch::Receiver<bool>) {
 
 /// What the admin API's Preview and Evaluate run on, when the engine loaded.
 fn engine_segmenter(
-    engine: &Result<crate::engine::Engine, String>,
+    engine: &Result<crate::engine::Engine, Arc<crate::engine::EngineError>>,
     cfg: &Config,
 ) -> Option<Arc<dyn crate::admin::Segmenter>> {
     engine.as_ref().ok().map(|e| {
@@ -432,7 +432,7 @@ async fn bind_dicom(
 async fn load_engine(
     cfg: &Config,
     data_dir: &std::path::Path,
-) -> Result<crate::engine::Engine, String> {
+) -> Result<crate::engine::Engine, Arc<crate::engine::EngineError>> {
     // The engine: a missing ONNX Runtime or bad bundle never stops ingest; jobs then fail
     // with the reason, and the daemon keeps receiving.
     // Loading ONNX Runtime and creating sessions is blocking work: keep it off the runtime.
@@ -456,7 +456,7 @@ async fn load_engine(
         }
         Err(e) => {
             tracing::error!(error = %e, "engine unavailable: studies will be stored and their jobs failed");
-            Err(e.to_string())
+            Err(Arc::new(e))
         }
     }
 }

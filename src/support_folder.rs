@@ -157,6 +157,66 @@ pub fn bundled(models_dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The annotated image of a support pair: `path` itself when it is a file; for a folder of
+/// slices, the `.dcm` file with the lowest Instance Number (ties, and files without one, by
+/// file name).
+pub fn first_source(path: &Path) -> Result<PathBuf, SourceError> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if !path.is_dir() {
+        return Err(SourceError::Missing(path.to_owned()));
+    }
+    let rd = std::fs::read_dir(path).map_err(|source| SourceError::List {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut best: Option<(i64, PathBuf)> = None;
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "dcm") {
+            continue;
+        }
+        let n = instance_number(&p).unwrap_or(i64::MAX);
+        if best.as_ref().is_none_or(|(bn, bp)| (n, &p) < (*bn, bp)) {
+            best = Some((n, p));
+        }
+    }
+    best.map(|b| b.1)
+        .ok_or_else(|| SourceError::NoDicom(path.to_owned()))
+}
+
+/// The Instance Number of a DICOM file (its header only is read).
+fn instance_number(path: &Path) -> Option<i64> {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .open_file(path)
+        .ok()?;
+    obj.element_opt(dicom_dictionary_std::tags::INSTANCE_NUMBER)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<i64>().ok())
+}
+
+/// Why a pair's `image` names no file.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Neither a file nor a folder.
+    #[error("{} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// The folder could not be listed.
+    #[error("{}: {source}", path.display())]
+    List {
+        /// The folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The folder holds no `.dcm` file.
+    #[error("{} holds no .dcm files", .0.display())]
+    NoDicom(PathBuf),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

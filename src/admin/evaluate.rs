@@ -112,13 +112,24 @@ pub enum EvalError {
         message: String,
     },
     /// A stored image could not be read.
-    #[error("pair {pair}: {message}")]
+    #[error("pair {pair}: {source}")]
     Image {
         /// Pair number.
         pair: u32,
         /// What is wrong.
-        message: String,
+        source: StoredImageError,
     },
+}
+
+/// Why a stored support image could not be loaded for evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredImageError {
+    /// The file could not be read (its server path goes to the log only, review L7).
+    #[error("cannot read a stored support image: {0}")]
+    Read(std::io::ErrorKind),
+    /// It no longer parses as a support image.
+    #[error(transparent)]
+    Parse(#[from] crate::admin::masks::UploadError),
 }
 
 /// Dice coefficient of two masks of equal size; two empty masks agree perfectly (1.0).
@@ -280,7 +291,7 @@ pub fn without_pair(set: &SupportSetData, number: u32) -> SupportSetData {
 pub fn leave_one_out(
     set: &SupportSetData,
     segmenter: &dyn Segmenter,
-    image: impl Fn(&crate::store::support::SupportPairData) -> Result<DicomImage, String>,
+    image: impl Fn(&crate::store::support::SupportPairData) -> Result<DicomImage, StoredImageError>,
 ) -> Result<Report, EvalError> {
     if set.pairs.len() < 2 {
         return Err(EvalError::TooFewPairs(set.pairs.len()));
@@ -288,9 +299,9 @@ pub fn leave_one_out(
     let k = set.objects.len();
     let mut pairs = Vec::with_capacity(set.pairs.len());
     for p in &set.pairs {
-        let img = image(p).map_err(|message| EvalError::Image {
+        let img = image(p).map_err(|source| EvalError::Image {
             pair: p.number,
-            message,
+            source,
         })?;
         let subset = without_pair(set, p.number);
         let got = segmenter

@@ -194,7 +194,7 @@ fn read_pair(
     let mut file = |rel: &str, what: &str| -> Result<Vec<u8>, Status> {
         let path = inside(dir, rel, what)?;
         let path = if what == "image" && path.is_dir() {
-            crate::engine::offline::first_source(&path).map_err(invalid)?
+            crate::support_folder::first_source(&path).map_err(|e| invalid(e.to_string()))?
         } else {
             path
         };

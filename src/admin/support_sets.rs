@@ -348,13 +348,13 @@ async fn collect_add_pair(
 }
 
 /// Loads a stored support image for evaluation.
-pub fn load_image(p: &support::SupportPairData) -> Result<DicomImage, String> {
+pub fn load_image(p: &support::SupportPairData) -> Result<DicomImage, evaluate::StoredImageError> {
     let bytes = std::fs::read(&p.image_path).map_err(|e| {
         // The server path goes to the log only (review L7).
         tracing::error!(path = %p.image_path.display(), error = %e, "cannot read a support image");
-        format!("cannot read a stored support image: {}", e.kind())
+        evaluate::StoredImageError::Read(e.kind())
     })?;
-    let mut img = masks::parse_image(&bytes).map_err(|e| e.to_string())?;
+    let mut img = masks::parse_image(&bytes)?;
     img.path = Some(p.image_path.clone());
     Ok(img)
 }

@@ -93,12 +93,26 @@ pub struct PeerConfig {
 
 impl PeerConfig {
     /// The peer's `tls_identity` as a name certificates are checked against.
-    pub fn tls_name(&self) -> Option<Result<rustls_pki_types::ServerName<'static>, String>> {
+    pub fn tls_name(&self) -> Option<Result<rustls_pki_types::ServerName<'static>, TlsNameError>> {
         self.tls_identity.as_ref().map(|n| {
-            rustls_pki_types::ServerName::try_from(n.trim().to_string())
-                .map_err(|e| format!("{n:?} is not a DNS name or IP address: {e}"))
+            rustls_pki_types::ServerName::try_from(n.trim().to_string()).map_err(|source| {
+                TlsNameError {
+                    name: n.clone(),
+                    source,
+                }
+            })
         })
     }
+}
+
+/// A peer's `tls_identity` that no certificate could carry.
+#[derive(Debug, thiserror::Error)]
+#[error("{name:?} is not a DNS name or IP address: {source}")]
+pub struct TlsNameError {
+    /// The configured text.
+    pub name: String,
+    /// rustls' reason.
+    pub source: rustls_pki_types::InvalidDnsNameError,
 }
 
 /// `[dicom.tls]` table: a second listener that speaks DICOM over TLS.
@@ -116,23 +130,35 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Why a text is not a valid AE title.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AeTitleError {
+    /// Empty, or only spaces.
+    #[error("must not be empty")]
+    Empty,
+    /// More than 16 characters.
+    #[error("{0:?} is longer than 16 characters")]
+    TooLong(String),
+    /// Non-ASCII, control characters or a backslash.
+    #[error("{0:?} holds characters not allowed in an AE title")]
+    BadCharacters(String),
+}
+
 /// Checks the DICOM AE title rules: 1..=16 characters of the default repertoire, no
 /// backslash or control characters, not only spaces.
-pub fn check_ae_title(ae: &str) -> Result<(), String> {
+pub fn check_ae_title(ae: &str) -> Result<(), AeTitleError> {
     let t = ae.trim();
     if t.is_empty() {
-        return Err("must not be empty".into());
+        return Err(AeTitleError::Empty);
     }
     if ae.len() > 16 {
-        return Err(format!("{ae:?} is longer than 16 characters"));
+        return Err(AeTitleError::TooLong(ae.to_owned()));
     }
     if ae
         .chars()
         .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
     {
-        return Err(format!(
-            "{ae:?} holds characters not allowed in an AE title"
-        ));
+        return Err(AeTitleError::BadCharacters(ae.to_owned()));
     }
     Ok(())
 }

@@ -47,14 +47,23 @@ impl Default for EngineConfig {
 
 /// A bundle name as `[engine] default_bundle` takes it: a plain folder name under
 /// `models_dir` (no path separators, not `.` or `..`).
-pub fn check_bundle_name(name: &str) -> Result<(), String> {
+pub fn check_bundle_name(name: &str) -> Result<(), BundleNameError> {
     if name.trim().is_empty() {
-        return Err("must name a bundle (a folder under engine.models_dir)".into());
+        return Err(BundleNameError::Empty);
     }
     if name != name.trim() || name.contains(['/', '\\']) || name == "." || name == ".." {
-        return Err(format!(
-            "{name:?} is not a plain folder name under engine.models_dir"
-        ));
+        return Err(BundleNameError::NotAFolderName(name.to_owned()));
     }
     Ok(())
+}
+
+/// Why a text is not a bundle name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleNameError {
+    /// Empty, or only spaces.
+    #[error("must name a bundle (a folder under engine.models_dir)")]
+    Empty,
+    /// A path, `.`, `..` or surrounded by spaces.
+    #[error("{0:?} is not a plain folder name under engine.models_dir")]
+    NotAFolderName(String),
 }

@@ -23,8 +23,8 @@ mod validate;
 
 pub use admin::{default_synonyms, AdminConfig, AdminTlsConfig};
 pub use delivery::{DeliveryConfig, SegConfig};
-pub use dicom::{check_ae_title, DicomConfig, PeerConfig, TlsConfig};
-pub use engine::{check_bundle_name, EngineConfig, DEFAULT_BUNDLE};
+pub use dicom::{check_ae_title, AeTitleError, DicomConfig, PeerConfig, TlsConfig, TlsNameError};
+pub use engine::{check_bundle_name, BundleNameError, EngineConfig, DEFAULT_BUNDLE};
 pub use observability::{LogConfig, MetricsConfig};
 pub use pipeline::{PipelineConfig, SequenceMode};
 pub use storage::{RetentionConfig, StorageConfig, MAX_RETENTION_HOURS};
@@ -82,12 +82,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML did not parse or had unknown keys / wrong types.
-    #[error("config {path} is not valid: {message}")]
+    #[error("config {path} is not valid: {source}")]
     Parse {
         /// The path we read.
         path: PathBuf,
-        /// The parser's message (it names the key and line).
-        message: String,
+        /// The parser's error (it names the key and line).
+        source: toml::de::Error,
     },
     /// Semantic problems, each with its key.
     #[error("config {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
@@ -119,9 +119,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
+        let cfg = Config::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })?;
         let mut problems = cfg.validate();
         if deployment {
@@ -162,8 +162,8 @@ impl Config {
     }
 
     /// Parses TOML text without semantic validation.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Finds the peer with this AE title (trailing spaces ignored).

@@ -162,13 +162,13 @@ fn retention_has_defaults_and_bounds() {
         ]
     );
     let e = Config::parse("[retention]\nkeep_hours = 1\n").unwrap_err();
-    assert!(e.contains("keep_hours"), "{e}");
+    assert!(e.to_string().contains("keep_hours"), "{e}");
 }
 
 #[test]
 fn unknown_keys_are_refused() {
     let e = Config::parse("[dicom]\naetitle = \"X\"\n").unwrap_err();
-    assert!(e.contains("aetitle"), "{e}");
+    assert!(e.to_string().contains("aetitle"), "{e}");
 }
 
 #[test]

@@ -31,7 +31,7 @@ impl Config {
     fn check_dicom(&self, bad: &mut dyn FnMut(&str, String)) {
         let d = &self.dicom;
         if let Err(m) = check_ae_title(&d.ae_title) {
-            bad("dicom.ae_title", m);
+            bad("dicom.ae_title", m.to_string());
         }
         if d.listen.is_empty() {
             // Review L3: the plain listener can be turned off when DICOM TLS is the only way in.
@@ -102,7 +102,7 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, p) in d.peers.iter().enumerate() {
             if let Err(m) = check_ae_title(&p.ae_title) {
-                bad(&format!("dicom.peers[{i}].ae_title"), m);
+                bad(&format!("dicom.peers[{i}].ae_title"), m.to_string());
             }
             if p.host.trim().is_empty() {
                 bad(
@@ -114,7 +114,7 @@ impl Config {
                 bad(&format!("dicom.peers[{i}].port"), "must not be 0".into());
             }
             match p.tls_name() {
-                Some(Err(m)) => bad(&format!("dicom.peers[{i}].tls_identity"), m),
+                Some(Err(m)) => bad(&format!("dicom.peers[{i}].tls_identity"), m.to_string()),
                 Some(Ok(_)) if d.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) => bad(
                     &format!("dicom.peers[{i}].tls_identity"),
                     "needs [dicom.tls] with client_ca: without client certificates nobody could prove it".into(),
@@ -252,7 +252,7 @@ impl Config {
             bad("engine.batch", "must be at least 1".into());
         }
         if let Err(m) = check_bundle_name(&self.engine.default_bundle) {
-            bad("engine.default_bundle", m);
+            bad("engine.default_bundle", m.to_string());
         }
     }
 

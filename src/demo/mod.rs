@@ -56,6 +56,9 @@ pub enum DemoError {
     /// The daemon would not start.
     #[error(transparent)]
     Start(#[from] crate::daemon::StartError),
+    /// ONNX Runtime or the model bundles did not load.
+    #[error("the engine did not start: {0}")]
+    Engine(std::sync::Arc<crate::engine::EngineError>),
     /// Results did not all arrive.
     #[error("{0}")]
     Timeout(String),
@@ -141,11 +144,11 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<DemoRow>, DemoError> {
         .engine
         .as_ref()
         .map(|_| ())
-        .map_err(String::clone)
+        .map_err(std::sync::Arc::clone)
     {
         running.stop().await;
         let _ = pacs.stop.send(true);
-        return Err(setup(format!("the engine did not start: {e}")));
+        return Err(DemoError::Engine(e));
     }
 
     // Send every demo study over a real association, as the PACS would.

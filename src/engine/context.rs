@@ -143,10 +143,10 @@ fn support_embeddings(
     for e in found.into_iter().flatten() {
         data.extend_from_slice(&e);
     }
-    Tensor::new(vec![n, m.embed_dim, m.embed_size[0], m.embed_size[1]], data).map_err(|message| {
+    Tensor::new(vec![n, m.embed_dim, m.embed_size[0], m.embed_size[1]], data).map_err(|e| {
         EngineError::Inference {
             graph: "image_encoder",
-            message,
+            message: e.to_string(),
         }
     })
 }

@@ -32,16 +32,26 @@ pub struct Tensor {
 
 impl Tensor {
     /// A tensor from a shape and data (checked).
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor, String> {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor, ShapeError> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(format!(
-                "shape {shape:?} needs {n} values, got {}",
-                data.len()
-            ));
+            return Err(ShapeError {
+                shape,
+                values: data.len(),
+            });
         }
         Ok(Tensor { shape, data })
     }
+}
+
+/// A shape and a number of values that do not agree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shape {shape:?} needs {} values, got {values}", shape.iter().product::<usize>())]
+pub struct ShapeError {
+    /// The shape asked for.
+    pub shape: Vec<usize>,
+    /// The values given.
+    pub values: usize,
 }
 
 /// Time spent in each stage, summed over the frames of one call.

@@ -82,7 +82,7 @@ pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), Engi
     for (i, p) in spec.pairs.iter().enumerate() {
         let ctx = |m: String| off(format!("{} pair {}: {m}", toml_path.display(), i + 1));
         let image_path = dir.join(&p.image);
-        let first = first_source(&image_path).map_err(ctx)?;
+        let first = support_folder::first_source(&image_path).map_err(|e| ctx(e.to_string()))?;
         let frames =
             frames_from_file(&first).map_err(|e| ctx(format!("{}: {e}", first.display())))?;
         let image = frames
@@ -96,7 +96,7 @@ pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), Engi
         })?;
         let seg_path = dir.join(mask);
         let masks = read_seg_masks(&seg_path, &sop, 1, &objects, image.rows, image.cols)
-            .map_err(|m| ctx(format!("{}: {m}", seg_path.display())))?;
+            .map_err(|e| ctx(format!("{}: {e}", seg_path.display())))?;
         for f in [&first, &seg_path] {
             hasher.update(std::fs::read(f).map_err(|e| ctx(e.to_string()))?);
         }
@@ -130,41 +130,6 @@ fn code_text(v: &CodeSpec) -> String {
     }
 }
 
-/// The annotated image of a support pair: `path` itself when it is a file; for a folder of
-/// slices, the one with the lowest Instance Number (ties by file name).
-pub fn first_source(path: &Path) -> Result<PathBuf, String> {
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    if !path.is_dir() {
-        return Err(format!("{} does not exist", path.display()));
-    }
-    let mut best: Option<(i64, PathBuf)> = None;
-    let rd = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.extension().is_none_or(|x| x != "dcm") {
-            continue;
-        }
-        let n = dicom_object::OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(&p)
-            .ok()
-            .and_then(|o| {
-                o.element_opt(tags::INSTANCE_NUMBER)
-                    .ok()
-                    .flatten()
-                    .and_then(|e| e.to_int::<i64>().ok())
-            })
-            .unwrap_or(i64::MAX);
-        if best.as_ref().is_none_or(|(bn, bp)| (n, &p) < (*bn, bp)) {
-            best = Some((n, p));
-        }
-    }
-    best.map(|b| b.1)
-        .ok_or_else(|| format!("{} holds no .dcm files", path.display()))
-}
-
 fn text_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     obj.element_opt(tag)
         .ok()
@@ -173,138 +138,99 @@ fn text_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
         .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
 }
 
-fn int_of(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_int::<i64>().ok())
-}
-
-fn first_item(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.items())
-        .and_then(|i| i.first())
-}
-
-/// Minimal SEG reader: the masks of one source frame, one per object (matched by segment
-/// label, else by segment number = object order). BINARY, uncompressed only.
+/// The masks of one source frame in the SEG at `path` (read with [`crate::dicom::seg::read_seg`]),
+/// one per object: a segment matches an object by label (case-insensitive), else by Segment
+/// Number = object order; an object without a segment, or a segment without this frame, is an
+/// empty mask.
 fn read_seg_masks(
     path: &Path,
     source_sop: &str,
-    source_frame: i64,
+    source_frame: u32,
     objects: &[SupportObject],
     rows: usize,
     cols: usize,
-) -> Result<Vec<Mask>, String> {
-    let seg = dicom_object::open_file(path).map_err(|e| e.to_string())?;
-    if text_of(&seg, tags::SEGMENTATION_TYPE).as_deref() != Some("BINARY") {
-        return Err("only BINARY segmentations are read here".into());
+) -> Result<Vec<Mask>, SegMasksError> {
+    let obj = dicom_object::open_file(path)?;
+    let seg = crate::dicom::seg::read_seg(&obj)?;
+    if (usize::from(seg.rows), usize::from(seg.columns)) != (rows, cols) {
+        return Err(SegMasksError::Size {
+            seg: [seg.rows, seg.columns],
+            image: [rows, cols],
+        });
     }
-    let (srows, scols) = (
-        int_of(&seg, tags::ROWS).unwrap_or(0) as usize,
-        int_of(&seg, tags::COLUMNS).unwrap_or(0) as usize,
-    );
-    if (srows, scols) != (rows, cols) {
-        return Err(format!(
-            "SEG is {srows}x{scols} but its image is {rows}x{cols}"
-        ));
+    if !seg.masks.keys().any(|k| {
+        k.sop_instance_uid
+            .as_deref()
+            .is_none_or(|u| u == source_sop)
+            && k.frame_number == source_frame
+    }) {
+        return Err(SegMasksError::NoFrame {
+            sop: source_sop.to_owned(),
+            frame: source_frame,
+        });
     }
-    let nframes = int_of(&seg, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as usize;
-    let px = seg.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
-    let bytes = px.to_bytes().map_err(|_| {
-        "pixel data is encapsulated; only native BINARY SEG is read here".to_string()
-    })?;
-    let per = rows * cols;
-    if bytes.len() * 8 < per * nframes {
-        return Err(format!(
-            "pixel data has {} bytes, {} frames of {rows}x{cols} bits need {}",
-            bytes.len(),
-            nframes,
-            (per * nframes).div_ceil(8)
-        ));
-    }
-    // segment number -> object index
-    let segments = seg
-        .element(tags::SEGMENT_SEQUENCE)
-        .ok()
-        .and_then(|e| e.items())
-        .unwrap_or(&[]);
-    let mut seg_to_obj = std::collections::HashMap::new();
-    for (i, s) in segments.iter().enumerate() {
-        let number = int_of(s, tags::SEGMENT_NUMBER).unwrap_or(i as i64 + 1);
-        let label = text_of(s, tags::SEGMENT_LABEL).unwrap_or_default();
-        let by_label = objects
+    let segment_of = |k: usize, o: &SupportObject| {
+        seg.segments
             .iter()
-            .position(|o| o.label.eq_ignore_ascii_case(label.trim()));
-        let idx = by_label.or(
-            if (number as usize) >= 1 && (number as usize) <= objects.len() {
-                Some(number as usize - 1)
-            } else {
-                None
-            },
-        );
-        if let Some(idx) = idx {
-            seg_to_obj.insert(number, idx);
-        }
-    }
-    let shared = first_item(&seg, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
-    let per_frame = seg
-        .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
-        .ok()
-        .and_then(|e| e.items())
-        .unwrap_or(&[]);
-    if per_frame.len() != nframes {
-        return Err(format!(
-            "{} per-frame functional group items for {nframes} frames",
-            per_frame.len()
-        ));
-    }
-    let mut masks: Vec<Mask> = objects
+            .find(|s| {
+                s.description
+                    .label
+                    .trim()
+                    .eq_ignore_ascii_case(o.label.trim())
+            })
+            .or_else(|| seg.segments.iter().find(|s| usize::from(s.number) == k + 1))
+            .map(|s| s.number)
+    };
+    Ok(objects
         .iter()
-        .map(|_| Mask {
-            rows,
-            cols,
-            data: vec![0; per],
+        .enumerate()
+        .map(|(k, o)| {
+            let data = segment_of(k, o)
+                .and_then(|n| {
+                    seg.mask(source_sop, source_frame, n)
+                        .or_else(|| unreferenced(&seg, source_frame, n))
+                })
+                .map(|m| m.iter().map(|&v| u8::from(v != 0)).collect())
+                .unwrap_or_else(|| vec![0; rows * cols]);
+            Mask { rows, cols, data }
         })
-        .collect();
-    let mut matched = 0;
-    for (f, item) in per_frame.iter().enumerate() {
-        let pick = |tag| first_item(item, tag).or_else(|| shared.and_then(|s| first_item(s, tag)));
-        let Some(number) = pick(tags::SEGMENT_IDENTIFICATION_SEQUENCE)
-            .and_then(|s| int_of(s, tags::REFERENCED_SEGMENT_NUMBER))
-        else {
-            return Err(format!("frame {} has no ReferencedSegmentNumber", f + 1));
-        };
-        let src = pick(tags::DERIVATION_IMAGE_SEQUENCE)
-            .and_then(|d| first_item(d, tags::SOURCE_IMAGE_SEQUENCE));
-        let (sop, frame) = match src {
-            Some(s) => (
-                text_of(s, tags::REFERENCED_SOP_INSTANCE_UID).unwrap_or_default(),
-                int_of(s, tags::REFERENCED_FRAME_NUMBER).unwrap_or(1),
-            ),
-            None => (source_sop.to_string(), 1),
-        };
-        if sop != source_sop || frame != source_frame {
-            continue;
-        }
-        let Some(&obj) = seg_to_obj.get(&number) else {
-            continue;
-        };
-        matched += 1;
-        let m = &mut masks[obj].data;
-        for (i, v) in m.iter_mut().enumerate() {
-            let bit = f * per + i;
-            *v |= (bytes[bit / 8] >> (bit % 8)) & 1;
-        }
-    }
-    if matched == 0 {
-        return Err(format!(
-            "no SEG frame refers to the image (SOP Instance {source_sop}, frame {source_frame})"
-        ));
-    }
-    Ok(masks)
+        .collect())
+}
+
+/// A SEG frame that names no source (keyed by its order within the segment).
+fn unreferenced(seg: &crate::dicom::seg::SegMasks, frame: u32, segment: u16) -> Option<&[u8]> {
+    let key = crate::dicom::seg::SourceKey {
+        sop_instance_uid: None,
+        frame_number: frame,
+    };
+    seg.masks.get(&key)?.get(&segment).map(Vec::as_slice)
+}
+
+/// Why a support pair's SEG gave no masks.
+#[derive(Debug, thiserror::Error)]
+pub enum SegMasksError {
+    /// The file is not readable DICOM.
+    #[error("not a readable DICOM file: {0}")]
+    Open(#[from] dicom_object::ReadError),
+    /// It is not a SEG the reader takes.
+    #[error(transparent)]
+    Seg(#[from] crate::dicom::seg::SegError),
+    /// Its size is not the image's.
+    #[error("SEG is {}x{} but its image is {}x{}", seg[0], seg[1], image[0], image[1])]
+    Size {
+        /// SEG rows and columns.
+        seg: [u16; 2],
+        /// Image rows and columns.
+        image: [usize; 2],
+    },
+    /// No SEG frame refers to the image.
+    #[error("no SEG frame refers to the image (SOP Instance {sop}, frame {frame})")]
+    NoFrame {
+        /// The image's SOP Instance UID.
+        sop: String,
+        /// Its frame number.
+        frame: u32,
+    },
 }
 
 /// What one offline run produced.

@@ -16,21 +16,19 @@ pub async fn segment_to_seg(
     support_set: &str,
     out_dir: &Path,
     inputs: &[PathBuf],
-) -> Result<(OfflineReport, Vec<PathBuf>), String> {
-    let report = segment_files(cfg, support_set, out_dir, inputs)
-        .await
-        .map_err(|e| e.to_string())?;
-    let spec = report
-        .spec
-        .clone()
-        .ok_or("the support set has no supportset.toml")?;
+) -> Result<(OfflineReport, Vec<PathBuf>), OfflineSegError> {
+    let report = segment_files(cfg, support_set, out_dir, inputs).await?;
+    let spec = report.spec.clone().ok_or(OfflineSegError::NoSpec)?;
     let segments = describe_segments(&spec);
     let mut written = Vec::new();
     for ((input, result), name) in report.results.iter().zip(&report.names) {
         let header = dicom_object::OpenFileOptions::new()
             .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
             .open_file(input)
-            .map_err(|e| format!("{}: {e}", input.display()))?;
+            .map_err(|source| OfflineSegError::Read {
+                path: input.clone(),
+                source,
+            })?;
         let masks: Vec<Vec<&[u8]>> = result
             .frames
             .iter()
@@ -66,13 +64,45 @@ pub async fn segment_to_seg(
                 masks,
             }],
         };
-        let obj = seg::write_seg(&input_seg, &opts)
-            .map_err(|e| format!("SEG for {}: {e}", input.display()))?;
+        let obj = seg::write_seg(&input_seg, &opts).map_err(|source| OfflineSegError::Seg {
+            path: input.clone(),
+            source,
+        })?;
         let path = out_dir.join(format!("{name}.seg.dcm"));
-        seg::save_seg(&obj, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        seg::save_seg(&obj, &path)?;
         written.push(path);
     }
     Ok((report, written))
+}
+
+/// Why `proxyseg segment` wrote no SEG.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineSegError {
+    /// Loading, decoding or segmenting failed.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The support set was not a folder with a `supportset.toml` (it names the codes).
+    #[error("the support set has no supportset.toml")]
+    NoSpec,
+    /// An input's header could not be read again.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The input.
+        path: PathBuf,
+        /// The reader's error.
+        source: dicom_object::ReadError,
+    },
+    /// The SEG could not be built.
+    #[error("SEG for {}: {source}", path.display())]
+    Seg {
+        /// The input it segments.
+        path: PathBuf,
+        /// The writer's error.
+        source: seg::SegError,
+    },
+    /// The SEG could not be saved (the error names the file).
+    #[error(transparent)]
+    Save(#[from] seg::SegError),
 }
 
 /// A code of `supportset.toml` for the SEG ([`crate::store::support::code_of_spec`], as import

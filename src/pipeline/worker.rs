@@ -41,7 +41,7 @@ pub struct Pipeline {
     /// Index.
     pub db: Db,
     /// The engine, or why it could not start (jobs then fail with that reason).
-    pub engine: Result<Engine, String>,
+    pub engine: Result<Engine, std::sync::Arc<crate::engine::EngineError>>,
     /// Routing and support sets.
     pub catalog: Arc<dyn Catalog>,
     /// Metrics.

@@ -293,7 +293,7 @@ impl Ingest {
         let uid = rec.sop_instance_uid.clone();
         // With syncfs the barrier is what made the file's bytes durable.
         let fsynced = match (self.dir_sync.mode(), &barrier) {
-            (Durability::Syncfs, Err(e)) => Err(e.clone()),
+            (Durability::Syncfs, Err(e)) => Err(e.to_string()),
             _ => fsynced,
         };
         let failure = match (&fsynced, &indexed, &barrier) {

@@ -176,21 +176,39 @@ pub enum Durability {
     Syncfs,
 }
 
+/// Why a durability barrier did not return success.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SyncError {
+    /// `syncfs` of the spool's filesystem failed.
+    #[error("syncfs {path}: {source}")]
+    Syncfs {
+        /// The spool root.
+        path: PathBuf,
+        /// The OS error (shared by every waiter of the batch).
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// The directory fsync failed.
+    #[error(transparent)]
+    Directory(std::sync::Arc<SpoolError>),
+    /// The syncing thread is gone (it could not start, or the daemon is stopping).
+    #[error("dir-sync thread stopped")]
+    Stopped,
+}
+
+type SyncReply = tokio::sync::oneshot::Sender<Result<(), SyncError>>;
+
 /// Batches durability barriers: every request waiting when the thread wakes shares one
 /// `syncfs` (or one fsync per distinct directory). Answers only after the barrier returned.
 #[derive(Debug, Clone)]
 pub struct DirSyncer {
-    tx: std::sync::mpsc::Sender<(PathBuf, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    tx: std::sync::mpsc::Sender<(PathBuf, SyncReply)>,
     mode: Durability,
 }
 
 impl DirSyncer {
     /// Starts the syncing thread; `root` names the filesystem for [`Durability::Syncfs`].
     pub fn start(mode: Durability, root: &Path) -> DirSyncer {
-        let (tx, rx) = std::sync::mpsc::channel::<(
-            PathBuf,
-            tokio::sync::oneshot::Sender<Result<(), String>>,
-        )>();
+        let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, SyncReply)>();
         let root = root.to_owned();
         let spawned = std::thread::Builder::new()
             .name("dir-sync".into())
@@ -202,19 +220,27 @@ impl DirSyncer {
                     }
                     match mode {
                         Durability::Syncfs => {
-                            let r = syncfs(&root)
-                                .map_err(|e| format!("syncfs {}: {e}", root.display()));
+                            let r = syncfs(&root).map_err(|e| SyncError::Syncfs {
+                                path: root.clone(),
+                                source: std::sync::Arc::new(e),
+                            });
                             for (_, reply) in batch {
                                 let _ = reply.send(r.clone());
                             }
                         }
                         Durability::Fsync => {
-                            let mut done: std::collections::HashMap<PathBuf, Result<(), String>> =
-                                Default::default();
+                            let mut done: std::collections::HashMap<
+                                PathBuf,
+                                Result<(), SyncError>,
+                            > = Default::default();
                             for (dir, reply) in batch {
                                 let r = done
                                     .entry(dir.clone())
-                                    .or_insert_with(|| sync_dir(&dir).map_err(|e| e.to_string()))
+                                    .or_insert_with(|| {
+                                        sync_dir(&dir).map_err(|e| {
+                                            SyncError::Directory(std::sync::Arc::new(e))
+                                        })
+                                    })
                                     .clone();
                                 let _ = reply.send(r);
                             }
@@ -235,7 +261,7 @@ impl DirSyncer {
 
     /// Makes the rename into `dir` (and, with syncfs, the file's data) durable, possibly
     /// together with other waiters.
-    pub async fn sync(&self, dir: &Path) -> Result<(), String> {
+    pub async fn sync(&self, dir: &Path) -> Result<(), SyncError> {
         self.enqueue(dir).wait().await
     }
 
@@ -248,13 +274,15 @@ impl DirSyncer {
 
 /// A barrier queued with [`DirSyncer::enqueue`].
 #[derive(Debug)]
-pub struct QueuedSync(Option<tokio::sync::oneshot::Receiver<Result<(), String>>>);
+pub struct QueuedSync(Option<tokio::sync::oneshot::Receiver<Result<(), SyncError>>>);
 
 impl QueuedSync {
     /// Waits until the barrier covering this request returned.
-    pub async fn wait(self) -> Result<(), String> {
-        let stopped = || "dir-sync thread stopped".to_string();
-        self.0.ok_or_else(stopped)?.await.map_err(|_| stopped())?
+    pub async fn wait(self) -> Result<(), SyncError> {
+        self.0
+            .ok_or(SyncError::Stopped)?
+            .await
+            .map_err(|_| SyncError::Stopped)?
     }
 }
 

@@ -124,7 +124,7 @@ impl Scp {
         assoc: &mut dicom_ul::association::server::AsyncServerAssociation<
             dicom_ul::association::server::AsyncTlsStream,
         >,
-    ) -> Result<(), String> {
+    ) -> Result<(), IdentityError> {
         use dicom_ul::association::AsyncAssociation;
         let calling = dicom_ul::association::Association::peer_ae_title(assoc).to_string();
         let Some(want) = self.cfg.peer(&calling).and_then(|p| p.tls_name()) else {
@@ -138,13 +138,38 @@ impl Scp {
             .peer_certificates()
             .and_then(|c| c.first())
         else {
-            return Err("no client certificate".into());
+            return Err(IdentityError::NoCertificate);
         };
-        let cert = webpki::EndEntityCert::try_from(cert)
-            .map_err(|e| format!("client certificate does not parse: {e}"))?;
+        let cert = webpki::EndEntityCert::try_from(cert).map_err(IdentityError::Unparsable)?;
         cert.verify_is_valid_for_subject_name(&want)
-            .map_err(|e| format!("client certificate is not for {want:?}: {e}"))
+            .map_err(|source| IdentityError::NotFor {
+                name: format!("{want:?}"),
+                source,
+            })
     }
+}
+
+/// Why a TLS association's client certificate does not prove the calling AE's
+/// `tls_identity`.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum IdentityError {
+    /// The configured identity is not a name a certificate can hold.
+    #[error(transparent)]
+    Config(#[from] crate::config::TlsNameError),
+    /// The client sent no certificate.
+    #[error("no client certificate")]
+    NoCertificate,
+    /// The certificate is not X.509 that webpki reads.
+    #[error("client certificate does not parse: {0}")]
+    Unparsable(webpki::Error),
+    /// Valid, but for another name.
+    #[error("client certificate is not for {name}: {source}")]
+    NotFor {
+        /// The configured identity.
+        name: String,
+        /// webpki's reason.
+        source: webpki::Error,
+    },
 }
 
 #[cfg(test)]
