@@ -380,7 +380,7 @@ impl Engine {
     ) -> Result<Segmentation, EngineError> {
         check_frames(&frames)?;
         let b = self.bundle(bundle)?;
-        if let Some(spec) = &b.manifest.memory {
+        if let Some(spec) = b.manifest.memory.as_ref().filter(|_| b.always_tracks()) {
             // A contract-2 bundle tracks the call's frames as one sequence.
             let bank = MemoryBank::new(spec, frames.len(), None);
             return self

@@ -143,10 +143,10 @@ pub struct GraphFiles {
     pub prompt_generator: String,
     /// `mask_decoder.onnx`.
     pub mask_decoder: String,
-    /// `memory_attention.onnx` (contract 2 only).
+    /// `memory_attention.onnx` (contract 2, or contract 1's proxy memory mode).
     #[serde(default)]
     pub memory_attention: Option<String>,
-    /// `memory_encoder.onnx` (contract 2 only).
+    /// `memory_encoder.onnx` (contract 2, or contract 1's proxy memory mode).
     #[serde(default)]
     pub memory_encoder: Option<String>,
 }
@@ -218,7 +218,8 @@ pub struct Manifest {
     /// `objects`, `grid`, `overlap`; optional `note`), in manifest order. Geometry and
     /// semantics: [`super::views`]. Empty when the manifest has none.
     pub resolution: Vec<ResolutionRule>,
-    /// `[memory]`: the memory bank of a contract-2 bundle (None for contract 1).
+    /// `[memory]`: the memory bank of a contract-2 bundle, or of a contract-1 bundle's proxy
+    /// memory mode (None: every frame on its own).
     pub memory: Option<MemorySpec>,
 }
 
@@ -376,15 +377,22 @@ impl MetaValue {
     }
 }
 
-/// The contract and family agree, and a contract-2 manifest has its `[memory]` table and its two
-/// memory graphs (which a contract-1 manifest must not name).
+/// The contract and family agree; a contract-2 manifest has its `[memory]` table and its two
+/// memory graphs; a contract-1 manifest has both or neither (the optional proxy memory mode).
 fn check_contract(raw: &RawManifest) -> Result<(), String> {
     let g = &raw.graphs;
     let memory_graphs = g.memory_attention.is_some() && g.memory_encoder.is_some();
+    let any_memory =
+        raw.memory.is_some() || g.memory_attention.is_some() || g.memory_encoder.is_some();
     match (raw.contract, raw.family.as_str()) {
         (CONTRACT_VERSION, "sam") => {
-            if raw.memory.is_some() || g.memory_attention.is_some() || g.memory_encoder.is_some() {
-                return Err("[memory] and the memory graphs belong to contract 2 (family \"sam2\")".into());
+            if let Some(mem) = &raw.memory {
+                if !memory_graphs {
+                    return Err("a [memory] table needs [graphs] memory_attention and memory_encoder".into());
+                }
+                mem.check(CONTRACT_VERSION)?;
+            } else if any_memory {
+                return Err("memory graphs need a [memory] table".into());
             }
         }
         (CONTRACT_SAM2, "sam2") => {
@@ -396,7 +404,7 @@ fn check_contract(raw: &RawManifest) -> Result<(), String> {
                     "contract 2 needs [graphs] memory_attention and memory_encoder".into(),
                 );
             }
-            mem.check()?;
+            mem.check(CONTRACT_SAM2)?;
             if !raw.resolution.is_empty() {
                 return Err("[[resolution]] rules are not supported with contract 2".into());
             }

@@ -221,8 +221,7 @@ impl Loader<'_> {
         let (s, c, h, w) = (m.input_size, m.embed_dim, m.embed_size[0], m.embed_size[1]);
         let mut encoder_out: Vec<(&str, Vec<Dim>)> =
             vec![("image_embeddings", vec![Var("B"), Is(c), Is(h), Is(w)])];
-        if let Some(mem) = &m.memory {
-            let [c0, c1] = mem.high_res_channels;
+        if let Some([c0, c1]) = m.memory.as_ref().and_then(|mem| mem.high_res_channels) {
             encoder_out.push((
                 "high_res_feats_0",
                 vec![Var("B"), Is(c0), Is(4 * h), Is(4 * w)],
@@ -313,6 +312,27 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// The proxy memory mode's two graphs (contract 1 with `[memory]`).
+    fn proxy_memory_graphs(&mut self, mem: &MemorySpec) -> Result<MemoryGraphs, BundleError> {
+        let m = self.m;
+        let sig = super::memory::proxy::signatures(mem, m.embed_dim, m.embed_size);
+        let attention = self.graph(
+            GraphKind::MemoryAttention,
+            m.graphs.memory_attention.as_deref().unwrap_or_default(),
+            &refs(&sig.attention_in),
+            &refs(&sig.attention_out),
+        )?;
+        let encoder = self.graph(
+            GraphKind::MemoryEncoder,
+            m.graphs.memory_encoder.as_deref().unwrap_or_default(),
+            &refs(&sig.encoder_in),
+            &refs(&sig.encoder_out),
+        )?;
+        Ok(MemoryGraphs { attention, encoder })
+    }
+}
+
 /// A K the graphs fix must be the manifest's max_objects, an N at most its max_pairs.
 fn check_fixed_dims(m: &Manifest, dims: &VarDims, mpath: &Path) -> Result<(), BundleError> {
     let bad = |message: String| BundleError::Contract {
@@ -366,10 +386,14 @@ impl Bundle {
         let [image_encoder, support_encoder, prompt_generator] = loader.common_graphs()?;
         let (mask_decoder, memory) = match &manifest.memory {
             None => (loader.sam_decoder()?, None),
-            Some(mem) => {
+            Some(mem) if manifest.contract == CONTRACT_SAM2 => {
                 let (decoder, memory) = loader.sam2_graphs(mem)?;
                 (decoder, Some(memory))
             }
+            Some(mem) => (
+                loader.sam_decoder()?,
+                Some(loader.proxy_memory_graphs(mem)?),
+            ),
         };
         let dims = loader.dims;
         check_fixed_dims(&manifest, &dims, &mpath)?;
@@ -418,9 +442,16 @@ impl Bundle {
         }
     }
 
-    /// True for a contract-2 bundle: its frames are tracked through a memory bank.
+    /// True when the bundle can track a sequence's frames through a memory bank: a
+    /// contract-2 bundle, or a contract-1 bundle with the proxy memory mode.
     pub fn tracks_frames(&self) -> bool {
         self.memory.is_some()
+    }
+
+    /// True for a contract-2 bundle, which tracks every call's frames (a still image is a
+    /// one-frame sequence); a contract-1 bundle tracks only the sequences the pipeline sends.
+    pub fn always_tracks(&self) -> bool {
+        self.manifest.contract == CONTRACT_SAM2
     }
 }
 

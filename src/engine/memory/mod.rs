@@ -8,6 +8,7 @@
 //! the reference, `slots()` there and [`slots`] here agree (tests on both sides). The frame loop
 //! that runs the graphs is [`track`].
 
+pub mod proxy;
 pub mod track;
 
 use std::collections::BTreeMap;
@@ -17,30 +18,39 @@ use serde::Deserialize;
 use super::bundle::Dim;
 use super::infer::Tensor;
 
-/// The `[memory]` table of a contract-2 manifest.
+/// The `[memory]` table of a manifest: SAM 2's bank (contract 2), or the proxy memory mode of
+/// a contract-1 bundle (a small memory attention and memory encoder the project trained on
+/// top of its image encoder; no pointers, no high-resolution features).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct MemorySpec {
-    /// The SAM 2 config the graphs were exported from (e.g. `sam2.1_hiera_t`).
+    /// The SAM 2 config the graphs were exported from (e.g. `sam2.1_hiera_t`); contract 2.
+    #[serde(default)]
     pub config: String,
     /// Channels Dm of a frame memory (64 for every SAM 2 size).
     pub memory_dim: usize,
     /// M: spatial memory slots of memory_attention (SAM 2's `num_maskmem`): the
     /// conditioning frame plus up to M - 1 recent frames; rows of its temporal encoding.
     pub frame_slots: usize,
-    /// P: object-pointer slots (SAM 2's `max_obj_ptrs_in_encoder`).
+    /// P: object-pointer slots (SAM 2's `max_obj_ptrs_in_encoder`); 0 in contract 1.
+    #[serde(default)]
     pub pointer_slots: usize,
     /// Recent frames of spatial memory a frame attends to (1..=M - 1; SAM 2: M - 1).
     pub recent_frames: usize,
-    /// Channels of the two high-resolution feature maps (image encoder -> mask decoder).
-    pub high_res_channels: [usize; 2],
+    /// Channels of the two high-resolution feature maps (image encoder -> mask decoder);
+    /// contract 2.
+    #[serde(default)]
+    pub high_res_channels: Option<[usize; 2]>,
+    /// Grid of one frame memory when it is not the embedding grid (contract 1).
+    #[serde(default)]
+    pub memory_size: Option<[usize; 2]>,
 }
 
 impl MemorySpec {
-    /// The table's numbers are usable.
-    pub fn check(&self) -> Result<(), String> {
-        if self.memory_dim == 0 || self.pointer_slots == 0 || self.frame_slots < 2 {
+    /// The table's numbers are usable for `contract` (2: SAM 2; 1: proxy memory mode).
+    pub fn check(&self, contract: i64) -> Result<(), String> {
+        if self.memory_dim == 0 || self.frame_slots < 2 {
             return Err(format!(
-                "[memory] needs memory_dim > 0, pointer_slots > 0 and frame_slots >= 2: {self:?}"
+                "[memory] needs memory_dim > 0 and frame_slots >= 2: {self:?}"
             ));
         }
         if !(1..self.frame_slots).contains(&self.recent_frames) {
@@ -50,7 +60,22 @@ impl MemorySpec {
                 self.frame_slots - 1
             ));
         }
-        Ok(())
+        let sam2 = contract == super::bundle::CONTRACT_SAM2;
+        match (sam2, self.pointer_slots, self.high_res_channels, self.memory_size) {
+            (true, 1.., Some(_), None) => Ok(()),
+            (true, ..) => Err(format!(
+                "contract 2's [memory] needs pointer_slots > 0 and high_res_channels, and no memory_size: {self:?}"
+            )),
+            (false, 0, None, Some([h, w])) if h > 0 && w > 0 => Ok(()),
+            (false, ..) => Err(format!(
+                "contract 1's [memory] (the proxy memory mode) needs memory_size, and no pointer_slots or high_res_channels: {self:?}"
+            )),
+        }
+    }
+
+    /// The grid of one frame memory: `memory_size`, else the embedding grid `embed`.
+    pub fn grid(&self, embed: [usize; 2]) -> [usize; 2] {
+        self.memory_size.unwrap_or(embed)
     }
 }
 
@@ -68,7 +93,7 @@ pub(crate) struct Signatures {
 pub(crate) fn signatures(m: &MemorySpec, c: usize, t: usize, hw: [usize; 2]) -> Signatures {
     use Dim::{Is, Var};
     let [h, w] = hw;
-    let [c0, c1] = m.high_res_channels;
+    let [c0, c1] = m.high_res_channels.unwrap_or_default();
     let (dm, ms, ps) = (m.memory_dim, m.frame_slots, m.pointer_slots);
     let embed = vec![Is(1), Is(c), Is(h), Is(w)];
     let logits = vec![Var("K"), Is(1), Is(4 * h), Is(4 * w)];
@@ -165,8 +190,8 @@ pub fn slots(t: usize, num_frames: usize, recent: usize, spec: &MemorySpec) -> S
 struct Entry {
     /// `[K, Dm, h, w]`; dropped once no later frame can attend to it.
     memory: Option<Tensor>,
-    /// `[K, C]`.
-    obj_ptr: Tensor,
+    /// `[K, C]` (SAM 2; none in the proxy memory mode).
+    obj_ptr: Option<Tensor>,
 }
 
 /// The memory bank of one sequence and object set. Bounded: the conditioning frame, the
@@ -226,12 +251,13 @@ impl MemoryBank {
             + self
                 .entries
                 .values()
-                .map(|e| e.memory.as_ref().map_or(0, t) + t(&e.obj_ptr))
+                .map(|e| e.memory.as_ref().map_or(0, t) + e.obj_ptr.as_ref().map_or(0, t))
                 .sum::<usize>()
     }
 
-    /// The most bytes a full bank holds for `k` objects: M frame memories, P pointers and
-    /// the prompt of `prompt_tokens` x `embed_dim` ([`MemoryBank::bytes`] never exceeds it).
+    /// The most bytes a full bank holds for `k` objects: M frame memories (on the spec's
+    /// [`MemorySpec::grid`] of the embedding grid `hw`), P pointers and the prompt of
+    /// `prompt_tokens` x `embed_dim` ([`MemoryBank::bytes`] never exceeds it).
     pub fn max_bytes(
         spec: &MemorySpec,
         k: usize,
@@ -239,8 +265,9 @@ impl MemoryBank {
         hw: [usize; 2],
         prompt_tokens: usize,
     ) -> usize {
+        let [h, w] = spec.grid(hw);
         4 * k
-            * (spec.frame_slots * spec.memory_dim * hw[0] * hw[1]
+            * (spec.frame_slots * spec.memory_dim * h * w
                 + (spec.pointer_slots + prompt_tokens) * embed_dim)
     }
 
@@ -278,8 +305,8 @@ impl MemoryBank {
         let mut ptr_pos = vec![0f32; ps];
         let mut ptr_valid = vec![0f32; ps];
         for (i, (f, pos)) in sl.pointers.iter().enumerate().take(ps) {
-            if let Some(e) = self.entries.get(f) {
-                fill_slot(&mut obj_ptrs, &e.obj_ptr.data, k, ps, i, c);
+            if let Some(p) = self.entries.get(f).and_then(|e| e.obj_ptr.as_ref()) {
+                fill_slot(&mut obj_ptrs, &p.data, k, ps, i, c);
                 ptr_pos[i] = *pos;
                 ptr_valid[i] = 1.0;
             }
@@ -310,7 +337,7 @@ impl MemoryBank {
     }
 
     /// Stores the frame just segmented and drops what no later frame can attend to.
-    pub fn push(&mut self, prompt: Option<Tensor>, memory: Tensor, obj_ptr: Tensor) {
+    pub fn push(&mut self, prompt: Option<Tensor>, memory: Tensor, obj_ptr: Option<Tensor>) {
         if self.next == 0 {
             self.prompt = prompt;
         }
@@ -329,7 +356,8 @@ impl MemoryBank {
         let keep_ptr = self
             .next
             .saturating_sub(self.spec.pointer_slots.saturating_sub(1));
-        self.entries.retain(|&f, _| f == 0 || f >= keep_ptr);
+        let keep = keep_ptr.min(keep_mem);
+        self.entries.retain(|&f, _| f == 0 || f >= keep);
         for (&f, e) in self.entries.iter_mut() {
             if f != 0 && f < keep_mem {
                 e.memory = None;
@@ -375,7 +403,8 @@ mod tests {
             frame_slots: 7,
             pointer_slots: 16,
             recent_frames: 6,
-            high_res_channels: [32, 64],
+            high_res_channels: Some([32, 64]),
+            memory_size: None,
         }
     }
 
@@ -431,7 +460,7 @@ mod tests {
             bank.push(
                 (t == 0).then(|| tensor(vec![1, 3, 4], 1.0)),
                 tensor(vec![1, 2, 2, 2], t as f32),
-                tensor(vec![1, 4], t as f32),
+                Some(tensor(vec![1, 4], t as f32)),
             );
             most = most.max(bank.bytes());
         }
@@ -450,7 +479,7 @@ mod tests {
             bank.push(
                 (t == 0).then(|| tensor(vec![2, 3, 4], 1.0)),
                 tensor(vec![2, 2, 1, 1], t as f32 + 1.0),
-                tensor(vec![2, 4], 10.0 * (t as f32 + 1.0)),
+                Some(tensor(vec![2, 4], 10.0 * (t as f32 + 1.0))),
             );
         }
         // frame 4 attends to frame 0 (row 6), frames 2 and 3 (rows 1, 0)
@@ -464,5 +493,36 @@ mod tests {
         // pointers: frame 0 at 4/4, then frames 3, 2, 1
         assert_eq!(&a.ptr_pos.data[..4], &[1.0, 0.25, 0.5, 0.75]);
         assert_eq!(a.obj_ptrs.data[4], 40.0);
+    }
+
+    #[test]
+    fn the_proxy_mode_bank_keeps_its_recent_memories_without_pointers() {
+        let s = MemorySpec {
+            config: String::new(),
+            memory_dim: 2,
+            frame_slots: 4,
+            pointer_slots: 0,
+            recent_frames: 3,
+            high_res_channels: None,
+            memory_size: Some([1, 1]),
+        };
+        assert_eq!(s.check(1), Ok(()));
+        assert!(s.check(2).is_err());
+        assert!(spec().check(1).is_err());
+        let mut bank = MemoryBank::new(&s, 100, None);
+        let mut most = 0;
+        for t in 0..100 {
+            let a = bank.attention_inputs(1, 4, s.grid([8, 8]));
+            let want = if t == 0 { 0 } else { 1 + (t - 1).min(3) };
+            let used = a.frame_valid.data.iter().filter(|&&v| v == 1.0).count();
+            assert_eq!(used, want, "frame {t}");
+            assert!(a.obj_ptrs.data.is_empty());
+            bank.push(None, tensor(vec![1, 2, 1, 1], t as f32), None);
+            most = most.max(bank.bytes());
+        }
+        // frame 0 and the last 3 frames: 4 memories of 2 values
+        assert_eq!(bank.held_frames(), 4);
+        assert_eq!(most, 4 * 2 * 4);
+        assert_eq!(MemoryBank::max_bytes(&s, 1, 4, [8, 8], 0), most);
     }
 }

@@ -155,7 +155,7 @@ pub fn track_frame(
     .remove(0);
     timings.mask_decoder += t2.elapsed();
     let new_prompt = bank.is_empty().then(|| prompt.clone());
-    bank.push(new_prompt, memory, obj_ptr);
+    bank.push(new_prompt, memory, Some(obj_ptr));
     Ok(Step {
         embeddings: enc.embeddings,
         mask_logits,
@@ -164,8 +164,9 @@ pub fn track_frame(
     })
 }
 
-/// Segments the next frames of a sequence, in order, through the bank: the contract-2
-/// counterpart of [`crate::engine::infer::segment_frames`] (no resolution views).
+/// Segments the next frames of a sequence, in order, through the bank: the tracked
+/// counterpart of [`crate::engine::infer::segment_frames`] (no resolution views), through
+/// SAM 2's frame loop (contract 2) or the proxy memory mode (contract 1, [`super::proxy`]).
 pub fn segment_tracked(
     bundle: &Bundle,
     ctx: &SupportContext,
@@ -186,7 +187,14 @@ pub fn segment_tracked(
         };
         timings.preprocess += t0.elapsed();
         let first = bank.is_empty();
-        let step = track_frame(bundle, ctx, bank, &image, timings)?;
+        let (step, prompt) = if bundle.always_tracks() {
+            let step = track_frame(bundle, ctx, bank, &image, timings)?;
+            let prompt = first.then(|| bank.prompt().cloned()).flatten();
+            (step, prompt)
+        } else {
+            let (step, prompt) = super::proxy::track_frame(bundle, ctx, bank, &image, timings)?;
+            (step, Some(prompt))
+        };
         let t1 = Instant::now();
         let logits: Vec<Vec<f32>> = (0..ctx.objects)
             .map(|j| object_logits(bundle, &step.mask_logits, j, &g))
@@ -199,11 +207,7 @@ pub fn segment_tracked(
             FrameTensors {
                 image,
                 image_embeddings: step.embeddings,
-                prompt_tokens: if first {
-                    bank.prompt().cloned().unwrap_or_else(empty)
-                } else {
-                    empty()
-                },
+                prompt_tokens: prompt.unwrap_or_else(empty),
                 low_res_logits: step.mask_logits,
                 logits: full.clone(),
                 final_logits: full,
