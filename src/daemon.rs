@@ -209,6 +209,7 @@ async fn seed_catalog(cfg: &Config, db: &Db) -> Arc<dyn crate::pipeline::catalog
         cfg.storage.data_dir.clone(),
         crate::routing::Synonyms::of(cfg),
         cfg.engine.default_bundle.clone(),
+        cfg.pipeline.sequence_mode,
     ))
 }
 

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 pub mod routing;
+pub mod sequence_mode;
 pub mod sop;
 pub mod store;
 pub mod support_folder;

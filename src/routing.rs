@@ -45,6 +45,9 @@ pub struct Rule {
     pub skip_localizers: bool,
     /// Free text.
     pub description: String,
+    /// How a matched study's sequences are segmented (None: the support set's, else the
+    /// config's; see [`crate::sequence_mode::choose`]).
+    pub sequence_mode: Option<crate::config::SequenceMode>,
     /// Creation time.
     pub created_at: f64,
     /// Last change.

@@ -7,6 +7,7 @@
 //! name = "fundus-demo"
 //! description = "optic disc and cup"
 //! bundle = "phantom-tiny"                     # empty or absent: [engine] default_bundle
+//! sequence_mode = "per-frame"                 # auto | memory | per-frame; absent: inherit
 //! [match]
 //! modality = "OP"
 //! body_part = "EYE"
@@ -44,6 +45,10 @@ pub struct SupportSetSpec {
     /// the folder's content when absent); Import ignores it (the store numbers versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<toml::Value>,
+    /// How sequences are segmented with the set (`auto`, `memory`, `per-frame`); absent:
+    /// inherit `pipeline.sequence_mode` (a routing rule's own mode wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_mode: Option<crate::config::SequenceMode>,
     /// `[match]`: the routing rule a bundled folder is seeded with.
     #[serde(default, rename = "match")]
     pub match_: MatchSpec,
@@ -260,6 +265,16 @@ mod tests {
         assert!(s.pairs[1].mask.is_none() && s.pairs[1].masks.is_some());
         let none: SupportSetSpec = toml::from_str("name = \"y\"\nbundle = \"  \"\n").unwrap();
         assert_eq!(none.bundle(), None);
+        assert_eq!(s.sequence_mode, None, "absent: inherit");
+        let per_frame: SupportSetSpec =
+            toml::from_str("name = \"z\"\nsequence_mode = \"per-frame\"\n").unwrap();
+        assert_eq!(
+            per_frame.sequence_mode,
+            Some(crate::config::SequenceMode::PerFrame)
+        );
+        let bad = toml::from_str::<SupportSetSpec>("name = \"z\"\nsequence_mode = \"often\"\n");
+        let e = bad.unwrap_err().to_string();
+        assert!(e.contains("per-frame"), "the allowed values are named: {e}");
 
         let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
         let found = bundled(&models);

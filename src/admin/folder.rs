@@ -257,6 +257,7 @@ fn load_folder(
         bundle: t.bundle_or_default(&spec.bundle),
         modality: spec.match_.modality.trim().to_uppercase(),
         body_part: spec.match_.body_part.trim().to_uppercase(),
+        sequence_mode: spec.sequence_mode,
     };
     Ok(Loaded {
         name,
@@ -509,6 +510,7 @@ fn write_folder(
         description: info.meta.description.clone(),
         bundle: info.meta.bundle.clone(),
         version: Some(toml::Value::Integer(info.version as i64)),
+        sequence_mode: info.meta.sequence_mode,
         match_: MatchSpec {
             modality: info.meta.modality.clone(),
             body_part: info.meta.body_part.clone(),

@@ -36,7 +36,7 @@ impl Svc {
 
 const JOB_COLUMNS: &str = "id, study_uid, state, calling_ae, instance_count, created_at,
     updated_at, attempts, error, rule_id, support_set, support_set_version, bundle,
-    destination_ae";
+    destination_ae, sequence_mode, sequence_mode_from";
 
 fn job_from_row(r: &Row) -> rusqlite::Result<pb::Job> {
     Ok(pb::Job {
@@ -55,6 +55,8 @@ fn job_from_row(r: &Row) -> rusqlite::Result<pb::Job> {
         bundle: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
         destination_ae: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
         events: Vec::new(),
+        sequence_mode: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+        sequence_mode_from: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
     })
 }
 

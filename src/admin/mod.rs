@@ -138,6 +138,25 @@ impl From<crate::store::support::SupportError> for Status {
     }
 }
 
+impl From<crate::sequence_mode::UnknownModeSetting> for Status {
+    fn from(e: crate::sequence_mode::UnknownModeSetting) -> Status {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+/// A `sequence_mode` field of a request: unset is `inherit`, a name is parsed; anything else
+/// is INVALID_ARGUMENT naming the allowed values.
+pub(crate) fn mode_setting(
+    field: Option<&str>,
+) -> Result<crate::sequence_mode::ModeSetting, Status> {
+    Ok(field.map(str::parse).transpose()?.unwrap_or_default())
+}
+
+/// A stored mode as the API shows it: unset when it inherits.
+pub(crate) fn mode_to_pb(mode: Option<crate::config::SequenceMode>) -> Option<String> {
+    mode.map(|m| m.as_str().to_string())
+}
+
 impl From<crate::store::rules::RuleError> for Status {
     fn from(e: crate::store::rules::RuleError) -> Status {
         use crate::store::rules::RuleError as E;

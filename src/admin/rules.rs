@@ -3,9 +3,11 @@
 use crate::admin::auth::{require, Access};
 use crate::admin::pb;
 use crate::admin::server::State;
-use crate::admin::{change, masks, read, timestamp};
+use crate::admin::{change, masks, mode_setting, mode_to_pb, read, timestamp};
+use crate::sequence_mode;
 use crate::store::db;
 use crate::store::rules::{self, Rule, RuleError, StudyHeader};
+use crate::store::support;
 use dicom_dictionary_std::tags;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -23,9 +25,9 @@ impl Svc {
     }
 }
 
-/// A rule from the API.
-pub fn rule_from_pb(r: pb::Rule) -> Rule {
-    Rule {
+/// A rule from the API; an unknown `sequence_mode` is INVALID_ARGUMENT.
+pub fn rule_from_pb(r: pb::Rule) -> Result<Rule, Status> {
+    Ok(Rule {
         id: r.id,
         priority: r.priority,
         modality: r.modality,
@@ -39,9 +41,10 @@ pub fn rule_from_pb(r: pb::Rule) -> Rule {
         enabled: !r.disabled,
         skip_localizers: !r.include_localizers,
         description: r.description,
+        sequence_mode: mode_setting(r.sequence_mode.as_deref())?.0,
         created_at: 0.0,
         updated_at: 0.0,
-    }
+    })
 }
 
 /// A rule as the API shows it.
@@ -62,6 +65,7 @@ pub fn rule_to_pb(r: &Rule) -> pb::Rule {
         description: r.description.clone(),
         created_at: Some(timestamp(r.created_at)),
         updated_at: Some(timestamp(r.updated_at)),
+        sequence_mode: mode_to_pb(r.sequence_mode),
     }
 }
 
@@ -121,7 +125,7 @@ impl pb::rules_server::Rules for Svc {
             req.into_inner()
                 .rule
                 .ok_or_else(|| Status::invalid_argument("rule is missing"))?,
-        );
+        )?;
         let now = db::now();
         let id = change(&self.st.db, move |c| {
             rules::create(c, &rule, &who.name, now)
@@ -151,7 +155,7 @@ impl pb::rules_server::Rules for Svc {
             req.into_inner()
                 .rule
                 .ok_or_else(|| Status::invalid_argument("rule is missing"))?,
-        );
+        )?;
         let id = rule.id;
         let now = db::now();
         change(&self.st.db, move |c| {
@@ -216,19 +220,24 @@ impl pb::rules_server::Rules for Svc {
             set.rules()
                 .any(|r| r.id == id && r.destination_ae.trim().is_empty())
         });
-        let version = match &d.support_set {
+        let (version, set_mode) = match &d.support_set {
             Some(name) => read(&self.st.db, |c| {
                 Ok::<_, RuleError>(
-                    c.query_row(
-                        "SELECT version FROM support_sets WHERE name = ?1",
-                        [name],
-                        |r| r.get::<_, u32>(0),
-                    )
-                    .unwrap_or(0),
+                    support::get(c, name, None)
+                        .map(|s| (s.version, s.meta.sequence_mode))
+                        .unwrap_or((0, None)),
                 )
             })?,
-            None => 0,
+            None => (0, None),
         };
+        // The mode the pipeline would record for the job (catalog: rule > set > config).
+        let mode = d.rule.map(|id| {
+            let rule_mode = set
+                .rules()
+                .find(|r| r.id == id)
+                .and_then(|r| r.sequence_mode);
+            sequence_mode::choose(rule_mode, set_mode, self.st.sequence_mode)
+        });
         crate::admin::audit_read(
             &self.st.db,
             &who.name,
@@ -264,6 +273,8 @@ impl pb::rules_server::Rules for Svc {
             header: Some(header_to_pb(&header)),
             stable_age_s: d.stable_age_s,
             to_sender,
+            sequence_mode: mode.map(|m| m.mode.to_string()).unwrap_or_default(),
+            sequence_mode_from: mode.map(|m| m.from.to_string()).unwrap_or_default(),
         }))
     }
 }

@@ -208,8 +208,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(counts(&t.db), (0, 0));
-        // A newer bundle brings another folder, and a broken one.
+        // A newer bundle brings another folder (asking for per-frame), and a broken one.
         bundled(&models, "us-intrapartum-ps-fh");
+        let toml = models.join("phantom-tiny/support-sets/us-intrapartum-ps-fh/supportset.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(&toml, format!("sequence_mode = \"per-frame\"\n{text}")).unwrap();
         let broken = models.join("phantom-tiny/support-sets/broken");
         std::fs::create_dir_all(&broken).unwrap();
         std::fs::write(broken.join("supportset.toml"), "name = 1\n").unwrap();
@@ -218,5 +221,14 @@ mod tests {
         assert_eq!(later.kept, vec!["mr-prostate".to_string()]);
         assert_eq!(later.failed, vec![broken]);
         assert_eq!(counts(&t.db), (1, 1));
+        let set =
+            t.db.read(|c| Ok(crate::store::support::get(c, "us-intrapartum-ps-fh", None)))
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            set.meta.sequence_mode,
+            Some(crate::config::SequenceMode::PerFrame),
+            "supportset.toml's sequence_mode is seeded into the store"
+        );
     }
 }

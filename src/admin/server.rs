@@ -74,6 +74,8 @@ pub struct State {
     pub max_upload_mb: u64,
     /// Body-part synonyms for DryRun.
     pub synonyms: Synonyms,
+    /// `[pipeline] sequence_mode`: what DryRun shows when neither rule nor set names a mode.
+    pub sequence_mode: crate::config::SequenceMode,
     /// The engine, when this daemon has one.
     pub segmenter: Option<Arc<dyn Segmenter>>,
     /// Turns true at shutdown: server streams (Watch) end, so graceful shutdown never waits on
@@ -240,6 +242,7 @@ pub async fn start(
         max_upload,
         max_upload_mb: a.max_upload_mb,
         synonyms: crate::routing::Synonyms::of(&cfg),
+        sequence_mode: cfg.pipeline.sequence_mode,
         segmenter,
         stop: stop.clone(),
         metrics,

@@ -106,6 +106,7 @@ pub fn set_to_pb(s: &SetInfo, with_pairs: bool) -> pb::SupportSet {
         bundle: s.meta.bundle.clone(),
         modality: s.meta.modality.clone(),
         body_part: s.meta.body_part.clone(),
+        sequence_mode: crate::admin::mode_to_pb(s.meta.sequence_mode),
         objects: s
             .objects
             .iter()
@@ -377,6 +378,7 @@ impl pb::support_sets_server::SupportSets for Svc {
             bundle: self.st.installed_bundle(&r.bundle)?,
             modality: r.modality.trim().to_uppercase(),
             body_part: r.body_part.trim().to_uppercase(),
+            sequence_mode: crate::admin::mode_setting(r.sequence_mode.as_deref())?.0,
         };
         let name = r.name.trim().to_string();
         let n2 = name.clone();
@@ -431,6 +433,11 @@ impl pb::support_sets_server::SupportSets for Svc {
             bundle: r.bundle.map(|s| self.st.installed_bundle(&s)).transpose()?,
             modality: r.modality.map(|s| s.trim().to_uppercase()),
             body_part: r.body_part.map(|s| s.trim().to_uppercase()),
+            sequence_mode: r
+                .sequence_mode
+                .as_deref()
+                .map(|m| crate::admin::mode_setting(Some(m)).map(|s| s.0))
+                .transpose()?,
             objects: if r.replace_objects {
                 Some(objects_from_pb(&r.objects)?)
             } else {

@@ -26,7 +26,7 @@ pub use delivery::{DeliveryConfig, SegConfig};
 pub use dicom::{check_ae_title, AeTitleError, DicomConfig, PeerConfig, TlsConfig, TlsNameError};
 pub use engine::{check_bundle_name, BundleNameError, EngineConfig, DEFAULT_BUNDLE};
 pub use observability::{LogConfig, MetricsConfig};
-pub use pipeline::{PipelineConfig, SequenceMode};
+pub use pipeline::{PipelineConfig, SequenceMode, UnknownSequenceMode};
 pub use storage::{RetentionConfig, StorageConfig, MAX_RETENTION_HOURS};
 
 /// The whole daemon configuration, one struct per TOML table.

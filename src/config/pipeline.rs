@@ -1,7 +1,7 @@
 //! `[pipeline]`: study assembly, job attempts, memory budgets, the loop guard and how
 //! sequences are segmented ([`SequenceMode`]).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[pipeline]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,8 +52,9 @@ pub struct PipelineConfig {
     pub memory_frames: Option<usize>,
 }
 
-/// `pipeline.sequence_mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// How a series is segmented by a bundle that tracks frames: `pipeline.sequence_mode`, and the
+/// optional override of a support set or a routing rule (`crate::sequence_mode` chooses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SequenceMode {
     /// Memory for multi-frame ultrasound and for volumes, frame by frame otherwise.
@@ -63,6 +64,47 @@ pub enum SequenceMode {
     Memory,
     /// Every frame on its own.
     PerFrame,
+}
+
+impl SequenceMode {
+    /// Every mode, in the order messages list them.
+    pub const ALL: [SequenceMode; 3] = [
+        SequenceMode::Auto,
+        SequenceMode::Memory,
+        SequenceMode::PerFrame,
+    ];
+
+    /// The name in TOML, the store, the API and the CLI: `auto`, `memory`, `per-frame`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SequenceMode::Auto => "auto",
+            SequenceMode::Memory => "memory",
+            SequenceMode::PerFrame => "per-frame",
+        }
+    }
+}
+
+impl std::fmt::Display for SequenceMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A sequence mode name that is none of `auto`, `memory`, `per-frame`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sequence_mode {0:?} is not one of auto, memory, per-frame")]
+pub struct UnknownSequenceMode(pub String);
+
+impl std::str::FromStr for SequenceMode {
+    type Err = UnknownSequenceMode;
+
+    /// Parses a name as [`SequenceMode::as_str`] writes it (surrounding blanks ignored).
+    fn from_str(s: &str) -> Result<SequenceMode, UnknownSequenceMode> {
+        SequenceMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s.trim())
+            .ok_or_else(|| UnknownSequenceMode(s.to_string()))
+    }
 }
 
 impl PipelineConfig {

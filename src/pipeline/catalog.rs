@@ -9,9 +9,11 @@
 //! [`Catalog::load`] returns exactly that snapshot later, however the set changed in between.
 //! [`Catalog`] is the seam the worker uses (and tests may fake).
 
+use crate::config::SequenceMode;
 use crate::dicom::seg::SegmentDescription;
 use crate::engine::{EngineError, SupportSet};
 use crate::routing::{self, StudyHeader, Synonyms};
+use crate::sequence_mode::{self, ChosenMode};
 use crate::store::support::{self, ObjectDef, SupportError};
 use crate::store::{rules, Db, DbError};
 use std::path::PathBuf;
@@ -88,6 +90,8 @@ pub enum Route {
         series: Vec<String>,
         /// Skip series whose Image Type says LOCALIZER.
         skip_localizers: bool,
+        /// The sequence mode: the rule's, the set's or the config's.
+        sequence_mode: ChosenMode,
         /// Why (for the job history).
         reason: String,
     },
@@ -158,23 +162,27 @@ pub struct StoreCatalog {
     data_dir: PathBuf,
     synonyms: Synonyms,
     default_bundle: String,
+    sequence_mode: SequenceMode,
 }
 
 impl StoreCatalog {
     /// A catalog on the index and the data dir that holds `support/`; body parts match through
     /// `synonyms` (`Config::body_part_synonyms`); a stored set that names no bundle (recorded
-    /// before sets got `[engine] default_bundle` at creation) runs on `default_bundle`.
+    /// before sets got `[engine] default_bundle` at creation) runs on `default_bundle`; a job
+    /// whose rule and set name no sequence mode gets `sequence_mode` (`pipeline.sequence_mode`).
     pub fn new(
         db: Db,
         data_dir: PathBuf,
         synonyms: Synonyms,
         default_bundle: String,
+        sequence_mode: SequenceMode,
     ) -> StoreCatalog {
         StoreCatalog {
             db,
             data_dir,
             synonyms,
             default_bundle,
+            sequence_mode,
         }
     }
 }
@@ -220,6 +228,11 @@ impl Catalog for StoreCatalog {
             destination_ae: (!rule.destination_ae.is_empty()).then(|| rule.destination_ae.clone()),
             series,
             skip_localizers: rule.skip_localizers,
+            sequence_mode: sequence_mode::choose(
+                rule.sequence_mode,
+                info.meta.sequence_mode,
+                self.sequence_mode,
+            ),
             reason: d.reason,
         })
     }
@@ -316,6 +329,7 @@ mod tests {
             dir.path().to_path_buf(),
             Synonyms::default(),
             "my-default".into(),
+            SequenceMode::Auto,
         );
         match c.route(&study("pelvis_prostate")).unwrap() {
             Route::Matched {
@@ -325,9 +339,15 @@ mod tests {
                 bundle,
                 destination_ae,
                 series,
+                sequence_mode,
                 ..
             } => {
                 assert_eq!((id, support_set.as_str()), (rule_id, "s"));
+                assert_eq!(
+                    sequence_mode,
+                    sequence_mode::choose(None, None, SequenceMode::Auto),
+                    "neither the rule nor the set names a mode"
+                );
                 assert_eq!((version.as_str(), bundle.as_str()), ("v2", "my-default"));
                 assert_eq!(
                     (destination_ae, series),
@@ -340,6 +360,35 @@ mod tests {
             c.route(&study("CHEST")).unwrap(),
             Route::Unmatched { .. }
         ));
+        // The set's own mode wins over the config's, the rule's over both (as stored).
+        let mode = |r: Route| match r {
+            Route::Matched { sequence_mode, .. } => sequence_mode,
+            other => panic!("{other:?}"),
+        };
+        c.db.write_typed(|conn| {
+            let up = support::SetUpdate {
+                sequence_mode: Some(Some(SequenceMode::Memory)),
+                ..Default::default()
+            };
+            support::update(conn, "s", &up, "t", 2.0)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            mode(c.route(&study("pelvis_prostate")).unwrap()).to_string(),
+            "memory (from support set)"
+        );
+        c.db.write_typed(move |conn| {
+            let mut r = rules::get(conn, rule_id)?;
+            r.sequence_mode = Some(SequenceMode::PerFrame);
+            rules::update(conn, &r, "t", 3.0)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            mode(c.route(&study("pelvis_prostate")).unwrap()).to_string(),
+            "per-frame (from rule)"
+        );
         let e = c.route(&study("KNEE")).unwrap_err();
         assert!(
             matches!(&e, CatalogError::NoPairs(n) if n == "empty"),

@@ -4,7 +4,8 @@
 //! frame attending to the ones before it. The order is the acquisition's: a multi-frame
 //! instance (a cine loop) in frame order, on its own; the single-frame instances of a series
 //! (a volume) together, sorted by their position along the slice normal (Image Position and
-//! Orientation (Patient)), never by Instance Number. `pipeline.sequence_mode` chooses:
+//! Orientation (Patient)), never by Instance Number. The job's mode chooses (its routing
+//! rule's, else its support set's, else `pipeline.sequence_mode`: `crate::sequence_mode`):
 //! `auto` tracks multi-frame ultrasound and volumes and segments everything else frame by
 //! frame; `memory` tracks every series; `per-frame` never tracks. Bad geometry fails the job
 //! with the reason instead of tracking slices in a wrong order.
@@ -121,7 +122,7 @@ fn volume_sequences(infos: &[SliceInfo], single: &[usize]) -> Result<Vec<Sequenc
         .collect();
     if !missing.is_empty() {
         return Err(format!(
-            "memory mode: {} of {} slices lack Image Position/Orientation (Patient), so the slice order is unknown (set pipeline.sequence_mode = \"per-frame\" to segment them one by one)",
+            "memory mode: {} of {} slices lack Image Position/Orientation (Patient), so the slice order is unknown (set sequence_mode = \"per-frame\" on the rule, on the support set or in [pipeline] to segment them one by one)",
             missing.len(),
             single.len()
         ));
@@ -142,7 +143,7 @@ fn volume_sequences(infos: &[SliceInfo], single: &[usize]) -> Result<Vec<Sequenc
     keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
     if let Some(w) = keyed.windows(2).find(|w| (w[1].0 - w[0].0).abs() < 1e-3) {
         return Err(format!(
-            "memory mode: two slices at the same position along the normal ({:.3} mm): the volume has duplicated slices, so the slice order is ambiguous (set pipeline.sequence_mode = \"per-frame\" to segment them one by one)",
+            "memory mode: two slices at the same position along the normal ({:.3} mm): the volume has duplicated slices, so the slice order is ambiguous (set sequence_mode = \"per-frame\" on the rule, on the support set or in [pipeline] to segment them one by one)",
             w[0].0
         ));
     }

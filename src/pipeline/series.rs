@@ -9,7 +9,7 @@ use dicom_dictionary_std::tags;
 use tokio::sync::mpsc;
 
 use super::catalog::LoadedSupportSet;
-use super::sequence::{self, Plan, SliceInfo};
+use super::sequence::{self, Plan, SequenceMode, SliceInfo};
 use super::worker::{fail, JobFailure, JobRow, Pipeline};
 use crate::dicom::pixels::{self, ImageSize};
 use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
@@ -23,6 +23,16 @@ struct Source {
     header: dicom_object::DefaultDicomObject,
 }
 
+/// The SEG written for one series, and how the series was segmented.
+pub(super) struct SeriesSeg {
+    /// The SEG file in the job's results folder.
+    pub(super) path: PathBuf,
+    /// Its SOP Instance UID.
+    pub(super) sop_uid: String,
+    /// True when a memory bank tracked its sequences, false when every frame was on its own.
+    pub(super) tracked: bool,
+}
+
 /// Segments one series and writes its SEG; None when every instance was skipped.
 pub(super) async fn segment_series(
     p: &Pipeline,
@@ -32,7 +42,7 @@ pub(super) async fn segment_series(
     id: i64,
     series_uid: &str,
     out_dir: &std::path::Path,
-) -> Result<Option<(PathBuf, String)>, JobFailure> {
+) -> Result<Option<SeriesSeg>, JobFailure> {
     let sources = read_sources(p, job, series_uid).await?;
     if sources.is_empty() {
         return Ok(None);
@@ -40,9 +50,10 @@ pub(super) async fn segment_series(
     let chunk = p.cfg.pipeline.chunk_frames.max(1);
     let bundle = engine.bundle(&job.bundle).ok();
     let tracks = bundle.as_ref().is_some_and(|b| b.tracks_frames());
-    let groups = sequence_groups(p, &sources, series_uid, tracks)?;
+    let groups = sequence_groups(job, &sources, series_uid, tracks)?;
+    let tracked = groups.iter().any(|g| g.1.is_some());
     // a tracked sequence also holds its memory bank while it runs (one at a time)
-    let bank = match (&bundle, groups.iter().any(|g| g.1.is_some())) {
+    let bank = match (&bundle, tracked) {
         (Some(b), true) => b.manifest.memory.as_ref().map_or(0, |spec| {
             let m = &b.manifest;
             MemoryBank::max_bytes(
@@ -84,13 +95,17 @@ pub(super) async fn segment_series(
         }
     }
     let t0 = Instant::now();
-    let written = write_series_seg(p, job, set, id, series_uid, out_dir, &sources, &masks)?;
+    let (path, sop_uid) = write_series_seg(p, job, set, id, series_uid, out_dir, &sources, &masks)?;
     p.metrics.observe(
         "proxyseg_stage_seconds",
         &[("stage", "seg_write")],
         t0.elapsed().as_secs_f64(),
     );
-    Ok(Some(written))
+    Ok(Some(SeriesSeg {
+        path,
+        sop_uid,
+        tracked,
+    }))
 }
 
 /// The headers of what this job's peer sent of the series (review H4), localizers left out
@@ -175,22 +190,52 @@ type Group = (Vec<usize>, Option<usize>);
 /// The instances to segment together, in order, each group with its sequence length when a
 /// memory bank tracks it: a bundle that tracks frames (SAM 2) runs each sequence (a cine
 /// loop, a volume in slice order) through one bank; otherwise every frame is on its own
-/// (issue 15, [`sequence::plan`]).
+/// (issue 15, [`sequence::plan`], with the job's mode: its rule's, its set's or the config's).
+/// Either way the log line names the mode, where it came from, and why.
 fn sequence_groups(
-    p: &Pipeline,
+    job: &JobRow,
     sources: &[Source],
     series_uid: &str,
     tracks: bool,
 ) -> Result<Vec<Group>, JobFailure> {
     let infos: Vec<SliceInfo> = sources.iter().map(|s| SliceInfo::of(&s.header)).collect();
     let modality = element_text(&sources[0].header, tags::MODALITY);
-    let plan = sequence::plan(&infos, &modality, p.cfg.pipeline.sequence_mode, tracks)
+    let chosen = job.sequence_mode;
+    let plan = sequence::plan(&infos, &modality, chosen.mode, tracks)
         .map_err(|e| fail(format!("series {series_uid}: {e}")))?;
     Ok(match plan {
-        Plan::PerFrame => vec![((0..sources.len()).collect(), None)],
+        Plan::PerFrame => {
+            let why = match chosen.mode {
+                // Memory asked of a bundle without memory graphs: frame by frame, whichever
+                // level asked (the config's behaviour since issue 15).
+                SequenceMode::Memory if !tracks => {
+                    tracing::warn!(
+                        series = %series_uid,
+                        bundle = %job.bundle,
+                        sequence_mode = %chosen.mode,
+                        sequence_mode_from = %chosen.from,
+                        "sequence_mode memory asked for, but the bundle cannot track frames (contract 1, no memory graphs): segmented frame by frame"
+                    );
+                    "the bundle cannot track frames"
+                }
+                _ if !tracks => "the bundle does not track frames",
+                SequenceMode::PerFrame => "sequence_mode per-frame",
+                _ => "auto: neither multi-frame ultrasound nor a volume",
+            };
+            tracing::info!(
+                series = %series_uid,
+                sequence_mode = %chosen.mode,
+                sequence_mode_from = %chosen.from,
+                why,
+                "series segmented frame by frame"
+            );
+            vec![((0..sources.len()).collect(), None)]
+        }
         Plan::Memory(seqs) => {
             tracing::info!(
                 series = %series_uid,
+                sequence_mode = %chosen.mode,
+                sequence_mode_from = %chosen.from,
                 sequences = seqs.len(),
                 frames = seqs.iter().map(|s| s.frames).sum::<usize>(),
                 "series tracked through the memory bank"

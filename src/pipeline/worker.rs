@@ -20,6 +20,7 @@ use crate::engine::Engine;
 use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::pipeline::catalog::{Catalog, Route, SeriesInfo, StudyInfo};
+use crate::sequence_mode::{self, ChosenMode};
 use crate::store::db::TypedWriteError;
 use crate::store::jobs::{self, JobState};
 use crate::store::peer_studies::{self, PeerStudy};
@@ -295,12 +296,13 @@ async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
             destination_ae,
             series,
             skip_localizers,
+            sequence_mode: mode,
             reason,
         } => {
             let dest = destination_ae.unwrap_or_else(|| calling.clone());
             let series_json = serde_json::to_string(&series).map_err(|e| fail(e.to_string()))?;
             let (r2, s2, v2, b2, d2) = (
-                reason.clone(),
+                format!("{reason}; sequence mode {mode}"),
                 support_set.clone(),
                 version.clone(),
                 bundle.clone(),
@@ -308,15 +310,15 @@ async fn route_job(p: &Pipeline, id: i64) -> Result<bool, JobFailure> {
             );
             write_transition(p, id, JobState::Matched, r2, move |c| {
                 c.execute(
-                    "UPDATE jobs SET rule_id = ?2, support_set = ?3, support_set_version = ?4, bundle = ?5, destination_ae = ?6, series_json = ?7, skip_localizers = ?8 WHERE id = ?1",
-                    params![id, rule_id, s2, v2, b2, d2, series_json, skip_localizers],
+                    "UPDATE jobs SET rule_id = ?2, support_set = ?3, support_set_version = ?4, bundle = ?5, destination_ae = ?6, series_json = ?7, skip_localizers = ?8, sequence_mode = ?9, sequence_mode_from = ?10 WHERE id = ?1",
+                    params![id, rule_id, s2, v2, b2, d2, series_json, skip_localizers, mode.mode, mode.from],
                 )
                 .map(|_| ())
             })
             .await?;
             p.metrics
                 .inc("proxyseg_jobs_total", &[("state", "matched")]);
-            tracing::info!(job = id, study = %study, support_set = %support_set, version = %version, to = %dest, "study matched");
+            tracing::info!(job = id, study = %study, support_set = %support_set, version = %version, to = %dest, sequence_mode = %mode.mode, sequence_mode_from = %mode.from, "study matched");
             Ok(true)
         }
     }
@@ -395,6 +397,9 @@ pub(super) struct JobRow {
     pub(super) destination: String,
     pub(super) series: Vec<String>,
     pub(super) skip_localizers: bool,
+    /// The sequence mode it was routed with (a job routed before modes were recorded: the
+    /// config's).
+    pub(super) sequence_mode: ChosenMode,
 }
 
 async fn process(p: &Pipeline, id: i64) {
@@ -454,7 +459,7 @@ async fn process(p: &Pipeline, id: i64) {
 async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
     let job = p.db.read(|c| {
         c.query_row(
-            "SELECT study_uid, state, support_set, CAST(support_set_version AS TEXT), bundle, destination_ae, series_json, skip_localizers, calling_ae, source_host FROM jobs WHERE id = ?1",
+            "SELECT study_uid, state, support_set, CAST(support_set_version AS TEXT), bundle, destination_ae, series_json, skip_localizers, calling_ae, source_host, sequence_mode, sequence_mode_from FROM jobs WHERE id = ?1",
             [id],
             |r| {
                 let series: Option<String> = r.get(6)?;
@@ -471,6 +476,10 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
                     destination: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
                     series: series.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default(),
                     skip_localizers: r.get(7)?,
+                    sequence_mode: match (r.get(10)?, r.get(11)?) {
+                        (Some(mode), Some(from)) => ChosenMode { mode, from },
+                        _ => sequence_mode::choose(None, None, p.cfg.pipeline.sequence_mode),
+                    },
                 })
             },
         )
@@ -508,16 +517,18 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
     crate::store::private::create_dir_all(&out_dir)
         .map_err(|e| fail(format!("results dir: {e}")))?;
     let mut written = Vec::new();
+    let mut tracked = 0;
     let mut infer_time = Duration::ZERO;
     for series_uid in &job.series {
         let t0 = Instant::now();
-        let Some((path, sop)) =
+        let Some(seg) =
             super::series::segment_series(p, engine, &job, &set, id, series_uid, &out_dir).await?
         else {
             continue;
         };
         infer_time += t0.elapsed();
-        written.push((path, sop));
+        tracked += usize::from(seg.tracked);
+        written.push((seg.path, seg.sop_uid));
     }
     if written.is_empty() {
         return Err(fail(
@@ -526,9 +537,11 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
     }
     if job.state == JobState::Matched.as_str() {
         let detail = format!(
-            "{} series in {:.2} s",
+            "{} series in {:.2} s, sequence mode {}: {tracked} tracked through the memory bank, {} frame by frame",
             written.len(),
-            infer_time.as_secs_f64()
+            infer_time.as_secs_f64(),
+            job.sequence_mode,
+            written.len() - tracked
         );
         write_transition(p, id, JobState::Inferred, detail, |_| Ok(())).await?;
         p.metrics

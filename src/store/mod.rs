@@ -13,6 +13,7 @@ pub mod peer_studies;
 pub mod private;
 pub mod retention;
 pub mod rules;
+mod sequence_mode;
 pub mod spool;
 pub mod support;
 

@@ -110,12 +110,13 @@ fn from_row(r: &Row) -> rusqlite::Result<Rule> {
         description: r.get(12)?,
         created_at: r.get(13)?,
         updated_at: r.get(14)?,
+        sequence_mode: r.get(15)?,
     })
 }
 
 const COLUMNS: &str = "id, priority, modality, body_part, sop_class_uid, series_description_regex,
     calling_ae, support_set, destination_ae, stable_age_s, enabled, skip_localizers, description,
-    created_at, updated_at";
+    created_at, updated_at, sequence_mode";
 
 /// Every rule in routing order.
 pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Rule>> {
@@ -172,8 +173,8 @@ pub fn create(conn: &Connection, rule: &Rule, who: &str, now: f64) -> Result<i64
     conn.execute(
         "INSERT INTO rules (priority, modality, body_part, sop_class_uid, series_description_regex,
          calling_ae, support_set, destination_ae, stable_age_s, enabled, skip_localizers,
-         description, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+         description, created_at, updated_at, sequence_mode)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14)",
         params![
             rule.priority,
             rule.modality.trim(),
@@ -187,7 +188,8 @@ pub fn create(conn: &Connection, rule: &Rule, who: &str, now: f64) -> Result<i64
             rule.enabled,
             rule.skip_localizers,
             rule.description,
-            now
+            now,
+            rule.sequence_mode
         ],
     )?;
     let id = conn.last_insert_rowid();
@@ -196,22 +198,34 @@ pub fn create(conn: &Connection, rule: &Rule, who: &str, now: f64) -> Result<i64
         who,
         "rule.create",
         &format!("rule:{id}"),
-        &format!("-> support set {}", rule.support_set.trim()),
+        &format!(
+            "-> support set {}{}",
+            rule.support_set.trim(),
+            mode_note(rule)
+        ),
         now,
     )?;
     Ok(id)
 }
 
-/// Replaces every field of rule `rule.id` and audits it.
+/// What the audit row says of a rule's sequence mode: nothing when it inherits.
+fn mode_note(rule: &Rule) -> String {
+    rule.sequence_mode
+        .map(|m| format!(", sequence_mode {m}"))
+        .unwrap_or_default()
+}
+
+/// Replaces every field of rule `rule.id` and audits it (a changed sequence mode is named,
+/// old -> new).
 pub fn update(conn: &Connection, rule: &Rule, who: &str, now: f64) -> Result<(), RuleError> {
-    get(conn, rule.id)?;
+    let before = get(conn, rule.id)?;
     let rule = &normalized(rule);
     check(rule, set_exists(conn, &rule.support_set)?)?;
     conn.execute(
         "UPDATE rules SET priority = ?2, modality = ?3, body_part = ?4, sop_class_uid = ?5,
          series_description_regex = ?6, calling_ae = ?7, support_set = ?8, destination_ae = ?9,
          stable_age_s = ?10, enabled = ?11, skip_localizers = ?12, description = ?13,
-         updated_at = ?14 WHERE id = ?1",
+         updated_at = ?14, sequence_mode = ?15 WHERE id = ?1",
         params![
             rule.id,
             rule.priority,
@@ -226,15 +240,28 @@ pub fn update(conn: &Connection, rule: &Rule, who: &str, now: f64) -> Result<(),
             rule.enabled,
             rule.skip_localizers,
             rule.description,
-            now
+            now,
+            rule.sequence_mode
         ],
     )?;
+    let mode = if before.sequence_mode == rule.sequence_mode {
+        String::new()
+    } else {
+        let name = |m: Option<crate::config::SequenceMode>| {
+            crate::sequence_mode::ModeSetting(m).to_string()
+        };
+        format!(
+            ", sequence_mode {} -> {}",
+            name(before.sequence_mode),
+            name(rule.sequence_mode)
+        )
+    };
     audit::record(
         conn,
         who,
         "rule.update",
         &format!("rule:{}", rule.id),
-        &format!("-> support set {}", rule.support_set.trim()),
+        &format!("-> support set {}{mode}", rule.support_set.trim()),
         now,
     )?;
     Ok(())

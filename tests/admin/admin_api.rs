@@ -51,6 +51,7 @@ async fn full_curation_round_through_tonic() {
             modality: "ct".into(),
             body_part: "head".into(),
             objects: vec![object("brain"), object("skull")],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -14,3 +14,4 @@ mod admin_tls;
 mod cli;
 mod demo;
 mod segment_cli;
+mod sequence_mode;

@@ -8,4 +8,5 @@ mod harness;
 
 mod e2e_orthanc;
 mod pipeline_e2e;
+mod sequence_mode;
 mod viewer_check;

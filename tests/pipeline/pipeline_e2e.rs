@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn demo(family: &str) -> PathBuf {
+pub(crate) fn demo(family: &str) -> PathBuf {
     let p = root().join("models/phantom-tiny/demo-studies").join(family);
     assert!(
         p.is_dir(),
@@ -17,7 +17,7 @@ fn demo(family: &str) -> PathBuf {
     p
 }
 
-fn dcm_files(dir: &Path) -> Vec<String> {
+pub(crate) fn dcm_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -29,7 +29,7 @@ fn dcm_files(dir: &Path) -> Vec<String> {
     v
 }
 
-fn job_states(d: &Daemon) -> Vec<(String, String)> {
+pub(crate) fn job_states(d: &Daemon) -> Vec<(String, String)> {
     let db = d.db();
     let mut st = db
         .prepare("SELECT study_uid, state FROM jobs ORDER BY id")
@@ -453,22 +453,20 @@ fn jobs_wait_for_pixel_memory_instead_of_exceeding_the_budget() {
     );
 }
 
-/// A SAM 2 bundle (contract 2: the real hiera-tiny architecture, random weights) tracks the US
-/// cine (one multi-frame instance, in frame order) and the MR volume (8 single-frame slices, sent
-/// in reverse and tracked along the slice normal) through its memory bank, and every frame
-/// comes back in a valid SEG (issue 15 items 2 and 4).
-#[test]
-fn a_sam2_bundle_tracks_cine_and_volumes_through_the_pipeline() {
+/// A models folder with the SAM 2 random bundle (contract 2: the real hiera-tiny
+/// architecture, random weights) as `sam2-random` and copies of the bundled support `sets`
+/// curated for it.
+pub(crate) fn sam2_models(sets: &[&str]) -> tempfile::TempDir {
     let bundle = crate::harness::engine::sam2_random_bundle();
     let models = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(&bundle, models.path().join("sam2-random")).unwrap();
-    let sets = models.path().join("sets/support-sets");
-    std::fs::create_dir_all(&sets).unwrap();
-    for set in ["us-intrapartum-ps-fh", "mr-prostate"] {
+    let dir = models.path().join("sets/support-sets");
+    std::fs::create_dir_all(&dir).unwrap();
+    for set in sets {
         let src = root().join("models/phantom-tiny/support-sets").join(set);
-        let out = run("cp", &["-r", src.to_str().unwrap(), sets.to_str().unwrap()]);
+        let out = run("cp", &["-r", src.to_str().unwrap(), dir.to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out));
-        let toml = sets.join(set).join("supportset.toml");
+        let toml = dir.join(set).join("supportset.toml");
         let t = std::fs::read_to_string(&toml).unwrap();
         std::fs::write(
             &toml,
@@ -476,19 +474,33 @@ fn a_sam2_bundle_tracks_cine_and_volumes_through_the_pipeline() {
         )
         .unwrap();
     }
-    let pacs_dir = tempfile::tempdir().unwrap();
-    let pacs_port = free_port();
-    let _pacs = pacs_scp(pacs_port, pacs_dir.path(), &[]);
-    // the delivery tables' [engine] table, pointed at the SAM 2 models folder
-    let extra = pacs_delivery_tables(pacs_port).replace(
+    models
+}
+
+/// The delivery tables ([`pacs_delivery_tables`]) with the [engine] table pointed at a
+/// [`sam2_models`] folder, on the CPU.
+pub(crate) fn sam2_tables(pacs_port: u16, models: &Path) -> String {
+    pacs_delivery_tables(pacs_port).replace(
         &format!("models_dir = \"{}\"", root().join("models").display()),
         &format!(
             "models_dir = \"{}\"\nproviders = [\"cpu\"]\ndefault_bundle = \"sam2-random\"",
-            models.path().display()
+            models.display()
         ),
-    );
+    )
+}
+
+/// A SAM 2 bundle (contract 2: the real hiera-tiny architecture, random weights) tracks the US
+/// cine (one multi-frame instance, in frame order) and the MR volume (8 single-frame slices, sent
+/// in reverse and tracked along the slice normal) through its memory bank, and every frame
+/// comes back in a valid SEG (issue 15 items 2 and 4).
+#[test]
+fn a_sam2_bundle_tracks_cine_and_volumes_through_the_pipeline() {
+    let models = sam2_models(&["us-intrapartum-ps-fh", "mr-prostate"]);
+    let pacs_dir = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let _pacs = pacs_scp(pacs_port, pacs_dir.path(), &[]);
     let d = Daemon::start(Opts {
-        extra,
+        extra: sam2_tables(pacs_port, models.path()),
         stable_age_s: 1.0,
         ..Opts::default()
     });
@@ -548,6 +560,19 @@ for i, f in enumerate(sorted(files)):
             .count(),
         2,
         "{log}"
+    );
+    // neither rule nor set names a mode: every job records the config's, auto
+    let modes: Vec<(String, String)> = d
+        .db()
+        .prepare("SELECT sequence_mode, sequence_mode_from FROM jobs")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        modes.len() == 3 && modes.iter().all(|(m, f)| m == "auto" && f == "config"),
+        "{modes:?}"
     );
     let mut frames: Vec<u64> = std::fs::read_dir(pacs_dir.path())
         .unwrap()

@@ -122,6 +122,12 @@ pub(super) async fn run(args: &AdminArgs, c: &mut Clients, cmd: &JobsCmd) -> Res
                     "job {} ({}) study {} from {}\n",
                     j.id, j.state, j.study_uid, j.calling_ae
                 );
+                if !j.sequence_mode.is_empty() {
+                    s += &format!(
+                        "sequence mode: {} (from {})\n",
+                        j.sequence_mode, j.sequence_mode_from
+                    );
+                }
                 if !j.error.is_empty() {
                     s += &format!("error: {}\n", j.error);
                 }

@@ -14,6 +14,7 @@ use crate::admin::pb::preview_client::PreviewClient;
 use crate::admin::pb::rules_client::RulesClient;
 use crate::admin::pb::studies_client::StudiesClient;
 use crate::admin::pb::support_sets_client::SupportSetsClient;
+use crate::sequence_mode::ModeSetting;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

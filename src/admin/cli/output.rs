@@ -83,6 +83,7 @@ pub(super) fn code_json(c: &Option<pb::Code>) -> Value {
 pub(super) fn set_json(s: &pb::SupportSet) -> Value {
     json!({
         "name": s.name, "description": s.description, "version": s.version, "bundle": s.bundle,
+        "sequence_mode": mode_text(&s.sequence_mode),
         "modality": s.modality, "body_part": s.body_part, "pair_count": s.pair_count,
         "created_at": ts(&s.created_at), "updated_at": ts(&s.updated_at),
         "objects": s.objects.iter().map(|o| json!({
@@ -100,12 +101,13 @@ pub(super) fn set_json(s: &pb::SupportSet) -> Value {
 
 pub(super) fn set_text(s: &pb::SupportSet) -> String {
     let mut out = format!(
-        "{} (version {})  bundle {}  match {} / {}\n{}\n\nobjects:\n",
+        "{} (version {})  bundle {}  match {} / {}  sequence mode {}\n{}\n\nobjects:\n",
         s.name,
         s.version,
         or_dash(&s.bundle),
         or_dash(&s.modality),
         or_dash(&s.body_part),
+        mode_text(&s.sequence_mode),
         s.description
     );
     out += &table(
@@ -161,6 +163,11 @@ pub(super) fn set_text(s: &pb::SupportSet) -> String {
     out
 }
 
+/// A rule's or a set's sequence mode as the CLI prints it: the mode, or `inherit` when unset.
+pub(super) fn mode_text(m: &Option<String>) -> &str {
+    m.as_deref().unwrap_or(crate::sequence_mode::INHERIT)
+}
+
 pub(super) fn or_dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
@@ -176,7 +183,7 @@ pub(super) fn rule_json(r: &pb::Rule) -> Value {
         "calling_ae": r.calling_ae, "support_set": r.support_set,
         "destination_ae": r.destination_ae, "stable_age_s": r.stable_age_s,
         "enabled": !r.disabled, "include_localizers": r.include_localizers,
-        "description": r.description,
+        "description": r.description, "sequence_mode": mode_text(&r.sequence_mode),
     })
 }
 
@@ -188,6 +195,7 @@ pub(super) fn job_json(j: &pb::Job) -> Value {
         "rule_id": j.rule_id, "support_set": j.support_set,
         "support_set_version": j.support_set_version, "bundle": j.bundle,
         "destination_ae": j.destination_ae,
+        "sequence_mode": j.sequence_mode, "sequence_mode_from": j.sequence_mode_from,
         "events": j.events.iter().map(event_json).collect::<Vec<_>>(),
     })
 }

@@ -44,6 +44,10 @@ pub enum RuleCmd {
         /// Description.
         #[arg(long, default_value = "")]
         description: String,
+        /// How sequences (cine loops, volumes) are segmented: auto, memory, per-frame, or
+        /// inherit (the support set's mode, else [pipeline] sequence_mode).
+        #[arg(long)]
+        sequence_mode: Option<ModeSetting>,
     },
     /// List rules in routing order.
     List,
@@ -91,6 +95,10 @@ pub enum RuleCmd {
         /// Description.
         #[arg(long)]
         description: Option<String>,
+        /// How sequences (cine loops, volumes) are segmented: auto, memory, per-frame, or
+        /// inherit (the support set's mode, else [pipeline] sequence_mode).
+        #[arg(long)]
+        sequence_mode: Option<ModeSetting>,
     },
     /// Delete a rule.
     Delete {
@@ -149,6 +157,7 @@ async fn add(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<(), C
         include_localizers,
         disabled,
         description,
+        sequence_mode,
     } = cmd
     else {
         unreachable!("run dispatches only `rule add` here");
@@ -168,6 +177,7 @@ async fn add(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<(), C
                 disabled: *disabled,
                 include_localizers: *include_localizers,
                 description: description.clone(),
+                sequence_mode: sequence_mode.map(|m| m.to_string()),
                 ..Default::default()
             }),
         })
@@ -196,6 +206,7 @@ async fn list(args: &AdminArgs, rules: &mut Rules) -> Result<(), CliError> {
                     "SUPPORT SET",
                     "TO AE",
                     "STABLE",
+                    "SEQUENCE",
                 ],
                 &l.rules
                     .iter()
@@ -217,6 +228,7 @@ async fn list(args: &AdminArgs, rules: &mut Rules) -> Result<(), CliError> {
                             r.stable_age_s
                                 .map(|s| format!("{s}s"))
                                 .unwrap_or_else(|| "-".into()),
+                            mode_text(&r.sequence_mode).into(),
                         ]
                     })
                     .collect::<Vec<_>>(),
@@ -243,6 +255,7 @@ async fn update(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<()
         include_localizers,
         enabled,
         description,
+        sequence_mode,
     } = cmd
     else {
         unreachable!("run dispatches only `rule update` here");
@@ -276,6 +289,9 @@ async fn update(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<()
     }
     r.include_localizers = include_localizers.unwrap_or(r.include_localizers);
     r.disabled = enabled.map_or(r.disabled, |e| !e);
+    if let Some(m) = sequence_mode {
+        r.sequence_mode = m.0.map(|m| m.to_string());
+    }
     let r = rules
         .update(pb::UpdateRuleRequest { rule: Some(r) })
         .await?
@@ -329,6 +345,7 @@ async fn dry_run(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<(
         "support_set_version": r.support_set_version,
         "destination_ae": r.destination_ae, "reason": r.reason,
         "stable_age_s": r.stable_age_s, "to_sender": r.to_sender,
+        "sequence_mode": r.sequence_mode, "sequence_mode_from": r.sequence_mode_from,
         "considered": r.considered.iter().map(|c| json!({"rule_id": c.rule_id, "matched": c.matched, "reason": c.reason})).collect::<Vec<_>>(),
     });
     print(args, v, || {
@@ -343,6 +360,12 @@ async fn dry_run(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<(
         } else {
             "unmatched\n".to_string()
         };
+        if r.matched {
+            s += &format!(
+                "sequence mode: {} (from {})\n",
+                r.sequence_mode, r.sequence_mode_from
+            );
+        }
         s += &format!("why: {}", r.reason);
         s
     });

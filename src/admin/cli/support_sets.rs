@@ -25,6 +25,10 @@ pub enum SetCmd {
         /// Description.
         #[arg(long, default_value = "")]
         description: String,
+        /// How sequences (cine loops, volumes) are segmented: auto, memory, per-frame, or
+        /// inherit ([pipeline] sequence_mode; a rule's own mode wins).
+        #[arg(long)]
+        sequence_mode: Option<ModeSetting>,
     },
     /// List support sets.
     List,
@@ -36,7 +40,7 @@ pub enum SetCmd {
         #[arg(long, default_value_t = 0)]
         version: u32,
     },
-    /// Change description, bundle or match hints (a new version).
+    /// Change description, bundle, match hints or sequence mode (a new version).
     Update {
         /// Name.
         name: String,
@@ -52,6 +56,10 @@ pub enum SetCmd {
         /// New body part hint.
         #[arg(long)]
         body_part: Option<String>,
+        /// How sequences (cine loops, volumes) are segmented: auto, memory, per-frame, or
+        /// inherit ([pipeline] sequence_mode; a rule's own mode wins).
+        #[arg(long)]
+        sequence_mode: Option<ModeSetting>,
     },
     /// Delete a support set.
     Delete {
@@ -216,6 +224,7 @@ async fn create(args: &AdminArgs, sets: &mut Sets, cmd: &SetCmd) -> Result<(), C
         modality,
         body_part,
         description,
+        sequence_mode,
     } = cmd
     else {
         unreachable!("run dispatches only `support-set create` here");
@@ -227,6 +236,7 @@ async fn create(args: &AdminArgs, sets: &mut Sets, cmd: &SetCmd) -> Result<(), C
             bundle: bundle.clone(),
             modality: modality.clone(),
             body_part: body_part.clone(),
+            sequence_mode: sequence_mode.map(|m| m.to_string()),
             objects: objects
                 .iter()
                 .map(|l| pb::SupportObject {
@@ -257,6 +267,7 @@ async fn list(args: &AdminArgs, sets: &mut Sets) -> Result<(), CliError> {
                     "BUNDLE",
                     "MODALITY",
                     "BODY PART",
+                    "SEQUENCE",
                     "OBJECTS",
                     "PAIRS",
                     "UPDATED",
@@ -270,6 +281,7 @@ async fn list(args: &AdminArgs, sets: &mut Sets) -> Result<(), CliError> {
                             s.bundle.clone(),
                             s.modality.clone(),
                             s.body_part.clone(),
+                            mode_text(&s.sequence_mode).into(),
                             s.objects
                                 .iter()
                                 .map(|o| o.label.clone())
@@ -307,6 +319,7 @@ async fn update(args: &AdminArgs, sets: &mut Sets, cmd: &SetCmd) -> Result<(), C
         bundle,
         modality,
         body_part,
+        sequence_mode,
     } = cmd
     else {
         unreachable!("run dispatches only `support-set update` here");
@@ -318,6 +331,7 @@ async fn update(args: &AdminArgs, sets: &mut Sets, cmd: &SetCmd) -> Result<(), C
             bundle: bundle.clone(),
             modality: modality.clone(),
             body_part: body_part.clone(),
+            sequence_mode: sequence_mode.map(|m| m.to_string()),
             ..Default::default()
         })
         .await?

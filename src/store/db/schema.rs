@@ -320,6 +320,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN content_at REAL NOT NULL DEFAULT 0;
     UPDATE instances SET content_at = received_at;
     "#,
+    // 9: the sequence mode a routing rule or a support-set version asks for (NULL: inherit),
+    // and the one each job was routed with and where it came from (issue 15 item 4; see
+    // crate::sequence_mode). Jobs routed before keep NULL and run with the config's mode.
+    r#"
+    ALTER TABLE rules ADD COLUMN sequence_mode TEXT
+        CHECK (sequence_mode IN ('auto', 'memory', 'per-frame'));
+    ALTER TABLE support_set_versions ADD COLUMN sequence_mode TEXT
+        CHECK (sequence_mode IN ('auto', 'memory', 'per-frame'));
+    ALTER TABLE jobs ADD COLUMN sequence_mode TEXT;
+    ALTER TABLE jobs ADD COLUMN sequence_mode_from TEXT;
+    "#,
 ];
 
 /// Applies every pending migration inside one transaction.
@@ -510,6 +521,55 @@ mod tests {
             })
             .unwrap();
         assert_eq!(state, "complete");
+    }
+
+    /// Migration 9 upgrades an index in place: existing rules and support-set versions
+    /// inherit their sequence mode, and only the three mode names can be stored.
+    #[test]
+    fn migration_9_lets_rules_and_sets_inherit_the_sequence_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = open_conn(&path).unwrap();
+            for sql in &MIGRATIONS[..8] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 8;
+                 INSERT INTO support_sets (id, name, version, created_at, updated_at)
+                    VALUES (1, 's', 1, 1, 1);
+                 INSERT INTO support_set_versions (set_id, version, created_at, created_by, change)
+                    VALUES (1, 1, 1, 't', 'created');
+                 INSERT INTO rules (id, support_set, created_at, updated_at) VALUES (3, 's', 1, 1);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let (rule, set) = db
+            .read(|c| {
+                let set = crate::store::support::get(c, "s", None).unwrap();
+                Ok((crate::store::rules::get(c, 3).unwrap(), set))
+            })
+            .unwrap();
+        assert_eq!((rule.sequence_mode, set.meta.sequence_mode), (None, None));
+        let bad = db.write_blocking(|c| {
+            c.execute(
+                "UPDATE rules SET sequence_mode = 'sometimes' WHERE id = 3",
+                [],
+            )
+        });
+        assert!(bad.is_err(), "the CHECK refuses a name that is no mode");
+        db.write_blocking(|c| {
+            c.execute(
+                "UPDATE rules SET sequence_mode = 'per-frame' WHERE id = 3",
+                [],
+            )
+        })
+        .unwrap();
+        let mode = db
+            .read(|c| Ok(crate::store::rules::get(c, 3).unwrap().sequence_mode))
+            .unwrap();
+        assert_eq!(mode, Some(crate::config::SequenceMode::PerFrame));
     }
 
     /// Migration 7 keeps every job, event and outbox row with its id, and from then on an id

@@ -60,6 +60,9 @@ pub struct SetMeta {
     pub modality: String,
     /// Body part hint.
     pub body_part: String,
+    /// How sequences are segmented with this set (None: inherit `pipeline.sequence_mode`; a
+    /// rule's own mode wins, see [`crate::sequence_mode::choose`]).
+    pub sequence_mode: Option<crate::config::SequenceMode>,
 }
 
 /// One stored pair, as listed.
@@ -204,6 +207,8 @@ pub struct SetUpdate {
     pub modality: Option<String>,
     /// New body part hint.
     pub body_part: Option<String>,
+    /// New sequence mode: `Some(None)` goes back to inheriting.
+    pub sequence_mode: Option<Option<crate::config::SequenceMode>>,
     /// New objects.
     pub objects: Option<Vec<ObjectDef>>,
     /// Refuse unless the set is at this version (0 = any).

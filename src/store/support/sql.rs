@@ -80,7 +80,8 @@ fn insert_version(
 ) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO support_set_versions (set_id, version, description, bundle, modality,
-         body_part, created_at, created_by, change) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         body_part, created_at, created_by, change, sequence_mode)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             set_id,
             version,
@@ -90,7 +91,8 @@ fn insert_version(
             meta.body_part,
             now,
             who,
-            change
+            change,
+            meta.sequence_mode
         ],
     )?;
     Ok(())
@@ -215,8 +217,8 @@ pub fn get(conn: &Connection, name: &str, version: Option<u32>) -> Result<SetInf
     let v = version.unwrap_or(current);
     let meta_row = conn
         .query_row(
-            "SELECT description, bundle, modality, body_part, created_at FROM support_set_versions
-             WHERE set_id = ?1 AND version = ?2",
+            "SELECT description, bundle, modality, body_part, created_at, sequence_mode
+             FROM support_set_versions WHERE set_id = ?1 AND version = ?2",
             params![id, v],
             |r| {
                 Ok((
@@ -225,6 +227,7 @@ pub fn get(conn: &Connection, name: &str, version: Option<u32>) -> Result<SetInf
                         bundle: r.get(1)?,
                         modality: r.get(2)?,
                         body_part: r.get(3)?,
+                        sequence_mode: r.get(5)?,
                     },
                     r.get::<_, f64>(4)?,
                 ))
@@ -286,6 +289,17 @@ pub fn update(
                 *old = v.clone();
                 changed.push(field.to_string());
             }
+        }
+    }
+    if let Some(mode) = up.sequence_mode {
+        if mode != meta.sequence_mode {
+            let name = |m| crate::sequence_mode::ModeSetting(m).to_string();
+            changed.push(format!(
+                "sequence_mode {} -> {}",
+                name(meta.sequence_mode),
+                name(mode)
+            ));
+            meta.sequence_mode = mode;
         }
     }
     if let Some(objs) = &up.objects {

@@ -115,3 +115,50 @@ fn old_versions_keep_their_content() {
         .unwrap();
     assert!(matches!(more, Err(SupportError::Invalid(_))));
 }
+
+/// A set's sequence mode is version metadata: setting it is a new version (audited, old ->
+/// new), older versions keep theirs, and `Some(None)` goes back to inheriting.
+#[test]
+fn sequence_mode_is_kept_per_version() {
+    use crate::config::SequenceMode;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+    db.write_blocking(|c| {
+        create(c, "s", &SetMeta::default(), &[obj("a")], "t", 1.0).map_err(|e| panic!("{e}"))
+    })
+    .unwrap();
+    let set = |mode: Option<SequenceMode>| {
+        db.write_blocking(move |c| {
+            let up = SetUpdate {
+                sequence_mode: Some(mode),
+                ..Default::default()
+            };
+            Ok(update(c, "s", &up, "t", 2.0).unwrap())
+        })
+        .unwrap()
+    };
+    assert_eq!(set(Some(SequenceMode::PerFrame)), 2);
+    assert_eq!(
+        set(Some(SequenceMode::PerFrame)),
+        2,
+        "no change, no version"
+    );
+    assert_eq!(set(None), 3);
+    let at = |v| db.read(|c| Ok(get(c, "s", Some(v)).unwrap())).unwrap();
+    assert_eq!(at(1).meta.sequence_mode, None);
+    assert_eq!(at(2).meta.sequence_mode, Some(SequenceMode::PerFrame));
+    assert_eq!(at(3).meta.sequence_mode, None);
+    let detail: String = db
+        .read(|c| {
+            c.query_row(
+                "SELECT detail FROM audit WHERE action = 'support_set.update' ORDER BY id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap();
+    assert_eq!(
+        detail,
+        "version 2: updated sequence_mode inherit -> per-frame"
+    );
+}

@@ -1,0 +1,236 @@
+//! Issue 15 item 4 through the whole pipeline: a routing rule's `sequence_mode = per-frame`
+//! makes the US cine go frame by frame through the SAM 2 random bundle, where the default
+//! (auto, from the config) tracks it through the memory bank. The rule is changed with the
+//! admin CLI of the running daemon; each job records the mode it ran with and where it came
+//! from, and its `inferred` event says how its series were segmented. `memory` from a rule on
+//! a contract-1 bundle falls back to frame by frame, as the config's does, with the reason.
+
+use super::pipeline_e2e::{dcm_files, demo, job_states, sam2_models, sam2_tables};
+use crate::harness::admin::{write_tokens, ADMIN_TOKEN};
+use crate::harness::*;
+use std::process::Command;
+
+/// The mode, its source and the `inferred` detail of every job, by id.
+fn job_modes(d: &Daemon) -> Vec<(String, String, String)> {
+    d.db()
+        .prepare(
+            "SELECT j.sequence_mode, j.sequence_mode_from, e.detail FROM jobs j
+               JOIN job_events e ON e.job_id = j.id AND e.state = 'inferred' ORDER BY j.id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// A daemon with the admin API on, delivering to a PACS, and the admin CLI for it.
+struct Site {
+    d: Daemon,
+    addr: String,
+    aux: tempfile::TempDir,
+}
+
+impl Site {
+    /// Starts it with `tables` (the engine and delivery tables).
+    fn start(tables: String) -> Site {
+        let aux = tempfile::tempdir().unwrap();
+        let tokens = write_tokens(aux.path(), 0o600);
+        std::fs::write(aux.path().join("alice.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut d = Daemon::start(Opts {
+            extra: format!(
+                "{tables}[admin]\nlisten = \"{addr}\"\ntokens_file = \"{}\"\n",
+                tokens.display()
+            ),
+            stable_age_s: 1.0,
+            ..Opts::default()
+        });
+        d.wait_listening(&addr);
+        Site { d, addr, aux }
+    }
+
+    /// `proxyseg admin ARGS` with an admin token; its stdout (it must succeed).
+    fn cli(&self, args: &[&str]) -> String {
+        let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+            .args(["admin", "--endpoint", &format!("http://{}", self.addr)])
+            .arg("--token-file")
+            .arg(self.aux.path().join("alice.token"))
+            .args(args)
+            .env_remove("PROXYSEG_TOKEN")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The id of the rule seeded for the US support set.
+    fn us_rule(&self) -> String {
+        let rules: serde_json::Value =
+            serde_json::from_str(&self.cli(&["--json", "rule", "list"])).unwrap();
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["support_set"] == "us-intrapartum-ps-fh")
+            .map(|r| r["id"].to_string())
+            .unwrap_or_else(|| panic!("no rule for the US set: {rules}"))
+    }
+
+    /// Sends `files` as the PACS.
+    fn send(&self, files: Vec<String>) {
+        let out = storescu(self.d.port)
+            .required_only()
+            .calling("PACS")
+            .files(files)
+            .run();
+        assert!(out.status.success(), "storescu:\n{}", text(&out));
+    }
+
+    /// Waits until `n` jobs are delivered or failed.
+    fn settled(&self, n: usize) {
+        wait_for("the jobs to settle", 300, &self.d, || {
+            let s = job_states(&self.d);
+            s.len() == n && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
+        });
+    }
+}
+
+#[test]
+fn a_rule_sends_a_cine_per_frame_where_the_default_tracks_it() {
+    let models = sam2_models(&["us-intrapartum-ps-fh"]);
+    let pacs_dir = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let _pacs = pacs_scp(pacs_port, pacs_dir.path(), &[]);
+    let site = Site::start(sam2_tables(pacs_port, models.path()));
+    let (d, cli) = (&site.d, |args: &[&str]| site.cli(args));
+
+    // The default: auto from the config tracks the cine.
+    site.send(dcm_files(&demo("us")));
+    site.settled(1);
+
+    // The seeded rule of the US set asks for per-frame; a copy of the cine as a new study.
+    let id = site.us_rule();
+    cli(&["rule", "update", &id, "--sequence-mode", "per-frame"]);
+    let copy = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, pydicom
+from pydicom.uid import generate_uid
+ds = pydicom.dcmread(sys.argv[2])
+ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+ds.save_as(sys.argv[1] + "/cine-copy.dcm")
+"#;
+    let cine = dcm_files(&demo("us")).remove(0);
+    let out = Command::new(python())
+        .args(["-c", script, copy.path().to_str().unwrap(), &cine])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    site.send(dcm_files(copy.path()));
+    site.settled(2);
+
+    let states = job_states(d);
+    assert!(
+        states.iter().all(|(_, s)| s == "delivered"),
+        "{states:?}\n{}",
+        d.log()
+    );
+    let modes = job_modes(d);
+    assert_eq!(modes.len(), 2, "{modes:?}");
+    assert_eq!(
+        (modes[0].0.as_str(), modes[0].1.as_str()),
+        ("auto", "config")
+    );
+    assert!(
+        modes[0]
+            .2
+            .contains("1 tracked through the memory bank, 0 frame by frame"),
+        "{modes:?}"
+    );
+    assert_eq!(
+        (modes[1].0.as_str(), modes[1].1.as_str()),
+        ("per-frame", "rule")
+    );
+    assert!(
+        modes[1]
+            .2
+            .contains("0 tracked through the memory bank, 1 frame by frame"),
+        "{modes:?}"
+    );
+    // what an admin sees: the job detail names the mode and its source
+    let id: i64 = d
+        .db()
+        .query_row("SELECT MAX(id) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    let job: serde_json::Value =
+        serde_json::from_str(&cli(&["--json", "jobs", "show", &id.to_string()])).unwrap();
+    assert_eq!(
+        (&job["sequence_mode"], &job["sequence_mode_from"]),
+        (&"per-frame".into(), &"rule".into()),
+        "{job}"
+    );
+    let shown = cli(&["jobs", "show", &id.to_string()]);
+    assert!(
+        shown.contains("sequence mode: per-frame (from rule)"),
+        "{shown}"
+    );
+    let log = d.log();
+    assert_eq!(
+        log.matches("series tracked through the memory bank")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("series segmented frame by frame")
+                && l.contains("sequence_mode=per-frame")
+                && l.contains("sequence_mode_from=rule")),
+        "{log}"
+    );
+    // both SEGs cover every frame: 8 frames x 2 segments
+    let segs = dcm_files(pacs_dir.path());
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    for seg in &segs {
+        let chk = run_py("seg_check.py", &[seg.as_str()]);
+        assert!(chk.status.success(), "{}", text(&chk));
+        let v: serde_json::Value = serde_json::from_slice(&chk.stdout).unwrap();
+        assert_eq!(v["frames"].as_u64(), Some(16), "{seg}");
+    }
+}
+
+/// Item 7: `memory` asked by a rule of a bundle that cannot track (the contract-1 phantom
+/// bundle) segments frame by frame, as the config's `memory` does, with the reason logged.
+#[test]
+fn memory_from_a_rule_on_a_contract_1_bundle_falls_back_to_per_frame() {
+    let pacs_dir = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let _pacs = pacs_scp(pacs_port, pacs_dir.path(), &[]);
+    let site = Site::start(pacs_delivery_tables(pacs_port));
+    let id = site.us_rule();
+    site.cli(&["rule", "update", &id, "--sequence-mode", "memory"]);
+    site.send(dcm_files(&demo("us")));
+    site.settled(1);
+    let d = &site.d;
+    assert_eq!(job_states(d)[0].1, "delivered", "{}", d.log());
+    let modes = job_modes(d);
+    assert_eq!(
+        (modes[0].0.as_str(), modes[0].1.as_str()),
+        ("memory", "rule")
+    );
+    assert!(
+        modes[0]
+            .2
+            .contains("0 tracked through the memory bank, 1 frame by frame"),
+        "{modes:?}"
+    );
+    let log = d.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("the bundle cannot track frames")
+                && l.contains("sequence_mode_from=rule")
+                && l.contains("bundle=phantom-tiny")),
+        "{log}"
+    );
+}
