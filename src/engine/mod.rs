@@ -417,7 +417,8 @@ impl Engine {
 
 impl Engine {
     /// A memory bank for a sequence of `num_frames` frames (a cine loop, or a volume's slices
-    /// in order) when the bundle tracks frames (contract 2); None for a contract-1 bundle.
+    /// in order) when the bundle tracks frames (contract 2, or a contract-1 bundle's memory
+    /// mode); None for a bundle without memory graphs.
     /// `recent`: frames of spatial memory (default: the manifest's `recent_frames`).
     pub fn memory_bank(
         &self,
@@ -432,7 +433,8 @@ impl Engine {
             .map(|spec| MemoryBank::new(spec, num_frames, recent)))
     }
 
-    /// Segments the next `frames` of a sequence through its memory bank (contract 2), in
+    /// Segments the next `frames` of a sequence through its memory bank (SAM 2's frame loop,
+    /// or a contract-1 bundle's memory mode), in
     /// order; call again with the returned bank for the sequence's next frames.
     pub async fn segment_sequence(
         &self,

@@ -49,8 +49,12 @@ pub(super) async fn segment_series(
     }
     let chunk = p.cfg.pipeline.chunk_frames.max(1);
     let bundle = engine.bundle(&job.bundle).ok();
-    let tracks = bundle.as_ref().is_some_and(|b| b.tracks_frames());
-    let groups = sequence_groups(job, &sources, series_uid, tracks)?;
+    let labels: Vec<&str> = set.set.objects.iter().map(|o| o.label.as_str()).collect();
+    let refusal = match &bundle {
+        Some(b) => b.track_refusal(&labels),
+        None => Some("the bundle is not served"),
+    };
+    let groups = sequence_groups(job, &sources, series_uid, refusal)?;
     let tracked = groups.iter().any(|g| g.1.is_some());
     // a tracked sequence also holds its memory bank while it runs (one at a time)
     let bank = match (&bundle, tracked) {
@@ -73,7 +77,7 @@ pub(super) async fn segment_series(
         engine,
         bundle: &job.bundle,
         set: &set.set,
-        tracks,
+        always_tracks: bundle.as_ref().is_some_and(|b| b.always_tracks()),
     };
     // masks[source][frame][segment]
     let mut masks: Vec<Vec<Vec<Vec<u8>>>> = vec![Vec::new(); sources.len()];
@@ -196,8 +200,9 @@ fn sequence_groups(
     job: &JobRow,
     sources: &[Source],
     series_uid: &str,
-    tracks: bool,
+    refusal: Option<&'static str>,
 ) -> Result<Vec<Group>, JobFailure> {
+    let tracks = refusal.is_none();
     let infos: Vec<SliceInfo> = sources.iter().map(|s| SliceInfo::of(&s.header)).collect();
     let modality = element_text(&sources[0].header, tags::MODALITY);
     let chosen = job.sequence_mode;
@@ -209,16 +214,18 @@ fn sequence_groups(
                 // Memory asked of a bundle without memory graphs: frame by frame, whichever
                 // level asked (the config's behaviour since issue 15).
                 SequenceMode::Memory if !tracks => {
+                    let why = refusal.unwrap_or_default();
                     tracing::warn!(
                         series = %series_uid,
                         bundle = %job.bundle,
                         sequence_mode = %chosen.mode,
                         sequence_mode_from = %chosen.from,
-                        "sequence_mode memory asked for, but the bundle cannot track frames (contract 1, no memory graphs): segmented frame by frame"
+                        why,
+                        "sequence_mode memory asked for, but {why}: segmented frame by frame"
                     );
-                    "the bundle cannot track frames"
+                    why
                 }
-                _ if !tracks => "the bundle does not track frames",
+                _ if !tracks => refusal.unwrap_or_default(),
                 SequenceMode::PerFrame => "sequence_mode per-frame",
                 _ => "auto: neither multi-frame ultrasound nor a volume",
             };
@@ -309,7 +316,8 @@ struct Chunks<'a> {
     engine: &'a Engine,
     bundle: &'a str,
     set: &'a crate::engine::SupportSet,
-    tracks: bool,
+    /// A SAM 2 bundle: even a frame on its own runs as a sequence of one.
+    always_tracks: bool,
 }
 
 impl Chunks<'_> {
@@ -378,7 +386,7 @@ impl Chunks<'_> {
                 (seg.frames, Some(b))
             }
             // A tracking bundle segments a frame on its own as a sequence of one.
-            None if self.tracks => {
+            None if self.always_tracks => {
                 let mut out = Vec::with_capacity(n);
                 for f in frames {
                     let one = self

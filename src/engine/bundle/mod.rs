@@ -448,6 +448,25 @@ impl Bundle {
         self.memory.is_some()
     }
 
+    /// Why a sequence of this support set's objects (`labels`) cannot be tracked through the
+    /// memory bank, or None when it can: a bundle without memory graphs cannot; nor can the
+    /// proxy memory mode of a contract-1 bundle when one of its `[[resolution]]` rules applies to
+    /// the set's objects (the memory mode has no second passes: those objects keep them, frame
+    /// by frame).
+    pub fn track_refusal(&self, labels: &[&str]) -> Option<&'static str> {
+        if self.memory.is_none() {
+            return Some("the bundle cannot track frames (no memory graphs)");
+        }
+        if !self.always_tracks()
+            && !super::views::match_rules(&self.manifest.resolution, labels).is_empty()
+        {
+            return Some(
+                "the bundle's resolution views apply to this set's objects and its memory mode has none",
+            );
+        }
+        None
+    }
+
     /// True for a contract-2 bundle, which tracks every call's frames (a still image is a
     /// one-frame sequence); a contract-1 bundle tracks only the sequences the pipeline sends.
     pub fn always_tracks(&self) -> bool {
