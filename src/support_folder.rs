@@ -95,6 +95,17 @@ pub enum CodeSpec {
     Text(String),
 }
 
+impl CodeSpec {
+    /// The code meaning, or the text (what the engine and people read; the store and the SEG
+    /// keep the whole code, `store::support::code_of_spec`).
+    pub fn meaning(&self) -> &str {
+        match self {
+            CodeSpec::Code { meaning, .. } => meaning,
+            CodeSpec::Text(t) => t,
+        }
+    }
+}
+
 /// `[[objects]]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ObjectSpec {

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::dicom::pixels::{frames_from_file, Frame};
-use crate::support_folder::{self, CodeSpec, SpecError};
+use crate::support_folder::{self, SpecError};
 
 pub use crate::support_folder::SupportSetSpec;
 
@@ -71,8 +71,8 @@ pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), Engi
         .iter()
         .map(|o| SupportObject {
             label: o.label.clone(),
-            category: o.category.as_ref().map(code_text),
-            property_type: o.property_type.as_ref().map(code_text),
+            category: o.category.as_ref().map(|c| c.meaning().to_owned()),
+            property_type: o.property_type.as_ref().map(|c| c.meaning().to_owned()),
             color: o.color.as_deref().and_then(|c| <[u8; 3]>::try_from(c).ok()),
         })
         .collect();
@@ -116,18 +116,6 @@ pub fn load_support_set(dir: &Path) -> Result<(SupportSet, SupportSetSpec), Engi
         },
         spec,
     ))
-}
-
-/// A code as text: a string as is; a table as "meaning (scheme code)".
-fn code_text(v: &CodeSpec) -> String {
-    match v {
-        CodeSpec::Text(s) => s.clone(),
-        CodeSpec::Code {
-            scheme,
-            code,
-            meaning,
-        } => format!("{meaning} ({scheme} {code})"),
-    }
 }
 
 fn text_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
