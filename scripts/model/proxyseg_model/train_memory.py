@@ -98,14 +98,23 @@ def clip(rng, seq: dict, min_len: int, max_len: int, full: float = 0.15) -> list
     return idx[::-1] if rng.random() < 0.5 else idx
 
 
-def run_clip(model, enc, att, seq: dict, idx: list[int], recent: int, bce: float, objects=None):
+def soft_change(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice between two K x H x W probability maps, per object (K)."""
+    inter = (p * q).flatten(1).sum(1)
+    return 1 - (2 * inter + 1) / (p.flatten(1).sum(1) + q.flatten(1).sum(1) + 1)
+
+
+def run_clip(model, enc, att, seq: dict, idx: list[int], recent: int, bce: float, objects=None,
+             consistency: float = 0.0):
     """Memory-mode forward over a clip -> (loss over frames 1.., per-frame logits).
-    `objects`: the object indices to track (all by default)."""
+    `objects`: the object indices to track (all by default). `consistency`: weight of a
+    penalty on the change between consecutive predictions (frames 1..) beyond the truth's
+    (the instability the issue measures, made soft)."""
     objects = list(range(seq["prompts"].shape[1])) if objects is None else objects
     emb = seq["emb"][idx].float()
     prompts = seq["prompts"][idx][:, objects].float()
     masks = seq["masks"][idx][:, objects].float()
-    bank, losses, outs = {}, [], []
+    bank, losses, outs, prev = {}, [], [], None
     for t in range(len(idx)):
         pairs = frame_slots(t, recent, att.frame_slots)
         e = emb[t:t + 1]
@@ -120,6 +129,11 @@ def run_clip(model, enc, att, seq: dict, idx: list[int], recent: int, bce: float
             loss = dice_loss(up, masks[t])
             if bce:
                 loss = loss + bce * F.binary_cross_entropy_with_logits(up, masks[t])
+            p = torch.sigmoid(up)
+            if consistency and prev is not None:
+                excess = soft_change(p, prev) - soft_change(masks[t], masks[t - 1])
+                loss = loss + consistency * F.relu(excess).mean()
+            prev = p
             losses.append(loss)
         bank[t] = enc(e, logits.detach())
         outs.append(logits.detach())
@@ -132,8 +146,10 @@ def train(a):
     cfg = MemoryConfig(recent_frames=a.recent)
     model = frozen_model(a.ppg)
     enc, att = build_memory(cfg, a.seed)
+    prior = {}
     if a.resume:
-        enc, att, _ = load_memory(a.resume)
+        enc, att, ck = load_memory(a.resume)
+        prior = ck.get("extra", {})
     enc.train()
     att.train()
     data = groups(a.kinds)
@@ -154,7 +170,8 @@ def train(a):
         seq = seqs[int(rng.integers(len(seqs)))]
         # one object per clip: the decoder's backward dominates a step's cost
         obj = [int(rng.integers(seq["prompts"].shape[1]))]
-        loss, _ = run_clip(model, enc, att, seq, clip(rng, seq, a.min_len, a.max_len), cfg.recent_frames, a.bce, obj)
+        loss, _ = run_clip(model, enc, att, seq, clip(rng, seq, a.min_len, a.max_len), cfg.recent_frames, a.bce, obj,
+                           a.consistency)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -166,9 +183,12 @@ def train(a):
                   + " ".join(f"{g}={v:.3f}" for g, v in sorted(ema.items())), flush=True)
         if step % a.save_every == 0:
             save_memory(a.out, cfg, enc, att, {"steps": step, "partial": True})
-    info = {"steps": step, "seconds": round(time.time() - t0), "lr": a.lr, "bce": a.bce, "clip": [a.min_len, a.max_len],
+    info = {"steps": step, "seconds": round(time.time() - t0), "lr": a.lr, "bce": a.bce, "consistency": a.consistency, "clip": [a.min_len, a.max_len],
             "kinds": list(a.kinds), "groups": {g: len(v) for g, v in data.items()}, "seed": a.seed,
-            "ppg": str(a.ppg), "loss_ema": ema}
+            "ppg": a.ppg.name, "loss_ema": {g: round(v, 4) for g, v in ema.items()}}
+    if a.resume:
+        info.update({"resumed_from": str(a.resume), "prior": {k: prior.get(k) for k in ("steps", "seconds", "kinds")},
+                     "total_steps": step + int(prior.get("total_steps", prior.get("steps", 0)))})
     save_memory(a.out, cfg, enc.eval(), att.eval(), info)
     print("done " + json.dumps(info), flush=True)
 
@@ -181,6 +201,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--bce", type=float, default=0.5)
+    ap.add_argument("--consistency", type=float, default=0.0,
+                    help="weight of the penalty on consecutive predictions changing more than the truth")
     ap.add_argument("--recent", type=int, default=FRAME_SLOTS - 1)
     ap.add_argument("--min-len", type=int, default=3)
     ap.add_argument("--max-len", type=int, default=6)
