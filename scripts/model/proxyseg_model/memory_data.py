@@ -1,0 +1,157 @@
+"""Sequences for the bundled model's memory mode (issue 15 item 3), with the frozen parts cached.
+
+Three kinds of sequence, each with a fixed support set:
+  real      a real still moved by `sequences.make_sequence` (probe motion, speckle for
+            ultrasound, gain and contrast drift). Training: the 16 training-pool cases of each
+            data set (realdata.split, seed 0), sequence seeds 1000 + case index, support = the
+            first 5 training-pool cases less the case itself. Held out: the first validation
+            cases, sequence seed = case index, support = the first 5 training-pool cases
+            (exactly `evaluate_sequences`); validation cases are never trained on.
+  us-cine   the ultrasound phantom's cine loop (probe drift and rotation, decorrelating speckle);
+            training seeds 20000+, held-out seeds 7000+, support = single frames of seeds 9000-9004.
+  mr-volume the MR phantom's volume (slices through the gland); same seed ranges.
+
+LiteMedSAM and the PPG are frozen, so per frame the image encoder's embeddings (fp16) and the
+PPG's prompt tokens are computed once through the bundle's own graphs (ONNX Runtime) and cached
+in runs/memory-cache/<split>-<kind>.pt, with the truth masks (256 x 256 model grid; held-out
+sequences also keep the native-resolution truth that the evaluation scores).
+
+  python -m proxyseg_model.memory_data --bundle ../../models/litemedsam-ppg
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import realdata
+from .phantoms import mr, ultrasound
+from .preprocess import case_displays, prepare_image, prepare_mask
+from .runtime import OrtBundle
+from .sequences import make_sequence
+
+RUNS = Path(__file__).resolve().parent.parent / "runs"
+CACHE = RUNS / "memory-cache"
+FRAMES = 8
+N_SUPPORT = 5
+PHANTOM_SUPPORT_SEEDS = range(9000, 9005)
+PHANTOM_SEEDS = {"train": 20000, "val": 7000}
+REAL_TRAIN_SEED = 1000
+KINDS = ("real", "us-cine", "mr-volume")
+
+
+def phantom_case(kind: str, seed: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """A phantom sequence -> display frames F x H x W x 3, masks F x K x H x W."""
+    case = ultrasound.generate(seed, frames=frames) if kind == "us-cine" else mr.generate(seed, slices=frames)
+    return case_displays(case), case["masks"]
+
+
+def phantom_support(kind: str) -> tuple[list, list]:
+    """The phantom support set: single frames of fixed seeds (displays, masks)."""
+    pairs = [phantom_case(kind, s, 1) for s in PHANTOM_SUPPORT_SEEDS]
+    return [d[0] for d, _ in pairs], [m[0] for _, m in pairs]
+
+
+def sequences(kind: str, split: str, count: int = 0, frames: int = FRAMES):
+    """Yields (group, name, labels, displays F x H x W x 3, masks F x K x H x W, support key) for a
+    kind and split ("train" or "val"); `count` limits the sequences per group (0 = all; phantoms
+    default to 16 for training, 8 held out)."""
+    if kind == "real":
+        for ds, spec in realdata.DATASETS.items():
+            train, val = realdata.split(ds)
+            names = train if split == "train" else val
+            for i, case in enumerate(names[:count or len(names)]):
+                display, masks = realdata.load_case(ds, case)
+                seed = REAL_TRAIN_SEED + i if split == "train" else i
+                seq, truth = make_sequence(display, masks, frames, seed=seed, ultrasound=spec.modality == "US")
+                yield ds, case, list(spec.labels), seq, truth, (ds, case if split == "train" else None)
+        return
+    n = count or (16 if split == "train" else 8)
+    labels = ["pubic symphysis", "fetal head"] if kind == "us-cine" else ["prostate"]
+    for i in range(n):
+        seed = PHANTOM_SEEDS[split] + i
+        d, m = phantom_case(kind, seed, frames)
+        yield kind, f"seed{seed}", labels, d, m, (kind, None)
+
+
+class SupportContexts:
+    """Support contexts (ONNX Runtime), one per (set, left-out case)."""
+
+    def __init__(self, bundle: OrtBundle):
+        self.bundle = bundle
+        self.memo = {}
+
+    def get(self, key) -> dict:
+        if key not in self.memo:
+            group, leave_out = key
+            if group in realdata.DATASETS:
+                names = [c for c in realdata.split(group)[0][:N_SUPPORT + 1] if c != leave_out][:N_SUPPORT]
+                pairs = [realdata.load_case(group, c) for c in names]
+                displays, masks = [d for d, _ in pairs], [m for _, m in pairs]
+            else:
+                displays, masks = phantom_support(group)
+            self.memo[key] = self.bundle.support_context(*self.bundle.prepare_pairs(displays, masks))
+        return self.memo[key]
+
+
+def cache_sequence(bundle: OrtBundle, ctx: dict, displays: np.ndarray, masks: np.ndarray, keep_truth: bool) -> dict:
+    """Embeddings, prompt tokens and model-grid masks of every frame of one sequence."""
+    embs, prompts, grid, images = [], [], [], []
+    hw = None
+    for d, m in zip(displays, masks):
+        img, hw = prepare_image(d, bundle.S, bundle.mean, bundle.std)
+        emb = bundle.encode(img[None])
+        tok = bundle.sessions["prompt_generator"].run(None, {
+            "image_embeddings": emb, "support_keys": ctx["support_keys"], "support_values": ctx["support_values"]})[0]
+        embs.append(torch.from_numpy(emb[0]).half())
+        prompts.append(torch.from_numpy(tok))
+        grid.append(torch.from_numpy(np.stack([prepare_mask(x, bundle.S) for x in m])).bool())
+        images.append(torch.from_numpy(img).half())
+    out = {"emb": torch.stack(embs), "prompts": torch.stack(prompts), "masks": torch.stack(grid),
+           "resized_hw": hw, "orig_hw": tuple(displays.shape[1:3])}
+    if keep_truth:
+        out["truth"] = torch.from_numpy(masks.astype(np.uint8))
+        out["images"] = torch.stack(images)
+    return out
+
+
+def build_cache(bundle_dir: Path, split: str, kind: str, count: int = 0, out: Path = CACHE) -> Path:
+    """Caches one (split, kind) -> runs/memory-cache/<split>-<kind>.pt (a list of sequences)."""
+    path = out / f"{split}-{kind}.pt"
+    if path.exists():
+        return path
+    bundle = OrtBundle(bundle_dir)
+    ctxs = SupportContexts(bundle)
+    seqs, t0 = [], time.time()
+    for group, name, labels, d, m, key in sequences(kind, split, count):
+        item = cache_sequence(bundle, ctxs.get(key), d, m, keep_truth=split == "val")
+        item.update({"group": group, "name": name, "labels": labels})
+        seqs.append(item)
+        print(f"{split}-{kind}: {group}/{name} ({len(seqs)}) {time.time() - t0:.0f}s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(seqs, path)
+    return path
+
+
+def load(split: str, kind: str, out: Path = CACHE) -> list:
+    return torch.load(out / f"{split}-{kind}.pt", weights_only=False)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--splits", nargs="+", default=["train", "val"])
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--val-cases", type=int, default=4, help="held-out real sequences per data set")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    for split in a.splits:
+        for kind in a.kinds:
+            build_cache(a.bundle, split, kind, a.val_cases if (split == "val" and kind == "real") else 0)
+
+
+if __name__ == "__main__":
+    main()

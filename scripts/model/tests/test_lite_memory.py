@@ -1,0 +1,119 @@
+"""Memory mode of the bundled model (issue 15 item 3): export parity, empty slots, the shipped
+graphs and fixtures."""
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from proxyseg_model.lite_track import OrtMemoryLoop, fill_bank, frame_slots
+from proxyseg_model.memory_export import (GRAPHS, check_parity, example_inputs, export_graphs, sessions,
+                                          update_manifest)
+from proxyseg_model.train_memory import MemoryConfig, build_memory
+
+BUNDLE = Path(__file__).resolve().parents[3] / "models" / "litemedsam-ppg"
+ORIGINAL_GRAPHS = ("image_encoder", "support_encoder", "prompt_generator", "mask_decoder")
+
+
+@pytest.fixture(scope="module")
+def random_bundle(tmp_path_factory):
+    """The two memory graphs with random weights, next to a copy of the bundle's manifest and
+    mask decoder (the metadata source)."""
+    out = tmp_path_factory.mktemp("litemem")
+    for name in ("manifest.toml", "mask_decoder.onnx"):
+        shutil.copyfile(BUNDLE / name, out / name)
+    cfg = MemoryConfig()
+    enc, att = build_memory(cfg, seed=3)
+    with torch.no_grad():  # random weights large enough that the update is far from 0
+        att.refine[2].weight.normal_(0, 0.05)
+    enc.eval(), att.eval()
+    sizes = export_graphs(enc, att, cfg, out)
+    update_manifest(out, cfg, {"commands": [], "graph_bytes": sizes})
+    return out, enc, att, cfg
+
+
+def test_export_parity_and_empty_slots(random_bundle):
+    out, enc, att, cfg = random_bundle
+    r = check_parity(enc, att, cfg, out, k=3)
+    assert r["memory_encoder"] < 1e-5 and r["memory_attention"] < 1e-5, r
+    assert r["empty_slots_contents"] == 0.0, r      # what empty slots hold changes nothing
+    assert r["no_slot_is_identity"] == 0.0, r       # frame 0: conditioned = embeddings exactly
+
+
+def test_empty_slots_and_slot_order_in_torch(random_bundle):
+    _, _, att, cfg = random_bundle
+    ex = example_inputs(cfg, k=2, seed=5)
+    emb, mem, tpos = ex["image_embeddings"], ex["frame_memory"], ex["frame_tpos"]
+    valid = torch.tensor([1.0, 0, 1, 0, 0, 1, 0])
+    with torch.no_grad():
+        full = att(emb, mem, tpos, valid)
+        keep = valid.bool()
+        compact = att(emb, mem[:, keep], tpos[keep], torch.ones(int(keep.sum())))
+        perm = torch.tensor([5, 1, 2, 6, 4, 0, 3])
+        shuffled = att(emb, mem[:, perm], tpos[perm], valid[perm])
+    assert torch.allclose(full, compact, atol=1e-5)
+    assert torch.allclose(full, shuffled, atol=1e-5)
+    assert not torch.allclose(full, emb.expand(2, -1, -1, -1), atol=1e-3)
+
+
+def test_manifest_and_metadata(random_bundle):
+    out, _, _, cfg = random_bundle
+    m = tomllib.loads((out / "manifest.toml").read_text())
+    assert m["graphs"]["memory_attention"] == "memory_attention.onnx"
+    assert m["graphs"]["memory_encoder"] == "memory_encoder.onnx"
+    assert m["memory"] == {"memory_dim": cfg.memory_dim, "memory_size": [cfg.memory_size] * 2,
+                           "frame_slots": cfg.frame_slots, "recent_frames": cfg.recent_frames}
+    for g in GRAPHS:
+        proto = onnx.load(str(out / f"{g}.onnx"))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["name"] == "litemedsam-ppg" and meta["frame_slots"] == str(cfg.frame_slots)
+        assert proto.opset_import[0].version == 17
+    io = {g: onnx.load(str(out / f"{g}.onnx")).graph for g in GRAPHS}
+    assert [i.name for i in io["memory_attention"].input] == ["image_embeddings", "frame_memory", "frame_tpos",
+                                                              "frame_valid"]
+    assert io["memory_attention"].input[2].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [i.name for i in io["memory_encoder"].input] == ["image_embeddings", "mask_logits"]
+    assert io["memory_encoder"].output[0].type.tensor_type.shape.dim[0].dim_param == "K"
+
+
+def test_slot_policy():
+    assert frame_slots(0, 6, 7) == []
+    assert frame_slots(1, 6, 7) == [(0, 6)]
+    assert frame_slots(3, 6, 7) == [(0, 6), (1, 1), (2, 0)]
+    assert frame_slots(9, 6, 7) == [(0, 6)] + [(9 - a, a - 1) for a in range(6, 0, -1)]
+    bank = {f: np.full((2, 4), f, np.float32) for f in range(10)}
+    mem, tpos, valid = fill_bank(bank, frame_slots(2, 6, 7), 7, bank[0])
+    assert mem.shape == (2, 7, 4) and list(valid) == [1, 1, 0, 0, 0, 0, 0] and list(tpos[:2]) == [6, 0]
+
+
+@pytest.mark.skipif(not (BUNDLE / "memory_attention.onnx").exists(), reason="bundle has no memory graphs")
+def test_shipped_bundle_unchanged_and_manifest():
+    m = tomllib.loads((BUNDLE / "manifest.toml").read_text())
+    for g in ORIGINAL_GRAPHS:
+        assert m["graphs"][g] == f"{g}.onnx"
+    assert m["graphs"]["memory_attention"] == "memory_attention.onnx"
+    assert m["memory"]["frame_slots"] == 7 and m["memory"]["recent_frames"] == 6
+    for g in GRAPHS:
+        assert (BUNDLE / f"{g}.onnx").stat().st_size < 5e6  # only the project's own small weights
+
+
+@pytest.mark.skipif(not (BUNDLE / "lite_medsam.pth").exists() or not (BUNDLE / "fixtures" / "memory.json").exists(),
+                    reason="needs lite_medsam.pth (fetch_weights.py) and the memory fixtures")
+def test_shipped_fixtures_reproduce():
+    """The shipped graphs through the reference ONNX Runtime loop reproduce the fixtures."""
+    doc = json.loads((BUNDLE / "fixtures" / "memory.json").read_text())
+
+    def read(name):
+        t = doc["tensors"][name]
+        return np.fromfile(BUNDLE / t["file"], dtype=np.uint8 if t["dtype"] == "u8" else "<f4").reshape(t["shape"])
+    frames = read("frames").astype(np.float32) / 255
+    loop = OrtMemoryLoop(sessions(BUNDLE), doc["frame_slots"], doc["recent_frames"])
+    ctx = loop.support(read("support_images").astype(np.float32) / 255, read("support_masks").astype(np.float32))
+    got = np.stack(loop.track(frames[:3], ctx))
+    assert np.abs(got - read("mask_logits")[:3]).max() < 1e-4
+    assert doc["torch_vs_onnxruntime_max_abs"] <= doc["torch_tolerance"]
+    assert doc["frame0_memory_vs_frame_by_frame_max_abs"] == 0.0
