@@ -9,6 +9,7 @@
 mod harness;
 
 mod engine_core;
+mod engine_memory_mode;
 mod engine_offline;
 mod engine_parity;
 mod engine_parity_views;
