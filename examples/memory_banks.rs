@@ -1,11 +1,13 @@
-//! Harness for scripts/bench/sam2/run (issue 15): a contract-2 (SAM 2) bundle on the CPU.
+//! Harness for scripts/bench/sam2/run (issue 15): a bundle with memory graphs on the CPU (a
+//! contract-2 SAM 2 bundle, or a contract-1 bundle's memory mode such as litemedsam-ppg).
 //!
 //! `cargo run --release --example memory_banks -- MODELS BUNDLE SERIES FRAMES` prints one JSON
-//! line: milliseconds per frame in memory mode (one sequence) and frame by frame (each frame a
-//! sequence of one: the prompt generator on every frame, memory attention over the prompt
-//! alone), then SERIES cine series kept open side by side (one bank each, frames round robin,
-//! as concurrent jobs would hold them): the process's RSS growth per open series against the
-//! bytes each bank holds, after every round.
+//! line: milliseconds per frame in memory mode (one sequence) and frame by frame (SAM 2: each
+//! frame a sequence of one, the prompt generator on every frame, memory attention over the
+//! prompt alone; contract 1: the still path, `Engine::segment`), then SERIES cine series kept
+//! open side by side (one bank each, frames round robin, as concurrent jobs would hold them):
+//! the process's RSS growth per open series against the bytes each bank holds, after every
+//! round.
 
 use proxyseg::config::EngineConfig;
 use proxyseg::dicom::pixels::Frame;
@@ -112,12 +114,26 @@ async fn main() {
         .await
         .expect("memory mode");
     let memory_ms = t0.elapsed().as_secs_f64() * 1e3 / frames as f64;
+    let always = engine.bundle(bundle).expect("bundle").always_tracks();
+    if !always {
+        engine
+            .segment(bundle, &set, clip[..1].to_vec())
+            .await
+            .expect("warm-up");
+    }
     let t0 = Instant::now();
     for f in &clip {
-        engine
-            .segment_sequence(bundle, &set, vec![f.clone()], bank(1))
-            .await
-            .expect("per frame");
+        if always {
+            engine
+                .segment_sequence(bundle, &set, vec![f.clone()], bank(1))
+                .await
+                .expect("per frame");
+        } else {
+            engine
+                .segment(bundle, &set, vec![f.clone()])
+                .await
+                .expect("per frame");
+        }
     }
     let per_frame_ms = t0.elapsed().as_secs_f64() * 1e3 / frames as f64;
     let base = rss_mib();

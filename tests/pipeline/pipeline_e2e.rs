@@ -453,13 +453,11 @@ fn jobs_wait_for_pixel_memory_instead_of_exceeding_the_budget() {
     );
 }
 
-/// A models folder with the SAM 2 random bundle (contract 2: the real hiera-tiny
-/// architecture, random weights) as `sam2-random` and copies of the bundled support `sets`
-/// curated for it.
-pub(crate) fn sam2_models(sets: &[&str]) -> tempfile::TempDir {
-    let bundle = crate::harness::engine::sam2_random_bundle();
+/// A models folder holding `bundle` (linked in as `name`) and copies of the phantom bundle's
+/// support sets `sets`, each pointed at `name`.
+pub(crate) fn models_for(bundle: &Path, name: &str, sets: &[&str]) -> tempfile::TempDir {
     let models = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&bundle, models.path().join("sam2-random")).unwrap();
+    std::os::unix::fs::symlink(bundle, models.path().join(name)).unwrap();
     let dir = models.path().join("sets/support-sets");
     std::fs::create_dir_all(&dir).unwrap();
     for set in sets {
@@ -470,23 +468,37 @@ pub(crate) fn sam2_models(sets: &[&str]) -> tempfile::TempDir {
         let t = std::fs::read_to_string(&toml).unwrap();
         std::fs::write(
             &toml,
-            t.replace("bundle = \"phantom-tiny\"", "bundle = \"sam2-random\""),
+            t.replace("bundle = \"phantom-tiny\"", &format!("bundle = \"{name}\"")),
         )
         .unwrap();
     }
     models
 }
 
+/// [`models_for`] the SAM 2 random bundle (contract 2: the real hiera-tiny architecture).
+pub(crate) fn sam2_models(sets: &[&str]) -> tempfile::TempDir {
+    models_for(
+        &crate::harness::engine::sam2_random_bundle(),
+        "sam2-random",
+        sets,
+    )
+}
+
 /// The delivery tables ([`pacs_delivery_tables`]) with the [engine] table pointed at a
-/// [`sam2_models`] folder, on the CPU.
-pub(crate) fn sam2_tables(pacs_port: u16, models: &Path) -> String {
+/// [`models_for`] folder whose default bundle is `bundle`, on the CPU.
+pub(crate) fn engine_tables(pacs_port: u16, models: &Path, bundle: &str) -> String {
     pacs_delivery_tables(pacs_port).replace(
         &format!("models_dir = \"{}\"", root().join("models").display()),
         &format!(
-            "models_dir = \"{}\"\nproviders = [\"cpu\"]\ndefault_bundle = \"sam2-random\"",
+            "models_dir = \"{}\"\nproviders = [\"cpu\"]\ndefault_bundle = \"{bundle}\"",
             models.display()
         ),
     )
+}
+
+/// [`engine_tables`] for a [`sam2_models`] folder.
+pub(crate) fn sam2_tables(pacs_port: u16, models: &Path) -> String {
+    engine_tables(pacs_port, models, "sam2-random")
 }
 
 /// A SAM 2 bundle (contract 2: the real hiera-tiny architecture, random weights) tracks the US

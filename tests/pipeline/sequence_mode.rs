@@ -5,7 +5,9 @@
 //! from, and its `inferred` event says how its series were segmented. `memory` from a rule on
 //! a contract-1 bundle falls back to frame by frame, as the config's does, with the reason.
 
-use super::pipeline_e2e::{dcm_files, demo, job_states, sam2_models, sam2_tables};
+use super::pipeline_e2e::{
+    dcm_files, demo, engine_tables, job_states, models_for, sam2_models, sam2_tables,
+};
 use crate::harness::admin::{write_tokens, ADMIN_TOKEN};
 use crate::harness::*;
 use std::process::Command;
@@ -233,4 +235,93 @@ fn memory_from_a_rule_on_a_contract_1_bundle_falls_back_to_per_frame() {
                 && l.contains("bundle=phantom-tiny")),
         "{log}"
     );
+}
+
+/// Issue 15 item 3 through the daemon: the shipped `litemedsam-ppg` has a memory mode (contract
+/// 1 with memory graphs), so with the default `auto` the US cine and the MR volume (sent in
+/// reverse) are tracked through its memory bank and come back as valid SEGs covering every
+/// frame; the same cine under a rule asking `per-frame` goes frame by frame.
+#[test]
+fn the_bundled_model_tracks_cine_and_volumes_through_its_memory_mode() {
+    let models = models_for(
+        &root().join("models/litemedsam-ppg"),
+        "litemedsam-ppg",
+        &["us-intrapartum-ps-fh", "mr-prostate"],
+    );
+    let pacs_dir = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let _pacs = pacs_scp(pacs_port, pacs_dir.path(), &[]);
+    let site = Site::start(engine_tables(pacs_port, models.path(), "litemedsam-ppg"));
+    let d = &site.d;
+    let mut mr = dcm_files(&demo("mr"));
+    mr.reverse();
+    site.send(dcm_files(&demo("us")));
+    site.send(mr);
+    site.settled(2);
+    let states = job_states(d);
+    assert!(
+        states.iter().all(|(_, s)| s == "delivered"),
+        "{states:?}\n{}",
+        d.log()
+    );
+    let modes = job_modes(d);
+    assert!(
+        modes.iter().all(|(m, f, detail)| m == "auto"
+            && f == "config"
+            && detail.contains("1 tracked through the memory bank, 0 frame by frame")),
+        "{modes:?}"
+    );
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains("series tracked through the memory bank")
+            && l.contains("frames=8")),
+        "{log}"
+    );
+    let mut frames: Vec<u64> = dcm_files(pacs_dir.path())
+        .iter()
+        .map(|seg| {
+            let o = Command::new("dciodvfy").arg(seg).output().unwrap();
+            let errs = String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .filter(|l| l.starts_with("Error"))
+                .count();
+            assert!(o.status.success() && errs == 0, "{seg} fails dciodvfy");
+            let chk = run_py("seg_check.py", &[seg.as_str()]);
+            assert!(chk.status.success(), "{}", text(&chk));
+            let v: serde_json::Value = serde_json::from_slice(&chk.stdout).unwrap();
+            v["frames"].as_u64().unwrap()
+        })
+        .collect();
+    frames.sort_unstable();
+    // every source frame once per segment: MR 8 slices x 1, US 8 frames x 2
+    assert_eq!(frames, vec![8, 16]);
+
+    // per-frame from the US set's rule: the same cine, as a new study, frame by frame
+    let id = site.us_rule();
+    site.cli(&["rule", "update", &id, "--sequence-mode", "per-frame"]);
+    let copy = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, pydicom
+from pydicom.uid import generate_uid
+ds = pydicom.dcmread(sys.argv[2])
+ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+ds.save_as(sys.argv[1] + "/cine-copy.dcm")
+"#;
+    let cine = dcm_files(&demo("us")).remove(0);
+    let out = Command::new(python())
+        .args(["-c", script, copy.path().to_str().unwrap(), &cine])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    site.send(dcm_files(copy.path()));
+    site.settled(3);
+    let last = job_modes(d).pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("per-frame", "rule"));
+    assert!(
+        last.2
+            .contains("0 tracked through the memory bank, 1 frame by frame"),
+        "{last:?}"
+    );
+    assert!(d.echo(), "the daemon keeps serving");
 }
