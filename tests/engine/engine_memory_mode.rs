@@ -14,7 +14,7 @@ use crate::harness::engine::*;
 use proxyseg::dicom::pixels::Frame;
 use proxyseg::engine::infer::{support_context_of, StageTimings, Tensor};
 use proxyseg::engine::memory::proxy::track_frame;
-use proxyseg::engine::{Engine, MemoryBank, SupportObject, SupportPair, SupportSet};
+use proxyseg::engine::{MemoryBank, SupportObject, SupportPair, SupportSet};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -54,12 +54,6 @@ fn tensor(bundle: &Path, doc: &Value, key: &str) -> (Vec<usize>, Vec<f32>) {
     };
     assert_eq!(data.len(), shape.iter().product::<usize>(), "{key}");
     (shape, data)
-}
-
-fn engine_for(bundle: &Path, data: &Path) -> Engine {
-    let mut cfg = cpu_config(bundle.parent().unwrap());
-    cfg.intra_threads = 2;
-    Engine::new(&cfg, data).expect("engine")
 }
 
 #[test]

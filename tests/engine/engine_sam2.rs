@@ -9,12 +9,6 @@ use proxyseg::engine::infer::{support_context_of, StageTimings, Tensor};
 use proxyseg::engine::memory::track::track_frame;
 use proxyseg::engine::{Engine, MemoryBank};
 
-fn engine_for(bundle: &std::path::Path, data: &std::path::Path) -> Engine {
-    let mut cfg = cpu_config(bundle.parent().unwrap());
-    cfg.intra_threads = 2;
-    Engine::new(&cfg, data).expect("engine")
-}
-
 #[test]
 fn rust_frame_loop_matches_onnxruntime_over_a_16_frame_clip() {
     let dir = sam2_random_bundle();

@@ -26,6 +26,13 @@ pub fn make_test_bundle(dir: &Path, name: &str, version: &str) {
     );
 }
 
+/// An engine on the CPU (2 intra-op threads) serving the bundles beside `bundle`.
+pub fn engine_for(bundle: &Path, data: &Path) -> proxyseg::engine::Engine {
+    let mut cfg = cpu_config(bundle.parent().unwrap());
+    cfg.intra_threads = 2;
+    proxyseg::engine::Engine::new(&cfg, data).expect("engine")
+}
+
 /// An engine config on CPU with the given models folder.
 pub fn cpu_config(models: &Path) -> EngineConfig {
     EngineConfig {

@@ -98,6 +98,26 @@ impl Site {
     }
 }
 
+/// The demo US cine as a new study (new study, series and instance UIDs), in a folder.
+fn cine_copy() -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, pydicom
+from pydicom.uid import generate_uid
+ds = pydicom.dcmread(sys.argv[2])
+ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+ds.save_as(sys.argv[1] + "/cine-copy.dcm")
+"#;
+    let cine = dcm_files(&demo("us")).remove(0);
+    let out = Command::new(python())
+        .args(["-c", script, copy.path().to_str().unwrap(), &cine])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    copy
+}
+
 #[test]
 fn a_rule_sends_a_cine_per_frame_where_the_default_tracks_it() {
     let models = sam2_models(&["us-intrapartum-ps-fh"]);
@@ -114,21 +134,7 @@ fn a_rule_sends_a_cine_per_frame_where_the_default_tracks_it() {
     // The seeded rule of the US set asks for per-frame; a copy of the cine as a new study.
     let id = site.us_rule();
     cli(&["rule", "update", &id, "--sequence-mode", "per-frame"]);
-    let copy = tempfile::tempdir().unwrap();
-    let script = r#"
-import sys, pydicom
-from pydicom.uid import generate_uid
-ds = pydicom.dcmread(sys.argv[2])
-ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-ds.save_as(sys.argv[1] + "/cine-copy.dcm")
-"#;
-    let cine = dcm_files(&demo("us")).remove(0);
-    let out = Command::new(python())
-        .args(["-c", script, copy.path().to_str().unwrap(), &cine])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    let copy = cine_copy();
     site.send(dcm_files(copy.path()));
     site.settled(2);
 
@@ -299,21 +305,7 @@ fn the_bundled_model_tracks_cine_and_volumes_through_its_memory_mode() {
     // per-frame from the US set's rule: the same cine, as a new study, frame by frame
     let id = site.us_rule();
     site.cli(&["rule", "update", &id, "--sequence-mode", "per-frame"]);
-    let copy = tempfile::tempdir().unwrap();
-    let script = r#"
-import sys, pydicom
-from pydicom.uid import generate_uid
-ds = pydicom.dcmread(sys.argv[2])
-ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-ds.save_as(sys.argv[1] + "/cine-copy.dcm")
-"#;
-    let cine = dcm_files(&demo("us")).remove(0);
-    let out = Command::new(python())
-        .args(["-c", script, copy.path().to_str().unwrap(), &cine])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    let copy = cine_copy();
     site.send(dcm_files(copy.path()));
     site.settled(3);
     let last = job_modes(d).pop().unwrap();
