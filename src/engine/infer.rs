@@ -290,6 +290,37 @@ pub struct ViewPass {
     pub contexts: Vec<Arc<SupportContext>>,
 }
 
+/// prompt_generator on one image's embeddings `[1, C, h, w]` with a support context: the proxy
+/// prompt `[K, T, C]`, shape checked (every path runs the PPG through here).
+pub(crate) fn proxy_prompt(
+    bundle: &Bundle,
+    ctx: &SupportContext,
+    embeddings: &Tensor,
+    timings: &mut StageTimings,
+) -> Result<Tensor, EngineError> {
+    let m = &bundle.manifest;
+    let t0 = Instant::now();
+    let tokens = run_graph(
+        &bundle.prompt_generator,
+        &[
+            ("image_embeddings", embeddings),
+            ("support_keys", &ctx.keys),
+            ("support_values", &ctx.values),
+        ],
+        &["prompt_tokens"],
+    )?
+    .remove(0);
+    timings.prompt_generator += t0.elapsed();
+    let k = tokens.shape.first().copied().unwrap_or(0);
+    expect_shape(
+        "prompt_generator",
+        "prompt_tokens",
+        &tokens,
+        &[k, m.prompt_tokens, m.embed_dim],
+    )?;
+    Ok(tokens)
+}
+
 /// prompt_generator and mask_decoder on one image's embeddings `[1, C, h, w]` with a context:
 /// `(prompt_tokens, mask_logits, iou_scores)`, shapes checked.
 fn decode(
@@ -300,26 +331,9 @@ fn decode(
 ) -> Result<(Tensor, Tensor, Tensor), EngineError> {
     let m = &bundle.manifest;
     let (lh, lw) = (m.low_res_size[0], m.low_res_size[1]);
-    let t2 = Instant::now();
-    let mut r = run_graph(
-        &bundle.prompt_generator,
-        &[
-            ("image_embeddings", e1),
-            ("support_keys", &ctx.keys),
-            ("support_values", &ctx.values),
-        ],
-        &["prompt_tokens"],
-    )?;
-    let tokens = r.remove(0);
+    let tokens = proxy_prompt(bundle, ctx, e1, timings)?;
     let t3 = Instant::now();
-    timings.prompt_generator += t3 - t2;
-    let k = tokens.shape.first().copied().unwrap_or(0);
-    expect_shape(
-        "prompt_generator",
-        "prompt_tokens",
-        &tokens,
-        &[k, m.prompt_tokens, m.embed_dim],
-    )?;
+    let k = tokens.shape[0];
     let mut r = run_graph(
         &bundle.mask_decoder,
         &[("image_embeddings", e1), ("prompt_tokens", &tokens)],

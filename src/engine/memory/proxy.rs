@@ -12,7 +12,10 @@
 
 use super::{MemoryBank, MemorySpec};
 use crate::engine::bundle::{Bundle, Dim};
-use crate::engine::infer::{expect_shape, run_graph, run_graph_with_ints, SupportContext, Tensor};
+use crate::engine::infer::{
+    encode_images, expect_shape, proxy_prompt, run_graph, run_graph_with_ints, SupportContext,
+    Tensor,
+};
 use crate::engine::EngineError;
 
 use super::track::Step;
@@ -73,40 +76,12 @@ pub fn track_frame(
         .ok_or_else(|| no_memory(bundle))?;
     let m = &bundle.manifest;
     let t0 = Instant::now();
-    let embeddings = run_graph(
-        &bundle.image_encoder,
-        &[("image", image)],
-        &["image_embeddings"],
-    )?
-    .remove(0);
+    let embeddings = encode_images(bundle, &image.data, 1, 1)?;
     let (c, [h, w]) = (m.embed_dim, m.embed_size);
-    expect_shape(
-        "image_encoder",
-        "image_embeddings",
-        &embeddings,
-        &[1, c, h, w],
-    )?;
-    let t1 = Instant::now();
-    timings.image_encoder += t1 - t0;
-    let prompt = run_graph(
-        &bundle.prompt_generator,
-        &[
-            ("image_embeddings", &embeddings),
-            ("support_keys", &ctx.keys),
-            ("support_values", &ctx.values),
-        ],
-        &["prompt_tokens"],
-    )?
-    .remove(0);
+    timings.image_encoder += t0.elapsed();
+    let prompt = proxy_prompt(bundle, ctx, &embeddings, timings)?;
     let k = prompt.shape[0];
-    expect_shape(
-        "prompt_generator",
-        "prompt_tokens",
-        &prompt,
-        &[k, m.prompt_tokens, c],
-    )?;
     let t2 = Instant::now();
-    timings.prompt_generator += t2 - t1;
     let a = bank.attention_inputs(k, c, spec.grid([h, w]));
     let cond = run_graph_with_ints(
         &mem.attention,
@@ -137,15 +112,11 @@ pub fn track_frame(
     .remove(0);
     timings.mask_decoder += t2.elapsed();
     bank.push(None, memory, None);
-    let object_scores = Tensor {
-        shape: vec![k, 1],
-        data: vec![1.0; k],
-    };
     let step = Step {
         embeddings,
         mask_logits,
         iou_scores,
-        object_scores,
+        object_scores: None,
     };
     Ok((step, prompt))
 }

@@ -9,8 +9,8 @@ use super::MemoryBank;
 use crate::dicom::pixels::Frame;
 use crate::engine::bundle::Bundle;
 use crate::engine::infer::{
-    expect_shape, masks_of, object_logits, run_graph, run_graph_with_ints, stack, FrameResult,
-    FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor,
+    expect_shape, masks_of, object_logits, proxy_prompt, run_graph, run_graph_with_ints, stack,
+    FrameResult, FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor,
 };
 use crate::engine::preprocess::prepare_image;
 use crate::engine::EngineError;
@@ -35,8 +35,9 @@ pub struct Step {
     pub mask_logits: Tensor,
     /// `[K, 1]`.
     pub iou_scores: Tensor,
-    /// `[K, 1]`: > 0 where SAM 2 predicts the object present.
-    pub object_scores: Tensor,
+    /// `[K, 1]`: > 0 where SAM 2 predicts the object present; None in the proxy memory mode,
+    /// which has no object-score head.
+    pub object_scores: Option<Tensor>,
 }
 
 /// image_encoder on one model input `[1, 3, S, S]`.
@@ -87,28 +88,12 @@ pub fn track_frame(
     let prompt = match bank.prompt() {
         Some(p) => p,
         None => {
-            let mut r = run_graph(
-                &bundle.prompt_generator,
-                &[
-                    ("image_embeddings", &enc.embeddings),
-                    ("support_keys", &ctx.keys),
-                    ("support_values", &ctx.values),
-                ],
-                &["prompt_tokens"],
-            )?;
-            fresh = r.remove(0);
+            fresh = proxy_prompt(bundle, ctx, &enc.embeddings, timings)?;
             &fresh
         }
     };
     let k = prompt.shape[0];
-    expect_shape(
-        "prompt_generator",
-        "prompt_tokens",
-        prompt,
-        &[k, m.prompt_tokens, m.embed_dim],
-    )?;
     let t2 = Instant::now();
-    timings.prompt_generator += t2 - t1;
     let a = bank.attention_inputs(k, m.embed_dim, m.embed_size);
     let cond = run_graph_with_ints(
         &mem.attention,
@@ -160,7 +145,7 @@ pub fn track_frame(
         embeddings: enc.embeddings,
         mask_logits,
         iou_scores,
-        object_scores,
+        object_scores: Some(object_scores),
     })
 }
 
