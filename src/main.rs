@@ -192,6 +192,9 @@ fn segment(config: &Path, support_set: &str, out: &Path, inputs: &[PathBuf]) -> 
                 "segmented {} frame(s) with {} on {}",
                 report.frames, report.support_set, report.bundle
             );
+            for (name, how) in report.names.iter().zip(&report.sequence) {
+                println!("{name}: {how}");
+            }
             for p in segs {
                 println!("SEG {}", p.display());
             }

@@ -130,6 +130,19 @@ pub fn choose(
     }
 }
 
+/// Whether frames go through a memory bank, by the mode alone: `memory` tracks every
+/// sequence, `per-frame` none, `auto` multi-frame ultrasound (`multi_frame` and Modality `US`)
+/// and volumes (`volume`: two or more single-frame slices of a series). Whether the bundle can
+/// track is the caller's other question. The one home of this decision: the daemon's planner
+/// (`pipeline::sequence::plan`) and `proxyseg segment` both ask it.
+pub fn wants_memory(mode: SequenceMode, modality: &str, multi_frame: bool, volume: bool) -> bool {
+    match mode {
+        SequenceMode::PerFrame => false,
+        SequenceMode::Memory => true,
+        SequenceMode::Auto => (modality.trim() == "US" && multi_frame) || volume,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +174,20 @@ mod tests {
             choose(Some(Memory), None, Auto).to_string(),
             "memory (from rule)"
         );
+    }
+
+    /// Auto tracks multi-frame ultrasound and volumes only; memory and per-frame decide alone.
+    #[test]
+    fn auto_tracks_ultrasound_cine_and_volumes() {
+        assert!(wants_memory(Auto, "US", true, false));
+        assert!(wants_memory(Auto, "MR", false, true));
+        assert!(
+            !wants_memory(Auto, "XA", true, false),
+            "a multi-frame XA is not tracked by auto"
+        );
+        assert!(!wants_memory(Auto, "US", false, false), "a single US still");
+        assert!(wants_memory(Memory, "XA", true, false));
+        assert!(!wants_memory(PerFrame, "US", true, true));
     }
 
     /// Settings parse as the API and the CLI take them; anything else names the allowed values.

@@ -2,9 +2,14 @@
 //!
 //! Owns loading a support set from a `supportset.toml` folder (or by name under
 //! `models_dir/*/support-sets/`; the file itself is parsed by [`crate::support_folder`]),
-//! reading its SEG masks with a deliberately small private reader (BINARY, uncompressed,
-//! per-frame functional groups; to be replaced by `dicom::seg` when it merges), and writing the
-//! masks as PNG + raw bytes. It never writes DICOM SEG and never talks to the store.
+//! reading its pairs' SEG masks (with [`crate::dicom::seg::read_seg`], the reader Import
+//! uses), and writing the masks as PNG + raw bytes. It never writes DICOM SEG (that is
+//! `pipeline::offline`) and never talks to the store.
+//!
+//! A multi-frame input is tracked through the bundle's memory bank when the mode says so, as
+//! the daemon would: the support set's `sequence_mode`, else `pipeline.sequence_mode`
+//! ([`crate::sequence_mode::wants_memory`]). Each input is its own sequence: a folder of a
+//! volume's slices given as separate files is segmented slice by slice.
 //!
 //! The CLI calls [`segment_files`] with the loaded config.
 
@@ -20,7 +25,8 @@ use super::{
     Engine, EngineError, Mask, Segmentation, StageTimings, SupportObject, SupportPair, SupportSet,
 };
 use crate::config::Config;
-use crate::dicom::pixels::{frames_from_file, Frame};
+use crate::dicom::pixels::{frames_from_file, Frame, FrameSource};
+use crate::sequence_mode::{self, ChosenMode, SequenceMode};
 use crate::support_folder::{self, SpecError};
 
 pub use crate::support_folder::SupportSetSpec;
@@ -243,7 +249,35 @@ pub struct OfflineReport {
     pub names: Vec<String>,
     /// The support set's `supportset.toml` (object codes and colours).
     pub spec: Option<SupportSetSpec>,
+    /// The sequence mode chosen for this call (the set's, else the config's).
+    pub mode: Option<ChosenMode>,
+    /// Per input file (same order as `results`), how its frames were segmented.
+    pub sequence: Vec<SequenceUse>,
 }
+
+/// How `proxyseg segment` segmented one input's frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceUse {
+    /// True when the frames went through one memory bank, in frame order.
+    pub tracked: bool,
+    /// Why (the mode and, when it could not track, the bundle's reason).
+    pub why: String,
+}
+
+impl std::fmt::Display for SequenceUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.tracked {
+            "tracked through the memory bank"
+        } else {
+            "frame by frame"
+        };
+        write!(f, "{how} ({})", self.why)
+    }
+}
+
+/// Frames of a tracked input handed to the engine at once; the bank carries over between
+/// chunks, so memory holds one chunk's tensors whatever the number of frames.
+const TRACK_CHUNK: usize = 16;
 
 /// The output name of each input (same order): its file stem, made unique among `inputs` so
 /// that no input's results overwrite another's. Inputs whose stems collide (`a/image.dcm`,
@@ -329,6 +363,11 @@ pub async fn segment_files(
             b
         }
     };
+    let chosen = sequence_mode::choose(None, spec.sequence_mode, cfg.pipeline.sequence_mode);
+    let b = engine.bundle(&bundle)?;
+    let labels: Vec<&str> = set.objects.iter().map(|o| o.label.as_str()).collect();
+    let refusal = b.track_refusal(&labels);
+    let always_tracks = b.always_tracks();
     let mut report = OfflineReport {
         bundle: String::new(),
         support_set: format!("{}@{}", set.name, set.version),
@@ -339,23 +378,116 @@ pub async fn segment_files(
         results: Vec::new(),
         names: Vec::new(),
         spec: Some(spec.clone()),
+        mode: Some(chosen),
+        sequence: Vec::new(),
     };
     std::fs::create_dir_all(out_dir)
         .map_err(|e| off(format!("cannot create {}: {e}", out_dir.display())))?;
     for (input, name) in inputs.iter().zip(output_names(inputs)) {
         let t0 = Instant::now();
-        let frames = frames_from_file(input)?;
+        let source = FrameSource::open(input)?;
+        let modality = source
+            .object()
+            .element_opt(tags::MODALITY)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
+            .unwrap_or_default();
+        let frames = source.collect_all()?;
+        drop(source);
         report.decode += t0.elapsed();
-        let seg = engine.segment(&bundle, &set, frames).await?;
+        let wanted =
+            frames.len() > 1 && sequence_mode::wants_memory(chosen.mode, &modality, true, false);
+        let how = match (wanted, refusal) {
+            (true, None) => SequenceUse {
+                tracked: true,
+                why: format!("sequence_mode {chosen}"),
+            },
+            (true, Some(why)) => {
+                if chosen.mode == SequenceMode::Memory {
+                    tracing::warn!(input = %input.display(), bundle = %bundle, why, "sequence_mode memory asked for, but the bundle cannot track: segmented frame by frame");
+                }
+                SequenceUse {
+                    tracked: false,
+                    why: format!("sequence_mode {chosen}, but {why}"),
+                }
+            }
+            (false, _) => SequenceUse {
+                tracked: false,
+                why: if frames.len() > 1 {
+                    format!("sequence_mode {chosen}")
+                } else {
+                    "one frame".into()
+                },
+            },
+        };
+        let seg = if how.tracked {
+            segment_tracked(&engine, &bundle, &set, frames).await?
+        } else if always_tracks && frames.len() > 1 {
+            // A SAM 2 bundle tracks a call's frames: one call per frame keeps them apart.
+            segment_each(&engine, &bundle, &set, frames).await?
+        } else {
+            engine.segment(&bundle, &set, frames).await?
+        };
         report.bundle = seg.bundle.clone();
         report.frames += seg.frames.len();
         report.timings.add(&seg.timings);
         let dir = out_dir.join(&name);
-        report.written.extend(write_outputs(&dir, input, &seg)?);
+        report
+            .written
+            .extend(write_outputs(&dir, input, &seg, &how)?);
         report.results.push((input.clone(), seg));
         report.names.push(name);
+        report.sequence.push(how);
     }
     Ok(report)
+}
+
+/// Segments one input's frames through one memory bank, [`TRACK_CHUNK`] frames at a time.
+async fn segment_tracked(
+    engine: &Engine,
+    bundle: &str,
+    set: &SupportSet,
+    mut frames: Vec<Frame>,
+) -> Result<Segmentation, EngineError> {
+    let mut bank = engine
+        .memory_bank(bundle, frames.len(), None)?
+        .ok_or_else(|| off(format!("bundle {bundle} has no memory graphs")))?;
+    let mut whole: Option<Segmentation> = None;
+    while !frames.is_empty() {
+        let rest = frames.split_off(frames.len().min(TRACK_CHUNK));
+        let (seg, next) = engine.segment_sequence(bundle, set, frames, bank).await?;
+        bank = next;
+        join(&mut whole, seg);
+        frames = rest;
+    }
+    whole.ok_or_else(|| off("no frames".into()))
+}
+
+/// Segments each frame in a call of its own (frame by frame on a bundle that tracks a call's
+/// frames).
+async fn segment_each(
+    engine: &Engine,
+    bundle: &str,
+    set: &SupportSet,
+    frames: Vec<Frame>,
+) -> Result<Segmentation, EngineError> {
+    let mut whole: Option<Segmentation> = None;
+    for f in frames {
+        join(&mut whole, engine.segment(bundle, set, vec![f]).await?);
+    }
+    whole.ok_or_else(|| off("no frames".into()))
+}
+
+/// Appends `seg`'s frames and timings to `whole`.
+fn join(whole: &mut Option<Segmentation>, seg: Segmentation) {
+    match whole {
+        None => *whole = Some(seg),
+        Some(w) => {
+            w.frames.extend(seg.frames);
+            w.timings.add(&seg.timings);
+        }
+    }
 }
 
 fn safe_label(s: &str) -> String {
@@ -390,6 +522,7 @@ fn write_outputs(
     dir: &Path,
     input: &Path,
     seg: &Segmentation,
+    sequence: &SequenceUse,
 ) -> Result<Vec<PathBuf>, EngineError> {
     use toml::Value;
     let io = |p: &Path, e: std::io::Error| off(format!("cannot write {}: {e}", p.display()));
@@ -406,6 +539,8 @@ fn write_outputs(
     let mut doc = toml::Table::new();
     doc.insert("input".into(), Value::String(input.display().to_string()));
     doc.insert("bundle".into(), Value::String(seg.bundle.clone()));
+    doc.insert("tracked".into(), Value::Boolean(sequence.tracked));
+    doc.insert("sequence".into(), Value::String(sequence.why.clone()));
     doc.insert(
         "support_set".into(),
         Value::String(format!(

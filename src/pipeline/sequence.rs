@@ -86,11 +86,7 @@ pub fn plan(
     let multi: Vec<usize> = (0..infos.len()).filter(|&i| infos[i].frames > 1).collect();
     let single: Vec<usize> = (0..infos.len()).filter(|&i| infos[i].frames == 1).collect();
     let volume = single.len() >= 2;
-    let wanted = match mode {
-        SequenceMode::PerFrame => false,
-        SequenceMode::Memory => true,
-        SequenceMode::Auto => (modality == "US" && !multi.is_empty()) || volume,
-    };
+    let wanted = crate::sequence_mode::wants_memory(mode, modality, !multi.is_empty(), volume);
     if !tracks || !wanted {
         return Ok(Plan::PerFrame);
     }

@@ -317,3 +317,84 @@ fn the_bundled_model_tracks_cine_and_volumes_through_its_memory_mode() {
     );
     assert!(d.echo(), "the daemon keeps serving");
 }
+
+/// Runs `proxyseg segment` with set `set` under `models` on `input`; its stdout.
+fn segment_offline(
+    models: &std::path::Path,
+    set: &str,
+    input: &std::path::Path,
+    out: &std::path::Path,
+) -> String {
+    let cfg = out.with_extension("toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dicom]\nrequire_known_peers = false\n[storage]\ndata_dir = \"{}\"\n[engine]\nmodels_dir = \"{}\"\ndefault_bundle = \"litemedsam-ppg\"\nproviders = [\"cpu\"]\n",
+            out.with_extension("var").display(),
+            models.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args(["segment", "--config"])
+        .arg(&cfg)
+        .args(["--support-set", set, "-o"])
+        .arg(out)
+        .arg(input)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `proxyseg segment` chooses as the daemon does: the US cine is tracked through the bundled
+/// model's memory bank by default (auto, from the config), and frame by frame when the support
+/// set says `per-frame`; the line printed per input and its result.toml say which, and the SEG
+/// covers every frame either way. The two runs' masks differ (the memory changes the result).
+#[test]
+fn proxyseg_segment_tracks_a_cine_as_the_daemon_would() {
+    let models = models_for(
+        &root().join("models/litemedsam-ppg"),
+        "litemedsam-ppg",
+        &["us-intrapartum-ps-fh"],
+    );
+    let cine = demo("us").join("cine.dcm");
+    let work = tempfile::tempdir().unwrap();
+    let tracked_out = work.path().join("tracked");
+    let stdout = segment_offline(models.path(), "us-intrapartum-ps-fh", &cine, &tracked_out);
+    assert!(
+        stdout.contains("cine: tracked through the memory bank (sequence_mode auto (from config))"),
+        "{stdout}"
+    );
+    let result = std::fs::read_to_string(tracked_out.join("cine/result.toml")).unwrap();
+    assert!(result.contains("tracked = true"), "{result}");
+
+    let toml = models
+        .path()
+        .join("sets/support-sets/us-intrapartum-ps-fh/supportset.toml");
+    let t = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("sequence_mode = \"per-frame\"\n{t}")).unwrap();
+    let frame_out = work.path().join("per-frame");
+    let stdout = segment_offline(models.path(), "us-intrapartum-ps-fh", &cine, &frame_out);
+    assert!(
+        stdout.contains("cine: frame by frame (sequence_mode per-frame (from support set))"),
+        "{stdout}"
+    );
+    let result = std::fs::read_to_string(frame_out.join("cine/result.toml")).unwrap();
+    assert!(result.contains("tracked = false"), "{result}");
+
+    for out in [&tracked_out, &frame_out] {
+        let seg = out.join("cine.seg.dcm");
+        let chk = run_py("seg_check.py", &[seg.to_str().unwrap()]);
+        assert!(chk.status.success(), "{}", text(&chk));
+        let v: serde_json::Value = serde_json::from_slice(&chk.stdout).unwrap();
+        assert_eq!(v["frames"].as_u64(), Some(16), "8 frames x 2 segments");
+    }
+    let tracked = std::fs::read(tracked_out.join("cine/masks.u8")).unwrap();
+    let per_frame = std::fs::read(frame_out.join("cine/masks.u8")).unwrap();
+    assert_eq!(tracked.len(), per_frame.len());
+    assert_ne!(
+        tracked, per_frame,
+        "memory mode gave the frame-by-frame masks"
+    );
+}
