@@ -424,6 +424,10 @@ mod tests {
                 })
                 .collect())
         }
+
+        fn track_refusal(&self, _: &str, _: &[&str]) -> Option<String> {
+            Some("a test double does not track".into())
+        }
     }
 
     fn dummy_image() -> DicomImage {

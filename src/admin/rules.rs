@@ -220,16 +220,15 @@ impl pb::rules_server::Rules for Svc {
             set.rules()
                 .any(|r| r.id == id && r.destination_ae.trim().is_empty())
         });
-        let (version, set_mode) = match &d.support_set {
+        let stored = match &d.support_set {
             Some(name) => read(&self.st.db, |c| {
-                Ok::<_, RuleError>(
-                    support::get(c, name, None)
-                        .map(|s| (s.version, s.meta.sequence_mode))
-                        .unwrap_or((0, None)),
-                )
+                Ok::<_, RuleError>(support::get(c, name, None).ok())
             })?,
-            None => (0, None),
+            None => None,
         };
+        let (version, set_mode) = stored
+            .as_ref()
+            .map_or((0, None), |s| (s.version, s.meta.sequence_mode));
         // The mode the pipeline would record for the job (catalog: rule > set > config).
         let mode = d.rule.map(|id| {
             let rule_mode = set
@@ -238,6 +237,24 @@ impl pb::rules_server::Rules for Svc {
                 .and_then(|r| r.sequence_mode);
             sequence_mode::choose(rule_mode, set_mode, self.st.sequence_mode)
         });
+        let note = match (&mode, &stored) {
+            (Some(m), Some(s)) if m.mode != sequence_mode::SequenceMode::PerFrame => {
+                let labels: Vec<&str> = s.objects.iter().map(|o| o.label.as_str()).collect();
+                match &self.st.segmenter {
+                    Some(seg) => seg.track_refusal(&s.meta.bundle, &labels).map(|why| {
+                        format!(
+                            "series that sequence_mode {} would track go frame by frame: {why}",
+                            m.mode
+                        )
+                    }),
+                    None => Some(
+                        "this daemon runs no engine, so whether the bundle can track is unknown"
+                            .into(),
+                    ),
+                }
+            }
+            _ => None,
+        };
         crate::admin::audit_read(
             &self.st.db,
             &who.name,
@@ -275,6 +292,7 @@ impl pb::rules_server::Rules for Svc {
             to_sender,
             sequence_mode: mode.map(|m| m.mode.to_string()).unwrap_or_default(),
             sequence_mode_from: mode.map(|m| m.from.to_string()).unwrap_or_default(),
+            sequence_note: note.unwrap_or_default(),
         }))
     }
 }

@@ -58,6 +58,11 @@ pub enum SegmentError {
 pub trait Segmenter: Send + Sync {
     /// Masks for `image`, one per object of `set`.
     fn segment(&self, set: &SupportSetData, image: &DicomImage) -> Result<Vec<Mask>, SegmentError>;
+
+    /// Why `bundle` (empty: the default bundle) would segment a series of a set with these
+    /// object labels frame by frame even when its sequence mode asks for the memory bank; None
+    /// when it can track.
+    fn track_refusal(&self, bundle: &str, labels: &[&str]) -> Option<String>;
 }
 
 /// The engine as the admin API's [`Segmenter`]: decodes the support images
@@ -120,5 +125,19 @@ impl Segmenter for EngineSegmenter {
             .ok_or(SegmentError::Result("the engine returned no frame"))?;
         // the engine's masks are the store's type, already 0/1
         Ok(result.masks)
+    }
+
+    fn track_refusal(&self, bundle: &str, labels: &[&str]) -> Option<String> {
+        let name = if bundle.trim().is_empty() {
+            &self.default_bundle
+        } else {
+            bundle
+        };
+        match self.engine.bundle(name) {
+            Ok(b) => b
+                .track_refusal(labels)
+                .map(|why| format!("{why} (bundle {name})")),
+            Err(e) => Some(format!("bundle {name} cannot be used: {e}")),
+        }
     }
 }

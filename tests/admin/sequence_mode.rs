@@ -273,6 +273,13 @@ fn the_cli_sets_shows_and_explains_the_sequence_mode() {
     );
     let dry = ok(&["rule", "dry-run", "--modality", "US"]);
     assert!(dry.contains("sequence mode: memory (from rule)\n"), "{dry}");
+    // The test daemon's default bundle is not in its models folder: the dry run says so.
+    assert!(
+        dry.contains(
+            "note: series that sequence_mode memory would track go frame by frame: bundle "
+        ),
+        "{dry}"
+    );
     // Back to inherit: same id, the set's mode now decides.
     let out = ok(&["rule", "update", &id, "--sequence-mode", "inherit"]);
     assert_eq!(out.trim(), format!("updated rule {id}"));
@@ -285,6 +292,7 @@ fn the_cli_sets_shows_and_explains_the_sequence_mode() {
         dry.contains("sequence mode: per-frame (from support set)\n"),
         "{dry}"
     );
+    assert!(!dry.contains("note:"), "per-frame needs no note: {dry}");
     ok(&[
         "support-set",
         "update",
@@ -304,4 +312,79 @@ fn the_cli_sets_shows_and_explains_the_sequence_mode() {
     assert!(err.contains(ALLOWED), "{err}");
     let v: serde_json::Value = serde_json::from_str(&ok(&["--json", "rule", "list"])).unwrap();
     assert_eq!(v[0]["sequence_mode"], "inherit");
+}
+
+/// DryRun says when the set's bundle would not do what its mode asks: phantom-tiny has no
+/// memory graphs, litemedsam-ppg tracks `fetal head` (no note) but not `vessels` (its tiles
+/// view applies, and its memory mode has none); `per-frame` needs no note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_says_when_the_bundle_would_not_track() {
+    let a = start_full("", &|m| {
+        for b in ["phantom-tiny", "litemedsam-ppg"] {
+            std::os::unix::fs::symlink(root().join("models").join(b), m.join(b)).unwrap();
+        }
+    });
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    c.sets
+        .create(pb::CreateSupportSetRequest {
+            name: "cine".into(),
+            bundle: "phantom-tiny".into(),
+            objects: vec![object("fetal head")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rule = c
+        .rules
+        .create(pb::CreateRuleRequest {
+            rule: Some(pb::Rule {
+                support_set: "cine".into(),
+                modality: "CT".into(),
+                sequence_mode: Some("memory".into()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let note = |d: pb::DryRunResponse| (d.sequence_mode, d.sequence_note);
+    let (mode, n) = note(c.rules.dry_run(dry_run_ct()).await.unwrap().into_inner());
+    assert_eq!(mode, "memory");
+    assert_eq!(
+        n,
+        "series that sequence_mode memory would track go frame by frame: the bundle cannot track frames (no memory graphs) (bundle phantom-tiny)"
+    );
+
+    let update = |bundle: &str, objects: Vec<pb::SupportObject>| pb::UpdateSupportSetRequest {
+        name: "cine".into(),
+        bundle: Some(bundle.into()),
+        replace_objects: true,
+        objects,
+        ..Default::default()
+    };
+    c.sets
+        .update(update("litemedsam-ppg", vec![object("fetal head")]))
+        .await
+        .unwrap();
+    let (_, n) = note(c.rules.dry_run(dry_run_ct()).await.unwrap().into_inner());
+    assert_eq!(n, "", "litemedsam-ppg tracks a fetal head");
+
+    c.sets
+        .update(update("litemedsam-ppg", vec![object("vessels")]))
+        .await
+        .unwrap();
+    let (_, n) = note(c.rules.dry_run(dry_run_ct()).await.unwrap().into_inner());
+    assert!(n.contains("resolution views apply"), "{n}");
+
+    c.rules
+        .update(pb::UpdateRuleRequest {
+            rule: Some(pb::Rule {
+                sequence_mode: Some("per-frame".into()),
+                ..rule
+            }),
+        })
+        .await
+        .unwrap();
+    let (mode, n) = note(c.rules.dry_run(dry_run_ct()).await.unwrap().into_inner());
+    assert_eq!((mode.as_str(), n.as_str()), ("per-frame", ""));
 }

@@ -346,6 +346,7 @@ async fn dry_run(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<(
         "destination_ae": r.destination_ae, "reason": r.reason,
         "stable_age_s": r.stable_age_s, "to_sender": r.to_sender,
         "sequence_mode": r.sequence_mode, "sequence_mode_from": r.sequence_mode_from,
+        "sequence_note": r.sequence_note,
         "considered": r.considered.iter().map(|c| json!({"rule_id": c.rule_id, "matched": c.matched, "reason": c.reason})).collect::<Vec<_>>(),
     });
     print(args, v, || {
@@ -365,6 +366,9 @@ async fn dry_run(args: &AdminArgs, rules: &mut Rules, cmd: &RuleCmd) -> Result<(
                 "sequence mode: {} (from {})\n",
                 r.sequence_mode, r.sequence_mode_from
             );
+            if !r.sequence_note.is_empty() {
+                s += &format!("note: {}\n", r.sequence_note);
+            }
         }
         s += &format!("why: {}", r.reason);
         s
