@@ -57,6 +57,17 @@ pub(super) fn check_weights(dir: &Path, wt: &Weights) -> Result<(), BundleError>
     if md.len() != wt.size {
         return Err(fail(format!("has {} bytes", md.len())));
     }
+    // ONNX Runtime reads external data only from inside the graph's folder and refuses a link
+    // that resolves elsewhere ("External data path escapes model directory"): say so here,
+    // with the remedy, before any session is created.
+    if let (Ok(real), Ok(home)) = (path.canonicalize(), dir.canonicalize()) {
+        if !real.starts_with(&home) {
+            return Err(fail(format!(
+                "is a link to {}, outside the bundle folder; ONNX Runtime reads the graphs' external data only from inside it: copy the file into the bundle (or link the whole bundle folder instead)",
+                real.display()
+            )));
+        }
+    }
     let mut f = std::fs::File::open(&path).map_err(|e| fail(format!("cannot be read ({e})")))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -227,6 +238,22 @@ mod tests {
         wt.size += 1;
         let e = check_weights(dir.path(), &wt).unwrap_err().to_string();
         assert!(e.contains("has 3000000 bytes"), "{e}");
+        // A link to a file outside the bundle is refused with the remedy; one inside is fine.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("w.bin"), &bytes).unwrap();
+        wt.size -= 1;
+        wt.sha256 = hex::encode(Sha256::digest(&bytes));
+        std::os::unix::fs::symlink(elsewhere.path().join("w.bin"), dir.path().join("out.bin"))
+            .unwrap();
+        std::os::unix::fs::symlink("w.bin", dir.path().join("in.bin")).unwrap();
+        wt.file = "out.bin".into();
+        let e = check_weights(dir.path(), &wt).unwrap_err().to_string();
+        assert!(
+            e.contains("outside the bundle folder") && e.contains("copy the file"),
+            "{e}"
+        );
+        wt.file = "in.bin".into();
+        check_weights(dir.path(), &wt).unwrap();
         wt.file = "nope.bin".into();
         let e = check_weights(dir.path(), &wt).unwrap_err().to_string();
         assert!(e.contains("nope.bin is missing"), "{e}");
