@@ -2,10 +2,11 @@
 
   python -m proxyseg_model.evaluate_memory --bundle ../../models/litemedsam-ppg --write
 
-Held-out sequences (memory_data.py, split "val"; built and cached on first use): the first 4
-validation cases of each real data set as sequences (exactly evaluate_sequences' sequences and
-support sets: never trained on), 8 ultrasound phantom cine loops and 8 MR phantom volumes
-(seeds 7000-7007, disjoint from training's 20000+), 8 frames each. Both modes run the bundle's
+Held-out sequences (memory_data.py, split "val"; built and cached on first use): the first 16
+validation cases of each real data set as sequences (all 4 of DRIVE; the first 4 are exactly
+evaluate_sequences' sequences and support sets: never trained on), 16 ultrasound phantom cine
+loops and 16 MR phantom volumes (seeds 7000-7015, disjoint from training's 20000+), 8 frames
+each. (Session 10 used 4 per real set and 8 per phantom kind.) Both modes run the bundle's
 graphs: the image encoder's output and the PPG's prompt tokens are computed once per frame by
 those graphs (they are identical in both modes) and cached; frame by frame then runs the mask
 decoder on the raw embeddings, memory mode runs memory_attention -> mask_decoder ->
@@ -152,7 +153,8 @@ def main(argv=None):
     loop = OrtMemoryLoop(sess, man["memory"]["frame_slots"], man["memory"]["recent_frames"])
     res = {}
     for kind in a.kinds:
-        memory_data.build_cache(a.bundle, "val", kind, 4 if kind == "real" else 0)
+        memory_data.build_cache(a.bundle, "val", kind,
+                                memory_data.VAL_REAL_CASES if kind == "real" else memory_data.VAL_PHANTOMS)
         res.update(score(memory_data.load("val", kind), loop))
     cine = memory_data.load("val", "us-cine")[0]
     ctx = memory_data.SupportContexts(OrtBundle(a.bundle)).get(("us-cine", None))

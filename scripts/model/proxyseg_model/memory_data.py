@@ -36,6 +36,8 @@ from .sequences import make_sequence
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 CACHE = RUNS / "memory-cache"
 FRAMES = 8
+VAL_REAL_CASES = 16  # held-out real sequences per data set (DRIVE has 4 validation cases)
+VAL_PHANTOMS = 16  # held-out phantom sequences per kind
 N_SUPPORT = 5
 PHANTOM_SUPPORT_SEEDS = range(9000, 9005)
 PHANTOM_SEEDS = {"train": 20000, "val": 7000}
@@ -58,7 +60,7 @@ def phantom_support(kind: str) -> tuple[list, list]:
 def sequences(kind: str, split: str, count: int = 0, frames: int = FRAMES):
     """Yields (group, name, labels, displays F x H x W x 3, masks F x K x H x W, support key) for a
     kind and split ("train" or "val"); `count` limits the sequences per group (0 = all; phantoms
-    default to 16 for training, 8 held out)."""
+    default to 16 for training, VAL_PHANTOMS held out)."""
     if kind == "real":
         for ds, spec in realdata.DATASETS.items():
             train, val = realdata.split(ds)
@@ -69,7 +71,7 @@ def sequences(kind: str, split: str, count: int = 0, frames: int = FRAMES):
                 seq, truth = make_sequence(display, masks, frames, seed=seed, ultrasound=spec.modality == "US")
                 yield ds, case, list(spec.labels), seq, truth, (ds, case if split == "train" else None)
         return
-    n = count or (16 if split == "train" else 8)
+    n = count or (16 if split == "train" else VAL_PHANTOMS)
     labels = ["pubic symphysis", "fetal head"] if kind == "us-cine" else ["prostate"]
     for i in range(n):
         seed = PHANTOM_SEEDS[split] + i
@@ -145,12 +147,14 @@ def main(argv=None):
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--splits", nargs="+", default=["train", "val"])
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
-    ap.add_argument("--val-cases", type=int, default=4, help="held-out real sequences per data set")
+    ap.add_argument("--val-cases", type=int, default=VAL_REAL_CASES, help="held-out real sequences per data set")
+    ap.add_argument("--val-phantoms", type=int, default=VAL_PHANTOMS, help="held-out phantom sequences per kind")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     for split in a.splits:
         for kind in a.kinds:
-            build_cache(a.bundle, split, kind, a.val_cases if (split == "val" and kind == "real") else 0)
+            count = 0 if split == "train" else (a.val_cases if kind == "real" else a.val_phantoms)
+            build_cache(a.bundle, split, kind, count)
 
 
 if __name__ == "__main__":

@@ -104,12 +104,35 @@ def soft_change(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * inter + 1) / (p.flatten(1).sum(1) + q.flatten(1).sum(1) + 1)
 
 
+def perturb_logits(logits: torch.Tensor, rng, max_scale: float = 0.3, max_shift: float = 0.08) -> torch.Tensor:
+    """The mask a held-out frame 0 often gets: the same logits scaled about the object's
+    centre by 1 +- up to `max_scale` and shifted by up to `max_shift` of the grid, per object
+    (K x 1 x h x w). Banked in place of the real ones, it teaches the memory not to copy a
+    wrong first mask forward (issue 15: on held-out cases the PPG's first mask is worse than
+    on the training cases, and an undersized first fetal head shrank frame after frame)."""
+    k = logits.shape[0]
+    theta = torch.zeros(k, 2, 3)
+    for i in range(k):
+        fg = (logits[i, 0] > 0).nonzero().float()
+        h, w = logits.shape[-2:]
+        c = (fg.mean(0) / torch.tensor([h - 1, w - 1]) * 2 - 1) if len(fg) else torch.zeros(2)
+        inv = 1.0 / (1.0 + float(rng.uniform(-max_scale, max_scale)))
+        shift = torch.tensor(rng.uniform(-max_shift, max_shift, 2) * 2, dtype=torch.float32)
+        cy, cx = float(c[0]), float(c[1])
+        # output (x, y) samples input inv * (x - c - shift) + c: the object scaled by 1/inv about c, moved by shift
+        theta[i] = torch.tensor([[inv, 0, cx - inv * (cx + float(shift[1]))],
+                                 [0, inv, cy - inv * (cy + float(shift[0]))]])
+    grid = F.affine_grid(theta, list(logits.shape), align_corners=True)
+    return F.grid_sample(logits, grid, padding_mode="border", align_corners=True)
+
+
 def run_clip(model, enc, att, seq: dict, idx: list[int], recent: int, bce: float, objects=None,
-             consistency: float = 0.0):
+             consistency: float = 0.0, perturb: float = 0.0, rng=None):
     """Memory-mode forward over a clip -> (loss over frames 1.., per-frame logits).
     `objects`: the object indices to track (all by default). `consistency`: weight of a
     penalty on the change between consecutive predictions (frames 1..) beyond the truth's
-    (the instability the issue measures, made soft)."""
+    (the instability the issue measures, made soft). `perturb`: the probability that frame 0
+    is banked from perturbed logits (`perturb_logits`)."""
     objects = list(range(seq["prompts"].shape[1])) if objects is None else objects
     emb = seq["emb"][idx].float()
     prompts = seq["prompts"][idx][:, objects].float()
@@ -135,7 +158,10 @@ def run_clip(model, enc, att, seq: dict, idx: list[int], recent: int, bce: float
                 loss = loss + consistency * F.relu(excess).mean()
             prev = p
             losses.append(loss)
-        bank[t] = enc(e, logits.detach())
+        banked = logits.detach()
+        if t == 0 and perturb and rng is not None and rng.random() < perturb:
+            banked = perturb_logits(banked, rng)
+        bank[t] = enc(e, banked)
         outs.append(logits.detach())
     return torch.stack(losses).mean(), outs
 
@@ -171,7 +197,7 @@ def train(a):
         # one object per clip: the decoder's backward dominates a step's cost
         obj = [int(rng.integers(seq["prompts"].shape[1]))]
         loss, _ = run_clip(model, enc, att, seq, clip(rng, seq, a.min_len, a.max_len), cfg.recent_frames, a.bce, obj,
-                           a.consistency)
+                           a.consistency, a.perturb, rng)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -183,7 +209,7 @@ def train(a):
                   + " ".join(f"{g}={v:.3f}" for g, v in sorted(ema.items())), flush=True)
         if step % a.save_every == 0:
             save_memory(a.out, cfg, enc, att, {"steps": step, "partial": True})
-    info = {"steps": step, "seconds": round(time.time() - t0), "lr": a.lr, "bce": a.bce, "consistency": a.consistency, "clip": [a.min_len, a.max_len],
+    info = {"steps": step, "seconds": round(time.time() - t0), "lr": a.lr, "bce": a.bce, "consistency": a.consistency, "perturb": a.perturb, "clip": [a.min_len, a.max_len],
             "kinds": list(a.kinds), "groups": {g: len(v) for g, v in data.items()}, "seed": a.seed,
             "ppg": a.ppg.name, "loss_ema": {g: round(v, 4) for g, v in ema.items()}}
     if a.resume:
@@ -203,6 +229,8 @@ def main(argv=None):
     ap.add_argument("--bce", type=float, default=0.5)
     ap.add_argument("--consistency", type=float, default=0.0,
                     help="weight of the penalty on consecutive predictions changing more than the truth")
+    ap.add_argument("--perturb", type=float, default=0.0,
+                    help="probability that frame 0 is banked from scaled / shifted logits (robustness to a wrong first mask)")
     ap.add_argument("--recent", type=int, default=FRAME_SLOTS - 1)
     ap.add_argument("--min-len", type=int, default=3)
     ap.add_argument("--max-len", type=int, default=6)

@@ -13,7 +13,7 @@ import torch
 from proxyseg_model.lite_track import OrtMemoryLoop, fill_bank, frame_slots
 from proxyseg_model.memory_export import (GRAPHS, check_parity, example_inputs, export_graphs, sessions,
                                           update_manifest)
-from proxyseg_model.train_memory import MemoryConfig, build_memory
+from proxyseg_model.train_memory import MemoryConfig, build_memory, perturb_logits
 
 BUNDLE = Path(__file__).resolve().parents[3] / "models" / "litemedsam-ppg"
 ORIGINAL_GRAPHS = ("image_encoder", "support_encoder", "prompt_generator", "mask_decoder")
@@ -118,3 +118,30 @@ def test_shipped_fixtures_reproduce():
     assert np.abs(got - read("mask_logits")[:3]).max() < 1e-4
     assert doc["torch_vs_onnxruntime_max_abs"] <= doc["torch_tolerance"]
     assert doc["frame0_memory_vs_frame_by_frame_max_abs"] == 0.0
+
+
+class _Fixed:
+    """An rng whose draws are fixed: `scale` for the scale, `shift` (rows, cols) for the shift."""
+
+    def __init__(self, scale=0.0, shift=(0.0, 0.0)):
+        self.scale, self.shift = scale, shift
+
+    def uniform(self, lo, hi, n=None):
+        return self.scale if n is None else np.asarray(self.shift)
+
+
+def test_perturbed_first_mask():
+    """train_memory's frame-0 perturbation: none leaves the logits, a scale grows the object
+    about its centre by the factor (area by its square), a shift moves it by that fraction."""
+    lg = torch.full((1, 1, 256, 256), -5.0)
+    lg[0, 0, 100:140, 60:120] = 5.0
+    area = lambda x: float((x[0, 0] > 0).sum())
+    centre = lambda x: (x[0, 0] > 0).nonzero().float().mean(0)
+    same = perturb_logits(lg, _Fixed())
+    assert torch.equal(same > 0, lg > 0)
+    grown = perturb_logits(lg, _Fixed(scale=0.2))
+    assert abs(area(grown) / area(lg) - 1.44) < 0.05
+    assert torch.allclose(centre(grown), centre(lg), atol=1.0)
+    moved = perturb_logits(lg, _Fixed(shift=(0.05, -0.05)))
+    assert area(moved) == area(lg)
+    assert torch.allclose(centre(moved) - centre(lg), torch.tensor([0.1 * 255 / 2, -0.1 * 255 / 2]), atol=1.0)
