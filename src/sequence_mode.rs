@@ -4,7 +4,7 @@
 //! Pure: the router's catalog records the [`ChosenMode`] on the job when it matches, the worker
 //! segments with it, and the admin API's dry run shows the same choice. A rule or a set that
 //! names no mode inherits ([`ModeSetting`] `inherit`). The mode itself is the config's
-//! [`SequenceMode`]; what it does to a series is `pipeline::sequence`'s business.
+//! [`SequenceMode`]; what it does to a series is `dicom::sequence`'s business.
 
 pub use crate::config::{SequenceMode, UnknownSequenceMode};
 
@@ -134,7 +134,7 @@ pub fn choose(
 /// sequence, `per-frame` none, `auto` multi-frame ultrasound (`multi_frame` and Modality `US`)
 /// and volumes (`volume`: two or more single-frame slices of a series). Whether the bundle can
 /// track is the caller's other question. The one home of this decision: the daemon's planner
-/// (`pipeline::sequence::plan`) and `proxyseg segment` both ask it.
+/// (`dicom::sequence::plan`) and `proxyseg segment` both ask it.
 pub fn wants_memory(mode: SequenceMode, modality: &str, multi_frame: bool, volume: bool) -> bool {
     match mode {
         SequenceMode::PerFrame => false,

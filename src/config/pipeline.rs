@@ -44,7 +44,7 @@ pub struct PipelineConfig {
     /// With a bundle that tracks frames (contract 2, SAM 2): `auto` (default) tracks
     /// multi-frame ultrasound and volumes through the memory bank and segments other series
     /// frame by frame; `memory` tracks every series; `per-frame` none (see
-    /// `pipeline::sequence`). Contract-1 bundles always segment frame by frame.
+    /// `dicom::sequence`). Contract-1 bundles always segment frame by frame.
     pub sequence_mode: SequenceMode,
     /// Recent frames of spatial memory a tracked frame attends to (N; unset: the bundle's
     /// `[memory] recent_frames`, SAM 2's 6; at most the bundle's slots - 1). Bounds the memory

@@ -10,6 +10,7 @@ pub mod pixels;
 pub mod scp;
 pub mod scu;
 pub mod seg;
+pub mod sequence;
 /// The SOP classes and transfer syntaxes we accept, and UID checks (a foundation module,
 /// [`crate::sop`], used below and beside the DICOM layer too).
 pub use crate::sop;

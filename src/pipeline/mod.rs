@@ -6,6 +6,5 @@ pub mod catalog;
 pub mod deliver;
 pub mod offline;
 pub mod retention;
-pub mod sequence;
 mod series;
 pub mod worker;

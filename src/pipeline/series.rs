@@ -9,10 +9,10 @@ use dicom_dictionary_std::tags;
 use tokio::sync::mpsc;
 
 use super::catalog::LoadedSupportSet;
-use super::sequence::{self, Plan, SequenceMode, SliceInfo};
 use super::worker::{fail, JobFailure, JobRow, Pipeline};
 use crate::dicom::pixels::{self, ImageSize};
 use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
+use crate::dicom::sequence::{self, Plan, SequenceMode, SliceInfo};
 use crate::engine::{Engine, MemoryBank};
 use crate::memory::MemoryBudget;
 use crate::store::{db, peer_studies};

@@ -318,11 +318,11 @@ fn the_bundled_model_tracks_cine_and_volumes_through_its_memory_mode() {
     assert!(d.echo(), "the daemon keeps serving");
 }
 
-/// Runs `proxyseg segment` with set `set` under `models` on `input`; its stdout.
+/// Runs `proxyseg segment` with set `set` under `models` on `inputs`; its stdout.
 fn segment_offline(
     models: &std::path::Path,
     set: &str,
-    input: &std::path::Path,
+    inputs: &[&std::path::Path],
     out: &std::path::Path,
 ) -> String {
     let cfg = out.with_extension("toml");
@@ -340,7 +340,7 @@ fn segment_offline(
         .arg(&cfg)
         .args(["--support-set", set, "-o"])
         .arg(out)
-        .arg(input)
+        .args(inputs)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
@@ -361,7 +361,12 @@ fn proxyseg_segment_tracks_a_cine_as_the_daemon_would() {
     let cine = demo("us").join("cine.dcm");
     let work = tempfile::tempdir().unwrap();
     let tracked_out = work.path().join("tracked");
-    let stdout = segment_offline(models.path(), "us-intrapartum-ps-fh", &cine, &tracked_out);
+    let stdout = segment_offline(
+        models.path(),
+        "us-intrapartum-ps-fh",
+        &[&cine],
+        &tracked_out,
+    );
     assert!(
         stdout.contains("cine: tracked through the memory bank (sequence_mode auto (from config))"),
         "{stdout}"
@@ -375,7 +380,7 @@ fn proxyseg_segment_tracks_a_cine_as_the_daemon_would() {
     let t = std::fs::read_to_string(&toml).unwrap();
     std::fs::write(&toml, format!("sequence_mode = \"per-frame\"\n{t}")).unwrap();
     let frame_out = work.path().join("per-frame");
-    let stdout = segment_offline(models.path(), "us-intrapartum-ps-fh", &cine, &frame_out);
+    let stdout = segment_offline(models.path(), "us-intrapartum-ps-fh", &[&cine], &frame_out);
     assert!(
         stdout.contains("cine: frame by frame (sequence_mode per-frame (from support set))"),
         "{stdout}"
@@ -396,5 +401,54 @@ fn proxyseg_segment_tracks_a_cine_as_the_daemon_would() {
     assert_ne!(
         tracked, per_frame,
         "memory mode gave the frame-by-frame masks"
+    );
+}
+
+/// `proxyseg segment` on a volume's slices, given as separate files: tracked together along the
+/// slice normal as the daemon tracks a series, whatever the order on the command line (each
+/// slice's masks are the same when the files come in reverse), one output per file.
+#[test]
+fn proxyseg_segment_tracks_a_volume_along_the_slice_normal() {
+    let models = models_for(
+        &root().join("models/litemedsam-ppg"),
+        "litemedsam-ppg",
+        &["mr-prostate"],
+    );
+    let slices: Vec<std::path::PathBuf> = dcm_files(&demo("mr"))
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    assert_eq!(slices.len(), 8);
+    let work = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for (run, reverse) in [("forward", false), ("reverse", true)] {
+        let mut inputs: Vec<&std::path::Path> = slices.iter().map(|p| p.as_path()).collect();
+        if reverse {
+            inputs.reverse();
+        }
+        let out = work.path().join(run);
+        let stdout = segment_offline(models.path(), "mr-prostate", &inputs, &out);
+        let volume = "tracked through the memory bank (sequence_mode auto (from config): a volume of 8 slices, in order along the slice normal)";
+        assert_eq!(
+            stdout.lines().filter(|l| l.ends_with(volume)).count(),
+            8,
+            "{stdout}"
+        );
+        let masks: Vec<Vec<u8>> = slices
+            .iter()
+            .map(|p| {
+                let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+                std::fs::read(out.join(stem).join("masks.u8")).unwrap()
+            })
+            .collect();
+        runs.push(masks);
+    }
+    assert_eq!(
+        runs[0], runs[1],
+        "the slice order came from the command line"
+    );
+    assert!(
+        runs[0].iter().any(|m| m.iter().any(|&v| v != 0)),
+        "the volume came back empty"
     );
 }

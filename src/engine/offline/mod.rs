@@ -6,10 +6,11 @@
 //! uses), and writing the masks as PNG + raw bytes. It never writes DICOM SEG (that is
 //! `pipeline::offline`) and never talks to the store.
 //!
-//! A multi-frame input is tracked through the bundle's memory bank when the mode says so, as
-//! the daemon would: the support set's `sequence_mode`, else `pipeline.sequence_mode`
-//! ([`crate::sequence_mode::wants_memory`]). Each input is its own sequence: a folder of a
-//! volume's slices given as separate files is segmented slice by slice.
+//! The inputs are planned as the daemon plans a series (`sequences`, with the support set's
+//! `sequence_mode`, else `pipeline.sequence_mode`): a multi-frame input is tracked through the
+//! bundle's memory bank in frame order when the mode says so, and the slices of one series
+//! given as separate files are tracked together along the slice normal, whatever their order
+//! on the command line. Outputs stay one per input.
 //!
 //! The CLI calls [`segment_files`] with the loaded config.
 
@@ -25,8 +26,10 @@ use super::{
     Engine, EngineError, Mask, Segmentation, StageTimings, SupportObject, SupportPair, SupportSet,
 };
 use crate::config::Config;
-use crate::dicom::pixels::{frames_from_file, Frame, FrameSource};
-use crate::sequence_mode::{self, ChosenMode, SequenceMode};
+use crate::dicom::pixels::{frames_from_file, Frame};
+use crate::sequence_mode::{self, ChosenMode};
+
+mod sequences;
 use crate::support_folder::{self, SpecError};
 
 pub use crate::support_folder::SupportSetSpec;
@@ -383,45 +386,19 @@ pub async fn segment_files(
     };
     std::fs::create_dir_all(out_dir)
         .map_err(|e| off(format!("cannot create {}: {e}", out_dir.display())))?;
-    for (input, name) in inputs.iter().zip(output_names(inputs)) {
+    let units = sequences::plan_inputs(inputs, chosen, refusal, &bundle)?;
+    let mut done: Vec<Option<(Segmentation, SequenceUse)>> = inputs.iter().map(|_| None).collect();
+    for unit in units {
         let t0 = Instant::now();
-        let source = FrameSource::open(input)?;
-        let modality = source
-            .object()
-            .element_opt(tags::MODALITY)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
-            .unwrap_or_default();
-        let frames = source.collect_all()?;
-        drop(source);
+        let mut frames = Vec::new();
+        let mut counts = Vec::with_capacity(unit.inputs.len());
+        for &i in &unit.inputs {
+            let f = frames_from_file(&inputs[i])?;
+            counts.push(f.len());
+            frames.extend(f);
+        }
         report.decode += t0.elapsed();
-        let wanted =
-            frames.len() > 1 && sequence_mode::wants_memory(chosen.mode, &modality, true, false);
-        let how = match (wanted, refusal) {
-            (true, None) => SequenceUse {
-                tracked: true,
-                why: format!("sequence_mode {chosen}"),
-            },
-            (true, Some(why)) => {
-                if chosen.mode == SequenceMode::Memory {
-                    tracing::warn!(input = %input.display(), bundle = %bundle, why, "sequence_mode memory asked for, but the bundle cannot track: segmented frame by frame");
-                }
-                SequenceUse {
-                    tracked: false,
-                    why: format!("sequence_mode {chosen}, but {why}"),
-                }
-            }
-            (false, _) => SequenceUse {
-                tracked: false,
-                why: if frames.len() > 1 {
-                    format!("sequence_mode {chosen}")
-                } else {
-                    "one frame".into()
-                },
-            },
-        };
-        let seg = if how.tracked {
+        let seg = if unit.how.tracked {
             segment_tracked(&engine, &bundle, &set, frames).await?
         } else if always_tracks && frames.len() > 1 {
             // A SAM 2 bundle tracks a call's frames: one call per frame keeps them apart.
@@ -432,10 +409,25 @@ pub async fn segment_files(
         report.bundle = seg.bundle.clone();
         report.frames += seg.frames.len();
         report.timings.add(&seg.timings);
-        let dir = out_dir.join(&name);
+        // Each input gets its own frames; a volume's slices share the volume's timings.
+        let mut rest = seg.frames.into_iter();
+        for (&i, n) in unit.inputs.iter().zip(counts) {
+            let part = Segmentation {
+                bundle: seg.bundle.clone(),
+                context: seg.context.clone(),
+                objects: seg.objects.clone(),
+                frames: rest.by_ref().take(n).collect(),
+                timings: seg.timings,
+            };
+            done[i] = Some((part, unit.how.clone()));
+        }
+    }
+    for ((input, name), slot) in inputs.iter().zip(output_names(inputs)).zip(done) {
+        let (seg, how) =
+            slot.ok_or_else(|| off(format!("{} was not segmented", input.display())))?;
         report
             .written
-            .extend(write_outputs(&dir, input, &seg, &how)?);
+            .extend(write_outputs(&out_dir.join(&name), input, &seg, &how)?);
         report.results.push((input.clone(), seg));
         report.names.push(name);
         report.sequence.push(how);
