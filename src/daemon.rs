@@ -176,6 +176,8 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     for (l, tls) in listeners {
         servers.spawn(scp.clone().serve(l, tls, stop_rx.clone()));
     }
+    // Bound earlier, served from now on: peers that connected meanwhile waited in the backlog.
+    tracing::info!(addr = ?dicom_addr, "accepting associations");
     crate::ops::notify("READY=1\nSTATUS=accepting associations");
     if let Some(interval) = crate::ops::watchdog_interval() {
         spawn_watchdog(

@@ -50,9 +50,15 @@ fn start_daemon(dir: &Path, config: &Path, port: u16, run: &str) -> Guard {
         .spawn()
         .expect("cannot start proxyseg");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        // Bound is not served: the port listens before the engine has loaded, and a peer that
+        // connects then waits in the backlog (longer than its timeout on 2 busy cores).
+        let log_text =
+            fs::read_to_string(dir.join(format!("daemon-{run}.log"))).unwrap_or_default();
+        if log_text.contains("accepting associations")
+            && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        {
             return Guard(child);
         }
         if let Some(st) = child.try_wait().unwrap() {
@@ -63,7 +69,7 @@ fn start_daemon(dir: &Path, config: &Path, port: u16, run: &str) -> Guard {
         }
         assert!(
             Instant::now() < deadline,
-            "proxyseg ({run}) did not listen within 20 s"
+            "proxyseg ({run}) did not serve associations within 120 s"
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -106,6 +106,9 @@ pub struct Daemon {
 /// AE titles every test daemon knows as peers.
 pub const PEERS: &[&str] = &["STORESCU", "ECHOSCU", "PYNETDICOM", "DCMSEND", "SENDER"];
 
+/// The daemon's log line once its DICOM listeners are served.
+const READY_LINE: &str = "accepting associations";
+
 impl Daemon {
     /// Starts a daemon with `opts` and waits until it listens.
     pub fn start(opts: Opts) -> Daemon {
@@ -241,10 +244,33 @@ impl Daemon {
         self.child = Some(child);
     }
 
-    /// Starts the daemon process and waits until its plain DICOM port listens.
+    /// Starts the daemon process and waits until it serves associations: its plain DICOM port
+    /// is bound early (peers then wait in the backlog) and served once the engine has loaded,
+    /// which on 2 busy cores can take longer than a peer's association timeout.
     pub fn spawn(&mut self) {
+        let before = self.log().matches(READY_LINE).count();
         self.spawn_process();
         self.wait_listening(&format!("127.0.0.1:{}", self.port));
+        self.wait_serving(before);
+    }
+
+    /// Waits until the log has more than `before` "accepting associations" lines.
+    fn wait_serving(&mut self, before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if self.log().matches(READY_LINE).count() > before {
+                return;
+            }
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("proxyseg exited early ({st}); log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("proxyseg never served associations; log:\n{}", self.log());
     }
 
     /// Waits until `addr` accepts TCP connections.
