@@ -15,6 +15,16 @@ use dicom_object::DefaultDicomObject;
 
 pub use crate::config::SequenceMode;
 
+/// A header element as trimmed text ("" when absent).
+pub fn element_text(h: &dicom_object::DefaultDicomObject, tag: dicom_core::Tag) -> String {
+    h.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// What the planner needs of one instance's header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SliceInfo {

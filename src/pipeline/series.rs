@@ -12,7 +12,7 @@ use super::catalog::LoadedSupportSet;
 use super::worker::{fail, JobFailure, JobRow, Pipeline};
 use crate::dicom::pixels::{self, ImageSize};
 use crate::dicom::seg::{self, SegInput, SegOptions, SourceImage};
-use crate::dicom::sequence::{self, Plan, SequenceMode, SliceInfo};
+use crate::dicom::sequence::{self, element_text, Plan, SequenceMode, SliceInfo};
 use crate::engine::{Engine, MemoryBank};
 use crate::memory::MemoryBudget;
 use crate::store::{db, peer_studies};
@@ -425,16 +425,6 @@ impl Chunks<'_> {
         }
         Ok(bank)
     }
-}
-
-/// A header element as trimmed text ("" when absent).
-fn element_text(h: &dicom_object::DefaultDicomObject, tag: dicom_core::Tag) -> String {
-    h.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Reserves `need` bytes from the shared memory budget, waiting while other jobs hold it

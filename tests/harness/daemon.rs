@@ -254,30 +254,28 @@ impl Daemon {
         self.wait_serving(before);
     }
 
-    /// Waits until the log has more than `before` "accepting associations" lines.
-    fn wait_serving(&mut self, before: usize) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if self.log().matches(READY_LINE).count() > before {
-                return;
-            }
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("proxyseg exited early ({st}); log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("proxyseg never served associations; log:\n{}", self.log());
-    }
-
     /// Waits until `addr` accepts TCP connections.
     pub fn wait_listening(&mut self, addr: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_for(
+            Duration::from_secs(20),
+            &format!("listen on {addr}"),
+            |_| TcpStream::connect(addr).is_ok(),
+        );
+    }
+
+    /// Waits until the log has more than `before` "accepting associations" lines.
+    fn wait_serving(&mut self, before: usize) {
+        self.wait_for(Duration::from_secs(120), "serve associations", |d| {
+            d.log().matches(READY_LINE).count() > before
+        });
+    }
+
+    /// Polls `done` every 50 ms for at most `limit`; panics with the log when the daemon exits
+    /// first or the time runs out (`what` it did not do).
+    fn wait_for(&mut self, limit: Duration, what: &str, done: impl Fn(&Daemon) -> bool) {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if TcpStream::connect(addr).is_ok() {
+            if done(self) {
                 return;
             }
             if let Some(st) = self
@@ -289,7 +287,7 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("proxyseg did not listen on {addr}; log:\n{}", self.log());
+        panic!("proxyseg did not {what}; log:\n{}", self.log());
     }
 
     /// The daemon's log so far.

@@ -147,11 +147,6 @@ impl<'a> FrameSource<'a> {
         Ok(src)
     }
 
-    /// The instance as read (its header attributes, e.g. Modality).
-    pub fn object(&self) -> &DefaultDicomObject {
-        &self.obj
-    }
-
     /// Number of frames.
     pub fn len(&self) -> u32 {
         self.frames

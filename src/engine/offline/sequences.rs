@@ -6,10 +6,9 @@
 use std::path::PathBuf;
 
 use dicom_dictionary_std::tags;
-use dicom_object::DefaultDicomObject;
 
 use super::{off, SequenceUse};
-use crate::dicom::sequence::{self, Plan, SliceInfo};
+use crate::dicom::sequence::{self, element_text, Plan, SliceInfo};
 use crate::engine::EngineError;
 use crate::sequence_mode::{wants_memory, ChosenMode, SequenceMode};
 
@@ -20,14 +19,6 @@ pub(super) struct Unit {
     pub inputs: Vec<usize>,
     /// How, and why.
     pub how: SequenceUse,
-}
-
-fn text(h: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
-    h.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
-        .unwrap_or_default()
 }
 
 /// Reads every input's header (up to Pixel Data) and plans: inputs of one Series Instance UID
@@ -51,7 +42,7 @@ pub(super) fn plan_inputs(
         .collect::<Result<Vec<_>, _>>()?;
     let mut series: Vec<(String, Vec<usize>)> = Vec::new();
     for (i, h) in headers.iter().enumerate() {
-        let uid = text(h, tags::SERIES_INSTANCE_UID);
+        let uid = element_text(h, tags::SERIES_INSTANCE_UID);
         match series
             .iter_mut()
             .find(|(u, _)| !uid.is_empty() && *u == uid)
@@ -63,7 +54,7 @@ pub(super) fn plan_inputs(
     let mut units = Vec::new();
     for (_, group) in series {
         let infos: Vec<SliceInfo> = group.iter().map(|&i| SliceInfo::of(&headers[i])).collect();
-        let modality = text(&headers[group[0]], tags::MODALITY);
+        let modality = element_text(&headers[group[0]], tags::MODALITY);
         let multi = infos.iter().any(|s| s.frames > 1);
         let volume = infos.iter().filter(|s| s.frames == 1).count() >= 2;
         let plan = sequence::plan(&infos, &modality, chosen.mode, refusal.is_none())
