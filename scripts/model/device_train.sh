@@ -2,7 +2,9 @@
 # Continues the litemedsam-ppg training on a lent GPU machine (torch there, no network, no data,
 # no LiteMedSAM wheel, at most 64 MiB carried and 16 MB per file handed back).
 #
-# Here, from scripts/model, pack what the machine needs into the ignored runs/carry:
+# Here, from scripts/model, pack what the machine needs into the ignored runs/carry (on a fresh
+# clone, first read the shipped checkpoint back from the bundle:
+#   python -m proxyseg_model.recover --bundle ../../models/litemedsam-ppg --ppg-out runs/lite-ppg3.pt):
 #   python -m proxyseg_model.realdata --out runs/carry/data --max-side 1024     # training cases only
 #   python -m proxyseg_model.train_lite --resume runs/lite-ppg3.pt --minutes 0 \
 #       --slim-out runs/carry/start --slim-dtype float16                         # PPG + LoRA, 12 MB
