@@ -96,7 +96,12 @@ impl Running {
     }
 }
 
-/// Starts every part of the daemon and returns once all listeners are bound.
+/// The log line once every part is up (engine loaded or refused, admin API, metrics,
+/// workers); DICOM is served earlier, from "accepting associations" on.
+pub const STARTED: &str = "started: engine, admin API, metrics and workers are up";
+
+/// Starts every part of the daemon and returns once all of them are up. DICOM associations
+/// are served from before the engine loads (see the comment there).
 pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     prepare_data_dir(&mut cfg)?;
     let cfg = Arc::new(cfg);
@@ -109,8 +114,6 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     resolve_peer_hosts(&scp, stop_rx.clone()).await;
     let mut servers = tokio::task::JoinSet::new();
-    // Listeners are bound now (a port conflict fails fast) but served only once everything
-    // else is up; peers connecting meanwhile wait in the accept backlog.
     let (listeners, dicom_addr) = bind_dicom(&cfg).await?;
 
     let beat = Arc::new(Heartbeat::default());
@@ -128,7 +131,32 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         stop_rx.clone(),
     ));
 
+    // Storing needs the spool and the index, not the engine: DICOM is served before the
+    // engine loads, which takes seconds on CPU and, with TensorRT building its engines on a
+    // first start, minutes. A PACS that routes studies right after a restart is answered
+    // instead of timing out in the accept backlog; its studies wait as jobs in the index and
+    // run once the pipeline workers start below.
+    for (l, tls) in listeners {
+        servers.spawn(scp.clone().serve(l, tls, stop_rx.clone()));
+    }
+    tracing::info!(addr = ?dicom_addr, "accepting associations");
+    crate::ops::notify("READY=1\nSTATUS=accepting associations; loading the engine");
+    let started = Arc::new(std::sync::OnceLock::new());
+    if let Some(interval) = crate::ops::watchdog_interval() {
+        spawn_watchdog(
+            interval,
+            beat.clone(),
+            started.clone(),
+            &cfg,
+            stop_rx.clone(),
+        );
+    }
+
     let engine = load_engine(&cfg, &data_dir).await;
+    let engine_status = match &engine {
+        Ok(_) => "accepting associations; engine ready".to_string(),
+        Err(e) => format!("accepting associations; engine unavailable: {e}"),
+    };
     let segmenter = engine_segmenter(&engine, &cfg);
     let catalog = seed_catalog(&cfg, &db).await;
     crate::admin::start(
@@ -172,22 +200,9 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     ));
     let mut tasks = vec![assembler, deliverer, pipeline_task];
     tasks.extend(spawn_retention(&cfg, &db, &metrics, stop_rx.clone()));
-
-    for (l, tls) in listeners {
-        servers.spawn(scp.clone().serve(l, tls, stop_rx.clone()));
-    }
-    // Bound earlier, served from now on: peers that connected meanwhile waited in the backlog.
-    tracing::info!(addr = ?dicom_addr, "accepting associations");
-    crate::ops::notify("READY=1\nSTATUS=accepting associations");
-    if let Some(interval) = crate::ops::watchdog_interval() {
-        spawn_watchdog(
-            interval,
-            beat.clone(),
-            pipeline.clone(),
-            &cfg,
-            stop_rx.clone(),
-        );
-    }
+    let _ = started.set(pipeline.clone());
+    tracing::info!("{STARTED}");
+    crate::ops::notify(&format!("STATUS={engine_status}"));
 
     Ok(Running {
         dicom_addr,
@@ -566,7 +581,7 @@ async fn serve_metrics(
 fn spawn_watchdog(
     interval: Duration,
     beat: Arc<Heartbeat>,
-    pipeline: Arc<crate::pipeline::worker::Pipeline>,
+    pipeline: Arc<std::sync::OnceLock<Arc<crate::pipeline::worker::Pipeline>>>,
     cfg: &Config,
     stop_rx: watch::Receiver<bool>,
 ) {
@@ -576,7 +591,8 @@ fn spawn_watchdog(
     tokio::spawn(async move {
         // Fed only while the pipeline makes progress: the assembler keeps committing
         // (database and runtime alive) and no job is stuck in inference. Otherwise the
-        // pings stop and systemd restarts us; unfinished jobs resume from SQLite.
+        // pings stop and systemd restarts us; unfinished jobs resume from SQLite. While the
+        // engine loads (no pipeline yet) the assembler's passes alone feed it.
         let mut last = beat.passes.load(Ordering::Relaxed);
         let mut tick = tokio::time::interval(interval / 2);
         loop {
@@ -584,7 +600,7 @@ fn spawn_watchdog(
             let now = beat.passes.load(Ordering::Relaxed);
             if now == last {
                 tracing::warn!("watchdog not fed: the assembler made no pass since the last ping");
-            } else if pl.stalled(stall) {
+            } else if pl.get().is_some_and(|p| p.stalled(stall)) {
                 tracing::error!(
                     limit_s = stall.as_secs(),
                     "watchdog not fed: a job has been segmenting for too long"

@@ -52,8 +52,8 @@ fn start_daemon(dir: &Path, config: &Path, port: u16, run: &str) -> Guard {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        // Bound is not served: the port listens before the engine has loaded, and a peer that
-        // connects then waits in the backlog (longer than its timeout on 2 busy cores).
+        // Bound is not yet served: the port listens before the store is open, and a peer that
+        // connects then waits in the backlog.
         let log_text =
             fs::read_to_string(dir.join(format!("daemon-{run}.log"))).unwrap_or_default();
         if log_text.contains("accepting associations")

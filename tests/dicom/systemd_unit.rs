@@ -2,7 +2,8 @@
 //! no warning, and `systemd-analyze security --offline` rates its exposure at or below what
 //! issue 16 brought it to (3.5 before; 1.2 for the CPU unit, 1.4 with the GPU drop-in). No
 //! running systemd is needed. A missing `systemd-analyze` fails the test (scripts/test installs
-//! the Debian package `systemd`).
+//! the Debian package `systemd`). The daemon's sd_notify messages are checked against a real
+//! datagram socket in systemd's place.
 
 use crate::harness::*;
 use std::path::Path;
@@ -84,4 +85,56 @@ fn unit_exposure_stays_low() {
     let gpu = tempfile::tempdir().unwrap();
     let score = exposure(&stage(gpu.path(), true), GPU_MAX_EXPOSURE);
     assert!(score <= 1.4, "GPU unit exposure {score}");
+}
+
+/// The unit is `Type=notify` with `WatchdogSec`: the daemon speaks sd_notify to the socket
+/// systemd names. Checked against a real datagram socket in systemd's place: READY=1 comes
+/// while the engine is still loading (DICOM is served by then, so a slow TensorRT engine
+/// build on a first start neither hits `TimeoutStartSec` nor keeps a PACS waiting), a later
+/// STATUS says the engine is ready, and the watchdog is fed.
+#[test]
+fn sd_notify_ready_before_the_engine_then_status_and_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let d = Daemon::start(Opts {
+        env: vec![
+            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "1000000".into()),
+        ],
+        ..Opts::default()
+    });
+    let mut got: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let fed = got.iter().filter(|m| m.as_str() == "WATCHDOG=1").count();
+        if fed >= 2 && got.iter().any(|m| m.contains("engine ready")) {
+            break;
+        }
+    }
+    let ready = got
+        .iter()
+        .position(|m| m.lines().any(|l| l == "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1: {got:?}\n{}", d.log()));
+    assert!(
+        got[ready].contains("STATUS=accepting associations; loading the engine"),
+        "READY=1 comes with DICOM served and the engine still loading: {got:?}"
+    );
+    let engine = got
+        .iter()
+        .position(|m| m == "STATUS=accepting associations; engine ready")
+        .unwrap_or_else(|| panic!("no engine status: {got:?}\n{}", d.log()));
+    assert!(ready < engine, "{got:?}");
+    assert!(
+        got.iter().filter(|m| m.as_str() == "WATCHDOG=1").count() >= 2,
+        "the watchdog is fed every half interval: {got:?}\n{}",
+        d.log()
+    );
 }

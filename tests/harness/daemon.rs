@@ -68,6 +68,9 @@ pub struct Opts {
     /// the data, lives only as long as the daemon process. The test sees the data dir only
     /// through the daemon (DICOM, logs), not through `data_dir()`.
     pub data_tmpfs_mb: Option<u64>,
+    /// Environment variables set for the daemon process (for example systemd's
+    /// `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Opts {
@@ -86,6 +89,7 @@ impl Default for Opts {
             address_space_mb: None,
             umask: None,
             data_tmpfs_mb: None,
+            env: Vec::new(),
         }
     }
 }
@@ -101,17 +105,40 @@ pub struct Daemon {
     address_space_mb: Option<u64>,
     umask: Option<u32>,
     data_tmpfs_mb: Option<u64>,
+    env: Vec<(String, String)>,
 }
 
 /// AE titles every test daemon knows as peers.
 pub const PEERS: &[&str] = &["STORESCU", "ECHOSCU", "PYNETDICOM", "DCMSEND", "SENDER"];
 
+/// The daemon's log line once every part is up (`proxyseg::daemon::STARTED`): DICOM is served
+/// earlier ("accepting associations"), the engine, admin API and metrics from this line on.
+const READY_LINE: &str = proxyseg::daemon::STARTED;
 /// The daemon's log line once its DICOM listeners are served.
-const READY_LINE: &str = "accepting associations";
+const ACCEPTING_LINE: &str = "accepting associations";
 
 impl Daemon {
-    /// Starts a daemon with `opts` and waits until it listens.
+    /// Starts a daemon with `opts` and waits until every part is up.
     pub fn start(opts: Opts) -> Daemon {
+        let mut d = Daemon::configure(opts);
+        d.spawn();
+        d
+    }
+
+    /// Starts a daemon with `opts` and waits only until it serves DICOM associations, which
+    /// it does before its engine has loaded.
+    pub fn start_accepting(opts: Opts) -> Daemon {
+        let mut d = Daemon::configure(opts);
+        d.spawn_process();
+        d.wait_listening(&format!("127.0.0.1:{}", d.port));
+        d.wait_for(Duration::from_secs(120), "serve associations", |d| {
+            d.log().contains(ACCEPTING_LINE)
+        });
+        d
+    }
+
+    /// The daemon's config written for `opts`, its process not started.
+    fn configure(opts: Opts) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let metrics_port = free_port();
@@ -136,7 +163,7 @@ impl Daemon {
         );
         let config = dir.path().join("proxyseg.toml");
         std::fs::write(&config, toml).unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             metrics_port,
             port,
@@ -145,9 +172,8 @@ impl Daemon {
             address_space_mb: opts.address_space_mb,
             umask: opts.umask,
             data_tmpfs_mb: opts.data_tmpfs_mb,
-        };
-        d.spawn();
-        d
+            env: opts.env,
+        }
     }
 
     /// The data dir.
@@ -167,6 +193,7 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxyseg"));
         cmd.args(["serve", "--config"])
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(mb) = self.address_space_mb {
@@ -244,14 +271,20 @@ impl Daemon {
         self.child = Some(child);
     }
 
-    /// Starts the daemon process and waits until it serves associations: its plain DICOM port
-    /// is bound early (peers then wait in the backlog) and served once the engine has loaded,
-    /// which on 2 busy cores can take longer than a peer's association timeout.
+    /// Starts the daemon process and waits until every part is up: its DICOM port is served
+    /// before the engine has loaded, the admin API and metrics only after (on 2 busy cores
+    /// that can take longer than a peer's timeout).
     pub fn spawn(&mut self) {
         let before = self.log().matches(READY_LINE).count();
         self.spawn_process();
         self.wait_listening(&format!("127.0.0.1:{}", self.port));
         self.wait_serving(before);
+    }
+
+    /// Waits (at most `limit`) until every part of a daemon started with
+    /// [`Daemon::start_accepting`] is up.
+    pub fn wait_started(&mut self, limit: Duration) {
+        self.wait_for(limit, "start every part", |d| d.log().contains(READY_LINE));
     }
 
     /// Waits until `addr` accepts TCP connections.
@@ -263,9 +296,9 @@ impl Daemon {
         );
     }
 
-    /// Waits until the log has more than `before` "accepting associations" lines.
+    /// Waits until the log has more than `before` start-up lines (`READY_LINE`).
     fn wait_serving(&mut self, before: usize) {
-        self.wait_for(Duration::from_secs(120), "serve associations", |d| {
+        self.wait_for(Duration::from_secs(120), "start every part", |d| {
             d.log().matches(READY_LINE).count() > before
         });
     }

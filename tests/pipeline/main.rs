@@ -9,4 +9,5 @@ mod harness;
 mod e2e_orthanc;
 mod pipeline_e2e;
 mod sequence_mode;
+mod start_order;
 mod viewer_check;
