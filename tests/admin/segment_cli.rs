@@ -121,3 +121,34 @@ fn same_file_names_in_different_folders_do_not_overwrite() {
         );
     }
 }
+
+/// An input whose frames and masks would not fit `pipeline.max_decoded_mb` is refused before
+/// anything is decoded, with the numbers and the setting to change (offline, an input's frames
+/// are decoded together: a cine of thousands of frames would otherwise exhaust the memory).
+#[test]
+fn an_input_over_the_memory_bound_is_refused_with_the_setting_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    text_cfg += "[pipeline]\nmax_decoded_mb = 8\n";
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let out = dir.path().join("out");
+    let cine = root().join("models/phantom-tiny/demo-studies/us/cine.dcm");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args(["segment", "--config"])
+        .arg(&cfg)
+        .args(["--support-set", "us-intrapartum-ps-fh", "-o"])
+        .arg(&out)
+        .arg(&cine)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("cine.dcm: 8 frame(s) of 256x320 with 2 object(s)")
+            && t.contains("over pipeline.max_decoded_mb = 8 MiB")
+            && t.contains("raise [pipeline] max_decoded_mb"),
+        "{t}"
+    );
+    assert!(!out.join("cine.seg.dcm").exists(), "nothing written: {t}");
+}

@@ -389,6 +389,12 @@ pub async fn segment_files(
     let units = sequences::plan_inputs(inputs, chosen, refusal, &bundle)?;
     let mut done: Vec<Option<(Segmentation, SequenceUse)>> = inputs.iter().map(|_| None).collect();
     for unit in units {
+        sequences::check_memory(
+            &unit,
+            inputs,
+            set.objects.len(),
+            cfg.pipeline.max_decoded_mb,
+        )?;
         let t0 = Instant::now();
         let mut frames = Vec::new();
         let mut counts = Vec::with_capacity(unit.inputs.len());

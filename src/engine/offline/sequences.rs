@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use dicom_dictionary_std::tags;
 
 use super::{off, SequenceUse};
+use crate::dicom::pixels::ImageSize;
 use crate::dicom::sequence::{self, element_text, Plan, SliceInfo};
 use crate::engine::EngineError;
 use crate::sequence_mode::{wants_memory, ChosenMode, SequenceMode};
@@ -19,6 +20,8 @@ pub(super) struct Unit {
     pub inputs: Vec<usize>,
     /// How, and why.
     pub how: SequenceUse,
+    /// The declared image size of each input in `inputs` (from its header).
+    pub sizes: Vec<ImageSize>,
 }
 
 /// Reads every input's header (up to Pixel Data) and plans: inputs of one Series Instance UID
@@ -39,6 +42,11 @@ pub(super) fn plan_inputs(
                 .open_file(p)
                 .map_err(|e| off(format!("cannot read DICOM file {}: {e}", p.display())))
         })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sizes = headers
+        .iter()
+        .zip(inputs)
+        .map(|(h, p)| ImageSize::of(h).map_err(|e| off(format!("{}: {e}", p.display()))))
         .collect::<Result<Vec<_>, _>>()?;
     let mut series: Vec<(String, Vec<usize>)> = Vec::new();
     for (i, h) in headers.iter().enumerate() {
@@ -81,6 +89,7 @@ pub(super) fn plan_inputs(
                             tracked: false,
                             why,
                         },
+                        sizes: vec![sizes[i]],
                     });
                 }
             }
@@ -94,8 +103,10 @@ pub(super) fn plan_inputs(
                     } else {
                         format!("sequence_mode {chosen}")
                     };
+                    let members: Vec<usize> = s.instances.iter().map(|&j| group[j]).collect();
                     units.push(Unit {
-                        inputs: s.instances.iter().map(|&j| group[j]).collect(),
+                        sizes: members.iter().map(|&i| sizes[i]).collect(),
+                        inputs: members,
                         how: SequenceUse { tracked: true, why },
                     });
                 }
@@ -103,4 +114,40 @@ pub(super) fn plan_inputs(
         }
     }
     Ok(units)
+}
+
+/// Refuses, before anything is decoded, a unit whose frames and masks would take more than
+/// `pipeline.max_decoded_mb` (the daemon's per-job bound): offline, every frame of a unit is
+/// decoded at once and every mask is held for the SEG, so a cine of thousands of frames would
+/// otherwise run the machine out of memory instead of failing with a reason.
+pub(super) fn check_memory(
+    unit: &Unit,
+    inputs: &[PathBuf],
+    objects: usize,
+    budget_mb: u64,
+) -> Result<(), EngineError> {
+    let frames: u64 = unit.sizes.iter().map(|s| s.frames).sum();
+    let need = crate::dicom::pixels::series_bytes(&unit.sizes, objects as u64, frames);
+    let need_mb = need.map(|b| b.div_ceil(1 << 20));
+    if need_mb.is_some_and(|mb| mb <= budget_mb) {
+        return Ok(());
+    }
+    let first = &inputs[unit.inputs[0]];
+    let what = if unit.inputs.len() > 1 {
+        format!(
+            "{} and {} more files of its series",
+            first.display(),
+            unit.inputs.len() - 1
+        )
+    } else {
+        first.display().to_string()
+    };
+    let need = need_mb.map_or("more memory than can be counted".into(), |mb| {
+        format!("about {mb} MiB")
+    });
+    let size = unit.sizes[0];
+    Err(off(format!(
+        "{what}: {frames} frame(s) of {}x{} with {objects} object(s) need {need} for pixels and masks, over pipeline.max_decoded_mb = {budget_mb} MiB (offline, an input's frames are decoded together): raise [pipeline] max_decoded_mb in the config, or split the input",
+        size.rows, size.cols
+    )))
 }
