@@ -5,7 +5,7 @@ modules train (issue 15 item 3). The sequences are memory_data.py's training spl
 training-pool cases of each real data set moved by sequences.make_sequence, the ultrasound
 phantom's cine loops and the MR phantom's volumes (seeds disjoint from the held-out ones), with
 their image embeddings and PPG prompt tokens cached (memory_data.py). A step is one clip of one
-sequence (a data set or phantom kind drawn uniformly; 3 to 6 consecutive frames, or all 8, forwards
+sequence (a data set or phantom kind drawn uniformly, or as --group-weight says; 3 to 6 consecutive frames, or all 8, forwards
 or backwards; one of its objects): frame 0 is decoded frame by frame and encoded into memory; every later frame runs
 memory attention over the bank with the engine's slot policy (lite_track.frame_slots), the
 frozen decoder, and the memory encoder on its (detached) logits. Loss: soft Dice + BCE of
@@ -85,6 +85,18 @@ def groups(kinds) -> dict:
     for kind in kinds:
         for seq in memory_data.load("train", kind):
             out.setdefault(seq["group"], []).append(seq)
+    return out
+
+
+def group_weights(specs, names) -> dict:
+    """How often each group is drawn relative to the others (`--group-weight mr-volume=3`;
+    1 for groups not named)."""
+    out = {n: 1.0 for n in names}
+    for spec in specs or []:
+        name, _, value = spec.partition("=")
+        if name not in out or not value:
+            raise SystemExit(f"--group-weight {spec}: expected GROUP=WEIGHT with GROUP one of {', '.join(names)}")
+        out[name] = float(value)
     return out
 
 
@@ -180,6 +192,8 @@ def train(a):
     att.train()
     data = groups(a.kinds)
     names = sorted(data)
+    weights = group_weights(a.group_weight, names)
+    draw = np.array([weights[n] for n in names]) / sum(weights.values())
     params = list(enc.parameters()) + list(att.parameters())
     print(f"memory: trainable {sum(p.numel() for p in params) / 1e6:.3f} M; groups "
           + ", ".join(f"{g}={len(v)}" for g, v in data.items()), flush=True)
@@ -191,7 +205,12 @@ def train(a):
         lr = a.lr * min(1.0, (step + 1) / 30) * (0.5 * (1 + math.cos(math.pi * min(frac, 1.0))) * 0.95 + 0.05)
         for g in opt.param_groups:
             g["lr"] = lr
-        name = names[step % len(names)] if a.round_robin else names[int(rng.integers(len(names)))]
+        if a.round_robin:
+            name = names[step % len(names)]
+        elif len(set(weights.values())) == 1:  # uniform: the draw of the runs before --group-weight
+            name = names[int(rng.integers(len(names)))]
+        else:
+            name = names[int(rng.choice(len(names), p=draw))]
         seqs = data[name]
         seq = seqs[int(rng.integers(len(seqs)))]
         # one object per clip: the decoder's backward dominates a step's cost
@@ -210,7 +229,7 @@ def train(a):
         if step % a.save_every == 0:
             save_memory(a.out, cfg, enc, att, {"steps": step, "partial": True})
     info = {"steps": step, "seconds": round(time.time() - t0), "lr": a.lr, "bce": a.bce, "consistency": a.consistency, "perturb": a.perturb, "clip": [a.min_len, a.max_len],
-            "kinds": list(a.kinds), "groups": {g: len(v) for g, v in data.items()}, "seed": a.seed,
+            "kinds": list(a.kinds), "group_weights": dict(zip(names, draw.round(3).tolist())), "groups": {g: len(v) for g, v in data.items()}, "seed": a.seed,
             "ppg": a.ppg.name, "loss_ema": {g: round(v, 4) for g, v in ema.items()}}
     if a.resume:
         info.update({"resumed_from": str(a.resume), "prior": {k: prior.get(k) for k in ("steps", "seconds", "kinds")},
@@ -235,6 +254,8 @@ def main(argv=None):
     ap.add_argument("--min-len", type=int, default=3)
     ap.add_argument("--max-len", type=int, default=6)
     ap.add_argument("--round-robin", action="store_true")
+    ap.add_argument("--group-weight", nargs="*", default=[], metavar="GROUP=W",
+                    help="draw GROUP W times as often as a group not named (default 1 each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=50)
     ap.add_argument("--resume", type=Path)

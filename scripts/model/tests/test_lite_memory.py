@@ -145,3 +145,15 @@ def test_perturbed_first_mask():
     moved = perturb_logits(lg, _Fixed(shift=(0.05, -0.05)))
     assert area(moved) == area(lg)
     assert torch.allclose(centre(moved) - centre(lg), torch.tensor([0.1 * 255 / 2, -0.1 * 255 / 2]), atol=1.0)
+
+
+def test_group_weights():
+    """--group-weight GROUP=W: named groups drawn W times as often, the others once; a group
+    that does not exist, or a spec without a weight, is refused."""
+    from proxyseg_model.train_memory import group_weights
+    names = ["drive", "mr-volume", "us-cine"]
+    assert group_weights([], names) == {"drive": 1.0, "mr-volume": 1.0, "us-cine": 1.0}
+    assert group_weights(["mr-volume=3"], names) == {"drive": 1.0, "mr-volume": 3.0, "us-cine": 1.0}
+    for bad in (["prostate=2"], ["mr-volume"]):
+        with pytest.raises(SystemExit, match="GROUP=WEIGHT"):
+            group_weights(bad, names)
