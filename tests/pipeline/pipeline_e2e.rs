@@ -40,6 +40,16 @@ pub(crate) fn job_states(d: &Daemon) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Waits (at most `secs`) until `n` jobs have ended, delivered or failed; returns their
+/// states.
+pub(crate) fn settle(d: &Daemon, n: usize, secs: u64) -> Vec<(String, String)> {
+    wait_for(&format!("{n} job(s) to end"), secs, d, || {
+        let s = job_states(d);
+        s.len() == n && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
+    });
+    job_states(d)
+}
+
 #[test]
 fn demo_studies_come_back_as_valid_segs_in_their_study() {
     require_tool("dciodvfy");
@@ -427,11 +437,7 @@ fn jobs_wait_for_pixel_memory_instead_of_exceeding_the_budget() {
         .files(dcm_files(&demo("fundus")))
         .run();
     assert!(out.status.success(), "storescu:\n{}", text(&out));
-    wait_for("both jobs to be delivered", 240, &d, || {
-        let s = job_states(&d);
-        s.len() == 2 && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
-    });
-    let states = job_states(&d);
+    let states = settle(&d, 2, 240);
     assert!(
         states.iter().all(|(_, s)| s == "delivered"),
         "{states:?}\n{}",
@@ -547,11 +553,7 @@ for i, f in enumerate(sorted(files)):
             .run();
         assert!(out.status.success(), "storescu:\n{}", text(&out));
     }
-    wait_for("the three jobs to settle", 300, &d, || {
-        let s = job_states(&d);
-        s.len() == 3 && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
-    });
-    let states = job_states(&d);
+    let states = settle(&d, 3, 300);
     let delivered = states.iter().filter(|(_, s)| s == "delivered").count();
     assert_eq!(delivered, 2, "{states:?}\n{}", d.log());
     // the volume with two slices at one position fails with the reason, nothing half-tracked

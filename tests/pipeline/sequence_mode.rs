@@ -6,7 +6,7 @@
 //! a contract-1 bundle falls back to frame by frame, as the config's does, with the reason.
 
 use super::pipeline_e2e::{
-    dcm_files, demo, engine_tables, job_states, models_for, sam2_models, sam2_tables,
+    dcm_files, demo, engine_tables, job_states, models_for, sam2_models, sam2_tables, settle,
 };
 use crate::harness::admin::{write_tokens, ADMIN_TOKEN};
 use crate::harness::*;
@@ -91,10 +91,7 @@ impl Site {
 
     /// Waits until `n` jobs are delivered or failed.
     fn settled(&self, n: usize) {
-        wait_for("the jobs to settle", 300, &self.d, || {
-            let s = job_states(&self.d);
-            s.len() == n && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
-        });
+        settle(&self.d, n, 300);
     }
 }
 

@@ -3,7 +3,7 @@
 //! segmented and delivered once the engine is up.
 
 use crate::harness::*;
-use crate::pipeline_e2e::{dcm_files, demo, engine_tables, job_states, models_for};
+use crate::pipeline_e2e::{dcm_files, demo, engine_tables, models_for, settle};
 use std::time::Duration;
 
 /// The daemon is released to the test at "accepting associations", before "engine ready";
@@ -36,11 +36,7 @@ fn dicom_is_served_before_the_engine_loads_and_early_studies_are_segmented() {
         d.log()
     );
     d.wait_started(Duration::from_secs(120));
-    wait_for("the job to end", 240, &d, || {
-        let s = job_states(&d);
-        !s.is_empty() && s.iter().all(|(_, st)| st == "delivered" || st == "failed")
-    });
-    let states = job_states(&d);
+    let states = settle(&d, 1, 240);
     assert!(
         states.iter().all(|(_, s)| s == "delivered"),
         "{states:?}\n{}",
