@@ -278,13 +278,7 @@ impl Daemon {
         let before = self.log().matches(READY_LINE).count();
         self.spawn_process();
         self.wait_listening(&format!("127.0.0.1:{}", self.port));
-        self.wait_serving(before);
-    }
-
-    /// Waits (at most `limit`) until every part of a daemon started with
-    /// [`Daemon::start_accepting`] is up.
-    pub fn wait_started(&mut self, limit: Duration) {
-        self.wait_for(limit, "start every part", |d| d.log().contains(READY_LINE));
+        self.wait_started(before);
     }
 
     /// Waits until `addr` accepts TCP connections.
@@ -296,8 +290,9 @@ impl Daemon {
         );
     }
 
-    /// Waits until the log has more than `before` start-up lines (`READY_LINE`).
-    fn wait_serving(&mut self, before: usize) {
+    /// Waits until the log has more than `before` start-up lines (`READY_LINE`); 0 for a
+    /// daemon started once with [`Daemon::start_accepting`].
+    pub fn wait_started(&mut self, before: usize) {
         self.wait_for(Duration::from_secs(120), "start every part", |d| {
             d.log().matches(READY_LINE).count() > before
         });

@@ -27,6 +27,7 @@ run starts its optimiser afresh.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import tempfile
 import tomllib
@@ -67,15 +68,9 @@ def named_initializers(bundle: Path, graphs) -> dict[str, np.ndarray]:
 
 
 def ppg_overrides(man: dict) -> dict:
-    """The architecture switches the bundle was trained with (manifest provenance)."""
-    text = man.get("provenance", {}).get("training", {}).get("overrides", "{}")
-    flags = {}
-    for key in ("key_pos", "box_tokens", "use_selective_map", "use_ccm"):
-        if f"'{key}': False" in text:
-            flags[key] = False
-        elif f"'{key}': True" in text:
-            flags[key] = True
-    return flags
+    """The architecture switches the bundle was trained with (manifest provenance: the
+    training run's overrides, written as a Python dict literal)."""
+    return ast.literal_eval(man.get("provenance", {}).get("training", {}).get("overrides", "{}"))
 
 
 def recover_ppg(bundle: Path, litemedsam: str | None, lora_rank: int = 4):

@@ -386,12 +386,13 @@ pub async fn segment_files(
     };
     std::fs::create_dir_all(out_dir)
         .map_err(|e| off(format!("cannot create {}: {e}", out_dir.display())))?;
-    let units = sequences::plan_inputs(inputs, chosen, refusal, &bundle)?;
+    let (units, sizes) = sequences::plan_inputs(inputs, chosen, refusal, &bundle)?;
     let mut done: Vec<Option<(Segmentation, SequenceUse)>> = inputs.iter().map(|_| None).collect();
     for unit in units {
         sequences::check_memory(
             &unit,
             inputs,
+            &sizes,
             set.objects.len(),
             cfg.pipeline.max_decoded_mb,
         )?;

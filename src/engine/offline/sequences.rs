@@ -20,20 +20,19 @@ pub(super) struct Unit {
     pub inputs: Vec<usize>,
     /// How, and why.
     pub how: SequenceUse,
-    /// The declared image size of each input in `inputs` (from its header).
-    pub sizes: Vec<ImageSize>,
 }
 
 /// Reads every input's header (up to Pixel Data) and plans: inputs of one Series Instance UID
 /// together (an input without one on its own), each series as the daemon would. `refusal`: why
 /// the bundle cannot track (None: it can). Err: an unreadable header, or a series whose
 /// geometry gives no slice order while the mode asks to track it (the daemon fails such a job).
+/// Also returns each input's declared image size, read from the same header.
 pub(super) fn plan_inputs(
     inputs: &[PathBuf],
     chosen: ChosenMode,
     refusal: Option<&str>,
     bundle: &str,
-) -> Result<Vec<Unit>, EngineError> {
+) -> Result<(Vec<Unit>, Vec<ImageSize>), EngineError> {
     let headers = inputs
         .iter()
         .map(|p| {
@@ -89,7 +88,6 @@ pub(super) fn plan_inputs(
                             tracked: false,
                             why,
                         },
-                        sizes: vec![sizes[i]],
                     });
                 }
             }
@@ -103,17 +101,15 @@ pub(super) fn plan_inputs(
                     } else {
                         format!("sequence_mode {chosen}")
                     };
-                    let members: Vec<usize> = s.instances.iter().map(|&j| group[j]).collect();
                     units.push(Unit {
-                        sizes: members.iter().map(|&i| sizes[i]).collect(),
-                        inputs: members,
+                        inputs: s.instances.iter().map(|&j| group[j]).collect(),
                         how: SequenceUse { tracked: true, why },
                     });
                 }
             }
         }
     }
-    Ok(units)
+    Ok((units, sizes))
 }
 
 /// Refuses, before anything is decoded, a unit whose frames and masks would take more than
@@ -123,11 +119,13 @@ pub(super) fn plan_inputs(
 pub(super) fn check_memory(
     unit: &Unit,
     inputs: &[PathBuf],
+    sizes: &[ImageSize],
     objects: usize,
     budget_mb: u64,
 ) -> Result<(), EngineError> {
-    let frames: u64 = unit.sizes.iter().map(|s| s.frames).sum();
-    let need = crate::dicom::pixels::series_bytes(&unit.sizes, objects as u64, frames);
+    let sizes: Vec<ImageSize> = unit.inputs.iter().map(|&i| sizes[i]).collect();
+    let frames: u64 = sizes.iter().map(|s| s.frames).sum();
+    let need = crate::dicom::pixels::series_bytes(&sizes, objects as u64, frames);
     let need_mb = need.map(|b| b.div_ceil(1 << 20));
     if need_mb.is_some_and(|mb| mb <= budget_mb) {
         return Ok(());
@@ -145,7 +143,7 @@ pub(super) fn check_memory(
     let need = need_mb.map_or("more memory than can be counted".into(), |mb| {
         format!("about {mb} MiB")
     });
-    let size = unit.sizes[0];
+    let size = sizes[0];
     Err(off(format!(
         "{what}: {frames} frame(s) of {}x{} with {objects} object(s) need {need} for pixels and masks, over pipeline.max_decoded_mb = {budget_mb} MiB (offline, an input's frames are decoded together): raise [pipeline] max_decoded_mb in the config, or split the input",
         size.rows, size.cols
