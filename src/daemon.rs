@@ -529,6 +529,13 @@ async fn serve_metrics(
                 m.set(name, &[("result", result)], v as f64);
             }
         }
+        // Read from the budget at each scrape: a gauge set by each job as it gives its share
+        // back can be overwritten by a stale value when two jobs finish together.
+        m.set(
+            "proxyseg_memory_reserved_bytes",
+            &[],
+            f64::from(pl.memory.in_use_mib()) * 1048576.0,
+        );
         m.set(
             "proxyseg_deliveries_total",
             &[("result", "delivered")],

@@ -149,15 +149,15 @@ async fn read_sources(
 /// sequence is tracked), checked against the per-job budget before anything is decoded (also
 /// for instances stored before the C-STORE check existed), then reserved from the budget all
 /// jobs share: the job waits here while others hold it (issue 16 item 1).
-async fn reserve_series_memory<'p>(
-    p: &'p Pipeline,
+async fn reserve_series_memory(
+    p: &Pipeline,
     job: &JobRow,
     set: &LoadedSupportSet,
     series_uid: &str,
     sources: &[Source],
     chunk: usize,
     bank: u64,
-) -> Result<MemoryGuard<'p>, JobFailure> {
+) -> Result<crate::memory::Reservation, JobFailure> {
     let sizes = sources
         .iter()
         .map(|s| {
@@ -429,11 +429,11 @@ impl Chunks<'_> {
 
 /// Reserves `need` bytes from the shared memory budget, waiting while other jobs hold it
 /// (logged, and counted in `proxyseg_memory_waits_total`).
-async fn reserve_memory<'p>(
-    p: &'p Pipeline,
+async fn reserve_memory(
+    p: &Pipeline,
     job: &JobRow,
     need: u64,
-) -> Result<MemoryGuard<'p>, JobFailure> {
+) -> Result<crate::memory::Reservation, JobFailure> {
     let reservation = match p.memory.try_reserve(need) {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -458,39 +458,7 @@ async fn reserve_memory<'p>(
         }
         Err(e) => return Err(fail(format!("pixels not decoded: {e}"))),
     };
-    let guard = MemoryGuard {
-        p,
-        _reservation: reservation,
-    };
-    guard.publish();
-    Ok(guard)
-}
-
-/// A job's memory reservation; the gauge follows it.
-struct MemoryGuard<'a> {
-    p: &'a Pipeline,
-    _reservation: crate::memory::Reservation,
-}
-
-impl MemoryGuard<'_> {
-    fn publish(&self) {
-        self.p.metrics.set(
-            "proxyseg_memory_reserved_bytes",
-            &[],
-            self.p.memory.in_use_mib() as f64 * 1048576.0,
-        );
-    }
-}
-
-impl Drop for MemoryGuard<'_> {
-    fn drop(&mut self) {
-        let left = self.p.memory.in_use_mib() - self._reservation.mib();
-        self.p.metrics.set(
-            "proxyseg_memory_reserved_bytes",
-            &[],
-            left as f64 * 1048576.0,
-        );
-    }
+    Ok(reservation)
 }
 
 /// The SEG series of a source series: one per (study, peer, source series, support set and

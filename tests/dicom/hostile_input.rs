@@ -356,12 +356,12 @@ fn a_job_the_daemon_keeps_dying_in_is_dead_lettered() {
     let (_, attempts, error) = the_job(&d).unwrap();
     assert_eq!(attempts, 3, "{error}");
     assert!(error.starts_with("dead-lettered:"), "{error}");
-    let m = d.metrics();
-    assert!(
+    let counted = |m: &str| {
         m.contains("proxyseg_jobs_total{reason=\"dead-lettered\",state=\"failed\"} 1")
-            || m.contains("proxyseg_jobs_total{state=\"failed\",reason=\"dead-lettered\"} 1"),
-        "dead-lettering is counted:\n{m}"
-    );
+            || m.contains("proxyseg_jobs_total{state=\"failed\",reason=\"dead-lettered\"} 1")
+    };
+    let m = d.metrics_once(30, counted);
+    assert!(counted(&m), "dead-lettering is counted:\n{m}");
     still_serving(&mut d, "a dead-lettered job");
 }
 

@@ -9,9 +9,7 @@ fn metrics_count_stores_latencies_and_jobs() {
     let ct = pydicom_files().join("CT_small.dcm");
     let out = d.store(&ct);
     assert!(out.status.success(), "{}", text(&out));
-    std::thread::sleep(std::time::Duration::from_millis(1800));
-    let m = d.metrics();
-    for needle in [
+    let needles = [
         "# TYPE proxyseg_cstore_total counter",
         "proxyseg_cstore_total{result=\"success\"} 1",
         "proxyseg_stage_seconds_count{stage=\"ingest\"} 1",
@@ -20,7 +18,9 @@ fn metrics_count_stores_latencies_and_jobs() {
         "proxyseg_jobs{state=\"unmatched\"} 1",
         "proxyseg_jobs_total{state=\"unmatched\"} 1",
         "proxyseg_queue_depth{queue=\"outbox\"} 0",
-    ] {
+    ];
+    let m = d.metrics_once(30, |m| needles.iter().all(|n| m.contains(n)));
+    for needle in needles {
         assert!(m.contains(needle), "{needle:?} missing from:\n{m}");
     }
     let mut s = std::net::TcpStream::connect(("127.0.0.1", d.metrics_port)).unwrap();
@@ -60,11 +60,9 @@ fn failure_reasons_carry_no_uids_or_paths() {
             .query_row("SELECT state FROM jobs", [], |r| r.get::<_, String>(0))
             .is_ok_and(|s| s == "failed")
     });
-    let m = d.metrics();
-    let failed: Vec<&str> = m
-        .lines()
-        .filter(|l| l.starts_with("proxyseg_jobs_total{") && l.contains("\"failed\""))
-        .collect();
+    let is_failed = |l: &&str| l.starts_with("proxyseg_jobs_total{") && l.contains("\"failed\"");
+    let m = d.metrics_once(30, |m| m.lines().any(|l| is_failed(&l)));
+    let failed: Vec<&str> = m.lines().filter(is_failed).collect();
     assert_eq!(failed.len(), 1, "{m}");
     for needle in [study.as_str(), sop.as_str(), d.data_dir().to_str().unwrap()] {
         assert!(!m.contains(needle), "{needle:?} in /metrics:\n{m}");

@@ -273,12 +273,12 @@ fn a_peer_mixing_patients_in_one_study_fails_its_job() {
         "the reason names a Patient ID: {why}"
     );
     assert!(a.segs().is_empty());
-    let m = d.metrics();
-    assert!(
+    let counted = |m: &str| {
         m.contains("proxyseg_jobs_total{reason=\"mixed_patients\",state=\"failed\"} 1")
-            || m.contains("proxyseg_jobs_total{state=\"failed\",reason=\"mixed_patients\"} 1"),
-        "{m}"
-    );
+            || m.contains("proxyseg_jobs_total{state=\"failed\",reason=\"mixed_patients\"} 1")
+    };
+    let m = d.metrics_once(30, counted);
+    assert!(counted(&m), "{m}");
 }
 
 /// (calling AE, source host, digest, path) of an instance's row.

@@ -387,6 +387,21 @@ impl Daemon {
         out
     }
 
+    /// The Prometheus text once it satisfies `ready`, polled for up to `secs` seconds (then the
+    /// last scrape, for the caller's assertion to show). A counter is bumped after the state
+    /// change it counts has been committed, so a scrape taken the instant a job's row changes
+    /// may not show it yet.
+    pub fn metrics_once(&self, secs: u64, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let m = self.metrics();
+            if ready(&m) || std::time::Instant::now() >= deadline {
+                return m;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Peak resident set size of the daemon so far, in MiB.
     pub fn peak_rss_mib(&self) -> u64 {
         self.vm_kib("VmHWM")
