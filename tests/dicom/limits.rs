@@ -41,10 +41,13 @@ fn association_limit_rejects_transiently_and_recovers() {
     );
     let _ = hold.kill();
     let _ = hold.wait();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(
-        d.echo(),
-        "after the holder left, associations are accepted again"
+    // The slot is free once the daemon has read the holder's closed socket: on a busy machine
+    // that can take longer than a fixed pause.
+    wait_for(
+        "associations to be accepted again after the holder left",
+        10,
+        &d,
+        || d.echo(),
     );
 }
 
