@@ -137,6 +137,11 @@ pub struct Segmentation {
     pub objects: Vec<SupportObject>,
     /// One result per input frame, in input order.
     pub frames: Vec<FrameResult>,
+    /// Earlier frames of a tracked sequence segmented again by this call, each with its
+    /// position in the sequence as `index`: they replace the results given for those frames
+    /// before (frame 0 after its revisit, [`memory::MemorySpec::revisit_first`]). Empty for
+    /// frames segmented one by one.
+    pub revised: Vec<FrameResult>,
     /// Time per stage (support_context is non-zero only when a context was computed or loaded
     /// now; `views` is the resolution views' second passes).
     pub timings: StageTimings,
@@ -410,6 +415,7 @@ impl Engine {
             context: key,
             objects: set.objects.clone(),
             frames: results,
+            revised: Vec::new(),
             timings,
         })
     }
@@ -468,7 +474,7 @@ impl Engine {
             let start = bank.position();
             memory::track::segment_tracked(&b2, &ctx, &mut bank, &frames, opts, &mut t).map(
                 |mut r| {
-                    for fr in &mut r {
+                    for fr in &mut r.frames {
                         fr.index += start;
                     }
                     (r, t, bank)
@@ -483,7 +489,8 @@ impl Engine {
             bundle: b.id(),
             context: context_key(&b, set),
             objects: set.objects.clone(),
-            frames: results,
+            frames: results.frames,
+            revised: results.revised,
             timings,
         };
         Ok((seg, bank))

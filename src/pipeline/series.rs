@@ -79,9 +79,12 @@ pub(super) async fn segment_series(
         set: &set.set,
         always_tracks: bundle.as_ref().is_some_and(|b| b.always_tracks()),
     };
-    // masks[source][frame][segment]
-    let mut masks: Vec<Vec<Vec<Vec<u8>>>> = vec![Vec::new(); sources.len()];
+    let mut out = SeriesMasks {
+        masks: vec![Vec::new(); sources.len()],
+        sequence: Vec::new(),
+    };
     for (instances, frames) in groups {
+        out.sequence.clear();
         let mut bank = match frames {
             Some(n) => engine
                 .memory_bank(&job.bundle, n, p.cfg.pipeline.memory_frames)
@@ -91,15 +94,16 @@ pub(super) async fn segment_series(
         let mut pending: Vec<(usize, pixels::Frame)> = Vec::new();
         for &i in &instances {
             bank = run
-                .instance(i, &sources[i], chunk, &mut pending, bank, &mut masks)
+                .instance(i, &sources[i], chunk, &mut pending, bank, &mut out)
                 .await?;
         }
         if !pending.is_empty() {
-            run.flush(pending, bank, &mut masks).await?;
+            run.flush(pending, bank, &mut out).await?;
         }
     }
     let t0 = Instant::now();
-    let (path, sop_uid) = write_series_seg(p, job, set, id, series_uid, out_dir, &sources, &masks)?;
+    let (path, sop_uid) =
+        write_series_seg(p, job, set, id, series_uid, out_dir, &sources, &out.masks)?;
     p.metrics.observe(
         "proxyseg_stage_seconds",
         &[("stage", "seg_write")],
@@ -310,6 +314,15 @@ fn write_series_seg(
     Ok((path, sop_uid))
 }
 
+/// A series' masks as they come, and where the current sequence's frames went.
+struct SeriesMasks {
+    /// masks[source][frame][segment].
+    masks: Vec<Vec<Vec<Vec<u8>>>>,
+    /// (source, frame within it) of each frame of the sequence being segmented, in sequence
+    /// order: a revised frame (frame 0 after its revisit) replaces the masks found here.
+    sequence: Vec<(usize, usize)>,
+}
+
 /// Segments chunks of a series' frames: per frame, or through a sequence's memory bank.
 struct Chunks<'a> {
     p: &'a Pipeline,
@@ -331,7 +344,7 @@ impl Chunks<'_> {
         chunk: usize,
         pending: &mut Vec<(usize, pixels::Frame)>,
         mut bank: Option<MemoryBank>,
-        masks: &mut [Vec<Vec<Vec<u8>>>],
+        out: &mut SeriesMasks,
     ) -> Result<Option<MemoryBank>, JobFailure> {
         let path = src.path.clone();
         let (tx, mut rx) = mpsc::channel::<Result<pixels::Frame, pixels::PixelError>>(chunk);
@@ -356,7 +369,7 @@ impl Chunks<'_> {
                 frame.map_err(|e| fail(format!("pixels of {}: {e}", src.path.display())))?;
             pending.push((i, frame));
             if pending.len() >= chunk {
-                bank = self.flush(std::mem::take(pending), bank, masks).await?;
+                bank = self.flush(std::mem::take(pending), bank, out).await?;
             }
         }
         producer.await.map_err(|e| fail(e.to_string()))?;
@@ -364,30 +377,31 @@ impl Chunks<'_> {
     }
 
     /// Segments `pending` (frames with the index of their instance) and appends each frame's
-    /// masks to its instance in `masks`; returns the bank for the sequence's next frames.
+    /// masks to its instance in `out`, then replaces the masks of any frame the call revised;
+    /// returns the bank for the sequence's next frames.
     async fn flush(
         &self,
         pending: Vec<(usize, pixels::Frame)>,
         bank: Option<MemoryBank>,
-        masks: &mut [Vec<Vec<Vec<u8>>>],
+        out: &mut SeriesMasks,
     ) -> Result<Option<MemoryBank>, JobFailure> {
         let owners: Vec<usize> = pending.iter().map(|(o, _)| *o).collect();
         let frames: Vec<_> = pending.into_iter().map(|(_, f)| f).collect();
         let t0 = Instant::now();
         let n = frames.len();
         let infer = |e: crate::engine::EngineError| fail(format!("inference: {e}"));
-        let (results, bank) = match bank {
+        let (results, revised, bank) = match bank {
             Some(b) => {
                 let (seg, b) = self
                     .engine
                     .segment_sequence(self.bundle, self.set, frames, b)
                     .await
                     .map_err(infer)?;
-                (seg.frames, Some(b))
+                (seg.frames, seg.revised, Some(b))
             }
             // A tracking bundle segments a frame on its own as a sequence of one.
             None if self.always_tracks => {
-                let mut out = Vec::with_capacity(n);
+                let mut each = Vec::with_capacity(n);
                 for f in frames {
                     let one = self
                         .engine
@@ -399,9 +413,9 @@ impl Chunks<'_> {
                         .segment_sequence(self.bundle, self.set, vec![f], one)
                         .await
                         .map_err(infer)?;
-                    out.extend(seg.frames);
+                    each.extend(seg.frames);
                 }
-                (out, None)
+                (each, Vec::new(), None)
             }
             None => (
                 self.engine
@@ -409,6 +423,7 @@ impl Chunks<'_> {
                     .await
                     .map_err(infer)?
                     .frames,
+                Vec::new(),
                 None,
             ),
         };
@@ -421,7 +436,17 @@ impl Chunks<'_> {
             );
         }
         for (o, fr) in owners.into_iter().zip(results) {
-            masks[o].push(fr.masks.into_iter().map(|m| m.data).collect());
+            out.sequence.push((o, out.masks[o].len()));
+            out.masks[o].push(fr.masks.into_iter().map(|m| m.data).collect());
+        }
+        for fr in revised {
+            let &(o, f) = out.sequence.get(fr.index).ok_or_else(|| {
+                fail(format!(
+                    "inference: frame {} of the sequence was revised before it was segmented",
+                    fr.index
+                ))
+            })?;
+            out.masks[o][f] = fr.masks.into_iter().map(|m| m.data).collect();
         }
         Ok(bank)
     }

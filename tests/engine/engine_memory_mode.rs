@@ -13,7 +13,9 @@
 use crate::harness::engine::*;
 use proxyseg::dicom::pixels::Frame;
 use proxyseg::engine::infer::{support_context_of, StageTimings, Tensor};
-use proxyseg::engine::memory::proxy::track_frame;
+use proxyseg::engine::memory::proxy::{revisit_first, track_frame};
+use proxyseg::engine::memory::FirstFrame;
+use proxyseg::engine::preprocess::Geometry;
 use proxyseg::engine::{MemoryBank, SupportObject, SupportPair, SupportSet};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -70,6 +72,12 @@ fn rust_memory_loop_matches_the_python_reference() {
     let (ss, simg) = tensor(&dir, &doc, "support_images");
     let (ms, smask) = tensor(&dir, &doc, "support_masks");
     let (ls, want) = tensor(&dir, &doc, "mask_logits");
+    let (_, first_pass) = tensor(&dir, &doc, "first_pass_logits");
+    assert_eq!(
+        doc["revisit_first"].as_bool(),
+        Some(true),
+        "the shipped loop revisits frame 0"
+    );
     // display values -> model input (pixel_mean 0, pixel_std 255), as the fixtures say
     let scale = |v: Vec<f32>| v.into_iter().map(|x| x / 255.0).collect::<Vec<f32>>();
     let ctx = support_context_of(
@@ -91,6 +99,8 @@ fn rust_memory_loop_matches_the_python_reference() {
     let mut bank = MemoryBank::new(b.manifest.memory.as_ref().unwrap(), n, recent);
     let mut timings = StageTimings::default();
     let mut worst = 0f32;
+    let mut revisited = Vec::new();
+    let size = fs[2];
     for t in 0..n {
         let image = Tensor::new(
             fs[1..].iter().fold(vec![1], |mut v, d| {
@@ -100,14 +110,41 @@ fn rust_memory_loop_matches_the_python_reference() {
             frames[t * per..(t + 1) * per].to_vec(),
         )
         .unwrap();
-        let (step, _) = track_frame(&b, &ctx, &mut bank, &image, &mut timings).expect("frame");
-        let d = max_abs(
-            &step.mask_logits.data,
-            &want[t * per_out..(t + 1) * per_out],
-        );
+        let (step, prompt) = track_frame(&b, &ctx, &mut bank, &image, &mut timings).expect("frame");
+        // frame 0's first pass, then (after frame r) its revisit, stand for it in the fixtures
+        let expected = if t == 0 {
+            &first_pass[..]
+        } else {
+            &want[t * per_out..(t + 1) * per_out]
+        };
+        let d = max_abs(&step.mask_logits.data, expected);
         worst = worst.max(d);
         assert!(d <= tol, "frame {t}: max abs diff {d} > {tol}");
+        if t == 0 {
+            bank.keep_first(FirstFrame {
+                embeddings: step.embeddings.clone(),
+                prompt,
+                geometry: Geometry::new(size, size, size),
+            });
+        }
+        if let Some((again, _)) = revisit_first(&b, &mut bank, &mut timings).expect("revisit") {
+            let d = max_abs(&again.mask_logits.data, &want[..per_out]);
+            worst = worst.max(d);
+            assert!(
+                d <= tol,
+                "frame 0 revisited after frame {t}: max abs diff {d} > {tol}"
+            );
+            revisited.push(t);
+        }
     }
+    let r = bank
+        .revisit_frame()
+        .expect("the clip is long enough to revisit");
+    assert_eq!(
+        revisited,
+        vec![r],
+        "frame 0 is revisited once, after frame {r}"
+    );
     let spec = b.manifest.memory.as_ref().unwrap();
     assert!(bank.held_frames() <= spec.frame_slots);
     eprintln!("memory mode parity over {n} frames: max abs diff {worst:e} (tolerance {tol})");
@@ -181,6 +218,12 @@ fn a_sequence_in_chunks_equals_one_call() {
             .map(|f| f.masks.iter().map(|m| m.data.clone()).collect())
             .collect()
     };
+    // a call's revised frames (frame 0 after its revisit) replace what was given for them
+    let revise = |m: &mut Vec<Vec<Vec<u8>>>, seg: &proxyseg::engine::Segmentation| {
+        for r in &seg.revised {
+            m[r.index] = r.masks.iter().map(|x| x.data.clone()).collect();
+        }
+    };
     let one = rt.block_on(async {
         let bank = engine
             .memory_bank(&name, n, None)
@@ -192,6 +235,13 @@ fn a_sequence_in_chunks_equals_one_call() {
             .expect("one call")
             .0
     });
+    assert_eq!(
+        one.revised.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![0],
+        "one call revises frame 0 once"
+    );
+    let (first_pass, mut whole) = (masks(&one)[0].clone(), masks(&one));
+    revise(&mut whole, &one);
     let chunked = rt.block_on(async {
         let bank = engine.memory_bank(&name, n, None).unwrap().unwrap();
         let (a, bank) = engine
@@ -202,13 +252,18 @@ fn a_sequence_in_chunks_equals_one_call() {
             .segment_sequence(&name, &set, clip[3..].to_vec(), bank)
             .await
             .expect("chunk 2");
+        // frames 0..3 come first; frame 0 is revised in the second call, after frame r
+        assert!(a.revised.is_empty(), "revised before frame r");
+        assert_eq!(b.revised.len(), 1);
         let mut m = masks(&a);
+        assert_eq!(m[0], first_pass, "frame 0's first pass");
         m.extend(masks(&b));
+        revise(&mut m, &b);
         m
     });
-    assert_eq!(masks(&one), chunked, "chunks must not change the result");
+    assert_eq!(whole, chunked, "chunks must not change the result");
     assert!(
-        masks(&one).iter().flatten().any(|m| m.contains(&1)),
+        whole.iter().flatten().any(|m| m.contains(&1)),
         "the memory mode found nothing on the clip"
     );
 }

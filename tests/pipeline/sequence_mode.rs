@@ -36,6 +36,11 @@ struct Site {
 impl Site {
     /// Starts it with `tables` (the engine and delivery tables).
     fn start(tables: String) -> Site {
+        Site::start_with(tables, String::new())
+    }
+
+    /// [`Site::start`] with extra `[pipeline]` keys.
+    fn start_with(tables: String, pipeline_extra: String) -> Site {
         let aux = tempfile::tempdir().unwrap();
         let tokens = write_tokens(aux.path(), 0o600);
         std::fs::write(aux.path().join("alice.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
@@ -46,6 +51,7 @@ impl Site {
                 tokens.display()
             ),
             stable_age_s: 1.0,
+            pipeline_extra,
             ..Opts::default()
         });
         d.wait_listening(&addr);
@@ -243,7 +249,9 @@ fn memory_from_a_rule_on_a_contract_1_bundle_falls_back_to_per_frame() {
 /// Issue 15 item 3 through the daemon: the shipped `litemedsam-ppg` has a memory mode (contract
 /// 1 with memory graphs), so with the default `auto` the US cine and the MR volume (sent in
 /// reverse) are tracked through its memory bank and come back as valid SEGs covering every
-/// frame; the same cine under a rule asking `per-frame` goes frame by frame.
+/// frame; the same cine under a rule asking `per-frame` goes frame by frame. The daemon runs
+/// 3 frames at a time, so frame 0's revisit (after frame 6) arrives in a later chunk than
+/// frame 0: its SEG must hold the masks `proxyseg segment` gives the cine in one call.
 #[test]
 fn the_bundled_model_tracks_cine_and_volumes_through_its_memory_mode() {
     let models = models_for(
@@ -254,7 +262,10 @@ fn the_bundled_model_tracks_cine_and_volumes_through_its_memory_mode() {
     let pacs_dir = tempfile::tempdir().unwrap();
     let pacs_port = free_port();
     let _pacs = pacs_scp(pacs_port, pacs_dir.path(), &[]);
-    let site = Site::start(engine_tables(pacs_port, models.path(), "litemedsam-ppg"));
+    let site = Site::start_with(
+        engine_tables(pacs_port, models.path(), "litemedsam-ppg"),
+        "chunk_frames = 3\n".into(),
+    );
     let d = &site.d;
     let mut mr = dcm_files(&demo("mr"));
     mr.reverse();
@@ -280,7 +291,8 @@ fn the_bundled_model_tracks_cine_and_volumes_through_its_memory_mode() {
             && l.contains("frames=8")),
         "{log}"
     );
-    let mut frames: Vec<u64> = dcm_files(pacs_dir.path())
+    let segs = dcm_files(pacs_dir.path());
+    let mut frames: Vec<u64> = segs
         .iter()
         .map(|seg| {
             let o = Command::new("dciodvfy").arg(seg).output().unwrap();
@@ -298,6 +310,36 @@ fn the_bundled_model_tracks_cine_and_volumes_through_its_memory_mode() {
     frames.sort_unstable();
     // every source frame once per segment: MR 8 slices x 1, US 8 frames x 2
     assert_eq!(frames, vec![8, 16]);
+    let work = tempfile::tempdir().unwrap();
+    let offline = work.path().join("offline");
+    segment_offline(
+        models.path(),
+        "us-intrapartum-ps-fh",
+        &[&demo("us").join("cine.dcm")],
+        &offline,
+    );
+    let cine_seg = segs
+        .iter()
+        .find(|s| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&run_py("seg_check.py", &[s.as_str()]).stdout).unwrap();
+            v["frames"].as_u64() == Some(16)
+        })
+        .unwrap();
+    let offline_seg = offline.join("cine.seg.dcm");
+    let chk = run_py(
+        "seg_check.py",
+        &[cine_seg.as_str(), offline_seg.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&chk.stdout).unwrap();
+    for label in ["pubic symphysis", "fetal head"] {
+        // the same graphs on the same inputs; only the chunking differs
+        let dice = v["dice"][label].as_f64().unwrap();
+        assert!(
+            dice > 0.999,
+            "{label}: daemon vs proxyseg segment Dice {dice}: {v}"
+        );
+    }
 
     // per-frame from the US set's rule: the same cine, as a new study, frame by frame
     let id = site.us_rule();
@@ -398,6 +440,14 @@ fn proxyseg_segment_tracks_a_cine_as_the_daemon_would() {
     assert_ne!(
         tracked, per_frame,
         "memory mode gave the frame-by-frame masks"
+    );
+    // frame 0 attends to no memory on its first pass (the frame-by-frame mask, exactly); what
+    // the tracked run gives for it is its revisit, after frame 6
+    let frame = tracked.len() / 8;
+    assert_ne!(
+        tracked[..frame],
+        per_frame[..frame],
+        "frame 0 was not revisited"
     );
 }
 

@@ -7,7 +7,7 @@
 Writes `memory_attention.onnx` and `memory_encoder.onnx` (lite_memory_attention.py,
 lite_memory_encoder.py: only the project's own trained weights, no LiteMedSAM tensor), and
 adds to manifest.toml `[graphs] memory_attention / memory_encoder`, a `[memory]` table
-(memory_dim, memory_size, frame_slots, recent_frames) and `[provenance.memory]`. The four
+(memory_dim, memory_size, frame_slots, recent_frames, revisit_first) and `[provenance.memory]`. The four
 frame-by-frame graphs are not touched. `--fixtures N` runs an N-frame ultrasound phantom clip
 through the frame loop (lite_track.py) in PyTorch and in ONNX Runtime and writes the inputs and
 ONNX Runtime's mask logits under fixtures/memory* for the Rust engine's parity test; it fails
@@ -81,14 +81,15 @@ def export_graphs(enc, att, cfg: MemoryConfig, bundle: Path) -> dict:
     return sizes
 
 
-def update_manifest(bundle: Path, cfg: MemoryConfig, provenance: dict) -> dict:
-    """Adds [graphs] memory_*, [memory] (after [outputs]) and [provenance.memory]."""
+def update_manifest(bundle: Path, cfg: MemoryConfig, provenance: dict, revisit: bool = True) -> dict:
+    """Adds [graphs] memory_*, [memory] (after [outputs]) and [provenance.memory]; `revisit`:
+    the loop revisits frame 0 (lite_track.py)."""
     path = bundle / "manifest.toml"
     m = tomllib.loads(path.read_text())
     for g in GRAPHS:
         m["graphs"][g] = f"{g}.onnx"
     memory = {"memory_dim": cfg.memory_dim, "memory_size": [cfg.memory_size, cfg.memory_size],
-              "frame_slots": cfg.frame_slots, "recent_frames": cfg.recent_frames}
+              "frame_slots": cfg.frame_slots, "recent_frames": cfg.recent_frames, "revisit_first": revisit}
     out = {}
     for key, value in m.items():
         if key != "memory":
@@ -128,35 +129,39 @@ def fixture_clip(frames: int):
     return clip, sup, sup_masks
 
 
-def write_fixtures(bundle: Path, ppg: Path, enc, att, cfg: MemoryConfig, n: int) -> dict:
+def write_fixtures(bundle: Path, ppg: Path, enc, att, cfg: MemoryConfig, n: int, revisit: bool = True) -> dict:
     """Runs the parity clip through PyTorch and ONNX Runtime; writes fixtures/memory.json and
     memory-*.{u8,f32}. Raises when they differ by more than TORCH_TOLERANCE."""
     from .train_memory import frozen_model
     clip, sup, sup_masks = fixture_clip(n)
     frames, si, sm = clip.astype(np.float32) / 255, sup.astype(np.float32) / 255, sup_masks.astype(np.float32)
-    loop = OrtMemoryLoop(sessions(bundle), cfg.frame_slots, cfg.recent_frames)
+    loop = OrtMemoryLoop(sessions(bundle), cfg.frame_slots, cfg.recent_frames, revisit)
     ctx = loop.support(si, sm)
     ort_logits = np.stack(loop.track(frames, ctx))                               # N x K x 1 x L x L
     per_frame = np.stack(loop.track(frames, ctx, memory=False))
     model = frozen_model(ppg)
     ref = np.stack(track_reference(model, enc, att, torch.from_numpy(frames), torch.from_numpy(si),
-                                   torch.from_numpy(sm), cfg.recent_frames))
+                                   torch.from_numpy(sm), cfg.recent_frames, revisit))
+    first_pass = np.stack(OrtMemoryLoop(loop.s, cfg.frame_slots, cfg.recent_frames).track(frames[:1], ctx))[0]
     diff = float(np.abs(ref - ort_logits).max())
     agreement = float(((ref > 0) == (ort_logits > 0)).mean())
     per_frame_diff = [float(np.abs(r - o).max()) for r, o in zip(ref, ort_logits)]
     fx = bundle / "fixtures"
     fx.mkdir(exist_ok=True)
     tensors = {"frames": (clip, "u8"), "support_images": (sup, "u8"), "support_masks": (sup_masks, "u8"),
-               "mask_logits": (ort_logits.astype(np.float32), "f32")}
+               "mask_logits": (ort_logits.astype(np.float32), "f32"),
+               "first_pass_logits": (first_pass.astype(np.float32), "f32")}
     doc = {"bundle": bundle.name, "byte_order": "little-endian", "input_size": 256,
-           "recent_frames": cfg.recent_frames, "frame_slots": cfg.frame_slots,
+           "recent_frames": cfg.recent_frames, "frame_slots": cfg.frame_slots, "revisit_first": revisit,
            "objects": ["pubic symphysis", "fetal head"],
            "description": "Memory-mode parity clip (lite_track.py frame loop): ultrasound phantom seed "
                           f"{FIXTURE_SEED}, {n} frames of 256 x 256 (no resize or padding), one support pair "
                           f"(phantom seed {FIXTURE_SUPPORT_SEED}), both objects in order. frames and "
                           "support_images are u8 display values: the model input is f32 value / 255 "
                           "(pixel_mean 0, pixel_std 255); support_masks u8 0/1 (as f32). mask_logits: "
-                          "ONNX Runtime's output of the memory loop per frame [N,K,1,256,256].",
+                          "ONNX Runtime's output of the memory loop per frame [N,K,1,256,256], frame 0's "
+                          "after the revisit (revisit_first); first_pass_logits: frame 0 before it "
+                          "(frame by frame, [K,1,256,256]).",
            "tolerance": {"mask_logits_max_abs": TOLERANCE},
            "torch_tolerance": TORCH_TOLERANCE,
            "torch_vs_onnxruntime_max_abs": diff,
@@ -165,7 +170,8 @@ def write_fixtures(bundle: Path, ppg: Path, enc, att, cfg: MemoryConfig, n: int)
            "torch_vs_onnxruntime_max_abs_per_frame": per_frame_diff,
            "graph_parity": check_parity(enc, att, cfg, bundle),
            "memory_vs_frame_by_frame_max_abs": float(np.abs(per_frame - ort_logits).max()),
-           "frame0_memory_vs_frame_by_frame_max_abs": float(np.abs(per_frame[0] - ort_logits[0]).max()),
+           "frame0_first_pass_vs_frame_by_frame_max_abs": float(np.abs(per_frame[0] - first_pass).max()),
+           "frame0_revisit_vs_first_pass_max_abs": float(np.abs(ort_logits[0] - first_pass).max()),
            "tensors": {}}
     for name, (arr, dt) in tensors.items():
         file = f"fixtures/memory-{name}.{dt}"
@@ -209,6 +215,8 @@ def main(argv=None):
     ap.add_argument("--ppg", type=Path, default=Path(__file__).resolve().parent.parent / "runs" / "lite-ppg3.pt",
                     help="the bundle's train_lite checkpoint (PyTorch side of the fixtures)")
     ap.add_argument("--fixtures", type=int, default=0, help="frames of the parity clip (0: none)")
+    ap.add_argument("--no-revisit", action="store_true",
+                    help="[memory] revisit_first = false: frame 0 keeps its first-pass mask (lite_track.py)")
     ap.add_argument("--command", action="append", default=[], help="provenance: commands that produced it")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -223,10 +231,10 @@ def main(argv=None):
         training = {k: str(v) for k, v in ck.get("extra", {}).items()}
     sizes = export_graphs(enc, att, cfg, a.bundle)
     update_manifest(a.bundle, cfg, {"commands": a.command, "git_commit": git_commit(), "opset": OPSET,
-                                    "training": training, "graph_bytes": sizes})
+                                    "training": training, "graph_bytes": sizes}, not a.no_revisit)
     print({k: f"{v / 1e6:.2f} MB" for k, v in sizes.items()}, json.dumps(check_parity(enc, att, cfg, a.bundle)))
     if a.fixtures:
-        doc = write_fixtures(a.bundle, a.ppg, enc, att, cfg, a.fixtures)
+        doc = write_fixtures(a.bundle, a.ppg, enc, att, cfg, a.fixtures, not a.no_revisit)
         print({k: v for k, v in doc.items() if k.endswith("max_abs")})
 
 

@@ -202,7 +202,8 @@ def check_clip(bundle: Path, ppg_path: Path, enc, att, cfg) -> float:
     model = frozen_model(ppg_path)
     with torch.no_grad():
         got = np.stack(track_reference(model, enc, att, torch.from_numpy(frames), torch.from_numpy(si),
-                                       torch.from_numpy(sm), cfg.recent_frames))
+                                       torch.from_numpy(sm), cfg.recent_frames,
+                                       bool(doc.get("revisit_first", False))))
     diff = float(np.abs(got - want).max())
     if diff > doc["torch_tolerance"]:
         raise RecoverError(f"recovered models vs fixtures/memory.json: max abs {diff:.2e} > {doc['torch_tolerance']}")

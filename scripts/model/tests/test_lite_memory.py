@@ -66,7 +66,8 @@ def test_manifest_and_metadata(random_bundle):
     assert m["graphs"]["memory_attention"] == "memory_attention.onnx"
     assert m["graphs"]["memory_encoder"] == "memory_encoder.onnx"
     assert m["memory"] == {"memory_dim": cfg.memory_dim, "memory_size": [cfg.memory_size] * 2,
-                           "frame_slots": cfg.frame_slots, "recent_frames": cfg.recent_frames}
+                           "frame_slots": cfg.frame_slots, "recent_frames": cfg.recent_frames,
+                           "revisit_first": True}
     for g in GRAPHS:
         proto = onnx.load(str(out / f"{g}.onnx"))
         meta = {p.key: p.value for p in proto.metadata_props}
@@ -112,12 +113,24 @@ def test_shipped_fixtures_reproduce():
         t = doc["tensors"][name]
         return np.fromfile(BUNDLE / t["file"], dtype=np.uint8 if t["dtype"] == "u8" else "<f4").reshape(t["shape"])
     frames = read("frames").astype(np.float32) / 255
-    loop = OrtMemoryLoop(sessions(BUNDLE), doc["frame_slots"], doc["recent_frames"])
+    loop = OrtMemoryLoop(sessions(BUNDLE), doc["frame_slots"], doc["recent_frames"], doc["revisit_first"])
     ctx = loop.support(read("support_images").astype(np.float32) / 255, read("support_masks").astype(np.float32))
-    got = np.stack(loop.track(frames[:3], ctx))
-    assert np.abs(got - read("mask_logits")[:3]).max() < 1e-4
+    got = np.stack(loop.track(frames, ctx))
+    assert np.abs(got - read("mask_logits")).max() < 1e-4
+    first = loop.track(frames[:1], ctx)[0]  # one frame: nothing to revisit
+    assert np.abs(first - read("first_pass_logits")).max() < 1e-4
     assert doc["torch_vs_onnxruntime_max_abs"] <= doc["torch_tolerance"]
-    assert doc["frame0_memory_vs_frame_by_frame_max_abs"] == 0.0
+    assert doc["frame0_first_pass_vs_frame_by_frame_max_abs"] == 0.0
+    # the shipped loop revisits frame 0, and the revisit changes its mask
+    assert doc["revisit_first"] and doc["frame0_revisit_vs_first_pass_max_abs"] > 1.0
+
+
+def test_revisit_slots_and_frame():
+    """Frame 0's revisit attends to itself (row M-1) and frames r..1 at their distance from it;
+    it happens after frame min(recent, F - 1), and not at all for a single frame."""
+    from proxyseg_model.lite_track import revisit_frame, revisit_slots
+    assert revisit_slots(3, 7) == [(0, 6), (3, 2), (2, 1), (1, 0)]
+    assert [revisit_frame(n, 6) for n in (1, 2, 5, 7, 8, 100)] == [None, 1, 4, 6, 6, 6]
 
 
 class _Fixed:

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::bundle::Dim;
 use super::infer::Tensor;
+use super::preprocess::Geometry;
 
 /// The `[memory]` table of a manifest: SAM 2's bank (contract 2), or the proxy memory mode of
 /// a contract-1 bundle (a small memory attention and memory encoder the project trained on
@@ -43,6 +44,14 @@ pub struct MemorySpec {
     /// Grid of one frame memory when it is not the embedding grid (contract 1).
     #[serde(default)]
     pub memory_size: Option<[usize; 2]>,
+    /// Contract 1: once frame r = min(recent_frames, F - 1) is banked, frame 0 is decoded
+    /// again attending to its own memory and frames 1..=r ([`revisit_slots`]), and that mask
+    /// replaces its first one. Frame 0 has no memory to lean on, so its first mask is the
+    /// model's frame-by-frame one; on a hard first frame it is far worse than the tracked
+    /// frames after it, and the jump from it to frame 1 was most of a sequence's instability
+    /// (scripts/model/proxyseg_model/lite_track.py is the reference).
+    #[serde(default)]
+    pub revisit_first: bool,
 }
 
 impl MemorySpec {
@@ -61,6 +70,11 @@ impl MemorySpec {
             ));
         }
         let sam2 = contract == super::bundle::CONTRACT_SAM2;
+        if sam2 && self.revisit_first {
+            return Err(
+                "[memory] revisit_first is a contract-1 (proxy memory mode) setting: SAM 2 keeps its prompted frame".into(),
+            );
+        }
         match (sam2, self.pointer_slots, self.high_res_channels, self.memory_size) {
             (true, 1.., Some(_), None) => Ok(()),
             (true, ..) => Err(format!(
@@ -185,6 +199,29 @@ pub fn slots(t: usize, num_frames: usize, recent: usize, spec: &MemorySpec) -> S
     Slots { frames, pointers }
 }
 
+/// The slots of frame 0's revisit after frame `r` is banked: frame 0 itself at row M-1, then
+/// frames r..=1 at row f - 1 (their distance from frame 0), farthest first as [`slots`]
+/// orders recent frames.
+pub fn revisit_slots(r: usize, spec: &MemorySpec) -> Slots {
+    let mut frames = vec![(0, spec.frame_slots as i64 - 1)];
+    frames.extend((1..=r).rev().map(|f| (f, f as i64 - 1)));
+    Slots {
+        frames,
+        pointers: Vec::new(),
+    }
+}
+
+/// What frame 0's revisit needs of it: kept from its first pass until the revisit.
+#[derive(Debug, Clone)]
+pub struct FirstFrame {
+    /// Its raw embeddings `[1, C, h, w]`.
+    pub embeddings: Tensor,
+    /// Its proxy prompt `[K, T, C]`.
+    pub prompt: Tensor,
+    /// Its model-input geometry, to bring the revisited logits to the source size.
+    pub geometry: Geometry,
+}
+
 /// One earlier frame in the bank.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -205,6 +242,7 @@ pub struct MemoryBank {
     next: usize,
     prompt: Option<Tensor>,
     entries: BTreeMap<usize, Entry>,
+    first: Option<FirstFrame>,
 }
 
 impl MemoryBank {
@@ -221,6 +259,7 @@ impl MemoryBank {
             next: 0,
             prompt: None,
             entries: BTreeMap::new(),
+            first: None,
         }
     }
 
@@ -244,10 +283,14 @@ impl MemoryBank {
         self.prompt.as_ref()
     }
 
-    /// Bytes of tensors held (prompt, memories, pointers).
+    /// Bytes of tensors held (prompt, memories, pointers, frame 0 until its revisit).
     pub fn bytes(&self) -> usize {
         let t = |x: &Tensor| x.data.len() * 4;
         self.prompt.as_ref().map_or(0, t)
+            + self
+                .first
+                .as_ref()
+                .map_or(0, |f| t(&f.embeddings) + t(&f.prompt))
             + self
                 .entries
                 .values()
@@ -256,8 +299,10 @@ impl MemoryBank {
     }
 
     /// The most bytes a full bank holds for `k` objects: M frame memories (on the spec's
-    /// [`MemorySpec::grid`] of the embedding grid `hw`), P pointers and the prompt of
-    /// `prompt_tokens` x `embed_dim` ([`MemoryBank::bytes`] never exceeds it).
+    /// [`MemorySpec::grid`] of the embedding grid `hw`), P pointers, the prompt of
+    /// `prompt_tokens` x `embed_dim` (SAM 2's, or frame 0's until its revisit) and, with
+    /// [`MemorySpec::revisit_first`], frame 0's embeddings ([`MemoryBank::bytes`] never
+    /// exceeds it).
     pub fn max_bytes(
         spec: &MemorySpec,
         k: usize,
@@ -266,9 +311,53 @@ impl MemoryBank {
         prompt_tokens: usize,
     ) -> usize {
         let [h, w] = spec.grid(hw);
-        4 * k
+        let first = if spec.revisit_first {
+            embed_dim * hw[0] * hw[1]
+        } else {
+            0
+        };
+        4 * (k
             * (spec.frame_slots * spec.memory_dim * h * w
                 + (spec.pointer_slots + prompt_tokens) * embed_dim)
+            + first)
+    }
+
+    /// The frame after which frame 0 is revisited: min(recent, F - 1), when the spec asks
+    /// for it and the sequence has more than one frame.
+    pub fn revisit_frame(&self) -> Option<usize> {
+        let r = self.recent.min(self.num_frames - 1);
+        (self.spec.revisit_first && r >= 1).then_some(r)
+    }
+
+    /// Keeps frame 0's inputs for its revisit; only right after frame 0 was pushed and when
+    /// the bank revisits (otherwise nothing is kept).
+    pub fn keep_first(&mut self, first: FirstFrame) {
+        if self.next == 1 && self.revisit_frame().is_some() {
+            self.first = Some(first);
+        }
+    }
+
+    /// Objects K of frame 0's kept prompt, while it is kept.
+    pub fn first_objects(&self) -> Option<usize> {
+        self.first.as_ref().map(|f| f.prompt.shape[0])
+    }
+
+    /// Frame 0's kept inputs and the memory_attention inputs of its revisit, once the frame
+    /// [`MemoryBank::revisit_frame`] is banked; the kept inputs leave the bank. None before,
+    /// after, or when the bank does not revisit.
+    pub fn take_revisit(
+        &mut self,
+        k: usize,
+        c: usize,
+        hw: [usize; 2],
+    ) -> Option<(FirstFrame, AttentionInputs)> {
+        let r = self.revisit_frame()?;
+        if self.next != r + 1 {
+            return None;
+        }
+        let first = self.first.take()?;
+        let inputs = self.inputs_for(&revisit_slots(r, &self.spec), k, c, hw);
+        Some((first, inputs))
     }
 
     /// Frames whose memory or pointer is held.
@@ -284,13 +373,17 @@ impl MemoryBank {
     /// The inputs of memory_attention for the next frame with `k` objects, `c` channels and
     /// an `hw` grid: (frame_memory, frame_tpos, frame_valid, obj_ptrs, ptr_pos, ptr_valid).
     pub fn attention_inputs(&self, k: usize, c: usize, hw: [usize; 2]) -> AttentionInputs {
+        self.inputs_for(&self.next_slots(), k, c, hw)
+    }
+
+    /// memory_attention's bank inputs for the slots `sl`.
+    fn inputs_for(&self, sl: &Slots, k: usize, c: usize, hw: [usize; 2]) -> AttentionInputs {
         let (ms, ps, dm) = (
             self.spec.frame_slots,
             self.spec.pointer_slots,
             self.spec.memory_dim,
         );
         let plane = dm * hw[0] * hw[1];
-        let sl = self.next_slots();
         let mut frame_memory = vec![0f32; k * ms * plane];
         let mut frame_tpos = vec![0i64; ms];
         let mut frame_valid = vec![0f32; ms];
@@ -393,136 +486,4 @@ pub struct AttentionInputs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec() -> MemorySpec {
-        MemorySpec {
-            config: "sam2.1_hiera_t".into(),
-            memory_dim: 2,
-            frame_slots: 7,
-            pointer_slots: 16,
-            recent_frames: 6,
-            high_res_channels: Some([32, 64]),
-            memory_size: None,
-        }
-    }
-
-    #[test]
-    fn slots_follow_sam2_as_the_python_reference() {
-        let s = spec();
-        assert_eq!(slots(0, 40, 6, &s).frames, vec![]);
-        assert_eq!(slots(1, 40, 6, &s).frames, vec![(0, 6)]);
-        assert_eq!(slots(1, 40, 6, &s).pointers, vec![(0, 1.0 / 15.0)]);
-        let sl = slots(20, 40, 6, &s);
-        assert_eq!(
-            sl.frames,
-            vec![(0, 6), (14, 5), (15, 4), (16, 3), (17, 2), (18, 1), (19, 0)]
-        );
-        let frames: Vec<usize> = sl.pointers.iter().map(|p| p.0).collect();
-        let mut want = vec![0];
-        want.extend((5..=19).rev());
-        assert_eq!(frames, want);
-        assert_eq!(sl.pointers[1], (19, 1.0 / 15.0));
-        assert_eq!(
-            slots(3, 4, 6, &s).pointers,
-            vec![(0, 1.0), (2, 1.0 / 3.0), (1, 2.0 / 3.0)]
-        );
-        assert_eq!(slots(20, 40, 2, &s).frames, vec![(0, 6), (18, 1), (19, 0)]);
-    }
-
-    fn tensor(shape: Vec<usize>, v: f32) -> Tensor {
-        let n = shape.iter().product();
-        Tensor {
-            shape,
-            data: vec![v; n],
-        }
-    }
-
-    #[test]
-    fn the_bank_stays_bounded_over_a_long_sequence() {
-        let s = spec();
-        let mut bank = MemoryBank::new(&s, 10_000, None);
-        let mut most = 0;
-        for t in 0..10_000 {
-            let inputs = bank.attention_inputs(1, 4, [2, 2]);
-            // every slot the policy names is filled from the bank
-            let sl = bank.next_slots();
-            let used = inputs
-                .frame_valid
-                .data
-                .iter()
-                .filter(|&&v| v == 1.0)
-                .count();
-            assert_eq!(used, sl.frames.len(), "frame {t}");
-            let ptrs = inputs.ptr_valid.data.iter().filter(|&&v| v == 1.0).count();
-            assert_eq!(ptrs, sl.pointers.len(), "frame {t}");
-            bank.push(
-                (t == 0).then(|| tensor(vec![1, 3, 4], 1.0)),
-                tensor(vec![1, 2, 2, 2], t as f32),
-                Some(tensor(vec![1, 4], t as f32)),
-            );
-            most = most.max(bank.bytes());
-        }
-        assert_eq!(bank.held_frames(), 16);
-        // prompt + 7 memories + 16 pointers
-        assert_eq!(most, (12 + 7 * 8 + 16 * 4) * 4);
-        assert_eq!(MemoryBank::max_bytes(&s, 1, 4, [2, 2], 3), most);
-        assert!(bank.prompt().is_some());
-    }
-
-    #[test]
-    fn slot_inputs_carry_each_frames_own_memory() {
-        let s = spec();
-        let mut bank = MemoryBank::new(&s, 5, Some(2));
-        for t in 0..4 {
-            bank.push(
-                (t == 0).then(|| tensor(vec![2, 3, 4], 1.0)),
-                tensor(vec![2, 2, 1, 1], t as f32 + 1.0),
-                Some(tensor(vec![2, 4], 10.0 * (t as f32 + 1.0))),
-            );
-        }
-        // frame 4 attends to frame 0 (row 6), frames 2 and 3 (rows 1, 0)
-        let a = bank.attention_inputs(2, 4, [1, 1]);
-        assert_eq!(a.frame_tpos, vec![6, 1, 0, 0, 0, 0, 0]);
-        assert_eq!(&a.frame_valid.data[..4], &[1.0, 1.0, 1.0, 0.0]);
-        // object 1, slots 0..3: frames 0, 2, 3 -> values 1, 3, 4
-        let plane = 2;
-        let obj1 = &a.frame_memory.data[7 * plane..];
-        assert_eq!(&obj1[..3 * plane], &[1.0, 1.0, 3.0, 3.0, 4.0, 4.0]);
-        // pointers: frame 0 at 4/4, then frames 3, 2, 1
-        assert_eq!(&a.ptr_pos.data[..4], &[1.0, 0.25, 0.5, 0.75]);
-        assert_eq!(a.obj_ptrs.data[4], 40.0);
-    }
-
-    #[test]
-    fn the_proxy_mode_bank_keeps_its_recent_memories_without_pointers() {
-        let s = MemorySpec {
-            config: String::new(),
-            memory_dim: 2,
-            frame_slots: 4,
-            pointer_slots: 0,
-            recent_frames: 3,
-            high_res_channels: None,
-            memory_size: Some([1, 1]),
-        };
-        assert_eq!(s.check(1), Ok(()));
-        assert!(s.check(2).is_err());
-        assert!(spec().check(1).is_err());
-        let mut bank = MemoryBank::new(&s, 100, None);
-        let mut most = 0;
-        for t in 0..100 {
-            let a = bank.attention_inputs(1, 4, s.grid([8, 8]));
-            let want = if t == 0 { 0 } else { 1 + (t - 1).min(3) };
-            let used = a.frame_valid.data.iter().filter(|&&v| v == 1.0).count();
-            assert_eq!(used, want, "frame {t}");
-            assert!(a.obj_ptrs.data.is_empty());
-            bank.push(None, tensor(vec![1, 2, 1, 1], t as f32), None);
-            most = most.max(bank.bytes());
-        }
-        // frame 0 and the last 3 frames: 4 memories of 2 values
-        assert_eq!(bank.held_frames(), 4);
-        assert_eq!(most, 4 * 2 * 4);
-        assert_eq!(MemoryBank::max_bytes(&s, 1, 4, [8, 8], 0), most);
-    }
-}
+mod tests;

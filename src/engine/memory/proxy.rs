@@ -11,7 +11,7 @@
 //! scripts/model (the export's fixtures; tests/engine/engine_memory_mode.rs).
 
 use super::{MemoryBank, MemorySpec};
-use crate::engine::bundle::{Bundle, Dim};
+use crate::engine::bundle::{Bundle, Dim, Graph};
 use crate::engine::infer::{
     encode_images, expect_shape, proxy_prompt, run_graph, run_graph_with_ints, SupportContext,
     Tensor,
@@ -83,23 +83,7 @@ pub fn track_frame(
     let k = prompt.shape[0];
     let t2 = Instant::now();
     let a = bank.attention_inputs(k, c, spec.grid([h, w]));
-    let cond = run_graph_with_ints(
-        &mem.attention,
-        &[
-            ("image_embeddings", &embeddings),
-            ("frame_memory", &a.frame_memory),
-            ("frame_valid", &a.frame_valid),
-        ],
-        &[("frame_tpos", &a.frame_tpos)],
-        &["conditioned_embeddings"],
-    )?
-    .remove(0);
-    expect_shape(
-        "memory_attention",
-        "conditioned_embeddings",
-        &cond,
-        &[k, c, h, w],
-    )?;
+    let cond = attend(bundle, &mem.attention, &embeddings, &a, k)?;
     let (mask_logits, iou_scores) = decode_per_object(bundle, &cond, &prompt)?;
     let memory = run_graph(
         &mem.encoder,
@@ -119,6 +103,71 @@ pub fn track_frame(
         object_scores: None,
     };
     Ok((step, prompt))
+}
+
+/// Frame 0's revisit ([`super::MemorySpec::revisit_first`]), when `bank` has just banked the
+/// frame it waits for: memory_attention on frame 0's kept embeddings over [`super::revisit_slots`],
+/// then mask_decoder per object with frame 0's proxy prompt. Returns frame 0's new step (its
+/// mask replaces the first one) and its geometry; the bank's memories are not changed. None
+/// when no revisit is due.
+pub fn revisit_first(
+    bundle: &Bundle,
+    bank: &mut MemoryBank,
+    timings: &mut crate::engine::infer::StageTimings,
+) -> Result<Option<(Step, crate::engine::preprocess::Geometry)>, EngineError> {
+    let (Some(mem), Some(spec)) = (bundle.memory.as_ref(), bundle.manifest.memory.as_ref()) else {
+        return Ok(None);
+    };
+    let m = &bundle.manifest;
+    let (c, [h, w]) = (m.embed_dim, m.embed_size);
+    let k = match bank.first_objects() {
+        Some(k) => k,
+        None => return Ok(None),
+    };
+    let Some((first, a)) = bank.take_revisit(k, c, spec.grid([h, w])) else {
+        return Ok(None);
+    };
+    let t0 = std::time::Instant::now();
+    let cond = attend(bundle, &mem.attention, &first.embeddings, &a, k)?;
+    let (mask_logits, iou_scores) = decode_per_object(bundle, &cond, &first.prompt)?;
+    timings.mask_decoder += t0.elapsed();
+    let step = Step {
+        embeddings: first.embeddings,
+        mask_logits,
+        iou_scores,
+        object_scores: None,
+    };
+    Ok(Some((step, first.geometry)))
+}
+
+/// memory_attention on one frame's `embeddings` over the bank inputs `a` for `k` objects:
+/// the conditioned embeddings `[K, C, h, w]`.
+fn attend(
+    bundle: &Bundle,
+    attention: &Graph,
+    embeddings: &Tensor,
+    a: &super::AttentionInputs,
+    k: usize,
+) -> Result<Tensor, EngineError> {
+    let m = &bundle.manifest;
+    let cond = run_graph_with_ints(
+        attention,
+        &[
+            ("image_embeddings", embeddings),
+            ("frame_memory", &a.frame_memory),
+            ("frame_valid", &a.frame_valid),
+        ],
+        &[("frame_tpos", &a.frame_tpos)],
+        &["conditioned_embeddings"],
+    )?
+    .remove(0);
+    expect_shape(
+        "memory_attention",
+        "conditioned_embeddings",
+        &cond,
+        &[k, m.embed_dim, m.embed_size[0], m.embed_size[1]],
+    )?;
+    Ok(cond)
 }
 
 /// mask_decoder once per object: object `j`'s conditioned embeddings with its proxy prompt.

@@ -12,7 +12,7 @@ use crate::engine::infer::{
     expect_shape, masks_of, object_logits, proxy_prompt, run_graph, run_graph_with_ints, stack,
     FrameResult, FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor,
 };
-use crate::engine::preprocess::prepare_image;
+use crate::engine::preprocess::{prepare_image, Geometry};
 use crate::engine::EngineError;
 
 /// image_encoder's three outputs for one frame.
@@ -149,9 +149,21 @@ pub fn track_frame(
     })
 }
 
+/// What [`segment_tracked`] returns for a call's frames.
+#[derive(Debug)]
+pub struct Tracked {
+    /// One result per frame of the call, in order (`index`: position in the call).
+    pub frames: Vec<FrameResult>,
+    /// Earlier frames segmented again in this call (`index`: position in the sequence):
+    /// frame 0 after its revisit ([`super::MemorySpec::revisit_first`]). Each replaces the
+    /// result given for that frame before.
+    pub revised: Vec<FrameResult>,
+}
+
 /// Segments the next frames of a sequence, in order, through the bank: the tracked
 /// counterpart of [`crate::engine::infer::segment_frames`] (no resolution views), through
-/// SAM 2's frame loop (contract 2) or the proxy memory mode (contract 1, [`super::proxy`]).
+/// SAM 2's frame loop (contract 2) or the proxy memory mode (contract 1, [`super::proxy`],
+/// with frame 0's revisit when the bundle asks for it).
 pub fn segment_tracked(
     bundle: &Bundle,
     ctx: &SupportContext,
@@ -159,10 +171,11 @@ pub fn segment_tracked(
     frames: &[Frame],
     opts: SegmentOptions,
     timings: &mut StageTimings,
-) -> Result<Vec<FrameResult>, EngineError> {
+) -> Result<Tracked, EngineError> {
     let m = &bundle.manifest;
     let s = m.input_size;
     let mut results = Vec::with_capacity(frames.len());
+    let mut revised = Vec::new();
     for (index, f) in frames.iter().enumerate() {
         let t0 = Instant::now();
         let (input, g) = prepare_image(f, s, m.pixel_mean, m.pixel_std);
@@ -178,42 +191,76 @@ pub fn segment_tracked(
             (step, prompt)
         } else {
             let (step, prompt) = super::proxy::track_frame(bundle, ctx, bank, &image, timings)?;
+            if first {
+                bank.keep_first(super::FirstFrame {
+                    embeddings: step.embeddings.clone(),
+                    prompt: prompt.clone(),
+                    geometry: g,
+                });
+            }
+            if let Some((again, g0)) = super::proxy::revisit_first(bundle, bank, timings)? {
+                // frame 0's own result, again: its input image and prompt are not kept
+                let r = frame_result(bundle, ctx, (0, again, empty(), None, g0), opts, timings);
+                revised.push(r);
+            }
             (step, Some(prompt))
         };
-        let t1 = Instant::now();
-        let logits: Vec<Vec<f32>> = (0..ctx.objects)
-            .map(|j| object_logits(bundle, &step.mask_logits, j, &g))
-            .collect();
-        let masks = masks_of(&logits, &g);
-        timings.postprocess += t1.elapsed();
+        results.push(frame_result(
+            bundle,
+            ctx,
+            (index, step, image, prompt, g),
+            opts,
+            timings,
+        ));
         timings.frames += 1;
-        let tensors = opts.keep_tensors.then(|| {
-            let full = stack(&logits, g.rows, g.cols);
-            FrameTensors {
-                image,
-                image_embeddings: step.embeddings,
-                prompt_tokens: prompt.unwrap_or_else(empty),
-                low_res_logits: step.mask_logits,
-                logits: full.clone(),
-                final_logits: full,
-                views: Vec::new(),
-            }
-        });
-        results.push(FrameResult {
-            index,
-            geometry: g,
-            masks,
-            iou_scores: step
-                .iou_scores
-                .data
-                .iter()
-                .take(ctx.objects)
-                .copied()
-                .collect(),
-            tensors,
-        });
     }
-    Ok(results)
+    Ok(Tracked {
+        frames: results,
+        revised,
+    })
+}
+
+/// The result of frame `index` from its step: masks at the source size, and with
+/// `keep_tensors` its input, prompt and logits.
+fn frame_result(
+    bundle: &Bundle,
+    ctx: &SupportContext,
+    (index, step, image, prompt, g): (usize, Step, Tensor, Option<Tensor>, Geometry),
+    opts: SegmentOptions,
+    timings: &mut StageTimings,
+) -> FrameResult {
+    let t1 = Instant::now();
+    let logits: Vec<Vec<f32>> = (0..ctx.objects)
+        .map(|j| object_logits(bundle, &step.mask_logits, j, &g))
+        .collect();
+    let masks = masks_of(&logits, &g);
+    timings.postprocess += t1.elapsed();
+    let iou_scores = step
+        .iou_scores
+        .data
+        .iter()
+        .take(ctx.objects)
+        .copied()
+        .collect();
+    let tensors = opts.keep_tensors.then(|| {
+        let full = stack(&logits, g.rows, g.cols);
+        FrameTensors {
+            image,
+            image_embeddings: step.embeddings,
+            prompt_tokens: prompt.unwrap_or_else(empty),
+            low_res_logits: step.mask_logits,
+            logits: full.clone(),
+            final_logits: full,
+            views: Vec::new(),
+        }
+    });
+    FrameResult {
+        index,
+        geometry: g,
+        masks,
+        iou_scores,
+        tensors,
+    }
 }
 
 fn empty() -> Tensor {

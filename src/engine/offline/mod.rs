@@ -424,6 +424,7 @@ pub async fn segment_files(
                 context: seg.context.clone(),
                 objects: seg.objects.clone(),
                 frames: rest.by_ref().take(n).collect(),
+                revised: Vec::new(),
                 timings: seg.timings,
             };
             done[i] = Some((part, unit.how.clone()));
@@ -457,7 +458,7 @@ async fn segment_tracked(
         let rest = frames.split_off(frames.len().min(TRACK_CHUNK));
         let (seg, next) = engine.segment_sequence(bundle, set, frames, bank).await?;
         bank = next;
-        join(&mut whole, seg);
+        join(&mut whole, seg)?;
         frames = rest;
     }
     whole.ok_or_else(|| off("no frames".into()))
@@ -473,20 +474,38 @@ async fn segment_each(
 ) -> Result<Segmentation, EngineError> {
     let mut whole: Option<Segmentation> = None;
     for f in frames {
-        join(&mut whole, engine.segment(bundle, set, vec![f]).await?);
+        join(&mut whole, engine.segment(bundle, set, vec![f]).await?)?;
     }
     whole.ok_or_else(|| off("no frames".into()))
 }
 
 /// Appends `seg`'s frames and timings to `whole`.
-fn join(whole: &mut Option<Segmentation>, seg: Segmentation) {
-    match whole {
-        None => *whole = Some(seg),
+/// Appends a call's frames to the sequence's, then puts its revised frames (frame 0 after its
+/// revisit) in place of the results they replace.
+fn join(whole: &mut Option<Segmentation>, mut seg: Segmentation) -> Result<(), EngineError> {
+    let revised = std::mem::take(&mut seg.revised);
+    let w = match whole {
+        None => whole.insert(seg),
         Some(w) => {
             w.frames.extend(seg.frames);
             w.timings.add(&seg.timings);
+            w
         }
+    };
+    for r in revised {
+        let slot = w
+            .frames
+            .iter_mut()
+            .find(|f| f.index == r.index)
+            .ok_or_else(|| {
+                off(format!(
+                    "frame {} was revised before it was segmented",
+                    r.index
+                ))
+            })?;
+        *slot = r;
     }
+    Ok(())
 }
 
 fn safe_label(s: &str) -> String {
