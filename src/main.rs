@@ -218,7 +218,12 @@ fn serve(config: &Path) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(proxyseg::daemon::serve(cfg)) {
+    let served = rt.block_on(proxyseg::daemon::serve(cfg));
+    // Everything that stores or delivers has ended by now; what may still run is an engine
+    // load abandoned by a shutdown during it (blocking work that cannot be interrupted):
+    // dropping the runtime would wait for it, so it is left to end with the process.
+    rt.shutdown_background();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

@@ -57,3 +57,58 @@ fn dicom_is_served_before_the_engine_loads_and_early_studies_are_segmented() {
         "one SEG for the study:\n{log}"
     );
 }
+
+/// SIGTERM while the engine loads stops the daemon gracefully without waiting for the load:
+/// exit 0, the study acknowledged before the signal is in the index, the clean-shutdown
+/// marker written (no recovery walk at the next start), and no "engine ready". Meanwhile
+/// `/metrics` answers, with `proxyseg_engine_ready 0`. The load is made long on purpose: six
+/// copies of the real bundle, each loaded in full before the duplicates are refused (seconds
+/// each on these cores); the test checks that it was still running when the signal came.
+#[test]
+fn a_shutdown_while_the_engine_loads_is_graceful_and_does_not_wait_for_it() {
+    let models = tempfile::tempdir().unwrap();
+    for i in 0..6 {
+        std::os::unix::fs::symlink(
+            root().join("models/litemedsam-ppg"),
+            models.path().join(format!("copy-{i}")),
+        )
+        .unwrap();
+    }
+    let mut d = Daemon::start_accepting(Opts {
+        extra: format!(
+            "[engine]\nmodels_dir = \"{}\"\nproviders = [\"cpu\"]\n",
+            models.path().display()
+        ),
+        ..Opts::default()
+    });
+    let out = d.store(&pydicom_files().join("CT_small.dcm"));
+    assert!(out.status.success(), "{}\n{}", text(&out), d.log());
+    wait_port(d.metrics_port, "the metrics endpoint");
+    let m = d.metrics();
+    assert!(
+        m.contains("proxyseg_engine_ready 0")
+            && m.contains("proxyseg_cstore_total{result=\"success\"} 1"),
+        "{m}"
+    );
+    assert!(
+        !d.log().contains("engine ready"),
+        "the engine loaded before the signal: this test needs a longer load\n{}",
+        d.log()
+    );
+    let marker = d.data_dir().join(".clean-shutdown");
+    assert!(!marker.exists());
+    assert!(
+        d.terminate(),
+        "daemon must exit 0 after SIGTERM:\n{}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(
+        log.contains("shutdown requested while the engine loads")
+            && log.contains("stopped")
+            && !log.contains("engine ready"),
+        "{log}"
+    );
+    assert!(marker.exists(), "no clean-shutdown marker:\n{log}");
+    assert_eq!(d.instance_count(), 1);
+}

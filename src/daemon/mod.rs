@@ -12,6 +12,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod scrape;
+use scrape::{describe_metrics, serve_metrics};
+
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -50,11 +53,16 @@ pub enum StartError {
     },
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT. The handlers are installed before anything
+/// starts, so a signal that comes while the engine loads (seconds on CPU, minutes when
+/// TensorRT builds its engines) stops the daemon as gracefully as one that comes later:
+/// in-flight stores finish, the clean-shutdown marker is written, and the load is abandoned.
 pub async fn serve(cfg: Config) -> Result<(), StartError> {
-    let running = start(cfg).await?;
-    wait_for_signal().await;
-    running.stop().await;
+    let mut signal = std::pin::pin!(shutdown_signal());
+    if let Some(running) = start_unless(cfg, signal.as_mut()).await? {
+        signal.await;
+        running.stop().await;
+    }
     Ok(())
 }
 
@@ -65,6 +73,19 @@ pub struct Running {
     pub dicom_addr: Option<std::net::SocketAddr>,
     /// The pipeline (engine, catalog) the workers use.
     pub pipeline: Arc<crate::pipeline::worker::Pipeline>,
+    parts: Parts,
+}
+
+impl Running {
+    /// Graceful stop: in-flight stores finish, idle associations are aborted, workers end
+    /// after their current step; then the clean-shutdown marker is written.
+    pub async fn stop(self) {
+        self.parts.stop().await;
+    }
+}
+
+/// What a stop has to end, from the moment DICOM is served.
+struct Parts {
     stop_tx: watch::Sender<bool>,
     servers: tokio::task::JoinSet<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -73,10 +94,8 @@ pub struct Running {
     delivery_stats: Arc<crate::pipeline::deliver::DeliveryStats>,
 }
 
-impl Running {
-    /// Graceful stop: in-flight stores finish, idle associations are aborted, workers end
-    /// after their current step; then the clean-shutdown marker is written.
-    pub async fn stop(mut self) {
+impl Parts {
+    async fn stop(mut self) {
         tracing::info!("shutdown requested: finishing in-flight stores");
         crate::ops::notify("STOPPING=1");
         let _ = self.stop_tx.send(true);
@@ -101,12 +120,50 @@ impl Running {
 pub const STARTED: &str = "started: engine, admin API, metrics and workers are up";
 
 /// Starts every part of the daemon and returns once all of them are up. DICOM associations
-/// are served from before the engine loads (see the comment there).
-pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
+/// and `/metrics` are served from before the engine loads (see the comment there).
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    match start_unless(cfg, std::pin::pin!(std::future::pending())).await? {
+        Some(running) => Ok(running),
+        None => unreachable!("a pending shutdown never comes"),
+    }
+}
+
+/// [`start`], unless `shutdown` resolves while the engine loads: then what was already
+/// serving stops gracefully (as [`Running::stop`]) and None comes back.
+pub async fn start_unless(
+    cfg: Config,
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Option<Running>, StartError> {
+    let early = serve_store(cfg).await?;
+    let engine = tokio::select! {
+        engine = load_engine(&early.cfg, &early.cfg.storage.data_dir) => engine,
+        () = shutdown => {
+            tracing::info!("shutdown requested while the engine loads: the load is abandoned");
+            early.parts.stop().await;
+            return Ok(None);
+        }
+    };
+    finish_start(early, engine).await.map(Some)
+}
+
+/// What runs before the engine loads: ingest, delivery, the watchdog and `/metrics`.
+struct Early {
+    cfg: Arc<Config>,
+    db: Db,
+    metrics: crate::metrics::Metrics,
+    stop_rx: watch::Receiver<bool>,
+    wake: Arc<tokio::sync::Notify>,
+    /// Set once the pipeline exists (the watchdog and the scrape read it).
+    started: Arc<std::sync::OnceLock<Arc<crate::pipeline::worker::Pipeline>>>,
+    dicom_addr: Option<std::net::SocketAddr>,
+    parts: Parts,
+}
+
+/// Opens the store and serves DICOM, delivery and `/metrics`; sends READY.
+async fn serve_store(mut cfg: Config) -> Result<Early, StartError> {
     prepare_data_dir(&mut cfg)?;
     let cfg = Arc::new(cfg);
-    let data_dir = cfg.storage.data_dir.clone();
-    let (spool, db, marker) = open_store(&data_dir).await?;
+    let (spool, db, marker) = open_store(&cfg.storage.data_dir).await?;
 
     let metrics = crate::metrics::Metrics::new();
     describe_metrics(&metrics);
@@ -135,7 +192,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     // engine loads, which takes seconds on CPU and, with TensorRT building its engines on a
     // first start, minutes. A PACS that routes studies right after a restart is answered
     // instead of timing out in the accept backlog; its studies wait as jobs in the index and
-    // run once the pipeline workers start below.
+    // run once the pipeline workers start.
     for (l, tls) in listeners {
         servers.spawn(scp.clone().serve(l, tls, stop_rx.clone()));
     }
@@ -151,20 +208,57 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
             stop_rx.clone(),
         );
     }
+    // Scraped from now on: a monitor sees stores and queues while a long engine load runs.
+    if !cfg.metrics.listen.is_empty() {
+        serve_metrics(
+            &cfg,
+            &metrics,
+            &scp,
+            &db,
+            &delivery_stats,
+            &started,
+            stop_rx.clone(),
+        )
+        .await?;
+    }
+    Ok(Early {
+        cfg,
+        db,
+        metrics,
+        stop_rx,
+        wake,
+        started,
+        dicom_addr,
+        parts: Parts {
+            stop_tx,
+            servers,
+            tasks: vec![assembler, deliverer],
+            marker,
+            scp,
+            delivery_stats,
+        },
+    })
+}
 
-    let engine = load_engine(&cfg, &data_dir).await;
+/// Once the engine has loaded (or could not): the admin API, the pipeline workers and
+/// retention; logs [`STARTED`].
+async fn finish_start(
+    mut early: Early,
+    engine: Result<crate::engine::Engine, Arc<crate::engine::EngineError>>,
+) -> Result<Running, StartError> {
+    let (cfg, db, metrics, stop_rx) = (&early.cfg, &early.db, &early.metrics, &early.stop_rx);
     let engine_status = match &engine {
         Ok(_) => "accepting associations; engine ready".to_string(),
         Err(e) => format!("accepting associations; engine unavailable: {e}"),
     };
-    let segmenter = engine_segmenter(&engine, &cfg);
-    let catalog = seed_catalog(&cfg, &db).await;
+    let segmenter = engine_segmenter(&engine, cfg);
+    let catalog = seed_catalog(cfg, db).await;
     crate::admin::start(
         cfg.clone(),
         db.clone(),
         segmenter,
         metrics.clone(),
-        &mut servers,
+        &mut early.parts.servers,
         stop_rx.clone(),
     )
     .await?;
@@ -174,45 +268,29 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         engine,
         catalog,
         metrics: metrics.clone(),
-        wake_delivery: wake.clone(),
+        wake_delivery: early.wake.clone(),
         busy_since: Default::default(),
         memory: crate::memory::MemoryBudget::new(
             cfg.pipeline.memory_budget_mb(),
             "pipeline.memory_budget_mb",
         ),
     });
-    if !cfg.metrics.listen.is_empty() {
-        serve_metrics(
-            &cfg,
-            &metrics,
-            &scp,
-            &db,
-            &delivery_stats,
-            &pipeline,
+    early
+        .parts
+        .tasks
+        .push(tokio::spawn(crate::pipeline::worker::run(
+            pipeline.clone(),
             stop_rx.clone(),
-        )
-        .await?;
-    }
-
-    let pipeline_task = tokio::spawn(crate::pipeline::worker::run(
-        pipeline.clone(),
-        stop_rx.clone(),
-    ));
-    let mut tasks = vec![assembler, deliverer, pipeline_task];
-    tasks.extend(spawn_retention(&cfg, &db, &metrics, stop_rx.clone()));
-    let _ = started.set(pipeline.clone());
+        )));
+    let retention = spawn_retention(cfg, db, metrics, stop_rx.clone());
+    early.parts.tasks.extend(retention);
+    let _ = early.started.set(pipeline.clone());
     tracing::info!("{STARTED}");
     crate::ops::notify(&format!("STATUS={engine_status}"));
-
     Ok(Running {
-        dicom_addr,
+        dicom_addr: early.dicom_addr,
         pipeline,
-        stop_tx,
-        servers,
-        tasks,
-        marker,
-        scp,
-        delivery_stats,
+        parts: early.parts,
     })
 }
 
@@ -230,17 +308,22 @@ async fn seed_catalog(cfg: &Config, db: &Db) -> Arc<dyn crate::pipeline::catalog
     ))
 }
 
-async fn wait_for_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is
+/// first polled: from then on neither signal kills the process outright.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
@@ -479,111 +562,6 @@ async fn load_engine(
     }
 }
 
-/// Serves `/metrics` on `metrics.listen`, with the gauges read at each scrape.
-async fn serve_metrics(
-    cfg: &Config,
-    metrics: &crate::metrics::Metrics,
-    scp: &Arc<Scp>,
-    db: &Db,
-    delivery_stats: &Arc<crate::pipeline::deliver::DeliveryStats>,
-    pipeline: &Arc<crate::pipeline::worker::Pipeline>,
-    stop_rx: watch::Receiver<bool>,
-) -> Result<(), StartError> {
-    let l = TcpListener::bind(&cfg.metrics.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "metrics.listen",
-            addr: cfg.metrics.listen.clone(),
-            source,
-        })?;
-    tracing::info!(addr = %cfg.metrics.listen, "metrics endpoint up");
-    let (scp2, db2, ds, pl) = (
-        scp.clone(),
-        db.clone(),
-        delivery_stats.clone(),
-        pipeline.clone(),
-    );
-    let refresh: Arc<dyn Fn(&crate::metrics::Metrics) + Send + Sync> = Arc::new(move |m| {
-        m.set(
-            "proxyseg_active_associations",
-            &[],
-            scp2.stats.active.load(Ordering::Relaxed) as f64,
-        );
-        if let Ok(e) = &pl.engine {
-            let st = e.support_stats();
-            for (name, result, v) in [
-                ("proxyseg_support_cache_total", "memory_hit", st.memory_hits),
-                ("proxyseg_support_cache_total", "disk_hit", st.disk_hits),
-                ("proxyseg_support_cache_total", "computed", st.computed),
-                (
-                    "proxyseg_support_embeddings_total",
-                    "computed",
-                    st.embeddings_computed,
-                ),
-                (
-                    "proxyseg_support_embeddings_total",
-                    "reused",
-                    st.embeddings_reused,
-                ),
-            ] {
-                m.set(name, &[("result", result)], v as f64);
-            }
-        }
-        // Read from the budget at each scrape: a gauge set by each job as it gives its share
-        // back can be overwritten by a stale value when two jobs finish together.
-        m.set(
-            "proxyseg_memory_reserved_bytes",
-            &[],
-            f64::from(pl.memory.in_use_mib()) * 1048576.0,
-        );
-        m.set(
-            "proxyseg_deliveries_total",
-            &[("result", "delivered")],
-            ds.delivered.load(Ordering::Relaxed) as f64,
-        );
-        m.set(
-            "proxyseg_deliveries_total",
-            &[("result", "retried")],
-            ds.retried.load(Ordering::Relaxed) as f64,
-        );
-        m.set(
-            "proxyseg_deliveries_total",
-            &[("result", "dead")],
-            ds.dead.load(Ordering::Relaxed) as f64,
-        );
-        let counts = db2.read(|c| {
-            let mut out = Vec::new();
-            let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-                out.push(r?);
-            }
-            let pending: i64 = c.query_row(
-                "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
-                [],
-                |r| r.get(0),
-            )?;
-            out.push(("outbox".into(), pending));
-            Ok(out)
-        });
-        if let Ok(counts) = counts {
-            for (state, n) in counts {
-                if state == "outbox" {
-                    m.set("proxyseg_queue_depth", &[("queue", "outbox")], n as f64);
-                } else {
-                    m.set("proxyseg_jobs", &[("state", &state)], n as f64);
-                }
-            }
-        }
-    });
-    tokio::spawn(crate::metrics::serve(
-        l,
-        metrics.clone(),
-        refresh,
-        stop_rx.clone(),
-    ));
-    Ok(())
-}
-
 /// Feeds the systemd watchdog every `interval / 2` while the pipeline makes progress.
 fn spawn_watchdog(
     interval: Duration,
@@ -618,26 +596,4 @@ fn spawn_watchdog(
             last = now;
         }
     });
-}
-
-/// HELP and TYPE lines of every metric family the daemon exports.
-fn describe_metrics(m: &crate::metrics::Metrics) {
-    for (name, kind, help) in [
-        ("proxyseg_cstore_total", "counter", "C-STORE requests answered, by result."),
-        ("proxyseg_stage_seconds", "histogram", "Latency of pipeline stages (ingest, stability wait, inference per image, SEG write, delivery)."),
-        ("proxyseg_active_associations", "gauge", "DICOM associations open now."),
-        ("proxyseg_deliveries_total", "counter", "Delivery attempts by result (delivered, retried, dead)."),
-        ("proxyseg_jobs", "gauge", "Jobs by current state."),
-        ("proxyseg_jobs_total", "counter", "Job state transitions by state and failure reason."),
-        ("proxyseg_queue_depth", "gauge", "Items waiting, by queue."),
-        ("proxyseg_memory_reserved_bytes", "gauge", "Pixel memory the running jobs hold of pipeline.memory_budget_mb."),
-        ("proxyseg_memory_waits_total", "counter", "Jobs that waited for pixel memory other jobs held."),
-        ("proxyseg_buffer_waits_total", "counter", "Associations that waited for receive-buffer memory (dicom.max_buffered_mb) other associations held."),
-        ("proxyseg_support_cache_total", "counter", "Support-context cache lookups by result (hit, disk, computed)."),
-        ("proxyseg_support_embeddings_total", "counter", "Support images encoded for a support context (computed) or taken from an earlier one (reused)."),
-        (crate::store::retention::PURGED_STUDIES, "counter", "Studies purged (files and index rows), by who asked (retention, admin) and how they ended (finished, failed)."),
-        (crate::store::retention::PURGED_BYTES, "counter", "Bytes removed from disk by purges and leftover sweeps."),
-    ] {
-        m.describe(name, kind, help);
-    }
 }
