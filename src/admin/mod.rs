@@ -28,7 +28,7 @@ pub mod server;
 pub mod studies;
 pub mod support_sets;
 
-pub use segment::{DicomImage, SegmentError, Segmenter};
+pub use segment::{DicomImage, EngineSlot, NoSegmenter, SegmentError, Segmenter};
 pub use server::{start, StartError};
 
 /// Generated protobuf messages, tonic clients and servers of `proxyseg.admin.v1`.

@@ -71,11 +71,11 @@ impl pb::preview_server::Preview for Svc {
         let img = tokio::task::spawn_blocking(move || masks::parse_image(&image))
             .await
             .map_err(internal)??;
-        let seg = self.st.segmenter.clone().ok_or_else(|| {
-            Status::unavailable(
-                "Preview needs the segmentation engine, and this daemon runs without one",
-            )
-        })?;
+        let seg = self
+            .st
+            .segmenter
+            .get()
+            .map_err(|why| why.status("Preview"))?;
         let _slot = State::slot(&self.st.inference, "Preview", "max_concurrent_inference")?;
         let (rows, cols) = (img.rows, img.cols);
         let set2 = set.clone();

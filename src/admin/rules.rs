@@ -240,18 +240,12 @@ impl pb::rules_server::Rules for Svc {
         let note = match (&mode, &stored) {
             (Some(m), Some(s)) if m.mode != sequence_mode::SequenceMode::PerFrame => {
                 let labels: Vec<&str> = s.objects.iter().map(|o| o.label.as_str()).collect();
-                match &self.st.segmenter {
-                    Some(seg) => seg.track_refusal(&s.meta.bundle, &labels).map(|why| {
-                        format!(
-                            "series that sequence_mode {} would track go frame by frame: {why}",
-                            m.mode
-                        )
-                    }),
-                    None => Some(
-                        "this daemon runs no engine, so whether the bundle can track is unknown"
-                            .into(),
-                    ),
-                }
+                tracking_note(
+                    &self.st.segmenter,
+                    &s.meta.bundle,
+                    &labels,
+                    &m.mode.to_string(),
+                )
             }
             _ => None,
         };
@@ -294,5 +288,26 @@ impl pb::rules_server::Rules for Svc {
             sequence_mode_from: mode.map(|m| m.from.to_string()).unwrap_or_default(),
             sequence_note: note.unwrap_or_default(),
         }))
+    }
+}
+
+/// DryRun's note when a set's series would be tracked: why `bundle` would still go frame by
+/// frame for `labels`, or that it cannot be known without the engine.
+fn tracking_note(
+    slot: &crate::admin::EngineSlot,
+    bundle: &str,
+    labels: &[&str],
+    mode: &str,
+) -> Option<String> {
+    match slot.get() {
+        Ok(seg) => seg.track_refusal(bundle, labels).map(|why| {
+            format!("series that sequence_mode {mode} would track go frame by frame: {why}")
+        }),
+        Err(crate::admin::NoSegmenter::Loading) => Some(
+            "the engine is still loading, so whether the bundle can track is not known yet".into(),
+        ),
+        Err(crate::admin::NoSegmenter::Absent) => {
+            Some("this daemon runs no engine, so whether the bundle can track is unknown".into())
+        }
     }
 }

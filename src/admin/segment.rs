@@ -65,6 +65,59 @@ pub trait Segmenter: Send + Sync {
     fn track_refusal(&self, bundle: &str, labels: &[&str]) -> Option<String>;
 }
 
+/// The admin API's handle on the engine. The API is served from before the engine loads
+/// (seconds on CPU, minutes while TensorRT builds its engines), so the handle is settled
+/// later: then to the engine's [`Segmenter`], or to none when the engine could not load.
+#[derive(Clone, Default)]
+pub struct EngineSlot(std::sync::Arc<std::sync::OnceLock<Option<std::sync::Arc<dyn Segmenter>>>>);
+
+/// Why an [`EngineSlot`] gives no segmenter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSegmenter {
+    /// The engine is still loading.
+    Loading,
+    /// This daemon runs without an engine (it could not load).
+    Absent,
+}
+
+impl EngineSlot {
+    /// A slot settled to `segmenter` at once.
+    pub fn settled(segmenter: Option<std::sync::Arc<dyn Segmenter>>) -> EngineSlot {
+        let slot = EngineSlot::default();
+        slot.settle(segmenter);
+        slot
+    }
+
+    /// Settles the slot once the engine has loaded (or could not); later calls change nothing.
+    pub fn settle(&self, segmenter: Option<std::sync::Arc<dyn Segmenter>>) {
+        let _ = self.0.set(segmenter);
+    }
+
+    /// The engine's segmenter, or why there is none now.
+    pub fn get(&self) -> Result<std::sync::Arc<dyn Segmenter>, NoSegmenter> {
+        match self.0.get() {
+            None => Err(NoSegmenter::Loading),
+            Some(None) => Err(NoSegmenter::Absent),
+            Some(Some(s)) => Ok(s.clone()),
+        }
+    }
+}
+
+impl NoSegmenter {
+    /// The gRPC status of `call` (e.g. "Preview") without a segmenter: UNAVAILABLE, saying
+    /// whether to retry.
+    pub fn status(self, call: &str) -> tonic::Status {
+        tonic::Status::unavailable(match self {
+            NoSegmenter::Loading => format!(
+                "{call} needs the segmentation engine, which is still loading: try again once the daemon logs \"engine ready\""
+            ),
+            NoSegmenter::Absent => format!(
+                "{call} needs the segmentation engine, and this daemon runs without one"
+            ),
+        })
+    }
+}
+
 /// The engine as the admin API's [`Segmenter`]: decodes the support images
 /// ([`crate::engine::SupportSet::from_stored`]) and the image with `dicom::pixels`, and runs `Engine::segment` on the daemon's runtime (called from a blocking
 /// thread). The support set's `variant` becomes part of the engine's version key, so

@@ -6,7 +6,6 @@
 
 use crate::admin::auth::{AuthInterceptor, TokenFileError, TokenStore, Tokens};
 use crate::admin::pb;
-use crate::admin::segment::Segmenter;
 use crate::config::Config;
 use crate::routing::Synonyms;
 use crate::store::Db;
@@ -76,8 +75,8 @@ pub struct State {
     pub synonyms: Synonyms,
     /// `[pipeline] sequence_mode`: what DryRun shows when neither rule nor set names a mode.
     pub sequence_mode: crate::config::SequenceMode,
-    /// The engine, when this daemon has one.
-    pub segmenter: Option<Arc<dyn Segmenter>>,
+    /// The engine: settled once it has loaded, to none when it could not.
+    pub segmenter: crate::admin::EngineSlot,
     /// Turns true at shutdown: server streams (Watch) end, so graceful shutdown never waits on
     /// a client that watches forever.
     pub stop: watch::Receiver<bool>,
@@ -139,7 +138,7 @@ impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
             .field("data_dir", &self.data_dir)
-            .field("segmenter", &self.segmenter.is_some())
+            .field("segmenter", &self.segmenter.get().map(|_| ()))
             .finish()
     }
 }
@@ -211,7 +210,7 @@ async fn report_serving(health: &tonic_health::server::HealthReporter) {
 pub async fn start(
     cfg: Arc<Config>,
     db: Db,
-    segmenter: Option<Arc<dyn Segmenter>>,
+    segmenter: crate::admin::EngineSlot,
     metrics: crate::metrics::Metrics,
     servers: &mut tokio::task::JoinSet<()>,
     mut stop: watch::Receiver<bool>,

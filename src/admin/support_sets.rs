@@ -578,11 +578,11 @@ impl pb::support_sets_server::SupportSets for Svc {
     ) -> Result<Response<pb::EvaluateResponse>, Status> {
         require(&req, Access::Write, "SupportSets.Evaluate")?;
         let r = req.into_inner();
-        let seg = self.st.segmenter.clone().ok_or_else(|| {
-            Status::unavailable(
-                "Evaluate needs the segmentation engine, and this daemon runs without one",
-            )
-        })?;
+        let seg = self
+            .st
+            .segmenter
+            .get()
+            .map_err(|why| why.status("Evaluate"))?;
         let _slot = State::slot(&self.st.inference, "Evaluate", "max_concurrent_inference")?;
         let data_dir = self.st.data_dir.clone();
         let set = read(&self.st.db, |c| {

@@ -146,20 +146,24 @@ pub async fn start_unless(
     finish_start(early, engine).await.map(Some)
 }
 
-/// What runs before the engine loads: ingest, delivery, the watchdog and `/metrics`.
+/// What runs before the engine loads: ingest, delivery, the watchdog, `/metrics` and the
+/// admin API.
 struct Early {
     cfg: Arc<Config>,
     db: Db,
     metrics: crate::metrics::Metrics,
     stop_rx: watch::Receiver<bool>,
     wake: Arc<tokio::sync::Notify>,
+    catalog: Arc<dyn crate::pipeline::catalog::Catalog>,
+    /// The admin API's handle on the engine, settled once it has loaded.
+    engine_slot: crate::admin::EngineSlot,
     /// Set once the pipeline exists (the watchdog and the scrape read it).
     started: Arc<std::sync::OnceLock<Arc<crate::pipeline::worker::Pipeline>>>,
     dicom_addr: Option<std::net::SocketAddr>,
     parts: Parts,
 }
 
-/// Opens the store and serves DICOM, delivery and `/metrics`; sends READY.
+/// Opens the store and serves DICOM, delivery, `/metrics` and the admin API; sends READY.
 async fn serve_store(mut cfg: Config) -> Result<Early, StartError> {
     prepare_data_dir(&mut cfg)?;
     let cfg = Arc::new(cfg);
@@ -221,12 +225,27 @@ async fn serve_store(mut cfg: Config) -> Result<Early, StartError> {
         )
         .await?;
     }
+    // The admin API too: curating support sets and rules needs only the store; Evaluate and
+    // Preview answer UNAVAILABLE ("still loading") until the engine is settled below.
+    let catalog = seed_catalog(&cfg, &db).await;
+    let engine_slot = crate::admin::EngineSlot::default();
+    crate::admin::start(
+        cfg.clone(),
+        db.clone(),
+        engine_slot.clone(),
+        metrics.clone(),
+        &mut servers,
+        stop_rx.clone(),
+    )
+    .await?;
     Ok(Early {
         cfg,
         db,
         metrics,
         stop_rx,
         wake,
+        catalog,
+        engine_slot,
         started,
         dicom_addr,
         parts: Parts {
@@ -240,8 +259,8 @@ async fn serve_store(mut cfg: Config) -> Result<Early, StartError> {
     })
 }
 
-/// Once the engine has loaded (or could not): the admin API, the pipeline workers and
-/// retention; logs [`STARTED`].
+/// Once the engine has loaded (or could not): the admin API's engine, the pipeline workers
+/// and retention; logs [`STARTED`].
 async fn finish_start(
     mut early: Early,
     engine: Result<crate::engine::Engine, Arc<crate::engine::EngineError>>,
@@ -251,17 +270,8 @@ async fn finish_start(
         Ok(_) => "accepting associations; engine ready".to_string(),
         Err(e) => format!("accepting associations; engine unavailable: {e}"),
     };
-    let segmenter = engine_segmenter(&engine, cfg);
-    let catalog = seed_catalog(cfg, db).await;
-    crate::admin::start(
-        cfg.clone(),
-        db.clone(),
-        segmenter,
-        metrics.clone(),
-        &mut early.parts.servers,
-        stop_rx.clone(),
-    )
-    .await?;
+    early.engine_slot.settle(engine_segmenter(&engine, cfg));
+    let catalog = early.catalog.clone();
     let pipeline = Arc::new(crate::pipeline::worker::Pipeline {
         cfg: cfg.clone(),
         db: db.clone(),

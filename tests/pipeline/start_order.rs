@@ -2,6 +2,7 @@
 //! when TensorRT builds its engines on a first start), and a study stored meanwhile is
 //! segmented and delivered once the engine is up.
 
+use crate::harness::admin::{write_tokens, ADMIN_TOKEN};
 use crate::harness::*;
 use crate::pipeline_e2e::{dcm_files, demo, engine_tables, models_for, settle};
 
@@ -61,9 +62,11 @@ fn dicom_is_served_before_the_engine_loads_and_early_studies_are_segmented() {
 /// SIGTERM while the engine loads stops the daemon gracefully without waiting for the load:
 /// exit 0, the study acknowledged before the signal is in the index, the clean-shutdown
 /// marker written (no recovery walk at the next start), and no "engine ready". Meanwhile
-/// `/metrics` answers, with `proxyseg_engine_ready 0`. The load is made long on purpose: six
-/// copies of the real bundle, each loaded in full before the duplicates are refused (seconds
-/// each on these cores); the test checks that it was still running when the signal came.
+/// `/metrics` answers, with `proxyseg_engine_ready 0`, and so does the admin API: listing
+/// works, and Evaluate says the engine is still loading (UNAVAILABLE) instead of hanging or
+/// claiming there is no engine. The load is made long on purpose: six copies of the real
+/// bundle, each loaded in full before the duplicates are refused (seconds each on these
+/// cores); the test checks that it was still running when the signal came.
 #[test]
 fn a_shutdown_while_the_engine_loads_is_graceful_and_does_not_wait_for_it() {
     let models = tempfile::tempdir().unwrap();
@@ -74,10 +77,16 @@ fn a_shutdown_while_the_engine_loads_is_graceful_and_does_not_wait_for_it() {
         )
         .unwrap();
     }
+    let aux = tempfile::tempdir().unwrap();
+    let tokens = write_tokens(aux.path(), 0o600);
+    let token = aux.path().join("alice.token");
+    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
     let mut d = Daemon::start_accepting(Opts {
         extra: format!(
-            "[engine]\nmodels_dir = \"{}\"\nproviders = [\"cpu\"]\n",
-            models.path().display()
+            "[engine]\nmodels_dir = \"{}\"\nproviders = [\"cpu\"]\n[admin]\nlisten = \"{addr}\"\ntokens_file = \"{}\"\n",
+            models.path().display(),
+            tokens.display()
         ),
         ..Opts::default()
     });
@@ -89,6 +98,25 @@ fn a_shutdown_while_the_engine_loads_is_graceful_and_does_not_wait_for_it() {
         m.contains("proxyseg_engine_ready 0")
             && m.contains("proxyseg_cstore_total{result=\"success\"} 1"),
         "{m}"
+    );
+    d.wait_listening(&addr);
+    let admin = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+            .args(["admin", "--endpoint", &format!("http://{addr}")])
+            .arg("--token-file")
+            .arg(&token)
+            .args(args)
+            .env_remove("PROXYSEG_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let listed = admin(&["support-set", "list"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    let evaluated = admin(&["support-set", "evaluate", "fundus"]);
+    let said = text(&evaluated);
+    assert!(
+        !evaluated.status.success() && said.contains("still loading"),
+        "{said}"
     );
     assert!(
         !d.log().contains("engine ready"),
