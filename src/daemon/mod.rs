@@ -143,7 +143,7 @@ pub async fn start_unless(
             return Ok(None);
         }
     };
-    finish_start(early, engine).await.map(Some)
+    Ok(Some(finish_start(early, engine).await))
 }
 
 /// What runs before the engine loads: ingest, delivery, the watchdog, `/metrics` and the
@@ -264,7 +264,7 @@ async fn serve_store(mut cfg: Config) -> Result<Early, StartError> {
 async fn finish_start(
     mut early: Early,
     engine: Result<crate::engine::Engine, Arc<crate::engine::EngineError>>,
-) -> Result<Running, StartError> {
+) -> Running {
     let (cfg, db, metrics, stop_rx) = (&early.cfg, &early.db, &early.metrics, &early.stop_rx);
     let engine_status = match &engine {
         Ok(_) => "accepting associations; engine ready".to_string(),
@@ -297,11 +297,11 @@ async fn finish_start(
     let _ = early.started.set(pipeline.clone());
     tracing::info!("{STARTED}");
     crate::ops::notify(&format!("STATUS={engine_status}"));
-    Ok(Running {
+    Running {
         dicom_addr: early.dicom_addr,
         pipeline,
         parts: early.parts,
-    })
+    }
 }
 
 /// Seeds the bundled support sets into the store (admin API on or off: the store is the one
@@ -499,6 +499,17 @@ async fn open_store(
     Ok((spool, db, marker))
 }
 
+/// Binds `addr`, the value of config key `key` (named in the error).
+async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            key,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
 /// Binds the plain DICOM listener (unless `dicom.listen` is empty) and the TLS one; returns
 /// them (with whether each is TLS) and the plain one's address.
 async fn bind_dicom(
@@ -509,13 +520,7 @@ async fn bind_dicom(
     if cfg.dicom.listen.is_empty() {
         tracing::info!("no plain DICOM listener (dicom.listen is empty): DICOM TLS only");
     } else {
-        let plain = TcpListener::bind(&cfg.dicom.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                key: "dicom.listen",
-                addr: cfg.dicom.listen.clone(),
-                source,
-            })?;
+        let plain = bind("dicom.listen", &cfg.dicom.listen).await?;
         tracing::info!(addr = %cfg.dicom.listen, ae = %cfg.dicom.ae_title, "DICOM listener up");
         dicom_addr = Some(plain.local_addr().map_err(|source| StartError::Bind {
             key: "dicom.listen",
@@ -525,13 +530,7 @@ async fn bind_dicom(
         listeners.push((plain, false));
     }
     if let Some(t) = &cfg.dicom.tls {
-        let l = TcpListener::bind(&t.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                key: "dicom.tls.listen",
-                addr: t.listen.clone(),
-                source,
-            })?;
+        let l = bind("dicom.tls.listen", &t.listen).await?;
         tracing::info!(addr = %t.listen, mutual = t.client_ca.is_some(), "DICOM TLS listener up");
         listeners.push((l, true));
     }

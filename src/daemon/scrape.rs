@@ -7,7 +7,6 @@ use crate::dicom::scp::Scp;
 use crate::store::Db;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Serves `/metrics` on `metrics.listen`, with the gauges read at each scrape.
@@ -20,13 +19,7 @@ pub(super) async fn serve_metrics(
     pipeline: &Arc<std::sync::OnceLock<Arc<crate::pipeline::worker::Pipeline>>>,
     stop_rx: watch::Receiver<bool>,
 ) -> Result<(), StartError> {
-    let l = TcpListener::bind(&cfg.metrics.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "metrics.listen",
-            addr: cfg.metrics.listen.clone(),
-            source,
-        })?;
+    let l = super::bind("metrics.listen", &cfg.metrics.listen).await?;
     tracing::info!(addr = %cfg.metrics.listen, "metrics endpoint up");
     let (scp2, db2, ds, pl) = (
         scp.clone(),

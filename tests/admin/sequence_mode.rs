@@ -7,7 +7,6 @@
 use crate::harness::admin::*;
 use crate::harness::*;
 use proxyseg::admin::pb;
-use std::process::Command;
 use tonic::Code;
 
 const ALLOWED: &str = "auto, memory, per-frame, inherit";
@@ -226,14 +225,7 @@ async fn rules_and_sets_carry_a_sequence_mode_through_the_api() {
 fn cli(a: &Admin, args: &[&str]) -> std::process::Output {
     let tf = a.aux.path().join("alice.token");
     std::fs::write(&tf, format!("{ADMIN_TOKEN}\n")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_proxyseg"))
-        .args(["admin", "--endpoint", &format!("http://{}", a.addr)])
-        .arg("--token-file")
-        .arg(&tf)
-        .args(args)
-        .env_remove("PROXYSEG_TOKEN")
-        .output()
-        .unwrap()
+    admin_cli(&a.addr, &tf, args)
 }
 
 #[test]

@@ -270,16 +270,7 @@ fn admin_purge_through_the_cli_is_audited_and_unknown_is_not_found() {
     let tokens = a.aux.path().join("admin-tokens");
     let viewer = a.aux.path().join("viewer-token");
     std::fs::write(&viewer, VIEWER_TOKEN).unwrap();
-    let cli = |token: &Path, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"))
-            .args(["admin", "--endpoint", &format!("http://{}", a.addr)])
-            .arg("--token-file")
-            .arg(token)
-            .args(args)
-            .env_remove("PROXYSEG_TOKEN")
-            .output()
-            .unwrap()
-    };
+    let cli = |token: &Path, args: &[&str]| admin_cli(&a.addr, token, args);
     let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
 
     let o = cli(&viewer, &["study", "purge", &study]);

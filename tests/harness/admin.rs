@@ -36,6 +36,18 @@ pub fn write_tokens(dir: &Path, mode: u32) -> PathBuf {
     p
 }
 
+/// Runs `proxyseg admin` against the API at `addr` with the bearer token in `token_file`.
+pub fn admin_cli(addr: &str, token_file: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args(["admin", "--endpoint", &format!("http://{addr}")])
+        .arg("--token-file")
+        .arg(token_file)
+        .args(args)
+        .env_remove("PROXYSEG_TOKEN")
+        .output()
+        .unwrap()
+}
+
 pub fn start() -> Admin {
     start_with("")
 }

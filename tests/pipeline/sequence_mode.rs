@@ -8,7 +8,7 @@
 use super::pipeline_e2e::{
     dcm_files, demo, engine_tables, job_states, models_for, sam2_models, sam2_tables, settle,
 };
-use crate::harness::admin::{write_tokens, ADMIN_TOKEN};
+use crate::harness::admin::{admin_cli, write_tokens, ADMIN_TOKEN};
 use crate::harness::*;
 use std::process::Command;
 
@@ -60,14 +60,7 @@ impl Site {
 
     /// `proxyseg admin ARGS` with an admin token; its stdout (it must succeed).
     fn cli(&self, args: &[&str]) -> String {
-        let o = Command::new(env!("CARGO_BIN_EXE_proxyseg"))
-            .args(["admin", "--endpoint", &format!("http://{}", self.addr)])
-            .arg("--token-file")
-            .arg(self.aux.path().join("alice.token"))
-            .args(args)
-            .env_remove("PROXYSEG_TOKEN")
-            .output()
-            .unwrap();
+        let o = admin_cli(&self.addr, &self.aux.path().join("alice.token"), args);
         assert!(o.status.success(), "{args:?}: {}", text(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }

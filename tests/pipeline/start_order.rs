@@ -2,7 +2,7 @@
 //! when TensorRT builds its engines on a first start), and a study stored meanwhile is
 //! segmented and delivered once the engine is up.
 
-use crate::harness::admin::{write_tokens, ADMIN_TOKEN};
+use crate::harness::admin::{admin_cli, write_tokens, ADMIN_TOKEN};
 use crate::harness::*;
 use crate::pipeline_e2e::{dcm_files, demo, engine_tables, models_for, settle};
 
@@ -100,16 +100,7 @@ fn a_shutdown_while_the_engine_loads_is_graceful_and_does_not_wait_for_it() {
         "{m}"
     );
     d.wait_listening(&addr);
-    let admin = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"))
-            .args(["admin", "--endpoint", &format!("http://{addr}")])
-            .arg("--token-file")
-            .arg(&token)
-            .args(args)
-            .env_remove("PROXYSEG_TOKEN")
-            .output()
-            .unwrap()
-    };
+    let admin = |args: &[&str]| admin_cli(&addr, &token, args);
     let listed = admin(&["support-set", "list"]);
     assert!(listed.status.success(), "{}", text(&listed));
     let evaluated = admin(&["support-set", "evaluate", "fundus"]);

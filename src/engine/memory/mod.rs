@@ -329,10 +329,16 @@ impl MemoryBank {
         (self.spec.revisit_first && r >= 1).then_some(r)
     }
 
-    /// Keeps frame 0's inputs for its revisit; only right after frame 0 was pushed and when
-    /// the bank revisits (otherwise nothing is kept).
+    /// True right after frame 0 was pushed when the bank will revisit it: then
+    /// [`MemoryBank::keep_first`] keeps what it is given.
+    pub fn wants_first(&self) -> bool {
+        self.next == 1 && self.revisit_frame().is_some()
+    }
+
+    /// Keeps frame 0's inputs for its revisit when [`MemoryBank::wants_first`] (otherwise
+    /// nothing is kept).
     pub fn keep_first(&mut self, first: FirstFrame) {
-        if self.next == 1 && self.revisit_frame().is_some() {
+        if self.wants_first() {
             self.first = Some(first);
         }
     }

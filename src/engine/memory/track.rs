@@ -191,7 +191,8 @@ pub fn segment_tracked(
             (step, prompt)
         } else {
             let (step, prompt) = super::proxy::track_frame(bundle, ctx, bank, &image, timings)?;
-            if first {
+            // frame 0's embeddings (4 MiB at S = 256) are copied only when they will be kept
+            if bank.wants_first() {
                 bank.keep_first(super::FirstFrame {
                     embeddings: step.embeddings.clone(),
                     prompt: prompt.clone(),
