@@ -322,11 +322,13 @@ pub(crate) fn proxy_prompt(
 }
 
 /// prompt_generator and mask_decoder on one image's embeddings `[1, C, h, w]` with a context:
-/// `(prompt_tokens, mask_logits, iou_scores)`, shapes checked.
+/// `(prompt_tokens, mask_logits, iou_scores)`, shapes checked. `image` is the model input the
+/// embeddings are of (`3 * S * S` values), given to the decoder when the bundle's takes it.
 fn decode(
     bundle: &Bundle,
     ctx: &SupportContext,
     e1: &Tensor,
+    image: &[f32],
     timings: &mut StageTimings,
 ) -> Result<(Tensor, Tensor, Tensor), EngineError> {
     let m = &bundle.manifest;
@@ -334,11 +336,7 @@ fn decode(
     let tokens = proxy_prompt(bundle, ctx, e1, timings)?;
     let t3 = Instant::now();
     let k = tokens.shape[0];
-    let mut r = run_graph(
-        &bundle.mask_decoder,
-        &[("image_embeddings", e1), ("prompt_tokens", &tokens)],
-        &["mask_logits", "iou_scores"],
-    )?;
+    let mut r = run_decoder(bundle, e1, &tokens, image)?;
     let iou = r.remove(1);
     let low = r.remove(0);
     timings.mask_decoder += t3.elapsed();
@@ -350,6 +348,40 @@ fn decode(
         });
     }
     Ok((tokens, low, iou))
+}
+
+/// The mask decoder on embeddings `[1, C, h, w]` and prompt tokens `[K, T, C]`, with the model
+/// input `image` (`3 * S * S` values, copied only when the bundle's decoder takes it,
+/// [`crate::engine::bundle::Manifest::decoder_image`]): `[mask_logits, iou_scores]`.
+pub(crate) fn run_decoder(
+    bundle: &Bundle,
+    embeddings: &Tensor,
+    tokens: &Tensor,
+    image: &[f32],
+) -> Result<Vec<Tensor>, EngineError> {
+    let m = &bundle.manifest;
+    let mut inputs = vec![("image_embeddings", embeddings), ("prompt_tokens", tokens)];
+    let full;
+    if m.decoder_image {
+        let s = m.input_size;
+        if image.len() != 3 * s * s {
+            return Err(EngineError::Internal(format!(
+                "mask_decoder takes the model input: {} values given, {} expected",
+                image.len(),
+                3 * s * s
+            )));
+        }
+        full = Tensor {
+            shape: vec![1, 3, s, s],
+            data: image.to_vec(),
+        };
+        inputs.push(("image", &full));
+    }
+    run_graph(
+        &bundle.mask_decoder,
+        &inputs,
+        &["mask_logits", "iou_scores"],
+    )
 }
 
 /// Object `j`'s low-resolution logits -> logits at the source size of `g`.
@@ -418,7 +450,8 @@ pub fn segment_frames(
                 shape: vec![1, c, h, w],
                 data: emb.data[i * per..(i + 1) * per].to_vec(),
             };
-            let (tokens, low, iou) = decode(bundle, ctx, &e1, timings)?;
+            let img = &inputs[i * 3 * s * s..(i + 1) * 3 * s * s];
+            let (tokens, low, iou) = decode(bundle, ctx, &e1, img, timings)?;
             let t4 = Instant::now();
             let mut logits: Vec<Vec<f32>> = (0..ctx.objects)
                 .map(|j| object_logits(bundle, &low, j, &g))
@@ -578,7 +611,8 @@ fn segment_crops(
             shape: vec![1, c, h, w],
             data: emb.data[n * per..(n + 1) * per].to_vec(),
         };
-        let (tokens, low, _iou) = decode(bundle, ctx, &e1, &mut scratch)?;
+        let img = &inputs[n * 3 * s * s..(n + 1) * 3 * s * s];
+        let (tokens, low, _iou) = decode(bundle, ctx, &e1, img, &mut scratch)?;
         let planes: Vec<Vec<f32>> = v
             .rule
             .objects

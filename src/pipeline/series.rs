@@ -66,6 +66,11 @@ pub(super) async fn segment_series(
                 m.embed_dim,
                 m.embed_size,
                 m.prompt_tokens,
+                if m.decoder_image {
+                    3 * m.input_size * m.input_size
+                } else {
+                    0
+                },
             )
         }),
         _ => 0,

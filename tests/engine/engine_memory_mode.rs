@@ -124,6 +124,8 @@ fn rust_memory_loop_matches_the_python_reference() {
             bank.keep_first(FirstFrame {
                 embeddings: step.embeddings.clone(),
                 prompt,
+                // the bundle's decoder takes the frame itself (decoder_image): kept for the revisit
+                image: image.clone(),
                 geometry: Geometry::new(size, size, size),
             });
         }

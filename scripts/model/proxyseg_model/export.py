@@ -7,6 +7,7 @@
   prompt_generator.onnx  image_embeddings f32[1,C,h,w], support_keys, support_values
                                                                          -> prompt_tokens f32[K,T,C]
   mask_decoder.onnx      image_embeddings f32[1,C,h,w], prompt_tokens f32[K,T,C]
+                         (+ image f32[1,3,S,S] with a detail branch: manifest decoder_image = true)
                                                                          -> mask_logits f32[K,1,4h,4w],
                                                                             iou_scores f32[K,1]
 LoRA is merged first; opset 17; fp32; no custom ops. Graphs over 2 GB (ViT-H) are written with
@@ -29,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from .lora import merge_lora
+from .ppg import decode as ppg_decode
 from .preprocess import PIXEL_MEAN, PIXEL_STD
 from .tomlw import dumps
 
@@ -74,10 +76,12 @@ class MaskDecoderGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.sam = model.sam
+        self.detail = getattr(model, "detail", None)
 
-    def forward(self, image_embeddings, prompt_tokens):
-        """1 x C x h x w, K x T x C -> mask_logits K x 1 x 4h x 4w, iou_scores K x 1."""
-        return self.sam.decode(image_embeddings, prompt_tokens)
+    def forward(self, image_embeddings, prompt_tokens, image=None):
+        """1 x C x h x w, K x T x C (, 1 x 3 x S x S with a detail branch)
+        -> mask_logits K x 1 x 4h x 4w, iou_scores K x 1."""
+        return ppg_decode(self.sam, self.detail, image_embeddings, prompt_tokens, image)
 
 
 def dims(model) -> dict:
@@ -144,6 +148,9 @@ def export_graphs(model, out: Path, external_data: bool | None = None) -> dict:
                          ["image_embeddings", "prompt_tokens"], ["mask_logits", "iou_scores"],
                          {"prompt_tokens": {0: "K"}, "mask_logits": {0: "K"}, "iou_scores": {0: "K"}}),
     }
+    if getattr(model, "detail", None) is not None:
+        dec = specs["mask_decoder"]
+        specs["mask_decoder"] = (dec[0], dec[1] + (ex["image"],), dec[2] + ["image"]) + dec[3:]
     # torch's exporter puts each exported module back into its own mode afterwards; the
     # wrappers must be in eval mode, or the model's BatchNorm/Attention end up in training mode
     for spec in specs.values():
@@ -251,6 +258,7 @@ def manifest(model, provenance: dict, evaluation: dict | None = None) -> dict:
          "embed_dim": d["C"], "embed_size": [d["h"], d["w"]], "prompt_tokens": d["T"], "max_objects": MAX_OBJECTS,
          "max_pairs": MAX_PAIRS, "low_res_size": [d["low_res"], d["low_res"]],
          "graphs": {g: f"{g}.onnx" for g in GRAPHS},
+         "decoder_image": getattr(model, "detail", None) is not None,
          "outputs": {"support_keys": f"f32[N,{d['Ck']},{d['g']},{d['g']}]",
                      "support_values": f"f32[N,K,{d['Cv']},{d['g']},{d['g']}]"},
          "provenance": provenance}
@@ -268,6 +276,20 @@ def manifest(model, provenance: dict, evaluation: dict | None = None) -> dict:
     return m
 
 
+def carry_memory_mode(before: dict, new: dict, out: Path) -> None:
+    """A re-export of the four graphs keeps the bundle's memory mode (memory_export.py wrote it:
+    [memory], its two graphs, [provenance.memory]) when its graphs are still there: the memory
+    modules read the image encoder's embeddings and the decoder's logits, not the PPG."""
+    graphs = before.get("graphs", {})
+    names = [graphs.get(g) for g in ("memory_attention", "memory_encoder")]
+    if "memory" not in before or not all(n and (out / n).exists() for n in names):
+        return
+    new["memory"] = before["memory"]
+    new["graphs"].update({"memory_attention": names[0], "memory_encoder": names[1]})
+    if "memory" in before.get("provenance", {}):
+        new["provenance"]["memory"] = before["provenance"]["memory"]
+
+
 def write_manifest(path: Path, m: dict):
     path.write_text("# proxyseg model bundle manifest (ONNX contract 1, see DESIGN.md)\n" + dumps(m))
 
@@ -281,6 +303,9 @@ def main(argv=None):
     ap.add_argument("--data", default="", help="provenance text about the training data")
     ap.add_argument("--command", action="append", default=[], help="provenance: commands that produced it")
     ap.add_argument("--generator-seed", type=int, default=0)
+    ap.add_argument("--keep-provenance", action="store_true",
+                    help="re-export into a bundle: its provenance commands come first (--command adds to "
+                         "them), its notes and data stay unless given")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     model, ck = load_checkpoint(Path(args.checkpoint))
@@ -291,11 +316,19 @@ def main(argv=None):
             "data": args.data, "notes": args.notes, "training": {k: str(v) for k, v in ck.get("extra", {}).items()},
             "graph_bytes": sizes}
     old = out / "manifest.toml"
-    evaluation = None
+    evaluation, before = None, {}
     if old.exists():
         import tomllib
-        evaluation = tomllib.loads(old.read_text()).get("evaluation")
-    write_manifest(old, manifest(model, prov, evaluation))
+        before = tomllib.loads(old.read_text())
+        evaluation = before.get("evaluation")
+    if args.keep_provenance and before:
+        was = before.get("provenance", {})
+        prov["commands"] = list(was.get("commands", [])) + args.command
+        prov["notes"] = args.notes or was.get("notes", "")
+        prov["data"] = args.data or was.get("data", "")
+    new = manifest(model, prov, evaluation)
+    carry_memory_mode(before, new, out)
+    write_manifest(old, new)
     print({k: f"{v / 1e6:.2f} MB" for k, v in sizes.items()}, f"total {sum(sizes.values()) / 1e6:.2f} MB")
 
 
@@ -317,7 +350,7 @@ def check_parity(model, folder: Path, n: int = 2, k: int = 3, seed: int = 1) -> 
         emb_t = model.sam.encode(torch.cat([ex["image"], ex["support_images"]]))
         keys_t, values_t = model.ppg.encode_support(ex["support_images"], ex["support_masks"], emb_t[1:])
         tok_t = model.ppg.generate_prompts(emb_t[:1], keys_t, values_t)
-        logits_t, iou_t = model.sam.decode(emb_t[:1], tok_t)
+        logits_t, iou_t = model.decode(emb_t[:1], tok_t, ex["image"])
     imgs = torch.cat([ex["image"], ex["support_images"]]).numpy()
     emb_o = np.concatenate([sess["image_encoder"].run(None, {"image": imgs[i:i + 1]})[0] for i in range(len(imgs))])
     keys_o, values_o = sess["support_encoder"].run(None, {"support_images": ex["support_images"].numpy(),
@@ -325,7 +358,10 @@ def check_parity(model, folder: Path, n: int = 2, k: int = 3, seed: int = 1) -> 
                                                           "support_embeddings": emb_o[1:]})
     tok_o = sess["prompt_generator"].run(None, {"image_embeddings": emb_o[:1], "support_keys": keys_o,
                                                 "support_values": values_o})[0]
-    logits_o, iou_o = sess["mask_decoder"].run(None, {"image_embeddings": emb_o[:1], "prompt_tokens": tok_o})
+    dec_in = {"image_embeddings": emb_o[:1], "prompt_tokens": tok_o}
+    if getattr(model, "detail", None) is not None:
+        dec_in["image"] = ex["image"].numpy()
+    logits_o, iou_o = sess["mask_decoder"].run(None, dec_in)
 
     def diff(a, b):
         return float(np.abs(a.numpy() - b).max())

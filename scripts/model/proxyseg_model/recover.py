@@ -10,8 +10,8 @@ PPG and the decoder's LoRA factors as named initializers of support_encoder / pr
 / mask_decoder, the memory modules in memory_attention / memory_encoder. This reads them back:
 
 - the train_lite checkpoint (`train.save_checkpoint` format): LiteMedSAM from lite_medsam.pth
-  (frozen, as in training), then every tensor a run trains (`train_lite.run_state`) by its
-  initializer name. A tensor missing from the graphs, of another shape, or given twice with two
+  (frozen, as in training), then every tensor a run trains (`train_lite.run_state`: the PPG, the
+  LoRA factors, the detail branch when the manifest says decoder_image) by its initializer name. A tensor missing from the graphs, of another shape, or given twice with two
   values is an error: nothing is guessed.
 - the train_memory checkpoint: ONNX export folds some parameters (a transposed projection, a
   norm's weight reshaped for broadcasting) into initializers with generated names. Which
@@ -80,7 +80,7 @@ def recover_ppg(bundle: Path, litemedsam: str | None, lora_rank: int = 4):
     from .train_lite import run_state
 
     man = manifest(bundle)
-    model = build_litemedsam(checkpoint=litemedsam, **ppg_overrides(man))
+    model = build_litemedsam(checkpoint=litemedsam, detail=bool(man.get("decoder_image", False)), **ppg_overrides(man))
     model.sync_point_tokens()
     add_lora(model.sam, rank=lora_rank, encoder=False)
     inits = named_initializers(bundle, PPG_GRAPHS)

@@ -32,6 +32,17 @@ class OrtBundle:
         self.mean = np.asarray(self.manifest["pixel_mean"], dtype=np.float32)
         self.std = np.asarray(self.manifest["pixel_std"], dtype=np.float32)
         self.rules = [views.Rule(**{k: v for k, v in r.items()}) for r in self.manifest.get("resolution", [])]
+        # a detail branch: the mask decoder also takes the model input (export.py)
+        self.decoder_image = bool(self.manifest.get("decoder_image", False))
+
+    def decode(self, emb: np.ndarray, tokens: np.ndarray, image: np.ndarray):
+        """mask_decoder: 1 x C x h x w, K x T x C, the 1 x 3 x S x S image the embeddings are of
+        -> (mask_logits K x 1 x 4h x 4w, iou_scores K x 1)."""
+        feeds = {"image_embeddings": emb, "prompt_tokens": tokens}
+        if self.decoder_image:
+            feeds["image"] = image.astype(np.float32)
+        logits, iou = self.sessions["mask_decoder"].run(None, feeds)
+        return logits, iou
 
     def metadata(self, graph: str) -> dict:
         return self.sessions[graph].get_modelmeta().custom_metadata_map
@@ -58,7 +69,7 @@ class OrtBundle:
         emb = self.encode(image) if emb is None else emb
         tokens = self.sessions["prompt_generator"].run(None, {
             "image_embeddings": emb, "support_keys": ctx["support_keys"], "support_values": ctx["support_values"]})[0]
-        logits, iou = self.sessions["mask_decoder"].run(None, {"image_embeddings": emb, "prompt_tokens": tokens})
+        logits, iou = self.decode(emb, tokens, image)
         return {"image_embeddings": emb, "prompt_tokens": tokens, "mask_logits": logits, "iou_scores": iou}
 
     def segment_display(self, display: np.ndarray, ctx: dict, emb: np.ndarray | None = None):

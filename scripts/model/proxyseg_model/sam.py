@@ -44,7 +44,7 @@ class SAMBackbone(nn.Module):
         """
         return self.image_encoder(images)
 
-    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor):
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, return_mask_token: bool = False):
         """Mask decoder with sparse prompt tokens and dense = no_mask_embed, single-mask output.
 
         Arguments:
@@ -54,6 +54,8 @@ class SAMBackbone(nn.Module):
         Returns:
           mask_logits (torch.Tensor): K x 1 x 4h x 4w low-res mask logits.
           iou_scores (torch.Tensor): K x 1 predicted IoU.
+          mask_token (torch.Tensor): K x C, the mask token after the transformer (what the
+            hypernetwork reads; detail.DetailBranch gates on it), with `return_mask_token`.
         """
         md = self.mask_decoder
         k = sparse.shape[0]
@@ -73,6 +75,8 @@ class SAMBackbone(nn.Module):
         b, c2, h2, w2 = up.shape
         masks = (hyper @ up.reshape(b, c2, h2 * w2)).reshape(b, 1, h2, w2)
         iou = md.iou_prediction_head(iou_token_out)[:, :1]
+        if return_mask_token:
+            return masks, iou, mask_token_out
         return masks, iou
 
     def encode_points(self, coords: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor | None = None):

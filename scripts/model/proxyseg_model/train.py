@@ -91,7 +91,7 @@ def build_from_config(cfg: dict):
     ppg.setdefault("key_pos", False)
     ppg.setdefault("box_tokens", False)
     return ProxyPromptSAM(SAMConfig(**cfg["sam"]), PPGConfig(**ppg), name=cfg["name"],
-                          backbone=cfg.get("backbone", "sam"))
+                          backbone=cfg.get("backbone", "sam"), detail=cfg.get("detail", False))
 
 
 # ------------------------------------------------------------------------------ pretraining

@@ -154,13 +154,20 @@ def corpus(fam: str, seed: int = 0, cache: Path = RUNS / "cache", variants: int 
     return out
 
 
-def episode(rng, corp: dict, max_support: int, device: str = "cpu"):
+def episode(rng, corp: dict, max_support: int, device: str = "cpu", hold_out: int = 0):
     """Target view + 1..max_support support views of other cases at the same position, with
-    all objects or a random non-empty subset in random order (as train.episode)."""
+    all objects or a random non-empty subset in random order (as train.episode). `hold_out`:
+    the last that many training-pool cases are never drawn (a check set for a choice).
+    Returns (target embeddings, support images, support masks, support embeddings, target
+    masks, target image)."""
     n = len(corp["case"])
+    drawn = (corp["case"] < len(corp["cases"]) - hold_out).numpy()
     while True:
         t = int(rng.integers(n))
-        ok = np.nonzero((corp["case"] != corp["case"][t]).numpy() & (corp["pos"] == corp["pos"][t]).numpy())[0]
+        if not drawn[t]:
+            continue
+        ok = np.nonzero((corp["case"] != corp["case"][t]).numpy() & (corp["pos"] == corp["pos"][t]).numpy()
+                        & drawn)[0]
         if len(ok):
             break
     sup = rng.choice(ok, min(len(ok), int(rng.integers(1, max_support + 1))), replace=False)
@@ -171,7 +178,7 @@ def episode(rng, corp: dict, max_support: int, device: str = "cpu"):
         objs = [int(o) for o in rng.choice(kall, size, replace=False)]
     f = lambda x: x.to(device).float()  # noqa: E731
     return (f(corp["emb"][t:t + 1]), f(corp["images"][sup]), f(corp["masks"][sup][:, objs]), f(corp["emb"][sup]),
-            f(corp["masks"][t, objs]))
+            f(corp["masks"][t, objs]), f(corp["images"][t:t + 1]))
 
 
 def train(args):
@@ -187,7 +194,7 @@ def train(args):
         overrides["key_pos"] = False
     if not args.box_tokens:
         overrides["box_tokens"] = False
-    model = build_litemedsam(checkpoint=args.litemedsam or None, **overrides)
+    model = build_litemedsam(checkpoint=args.litemedsam or None, detail=args.detail, **overrides)
     model.sync_point_tokens()
     add_lora(model.sam, rank=args.lora_rank, encoder=False)
     prior = {}
@@ -196,6 +203,7 @@ def train(args):
         missing, unexpected = model.load_state_dict(upgrade_state(ck["state"]), strict=False)
         new = {n for n, _ in model.named_parameters() if n.endswith(("key_pos", "box_scale"))}
         new |= {n for n, _ in model.named_buffers() if n.endswith(("pe_gaussian", "box_corner_tl", "box_corner_br"))}
+        new |= {n for n in model.state_dict() if n.startswith("detail.")}
         if ck.get("slim"):  # SAM's frozen tensors came from lite_medsam.pth above
             new |= set(model.state_dict()) - set(run_state(model))
         if unexpected or set(missing) - new:
@@ -217,6 +225,11 @@ def train(args):
                 c[k] = c[k].to(dev)
     else:
         corpora = {f: corpus(f) for f in dict.fromkeys(args.families)}
+    if args.only_detail:  # the PPG and LoRA stay as resumed; only the detail branch learns
+        if model.detail is None:
+            raise SystemExit("--only-detail needs --detail")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith("detail."))
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"lite: trainable {sum(p.numel() for p in params) / 1e6:.2f} M; views "
         + ", ".join(f"{f}={len(c['case'])}" for f, c in corpora.items()), fh)
@@ -235,13 +248,14 @@ def train(args):
         for g in opt.param_groups:
             g["lr"] = lr
         fam = fams[step % len(fams)]
-        t_emb, si, sm, s_emb, tm = episode(rng, corpora[fam], args.max_support, dev)
-        keys, values = model.ppg.encode_support(si, sm, s_emb)
-        tokens, readout = model.ppg.generate_prompts(t_emb, keys, values, return_readout=True)
-        logits, _ = model.sam.decode(t_emb, tokens)
+        t_emb, si, sm, s_emb, tm, t_img = episode(rng, corpora[fam], args.max_support, dev, args.hold_out)
+        with torch.set_grad_enabled(not args.only_detail):
+            keys, values = model.ppg.encode_support(si, sm, s_emb)
+            tokens, readout = model.ppg.generate_prompts(t_emb, keys, values, return_readout=True)
+        logits, _ = model.decode(t_emb, tokens, t_img)
         up = upscale(logits, S)
         loss = dice_loss(up, tm)
-        if args.readout_loss and readout is not None:
+        if args.readout_loss and readout is not None and not args.only_detail:
             # the Selective Map read of the support masks should already say where each object
             # is in the target (supervises the memory keys directly; soft Dice on the grid)
             g = F.adaptive_avg_pool2d(tm[None], readout.shape[-1])[0]
@@ -263,7 +277,8 @@ def train(args):
     model.eval()
     info = {"phase": "lite", "steps": step, "seconds": round(time.time() - t0), "final_loss_ema": ema,
             "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "readout_loss": args.readout_loss, "families": fams, "overrides": overrides,
-            "seed": args.seed, "train_per_set": realdata.TRAIN_PER_SET, "split_seed": realdata.SPLIT_SEED}
+            "seed": args.seed, "train_per_set": realdata.TRAIN_PER_SET, "split_seed": realdata.SPLIT_SEED,
+            "detail": args.detail, "only_detail": args.only_detail, "hold_out": args.hold_out}
     if args.resume:
         info.update({"resumed_from": str(args.resume), "total_steps": step + int(prior.get("total_steps", prior.get("steps", 0))),
                      "prior": {k: prior.get(k) for k in ("steps", "seconds", "optimizer", "lr", "seed")}})
@@ -272,9 +287,9 @@ def train(args):
 
 
 def run_state(model) -> dict:
-    """What a run trains or derives: the PPG's tensors and the LoRA factors. The rest is
-    LiteMedSAM's frozen checkpoint, rebuilt from lite_medsam.pth."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith("ppg.") or ".lora_" in k}
+    """What a run trains or derives: the PPG's tensors, the LoRA factors and the detail branch.
+    The rest is LiteMedSAM's frozen checkpoint, rebuilt from lite_medsam.pth."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(("ppg.", "detail.")) or ".lora_" in k}
 
 
 def save_run(model, args, extra: dict) -> None:
@@ -329,6 +344,11 @@ def main(argv=None):
     ap.add_argument("--lora-rank", type=int, default=4)
     ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     ap.add_argument("--max-support", type=int, default=2)
+    ap.add_argument("--detail", action="store_true", help="with the detail branch (detail.py) on the mask decoder")
+    ap.add_argument("--only-detail", action="store_true",
+                    help="train the detail branch only (PPG and LoRA frozen as resumed)")
+    ap.add_argument("--hold-out", type=int, default=0,
+                    help="never draw the last N training-pool cases of each family (a check set for a choice)")
     ap.add_argument("--no-selective-map", action="store_true")
     ap.add_argument("--no-ccm", action="store_true")
     ap.add_argument("--seed", type=int, default=0)

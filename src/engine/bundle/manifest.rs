@@ -44,6 +44,8 @@ struct RawManifest {
     max_objects: usize,
     max_pairs: usize,
     low_res_size: Vec<usize>,
+    #[serde(default)]
+    decoder_image: bool,
     graphs: GraphFiles,
     #[serde(default)]
     provenance: Option<toml::Table>,
@@ -195,6 +197,9 @@ pub struct Manifest {
     pub max_pairs: usize,
     /// Low-resolution logit grid [4h, 4w].
     pub low_res_size: [usize; 2],
+    /// Contract 1: `mask_decoder.onnx` also takes the model input, `image` f32[1,3,S,S] (the
+    /// image the embeddings are of), for a detail branch at input resolution. Default false.
+    pub decoder_image: bool,
     /// Graph file names.
     pub graphs: GraphFiles,
     /// Training provenance, as written by the model code.
@@ -310,6 +315,7 @@ impl Manifest {
             max_objects: raw.max_objects,
             max_pairs: raw.max_pairs,
             low_res_size,
+            decoder_image: raw.decoder_image,
             graphs: raw.graphs,
             provenance: raw.provenance.unwrap_or_default(),
             evaluation: raw.evaluation.unwrap_or_default(),
@@ -396,6 +402,11 @@ fn check_contract(raw: &RawManifest) -> Result<(), String> {
             }
         }
         (CONTRACT_SAM2, "sam2") => {
+            if raw.decoder_image {
+                return Err(format!(
+                    "decoder_image = true is for contract {CONTRACT_VERSION} (SAM); contract 2's decoder has its own inputs"
+                ));
+            }
             let Some(mem) = &raw.memory else {
                 return Err("contract 2 needs a [memory] table".into());
             };
@@ -464,6 +475,26 @@ seed = 1
     fn good_manifest_parses() {
         let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
         assert_eq!(m.embed_size, [4, 4]);
+        assert!(
+            !m.decoder_image,
+            "the decoder takes no image unless the manifest says so"
+        );
+        let detail = GOOD.replace(
+            "low_res_size = [16, 16]",
+            "low_res_size = [16, 16]\ndecoder_image = true",
+        );
+        assert!(
+            Manifest::parse(&detail, Path::new("m.toml"))
+                .unwrap()
+                .decoder_image
+        );
+        let sam2 = detail
+            .replace("contract = 1", "contract = 2")
+            .replace("family = \"sam\"", "family = \"sam2\"");
+        let e = Manifest::parse(&sam2, Path::new("m.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decoder_image = true is for contract 1"), "{e}");
         assert_eq!(
             m.provenance.get("seed").and_then(|v| v.as_integer()),
             Some(1)

@@ -261,23 +261,29 @@ impl Loader<'_> {
         Ok([image_encoder, support_encoder, prompt_generator])
     }
 
-    /// Contract 1's mask decoder: image embeddings and prompt tokens in.
+    /// Contract 1's mask decoder: image embeddings and prompt tokens in (and the model input
+    /// `image` when the manifest says `decoder_image`).
     fn sam_decoder(&mut self) -> Result<Graph, BundleError> {
         use Dim::{Is, Var};
         let m = self.m;
-        let (c, h, w, t) = (
+        let (s, c, h, w, t) = (
+            m.input_size,
             m.embed_dim,
             m.embed_size[0],
             m.embed_size[1],
             m.prompt_tokens,
         );
+        let mut inputs: Vec<(&str, Vec<Dim>)> = vec![
+            ("image_embeddings", vec![Is(1), Is(c), Is(h), Is(w)]),
+            ("prompt_tokens", vec![Var("K"), Is(t), Is(c)]),
+        ];
+        if m.decoder_image {
+            inputs.push(("image", vec![Is(1), Is(3), Is(s), Is(s)]));
+        }
         self.graph(
             GraphKind::MaskDecoder,
             &m.graphs.mask_decoder,
-            &[
-                ("image_embeddings", &[Is(1), Is(c), Is(h), Is(w)]),
-                ("prompt_tokens", &[Var("K"), Is(t), Is(c)]),
-            ],
+            &refs(&inputs),
             &[
                 ("mask_logits", &[Var("K"), Is(1), Is(4 * h), Is(4 * w)]),
                 ("iou_scores", &[Var("K"), Is(1)]),

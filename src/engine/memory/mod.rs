@@ -218,6 +218,9 @@ pub struct FirstFrame {
     pub embeddings: Tensor,
     /// Its proxy prompt `[K, T, C]`.
     pub prompt: Tensor,
+    /// Its model input `[1, 3, S, S]` when the bundle's mask decoder takes it
+    /// ([`crate::engine::bundle::Manifest::decoder_image`]), else empty.
+    pub image: Tensor,
     /// Its model-input geometry, to bring the revisited logits to the source size.
     pub geometry: Geometry,
 }
@@ -290,7 +293,7 @@ impl MemoryBank {
             + self
                 .first
                 .as_ref()
-                .map_or(0, |f| t(&f.embeddings) + t(&f.prompt))
+                .map_or(0, |f| t(&f.embeddings) + t(&f.prompt) + t(&f.image))
             + self
                 .entries
                 .values()
@@ -301,18 +304,20 @@ impl MemoryBank {
     /// The most bytes a full bank holds for `k` objects: M frame memories (on the spec's
     /// [`MemorySpec::grid`] of the embedding grid `hw`), P pointers, the prompt of
     /// `prompt_tokens` x `embed_dim` (SAM 2's, or frame 0's until its revisit) and, with
-    /// [`MemorySpec::revisit_first`], frame 0's embeddings ([`MemoryBank::bytes`] never
-    /// exceeds it).
+    /// [`MemorySpec::revisit_first`], frame 0's embeddings and its `first_image` values (the
+    /// model input, `3 * S * S` when the decoder takes it, else 0) ([`MemoryBank::bytes`]
+    /// never exceeds it).
     pub fn max_bytes(
         spec: &MemorySpec,
         k: usize,
         embed_dim: usize,
         hw: [usize; 2],
         prompt_tokens: usize,
+        first_image: usize,
     ) -> usize {
         let [h, w] = spec.grid(hw);
         let first = if spec.revisit_first {
-            embed_dim * hw[0] * hw[1]
+            embed_dim * hw[0] * hw[1] + first_image
         } else {
             0
         };

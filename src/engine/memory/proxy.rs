@@ -13,8 +13,8 @@
 use super::{MemoryBank, MemorySpec};
 use crate::engine::bundle::{Bundle, Dim, Graph};
 use crate::engine::infer::{
-    encode_images, expect_shape, proxy_prompt, run_graph, run_graph_with_ints, SupportContext,
-    Tensor,
+    encode_images, expect_shape, proxy_prompt, run_decoder, run_graph, run_graph_with_ints,
+    SupportContext, Tensor,
 };
 use crate::engine::EngineError;
 
@@ -84,7 +84,7 @@ pub fn track_frame(
     let t2 = Instant::now();
     let a = bank.attention_inputs(k, c, spec.grid([h, w]));
     let cond = attend(bundle, &mem.attention, &embeddings, &a, k)?;
-    let (mask_logits, iou_scores) = decode_per_object(bundle, &cond, &prompt)?;
+    let (mask_logits, iou_scores) = decode_per_object(bundle, &cond, &prompt, &image.data)?;
     let memory = run_graph(
         &mem.encoder,
         &[
@@ -129,7 +129,8 @@ pub fn revisit_first(
     };
     let t0 = std::time::Instant::now();
     let cond = attend(bundle, &mem.attention, &first.embeddings, &a, k)?;
-    let (mask_logits, iou_scores) = decode_per_object(bundle, &cond, &first.prompt)?;
+    let (mask_logits, iou_scores) =
+        decode_per_object(bundle, &cond, &first.prompt, &first.image.data)?;
     timings.mask_decoder += t0.elapsed();
     let step = Step {
         embeddings: first.embeddings,
@@ -170,12 +171,14 @@ fn attend(
     Ok(cond)
 }
 
-/// mask_decoder once per object: object `j`'s conditioned embeddings with its proxy prompt.
-/// Returns the stacked `[K, 1, 4h, 4w]` logits and `[K, 1]` scores.
+/// mask_decoder once per object: object `j`'s conditioned embeddings with its proxy prompt
+/// (and the frame's model input `image`, for a decoder that takes it). Returns the stacked
+/// `[K, 1, 4h, 4w]` logits and `[K, 1]` scores.
 fn decode_per_object(
     bundle: &Bundle,
     cond: &Tensor,
     prompt: &Tensor,
+    image: &[f32],
 ) -> Result<(Tensor, Tensor), EngineError> {
     let m = &bundle.manifest;
     let k = prompt.shape[0];
@@ -193,11 +196,7 @@ fn decode_per_object(
             shape: vec![1, prompt.shape[1], prompt.shape[2]],
             data: prompt.data[j * per_prompt..(j + 1) * per_prompt].to_vec(),
         };
-        let mut r = run_graph(
-            &bundle.mask_decoder,
-            &[("image_embeddings", &e), ("prompt_tokens", &p)],
-            &["mask_logits", "iou_scores"],
-        )?;
+        let mut r = run_decoder(bundle, &e, &p, image)?;
         expect_shape("mask_decoder", "mask_logits", &r[0], &[1, 1, lh, lw])?;
         scores.extend_from_slice(&r.remove(1).data);
         logits.extend_from_slice(&r.remove(0).data);

@@ -74,7 +74,7 @@ fn the_bank_stays_bounded_over_a_long_sequence() {
     assert_eq!(bank.held_frames(), 16);
     // prompt + 7 memories + 16 pointers
     assert_eq!(most, (12 + 7 * 8 + 16 * 4) * 4);
-    assert_eq!(MemoryBank::max_bytes(&s, 1, 4, [2, 2], 3), most);
+    assert_eq!(MemoryBank::max_bytes(&s, 1, 4, [2, 2], 3, 0), most);
     assert!(bank.prompt().is_some());
 }
 
@@ -131,7 +131,7 @@ fn the_proxy_mode_bank_keeps_its_recent_memories_without_pointers() {
     // frame 0 and the last 3 frames: 4 memories of 2 values
     assert_eq!(bank.held_frames(), 4);
     assert_eq!(most, 4 * 2 * 4);
-    assert_eq!(MemoryBank::max_bytes(&s, 1, 4, [8, 8], 0), most);
+    assert_eq!(MemoryBank::max_bytes(&s, 1, 4, [8, 8], 0, 0), most);
 }
 
 fn proxy_spec(revisit_first: bool) -> MemorySpec {
@@ -151,6 +151,7 @@ fn first_frame() -> FirstFrame {
     FirstFrame {
         embeddings: tensor(vec![1, 4, 2, 2], 0.5),
         prompt: tensor(vec![1, 3, 4], 1.0),
+        image: tensor(vec![1, 3, 2, 2], 0.25),
         geometry: Geometry::new(8, 8, 8),
     }
 }
@@ -179,6 +180,11 @@ fn frame_0_is_revisited_once_after_frame_r_with_frames_1_to_r_at_their_distance(
         most = most.max(bank.bytes());
         if let Some((first, a)) = bank.take_revisit(1, 4, [1, 1]) {
             assert_eq!(first.embeddings.data, vec![0.5; 16]);
+            assert_eq!(
+                first.image.data,
+                vec![0.25; 12],
+                "frame 0's model input, for its decoder"
+            );
             // frame 0 (row 3), frames 3, 2, 1 (rows 2, 1, 0): values 1, 4, 3, 2
             assert_eq!(a.frame_tpos, vec![3, 2, 1, 0]);
             assert_eq!(a.frame_valid.data, vec![1.0; 4]);
@@ -188,9 +194,13 @@ fn frame_0_is_revisited_once_after_frame_r_with_frames_1_to_r_at_their_distance(
     }
     assert_eq!(revisits, vec![3], "once, right after frame r = 3 is banked");
     assert_eq!(bank.first_objects(), None, "frame 0's inputs left the bank");
-    // 4 memories of 1 value, and frame 0's embeddings (16) and prompt (12) while kept
-    assert_eq!(most, (4 + 16 + 12) * 4);
-    assert!(MemoryBank::max_bytes(&s, 1, 4, [2, 2], 3) >= most);
+    // 4 memories of 1 value, and frame 0's embeddings (16), prompt (12) and image (12) while kept
+    assert_eq!(most, (4 + 16 + 12 + 12) * 4);
+    assert!(MemoryBank::max_bytes(&s, 1, 4, [2, 2], 3, 12) >= most);
+    assert!(
+        MemoryBank::max_bytes(&s, 1, 4, [2, 2], 3, 0) < most,
+        "the bound counts the kept image"
+    );
     // without revisit_first nothing is kept and nothing is revisited
     let mut plain = MemoryBank::new(&proxy_spec(false), 100, None);
     for t in 0..5 {

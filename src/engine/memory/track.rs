@@ -196,6 +196,11 @@ pub fn segment_tracked(
                 bank.keep_first(super::FirstFrame {
                     embeddings: step.embeddings.clone(),
                     prompt: prompt.clone(),
+                    image: if m.decoder_image {
+                        image.clone()
+                    } else {
+                        empty()
+                    },
                     geometry: g,
                 });
             }
