@@ -333,7 +333,7 @@ def write_report(bundle: Path, res: dict):
              "majority vote; box = LiteMedSAM with the support masks' union box; "
              "persam = PerSAM-style training-free points; short / no_selective_map / no_ccm = PPG trained on the "
              "ablation schedule with all modules / without the Selective Map / without CCM (mean over seeds, "
-             "first pass); stability = each single support pair alone, mean and std over the 5.", ""]
+             "first pass, no detail branch); stability = each single support pair alone, mean and std over the 5.", ""]
     for ds, r in res["sets"].items():
         for key in ("short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
             if key in r:

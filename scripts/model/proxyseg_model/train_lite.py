@@ -206,6 +206,8 @@ def train(args):
         new |= {n for n in model.state_dict() if n.startswith("detail.")}
         if ck.get("slim"):  # SAM's frozen tensors came from lite_medsam.pth above
             new |= set(model.state_dict()) - set(run_state(model))
+        if unexpected and all(k.startswith("detail.") for k in unexpected):
+            raise SystemExit(f"--resume {args.resume}: the run has a detail branch (detail.py): add --detail")
         if unexpected or set(missing) - new:
             raise SystemExit(f"--resume {args.resume}: does not fit this model (missing {missing}, unexpected {unexpected})")
         prior = ck["extra"]

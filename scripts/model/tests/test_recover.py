@@ -25,6 +25,9 @@ def test_recovered_checkpoints_reproduce_the_bundle(tmp_path):
     assert lora and all(model.state_dict()[k].abs().sum() > 0 for k in lora if k.endswith("lora_b")), \
         "the decoder's LoRA factors came back empty"
     assert int(extra["total_steps"]) > 0
+    detail = [k for k in run_state(model) if k.startswith("detail.")]
+    assert detail and model.state_dict()["detail.gate.weight"].abs().sum() > 0, \
+        "the decoder's detail branch came back empty (its gate starts at zero)"
     ppg = tmp_path / "lite.pt"
     save_checkpoint(model, ppg, extra)
     enc, att, cfg, mextra = recover_memory(BUNDLE)
