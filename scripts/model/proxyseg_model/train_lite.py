@@ -278,7 +278,7 @@ def train(args):
             save_run(model, args, {"phase": "lite", "steps": step, "partial": True})
     model.eval()
     info = {"phase": "lite", "steps": step, "seconds": round(time.time() - t0), "final_loss_ema": ema,
-            "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "readout_loss": args.readout_loss, "families": fams, "overrides": overrides,
+            "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "readout_loss": 0.0 if args.only_detail else args.readout_loss, "families": fams, "overrides": overrides,
             "seed": args.seed, "train_per_set": realdata.TRAIN_PER_SET, "split_seed": realdata.SPLIT_SEED,
             "detail": args.detail, "only_detail": args.only_detail, "hold_out": args.hold_out}
     if args.resume:
