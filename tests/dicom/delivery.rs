@@ -26,13 +26,18 @@ fn send(d: &Daemon, file: &Path) {
     assert!(o.status.success(), "proxyseg send:\n{}", text(&o));
 }
 
-/// Files the PACS stored (storescp names them MODALITY.UID, pacs_scp UID.n.dcm).
+/// Files the PACS stored (storescp names them MODALITY.UID, pacs_scp UID.n.dcm; pacs_scp's
+/// `.part` files are still being written).
 fn received(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|r| {
             r.flatten()
                 .map(|e| e.path())
-                .filter(|p| p.file_name().is_some_and(|n| n != "delaying"))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n != "delaying" && !n.ends_with(".part"))
+                })
                 .collect()
         })
         .unwrap_or_default()

@@ -2,7 +2,8 @@
 
 Usage: pacs_scp.py PORT OUTDIR [--status HEX] [--delay-first S]
 Every received instance is written to OUTDIR/<SOPInstanceUID>.<n>.dcm (n counts copies of the
-same instance), so tests can check exactly-once delivery. --status answers with that status
+same instance; written as .part and renamed, so a poller never sees half a file), so tests can
+check exactly-once delivery. --status answers with that status
 instead of success; --delay-first sleeps before answering the first C-STORE (the data set is
 already written when it sleeps).
 """
@@ -27,8 +28,11 @@ def on_store(event):
     ds = event.dataset
     ds.file_meta = event.file_meta
     uid = ds.SOPInstanceUID
-    n = sum(1 for f in os.listdir(args.outdir) if f.startswith(uid + "."))
-    ds.save_as(os.path.join(args.outdir, f"{uid}.{n}.dcm"), enforce_file_format=True)
+    n = sum(1 for f in os.listdir(args.outdir) if f.startswith(uid + ".") and f.endswith(".dcm"))
+    # written whole, then renamed: a test polling OUTDIR never reads a file still being written
+    final = os.path.join(args.outdir, f"{uid}.{n}.dcm")
+    ds.save_as(final + ".part", enforce_file_format=True)
+    os.replace(final + ".part", final)
     if state["first"] and args.delay_first > 0:
         state["first"] = False
         with open(os.path.join(args.outdir, "delaying"), "w") as f:
