@@ -3,8 +3,9 @@
 //!
 //! Environment: BENCH_MODELS (models folder), BENCH_BUNDLE (bundle name), BENCH_SUPPORT
 //! (support-set folder), BENCH_INPUTS (comma-separated DICOM files), BENCH_REPEAT (default 5),
-//! BENCH_THREADS (intra-op threads, default 2), BENCH_PROVIDERS (default "cpu"), BENCH_OUT
-//! (JSON lines file). Per input: decode (file -> display frames) and each engine stage, in ms
+//! BENCH_THREADS (intra-op threads, default 2), BENCH_PROVIDERS (default "cpu"), BENCH_INT8
+//! (`[engine] int8`: 1 runs the bundle's CPU int8 graphs and labels the rows "rust-int8";
+//! default 0, the float graphs), BENCH_OUT (JSON lines file). Per input: decode (file -> display frames) and each engine stage, in ms
 //! per frame, images/s over the whole wall time, and the process's peak RSS at the end.
 
 use std::io::Write;
@@ -69,12 +70,14 @@ fn engine_benchmark() {
         .split(',')
         .map(str::to_string)
         .collect();
+    let int8 = env("BENCH_INT8").is_some_and(|v| v == "1");
     let data = tempfile::tempdir().unwrap();
     let cfg = EngineConfig {
         providers: providers.clone(),
         models_dir: PathBuf::from(&models),
         intra_threads: threads,
         workers: 1,
+        int8,
         ..EngineConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -84,6 +87,15 @@ fn engine_benchmark() {
         .unwrap();
     let engine = Engine::new(&cfg, data.path()).expect("engine");
     let b = engine.bundle(&bundle).unwrap_or_else(|e| panic!("{e}"));
+    let int8_graphs = b
+        .providers()
+        .iter()
+        .filter(|(g, _)| b.graph(*g).is_some_and(|g| g.int8))
+        .count();
+    if int8 && int8_graphs == 0 {
+        panic!("BENCH_INT8=1 but {bundle} loaded no int8 graph (manifest [int8]; scripts/model/derive_int8.py)");
+    }
+    let label = if int8 { "rust-int8" } else { "rust" };
     let provider = b
         .providers()
         .iter()
@@ -132,7 +144,7 @@ fn engine_benchmark() {
         let wall = wall.elapsed();
         writeln!(
             out,
-            "{{\"impl\": \"rust\", \"input\": \"{name}\", \"rows\": {}, \"cols\": {}, \"frames_per_file\": {}, \"frames\": {frames}, \
+            "{{\"impl\": \"{label}\", \"input\": \"{name}\", \"rows\": {}, \"cols\": {}, \"frames_per_file\": {}, \"frames\": {frames}, \
              \"decode_ms\": {:.3}, \"preprocess_ms\": {:.3}, \"image_encoder_ms\": {:.3}, \"prompt_generator_ms\": {:.3}, \
              \"mask_decoder_ms\": {:.3}, \"postprocess_ms\": {:.3}, \"total_ms\": {:.3}, \"images_per_s\": {:.3}, \
              \"peak_rss_mb\": {:.1}, \"threads\": {threads}, \"providers\": \"{provider}\", \"support_context_s\": {warmup_s:.3}}}",

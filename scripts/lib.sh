@@ -51,11 +51,19 @@ onnxruntime_lib() {
 # ensure_bundle_weights : for every bundle under models/ whose manifest has [weights], puts the
 # verified third-party checkpoint next to its graphs (scripts/model/fetch_weights.py; standard
 # library only, cached after the first run). A failed fetch stops with the file and its sha256.
+# Then, for a manifest with [int8], builds its CPU int8 graphs from the float graphs and those
+# weights (scripts/model/derive_int8.py: onnx + onnxruntime, a few seconds; kept while their
+# sources are unchanged; a failure is logged and the engine keeps the float graphs).
 ensure_bundle_weights() {
   local m
   for m in "$ROOT"/models/*/manifest.toml; do
-    grep -q '^\[weights\]' "$m" 2>/dev/null || continue
-    "$VENV/bin/python" "$ROOT/scripts/model/fetch_weights.py" "$(dirname "$m")"
+    if grep -q '^\[weights\]' "$m" 2>/dev/null; then
+      "$VENV/bin/python" "$ROOT/scripts/model/fetch_weights.py" "$(dirname "$m")"
+    fi
+    if grep -q '^\[int8\]' "$m" 2>/dev/null; then
+      "$VENV/bin/python" "$ROOT/scripts/model/derive_int8.py" "$(dirname "$m")" ||
+        log "warning: no int8 graphs for $(dirname "$m"); the engine runs its float graphs"
+    fi
   done
 }
 

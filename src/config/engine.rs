@@ -26,6 +26,12 @@ pub struct EngineConfig {
     /// keep it. `proxyseg config check` reports an error when `models_dir/<default_bundle>/`
     /// holds no `manifest.toml`; the daemon starts anyway and logs it.
     pub default_bundle: String,
+    /// A graph that runs on the CPU provider uses its bundle's int8 variant when the manifest
+    /// lists one under `[int8]` and setup built it (`<stem>.int8.onnx`; a missing file is
+    /// logged and the float graph used). Graphs on TensorRT or CUDA keep the float graph.
+    /// Default true: on 2 CPU cores the shipped LiteMedSAM encoder runs in about 60 % of the
+    /// time, at the Dice its `evaluation.md` states. false: the float graphs everywhere.
+    pub int8: bool,
 }
 
 /// The default of `[engine] default_bundle`: the LiteMedSAM bundle that ships with proxyseg.
@@ -41,6 +47,7 @@ impl Default for EngineConfig {
             workers: 1,
             batch: 4,
             default_bundle: DEFAULT_BUNDLE.into(),
+            int8: true,
         }
     }
 }

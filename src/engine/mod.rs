@@ -185,6 +185,7 @@ impl Engine {
             &cfg.providers,
             cfg.intra_threads,
             data_dir.join("cache").join("trt"),
+            cfg.int8,
         )?;
         let registry = BundleRegistry::load(&cfg.models_dir, &rt);
         if registry.served().next().is_none() {

@@ -206,6 +206,7 @@ pub struct Runtime {
     providers: Vec<Provider>,
     intra_threads: usize,
     trt_cache: PathBuf,
+    int8: bool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -214,6 +215,7 @@ impl std::fmt::Debug for Runtime {
             .field("library", &self.library)
             .field("providers", &self.providers)
             .field("intra_threads", &self.intra_threads)
+            .field("int8", &self.int8)
             .finish()
     }
 }
@@ -235,12 +237,14 @@ impl Runtime {
     /// creates the environment.
     ///
     /// `trt_cache` is the TensorRT engine cache folder (`data_dir/cache/trt`); it is created
-    /// only when TensorRT is actually used.
+    /// only when TensorRT is actually used. `int8`: a graph that runs on the CPU provider may
+    /// use its bundle's int8 variant (`[engine] int8`, the manifest's `[int8]`).
     pub fn load(
         search: &LibrarySearch,
         providers: &[String],
         intra_threads: usize,
         trt_cache: PathBuf,
+        int8: bool,
     ) -> Result<Runtime, RuntimeError> {
         let providers = if providers.is_empty() {
             vec![Provider::Cpu]
@@ -258,7 +262,26 @@ impl Runtime {
             providers,
             intra_threads,
             trt_cache,
+            int8,
         })
+    }
+
+    /// Whether a graph on the CPU provider may use its bundle's int8 variant.
+    pub fn int8(&self) -> bool {
+        self.int8
+    }
+
+    /// Whether a provider before "cpu" in the preference is built into the loaded library (it
+    /// may still fail to take a graph, e.g. without a GPU device; [`ProviderReport`] says).
+    pub fn gpu_built(&self) -> bool {
+        self.providers
+            .iter()
+            .take_while(|p| **p != Provider::Cpu)
+            .any(|p| match p {
+                Provider::TensorRt => ep::TensorRT::is_available().unwrap_or(false),
+                Provider::Cuda => ep::CUDA::is_available().unwrap_or(false),
+                Provider::Cpu => false,
+            })
     }
 
     /// The library file in use (the process keeps the first one loaded).

@@ -9,6 +9,7 @@
 mod harness;
 
 mod engine_core;
+mod engine_int8;
 mod engine_memory_mode;
 mod engine_offline;
 mod engine_parity;

@@ -33,12 +33,14 @@ pub fn engine_for(bundle: &Path, data: &Path) -> proxyseg::engine::Engine {
     proxyseg::engine::Engine::new(&cfg, data).expect("engine")
 }
 
-/// An engine config on CPU with the given models folder.
+/// An engine config on CPU with the given models folder, on the float graphs (the parity
+/// fixtures are the float graphs'; tests of the int8 variants set `int8`).
 pub fn cpu_config(models: &Path) -> EngineConfig {
     EngineConfig {
         providers: vec!["cpu".into()],
         models_dir: models.to_owned(),
         intra_threads: 1,
+        int8: false,
         ..EngineConfig::default()
     }
 }

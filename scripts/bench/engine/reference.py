@@ -34,8 +34,9 @@ def main():
     ap.add_argument("--inputs", required=True)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--int8", action="store_true", help="the manifest's CPU int8 graphs (rows 'python-int8')")
     a = ap.parse_args()
-    bundle = OrtBundle(a.bundle, threads=a.threads)
+    bundle = OrtBundle(a.bundle, threads=a.threads, int8=a.int8)
     t = time.perf_counter()
     sup = load_support_set_tensors(Path(a.support), bundle.S)
     ctx = bundle.support_context(sup["images"].numpy(), sup["masks"].numpy())
@@ -68,7 +69,7 @@ def main():
                 frames += 1
         wall = time.perf_counter() - wall
         rows, cols = disp.shape[1:3]
-        rec = {"impl": "python", "input": Path(path).stem, "rows": int(rows), "cols": int(cols),
+        rec = {"impl": "python-int8" if a.int8 else "python", "input": Path(path).stem, "rows": int(rows), "cols": int(cols),
                "frames_per_file": int(len(disp)), "frames": frames}
         rec.update({f"{k}_ms": round(v * 1e3 / frames, 3) for k, v in st.items()})
         rec.update({"total_ms": round(wall * 1e3 / frames, 3), "images_per_s": round(frames / wall, 3),

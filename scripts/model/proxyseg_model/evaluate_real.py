@@ -6,6 +6,8 @@ all validation cases (never trained on, never used for a choice). Dice in % at t
 native resolution, per object, for
   ppg          the bundle's graphs through ONNX Runtime, first pass + the manifest's resolution
                views (the path the Rust engine runs; runtime.OrtBundle.segment_views)
+  ppg_int8     ppg with the manifest's CPU int8 graphs ([int8]; derive_int8.py), what the engine
+               runs on the CPU provider by default
   ppg_first    the same without the resolution views (whole image at 256 px only)
   copy         the 5 support masks resized onto the target, majority vote
   box          LiteMedSAM prompted with the bounding box of the 5 support masks' union
@@ -248,6 +250,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     bundle = OrtBundle(args.bundle)
+    # what the engine runs on CPU by default ([engine] int8): the manifest's [int8] graphs
+    bundle8 = OrtBundle(args.bundle, int8=True) if bundle.manifest.get("int8", {}).get("graphs") else None
     merged = json.loads(Path(args.merge).read_text()) if args.merge else None
     reuse = Path(args.reuse) if args.reuse else None
     reused = ((results_of_report(reuse) if reuse.is_dir() else json.loads(reuse.read_text()))["sets"]
@@ -267,6 +271,8 @@ def main(argv=None):
         r = {"labels": list(spec.labels), "n_val": len(tg.items), "support": support_cases(ds)}
         r["ppg"] = run_ppg(bundle, ds, tg, views=True).mean(0).tolist()
         r["ppg_first"] = run_ppg(bundle, ds, tg, views=False).mean(0).tolist()
+        if bundle8 is not None:  # the CPU int8 graphs: other embeddings, so their own targets
+            r["ppg_int8"] = run_ppg(bundle8, ds, Targets(ds, bundle8, args.limit), views=True).mean(0).tolist()
         from .train_lite import RULES
         cand = RULES.get(ds)
         if cand is not None and cand.to_toml() not in [x.to_toml() for x in bundle.rules]:
@@ -306,7 +312,7 @@ def main(argv=None):
 
 def write_report(bundle: Path, res: dict):
     """evaluation.md + the manifest's [evaluation] (Dice in %); `res` as saved by --json."""
-    cols = [c for c in ("ppg", "ppg_first", "ppg_roi", "ppg_tiles", "no_detail", "copy", "box", "persam", "short",
+    cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_detail", "copy", "box", "persam", "short",
                         "no_selective_map", "no_ccm", "stability_mean", "stability_std")
             if any(c in r for r in res["sets"].values())]
     rows, per_obj = [], []
@@ -327,7 +333,9 @@ def write_report(bundle: Path, res: dict):
              head, "|" + "---|" * (3 + len(cols)), *rows,
              "| **mean** | | | " + " | ".join(f"**{mean[c]:.1f}**" if c in mean else "" for c in cols) + " |", "",
              "Columns: ppg = the bundle as shipped (first pass + the manifest's resolution views, ONNX "
-             "Runtime); ppg_first = first pass only; ppg_roi / ppg_tiles = with a view the training knows but "
+             "Runtime, float graphs); ppg_int8 = the same with the manifest's CPU int8 graphs, which the "
+             "engine runs on the CPU provider by default (`[engine] int8`; scripts/model/derive_int8.py); "
+             "ppg_first = first pass only; ppg_roi / ppg_tiles = with a view the training knows but "
              "the manifest does not ship (measured, then left out); no_detail = ppg without the detail branch "
              "(detail.py; the same PPG and LoRA, so the release before it: its ppg column); copy = support masks' "
              "majority vote; box = LiteMedSAM with the support masks' union box; "

@@ -271,6 +271,8 @@ def manifest(model, provenance: dict, evaluation: dict | None = None) -> dict:
                                   "Apache-2.0); the graphs read its tensors in place (ONNX external data)",
                         "setup": f"scripts/run (or: python3 scripts/model/fetch_weights.py models/{model.name})"}
         m["resolution"] = [RULES[k].to_toml() for k in SHIPPED_RULES]
+        # LiteMedSAM's encoder and SAM's decoder are ~95 % of a CPU image; setup quantises them (derive_int8.py)
+        m["int8"] = {"graphs": ["image_encoder", "mask_decoder"]}
     if evaluation:
         m["evaluation"] = evaluation
     return m

@@ -19,14 +19,27 @@ from .preprocess import postprocess, prepare_image, prepare_mask
 GRAPHS = ("image_encoder", "support_encoder", "prompt_generator", "mask_decoder")
 
 
+def graph_path(folder: Path, manifest: dict, graph: str, int8: bool) -> Path:
+    """A graph's file; with `int8`, its CPU int8 variant where the manifest's `[int8]` lists it
+    (built at setup by scripts/model/derive_int8.py, as the engine's `[engine] int8`)."""
+    name = manifest["graphs"][graph]
+    if int8 and graph in manifest.get("int8", {}).get("graphs", []):
+        path = folder / (Path(name).stem + ".int8.onnx")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run python3 scripts/model/derive_int8.py {folder}")
+        return path
+    return folder / name
+
+
 class OrtBundle:
-    def __init__(self, folder, threads: int = 2):
+    def __init__(self, folder, threads: int = 2, int8: bool = False):
         self.folder = Path(folder)
         self.manifest = tomllib.loads((self.folder / "manifest.toml").read_text())
+        self.int8 = int8
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        self.sessions = {g: ort.InferenceSession(str(self.folder / self.manifest["graphs"][g]), so,
+        self.sessions = {g: ort.InferenceSession(str(graph_path(self.folder, self.manifest, g, int8)), so,
                                                  providers=["CPUExecutionProvider"]) for g in GRAPHS}
         self.S = int(self.manifest["input_size"])
         self.mean = np.asarray(self.manifest["pixel_mean"], dtype=np.float32)

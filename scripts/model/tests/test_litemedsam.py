@@ -179,3 +179,50 @@ def test_shipped_bundle_reads_the_checkpoint_in_place(bundle_dir):
     assert tomllib.loads((lite / "manifest.toml").read_text())["decoder_image"] is True
     # the checkpoint itself is never committed
     subprocess.run(["git", "check-ignore", "-q", str(lite / CHECKPOINT_NAME)], cwd=lite, check=True)
+
+
+DERIVE = Path(__file__).resolve().parents[1] / "derive_int8.py"
+
+
+def _derive_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("derive_int8", DERIVE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_int8_encoder_is_derived_at_setup_and_used_on_request(bundle_dir, tmp_path):
+    """derive_int8.py writes <stem>.int8.onnx for each graph of [int8] (self-contained, its
+    sources recorded), keeps an up-to-date one, and OrtBundle(int8=True) runs it; without the
+    file the reference says how to build it. The shipped bundle lists its encoder and ignores
+    the derived file in git (it is LiteMedSAM's weights, quantised)."""
+    import shutil
+
+    from proxyseg_model.runtime import OrtBundle
+    b = tmp_path / "b"
+    shutil.copytree(bundle_dir, b, ignore=shutil.ignore_patterns("fixtures", "demo-studies", "support-sets"))
+    (b / "manifest.toml").write_text((b / "manifest.toml").read_text() + '\n[int8]\ngraphs = ["image_encoder"]\n')
+    with pytest.raises(FileNotFoundError, match="derive_int8.py"):
+        OrtBundle(b, int8=True)
+    derive = _derive_module()
+    out = derive.derive(b, log=lambda m: None)
+    assert out == [b / "image_encoder.int8.onnx"]
+    proto = onnx.load(str(out[0]))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["int8_source"] == derive.source_id(b, tomllib.loads((b / "manifest.toml").read_text()),
+                                                  "image_encoder.onnx")
+    assert meta["contract"] == "1", "the contract's metadata_props survive quantisation"
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in proto.graph.node)
+    stamp = out[0].stat().st_mtime_ns
+    derive.derive(b, log=lambda m: None)
+    assert out[0].stat().st_mtime_ns == stamp, "an up-to-date variant is kept"
+    f32, i8 = OrtBundle(b), OrtBundle(b, int8=True)
+    x = np.random.default_rng(0).random((1, 3, f32.S, f32.S), dtype=np.float32)
+    e32, e8 = f32.encode(x), i8.encode(x)
+    assert e8.shape == e32.shape
+    rel = np.linalg.norm(e8 - e32) / np.linalg.norm(e32)
+    assert 0 < rel < 0.1, rel
+    lite = bundle_dir.parent / "litemedsam-ppg"
+    assert tomllib.loads((lite / "manifest.toml").read_text())["int8"]["graphs"] == ["image_encoder", "mask_decoder"]
+    subprocess.run(["git", "check-ignore", "-q", str(lite / "image_encoder.int8.onnx")], cwd=lite, check=True)

@@ -2,13 +2,13 @@
 //! output names, element types and static dimensions; the `[weights]` file's size and
 //! sha256; and the fingerprint that keys the support-context cache.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
 use super::manifest::Manifest;
-use super::{BundleError, GraphFiles, Weights};
+use super::{BundleError, Weights};
 
 /// One expected dimension of a graph input or output.
 #[derive(Debug, Clone, Copy)]
@@ -88,14 +88,16 @@ pub(super) fn check_weights(dir: &Path, wt: &Weights) -> Result<(), BundleError>
     Ok(())
 }
 
-pub(super) fn fingerprint(manifest_text: &str, dir: &Path, g: &GraphFiles) -> String {
+pub(super) fn fingerprint(manifest_text: &str, files: &[&Path]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(manifest_text.as_bytes());
-    for f in g.all() {
-        h.update(f.as_bytes());
+    for f in files {
+        h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
         // External data files (`<graph>.onnx.data`) count too.
-        for p in [dir.join(f), dir.join(format!("{f}.data"))] {
+        let mut data = f.as_os_str().to_owned();
+        data.push(".data");
+        for p in [f.to_path_buf(), PathBuf::from(data)] {
             if let Ok(md) = std::fs::metadata(&p) {
                 h.update(md.len().to_le_bytes());
                 if let Ok(t) = md.modified().and_then(|t| {

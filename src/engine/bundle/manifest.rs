@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{BundleError, CONTRACT_SAM2, CONTRACT_VERSION};
+use super::{BundleError, GraphKind, CONTRACT_SAM2, CONTRACT_VERSION};
 use crate::engine::memory::MemorySpec;
 use crate::engine::views::{ResolutionRule, Strategy};
 
@@ -57,6 +57,15 @@ struct RawManifest {
     resolution: Vec<RawRule>,
     #[serde(default)]
     memory: Option<MemorySpec>,
+    #[serde(default)]
+    int8: Option<RawInt8>,
+}
+
+/// The raw `[int8]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInt8 {
+    graphs: Vec<String>,
 }
 
 /// One raw `[[resolution]]` table (defaults as the Python reference's `views.Rule`).
@@ -154,6 +163,18 @@ pub struct GraphFiles {
 }
 
 impl GraphFiles {
+    /// The file of one graph kind, None for a memory graph the manifest does not name.
+    pub fn file(&self, kind: GraphKind) -> Option<&str> {
+        match kind {
+            GraphKind::ImageEncoder => Some(&self.image_encoder),
+            GraphKind::SupportEncoder => Some(&self.support_encoder),
+            GraphKind::PromptGenerator => Some(&self.prompt_generator),
+            GraphKind::MaskDecoder => Some(&self.mask_decoder),
+            GraphKind::MemoryAttention => self.memory_attention.as_deref(),
+            GraphKind::MemoryEncoder => self.memory_encoder.as_deref(),
+        }
+    }
+
     /// Every graph file the manifest names, in pipeline order.
     pub fn all(&self) -> Vec<&String> {
         let mut v = vec![
@@ -226,6 +247,11 @@ pub struct Manifest {
     /// `[memory]`: the memory bank of a contract-2 bundle, or of a contract-1 bundle's proxy
     /// memory mode (None: every frame on its own).
     pub memory: Option<MemorySpec>,
+    /// Optional `[int8] graphs = ["image_encoder", ...]`: graphs with a CPU int8 variant,
+    /// `<stem>.int8.onnx` beside the float file, built at setup from the float graph and the
+    /// weights (`scripts/model/derive_int8.py`; never committed). The engine loads the variant
+    /// for a graph that runs on the CPU provider when `[engine] int8` allows it. Empty: none.
+    pub int8: Vec<GraphKind>,
 }
 
 impl Manifest {
@@ -301,6 +327,24 @@ impl Manifest {
                     .map_err(|e| bad(format!("[[resolution]] rule {}: {e}", i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let int8 = match &raw.int8 {
+            None => Vec::new(),
+            Some(t) => t
+                .graphs
+                .iter()
+                .map(|name| {
+                    let kind = GraphKind::parse(name).ok_or_else(|| {
+                        bad(format!(
+                            "[int8] graphs: {name:?} is not a graph of the contract"
+                        ))
+                    })?;
+                    if raw.graphs.file(kind).is_none() {
+                        return Err(bad(format!("[int8] graphs: {name:?} is not in [graphs]")));
+                    }
+                    Ok(kind)
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         Ok(Manifest {
             contract: raw.contract,
             name: raw.name,
@@ -325,6 +369,7 @@ impl Manifest {
             }),
             resolution,
             memory: raw.memory,
+            int8,
         })
     }
 
@@ -499,6 +544,40 @@ seed = 1
             m.provenance.get("seed").and_then(|v| v.as_integer()),
             Some(1)
         );
+    }
+
+    #[test]
+    fn int8_lists_graphs_of_the_manifest() {
+        let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+        assert!(m.int8.is_empty(), "no int8 variants unless listed");
+        let with = |t: &str| format!("{GOOD}\n[int8]\n{t}\n");
+        let m = Manifest::parse(
+            &with(r#"graphs = ["image_encoder", "mask_decoder"]"#),
+            Path::new("m.toml"),
+        )
+        .unwrap();
+        assert_eq!(m.int8, [GraphKind::ImageEncoder, GraphKind::MaskDecoder]);
+        for (table, needle) in [
+            (
+                r#"graphs = ["encoder"]"#,
+                r#"[int8] graphs: "encoder" is not a graph of the contract"#,
+            ),
+            (
+                r#"graphs = ["memory_attention"]"#,
+                r#"[int8] graphs: "memory_attention" is not in [graphs]"#,
+            ),
+            (
+                r#"graphs = ["image_encoder"]
+bits = 4"#,
+                "unknown field `bits`",
+            ),
+            ("", "missing field `graphs`"),
+        ] {
+            let e = Manifest::parse(&with(table), Path::new("m.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 
     #[test]

@@ -109,6 +109,21 @@ impl GraphKind {
         GraphKind::MaskDecoder,
     ];
 
+    /// All six kinds: contract 1's four, then the memory graphs.
+    pub const EVERY: [GraphKind; 6] = [
+        GraphKind::ImageEncoder,
+        GraphKind::SupportEncoder,
+        GraphKind::PromptGenerator,
+        GraphKind::MaskDecoder,
+        GraphKind::MemoryAttention,
+        GraphKind::MemoryEncoder,
+    ];
+
+    /// The kind of a contract name (`"image_encoder"`, ...), None for any other text.
+    pub fn parse(name: &str) -> Option<GraphKind> {
+        GraphKind::EVERY.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The contract's name of the graph.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,6 +145,8 @@ pub struct Graph {
     pub path: PathBuf,
     /// The provider it got.
     pub provider: ProviderReport,
+    /// True when `path` is the graph's CPU int8 variant (manifest `[int8]`, `[engine] int8`).
+    pub int8: bool,
     pub(crate) session: Mutex<Session>,
 }
 
@@ -139,6 +156,7 @@ impl std::fmt::Debug for Graph {
             .field("kind", &self.kind)
             .field("path", &self.path)
             .field("provider", &self.provider)
+            .field("int8", &self.int8)
             .finish()
     }
 }
@@ -194,7 +212,11 @@ impl Loader<'_> {
         if !path.is_file() {
             return Err(bad(format!("{} graph file is missing", kind.as_str())));
         }
-        let (session, provider) = self.runtime.session(&path)?;
+        let (session, provider, path, int8) = self.open(kind, path)?;
+        let bad = |message: String| BundleError::Contract {
+            path: path.clone(),
+            message,
+        };
         check_metadata(&session, self.m).map_err(&bad)?;
         let names = |v: &[ort::value::Outlet]| -> Vec<(String, ort::value::ValueType)> {
             v.iter()
@@ -204,13 +226,53 @@ impl Loader<'_> {
         let (ins, outs) = (names(session.inputs()), names(session.outputs()));
         check_signature("input", &ins, inputs, &mut self.dims).map_err(&bad)?;
         check_signature("output", &outs, outputs, &mut self.dims).map_err(&bad)?;
-        log_provider(self.m, kind, &provider);
+        log_provider(self.m, kind, &provider, int8);
         Ok(Graph {
             kind,
             path,
             provider,
+            int8,
             session: Mutex::new(session),
         })
+    }
+
+    /// A session for one graph: its int8 variant where the manifest lists one, the runtime
+    /// allows it and the graph runs on the CPU provider (no GPU provider is built in, or the
+    /// float graph's session fell back to the CPU); else the float graph. A listed variant
+    /// that setup did not build is logged and the float graph used.
+    fn open(
+        &self,
+        kind: GraphKind,
+        path: PathBuf,
+    ) -> Result<(Session, ProviderReport, PathBuf, bool), BundleError> {
+        let variant = (self.runtime.int8() && self.m.int8.contains(&kind))
+            .then(|| int8_path(&path))
+            .filter(|v| {
+                let there = v.is_file();
+                if !there {
+                    tracing::warn!(bundle = %self.m.name, graph = kind.as_str(), missing = %v.display(),
+                        "int8 graph not built (scripts/model/derive_int8.py); using the float graph");
+                }
+                there
+            });
+        if let Some(v) = &variant {
+            if !self.runtime.gpu_built() {
+                let (session, report) = self.runtime.session(v)?;
+                return Ok((session, report, v.clone(), true));
+            }
+        }
+        let (session, report) = self.runtime.session(&path)?;
+        match variant {
+            Some(v) if report.active == Provider::Cpu => {
+                let (session, r8) = self.runtime.session(&v)?;
+                let report = ProviderReport {
+                    skipped: report.skipped,
+                    ..r8
+                };
+                Ok((session, report, v, true))
+            }
+            _ => Ok((session, report, path, false)),
+        }
     }
 
     /// image_encoder (with contract 2's high-resolution outputs), support_encoder and
@@ -403,7 +465,17 @@ impl Bundle {
         };
         let dims = loader.dims;
         check_fixed_dims(&manifest, &dims, &mpath)?;
-        let fingerprint = fingerprint(&text, dir, &manifest.graphs);
+        let mut files: Vec<&Path> = vec![
+            &image_encoder.path,
+            &support_encoder.path,
+            &prompt_generator.path,
+            &mask_decoder.path,
+        ];
+        if let Some(m) = &memory {
+            files.extend([m.attention.path.as_path(), m.encoder.path.as_path()]);
+        }
+        // The files really loaded: an int8 encoder gives other embeddings, so other contexts.
+        let fingerprint = fingerprint(&text, &files);
         Ok(Bundle {
             dir: dir.to_owned(),
             manifest,
@@ -480,7 +552,13 @@ impl Bundle {
     }
 }
 
-fn log_provider(m: &Manifest, kind: GraphKind, p: &ProviderReport) {
+/// `image_encoder.onnx` -> `image_encoder.int8.onnx`, beside it (scripts/model/derive_int8.py).
+fn int8_path(path: &Path) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!("{stem}.int8.onnx"))
+}
+
+fn log_provider(m: &Manifest, kind: GraphKind, p: &ProviderReport, int8: bool) {
     for (skipped, why) in &p.skipped {
         if why.starts_with("not built") {
             tracing::info!(bundle = %m.name, graph = kind.as_str(), provider = %skipped, reason = %why, "execution provider not used");
@@ -488,5 +566,5 @@ fn log_provider(m: &Manifest, kind: GraphKind, p: &ProviderReport) {
             tracing::warn!(bundle = %m.name, graph = kind.as_str(), provider = %skipped, reason = %why, "execution provider not used");
         }
     }
-    tracing::info!(bundle = %m.name, version = %m.version, graph = kind.as_str(), provider = %p.active, "graph loaded");
+    tracing::info!(bundle = %m.name, version = %m.version, graph = kind.as_str(), provider = %p.active, int8, "graph loaded");
 }
