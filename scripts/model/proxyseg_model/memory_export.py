@@ -102,15 +102,18 @@ def update_manifest(bundle: Path, cfg: MemoryConfig, provenance: dict, revisit: 
     return out
 
 
-def sessions(bundle: Path, graphs=None, threads: int = 2) -> dict:
-    """ONNX Runtime sessions of the manifest's graphs (all, or the named ones)."""
+def sessions(bundle: Path, graphs=None, threads: int = 2, int8: bool = False) -> dict:
+    """ONNX Runtime sessions of the manifest's graphs (all, or the named ones); `int8`: the
+    manifest's CPU int8 variants where it lists them (runtime.graph_path)."""
     import onnxruntime as ort
+
+    from .runtime import graph_path
     m = tomllib.loads((bundle / "manifest.toml").read_text())
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    return {g: ort.InferenceSession(str(bundle / f), so, providers=["CPUExecutionProvider"])
-            for g, f in m["graphs"].items() if graphs is None or g in graphs}
+    return {g: ort.InferenceSession(str(graph_path(bundle, m, g, int8)), so, providers=["CPUExecutionProvider"])
+            for g in m["graphs"] if graphs is None or g in graphs}
 
 
 def fixture_clip(frames: int):
