@@ -327,24 +327,15 @@ impl Manifest {
                     .map_err(|e| bad(format!("[[resolution]] rule {}: {e}", i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let int8 = match &raw.int8 {
-            None => Vec::new(),
-            Some(t) => t
-                .graphs
-                .iter()
-                .map(|name| {
-                    let kind = GraphKind::parse(name).ok_or_else(|| {
-                        bad(format!(
-                            "[int8] graphs: {name:?} is not a graph of the contract"
-                        ))
-                    })?;
-                    if raw.graphs.file(kind).is_none() {
-                        return Err(bad(format!("[int8] graphs: {name:?} is not in [graphs]")));
-                    }
-                    Ok(kind)
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        };
+        let int8 = raw.int8.as_ref().map_or(&[][..], |t| &t.graphs[..]);
+        let int8 = int8
+            .iter()
+            .map(|name| match GraphKind::parse(name) {
+                Some(kind) if raw.graphs.file(kind).is_some() => Ok(kind),
+                Some(_) => Err(bad(format!("[int8] graphs: {name:?} is not in [graphs]"))),
+                None => Err(bad(format!("[int8] graphs: {name:?} is not a graph"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Manifest {
             contract: raw.contract,
             name: raw.name,
@@ -560,7 +551,7 @@ seed = 1
         for (table, needle) in [
             (
                 r#"graphs = ["encoder"]"#,
-                r#"[int8] graphs: "encoder" is not a graph of the contract"#,
+                r#"[int8] graphs: "encoder" is not a graph"#,
             ),
             (
                 r#"graphs = ["memory_attention"]"#,
