@@ -15,7 +15,9 @@ folder needs --objects/--labels/--modality/--body-part (its cases are split the 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import tomllib
 import zlib
 from pathlib import Path
 
@@ -46,15 +48,31 @@ def case_dict(spec: realdata.DataSet, root: Path, case: str, role: str) -> dict:
             "seed": seed}
 
 
+def link_bundle(bundle: Path, dest: Path) -> None:
+    """The bundle's files in `dest`: symbolic links, but the checkpoint its graphs read as
+    external data ([weights] file) is hard-linked, or copied across file systems. The engine
+    refuses a weights file that links outside the bundle folder (ONNX Runtime reads external
+    data only from inside the model's folder)."""
+    weights = tomllib.loads((bundle / "manifest.toml").read_text()).get("weights", {}).get("file")
+    for f in bundle.iterdir():
+        if not f.is_file():
+            continue
+        if f.name == weights:
+            try:
+                os.link(f.resolve(), dest / f.name)
+            except OSError:
+                shutil.copyfile(f, dest / f.name)
+        else:
+            (dest / f.name).symlink_to(f.resolve())
+
+
 def build(spec: realdata.DataSet, root: Path, bundle: Path, out: Path, studies: int) -> Path:
     train, val = realdata.split(spec.name, root)
     dest = out / bundle.name
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for f in bundle.iterdir():  # the bundle itself, linked (graphs, manifest, checkpoint)
-        if f.is_file():
-            (dest / f.name).symlink_to(f.resolve())
+    link_bundle(bundle, dest)
     name = f"{spec.name}-real"
     sset = dest / "support-sets" / name
     pairs = []
