@@ -12,13 +12,7 @@ use tonic::Code;
 const BUNDLE: &str = "admin-test";
 
 fn make_bundle(models: &std::path::Path) {
-    let o = std::process::Command::new(python())
-        .arg(root().join("scripts/bench/engine/make_test_bundle.py"))
-        .arg(models.join(BUNDLE))
-        .args(["--name", BUNDLE, "--version", "1"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "make_test_bundle.py: {}", text(&o));
+    crate::harness::engine::make_test_bundle(&models.join(BUNDLE), BUNDLE, "1");
 }
 
 /// (file, rows, cols): single-frame pydicom images of different sizes, grey and colour.

@@ -7,23 +7,12 @@
 use std::path::Path;
 
 use crate::harness::engine::*;
-use crate::harness::python::python;
-use crate::harness::root;
 use proxyseg::dicom::pixels::frames_from_file;
 use proxyseg::engine::offline::load_support_set;
 use proxyseg::engine::{Engine, GraphKind, Provider, SegmentOptions};
 
 fn derive_int8(bundle: &Path) {
-    let out = std::process::Command::new(python())
-        .arg(root().join("scripts/model/derive_int8.py"))
-        .arg(bundle)
-        .output()
-        .expect("run derive_int8.py");
-    assert!(
-        out.status.success(),
-        "derive_int8.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_script("scripts/model/derive_int8.py", bundle, &[]);
 }
 
 fn engine(models: &Path, data: &Path, int8: bool) -> Engine {

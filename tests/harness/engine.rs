@@ -11,18 +11,28 @@ use serde_json::Value;
 
 use super::{python, root};
 
-/// Writes the contract-conforming test bundle (scripts/bench/engine/make_test_bundle.py).
-pub fn make_test_bundle(dir: &Path, name: &str, version: &str) {
+/// Runs a project script (`rel`, from the repository root) with the venv's Python on `dir`
+/// and `args`; panics with its stderr when it fails.
+pub fn run_script(rel: &str, dir: &Path, args: &[&str]) {
     let out = Command::new(python())
-        .arg(root().join("scripts/bench/engine/make_test_bundle.py"))
+        .arg(root().join(rel))
         .arg(dir)
-        .args(["--name", name, "--version", version])
+        .args(args)
         .output()
-        .expect("run make_test_bundle.py");
+        .unwrap_or_else(|e| panic!("run {rel}: {e}"));
     assert!(
         out.status.success(),
-        "make_test_bundle.py failed: {}",
+        "{rel} failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes the contract-conforming test bundle (scripts/bench/engine/make_test_bundle.py).
+pub fn make_test_bundle(dir: &Path, name: &str, version: &str) {
+    run_script(
+        "scripts/bench/engine/make_test_bundle.py",
+        dir,
+        &["--name", name, "--version", version],
     );
 }
 
@@ -98,16 +108,7 @@ pub fn disc_set(name: &str, version: &str, n: usize) -> SupportSet {
 
 /// Writes the benchmark inputs and the `bench-lesion` support set (make_inputs.py).
 pub fn make_inputs(dir: &Path) {
-    let out = Command::new(python())
-        .arg(root().join("scripts/bench/engine/make_inputs.py"))
-        .arg(dir)
-        .output()
-        .expect("run make_inputs.py");
-    assert!(
-        out.status.success(),
-        "make_inputs.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_script("scripts/bench/engine/make_inputs.py", dir, &[]);
 }
 
 /// The committed phantom bundle (`models/phantom-tiny`).

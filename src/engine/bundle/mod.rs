@@ -465,28 +465,26 @@ impl Bundle {
         };
         let dims = loader.dims;
         check_fixed_dims(&manifest, &dims, &mpath)?;
-        let mut files: Vec<&Path> = vec![
-            &image_encoder.path,
-            &support_encoder.path,
-            &prompt_generator.path,
-            &mask_decoder.path,
-        ];
-        if let Some(m) = &memory {
-            files.extend([m.attention.path.as_path(), m.encoder.path.as_path()]);
-        }
-        // The files really loaded: an int8 encoder gives other embeddings, so other contexts.
-        let fingerprint = fingerprint(&text, &files);
-        Ok(Bundle {
+        let mut bundle = Bundle {
             dir: dir.to_owned(),
             manifest,
             dims,
-            fingerprint,
+            fingerprint: String::new(),
             image_encoder,
             support_encoder,
             prompt_generator,
             mask_decoder,
             memory,
-        })
+        };
+        // The files really loaded: an int8 encoder gives other embeddings, so other contexts.
+        let files: Vec<&Path> = bundle.graphs().map(|g| g.path.as_path()).collect();
+        bundle.fingerprint = fingerprint(&text, &files);
+        Ok(bundle)
+    }
+
+    /// Every loaded graph, in [`GraphKind::EVERY`] order (the memory graphs when present).
+    fn graphs(&self) -> impl Iterator<Item = &Graph> {
+        GraphKind::EVERY.into_iter().filter_map(|k| self.graph(k))
     }
 
     /// "name@version", the bundle's identity in caches and logs.
@@ -496,16 +494,7 @@ impl Bundle {
 
     /// The provider each graph got.
     pub fn providers(&self) -> Vec<(GraphKind, Provider)> {
-        let mut v = vec![
-            &self.image_encoder,
-            &self.support_encoder,
-            &self.prompt_generator,
-            &self.mask_decoder,
-        ];
-        if let Some(m) = &self.memory {
-            v.extend([&m.attention, &m.encoder]);
-        }
-        v.iter().map(|g| (g.kind, g.provider.active)).collect()
+        self.graphs().map(|g| (g.kind, g.provider.active)).collect()
     }
 
     /// The graph of a kind; None for the memory graphs of a contract-1 bundle.
