@@ -1,4 +1,5 @@
 """LiteMedSAM bundles: checkpoint tensors read in place, export parity, weights setup, views."""
+import os
 import subprocess
 import sys
 import tomllib
@@ -226,3 +227,58 @@ def test_int8_encoder_is_derived_at_setup_and_used_on_request(bundle_dir, tmp_pa
     lite = bundle_dir.parent / "litemedsam-ppg"
     assert tomllib.loads((lite / "manifest.toml").read_text())["int8"]["graphs"] == ["image_encoder", "mask_decoder"]
     subprocess.run(["git", "check-ignore", "-q", str(lite / "image_encoder.int8.onnx")], cwd=lite, check=True)
+
+
+def _external_matmul_bundle(b: Path, location: str) -> np.ndarray:
+    """A one-MatMul bundle whose weight is read from `location` as ONNX external data."""
+    import hashlib
+
+    from onnx import helper
+    b.mkdir()
+    w = np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32)
+    (b / "weights.bin").write_bytes(b"\0" * 16 + w.tobytes())
+    t = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=w.shape)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "16"), ("length", str(w.nbytes))):
+        t.external_data.add(key=k, value=v)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 64])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 32])], [t])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(b / "g.onnx"))
+    sha = hashlib.sha256((b / "weights.bin").read_bytes()).hexdigest()
+    (b / "manifest.toml").write_text(f'[graphs]\nimage_encoder = "g.onnx"\n[int8]\ngraphs = ["image_encoder"]\n'
+                                     f'[weights]\nfile = "weights.bin"\nsha256 = "{sha}"\n')
+    return w
+
+
+def test_int8_build_reads_a_hard_linked_checkpoint(tmp_path):
+    """real_demo.py hard-links the bundle's checkpoint into each demo folder; onnx's own
+    external-data loader then refuses the file ("multiple hard links"), which made every later
+    int8 build of the shipped bundle fail. derive_int8 reads the bundle's external data itself,
+    and only from files inside the bundle."""
+    b = tmp_path / "b"
+    w = _external_matmul_bundle(b, "weights.bin")
+    os.link(b / "weights.bin", tmp_path / "demo-link.bin")
+    assert (b / "weights.bin").stat().st_nlink == 2
+    out = _derive_module().derive(b, log=lambda m: None)
+    proto = onnx.load(str(out[0]), load_external_data=False)
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    x = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
+    y = ort.InferenceSession(str(out[0]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(y - x @ w).max() < 0.05 * np.abs(x @ w).max()
+
+    # a location outside the bundle is refused, naming the tensor (ONNX Runtime refuses it
+    # too when it loads the float graph; this is the reader's own check)
+    derive = _derive_module()
+    (tmp_path / "outside.bin").write_bytes((b / "weights.bin").read_bytes())
+    for location in ("../outside.bin", str(tmp_path / "outside.bin"), "missing.bin"):
+        proto = onnx.load(str(b / "g.onnx"), load_external_data=False)
+        next(e for e in proto.graph.initializer[0].external_data if e.key == "location").value = location
+        with pytest.raises(ValueError, match="tensor 'w'.*not a file inside"):
+            derive.inline_external_data(proto, b)
+    proto = onnx.load(str(b / "g.onnx"), load_external_data=False)
+    next(e for e in proto.graph.initializer[0].external_data if e.key == "length").value = str(10 ** 6)
+    with pytest.raises(ValueError, match="outside weights.bin"):
+        derive.inline_external_data(proto, b)
