@@ -26,6 +26,7 @@ pub mod memory;
 pub mod offline;
 pub mod preprocess;
 pub mod runtime;
+pub mod shape;
 pub mod support;
 pub mod support_cache;
 pub mod views;
@@ -154,6 +155,8 @@ struct Inner {
     workers: tokio::sync::Semaphore,
     batch: usize,
     runtime: runtime::Runtime,
+    /// Which objects of a support set the bundle's `[[shape]]` rules apply to.
+    shapes: shape::RegionMemo,
 }
 
 /// The engine facade; cheap to clone (shared state behind an `Arc`).
@@ -199,6 +202,7 @@ impl Engine {
                 workers: tokio::sync::Semaphore::new(cfg.workers.max(1)),
                 batch: cfg.batch.max(1),
                 runtime: rt,
+                shapes: shape::RegionMemo::default(),
             }),
         })
     }
@@ -403,9 +407,14 @@ impl Engine {
         let permit = self.worker_slot().await?;
         let batch = self.inner.batch;
         let b2 = b.clone();
+        let one_region = self.region_objects(&b, set, &key);
         let (results, t) = tokio::task::spawn_blocking(move || {
             let mut t = StageTimings::default();
-            infer::segment_frames(&b2, &ctx, &views, &frames, batch, opts, &mut t).map(|r| (r, t))
+            let mut r = infer::segment_frames(&b2, &ctx, &views, &frames, batch, opts, &mut t)?;
+            let t0 = Instant::now();
+            shape::apply_frames(&one_region, &mut r);
+            t.postprocess += t0.elapsed();
+            Ok::<_, EngineError>((r, t))
         })
         .await
         .map_err(|e| EngineError::Internal(format!("inference task failed: {e}")))??;
@@ -470,17 +479,21 @@ impl Engine {
         let mut timings = self.context_timings(&before, t0);
         let permit = self.worker_slot().await?;
         let b2 = b.clone();
+        let key = context_key(&b, set);
+        let one_region = self.region_objects(&b, set, &key);
         let (results, t, bank) = tokio::task::spawn_blocking(move || {
             let mut t = StageTimings::default();
             let start = bank.position();
-            memory::track::segment_tracked(&b2, &ctx, &mut bank, &frames, opts, &mut t).map(
-                |mut r| {
-                    for fr in &mut r.frames {
-                        fr.index += start;
-                    }
-                    (r, t, bank)
-                },
-            )
+            let mut r =
+                memory::track::segment_tracked(&b2, &ctx, &mut bank, &frames, opts, &mut t)?;
+            for fr in &mut r.frames {
+                fr.index += start;
+            }
+            let t0 = Instant::now();
+            shape::apply_frames(&one_region, &mut r.frames);
+            shape::apply_frames(&one_region, &mut r.revised);
+            t.postprocess += t0.elapsed();
+            Ok::<_, EngineError>((r, t, bank))
         })
         .await
         .map_err(|e| EngineError::Internal(format!("inference task failed: {e}")))??;
@@ -488,7 +501,7 @@ impl Engine {
         timings.add(&t);
         let seg = Segmentation {
             bundle: b.id(),
-            context: context_key(&b, set),
+            context: key,
             objects: set.objects.clone(),
             frames: results.frames,
             revised: results.revised,
@@ -508,6 +521,17 @@ impl Engine {
             timings.support_context = t0.elapsed();
         }
         timings
+    }
+
+    /// Which objects of `set` the bundle's `[[shape]]` rules apply to ([`shape`]), worked out
+    /// once per support context (empty when the bundle has no rules).
+    fn region_objects(&self, b: &Bundle, set: &SupportSet, key: &ContextKey) -> Arc<Vec<bool>> {
+        if b.manifest.shape.is_empty() {
+            return Arc::new(Vec::new());
+        }
+        self.inner.shapes.get(key, || {
+            shape::region_objects(&b.manifest.shape, set, b.manifest.input_size)
+        })
     }
 
     /// One of the `[engine] workers` slots that graph runs hold.

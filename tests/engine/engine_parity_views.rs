@@ -1,7 +1,7 @@
 //! Parity with the Python reference for a bundle with resolution views (manifest
 //! `[[resolution]]`: roi and tiles second passes, src/engine/views.rs), through the full Rust
 //! path: DICOM file -> display frame -> first pass -> crops -> second passes -> merged logits
-//! -> masks. The reference is scripts/model (`bundle_data.write_view_fixtures`, through
+//! -> masks (with the manifest's `[[shape]]` rule). The reference is scripts/model (`bundle_data.write_view_fixtures`, through
 //! `runtime.OrtBundle.view_contexts` and `segment_views`).
 //!
 //! Needs the real bundle: `models/litemedsam-ppg` (or PROXYSEG_VIEW_PARITY_BUNDLE) with its
@@ -17,6 +17,7 @@
 use crate::harness::engine::*;
 use proxyseg::dicom::pixels::frames_from_file;
 use proxyseg::engine::offline::load_support_set;
+use proxyseg::engine::shape::{is_one_region, region_objects};
 use proxyseg::engine::{Engine, SegmentOptions};
 
 #[test]
@@ -52,7 +53,7 @@ fn views_match_the_python_reference() {
     let cases = doc["cases"].as_array().expect("cases");
     assert!(!cases.is_empty(), "fixtures list no case");
     let mut p = Parity::default();
-    let mut views_ran = 0;
+    let (mut views_ran, mut shaped) = (0, 0);
     for case in cases {
         let cname = case["name"].as_str().unwrap();
         let (mut set, _) =
@@ -130,7 +131,24 @@ fn views_match_the_python_reference() {
             .flat_map(|m| m.data.iter().copied())
             .collect();
         p.masks(&tag, &got, load_u8(&bundle, &tensors["masks"]), agree_min);
+        // the manifest's [[shape]] rule: a listed object whose support masks are one region
+        // comes back as one region, while its raw logits > 0 had more (the rule did something)
+        let listed = region_objects(&b.manifest.shape, &set, b.manifest.input_size);
+        for (o, m) in fr.masks.iter().enumerate().filter(|(o, _)| listed[*o]) {
+            assert!(
+                is_one_region(&m.data, m.rows, m.cols),
+                "{tag}: {} is listed in [[shape]] but came back in pieces",
+                labels[o]
+            );
+            let plane = &t.final_logits.data[o * m.rows * m.cols..(o + 1) * m.rows * m.cols];
+            let raw: Vec<u8> = plane.iter().map(|&v| u8::from(v > 0.0)).collect();
+            shaped += usize::from(!is_one_region(&raw, m.rows, m.cols));
+        }
     }
+    assert!(
+        shaped > 0,
+        "no listed object had stray regions: the fixtures do not exercise the [[shape]] rule"
+    );
     assert!(
         views_ran > 0,
         "no case ran a resolution view: the fixtures do not exercise the views"

@@ -163,14 +163,16 @@ def write_view_fixtures(bundle: Path, phantoms: Path):
     """Fixtures for a bundle with resolution views (manifest [[resolution]]), on the phantom
     bundle's demo studies and support sets (the project's own data; real images cannot ship):
     per frame the first pass's mask_logits and the final per-object logits at native size
-    after the views (runtime.OrtBundle.segment_views), plus the crops each view took."""
+    after the views (runtime.OrtBundle.segment_views), the final masks (with the manifest's
+    [[shape]] rules), plus the crops each view took."""
     from . import views
     from .runtime import OrtBundle
     rt = OrtBundle(bundle)
     fx = bundle / "fixtures"
-    if fx.exists():
-        shutil.rmtree(fx)
-    fx.mkdir(parents=True)
+    fx.mkdir(parents=True, exist_ok=True)
+    # only this function's files: memory_export.py keeps the memory mode's fixtures here too
+    for old in [fx / "fixtures.json", *fx.glob("*-f[0-9]*-*")]:
+        old.unlink(missing_ok=True)
     cases = []
     for fam, rel, frame in [("fundus", "demo-studies/fundus/image.dcm", 0), ("us", "demo-studies/us/cine.dcm", 0)]:
         name, _ = SUPPORT_SETS[fam]
@@ -204,7 +206,8 @@ def write_view_fixtures(bundle: Path, phantoms: Path):
                            "views. Inputs and support sets are the phantom bundle's (paths relative to this "
                            "bundle's folder); support pairs `support_pairs` (1-based), all objects in order. "
                            "Per case: the first pass's mask_logits [K,1,4h,4w], the final per-object logits "
-                           "[K,rows,cols] after the manifest's resolution views, and the final masks u8. "
+                           "[K,rows,cols] after the manifest's resolution views, and the final masks u8 (after the "
+                           "manifest's [[shape]] rules). "
                            "Computed with onnxruntime (CPU) through runtime.OrtBundle.segment_views."),
            "cases": cases}
     (fx / "fixtures.json").write_text(json.dumps(doc, indent=1))

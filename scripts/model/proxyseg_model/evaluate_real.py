@@ -9,6 +9,7 @@ native resolution, per object, for
   ppg_int8     ppg with the manifest's CPU int8 graphs ([int8]; derive_int8.py), what the engine
                runs on the CPU provider by default
   ppg_first    the same without the resolution views (whole image at 256 px only)
+  no_shape     ppg without the manifest's [[shape]] rules (shape.py)
   copy         the 5 support masks resized onto the target, majority vote
   box          LiteMedSAM prompted with the bounding box of the 5 support masks' union
                (normalised coordinates), no training: what a fixed per-protocol box gives
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import realdata
+from . import realdata, shape
 from .build import build_litemedsam
 from .export import prepare_for_export
 from .litemedsam import PIXEL_MEAN, PIXEL_STD
@@ -69,7 +70,8 @@ class Targets:
                                "emb": bundle.encode(img[None])})
 
 
-def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=None) -> np.ndarray:
+def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=None, shapes: bool = True) -> np.ndarray:
+    """Dice per validation case and object; `shapes`: with the manifest's [[shape]] rules."""
     spec = realdata.DATASETS[ds]
     sup = [realdata.load_case(ds, c) for c in support_cases(ds)]
     if pairs is not None:
@@ -78,7 +80,10 @@ def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=Non
     if views:
         ctxs = bundle.view_contexts([d for d, _ in sup], [m for _, m in sup], labels)
     else:
-        ctxs = {"": bundle.support_context(*bundle.prepare_pairs([d for d, _ in sup], [m for _, m in sup]))}
+        ctxs = {"": bundle.support_context(*bundle.prepare_pairs([d for d, _ in sup], [m for _, m in sup])),
+                "one_region": shape.region_objects(bundle.shape_rules, labels, [m for _, m in sup], bundle.S)}
+    if not shapes:
+        ctxs["one_region"] = [False] * len(labels)
     scores = np.zeros((len(targets.items), len(labels)))
     for i, it in enumerate(targets.items):
         if views:
@@ -89,6 +94,7 @@ def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=Non
                 "support_values": ctxs[""]["support_values"]})[0]
             logits, _ = bundle.decode(it["emb"], tokens, it["image"])
             m, _ = postprocess(logits, it["hw"], it["masks"].shape[1:], bundle.S)
+            m = shape.apply(ctxs["one_region"], m)
         for o in range(len(labels)):
             scores[i, o] = dice(m[o], it["masks"][o])
     return scores
@@ -271,6 +277,7 @@ def main(argv=None):
         r = {"labels": list(spec.labels), "n_val": len(tg.items), "support": support_cases(ds)}
         r["ppg"] = run_ppg(bundle, ds, tg, views=True).mean(0).tolist()
         r["ppg_first"] = run_ppg(bundle, ds, tg, views=False).mean(0).tolist()
+        r["no_shape"] = run_ppg(bundle, ds, tg, views=True, shapes=False).mean(0).tolist()
         if bundle8 is not None:  # the CPU int8 graphs: other embeddings, so their own targets
             r["ppg_int8"] = run_ppg(bundle8, ds, Targets(ds, bundle8, args.limit), views=True).mean(0).tolist()
         from .train_lite import RULES
@@ -312,7 +319,7 @@ def main(argv=None):
 
 def write_report(bundle: Path, res: dict):
     """evaluation.md + the manifest's [evaluation] (Dice in %); `res` as saved by --json."""
-    cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_detail", "copy", "box", "persam", "short",
+    cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_shape", "no_detail", "copy", "box", "persam", "short",
                         "no_selective_map", "no_ccm", "stability_mean", "stability_std")
             if any(c in r for r in res["sets"].values())]
     rows, per_obj = [], []
@@ -335,9 +342,11 @@ def write_report(bundle: Path, res: dict):
              "Columns: ppg = the bundle as shipped (first pass + the manifest's resolution views, ONNX "
              "Runtime, float graphs); ppg_int8 = the same with the manifest's CPU int8 graphs, which the "
              "engine runs on the CPU provider by default (`[engine] int8`; scripts/model/derive_int8.py); "
-             "ppg_first = first pass only; ppg_roi / ppg_tiles = with a view the training knows but "
+             "ppg_first = first pass only; no_shape = ppg without the manifest's [[shape]] rules (shape.py: "
+             "the largest region of a listed object whose support masks are one region); "
+             "ppg_roi / ppg_tiles = with a view the training knows but "
              "the manifest does not ship (measured, then left out); no_detail = ppg without the detail branch "
-             "(detail.py; the same PPG and LoRA, so the release before it: its ppg column); copy = support masks' "
+             "(detail.py; the same PPG and LoRA, so the release before it: its ppg column, without [[shape]]); copy = support masks' "
              "majority vote; box = LiteMedSAM with the support masks' union box; "
              "persam = PerSAM-style training-free points; short / no_selective_map / no_ccm = PPG trained on the "
              "ablation schedule with all modules / without the Selective Map / without CCM (mean over seeds, "

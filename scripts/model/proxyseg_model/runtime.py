@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import views
+from . import shape, views
 from .preprocess import postprocess, prepare_image, prepare_mask
 
 GRAPHS = ("image_encoder", "support_encoder", "prompt_generator", "mask_decoder")
@@ -45,6 +45,7 @@ class OrtBundle:
         self.mean = np.asarray(self.manifest["pixel_mean"], dtype=np.float32)
         self.std = np.asarray(self.manifest["pixel_std"], dtype=np.float32)
         self.rules = [views.Rule(**{k: v for k, v in r.items()}) for r in self.manifest.get("resolution", [])]
+        self.shape_rules = self.manifest.get("shape", [])
         # a detail branch: the mask decoder also takes the model input (export.py)
         self.decoder_image = bool(self.manifest.get("decoder_image", False))
 
@@ -103,8 +104,10 @@ class OrtBundle:
 
     def view_contexts(self, displays, masks, labels):
         """Support contexts for the first pass and every resolution view (views.py), computed
-        once per support set: dict view-key -> context (None when no pair gives that view)."""
-        out = {"": self.support_context(*self.prepare_pairs(displays, masks))}
+        once per support set: dict view-key -> context (None when no pair gives that view), and
+        under "one_region" the objects the manifest's [[shape]] rules apply to (shape.py)."""
+        out = {"": self.support_context(*self.prepare_pairs(displays, masks)),
+               "one_region": shape.region_objects(self.shape_rules, labels, masks, self.S)}
         for r, rule in enumerate(self.rules):
             objs = views.object_indices(rule, labels)
             if not objs:
@@ -127,7 +130,8 @@ class OrtBundle:
         return out
 
     def segment_views(self, display: np.ndarray, ctxs: dict, labels: list[str], emb: np.ndarray | None = None):
-        """One frame with the resolution views -> (masks K x H x W uint8, logits K x H x W, first pass).
+        """One frame with the resolution views -> (masks K x H x W uint8, logits K x H x W, first pass);
+        the masks are the logits > 0 with the [[shape]] rules applied (ctxs["one_region"]).
         `emb`: the frame's first-pass embeddings, when already computed."""
         masks, first = self.segment_display(display, ctxs[""], emb)
         logits = first["logits"].copy()
@@ -158,7 +162,10 @@ class OrtBundle:
                     acc[:, y0:y0 + h, x0:x0 + w] += out["logits"][objs]
                     cnt[y0:y0 + h, x0:x0 + w] += 1
                 logits[objs] = acc / cnt
-        return (logits > 0).astype(np.uint8), logits, first
+        masks = (logits > 0).astype(np.uint8)
+        if any(ctxs.get("one_region", ())):
+            masks = shape.apply(ctxs["one_region"], masks)
+        return masks, logits, first
 
 
 def read_support_set(folder: Path) -> dict:

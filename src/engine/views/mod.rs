@@ -98,9 +98,7 @@ pub struct ResolutionRule {
 impl ResolutionRule {
     /// Checks parameters; the message says what is wrong.
     pub fn check(&self) -> Result<(), String> {
-        if self.objects.is_empty() || self.objects.iter().any(|o| o.trim().is_empty()) {
-            return Err("objects must list at least one non-empty label".into());
-        }
+        check_labels(&self.objects)?;
         match &self.strategy {
             Strategy::Roi {
                 anchor,
@@ -167,7 +165,15 @@ pub struct MatchedRule {
     pub anchor: Option<usize>,
 }
 
-fn same_label(a: &str, b: &str) -> bool {
+/// A rule's `objects`: at least one label, none blank (shared with [`super::shape`]).
+pub(crate) fn check_labels(objects: &[String]) -> Result<(), String> {
+    if objects.is_empty() || objects.iter().any(|o| o.trim().is_empty()) {
+        return Err("objects must list at least one non-empty label".into());
+    }
+    Ok(())
+}
+
+pub(crate) fn same_label(a: &str, b: &str) -> bool {
     a.to_lowercase() == b.to_lowercase()
 }
 

@@ -1,0 +1,220 @@
+use super::*;
+use crate::dicom::pixels::Frame;
+use crate::engine::support::{SupportObject, SupportPair};
+
+/// A mask from rows of '#' (inside) and '.' (outside).
+fn mask(rows: &[&str]) -> Mask {
+    Mask {
+        rows: rows.len(),
+        cols: rows[0].len(),
+        data: rows
+            .iter()
+            .flat_map(|r| r.bytes().map(|b| u8::from(b == b'#')))
+            .collect(),
+    }
+}
+
+fn text(m: &Mask) -> Vec<String> {
+    m.data
+        .chunks(m.cols)
+        .map(|r| r.iter().map(|&v| if v != 0 { '#' } else { '.' }).collect())
+        .collect()
+}
+
+#[test]
+fn one_region_means_one_eight_connected_region() {
+    let disc = mask(&[".....", ".###.", ".###.", "....."]);
+    assert!(is_one_region(&disc.data, disc.rows, disc.cols));
+    // diagonal neighbours are one region
+    let diag = mask(&["#...", ".#..", "..#.", "...#"]);
+    assert!(is_one_region(&diag.data, diag.rows, diag.cols));
+    let two = mask(&["##..", "....", "..##"]);
+    assert!(!is_one_region(&two.data, two.rows, two.cols));
+    // a ring is one region (holes are left alone)
+    let ring = mask(&["#####", "#...#", "#####"]);
+    assert!(is_one_region(&ring.data, ring.rows, ring.cols));
+    let empty = mask(&["...", "..."]);
+    assert!(!is_one_region(&empty.data, empty.rows, empty.cols));
+}
+
+#[test]
+fn keep_largest_region_drops_the_other_regions_only() {
+    let mut m = mask(&[
+        "#.......", // a stray pixel
+        "..#####.", //
+        "..#..##.", // a hole stays
+        "..#####.", //
+        "........", //
+        "......##", // a smaller island
+    ]);
+    keep_largest_region(&mut m);
+    assert_eq!(
+        text(&m),
+        ["........", "..#####.", "..#..##.", "..#####.", "........", "........"]
+    );
+    // equal sizes: the first region in raster order stays
+    let mut m = mask(&["##...", ".....", "...##"]);
+    keep_largest_region(&mut m);
+    assert_eq!(text(&m), ["##...", ".....", "....."]);
+    let mut m = mask(&["...", "..."]);
+    keep_largest_region(&mut m);
+    assert_eq!(m.area(), 0);
+}
+
+fn set(labels: &[&str], masks: Vec<Vec<Mask>>) -> SupportSet {
+    SupportSet {
+        name: "s".into(),
+        version: "1".into(),
+        objects: labels
+            .iter()
+            .map(|l| SupportObject {
+                label: (*l).into(),
+                category: None,
+                property_type: None,
+                color: None,
+            })
+            .collect(),
+        pairs: masks
+            .into_iter()
+            .map(|m| SupportPair {
+                image: Frame {
+                    index: 0,
+                    rows: m[0].rows,
+                    cols: m[0].cols,
+                    channels: 1,
+                    data: vec![0.0; m[0].rows * m[0].cols],
+                },
+                masks: m,
+            })
+            .collect(),
+    }
+}
+
+/// A `size x size` mask with the given inclusive boxes filled.
+fn boxes(size: usize, bs: &[(usize, usize, usize, usize)]) -> Mask {
+    let mut data = vec![0u8; size * size];
+    for &(r0, c0, r1, c1) in bs {
+        for r in r0..=r1 {
+            data[r * size + c0..=r * size + c1].fill(1);
+        }
+    }
+    Mask {
+        rows: size,
+        cols: size,
+        data,
+    }
+}
+
+#[test]
+fn a_rule_applies_only_to_listed_objects_whose_support_masks_are_one_region() {
+    let rules = [ShapeRule {
+        objects: vec!["Optic Disc".into(), "lesion".into(), "cup".into()],
+        note: String::new(),
+    }];
+    let blob = boxes(64, &[(10, 10, 30, 30)]);
+    let two = boxes(64, &[(5, 5, 15, 15), (40, 40, 50, 50)]);
+    let empty = boxes(64, &[]);
+    let s = set(
+        &["optic disc", "lesion", "vessels", "cup"],
+        vec![
+            vec![blob.clone(), blob.clone(), blob.clone(), empty.clone()],
+            vec![blob.clone(), two, blob.clone(), empty.clone()],
+            vec![empty.clone(), blob.clone(), blob.clone(), empty],
+        ],
+    );
+    // disc: listed (case-insensitive), one region where present; lesion: one pair shows two;
+    // vessels: not listed; cup: listed but never present
+    assert_eq!(region_objects(&rules, &s, 32), [true, false, false, false]);
+    assert_eq!(region_objects(&[], &s, 32), [false; 4]);
+    let mut masks = vec![
+        boxes(8, &[(0, 0, 3, 3), (6, 6, 7, 7)]),
+        boxes(8, &[(0, 0, 3, 3), (6, 6, 7, 7)]),
+    ];
+    apply(&[true, false], &mut masks);
+    assert_eq!(masks[0], boxes(8, &[(0, 0, 3, 3)]));
+    assert_eq!(masks[1], boxes(8, &[(0, 0, 3, 3), (6, 6, 7, 7)]));
+}
+
+#[test]
+fn rules_are_checked() {
+    let ok = ShapeRule {
+        objects: vec!["fetal head".into()],
+        note: String::new(),
+    };
+    assert!(ok.check().is_ok());
+    for objects in [vec![], vec![" ".to_string()]] {
+        let r = ShapeRule {
+            objects,
+            note: String::new(),
+        };
+        assert!(r.check().unwrap_err().contains("objects"));
+    }
+}
+
+/// Flood-fill reference: the largest 8-connected region, the one whose first pixel comes
+/// first in raster order on a tie.
+fn brute_keep_largest(m: &Mask) -> Mask {
+    let (rows, cols) = (m.rows as isize, m.cols as isize);
+    let mut label = vec![usize::MAX; m.data.len()];
+    let mut sizes = Vec::new();
+    for start in 0..m.data.len() {
+        if m.data[start] == 0 || label[start] != usize::MAX {
+            continue;
+        }
+        let id = sizes.len();
+        let (mut stack, mut n) = (vec![start], 0);
+        label[start] = id;
+        while let Some(i) = stack.pop() {
+            n += 1;
+            let (r, c) = ((i / m.cols) as isize, (i % m.cols) as isize);
+            for dr in -1..=1 {
+                for dc in -1..=1 {
+                    let (rr, cc) = (r + dr, c + dc);
+                    if rr >= 0 && rr < rows && cc >= 0 && cc < cols {
+                        let j = (rr * cols + cc) as usize;
+                        if m.data[j] != 0 && label[j] == usize::MAX {
+                            label[j] = id;
+                            stack.push(j);
+                        }
+                    }
+                }
+            }
+        }
+        sizes.push(n);
+    }
+    let mut out = m.clone();
+    if let Some(best) = (0..sizes.len()).max_by_key(|&i| (sizes[i], std::cmp::Reverse(i))) {
+        for (i, v) in out.data.iter_mut().enumerate() {
+            *v = u8::from(label[i] == best);
+        }
+    }
+    out
+}
+
+#[test]
+fn keep_largest_region_agrees_with_flood_fill_on_random_masks() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..300 {
+        let (rows, cols) = (1 + (next() % 40) as usize, 1 + (next() % 40) as usize);
+        let density = [20, 40, 55, 70][round % 4];
+        let m = Mask {
+            rows,
+            cols,
+            data: (0..rows * cols)
+                .map(|_| u8::from(next() % 100 < density))
+                .collect(),
+        };
+        let mut got = m.clone();
+        keep_largest_region(&mut got);
+        assert_eq!(got, brute_keep_largest(&m), "round {round}: {:?}", text(&m));
+        if got.area() > 0 {
+            assert!(is_one_region(&got.data, rows, cols), "round {round}");
+        }
+    }
+}
