@@ -35,7 +35,7 @@ impl ShapeRule {
     }
 }
 
-/// A horizontal run of equal pixels: row, first and last column (inclusive).
+/// A horizontal run of non-zero pixels: row, first and last column (inclusive).
 #[derive(Debug, Clone, Copy)]
 struct Run {
     row: usize,

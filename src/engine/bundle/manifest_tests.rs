@@ -1,5 +1,13 @@
 use super::*;
 
+/// Parsing `text` fails with a message containing `needle`.
+fn assert_refused(text: &str, needle: &str) {
+    let e = Manifest::parse(text, Path::new("m.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(needle), "{needle}: {e}");
+}
+
 const GOOD: &str = r#"
 contract = 1
 name = "t"
@@ -43,10 +51,7 @@ fn good_manifest_parses() {
     let sam2 = detail
         .replace("contract = 1", "contract = 2")
         .replace("family = \"sam\"", "family = \"sam2\"");
-    let e = Manifest::parse(&sam2, Path::new("m.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("decoder_image = true is for contract 1"), "{e}");
+    assert_refused(&sam2, "decoder_image = true is for contract 1");
     assert_eq!(
         m.provenance.get("seed").and_then(|v| v.as_integer()),
         Some(1)
@@ -80,10 +85,7 @@ bits = 4"#,
         ),
         ("", "missing field `graphs`"),
     ] {
-        let e = Manifest::parse(&with(table), Path::new("m.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(needle), "{needle}: {e}");
+        assert_refused(&with(table), needle);
     }
 }
 
@@ -112,10 +114,7 @@ fill_holes = true"#,
         ),
         ("", "missing field `objects`"),
     ] {
-        let e = Manifest::parse(&with(table), Path::new("m.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(needle), "{needle}: {e}");
+        assert_refused(&with(table), needle);
     }
 }
 
@@ -137,10 +136,7 @@ fn bad_manifests_say_why() {
         ("embed_dim = 8\n", "", "embed_dim"),
     ];
     for (from, to, needle) in cases {
-        let e = Manifest::parse(&GOOD.replace(from, to), Path::new("m.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(needle), "{needle}: {e}");
+        assert_refused(&GOOD.replace(from, to), needle);
     }
 }
 
@@ -223,10 +219,7 @@ fn bad_sections_say_why() {
     ];
     for (from, to, needle) in cases {
         assert!(full.contains(from), "{from}");
-        let e = Manifest::parse(&full.replacen(from, to, 1), Path::new("m.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(needle), "{needle}: {e}");
+        assert_refused(&full.replacen(from, to, 1), needle);
     }
 }
 
