@@ -12,9 +12,10 @@ those graphs (they are identical in both modes) and cached; frame by frame then 
 decoder on the raw embeddings, memory mode runs memory_attention -> mask_decoder ->
 memory_encoder with the engine's slot policy (lite_track.OrtMemoryLoop). Per object: mean Dice
 over all frames at the image's native resolution, and the instability: mean 1 - Dice between
-consecutive predicted masks minus the same for the truth (x 100). Timing: the whole frame
-(encoder + PPG + [memory attention +] decoder per object [+ memory encoder]) on one held-out
-ultrasound cine loop (K = 2), ONNX Runtime with 2 threads.
+consecutive predicted masks minus the same for the truth (x 100). In both modes the masks are
+scored after the manifest's [[shape]] rules (shape.py), as the engine returns them. Timing: the
+whole frame (encoder + PPG + [memory attention +] decoder per object [+ memory encoder]) on one
+held-out ultrasound cine loop (K = 2), ONNX Runtime with 2 threads.
 
 `--write` puts the table into <bundle>/evaluation.md (section "Memory mode") and the
 manifest's [evaluation.memory].
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import memory_data
+from . import memory_data, shape
 from .evaluate_real import dice
 from .export import write_manifest
 from .lite_track import OrtMemoryLoop
@@ -43,21 +44,34 @@ SECTION = "## Memory mode vs frame by frame"
 COMMAND = "python -m proxyseg_model.evaluate_memory --bundle ../../models/litemedsam-ppg --write"
 
 
-def run_sequence(loop: OrtMemoryLoop, seq: dict, memory: bool) -> np.ndarray:
-    """Native-resolution masks F x K x H x W of one cached sequence."""
+def run_sequence(loop: OrtMemoryLoop, seq: dict, memory: bool, one_region=()) -> np.ndarray:
+    """Native-resolution masks F x K x H x W of one cached sequence, with the [[shape]] rule
+    applied to the objects marked in `one_region` (as the engine does in both modes)."""
     logits = loop.run(seq["emb"].shape[0],
                       lambda t: (seq["emb"][t:t + 1].float().numpy(), seq["prompts"][t].numpy(),
                                  seq["images"][t:t + 1].float().numpy()), memory)
-    return np.stack([postprocess(x, seq["resized_hw"], seq["orig_hw"], 256)[0] for x in logits])
+    masks = [postprocess(x, seq["resized_hw"], seq["orig_hw"], 256)[0] for x in logits]
+    return np.stack([shape.apply(one_region, m) if any(one_region) else m for m in masks])
 
 
-def score(seqs: list, loop: OrtMemoryLoop) -> dict:
+def region_objects(rules: list[dict], seq: dict) -> list[bool]:
+    """Which objects of a held-out sequence the bundle's [[shape]] rules cover: its support set
+    is memory_data's for the group (the first training-pool cases, or the phantom frames)."""
+    if not rules:
+        return [False] * len(seq["labels"])
+    _, masks = memory_data.SupportContexts.pairs((seq["group"], None))
+    return shape.region_objects(rules, seq["labels"], masks, 256)
+
+
+def score(seqs: list, loop: OrtMemoryLoop, rules: list[dict] = ()) -> dict:
     """group -> label -> {mode: {dice, instability}} over a list of cached sequences."""
-    acc = {}
+    acc, covered = {}, {}
     for seq in seqs:
         truth = seq["truth"].numpy()
+        if seq["group"] not in covered:
+            covered[seq["group"]] = region_objects(list(rules), seq)
         for mode in ("frame", "memory"):
-            pred = run_sequence(loop, seq, mode == "memory")
+            pred = run_sequence(loop, seq, mode == "memory", covered[seq["group"]])
             for k, label in enumerate(seq["labels"]):
                 r = acc.setdefault(seq["group"], {}).setdefault(label, {}).setdefault(mode, {"dice": [], "inst": []})
                 r["dice"].extend(dice(pred[t, k], truth[t, k]) for t in range(len(pred)))
@@ -148,20 +162,22 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--no-revisit", action="store_true",
                     help="memory mode without frame 0's revisit, whatever the manifest says (not with --write)")
+    ap.add_argument("--no-shape", action="store_true",
+                    help="score the raw masks, without the manifest's [[shape]] rules (not with --write)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     man = tomllib.loads((a.bundle / "manifest.toml").read_text())
     sess = sessions(a.bundle)
-    if a.no_revisit and a.write:
-        ap.error("--no-revisit measures the loop the bundle does not ship: not with --write")
+    if (a.no_revisit or a.no_shape) and a.write:
+        ap.error("--no-revisit and --no-shape measure what the bundle does not ship: not with --write")
     loop = OrtMemoryLoop.of_manifest(sess, man["memory"])
     loop.revisit = loop.revisit and not a.no_revisit
     res = {}
     for kind in a.kinds:
         memory_data.build_cache(a.bundle, "val", kind,
                                 memory_data.VAL_REAL_CASES if kind == "real" else memory_data.VAL_PHANTOMS)
-        res.update(score(memory_data.load("val", kind), loop))
+        res.update(score(memory_data.load("val", kind), loop, [] if a.no_shape else man.get("shape", [])))
     cine = memory_data.load("val", "us-cine")[0]
     ctx = memory_data.SupportContexts(OrtBundle(a.bundle)).get(("us-cine", None))
     ms = timing(loop, cine, ctx, repeats=2)
@@ -179,7 +195,8 @@ def main(argv=None):
         write_section(a.bundle, f"{SECTION} (issue 15 item 3)\n\nRegenerate: `{COMMAND}` (from scripts/model; "
                       "held-out sequences only, see evaluate_memory.py). Same bundle, same support sets, same "
                       "frames in both modes; memory mode = the two memory graphs around the unchanged decoder, "
-                      "frame 0 revisited once frame 6 is banked when the manifest says revisit_first. "
+                      "frame 0 revisited once frame 6 is banked when the manifest says revisit_first; both modes "
+                      "scored after the [[shape]] rules, as the engine returns them. "
                       "Targets per object: Dice +2 and instability (1 - Dice of consecutive predicted masks "
                       "minus the truth's, x 100) halved in size. Timings are from a shared 2-core machine "
                       "(other jobs running); LiteMedSAM's encoder alone is ~0.5 s of each frame there.\n\n"

@@ -13,10 +13,12 @@ Three kinds of sequence, each with a fixed support set:
 
 LiteMedSAM and the PPG are frozen, so per frame the image encoder's embeddings (fp16) and the
 PPG's prompt tokens are computed once through the bundle's own graphs (ONNX Runtime) and cached
-in runs/memory-cache/<split>-<kind>.pt, with the truth masks (256 x 256 model grid; held-out
-sequences also keep the native-resolution truth that the evaluation scores).
+in runs/memory-cache/<split>-<kind>.pt, with the model inputs (fp16, which the decoder's detail
+branch reads) and the truth masks (256 x 256 model grid; held-out sequences also keep the
+native-resolution truth that the evaluation scores).
 
   python -m proxyseg_model.memory_data --bundle ../../models/litemedsam-ppg
+  python -m proxyseg_model.memory_data --bundle ../../models/litemedsam-ppg --splits train --attach-images
 """
 from __future__ import annotations
 
@@ -86,16 +88,19 @@ class SupportContexts:
         self.bundle = bundle
         self.memo = {}
 
+    @staticmethod
+    def pairs(key) -> tuple[list, list]:
+        """The support pairs of a key (group, left-out case): displays, masks K x H x W."""
+        group, leave_out = key
+        if group in realdata.DATASETS:
+            names = [c for c in realdata.split(group)[0][:N_SUPPORT + 1] if c != leave_out][:N_SUPPORT]
+            pairs = [realdata.load_case(group, c) for c in names]
+            return [d for d, _ in pairs], [m for _, m in pairs]
+        return phantom_support(group)
+
     def get(self, key) -> dict:
         if key not in self.memo:
-            group, leave_out = key
-            if group in realdata.DATASETS:
-                names = [c for c in realdata.split(group)[0][:N_SUPPORT + 1] if c != leave_out][:N_SUPPORT]
-                pairs = [realdata.load_case(group, c) for c in names]
-                displays, masks = [d for d, _ in pairs], [m for _, m in pairs]
-            else:
-                displays, masks = phantom_support(group)
-            self.memo[key] = self.bundle.support_context(*self.bundle.prepare_pairs(displays, masks))
+            self.memo[key] = self.bundle.support_context(*self.bundle.prepare_pairs(*self.pairs(key)))
         return self.memo[key]
 
 
@@ -113,10 +118,9 @@ def cache_sequence(bundle: OrtBundle, ctx: dict, displays: np.ndarray, masks: np
         grid.append(torch.from_numpy(np.stack([prepare_mask(x, bundle.S) for x in m])).bool())
         images.append(torch.from_numpy(img).half())
     out = {"emb": torch.stack(embs), "prompts": torch.stack(prompts), "masks": torch.stack(grid),
-           "resized_hw": hw, "orig_hw": tuple(displays.shape[1:3])}
+           "images": torch.stack(images), "resized_hw": hw, "orig_hw": tuple(displays.shape[1:3])}
     if keep_truth:
         out["truth"] = torch.from_numpy(masks.astype(np.uint8))
-        out["images"] = torch.stack(images)
     return out
 
 
@@ -138,6 +142,39 @@ def build_cache(bundle_dir: Path, split: str, kind: str, count: int = 0, out: Pa
     return path
 
 
+# fp16 embeddings of a regenerated frame vs the cached ones (the encoder run twice on the same input)
+EMBEDDING_TOL = 1e-2
+
+
+def attach_images(bundle_dir: Path, kind: str, out: Path = CACHE, count: int = 0) -> int:
+    """Adds the model inputs ("images") to a training cache built before caches kept them (the
+    detail branch of the mask decoder reads the image, so train_memory needs it). The sequences
+    are seeded, so they are made again (`sequences`) rather than re-encoded; the first frame of
+    every sequence is encoded once more and must match the cached embeddings, or nothing is
+    written. `count`: as the cache was built with (`build_cache`). Returns the number of
+    sequences given images (0: the cache had them already)."""
+    path = out / f"train-{kind}.pt"
+    seqs = torch.load(path, weights_only=False)
+    if all("images" in s for s in seqs):
+        return 0
+    bundle = OrtBundle(bundle_dir)
+    made = list(sequences(kind, "train", count))
+    if [(g, n) for g, n, *_ in made] != [(s["group"], s["name"]) for s in seqs]:
+        raise SystemExit(f"{path}: its sequences are not the ones memory_data makes today; rebuild it (delete the file)")
+    for seq, (group, name, _, displays, _, _) in zip(seqs, made):
+        imgs = [prepare_image(d, bundle.S, bundle.mean, bundle.std)[0] for d in displays]
+        emb = bundle.encode(imgs[0][None])[0]
+        diff = float(np.abs(emb - seq["emb"][0].float().numpy()).max())
+        if diff > EMBEDDING_TOL:
+            raise SystemExit(f"{path}: {group}/{name} frame 0 encodes to embeddings {diff:.3g} away from the cached "
+                             f"ones (> {EMBEDDING_TOL}); the sequence generator changed, rebuild the cache")
+        seq["images"] = torch.from_numpy(np.stack(imgs)).half()
+    tmp = path.with_suffix(".tmp")
+    torch.save(seqs, tmp)
+    tmp.replace(path)
+    return len(seqs)
+
+
 def load(split: str, kind: str, out: Path = CACHE) -> list:
     return torch.load(out / f"{split}-{kind}.pt", weights_only=False)
 
@@ -149,8 +186,14 @@ def main(argv=None):
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
     ap.add_argument("--val-cases", type=int, default=VAL_REAL_CASES, help="held-out real sequences per data set")
     ap.add_argument("--val-phantoms", type=int, default=VAL_PHANTOMS, help="held-out phantom sequences per kind")
+    ap.add_argument("--attach-images", action="store_true",
+                    help="add the model inputs to existing training caches that lack them (no re-encoding)")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if a.attach_images:
+        for kind in a.kinds:
+            print(f"train-{kind}: images attached to {attach_images(a.bundle, kind)} sequences", flush=True)
+        return
     for split in a.splits:
         for kind in a.kinds:
             count = 0 if split == "train" else (a.val_cases if kind == "real" else a.val_phantoms)

@@ -215,7 +215,7 @@ def main(argv=None):
     ap.add_argument("--checkpoint", type=Path, help="a train_memory checkpoint")
     ap.add_argument("--random-weights", action="store_true", help="untrained modules (fast tests)")
     ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--ppg", type=Path, default=Path(__file__).resolve().parent.parent / "runs" / "lite-ppg3.pt",
+    ap.add_argument("--ppg", type=Path, default=Path(__file__).resolve().parent.parent / "runs" / "lite-ppg3-detail.pt",
                     help="the bundle's train_lite checkpoint (PyTorch side of the fixtures)")
     ap.add_argument("--fixtures", type=int, default=0, help="frames of the parity clip (0: none)")
     ap.add_argument("--no-revisit", action="store_true",

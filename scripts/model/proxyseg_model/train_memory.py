@@ -1,7 +1,7 @@
 """Trains the bundled model's memory mode: LiteMemoryEncoder + LiteMemoryAttention on sequences.
 
-LiteMedSAM and the PPG (lite-ppg3, with its decoder LoRA) are frozen; only the two memory
-modules train (issue 15 item 3). The sequences are memory_data.py's training split: the 16
+LiteMedSAM and the PPG (lite-ppg3-detail: its decoder LoRA and the detail branch, which reads
+each frame's model input from the cache) are frozen; only the two memory modules train (issue 15 item 3). The sequences are memory_data.py's training split: the 16
 training-pool cases of each real data set moved by sequences.make_sequence, the ultrasound
 phantom's cine loops and the MR phantom's volumes (seeds disjoint from the held-out ones), with
 their image embeddings and PPG prompt tokens cached (memory_data.py). A step is one clip of one
@@ -34,7 +34,7 @@ from .lite_track import frame_slots
 from .losses import dice_loss, upscale
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
-PPG_CHECKPOINT = RUNS / "lite-ppg3.pt"
+PPG_CHECKPOINT = RUNS / "lite-ppg3-detail.pt"
 S = 256
 
 
@@ -147,6 +147,13 @@ def run_clip(model, enc, att, seq: dict, idx: list[int], recent: int, bce: float
     is banked from perturbed logits (`perturb_logits`)."""
     objects = list(range(seq["prompts"].shape[1])) if objects is None else objects
     emb = seq["emb"][idx].float()
+    images = None
+    if model.detail is not None:
+        if "images" not in seq:
+            raise SystemExit("the frozen model has a detail branch, which reads the frame, and this cache has no images: "
+                             "python -m proxyseg_model.memory_data --bundle ../../models/litemedsam-ppg --splits train "
+                             "--attach-images")
+        images = seq["images"][idx].float()
     prompts = seq["prompts"][idx][:, objects].float()
     masks = seq["masks"][idx][:, objects].float()
     bank, losses, outs, prev = {}, [], [], None
@@ -158,7 +165,7 @@ def run_clip(model, enc, att, seq: dict, idx: list[int], recent: int, bce: float
             cond = att(e, mem, torch.tensor([r for _, r in pairs]), torch.ones(len(pairs)))
         else:
             cond = e
-        logits, _ = model.sam.decode(cond, prompts[t])
+        logits, _ = model.decode(cond, prompts[t], None if images is None else images[t:t + 1])
         if pairs:
             up = upscale(logits, S)
             loss = dice_loss(up, masks[t])

@@ -170,3 +170,23 @@ def test_group_weights():
     for bad in (["prostate=2"], ["mr-volume"]):
         with pytest.raises(SystemExit, match="GROUP=WEIGHT"):
             group_weights(bad, names)
+
+
+def test_attach_images_remakes_the_cached_inputs(tmp_path):
+    """A training cache built without the model inputs gets them back from the seeded sequences,
+    checked against its own embeddings; a cache whose embeddings do not match is refused."""
+    from proxyseg_model import memory_data
+    memory_data.build_cache(BUNDLE, "train", "us-cine", count=1, out=tmp_path)
+    path = tmp_path / "train-us-cine.pt"
+    seqs = torch.load(path, weights_only=False)
+    original = seqs[0].pop("images")
+    assert original.shape == (memory_data.FRAMES, 3, 256, 256)
+    torch.save(seqs, path)
+    assert memory_data.attach_images(BUNDLE, "us-cine", out=tmp_path, count=1) == 1
+    assert torch.equal(memory_data.load("train", "us-cine", out=tmp_path)[0]["images"], original)
+    assert memory_data.attach_images(BUNDLE, "us-cine", out=tmp_path, count=1) == 0  # nothing left to do
+    seqs[0]["emb"] = seqs[0]["emb"] + 1  # a cache from another generator or encoder
+    torch.save(seqs, path)
+    with pytest.raises(SystemExit, match="rebuild the cache"):
+        memory_data.attach_images(BUNDLE, "us-cine", out=tmp_path, count=1)
+    assert "images" not in torch.load(path, weights_only=False)[0]  # nothing written
