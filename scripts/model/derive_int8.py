@@ -27,6 +27,9 @@ import time
 import tomllib
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxyseg_model.external_data import inline_external_data  # noqa: E402  (numpy and onnx only, no torch)
+
 METHOD = "onnxruntime quantize_dynamic: MatMul, Gemm; int8 weights per output channel, uint8 activations per call"
 
 
@@ -60,39 +63,6 @@ def recorded_source(path: Path) -> str | None:
     except Exception:
         return None
     return next((p.value for p in m.metadata_props if p.key == "int8_source"), None)
-
-
-def inline_external_data(model, folder: Path) -> None:
-    """Reads every tensor that `model` keeps in an external file into the model itself.
-
-    onnx's own loader refuses a file with more than one hard link, and `real_demo.py` hard-links
-    the bundle's checkpoint into each demo folder, so it is not used here. A location must name
-    a file inside `folder` (no absolute path, no `..`, no link out of it)."""
-    import onnx
-
-    root = folder.resolve()
-    files: dict[str, bytes] = {}
-    tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
-    for t in tensors:
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        location = info.get("location", "")
-        path = (folder / location).resolve()
-        if not location or Path(location).is_absolute() or not path.is_relative_to(root) or not path.is_file():
-            raise ValueError(f"tensor {t.name!r}: external data {location!r} is not a file inside {folder}")
-        if location not in files:
-            files[location] = path.read_bytes()
-        data = files[location]
-        offset = int(info.get("offset", 0))
-        length = int(info.get("length", len(data) - offset))
-        if offset < 0 or length < 0 or offset + length > len(data):
-            raise ValueError(f"tensor {t.name!r}: bytes {offset}..{offset + length} are outside {location} "
-                             f"({len(data)} bytes)")
-        t.raw_data = data[offset:offset + length]
-        del t.external_data[:]
-        t.data_location = onnx.TensorProto.DEFAULT
 
 
 def build(bundle: Path, graph_file: str, source: str, out: Path) -> None:

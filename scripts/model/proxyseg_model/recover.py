@@ -38,6 +38,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from .external_data import inline_external_data
+
 PPG_GRAPHS = ("support_encoder", "prompt_generator", "mask_decoder")
 MEMORY_GRAPHS = ("memory_attention", "memory_encoder")
 
@@ -56,11 +58,12 @@ def named_initializers(bundle: Path, graphs) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for g in graphs:
         proto = onnx.load(str(bundle / f"{g}.onnx"), load_external_data=False)
+        try:  # not onnx's loader: it refuses the hard-linked lite_medsam.pth of the real-image demo
+            inline_external_data(proto, bundle)
+        except (OSError, ValueError) as e:  # a missing or unreadable external file (lite_medsam.pth)
+            raise RecoverError(f"{g}.onnx: {e}") from e
         for t in proto.graph.initializer:
-            try:
-                v = numpy_helper.to_array(t, base_dir=str(bundle))
-            except Exception as e:  # a missing or unreadable external file (lite_medsam.pth)
-                raise RecoverError(f"{g}.onnx: tensor {t.name}: {e}") from e
+            v = numpy_helper.to_array(t)
             if t.name in out and not np.array_equal(out[t.name], v):
                 raise RecoverError(f"{t.name}: two different values in the bundle's graphs")
             out[t.name] = v

@@ -62,3 +62,19 @@ def test_a_bundle_without_memory_mode_says_so(tmp_path):
     shutil.copyfile(BUNDLE.parent / "phantom-tiny" / "manifest.toml", tmp_path / "manifest.toml")
     with pytest.raises(RecoverError, match="no memory mode"):
         recover_memory(tmp_path)
+
+
+def test_recovery_reads_a_hard_linked_checkpoint(tmp_path):
+    """real_demo.py hard-links lite_medsam.pth into each demo folder; onnx's own external-data
+    loader then refuses the file ("hardlink attack"), so recovery reads it itself."""
+    import os
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for f in BUNDLE.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, bundle / f.name)
+    os.link(bundle / "lite_medsam.pth", tmp_path / "demo-link.pth")
+    assert (bundle / "lite_medsam.pth").stat().st_nlink == 2
+    model, extra = recover_ppg(bundle, None)
+    assert int(extra["total_steps"]) > 0
+    assert model.state_dict()["detail.gate.weight"].abs().sum() > 0
