@@ -158,10 +158,12 @@ def attach_images(bundle_dir: Path, kind: str, out: Path = CACHE, count: int = 0
     if all("images" in s for s in seqs):
         return 0
     bundle = OrtBundle(bundle_dir)
-    made = list(sequences(kind, "train", count))
-    if [(g, n) for g, n, *_ in made] != [(s["group"], s["name"]) for s in seqs]:
-        raise SystemExit(f"{path}: its sequences are not the ones memory_data makes today; rebuild it (delete the file)")
-    for seq, (group, name, _, displays, _, _) in zip(seqs, made):
+    made = sequences(kind, "train", count)  # one at a time: 64 real sequences at full size are GBs
+    stale = f"{path}: its sequences are not the ones memory_data makes today; rebuild it (delete the file)"
+    for seq in seqs:
+        group, name, _, displays, _, _ = next(made, (None,) * 6)
+        if (group, name) != (seq["group"], seq["name"]):
+            raise SystemExit(stale)
         imgs = [prepare_image(d, bundle.S, bundle.mean, bundle.std)[0] for d in displays]
         emb = bundle.encode(imgs[0][None])[0]
         diff = float(np.abs(emb - seq["emb"][0].float().numpy()).max())
@@ -169,6 +171,8 @@ def attach_images(bundle_dir: Path, kind: str, out: Path = CACHE, count: int = 0
             raise SystemExit(f"{path}: {group}/{name} frame 0 encodes to embeddings {diff:.3g} away from the cached "
                              f"ones (> {EMBEDDING_TOL}); the sequence generator changed, rebuild the cache")
         seq["images"] = torch.from_numpy(np.stack(imgs)).half()
+    if next(made, None) is not None:
+        raise SystemExit(stale)
     tmp = path.with_suffix(".tmp")
     torch.save(seqs, tmp)
     tmp.replace(path)
