@@ -26,7 +26,7 @@ import torch
 
 from .export import OPSET, git_commit, save_graph, trace, write_manifest
 from .lite_track import OrtMemoryLoop, fill_bank, frame_slots, track_reference
-from .train_memory import MemoryConfig, build_memory, load_memory
+from .train_memory import PPG_CHECKPOINT, MemoryConfig, build_memory, load_memory
 
 GRAPHS = ("memory_attention", "memory_encoder")
 # The Rust engine's loop vs these fixtures (ONNX Runtime both; the inputs are given exactly).
@@ -215,7 +215,7 @@ def main(argv=None):
     ap.add_argument("--checkpoint", type=Path, help="a train_memory checkpoint")
     ap.add_argument("--random-weights", action="store_true", help="untrained modules (fast tests)")
     ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--ppg", type=Path, default=Path(__file__).resolve().parent.parent / "runs" / "lite-ppg3-detail.pt",
+    ap.add_argument("--ppg", type=Path, default=PPG_CHECKPOINT,
                     help="the bundle's train_lite checkpoint (PyTorch side of the fixtures)")
     ap.add_argument("--fixtures", type=int, default=0, help="frames of the parity clip (0: none)")
     ap.add_argument("--no-revisit", action="store_true",
