@@ -156,7 +156,7 @@ struct Inner {
     batch: usize,
     runtime: runtime::Runtime,
     /// Which objects of a support set the bundle's `[[shape]]` rules apply to.
-    shapes: shape::RegionMemo,
+    shapes: shape::FormMemo,
 }
 
 /// The engine facade; cheap to clone (shared state behind an `Arc`).
@@ -202,7 +202,7 @@ impl Engine {
                 workers: tokio::sync::Semaphore::new(cfg.workers.max(1)),
                 batch: cfg.batch.max(1),
                 runtime: rt,
-                shapes: shape::RegionMemo::default(),
+                shapes: shape::FormMemo::default(),
             }),
         })
     }
@@ -407,12 +407,12 @@ impl Engine {
         let permit = self.worker_slot().await?;
         let batch = self.inner.batch;
         let b2 = b.clone();
-        let one_region = self.region_objects(&b, set, &key);
+        let forms = self.object_forms(&b, set, &key);
         let (results, t) = tokio::task::spawn_blocking(move || {
             let mut t = StageTimings::default();
             let mut r = infer::segment_frames(&b2, &ctx, &views, &frames, batch, opts, &mut t)?;
             let t0 = Instant::now();
-            shape::apply_frames(&one_region, &mut r);
+            shape::apply_frames(&forms, &mut r);
             t.postprocess += t0.elapsed();
             Ok::<_, EngineError>((r, t))
         })
@@ -480,7 +480,7 @@ impl Engine {
         let permit = self.worker_slot().await?;
         let b2 = b.clone();
         let key = context_key(&b, set);
-        let one_region = self.region_objects(&b, set, &key);
+        let forms = self.object_forms(&b, set, &key);
         let (results, t, bank) = tokio::task::spawn_blocking(move || {
             let mut t = StageTimings::default();
             let start = bank.position();
@@ -490,8 +490,8 @@ impl Engine {
                 fr.index += start;
             }
             let t0 = Instant::now();
-            shape::apply_frames(&one_region, &mut r.frames);
-            shape::apply_frames(&one_region, &mut r.revised);
+            shape::apply_frames(&forms, &mut r.frames);
+            shape::apply_frames(&forms, &mut r.revised);
             t.postprocess += t0.elapsed();
             Ok::<_, EngineError>((r, t, bank))
         })
@@ -523,14 +523,19 @@ impl Engine {
         timings
     }
 
-    /// Which objects of `set` the bundle's `[[shape]]` rules apply to ([`shape`]), worked out
-    /// once per support context (empty when the bundle has no rules).
-    fn region_objects(&self, b: &Bundle, set: &SupportSet, key: &ContextKey) -> Arc<Vec<bool>> {
+    /// The form the bundle's `[[shape]]` rules give each object of `set` ([`shape`]), worked
+    /// out once per support context (empty when the bundle has no rules).
+    fn object_forms(
+        &self,
+        b: &Bundle,
+        set: &SupportSet,
+        key: &ContextKey,
+    ) -> Arc<Vec<Option<shape::Form>>> {
         if b.manifest.shape.is_empty() {
             return Arc::new(Vec::new());
         }
         self.inner.shapes.get(key, || {
-            shape::region_objects(&b.manifest.shape, set, b.manifest.input_size)
+            shape::object_forms(&b.manifest.shape, set, b.manifest.input_size)
         })
     }
 

@@ -1,17 +1,24 @@
 //! Shape rules: a bundle's `[[shape]]` tables name objects that are one connected region (the
-//! optic disc, a fetal head). For such an object the prediction keeps its largest region, so
-//! the overlay a radiologist opens has no stray islands.
+//! optic disc, a fetal head), and with `form = "convex"` objects that are one convex region.
+//! For such an object the prediction keeps its largest region, so the overlay a radiologist
+//! opens has no stray islands; a convex object's region is then filled to its convex hull (a
+//! fetal skull whose far side the model missed, an optic disc notched where vessels cross it).
 //!
 //! A rule applies to an object of a support set only when its label is listed and every
 //! non-empty support mask of that object is itself one region on the model grid: the support
 //! set, not the label alone, decides, so a set whose masks show two lesions is left as
-//! predicted. Regions are 8-connected. Holes are left as they are: filling them flipped
-//! hundreds of pixels when a ring-like prediction closed or opened by one pixel (float vs
-//! int8 graphs) and gained at most 0.2 Dice on the validation cases. The Python reference
-//! (`scripts/model/proxyseg_model/shape.py`) follows the same steps, ties included.
+//! predicted. A convex rule also needs every such mask to fill at least [`MIN_SOLIDITY`] of its
+//! own hull; a listed object that fails only that keeps the region form. Regions are
+//! 8-connected. Holes of a region-form object are left as they are: filling them flipped
+//! hundreds of pixels when a ring-like prediction closed or opened by one pixel (float vs int8
+//! graphs) and gained at most 0.2 Dice on the validation cases. The hull is integer arithmetic
+//! throughout, and the Python reference (`scripts/model/proxyseg_model/shape.py`) follows the
+//! same steps, ties included.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
 
 use super::infer::FrameResult;
 use super::preprocess::prepare_mask;
@@ -19,10 +26,27 @@ use super::support::{Mask, SupportSet};
 use super::support_cache::ContextKey;
 use super::views::{check_labels, same_label};
 
+/// A convex rule applies when every non-empty support mask of the object fills at least this
+/// share of its convex hull on the model grid (the shipped sets' masks: 0.979 to 0.996).
+pub const MIN_SOLIDITY: f64 = 0.95;
+
+/// What a `[[shape]]` table says of its objects (`form`, default `region`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Form {
+    /// One connected region: the prediction keeps its largest region.
+    #[default]
+    Region,
+    /// One convex region: the largest region, filled to its convex hull.
+    Convex,
+}
+
 /// One `[[shape]]` table of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShapeRule {
-    /// Object labels that are one connected region (matched case-insensitively).
+    /// What the listed objects are.
+    pub form: Form,
+    /// Object labels the rule names (matched case-insensitively).
     pub objects: Vec<String>,
     /// Free text.
     pub note: String,
@@ -159,62 +183,170 @@ pub fn keep_largest_region(mask: &mut Mask) {
     }
 }
 
-/// Per object of `set`: whether a rule applies (its label is listed, and every non-empty
-/// support mask of it is one region on the `size x size` model grid, at least one non-empty).
-pub fn region_objects(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<bool> {
+/// A pixel centre as (column, row).
+type Point = (i64, i64);
+
+/// The first and last pixel of every row that has any, sorted by column then row.
+fn row_extremes(mask: &Mask) -> Vec<Point> {
+    let mut pts = Vec::new();
+    for (r, line) in mask.data.chunks_exact(mask.cols.max(1)).enumerate() {
+        let (Some(a), Some(b)) = (
+            line.iter().position(|&v| v != 0),
+            line.iter().rposition(|&v| v != 0),
+        ) else {
+            continue;
+        };
+        pts.push((a as i64, r as i64));
+        if b != a {
+            pts.push((b as i64, r as i64));
+        }
+    }
+    pts.sort_unstable();
+    pts
+}
+
+/// Vertices of the convex hull of the mask's pixel centres (Andrew's monotone chain, no
+/// collinear points); empty for an empty mask.
+fn convex_hull(mask: &Mask) -> Vec<Point> {
+    let pts = row_extremes(mask);
+    if pts.len() < 3 {
+        return pts;
+    }
+    let cross =
+        |o: Point, a: Point, b: Point| (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0);
+    let chain = |it: &mut dyn Iterator<Item = Point>| {
+        let mut half: Vec<Point> = Vec::new();
+        for p in it {
+            while half.len() >= 2 && cross(half[half.len() - 2], half[half.len() - 1], p) <= 0 {
+                half.pop();
+            }
+            half.push(p);
+        }
+        half.pop();
+        half
+    };
+    let mut hull = chain(&mut pts.iter().copied());
+    hull.extend(chain(&mut pts.iter().rev().copied()));
+    hull
+}
+
+/// Adds every pixel whose centre lies inside or on the convex hull of the mask's pixels. Per
+/// row, the hull's edges give the span from the ceiling of the smallest to the floor of the
+/// largest crossing column, in integers.
+pub fn fill_convex(mask: &mut Mask) {
+    let hull = convex_hull(mask);
+    if hull.is_empty() {
+        return;
+    }
+    let mut span: Vec<Option<(i64, i64)>> = vec![None; mask.rows];
+    let mut widen = |r: i64, a: i64, b: i64| {
+        let s = &mut span[r as usize];
+        *s = Some(s.map_or((a, b), |(lo, hi)| (lo.min(a), hi.max(b))));
+    };
+    for (i, &p) in hull.iter().enumerate() {
+        let q = hull[(i + 1) % hull.len()];
+        if p.1 == q.1 {
+            widen(p.1, p.0.min(q.0), p.0.max(q.0));
+            continue;
+        }
+        let ((ax, ay), (bx, by)) = if p.1 < q.1 { (p, q) } else { (q, p) };
+        let d = by - ay;
+        for r in ay..=by {
+            // the edge crosses row r at x = n / d
+            let n = ax * d + (r - ay) * (bx - ax);
+            widen(r, -(-n).div_euclid(d), n.div_euclid(d));
+        }
+    }
+    let cols = mask.cols;
+    for (r, s) in span.into_iter().enumerate() {
+        if let Some((lo, hi)) = s.filter(|&(lo, hi)| lo <= hi) {
+            mask.data[r * cols + lo as usize..=r * cols + hi as usize].fill(1);
+        }
+    }
+}
+
+/// Pixels of the mask over pixels of its [`fill_convex`] (0 when empty).
+fn solidity(mask: &Mask) -> f64 {
+    let n = mask.data.iter().filter(|&&v| v != 0).count();
+    if n == 0 {
+        return 0.0;
+    }
+    let mut filled = mask.clone();
+    fill_convex(&mut filled);
+    n as f64 / filled.data.iter().filter(|&&v| v != 0).count() as f64
+}
+
+/// Per object of `set`: the form a rule gives it, or `None`. A rule applies when the label is
+/// listed and every non-empty support mask of the object is one region on the
+/// `size x size` model grid (at least one non-empty); a convex rule also needs each of them to
+/// reach [`MIN_SOLIDITY`], or the object gets [`Form::Region`].
+pub fn object_forms(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<Option<Form>> {
     set.objects
         .iter()
         .enumerate()
         .map(|(j, o)| {
-            if !rules
+            let listed: Vec<Form> = rules
                 .iter()
-                .any(|r| r.objects.iter().any(|l| same_label(l, &o.label)))
-            {
-                return false;
+                .filter(|r| r.objects.iter().any(|l| same_label(l, &o.label)))
+                .map(|r| r.form)
+                .collect();
+            if listed.is_empty() {
+                return None;
             }
-            let mut seen = false;
+            let mut grids = Vec::new();
             for p in &set.pairs {
-                let Some(m) = p.masks.get(j) else {
-                    return false;
-                };
-                let grid: Vec<u8> = prepare_mask(&m.data, m.rows, m.cols, size)
+                let m = p.masks.get(j)?;
+                let data: Vec<u8> = prepare_mask(&m.data, m.rows, m.cols, size)
                     .iter()
                     .map(|&v| u8::from(v > 0.5))
                     .collect();
-                if grid.iter().all(|&v| v == 0) {
-                    continue;
+                if data.iter().any(|&v| v != 0) {
+                    grids.push(Mask {
+                        rows: size,
+                        cols: size,
+                        data,
+                    });
                 }
-                if !is_one_region(&grid, size, size) {
-                    return false;
-                }
-                seen = true;
             }
-            seen
+            if grids.is_empty() || !grids.iter().all(|g| is_one_region(&g.data, size, size)) {
+                return None;
+            }
+            let convex =
+                listed.contains(&Form::Convex) && grids.iter().all(|g| solidity(g) >= MIN_SOLIDITY);
+            Some(if convex { Form::Convex } else { Form::Region })
         })
         .collect()
 }
 
-/// Applies [`keep_largest_region`] to the masks of the objects marked in `one_region` (mask order).
-pub fn apply(one_region: &[bool], masks: &mut [Mask]) {
-    for (m, _) in masks.iter_mut().zip(one_region).filter(|(_, &s)| s) {
+/// Applies each object's form to its mask (mask order): [`keep_largest_region`], then
+/// [`fill_convex`] for [`Form::Convex`].
+pub fn apply(forms: &[Option<Form>], masks: &mut [Mask]) {
+    for (m, form) in masks.iter_mut().zip(forms) {
+        let Some(form) = form else { continue };
         keep_largest_region(m);
+        if *form == Form::Convex {
+            fill_convex(m);
+        }
     }
 }
 
-/// [`region_objects`] per support context (set version and bundle), so a set's masks are
-/// looked at once, not per image. Holds at most [`RegionMemo::CAPACITY`] entries (then starts
-/// again).
+/// [`object_forms`] per support context (set version and bundle), so a set's masks are looked
+/// at once, not per image. Holds at most [`FormMemo::CAPACITY`] entries (then starts again).
 #[derive(Debug, Default)]
-pub struct RegionMemo {
-    map: Mutex<HashMap<ContextKey, Arc<Vec<bool>>>>,
+pub struct FormMemo {
+    map: Mutex<HashMap<ContextKey, Arc<Vec<Option<Form>>>>>,
 }
 
-impl RegionMemo {
+impl FormMemo {
     /// Entries kept before the memo is cleared.
     pub const CAPACITY: usize = 1024;
 
-    /// The flags of `key`, computed by `f` when not yet known.
-    pub fn get(&self, key: &ContextKey, f: impl FnOnce() -> Vec<bool>) -> Arc<Vec<bool>> {
+    /// The forms of `key`, computed by `f` when not yet known.
+    pub fn get(
+        &self,
+        key: &ContextKey,
+        f: impl FnOnce() -> Vec<Option<Form>>,
+    ) -> Arc<Vec<Option<Form>>> {
         if let Some(v) = self.lock().get(key) {
             return v.clone();
         }
@@ -227,17 +359,17 @@ impl RegionMemo {
         v
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ContextKey, Arc<Vec<bool>>>> {
-        // the map holds plain flags: a panic elsewhere cannot leave it half written
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ContextKey, Arc<Vec<Option<Form>>>>> {
+        // the map holds plain values: a panic elsewhere cannot leave it half written
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// The shape rules on every frame of a segmentation (`one_region` per object, mask order).
-pub fn apply_frames(one_region: &[bool], frames: &mut [FrameResult]) {
-    if one_region.iter().any(|&s| s) {
+/// The shape rules on every frame of a segmentation (`forms` per object, mask order).
+pub fn apply_frames(forms: &[Option<Form>], frames: &mut [FrameResult]) {
+    if forms.iter().any(Option::is_some) {
         for f in frames {
-            apply(one_region, &mut f.masks);
+            apply(forms, &mut f.masks);
         }
     }
 }

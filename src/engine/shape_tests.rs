@@ -108,6 +108,7 @@ fn boxes(size: usize, bs: &[(usize, usize, usize, usize)]) -> Mask {
 #[test]
 fn a_rule_applies_only_to_listed_objects_whose_support_masks_are_one_region() {
     let rules = [ShapeRule {
+        form: Form::Region,
         objects: vec!["Optic Disc".into(), "lesion".into(), "cup".into()],
         note: String::new(),
     }];
@@ -124,13 +125,14 @@ fn a_rule_applies_only_to_listed_objects_whose_support_masks_are_one_region() {
     );
     // disc: listed (case-insensitive), one region where present; lesion: one pair shows two;
     // vessels: not listed; cup: listed but never present
-    assert_eq!(region_objects(&rules, &s, 32), [true, false, false, false]);
-    assert_eq!(region_objects(&[], &s, 32), [false; 4]);
+    let region = Some(Form::Region);
+    assert_eq!(object_forms(&rules, &s, 32), [region, None, None, None]);
+    assert_eq!(object_forms(&[], &s, 32), [None; 4]);
     let mut masks = vec![
         boxes(8, &[(0, 0, 3, 3), (6, 6, 7, 7)]),
         boxes(8, &[(0, 0, 3, 3), (6, 6, 7, 7)]),
     ];
-    apply(&[true, false], &mut masks);
+    apply(&[region, None], &mut masks);
     assert_eq!(masks[0], boxes(8, &[(0, 0, 3, 3)]));
     assert_eq!(masks[1], boxes(8, &[(0, 0, 3, 3), (6, 6, 7, 7)]));
 }
@@ -138,12 +140,14 @@ fn a_rule_applies_only_to_listed_objects_whose_support_masks_are_one_region() {
 #[test]
 fn rules_are_checked() {
     let ok = ShapeRule {
+        form: Form::Convex,
         objects: vec!["fetal head".into()],
         note: String::new(),
     };
     assert!(ok.check().is_ok());
     for objects in [vec![], vec![" ".to_string()]] {
         let r = ShapeRule {
+            form: Form::Region,
             objects,
             note: String::new(),
         };
@@ -191,25 +195,41 @@ fn brute_keep_largest(m: &Mask) -> Mask {
     out
 }
 
-#[test]
-fn keep_largest_region_agrees_with_flood_fill_on_random_masks() {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
+/// `count` random masks of 1 to `max_side` rows and columns (xorshift from `seed`); the share of
+/// set pixels cycles through `densities` (percent).
+fn random_masks(seed: u64, count: usize, max_side: u64, densities: [u64; 4]) -> Vec<Mask> {
+    let mut state = seed;
     let mut next = || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
     };
-    for round in 0..300 {
-        let (rows, cols) = (1 + (next() % 40) as usize, 1 + (next() % 40) as usize);
-        let density = [20, 40, 55, 70][round % 4];
-        let m = Mask {
-            rows,
-            cols,
-            data: (0..rows * cols)
-                .map(|_| u8::from(next() % 100 < density))
-                .collect(),
-        };
+    (0..count)
+        .map(|round| {
+            let (rows, cols) = (
+                1 + (next() % max_side) as usize,
+                1 + (next() % max_side) as usize,
+            );
+            let density = densities[round % 4];
+            Mask {
+                rows,
+                cols,
+                data: (0..rows * cols)
+                    .map(|_| u8::from(next() % 100 < density))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn keep_largest_region_agrees_with_flood_fill_on_random_masks() {
+    for (round, m) in random_masks(0x2545_f491_4f6c_dd1d, 300, 40, [20, 40, 55, 70])
+        .into_iter()
+        .enumerate()
+    {
+        let (rows, cols) = (m.rows, m.cols);
         let mut got = m.clone();
         keep_largest_region(&mut got);
         assert_eq!(got, brute_keep_largest(&m), "round {round}: {:?}", text(&m));
@@ -217,4 +237,134 @@ fn keep_largest_region_agrees_with_flood_fill_on_random_masks() {
             assert!(is_one_region(&got.data, rows, cols), "round {round}");
         }
     }
+}
+
+#[test]
+fn fill_convex_fills_the_hull_of_the_pixel_centres() {
+    // a C opening to the right: the hull closes it, and nothing outside the hull is added
+    let mut c = mask(&[
+        ".......", ".#####.", ".#.....", ".#.....", ".#.....", ".#####.", ".......",
+    ]);
+    fill_convex(&mut c);
+    assert_eq!(
+        text(&c),
+        [".......", ".#####.", ".#####.", ".#####.", ".#####.", ".#####.", "......."]
+    );
+    // a diagonal edge: a pixel is added only when its centre is on or inside the hull
+    let mut tri = mask(&["#....", ".....", ".....", "#...#"]);
+    fill_convex(&mut tri);
+    assert_eq!(text(&tri), ["#....", "##...", "###..", "#####"]);
+    // a line, a point and nothing stay as they are
+    for rows in [
+        &["....", ".##.", "...."][..],
+        &["...", ".#.", "..."],
+        &["..", ".."],
+    ] {
+        let mut m = mask(rows);
+        fill_convex(&mut m);
+        assert_eq!(text(&m), rows);
+    }
+}
+
+/// True when `p` lies in a triangle (or on a segment) of points of `pts`: inside their convex
+/// hull, by Caratheodory, with no hull computed.
+fn brute_in_hull(pts: &[(i64, i64)], p: (i64, i64)) -> bool {
+    let cross = |o: (i64, i64), a: (i64, i64), b: (i64, i64)| {
+        (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0)
+    };
+    let on_segment = |a: (i64, i64), b: (i64, i64)| {
+        cross(a, b, p) == 0
+            && p.0 >= a.0.min(b.0)
+            && p.0 <= a.0.max(b.0)
+            && p.1 >= a.1.min(b.1)
+            && p.1 <= a.1.max(b.1)
+    };
+    for (i, &a) in pts.iter().enumerate() {
+        for (j, &b) in pts.iter().enumerate().skip(i) {
+            if on_segment(a, b) {
+                return true;
+            }
+            for &c in &pts[j + 1..] {
+                let (d1, d2, d3) = (cross(a, b, p), cross(b, c, p), cross(c, a, p));
+                let neg = d1 < 0 || d2 < 0 || d3 < 0;
+                let pos = d1 > 0 || d2 > 0 || d3 > 0;
+                if !(neg && pos) && cross(a, b, c) != 0 {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn fill_convex_agrees_with_triangles_of_the_pixels_on_random_masks() {
+    for (round, m) in random_masks(0x9e37_79b9_7f4a_7c15, 200, 9, [5, 10, 25, 45])
+        .into_iter()
+        .enumerate()
+    {
+        let (rows, cols) = (m.rows, m.cols);
+        let pts: Vec<(i64, i64)> = (0..rows * cols)
+            .filter(|&i| m.data[i] != 0)
+            .map(|i| ((i % cols) as i64, (i / cols) as i64))
+            .collect();
+        let mut got = m.clone();
+        fill_convex(&mut got);
+        for i in 0..rows * cols {
+            let p = ((i % cols) as i64, (i / cols) as i64);
+            assert_eq!(
+                got.data[i] != 0,
+                brute_in_hull(&pts, p),
+                "round {round}, pixel {p:?}: {:?}",
+                text(&m)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_convex_rule_needs_convex_support_masks() {
+    let rules = [
+        ShapeRule {
+            form: Form::Region,
+            objects: vec!["fetal head".into(), "cup".into()],
+            note: String::new(),
+        },
+        ShapeRule {
+            form: Form::Convex,
+            objects: vec!["Fetal Head".into(), "disc".into()],
+            note: String::new(),
+        },
+    ];
+    let blob = boxes(64, &[(10, 10, 40, 40)]);
+    // an L: one region that fills about half of its hull
+    let ell = boxes(64, &[(10, 10, 50, 20), (40, 10, 50, 50)]);
+    let s = set(
+        &["fetal head", "disc", "cup"],
+        vec![
+            vec![blob.clone(), blob.clone(), blob.clone()],
+            vec![blob.clone(), ell, blob.clone()],
+        ],
+    );
+    // head: convex; disc: listed convex only, but one support mask is an L, so the region form;
+    // cup: region only
+    assert_eq!(
+        object_forms(&rules, &s, 32),
+        [Some(Form::Convex), Some(Form::Region), Some(Form::Region)]
+    );
+    let c = mask(&[
+        ".......", ".#####.", ".#.....", ".#....#", ".#.....", ".#####.", ".......",
+    ]);
+    let mut masks = vec![c.clone(), c.clone(), c];
+    apply(&[Some(Form::Convex), Some(Form::Region), None], &mut masks);
+    // the convex object drops its stray pixel first, then is filled
+    let closed = [
+        ".......", ".#####.", ".#####.", ".#####.", ".#####.", ".#####.", ".......",
+    ];
+    assert_eq!(text(&masks[0]), closed);
+    let open = [
+        ".......", ".#####.", ".#.....", ".#.....", ".#.....", ".#####.", ".......",
+    ];
+    assert_eq!(text(&masks[1]), open);
+    assert_eq!(masks[2].area(), 14, "no rule: as predicted");
 }

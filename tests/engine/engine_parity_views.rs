@@ -17,7 +17,7 @@
 use crate::harness::engine::*;
 use proxyseg::dicom::pixels::frames_from_file;
 use proxyseg::engine::offline::load_support_set;
-use proxyseg::engine::shape::{is_one_region, region_objects};
+use proxyseg::engine::shape::{fill_convex, is_one_region, object_forms, Form};
 use proxyseg::engine::{Engine, SegmentOptions};
 
 #[test]
@@ -53,7 +53,7 @@ fn views_match_the_python_reference() {
     let cases = doc["cases"].as_array().expect("cases");
     assert!(!cases.is_empty(), "fixtures list no case");
     let mut p = Parity::default();
-    let (mut views_ran, mut shaped) = (0, 0);
+    let (mut views_ran, mut shaped, mut convex) = (0, 0, 0);
     for case in cases {
         let cname = case["name"].as_str().unwrap();
         let (mut set, _) =
@@ -131,15 +131,23 @@ fn views_match_the_python_reference() {
             .flat_map(|m| m.data.iter().copied())
             .collect();
         p.masks(&tag, &got, load_u8(&bundle, &tensors["masks"]), agree_min);
-        // the manifest's [[shape]] rule: a listed object whose support masks are one region
-        // comes back as one region, while its raw logits > 0 had more (the rule did something)
-        let listed = region_objects(&b.manifest.shape, &set, b.manifest.input_size);
-        for (o, m) in fr.masks.iter().enumerate().filter(|(o, _)| listed[*o]) {
+        // the manifest's [[shape]] rules: a listed object whose support masks are one region
+        // comes back as one region (and convex when its form is), while its raw logits > 0 had
+        // more regions (the rule did something)
+        let forms = object_forms(&b.manifest.shape, &set, b.manifest.input_size);
+        for (o, m) in fr.masks.iter().enumerate() {
+            let Some(form) = forms[o] else { continue };
             assert!(
                 is_one_region(&m.data, m.rows, m.cols),
                 "{tag}: {} is listed in [[shape]] but came back in pieces",
                 labels[o]
             );
+            if form == Form::Convex {
+                let mut filled = m.clone();
+                fill_convex(&mut filled);
+                assert!(filled == *m, "{tag}: {} should be convex", labels[o]);
+                convex += 1;
+            }
             let plane = &t.final_logits.data[o * m.rows * m.cols..(o + 1) * m.rows * m.cols];
             let raw: Vec<u8> = plane.iter().map(|&v| u8::from(v > 0.0)).collect();
             shaped += usize::from(!is_one_region(&raw, m.rows, m.cols));
@@ -148,6 +156,10 @@ fn views_match_the_python_reference() {
     assert!(
         shaped > 0,
         "no listed object had stray regions: the fixtures do not exercise the [[shape]] rule"
+    );
+    assert!(
+        convex > 0,
+        "no object had the convex form: the fixtures do not exercise it"
     );
     assert!(
         views_ran > 0,

@@ -44,23 +44,24 @@ SECTION = "## Memory mode vs frame by frame"
 COMMAND = "python -m proxyseg_model.evaluate_memory --bundle ../../models/litemedsam-ppg --write"
 
 
-def run_sequence(loop: OrtMemoryLoop, seq: dict, memory: bool, one_region=()) -> np.ndarray:
-    """Native-resolution masks F x K x H x W of one cached sequence, with the [[shape]] rule
-    applied to the objects marked in `one_region` (as the engine does in both modes)."""
+def run_sequence(loop: OrtMemoryLoop, seq: dict, memory: bool, forms=()) -> np.ndarray:
+    """Native-resolution masks F x K x H x W of one cached sequence, with the [[shape]] rules
+    applied in each object's form (`forms`, shape.object_forms), as the engine does in both
+    modes."""
     logits = loop.run(seq["emb"].shape[0],
                       lambda t: (seq["emb"][t:t + 1].float().numpy(), seq["prompts"][t].numpy(),
                                  seq["images"][t:t + 1].float().numpy()), memory)
     masks = [postprocess(x, seq["resized_hw"], seq["orig_hw"], 256)[0] for x in logits]
-    return np.stack([shape.apply(one_region, m) if any(one_region) else m for m in masks])
+    return np.stack([shape.apply(forms, m) if any(forms) else m for m in masks])
 
 
-def region_objects(rules: list[dict], seq: dict) -> list[bool]:
-    """Which objects of a held-out sequence the bundle's [[shape]] rules cover: its support set
+def object_forms(rules: list[dict], seq: dict) -> list[str | None]:
+    """The form the bundle's [[shape]] rules give each object of a held-out sequence: its support set
     is memory_data's for the group (the first training-pool cases, or the phantom frames)."""
     if not rules:
-        return [False] * len(seq["labels"])
+        return [None] * len(seq["labels"])
     _, masks = memory_data.SupportContexts.pairs((seq["group"], None))
-    return shape.region_objects(rules, seq["labels"], masks, 256)
+    return shape.object_forms(rules, seq["labels"], masks, 256)
 
 
 def score(seqs: list, loop: OrtMemoryLoop, rules: list[dict] = ()) -> dict:
@@ -69,7 +70,7 @@ def score(seqs: list, loop: OrtMemoryLoop, rules: list[dict] = ()) -> dict:
     for seq in seqs:
         truth = seq["truth"].numpy()
         if seq["group"] not in covered:
-            covered[seq["group"]] = region_objects(list(rules), seq)
+            covered[seq["group"]] = object_forms(list(rules), seq)
         for mode in ("frame", "memory"):
             pred = run_sequence(loop, seq, mode == "memory", covered[seq["group"]])
             for k, label in enumerate(seq["labels"]):

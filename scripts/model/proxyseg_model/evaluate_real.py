@@ -81,9 +81,9 @@ def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=Non
         ctxs = bundle.view_contexts([d for d, _ in sup], [m for _, m in sup], labels)
     else:
         ctxs = {"": bundle.support_context(*bundle.prepare_pairs([d for d, _ in sup], [m for _, m in sup])),
-                "one_region": shape.region_objects(bundle.shape_rules, labels, [m for _, m in sup], bundle.S)}
+                "forms": shape.object_forms(bundle.shape_rules, labels, [m for _, m in sup], bundle.S)}
     if not shapes:
-        ctxs["one_region"] = [False] * len(labels)
+        ctxs["forms"] = [None] * len(labels)
     scores = np.zeros((len(targets.items), len(labels)))
     for i, it in enumerate(targets.items):
         if views:
@@ -94,7 +94,7 @@ def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=Non
                 "support_values": ctxs[""]["support_values"]})[0]
             logits, _ = bundle.decode(it["emb"], tokens, it["image"])
             m, _ = postprocess(logits, it["hw"], it["masks"].shape[1:], bundle.S)
-            m = shape.apply(ctxs["one_region"], m)
+            m = shape.apply(ctxs["forms"], m)
         for o in range(len(labels)):
             scores[i, o] = dice(m[o], it["masks"][o])
     return scores
@@ -319,7 +319,7 @@ def main(argv=None):
 
 def write_report(bundle: Path, res: dict):
     """evaluation.md + the manifest's [evaluation] (Dice in %); `res` as saved by --json."""
-    cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_shape", "no_detail", "copy", "box", "persam", "short",
+    cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_shape", "no_convex", "no_detail", "copy", "box", "persam", "short",
                         "no_selective_map", "no_ccm", "stability_mean", "stability_std")
             if any(c in r for r in res["sets"].values())]
     rows, per_obj = [], []
@@ -343,7 +343,9 @@ def write_report(bundle: Path, res: dict):
              "Runtime, float graphs); ppg_int8 = the same with the manifest's CPU int8 graphs, which the "
              "engine runs on the CPU provider by default (`[engine] int8`; scripts/model/derive_int8.py); "
              "ppg_first = first pass only; no_shape = ppg without the manifest's [[shape]] rules (shape.py: "
-             "the largest region of a listed object whose support masks are one region); "
+             "the largest region of a listed object whose support masks are one region, filled to its convex "
+             "hull for the objects of a convex rule); no_convex = ppg with the region rule only (the release "
+             "before the convex rule: its ppg column); "
              "ppg_roi / ppg_tiles = with a view the training knows but "
              "the manifest does not ship (measured, then left out); no_detail = ppg without the detail branch "
              "(detail.py; the same PPG and LoRA, so the release before it: its ppg column, without [[shape]]); copy = support masks' "

@@ -105,9 +105,9 @@ class OrtBundle:
     def view_contexts(self, displays, masks, labels):
         """Support contexts for the first pass and every resolution view (views.py), computed
         once per support set: dict view-key -> context (None when no pair gives that view), and
-        under "one_region" the objects the manifest's [[shape]] rules apply to (shape.py)."""
+        under "forms" the form the manifest's [[shape]] rules give each object (shape.py)."""
         out = {"": self.support_context(*self.prepare_pairs(displays, masks)),
-               "one_region": shape.region_objects(self.shape_rules, labels, masks, self.S)}
+               "forms": shape.object_forms(self.shape_rules, labels, masks, self.S)}
         for r, rule in enumerate(self.rules):
             objs = views.object_indices(rule, labels)
             if not objs:
@@ -131,7 +131,7 @@ class OrtBundle:
 
     def segment_views(self, display: np.ndarray, ctxs: dict, labels: list[str], emb: np.ndarray | None = None):
         """One frame with the resolution views -> (masks K x H x W uint8, logits K x H x W, first pass);
-        the masks are the logits > 0 with the [[shape]] rules applied (ctxs["one_region"]).
+        the masks are the logits > 0 with the [[shape]] rules applied (ctxs["forms"]).
         `emb`: the frame's first-pass embeddings, when already computed."""
         masks, first = self.segment_display(display, ctxs[""], emb)
         logits = first["logits"].copy()
@@ -163,8 +163,8 @@ class OrtBundle:
                     cnt[y0:y0 + h, x0:x0 + w] += 1
                 logits[objs] = acc / cnt
         masks = (logits > 0).astype(np.uint8)
-        if any(ctxs.get("one_region", ())):
-            masks = shape.apply(ctxs["one_region"], masks)
+        if any(ctxs.get("forms", ())):
+            masks = shape.apply(ctxs["forms"], masks)
         return masks, logits, first
 
 

@@ -43,10 +43,10 @@ def test_a_rule_applies_only_to_listed_objects_whose_support_masks_are_one_regio
     masks = [np.stack([blob, blob, blob, empty]), np.stack([blob, two, blob, empty]),
              np.stack([empty, blob, blob, empty])]
     labels = ["optic disc", "lesion", "vessels", "cup"]
-    assert shape.region_objects(rules, labels, masks, 32) == [True, False, False, False]
-    assert shape.region_objects([], labels, masks, 32) == [False] * 4
+    assert shape.object_forms(rules, labels, masks, 32) == ["region", None, None, None]
+    assert shape.object_forms([], labels, masks, 32) == [None] * 4
     m = np.stack([boxes(8, [(0, 0, 3, 3), (6, 6, 7, 7)])] * 2)
-    out = shape.apply([True, False], m)
+    out = shape.apply(["region", None], m)
     assert (out[0] == boxes(8, [(0, 0, 3, 3)])).all() and (out[1] == m[1]).all()
 
 
@@ -60,8 +60,61 @@ def test_random_masks_keep_one_of_their_largest_regions():
         assert not rest.any() or shape.keep_largest_region(rest).sum() <= out.sum()
 
 
+C = [".......", ".#####.", ".#.....", ".#....#", ".#.....", ".#####.", "......."]
+CLOSED = [".......", ".#####.", ".#####.", ".#####.", ".#####.", ".#####.", "......."]
+
+
+def test_fill_convex_fills_the_hull_of_the_pixel_centres():
+    # the Rust unit test's cases (src/engine/shape_tests.rs), same expected pixels
+    assert text(shape.fill_convex(shape.keep_largest_region(mask(C)))) == CLOSED
+    assert text(shape.fill_convex(mask(["#....", ".....", ".....", "#...#"]))) == ["#....", "##...", "###..", "#####"]
+    for rows in (["....", ".##.", "...."], ["...", ".#.", "..."], ["..", ".."]):
+        assert text(shape.fill_convex(mask(rows))) == rows
+
+
+def brute_in_hull(pts, p):
+    """p in a triangle (or on a segment) of points of pts: inside their hull, no hull computed."""
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+    for i, a in enumerate(pts):
+        for j in range(i, len(pts)):
+            b = pts[j]
+            if cross(a, b, p) == 0 and min(a[0], b[0]) <= p[0] <= max(a[0], b[0]) \
+                    and min(a[1], b[1]) <= p[1] <= max(a[1], b[1]):
+                return True
+            for c in pts[j + 1:]:
+                d = (cross(a, b, p), cross(b, c, p), cross(c, a, p))
+                if cross(a, b, c) != 0 and not (min(d) < 0 < max(d)):
+                    return True
+    return False
+
+
+def test_fill_convex_agrees_with_triangles_of_the_pixels_on_random_masks():
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        m = (rng.random((rng.integers(1, 8), rng.integers(1, 8))) < rng.choice([0.05, 0.15, 0.3])).astype(np.uint8)
+        pts = [(int(c), int(r)) for r, c in zip(*np.nonzero(m))]
+        got = shape.fill_convex(m)
+        for r in range(m.shape[0]):
+            for c in range(m.shape[1]):
+                assert bool(got[r, c]) == brute_in_hull(pts, (c, r)), (text(m), r, c)
+
+
+def test_a_convex_rule_needs_convex_support_masks():
+    rules = [{"objects": ["fetal head", "cup"]}, {"form": "convex", "objects": ["Fetal Head", "disc"]}]
+    blob = boxes(64, [(10, 10, 40, 40)])
+    ell = boxes(64, [(10, 10, 50, 20)]) | boxes(64, [(40, 10, 50, 50)])  # one region, half its hull
+    masks = [np.stack([blob, blob, blob]), np.stack([blob, ell, blob])]
+    assert shape.object_forms(rules, ["fetal head", "disc", "cup"], masks, 32) == ["convex", "region", "region"]
+    out = shape.apply(["convex", "region", None], np.stack([mask(C)] * 3))
+    assert text(out[0]) == CLOSED
+    assert text(out[1]) == [r[:6] + "." for r in C]
+    assert out[2].sum() == 14
+
+
 def test_the_shipped_bundle_lists_its_one_region_objects():
     lite = Path(__file__).resolve().parents[3] / "models" / "litemedsam-ppg"
     rules = tomllib.loads((lite / "manifest.toml").read_text())["shape"]
     assert rules == shape.SHIPPED
-    assert "vessels" not in rules[0]["objects"]
+    assert all("vessels" not in r["objects"] for r in rules)
+    assert [r.get("form", "region") for r in rules] == ["region", "convex"]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{BundleError, GraphKind, CONTRACT_SAM2, CONTRACT_VERSION};
 use crate::engine::memory::MemorySpec;
-use crate::engine::shape::ShapeRule;
+use crate::engine::shape::{Form, ShapeRule};
 use crate::engine::views::{ResolutionRule, Strategy};
 
 /// Either a TOML string or integer, kept as text (manifest `version`).
@@ -70,6 +70,7 @@ fn shape_rules(raw: Vec<RawShape>) -> Result<Vec<ShapeRule>, String> {
         .enumerate()
         .map(|(i, r)| {
             let rule = ShapeRule {
+                form: r.form,
                 objects: r.objects,
                 note: r.note,
             };
@@ -84,6 +85,8 @@ fn shape_rules(raw: Vec<RawShape>) -> Result<Vec<ShapeRule>, String> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawShape {
+    #[serde(default)]
+    form: Form,
     objects: Vec<String>,
     #[serde(default)]
     note: String,

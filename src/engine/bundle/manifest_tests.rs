@@ -101,6 +101,13 @@ fn shape_rules_parse_and_bad_ones_say_why() {
     .unwrap();
     assert_eq!(m.shape[0].objects, ["optic disc", "Fetal Head"]);
     assert_eq!(m.shape[0].note, "");
+    assert_eq!(m.shape[0].form, Form::Region, "the default form");
+    let m = Manifest::parse(
+        &with("form = \"convex\"\nobjects = [\"optic disc\"]"),
+        Path::new("m.toml"),
+    )
+    .unwrap();
+    assert_eq!(m.shape[0].form, Form::Convex);
     for (table, needle) in [
         ("objects = []", "[[shape]] rule 1: objects must list"),
         (
@@ -113,6 +120,11 @@ fill_holes = true"#,
             "unknown field `fill_holes`",
         ),
         ("", "missing field `objects`"),
+        (
+            r#"form = "ellipse"
+objects = ["disc"]"#,
+            "unknown variant `ellipse`, expected `region` or `convex`",
+        ),
     ] {
         assert_refused(&with(table), needle);
     }
