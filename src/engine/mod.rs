@@ -155,7 +155,7 @@ struct Inner {
     workers: tokio::sync::Semaphore,
     batch: usize,
     runtime: runtime::Runtime,
-    /// Which objects of a support set the bundle's `[[shape]]` rules apply to.
+    /// The form the bundle's `[[shape]]` rules give each object of a support set, per context.
     shapes: shape::FormMemo,
 }
 
