@@ -267,13 +267,13 @@ pub fn fill_convex(mask: &mut Mask) {
 
 /// Pixels of the mask over pixels of its [`fill_convex`] (0 when empty).
 fn solidity(mask: &Mask) -> f64 {
-    let n = mask.data.iter().filter(|&&v| v != 0).count();
+    let n = mask.area();
     if n == 0 {
         return 0.0;
     }
     let mut filled = mask.clone();
     fill_convex(&mut filled);
-    n as f64 / filled.data.iter().filter(|&&v| v != 0).count() as f64
+    n as f64 / filled.area() as f64
 }
 
 /// Per object of `set`: the form a rule gives it, or `None`. A rule applies when the label is
