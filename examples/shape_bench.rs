@@ -1,15 +1,19 @@
-//! Times the engine's `[[shape]]` operations (`keep_largest_region`, then `fill_convex`) on the
+//! Times the engine's `[[shape]]` operations (`keep_largest_region`, then `fill_convex` or
+//! `fill_ellipse`) on the
 //! masks written by `scripts/bench/shape/gen_masks.py` (run it through `scripts/bench/shape/run`).
 //!
 //! Usage: `cargo run --release --example shape_bench -- DIR [REPEATS]`
 //!
 //! DIR holds `index.txt` (`name rows cols` per line) and `<name>.u8` (rows x cols bytes, non-zero
-//! = inside). Prints `name largest_ms convex_ms area_after` per mask: the median of REPEATS runs
-//! (default 15) of each step on a fresh copy, and the pixels set after both.
+//! = inside). Prints `name largest_ms convex_ms ellipse_ms convex_area ellipse_area` per mask:
+//! the median of REPEATS runs (default 15) of each step on a fresh copy of the largest region,
+//! and the pixels set after the convex and after the ellipse step (the region's own when no
+//! ellipse is trusted).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use proxyseg::engine::ellipse::fill_ellipse;
 use proxyseg::engine::shape::{fill_convex, keep_largest_region};
 use proxyseg::engine::support::Mask;
 
@@ -46,7 +50,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let m = Mask { rows, cols, data };
         let (largest_ms, region) = median_ms(&m, repeats.max(1), keep_largest_region);
         let (convex_ms, filled) = median_ms(&region, repeats.max(1), fill_convex);
-        println!("{name} {largest_ms:.3} {convex_ms:.3} {}", filled.area());
+        let (ellipse_ms, ellipse) = median_ms(&region, repeats.max(1), |m| {
+            if let Some(e) = fill_ellipse(m) {
+                *m = e;
+            }
+        });
+        println!(
+            "{name} {largest_ms:.3} {convex_ms:.3} {ellipse_ms:.3} {} {}",
+            filled.area(),
+            ellipse.area()
+        );
     }
     Ok(())
 }

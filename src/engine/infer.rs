@@ -17,6 +17,7 @@ use super::bundle::{Bundle, Graph};
 pub use super::context::{compute_support_context, support_context_of, SupportContext};
 use super::preprocess::{postprocess_logits, prepare_image, Geometry};
 use super::support::Mask;
+use super::threshold;
 use super::views::{self, Crop, MatchedRule, Strategy, TileMean};
 use super::EngineError;
 use crate::dicom::pixels::Frame;
@@ -245,7 +246,8 @@ pub struct FrameTensors {
     /// First-pass logits at the source size, `[K_objects, rows, cols]`.
     pub logits: Tensor,
     /// Final logits at the source size after the resolution views, `[K_objects, rows, cols]`
-    /// (the masks are `final_logits > 0`); equal to `logits` when no view applied.
+    /// (the masks are `final_logits` > each object's threshold, [`super::threshold`]); equal to
+    /// `logits` when no view applied.
     pub final_logits: Tensor,
     /// One entry per crop a resolution view segmented, in the order they ran.
     pub views: Vec<ViewTensors>,
@@ -393,18 +395,6 @@ pub(crate) fn object_logits(bundle: &Bundle, low: &Tensor, j: usize, g: &Geometr
     postprocess_logits(&low.data[j * lh * lw..(j + 1) * lh * lw], lh, lw, g)
 }
 
-/// Each object's logits at the source size thresholded at 0.
-pub(crate) fn masks_of(logits: &[Vec<f32>], g: &Geometry) -> Vec<Mask> {
-    logits
-        .iter()
-        .map(|l| Mask {
-            rows: g.rows,
-            cols: g.cols,
-            data: l.iter().map(|&v| u8::from(v > 0.0)).collect(),
-        })
-        .collect()
-}
-
 /// `[planes.len(), rows, cols]` from per-object planes.
 pub(crate) fn stack(planes: &[Vec<f32>], rows: usize, cols: usize) -> Tensor {
     Tensor {
@@ -416,14 +406,15 @@ pub(crate) fn stack(planes: &[Vec<f32>], rows: usize, cols: usize) -> Tensor {
 /// Segments frames with a computed support context: per batch of frames, preprocess and
 /// image_encoder; per frame, prompt_generator, mask_decoder and postprocess; then, per frame,
 /// the resolution `views` (second passes on crops, see [`super::views`]) replace their
-/// objects' logits before the masks are thresholded.
+/// objects' logits before the masks are cut at `thresholds` (per object, mask order; see
+/// [`super::threshold`]).
 pub fn segment_frames(
     bundle: &Bundle,
     ctx: &SupportContext,
     views: &[ViewPass],
     frames: &[Frame],
     max_batch: usize,
-    opts: SegmentOptions,
+    (opts, thresholds): (SegmentOptions, &[f32]),
     timings: &mut StageTimings,
 ) -> Result<Vec<FrameResult>, EngineError> {
     let m = &bundle.manifest;
@@ -476,7 +467,7 @@ pub fn segment_frames(
                 timings.views += t5.elapsed();
             }
             let t6 = Instant::now();
-            let masks = masks_of(&logits, &g);
+            let masks = threshold::masks(&logits, &g, thresholds);
             timings.postprocess += t6.elapsed();
             timings.frames += 1;
             let tensors = opts.keep_tensors.then(|| {

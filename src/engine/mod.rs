@@ -20,6 +20,7 @@
 
 pub mod bundle;
 pub mod context;
+pub mod ellipse;
 pub mod embedding_cache;
 pub mod infer;
 pub mod memory;
@@ -29,6 +30,7 @@ pub mod runtime;
 pub mod shape;
 pub mod support;
 pub mod support_cache;
+pub mod threshold;
 pub mod views;
 
 use std::path::Path;
@@ -408,9 +410,11 @@ impl Engine {
         let batch = self.inner.batch;
         let b2 = b.clone();
         let forms = self.object_forms(&b, set, &key);
+        let cuts = threshold::object_thresholds(&b.manifest.threshold, &set.objects);
         let (results, t) = tokio::task::spawn_blocking(move || {
             let mut t = StageTimings::default();
-            let mut r = infer::segment_frames(&b2, &ctx, &views, &frames, batch, opts, &mut t)?;
+            let mut r =
+                infer::segment_frames(&b2, &ctx, &views, &frames, batch, (opts, &cuts), &mut t)?;
             let t0 = Instant::now();
             shape::apply_frames(&forms, &mut r);
             t.postprocess += t0.elapsed();
@@ -481,11 +485,18 @@ impl Engine {
         let b2 = b.clone();
         let key = context_key(&b, set);
         let forms = self.object_forms(&b, set, &key);
+        let cuts = threshold::object_thresholds(&b.manifest.threshold, &set.objects);
         let (results, t, bank) = tokio::task::spawn_blocking(move || {
             let mut t = StageTimings::default();
             let start = bank.position();
-            let mut r =
-                memory::track::segment_tracked(&b2, &ctx, &mut bank, &frames, opts, &mut t)?;
+            let mut r = memory::track::segment_tracked(
+                &b2,
+                &ctx,
+                &mut bank,
+                &frames,
+                (opts, &cuts),
+                &mut t,
+            )?;
             for fr in &mut r.frames {
                 fr.index += start;
             }

@@ -1,14 +1,19 @@
 //! Shape rules: a bundle's `[[shape]]` tables name objects that are one connected region (the
-//! optic disc, a fetal head), and with `form = "convex"` objects that are one convex region.
+//! optic disc, a fetal head), with `form = "convex"` objects that are one convex region, and
+//! with `form = "ellipse"` objects with an elliptical outline (the optic cup).
 //! For such an object the prediction keeps its largest region, so the overlay a radiologist
 //! opens has no stray islands; a convex object's region is then filled to its convex hull (a
-//! fetal skull whose far side the model missed, an optic disc notched where vessels cross it).
+//! fetal skull whose far side the model missed, an optic disc notched where vessels cross it),
+//! and an ellipse object's region is replaced by its least-squares ellipse
+//! ([`super::ellipse`]; kept as it is when no ellipse can be trusted).
 //!
 //! A rule applies to an object of a support set only when its label is listed and every
 //! non-empty support mask of that object is itself one region on the model grid: the support
 //! set, not the label alone, decides, so a set whose masks show two lesions is left as
-//! predicted. A convex rule also needs every such mask to fill at least [`MIN_SOLIDITY`] of its
-//! own hull; a listed object that fails only that keeps the region form. Regions are
+//! predicted. A convex or ellipse rule also needs every such mask to fill at least
+//! [`MIN_SOLIDITY`] of its own hull; a listed object that fails only that keeps the region
+//! form, and an object listed for several forms gets the first of ellipse, convex, region
+//! whose checks pass. Regions are
 //! 8-connected. Holes of a region-form object are left as they are: filling them flipped
 //! hundreds of pixels when a ring-like prediction closed or opened by one pixel (float vs int8
 //! graphs) and gained at most 0.2 Dice on the validation cases. The hull is integer arithmetic
@@ -20,13 +25,14 @@ use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
+use super::ellipse::fill_ellipse;
 use super::infer::FrameResult;
 use super::preprocess::prepare_mask;
 use super::support::{Mask, SupportSet};
 use super::support_cache::ContextKey;
 use super::views::{check_labels, same_label};
 
-/// A convex rule applies when every non-empty support mask of the object fills at least this
+/// A convex or ellipse rule applies when every non-empty support mask of the object fills at least this
 /// share of its convex hull on the model grid (the shipped sets' masks: 0.979 to 0.996).
 pub const MIN_SOLIDITY: f64 = 0.95;
 
@@ -39,6 +45,9 @@ pub enum Form {
     Region,
     /// One convex region: the largest region, filled to its convex hull.
     Convex,
+    /// An elliptical outline: the largest region, replaced by its least-squares ellipse
+    /// ([`fill_ellipse`]) when there is one to trust.
+    Ellipse,
 }
 
 /// One `[[shape]]` table of a manifest.
@@ -278,8 +287,9 @@ fn solidity(mask: &Mask) -> f64 {
 
 /// Per object of `set`: the form a rule gives it, or `None`. A rule applies when the label is
 /// listed and every non-empty support mask of the object is one region on the
-/// `size x size` model grid (at least one non-empty); a convex rule also needs each of them to
-/// reach [`MIN_SOLIDITY`], or the object gets [`Form::Region`].
+/// `size x size` model grid (at least one non-empty); a convex or ellipse rule also needs each
+/// of them to reach [`MIN_SOLIDITY`], or the object gets [`Form::Region`]. Ellipse comes before
+/// convex when both list the object.
 pub fn object_forms(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<Option<Form>> {
     set.objects
         .iter()
@@ -311,21 +321,32 @@ pub fn object_forms(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<O
             if grids.is_empty() || !grids.iter().all(|g| is_one_region(&g.data, size, size)) {
                 return None;
             }
-            let convex =
-                listed.contains(&Form::Convex) && grids.iter().all(|g| solidity(g) >= MIN_SOLIDITY);
-            Some(if convex { Form::Convex } else { Form::Region })
+            let convex = grids.iter().all(|g| solidity(g) >= MIN_SOLIDITY);
+            Some(if convex && listed.contains(&Form::Ellipse) {
+                Form::Ellipse
+            } else if convex && listed.contains(&Form::Convex) {
+                Form::Convex
+            } else {
+                Form::Region
+            })
         })
         .collect()
 }
 
 /// Applies each object's form to its mask (mask order): [`keep_largest_region`], then
-/// [`fill_convex`] for [`Form::Convex`].
+/// [`fill_convex`] for [`Form::Convex`] or [`fill_ellipse`] for [`Form::Ellipse`].
 pub fn apply(forms: &[Option<Form>], masks: &mut [Mask]) {
     for (m, form) in masks.iter_mut().zip(forms) {
         let Some(form) = form else { continue };
         keep_largest_region(m);
-        if *form == Form::Convex {
-            fill_convex(m);
+        match form {
+            Form::Region => {}
+            Form::Convex => fill_convex(m),
+            Form::Ellipse => {
+                if let Some(e) = fill_ellipse(m) {
+                    *m = e;
+                }
+            }
         }
     }
 }
@@ -376,4 +397,4 @@ pub fn apply_frames(forms: &[Option<Form>], frames: &mut [FrameResult]) {
 
 #[cfg(test)]
 #[path = "shape_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -3,7 +3,7 @@ use crate::dicom::pixels::Frame;
 use crate::engine::support::{SupportObject, SupportPair};
 
 /// A mask from rows of '#' (inside) and '.' (outside).
-fn mask(rows: &[&str]) -> Mask {
+pub(crate) fn mask(rows: &[&str]) -> Mask {
     Mask {
         rows: rows.len(),
         cols: rows[0].len(),
@@ -14,7 +14,8 @@ fn mask(rows: &[&str]) -> Mask {
     }
 }
 
-fn text(m: &Mask) -> Vec<String> {
+/// The rows of a mask as '#' and '.'.
+pub(crate) fn text(m: &Mask) -> Vec<String> {
     m.data
         .chunks(m.cols)
         .map(|r| r.iter().map(|&v| if v != 0 { '#' } else { '.' }).collect())
@@ -367,4 +368,54 @@ fn a_convex_rule_needs_convex_support_masks() {
     ];
     assert_eq!(text(&masks[1]), open);
     assert_eq!(masks[2].area(), 14, "no rule: as predicted");
+}
+
+#[test]
+fn an_ellipse_rule_needs_convex_support_masks_and_wins_over_convex() {
+    let rule = |form, objects: &[&str]| ShapeRule {
+        form,
+        objects: objects.iter().map(|s| s.to_string()).collect(),
+        note: String::new(),
+    };
+    let rules = [
+        rule(Form::Convex, &["cup", "disc"]),
+        rule(Form::Ellipse, &["Cup", "lesion"]),
+    ];
+    let blob = boxes(64, &[(10, 10, 40, 40)]);
+    let ell = boxes(64, &[(10, 10, 50, 20), (40, 10, 50, 50)]);
+    let s = set(
+        &["cup", "disc", "lesion"],
+        vec![
+            vec![blob.clone(), blob.clone(), ell],
+            vec![blob.clone(), blob.clone(), blob],
+        ],
+    );
+    assert_eq!(
+        object_forms(&rules, &s, 32),
+        [Some(Form::Ellipse), Some(Form::Convex), Some(Form::Region)]
+    );
+    // an ellipse with a spur: the spur goes (the Python reference's test, same shape)
+    let mut disc = Mask {
+        rows: 40,
+        cols: 40,
+        data: vec![0; 1600],
+    };
+    for r in 0..40 {
+        for c in 0..40 {
+            let (x, y) = ((c as f64 - 20.0) / 12.0, (r as f64 - 18.0) / 8.0);
+            disc.data[r * 40 + c] = u8::from(x * x + y * y <= 1.0);
+        }
+    }
+    disc.data[18 * 40 + 30..18 * 40 + 38].fill(1);
+    let mut masks = vec![disc.clone(), disc.clone()];
+    apply(&[Some(Form::Ellipse), None], &mut masks);
+    assert!(masks[0].data[18 * 40 + 34..18 * 40 + 40]
+        .iter()
+        .all(|&v| v == 0));
+    assert_eq!(masks[1], disc);
+    // no ellipse to trust: the largest region stays
+    let tiny = mask(&["....", ".##.", ".##.", "...."]);
+    let mut masks = vec![tiny.clone()];
+    apply(&[Some(Form::Ellipse)], &mut masks);
+    assert_eq!(masks[0], tiny);
 }

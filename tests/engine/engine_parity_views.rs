@@ -1,7 +1,7 @@
 //! Parity with the Python reference for a bundle with resolution views (manifest
 //! `[[resolution]]`: roi and tiles second passes, src/engine/views.rs), through the full Rust
 //! path: DICOM file -> display frame -> first pass -> crops -> second passes -> merged logits
-//! -> masks (with the manifest's `[[shape]]` rule). The reference is scripts/model (`bundle_data.write_view_fixtures`, through
+//! -> masks (cut at the manifest's `[[threshold]]` logits, with its `[[shape]]` rules). The reference is scripts/model (`bundle_data.write_view_fixtures`, through
 //! `runtime.OrtBundle.view_contexts` and `segment_views`).
 //!
 //! Needs the real bundle: `models/litemedsam-ppg` (or PROXYSEG_VIEW_PARITY_BUNDLE) with its
@@ -17,7 +17,9 @@
 use crate::harness::engine::*;
 use proxyseg::dicom::pixels::frames_from_file;
 use proxyseg::engine::offline::load_support_set;
-use proxyseg::engine::shape::{fill_convex, is_one_region, object_forms, Form};
+use proxyseg::engine::shape::{apply, fill_convex, is_one_region, object_forms, Form};
+use proxyseg::engine::threshold::object_thresholds;
+use proxyseg::engine::Mask;
 use proxyseg::engine::{Engine, SegmentOptions};
 
 #[test]
@@ -53,7 +55,7 @@ fn views_match_the_python_reference() {
     let cases = doc["cases"].as_array().expect("cases");
     assert!(!cases.is_empty(), "fixtures list no case");
     let mut p = Parity::default();
-    let (mut views_ran, mut shaped, mut convex) = (0, 0, 0);
+    let (mut views_ran, mut shaped, mut convex, mut ellipse, mut cut) = (0, 0, 0, 0, 0);
     for case in cases {
         let cname = case["name"].as_str().unwrap();
         let (mut set, _) =
@@ -135,6 +137,29 @@ fn views_match_the_python_reference() {
         // comes back as one region (and convex when its form is), while its raw logits > 0 had
         // more regions (the rule did something)
         let forms = object_forms(&b.manifest.shape, &set, b.manifest.input_size);
+        // the masks are the engine's own final logits cut at each object's [[threshold]] logit,
+        // then the [[shape]] forms, pixel for pixel
+        let cuts = object_thresholds(&b.manifest.threshold, &set.objects);
+        let mut again: Vec<Mask> = fr
+            .masks
+            .iter()
+            .enumerate()
+            .map(|(o, m)| Mask {
+                rows: m.rows,
+                cols: m.cols,
+                data: t.final_logits.data[o * m.rows * m.cols..(o + 1) * m.rows * m.cols]
+                    .iter()
+                    .map(|&v| u8::from(v > cuts[o]))
+                    .collect(),
+            })
+            .collect();
+        apply(&forms, &mut again);
+        assert!(
+            again == fr.masks,
+            "{tag}: masks are not the final logits cut and shaped"
+        );
+        cut += cuts.iter().filter(|&&c| c != 0.0).count();
+        ellipse += forms.iter().filter(|f| **f == Some(Form::Ellipse)).count();
         for (o, m) in fr.masks.iter().enumerate() {
             let Some(form) = forms[o] else { continue };
             assert!(
@@ -160,6 +185,14 @@ fn views_match_the_python_reference() {
     assert!(
         convex > 0,
         "no object had the convex form: the fixtures do not exercise it"
+    );
+    assert!(
+        ellipse > 0,
+        "no object had the ellipse form: the fixtures do not exercise it"
+    );
+    assert!(
+        cut > 0,
+        "no object had a [[threshold]] logit: the fixtures do not exercise it"
     );
     assert!(
         views_ran > 0,

@@ -1,6 +1,7 @@
 """The Python reference's side of the shape-rule benchmark (scripts/bench/shape/run): times
-proxyseg_model.shape.keep_largest_region and fill_convex on the same masks as the Rust example,
-and prints the same `name largest_ms convex_ms area_after` lines.
+proxyseg_model.shape.keep_largest_region, then fill_convex and ellipse.fill_ellipse on the same
+masks as the Rust example, and prints the same `name largest_ms convex_ms ellipse_ms convex_area
+ellipse_area` lines.
 
     python reference.py DIR [REPEATS]
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "model"))
-from proxyseg_model import shape  # noqa: E402
+from proxyseg_model import ellipse, shape  # noqa: E402
 
 
 def median_ms(m, repeats, f):
@@ -31,7 +32,9 @@ def main(d: Path, repeats: int) -> None:
         m = np.fromfile(d / f"{name}.u8", dtype=np.uint8).reshape(int(rows), int(cols))
         largest_ms, region = median_ms(m, repeats, shape.keep_largest_region)
         convex_ms, filled = median_ms(region, repeats, shape.fill_convex)
-        print(f"{name} {largest_ms:.3f} {convex_ms:.3f} {int(filled.sum())}")
+        ellipse_ms, e = median_ms(region, repeats, ellipse.fill_ellipse)
+        e = region if e is None else e
+        print(f"{name} {largest_ms:.3f} {convex_ms:.3f} {ellipse_ms:.3f} {int(filled.sum())} {int(e.sum())}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ decoder on the raw embeddings, memory mode runs memory_attention -> mask_decoder
 memory_encoder with the engine's slot policy (lite_track.OrtMemoryLoop). Per object: mean Dice
 over all frames at the image's native resolution, and the instability: mean 1 - Dice between
 consecutive predicted masks minus the same for the truth (x 100). In both modes the masks are
-scored after the manifest's [[shape]] rules (shape.py), as the engine returns them. Timing: the
+cut at the manifest's [[threshold]] logits (threshold.py) and scored after its [[shape]] rules
+(shape.py), as the engine returns them. Timing: the
 whole frame (encoder + PPG + [memory attention +] decoder per object [+ memory encoder]) on one
 held-out ultrasound cine loop (K = 2), ONNX Runtime with 2 threads.
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import memory_data, shape
+from . import memory_data, shape, threshold
 from .evaluate_real import dice
 from .export import write_manifest
 from .lite_track import OrtMemoryLoop
@@ -44,14 +45,16 @@ SECTION = "## Memory mode vs frame by frame"
 COMMAND = "python -m proxyseg_model.evaluate_memory --bundle ../../models/litemedsam-ppg --write"
 
 
-def run_sequence(loop: OrtMemoryLoop, seq: dict, memory: bool, forms=()) -> np.ndarray:
-    """Native-resolution masks F x K x H x W of one cached sequence, with the [[shape]] rules
-    applied in each object's form (`forms`, shape.object_forms), as the engine does in both
-    modes."""
+def run_sequence(loop: OrtMemoryLoop, seq: dict, memory: bool, forms=(), thresholds=()) -> np.ndarray:
+    """Native-resolution masks F x K x H x W of one cached sequence, each object cut at its
+    threshold (`thresholds`, threshold.object_thresholds; 0 when empty) and with the [[shape]]
+    rules applied in each object's form (`forms`, shape.object_forms), as the engine does in
+    both modes."""
     logits = loop.run(seq["emb"].shape[0],
                       lambda t: (seq["emb"][t:t + 1].float().numpy(), seq["prompts"][t].numpy(),
                                  seq["images"][t:t + 1].float().numpy()), memory)
-    masks = [postprocess(x, seq["resized_hw"], seq["orig_hw"], 256)[0] for x in logits]
+    cut = thresholds or [0.0] * len(seq["labels"])
+    masks = [threshold.masks(postprocess(x, seq["resized_hw"], seq["orig_hw"], 256)[1], cut) for x in logits]
     return np.stack([shape.apply(forms, m) if any(forms) else m for m in masks])
 
 
@@ -64,15 +67,17 @@ def object_forms(rules: list[dict], seq: dict) -> list[str | None]:
     return shape.object_forms(rules, seq["labels"], masks, 256)
 
 
-def score(seqs: list, loop: OrtMemoryLoop, rules: list[dict] = ()) -> dict:
-    """group -> label -> {mode: {dice, instability}} over a list of cached sequences."""
+def score(seqs: list, loop: OrtMemoryLoop, rules: list[dict] = (), cuts: list[dict] = ()) -> dict:
+    """group -> label -> {mode: {dice, instability}} over a list of cached sequences; `rules`: the
+    manifest's [[shape]] tables, `cuts`: its [[threshold]] tables."""
     acc, covered = {}, {}
     for seq in seqs:
         truth = seq["truth"].numpy()
         if seq["group"] not in covered:
             covered[seq["group"]] = object_forms(list(rules), seq)
         for mode in ("frame", "memory"):
-            pred = run_sequence(loop, seq, mode == "memory", covered[seq["group"]])
+            pred = run_sequence(loop, seq, mode == "memory", covered[seq["group"]],
+                                threshold.object_thresholds(list(cuts), seq["labels"]))
             for k, label in enumerate(seq["labels"]):
                 r = acc.setdefault(seq["group"], {}).setdefault(label, {}).setdefault(mode, {"dice": [], "inst": []})
                 r["dice"].extend(dice(pred[t, k], truth[t, k]) for t in range(len(pred)))
@@ -178,7 +183,8 @@ def main(argv=None):
     for kind in a.kinds:
         memory_data.build_cache(a.bundle, "val", kind,
                                 memory_data.VAL_REAL_CASES if kind == "real" else memory_data.VAL_PHANTOMS)
-        res.update(score(memory_data.load("val", kind), loop, [] if a.no_shape else man.get("shape", [])))
+        res.update(score(memory_data.load("val", kind), loop, [] if a.no_shape else man.get("shape", []),
+                         man.get("threshold", [])))
     cine = memory_data.load("val", "us-cine")[0]
     ctx = memory_data.SupportContexts(OrtBundle(a.bundle)).get(("us-cine", None))
     ms = timing(loop, cine, ctx, repeats=2)
@@ -197,7 +203,8 @@ def main(argv=None):
                       "held-out sequences only, see evaluate_memory.py). Same bundle, same support sets, same "
                       "frames in both modes; memory mode = the two memory graphs around the unchanged decoder, "
                       "frame 0 revisited once frame 6 is banked when the manifest says revisit_first; both modes "
-                      "scored after the [[shape]] rules, as the engine returns them. "
+                      "cut at the [[threshold]] logits and scored after the [[shape]] rules, as the engine "
+                      "returns them. "
                       "Targets per object: Dice +2 and instability (1 - Dice of consecutive predicted masks "
                       "minus the truth's, x 100) halved in size. Timings are from a shared 2-core machine "
                       "(other jobs running); LiteMedSAM's encoder alone is ~0.5 s of each frame there.\n\n"

@@ -10,6 +10,8 @@ native resolution, per object, for
                runs on the CPU provider by default
   ppg_first    the same without the resolution views (whole image at 256 px only)
   no_shape     ppg without the manifest's [[shape]] rules (shape.py)
+Every ppg column cuts each object's logits at the manifest's [[threshold]] logit (threshold.py),
+as the engine does.
   copy         the 5 support masks resized onto the target, majority vote
   box          LiteMedSAM prompted with the bounding box of the 5 support masks' union
                (normalised coordinates), no training: what a fixed per-protocol box gives
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import realdata, shape
+from . import realdata, shape, threshold
 from .build import build_litemedsam
 from .export import prepare_for_export
 from .litemedsam import PIXEL_MEAN, PIXEL_STD
@@ -81,7 +83,8 @@ def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=Non
         ctxs = bundle.view_contexts([d for d, _ in sup], [m for _, m in sup], labels)
     else:
         ctxs = {"": bundle.support_context(*bundle.prepare_pairs([d for d, _ in sup], [m for _, m in sup])),
-                "forms": shape.object_forms(bundle.shape_rules, labels, [m for _, m in sup], bundle.S)}
+                "forms": shape.object_forms(bundle.shape_rules, labels, [m for _, m in sup], bundle.S),
+                "thresholds": threshold.object_thresholds(bundle.threshold_rules, labels)}
     if not shapes:
         ctxs["forms"] = [None] * len(labels)
     scores = np.zeros((len(targets.items), len(labels)))
@@ -93,8 +96,8 @@ def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=Non
                 "image_embeddings": it["emb"], "support_keys": ctxs[""]["support_keys"],
                 "support_values": ctxs[""]["support_values"]})[0]
             logits, _ = bundle.decode(it["emb"], tokens, it["image"])
-            m, _ = postprocess(logits, it["hw"], it["masks"].shape[1:], bundle.S)
-            m = shape.apply(ctxs["forms"], m)
+            _, lg = postprocess(logits, it["hw"], it["masks"].shape[1:], bundle.S)
+            m = shape.apply(ctxs["forms"], threshold.masks(lg, ctxs["thresholds"]))
         for o in range(len(labels)):
             scores[i, o] = dice(m[o], it["masks"][o])
     return scores
@@ -291,7 +294,7 @@ def main(argv=None):
             old = reused[ds]
             if old.get("support") != r["support"] or old.get("n_val") != r["n_val"]:
                 raise SystemExit(f"--reuse {args.reuse}: {ds} was evaluated on other cases")
-            for k in ("copy", "box", "persam", "short", "no_selective_map", "no_ccm", "no_detail",
+            for k in ("copy", "box", "persam", "short", "no_selective_map", "no_ccm", "no_detail", "no_convex",
                       "short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
                 if k in old:
                     r[k] = old[k]
@@ -319,7 +322,7 @@ def main(argv=None):
 
 def write_report(bundle: Path, res: dict):
     """evaluation.md + the manifest's [evaluation] (Dice in %); `res` as saved by --json."""
-    cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_shape", "no_convex", "no_detail", "copy", "box", "persam", "short",
+    cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_shape", "no_convex", "no_calibration", "no_detail", "copy", "box", "persam", "short",
                         "no_selective_map", "no_ccm", "stability_mean", "stability_std")
             if any(c in r for r in res["sets"].values())]
     rows, per_obj = [], []
@@ -344,8 +347,10 @@ def write_report(bundle: Path, res: dict):
              "engine runs on the CPU provider by default (`[engine] int8`; scripts/model/derive_int8.py); "
              "ppg_first = first pass only; no_shape = ppg without the manifest's [[shape]] rules (shape.py: "
              "the largest region of a listed object whose support masks are one region, filled to its convex "
-             "hull for the objects of a convex rule); no_convex = ppg with the region rule only (the release "
-             "before the convex rule: its ppg column); "
+             "hull for the objects of a convex rule, replaced by its least-squares ellipse for an ellipse rule); "
+             "no_convex = ppg with the region rule only (the release before the convex rule: its ppg column); "
+             "no_calibration = the release before the manifest's [[threshold]] logits (threshold.py) and the "
+             "ellipse form (its ppg column); "
              "ppg_roi / ppg_tiles = with a view the training knows but "
              "the manifest does not ship (measured, then left out); no_detail = ppg without the detail branch "
              "(detail.py; the same PPG and LoRA, so the release before it: its ppg column, without [[shape]]); copy = support masks' "

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import shape, views
+from . import shape, threshold, views
 from .preprocess import postprocess, prepare_image, prepare_mask
 
 GRAPHS = ("image_encoder", "support_encoder", "prompt_generator", "mask_decoder")
@@ -46,6 +46,8 @@ class OrtBundle:
         self.std = np.asarray(self.manifest["pixel_std"], dtype=np.float32)
         self.rules = [views.Rule(**{k: v for k, v in r.items()}) for r in self.manifest.get("resolution", [])]
         self.shape_rules = self.manifest.get("shape", [])
+        self.threshold_rules = self.manifest.get("threshold", [])
+        threshold.check(self.threshold_rules)
         # a detail branch: the mask decoder also takes the model input (export.py)
         self.decoder_image = bool(self.manifest.get("decoder_image", False))
 
@@ -104,10 +106,12 @@ class OrtBundle:
 
     def view_contexts(self, displays, masks, labels):
         """Support contexts for the first pass and every resolution view (views.py), computed
-        once per support set: dict view-key -> context (None when no pair gives that view), and
-        under "forms" the form the manifest's [[shape]] rules give each object (shape.py)."""
+        once per support set: dict view-key -> context (None when no pair gives that view), under
+        "forms" the form the manifest's [[shape]] rules give each object (shape.py) and under
+        "thresholds" the logit each object's mask is cut at ([[threshold]], threshold.py)."""
         out = {"": self.support_context(*self.prepare_pairs(displays, masks)),
-               "forms": shape.object_forms(self.shape_rules, labels, masks, self.S)}
+               "forms": shape.object_forms(self.shape_rules, labels, masks, self.S),
+               "thresholds": threshold.object_thresholds(self.threshold_rules, labels)}
         for r, rule in enumerate(self.rules):
             objs = views.object_indices(rule, labels)
             if not objs:
@@ -131,7 +135,8 @@ class OrtBundle:
 
     def segment_views(self, display: np.ndarray, ctxs: dict, labels: list[str], emb: np.ndarray | None = None):
         """One frame with the resolution views -> (masks K x H x W uint8, logits K x H x W, first pass);
-        the masks are the logits > 0 with the [[shape]] rules applied (ctxs["forms"]).
+        the masks are the logits > each object's threshold (ctxs["thresholds"], 0 when absent) with
+        the [[shape]] rules applied (ctxs["forms"]).
         `emb`: the frame's first-pass embeddings, when already computed."""
         masks, first = self.segment_display(display, ctxs[""], emb)
         logits = first["logits"].copy()
@@ -162,7 +167,7 @@ class OrtBundle:
                     acc[:, y0:y0 + h, x0:x0 + w] += out["logits"][objs]
                     cnt[y0:y0 + h, x0:x0 + w] += 1
                 logits[objs] = acc / cnt
-        masks = (logits > 0).astype(np.uint8)
+        masks = threshold.masks(logits, ctxs.get("thresholds") or [0.0] * len(logits))
         if any(ctxs.get("forms", ())):
             masks = shape.apply(ctxs["forms"], masks)
         return masks, logits, first

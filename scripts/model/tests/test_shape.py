@@ -117,4 +117,21 @@ def test_the_shipped_bundle_lists_its_one_region_objects():
     rules = tomllib.loads((lite / "manifest.toml").read_text())["shape"]
     assert rules == shape.SHIPPED
     assert all("vessels" not in r["objects"] for r in rules)
-    assert [r.get("form", "region") for r in rules] == ["region", "convex"]
+    assert [r.get("form", "region") for r in rules] == ["region", "convex", "ellipse"]
+
+
+def test_an_ellipse_rule_needs_convex_support_masks_and_wins_over_convex():
+    rules = [{"form": "convex", "objects": ["cup", "disc"]}, {"form": "ellipse", "objects": ["Cup", "lesion"]}]
+    blob = boxes(64, [(10, 10, 40, 40)])
+    ell = boxes(64, [(10, 10, 50, 20)]) | boxes(64, [(40, 10, 50, 50)])  # one region, half its hull
+    masks = [np.stack([blob, blob, ell]), np.stack([blob, blob, blob])]
+    assert shape.object_forms(rules, ["cup", "disc", "lesion"], masks, 32) == ["ellipse", "convex", "region"]
+    y, x = np.mgrid[0:40, 0:40]
+    disc = (((x - 20) / 12.0) ** 2 + ((y - 18) / 8.0) ** 2 <= 1).astype(np.uint8)
+    spur = disc.copy()
+    spur[18, 30:38] = 1
+    out = shape.apply(["ellipse", None], np.stack([spur, spur]))
+    assert out[0][18, 34:].sum() == 0 and (out[1] == spur).all()
+    # no ellipse to trust: the largest region stays
+    tiny = np.stack([mask(["....", ".##.", ".##.", "...."])])
+    assert (shape.apply(["ellipse"], tiny) == tiny).all()

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::{BundleError, GraphKind, CONTRACT_SAM2, CONTRACT_VERSION};
 use crate::engine::memory::MemorySpec;
 use crate::engine::shape::{Form, ShapeRule};
+use crate::engine::threshold::{self, ThresholdRule};
 use crate::engine::views::{ResolutionRule, Strategy};
 
 /// Either a TOML string or integer, kept as text (manifest `version`).
@@ -62,6 +63,8 @@ struct RawManifest {
     int8: Option<RawInt8>,
     #[serde(default)]
     shape: Vec<RawShape>,
+    #[serde(default)]
+    threshold: Vec<RawThreshold>,
 }
 
 /// Checked `[[shape]]` tables; the message names the rule that is wrong.
@@ -88,6 +91,16 @@ struct RawShape {
     #[serde(default)]
     form: Form,
     objects: Vec<String>,
+    #[serde(default)]
+    note: String,
+}
+
+/// One raw `[[threshold]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThreshold {
+    objects: Vec<String>,
+    logit: f32,
     #[serde(default)]
     note: String,
 }
@@ -283,9 +296,13 @@ pub struct Manifest {
     /// weights (`scripts/model/derive_int8.py`; never committed). The engine loads the variant
     /// for a graph that runs on the CPU provider when `[engine] int8` allows it. Empty: none.
     pub int8: Vec<GraphKind>,
-    /// Optional `[[shape]]` tables (`objects`, optional `note`): objects that are one solid
-    /// region; see [`crate::engine::shape`]. Empty when the manifest has none.
+    /// Optional `[[shape]]` tables (`objects`, optional `form` and `note`): objects that are
+    /// one solid region, convex or elliptical; see [`crate::engine::shape`]. Empty when the
+    /// manifest has none.
     pub shape: Vec<ShapeRule>,
+    /// Optional `[[threshold]]` tables (`objects`, `logit`, optional `note`): the logit the
+    /// listed objects' masks are cut at, see [`crate::engine::threshold`]. Empty: all at 0.
+    pub threshold: Vec<ThresholdRule>,
 }
 
 impl Manifest {
@@ -371,6 +388,16 @@ impl Manifest {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let shape = shape_rules(raw.shape).map_err(bad)?;
+        let threshold: Vec<ThresholdRule> = raw
+            .threshold
+            .into_iter()
+            .map(|r| ThresholdRule {
+                objects: r.objects,
+                logit: r.logit,
+                note: r.note,
+            })
+            .collect();
+        threshold::check(&threshold).map_err(bad)?;
         Ok(Manifest {
             contract: raw.contract,
             name: raw.name,
@@ -397,6 +424,7 @@ impl Manifest {
             memory: raw.memory,
             int8,
             shape,
+            threshold,
         })
     }
 

@@ -108,6 +108,12 @@ fn shape_rules_parse_and_bad_ones_say_why() {
     )
     .unwrap();
     assert_eq!(m.shape[0].form, Form::Convex);
+    let m = Manifest::parse(
+        &with("form = \"ellipse\"\nobjects = [\"optic cup\"]"),
+        Path::new("m.toml"),
+    )
+    .unwrap();
+    assert_eq!(m.shape[0].form, Form::Ellipse);
     for (table, needle) in [
         ("objects = []", "[[shape]] rule 1: objects must list"),
         (
@@ -121,9 +127,53 @@ fill_holes = true"#,
         ),
         ("", "missing field `objects`"),
         (
-            r#"form = "ellipse"
+            r#"form = "circle"
 objects = ["disc"]"#,
-            "unknown variant `ellipse`, expected `region` or `convex`",
+            "unknown variant `circle`, expected one of `region`, `convex`, `ellipse`",
+        ),
+    ] {
+        assert_refused(&with(table), needle);
+    }
+}
+
+#[test]
+fn threshold_tables_parse_and_bad_ones_say_why() {
+    let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+    assert!(m.threshold.is_empty(), "every object at 0 unless listed");
+    let with = |t: &str| format!("{GOOD}\n{t}\n");
+    let m = Manifest::parse(
+        &with(
+            "[[threshold]]\nobjects = [\"optic cup\"]\nlogit = 8.0\nnote = \"n\"\n\
+             [[threshold]]\nobjects = [\"optic disc\"]\nlogit = -4",
+        ),
+        Path::new("m.toml"),
+    )
+    .unwrap();
+    assert_eq!(m.threshold.len(), 2);
+    assert_eq!((m.threshold[0].logit, m.threshold[1].logit), (8.0, -4.0));
+    assert_eq!(m.threshold[0].objects, ["optic cup"]);
+    assert_eq!(m.threshold[0].note, "n");
+    for (table, needle) in [
+        (
+            "[[threshold]]\nobjects = [\"cup\"]",
+            "missing field `logit`",
+        ),
+        (
+            "[[threshold]]\nobjects = [\"cup\"]\nlogit = nan",
+            "[[threshold]] table 1: logit NaN is not a finite number",
+        ),
+        (
+            "[[threshold]]\nobjects = []\nlogit = 1.0",
+            "[[threshold]] table 1: objects must list",
+        ),
+        (
+            "[[threshold]]\nobjects = [\"cup\"]\nlogit = 1.0\n\
+             [[threshold]]\nobjects = [\"Cup\"]\nlogit = 2.0",
+            "[[threshold]] table 2: \"Cup\" is listed twice",
+        ),
+        (
+            "[[threshold]]\nobjects = [\"cup\"]\nlogit = 1.0\nlogits = 2.0",
+            "unknown field `logits`",
         ),
     ] {
         assert_refused(&with(table), needle);

@@ -9,8 +9,8 @@ use super::MemoryBank;
 use crate::dicom::pixels::Frame;
 use crate::engine::bundle::Bundle;
 use crate::engine::infer::{
-    expect_shape, masks_of, object_logits, proxy_prompt, run_graph, run_graph_with_ints, stack,
-    FrameResult, FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor,
+    expect_shape, object_logits, proxy_prompt, run_graph, run_graph_with_ints, stack, FrameResult,
+    FrameTensors, SegmentOptions, StageTimings, SupportContext, Tensor,
 };
 use crate::engine::preprocess::{prepare_image, Geometry};
 use crate::engine::EngineError;
@@ -163,13 +163,14 @@ pub struct Tracked {
 /// Segments the next frames of a sequence, in order, through the bank: the tracked
 /// counterpart of [`crate::engine::infer::segment_frames`] (no resolution views), through
 /// SAM 2's frame loop (contract 2) or the proxy memory mode (contract 1, [`super::proxy`],
-/// with frame 0's revisit when the bundle asks for it).
+/// with frame 0's revisit when the bundle asks for it). The masks are cut at `thresholds` (per
+/// object, [`crate::engine::threshold`]); the bank is fed the same either way.
 pub fn segment_tracked(
     bundle: &Bundle,
     ctx: &SupportContext,
     bank: &mut MemoryBank,
     frames: &[Frame],
-    opts: SegmentOptions,
+    (opts, thresholds): (SegmentOptions, &[f32]),
     timings: &mut StageTimings,
 ) -> Result<Tracked, EngineError> {
     let m = &bundle.manifest;
@@ -206,7 +207,13 @@ pub fn segment_tracked(
             }
             if let Some((again, g0)) = super::proxy::revisit_first(bundle, bank, timings)? {
                 // frame 0's own result, again: its input image and prompt are not kept
-                let r = frame_result(bundle, ctx, (0, again, empty(), None, g0), opts, timings);
+                let r = frame_result(
+                    bundle,
+                    ctx,
+                    (0, again, empty(), None, g0),
+                    (opts, thresholds),
+                    timings,
+                );
                 revised.push(r);
             }
             (step, Some(prompt))
@@ -215,7 +222,7 @@ pub fn segment_tracked(
             bundle,
             ctx,
             (index, step, image, prompt, g),
-            opts,
+            (opts, thresholds),
             timings,
         ));
         timings.frames += 1;
@@ -226,20 +233,20 @@ pub fn segment_tracked(
     })
 }
 
-/// The result of frame `index` from its step: masks at the source size, and with
-/// `keep_tensors` its input, prompt and logits.
+/// The result of frame `index` from its step: masks at the source size (cut at `thresholds`),
+/// and with `keep_tensors` its input, prompt and logits.
 fn frame_result(
     bundle: &Bundle,
     ctx: &SupportContext,
     (index, step, image, prompt, g): (usize, Step, Tensor, Option<Tensor>, Geometry),
-    opts: SegmentOptions,
+    (opts, thresholds): (SegmentOptions, &[f32]),
     timings: &mut StageTimings,
 ) -> FrameResult {
     let t1 = Instant::now();
     let logits: Vec<Vec<f32>> = (0..ctx.objects)
         .map(|j| object_logits(bundle, &step.mask_logits, j, &g))
         .collect();
-    let masks = masks_of(&logits, &g);
+    let masks = crate::engine::threshold::masks(&logits, &g, thresholds);
     timings.postprocess += t1.elapsed();
     let iou_scores = step
         .iou_scores
