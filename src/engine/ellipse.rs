@@ -19,7 +19,8 @@
 //!   larger, in pixels).
 //!
 //! [`fill_ellipse`] gives `None` when there is no ellipse to trust: fewer than [`MIN_POINTS`]
-//! points, a singular system, no eigenvector with `4ac - b^2 > 0`, or a filled area outside
+//! points, a singular system, no eigenvector with `4ac - b^2 > 0` (or one with a coefficient
+//! that is not finite), or a filled area outside
 //! [`AREA_RANGE`] times the region's.
 
 use super::support::Mask;
@@ -245,14 +246,19 @@ pub fn fit(points: &[(i64, i64)]) -> Option<Conic> {
         let Some(v) = eigenvector(&mr, lambda) else {
             continue;
         };
-        if 4.0 * v[0] * v[2] - v[1] * v[1] <= 0.0 {
+        let cond = 4.0 * v[0] * v[2] - v[1] * v[1];
+        if cond.is_nan() || cond <= 0.0 {
             continue;
         }
         let rest: Vec<f64> = (0..3)
             .map(|i| t[i][0] * v[0] + t[i][1] * v[1] + t[i][2] * v[2])
             .collect();
+        let coef = [v[0], v[1], v[2], rest[0], rest[1], rest[2]];
+        if !coef.iter().all(|c| c.is_finite()) {
+            return None;
+        }
         return Some(Conic {
-            coef: [v[0], v[1], v[2], rest[0], rest[1], rest[2]],
+            coef,
             centre: (cx, cy),
             scale: s,
         });
@@ -271,7 +277,7 @@ pub fn fill(conic: &Conic, rows: usize, cols: usize) -> Mask {
         let bb = b * y + d;
         let cc = (c * y + e) * y + f;
         let disc = bb * bb - 4.0 * a * cc;
-        if disc < 0.0 {
+        if !(disc >= 0.0 && disc.is_finite()) {
             continue;
         }
         let root = disc.sqrt();

@@ -129,3 +129,22 @@ fn the_image_border_is_not_an_edge() {
     let got = fill_ellipse(&e).expect("an ellipse");
     assert!(dice(&got, &e) > 0.95);
 }
+
+#[test]
+fn a_conic_that_is_not_finite_fills_nothing() {
+    for bad in [f64::NAN, f64::INFINITY] {
+        let conic = Conic {
+            coef: [1.0, 0.0, 1.0, 0.0, 0.0, bad],
+            centre: (5, 5),
+            scale: 8,
+        };
+        assert_eq!(fill(&conic, 10, 10).area(), 0, "{bad}");
+    }
+    // a unit circle of radius 4 px: the same conic with F = -0.25 fills pixels
+    let conic = Conic {
+        coef: [1.0, 0.0, 1.0, 0.0, 0.0, -0.25],
+        centre: (5, 5),
+        scale: 8,
+    };
+    assert_eq!(fill(&conic, 10, 10).area(), 49);
+}

@@ -14,7 +14,8 @@ numerically stable form (the 6 x 6 generalised eigenproblem reduced to a 3 x 3 o
 - Fill: per row, the span between the roots of the conic in x (ceil of the smaller, floor of
   the larger, in pixel units).
 fill_ellipse returns None when there is no ellipse to trust: fewer than 6 points, a singular
-system, no eigenvector with 4ac - b^2 > 0, or a filled area outside [1/2, 2] x the region's.
+system, no eigenvector with 4ac - b^2 > 0 (or one with a coefficient that is not finite), or a
+filled area outside [1/2, 2] x the region's.
 """
 from __future__ import annotations
 
@@ -135,10 +136,13 @@ def fit(points: list[tuple[int, int]]):
            + Mr[0][2] * (Mr[1][0] * Mr[2][1] - Mr[1][1] * Mr[2][0]))
     for lam in _cubic_roots(-tr, c1, -det):
         v = _eigenvector(Mr, lam)
-        if v is None or 4.0 * v[0] * v[2] - v[1] * v[1] <= 0.0:
+        if v is None or not 4.0 * v[0] * v[2] - v[1] * v[1] > 0.0:  # a NaN fails it too
             continue
         rest = [T[i][0] * v[0] + T[i][1] * v[1] + T[i][2] * v[2] for i in range(3)]
-        return (v[0], v[1], v[2], rest[0], rest[1], rest[2]), (cx, cy), s
+        conic = (v[0], v[1], v[2], rest[0], rest[1], rest[2])
+        if not all(math.isfinite(c) for c in conic):
+            return None
+        return conic, (cx, cy), s
     return None
 
 
@@ -152,7 +156,7 @@ def fill(conic, centre, s: int, rows: int, cols: int) -> np.ndarray:
         b = B * y + D
         c = (C * y + E) * y + F
         disc = b * b - 4.0 * A * c
-        if disc < 0.0:
+        if not (disc >= 0.0 and math.isfinite(disc)):
             continue
         root = math.sqrt(disc)
         x1, x2 = (-b - root) / (2.0 * A), (-b + root) / (2.0 * A)

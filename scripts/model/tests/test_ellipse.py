@@ -73,3 +73,10 @@ def test_the_image_border_is_not_an_edge():
     assert pts and all(x > 0 for x, _ in pts)
     got = ellipse.fill_ellipse(e)
     assert got is not None and dice(got, e) > 0.95
+
+
+def test_a_conic_that_is_not_finite_fills_nothing():
+    for bad in (float("nan"), float("inf")):
+        assert ellipse.fill((1.0, 0.0, 1.0, 0.0, 0.0, bad), (5, 5), 8, 10, 10).sum() == 0
+    # a circle of radius 4 px (the Rust test's case)
+    assert ellipse.fill((1.0, 0.0, 1.0, 0.0, 0.0, -0.25), (5, 5), 8, 10, 10).sum() == 49
