@@ -250,9 +250,7 @@ pub fn fit(points: &[(i64, i64)]) -> Option<Conic> {
         if cond.is_nan() || cond <= 0.0 {
             continue;
         }
-        let rest: Vec<f64> = (0..3)
-            .map(|i| t[i][0] * v[0] + t[i][1] * v[1] + t[i][2] * v[2])
-            .collect();
+        let rest = t.map(|row| row[0] * v[0] + row[1] * v[1] + row[2] * v[2]);
         let coef = [v[0], v[1], v[2], rest[0], rest[1], rest[2]];
         if !coef.iter().all(|c| c.is_finite()) {
             return None;

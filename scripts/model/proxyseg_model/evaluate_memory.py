@@ -74,10 +74,11 @@ def score(seqs: list, loop: OrtMemoryLoop, rules: list[dict] = (), cuts: list[di
     for seq in seqs:
         truth = seq["truth"].numpy()
         if seq["group"] not in covered:
-            covered[seq["group"]] = object_forms(list(rules), seq)
+            covered[seq["group"]] = (object_forms(list(rules), seq),
+                                     threshold.object_thresholds(list(cuts), seq["labels"]))
+        forms, thresholds = covered[seq["group"]]
         for mode in ("frame", "memory"):
-            pred = run_sequence(loop, seq, mode == "memory", covered[seq["group"]],
-                                threshold.object_thresholds(list(cuts), seq["labels"]))
+            pred = run_sequence(loop, seq, mode == "memory", forms, thresholds)
             for k, label in enumerate(seq["labels"]):
                 r = acc.setdefault(seq["group"], {}).setdefault(label, {}).setdefault(mode, {"dice": [], "inst": []})
                 r["dice"].extend(dice(pred[t, k], truth[t, k]) for t in range(len(pred)))
