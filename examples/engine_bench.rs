@@ -5,7 +5,8 @@
 //! (support-set folder), BENCH_INPUTS (comma-separated DICOM files), BENCH_REPEAT (default 5),
 //! BENCH_THREADS (intra-op threads, default 2), BENCH_PROVIDERS (default "cpu"), BENCH_INT8
 //! (`[engine] int8`: 1 runs the bundle's CPU int8 graphs and labels the rows "rust-int8";
-//! default 0, the float graphs), BENCH_OUT (JSON lines file). Per input: decode (file -> display frames) and each engine stage, in ms
+//! default 0, the float graphs), BENCH_SPINNING (`[engine] spinning`: 1 lets ONNX Runtime's
+//! idle threads spin and adds "-spin" to the label; default 0, as the daemon), BENCH_OUT (JSON lines file). Per input: decode (file -> display frames) and each engine stage, in ms
 //! per frame, images/s over the whole wall time, and the process's peak RSS at the end.
 
 use std::io::Write;
@@ -71,11 +72,13 @@ fn engine_benchmark() {
         .map(str::to_string)
         .collect();
     let int8 = env("BENCH_INT8").is_some_and(|v| v == "1");
+    let spinning = env("BENCH_SPINNING").is_some_and(|v| v == "1");
     let data = tempfile::tempdir().unwrap();
     let cfg = EngineConfig {
         providers: providers.clone(),
         models_dir: PathBuf::from(&models),
         intra_threads: threads,
+        spinning,
         workers: 1,
         int8,
         ..EngineConfig::default()
@@ -95,7 +98,12 @@ fn engine_benchmark() {
     if int8 && int8_graphs == 0 {
         panic!("BENCH_INT8=1 but {bundle} loaded no int8 graph (manifest [int8]; scripts/model/derive_int8.py)");
     }
-    let label = if int8 { "rust-int8" } else { "rust" };
+    let label = match (int8, spinning) {
+        (false, false) => "rust",
+        (true, false) => "rust-int8",
+        (false, true) => "rust-spin",
+        (true, true) => "rust-int8-spin",
+    };
     let provider = b
         .providers()
         .iter()

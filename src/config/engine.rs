@@ -16,6 +16,12 @@ pub struct EngineConfig {
     pub models_dir: PathBuf,
     /// Threads ONNX Runtime may use inside one graph run (0 = ORT default).
     pub intra_threads: usize,
+    /// Whether ONNX Runtime's idle threads busy-wait for the next task (its default). Default
+    /// false: every graph has its own thread pool, and the graphs of one image run one after
+    /// another, so the spinning threads of the graph that just finished take cores from the
+    /// next one. On 2 cores, spinning off took a 512 x 512 CT slice from 499-526 to 433-442 ms
+    /// (scripts/bench/engine/RESULTS.md). true may help a host with cores to spare.
+    pub spinning: bool,
     /// Number of inference jobs that run at the same time.
     pub workers: usize,
     /// Most frames per image_encoder run when the graph's batch is dynamic.
@@ -44,6 +50,7 @@ impl Default for EngineConfig {
             providers: vec!["tensorrt".into(), "cuda".into(), "cpu".into()],
             models_dir: PathBuf::from("models"),
             intra_threads: 0,
+            spinning: false,
             workers: 1,
             batch: 4,
             default_bundle: DEFAULT_BUNDLE.into(),

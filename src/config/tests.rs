@@ -270,3 +270,15 @@ fn sequence_mode_and_memory_frames_parse_and_are_checked() {
         .iter()
         .any(|p| p.key == "pipeline.memory_frames"));
 }
+
+#[test]
+fn engine_spinning_defaults_off_and_parses() {
+    assert!(!Config::parse("").unwrap().engine.spinning);
+    assert!(
+        Config::parse("[engine]\nspinning = true\n")
+            .unwrap()
+            .engine
+            .spinning
+    );
+    assert!(Config::parse("[engine]\nspinning = \"yes\"\n").is_err());
+}

@@ -188,7 +188,10 @@ impl Engine {
         let rt = runtime::Runtime::load(
             &search,
             &cfg.providers,
-            cfg.intra_threads,
+            runtime::Threads {
+                intra: cfg.intra_threads,
+                spinning: cfg.spinning,
+            },
             data_dir.join("cache").join("trt"),
             cfg.int8,
         )?;

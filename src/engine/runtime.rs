@@ -204,7 +204,7 @@ pub struct Runtime {
     env: Environment,
     library: PathBuf,
     providers: Vec<Provider>,
-    intra_threads: usize,
+    threads: Threads,
     trt_cache: PathBuf,
     int8: bool,
 }
@@ -214,10 +214,21 @@ impl std::fmt::Debug for Runtime {
         f.debug_struct("Runtime")
             .field("library", &self.library)
             .field("providers", &self.providers)
-            .field("intra_threads", &self.intra_threads)
+            .field("threads", &self.threads)
             .field("int8", &self.int8)
             .finish()
     }
+}
+
+/// How a session's graph runs use CPU threads (`[engine] intra_threads`, `[engine] spinning`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Threads {
+    /// Threads inside one graph run (0: ONNX Runtime's default, one per core).
+    pub intra: usize,
+    /// Whether a session's idle threads spin (busy-wait) for work between runs. Each session
+    /// has its own pool, so with spinning one graph's waiting threads take cores from the next
+    /// graph of the same image (encoder, prompt generator, decoder run one after another).
+    pub spinning: bool,
 }
 
 /// What a session really got: the provider that took the graph first, and the providers
@@ -242,7 +253,7 @@ impl Runtime {
     pub fn load(
         search: &LibrarySearch,
         providers: &[String],
-        intra_threads: usize,
+        threads: Threads,
         trt_cache: PathBuf,
         int8: bool,
     ) -> Result<Runtime, RuntimeError> {
@@ -260,7 +271,7 @@ impl Runtime {
             env,
             library,
             providers,
-            intra_threads,
+            threads,
             trt_cache,
             int8,
         })
@@ -310,11 +321,14 @@ impl Runtime {
                         .map_err(Into::into)
                 })
                 .map_err(|e| err(&e))?;
-            if self.intra_threads > 0 {
+            if self.threads.intra > 0 {
                 builder = builder
-                    .with_intra_threads(self.intra_threads)
+                    .with_intra_threads(self.threads.intra)
                     .map_err(|e| err(&e))?;
             }
+            builder = builder
+                .with_intra_op_spinning(self.threads.spinning)
+                .map_err(|e| err(&e))?;
             // Every usable provider up to "cpu" is registered in order: ORT gives each node to
             // the first that takes it (TensorRT, then CUDA for what TensorRT refuses, then CPU).
             let mut registered = Vec::new();

@@ -367,3 +367,38 @@ fn async_tasks_keep_running_during_inference() {
         );
     });
 }
+
+/// `[engine] spinning` only changes how ONNX Runtime's idle threads wait: either setting loads
+/// every graph and gives the same masks (spinning off is the default, `scripts/bench/engine`).
+#[test]
+fn spinning_threads_or_not_give_the_same_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    make_test_bundle(&models.join("t"), "t", "1");
+    let set = disc_set("s", "1", 2);
+    let masks = |spinning: bool| {
+        let mut cfg = cpu_config(&models);
+        cfg.intra_threads = 2;
+        cfg.spinning = spinning;
+        let data = tmp.path().join(format!("var-{spinning}"));
+        rt().block_on(async {
+            let engine = Engine::new(&cfg, &data).expect("engine");
+            assert_eq!(engine.bundle_names(), vec!["t".to_string()]);
+            let frames = (0..3)
+                .map(|i| disc_frame(96, 80, 40.0 + 3.0 * i as f32, 40.0, 18.0).0)
+                .collect();
+            let seg = engine.segment("t", &set, frames).await.expect("segment");
+            seg.frames
+                .iter()
+                .flat_map(|f| f.masks.iter().map(|m| m.data.clone()))
+                .collect::<Vec<_>>()
+        })
+    };
+    let (off, on) = (masks(false), masks(true));
+    assert_eq!(off.len(), 3, "3 frames x 1 object");
+    assert!(
+        off.iter().any(|m| m.iter().any(|&v| v != 0)),
+        "a mask is drawn"
+    );
+    assert_eq!(off, on);
+}

@@ -112,6 +112,7 @@ def sessions(bundle: Path, graphs=None, threads: int = 2, int8: bool = False) ->
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as runtime.OrtBundle
     return {g: ort.InferenceSession(str(graph_path(bundle, m, g, int8)), so, providers=["CPUExecutionProvider"])
             for g in m["graphs"] if graphs is None or g in graphs}
 

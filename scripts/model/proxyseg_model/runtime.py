@@ -39,6 +39,9 @@ class OrtBundle:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        # as the engine's `[engine] spinning = false`: the graphs of an image run in turn, each
+        # with its own threads, and spinning ones would take cores from the next graph
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {g: ort.InferenceSession(str(graph_path(self.folder, self.manifest, g, int8)), so,
                                                  providers=["CPUExecutionProvider"]) for g in GRAPHS}
         self.S = int(self.manifest["input_size"])
