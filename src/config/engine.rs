@@ -19,8 +19,9 @@ pub struct EngineConfig {
     /// Whether ONNX Runtime's idle threads busy-wait for the next task (its default). Default
     /// false: every graph has its own thread pool, and the graphs of one image run one after
     /// another, so the spinning threads of the graph that just finished take cores from the
-    /// next one. On 2 cores, spinning off took a 512 x 512 CT slice from 499-526 to 433-442 ms
-    /// (scripts/bench/engine/RESULTS.md). true may help a host with cores to spare.
+    /// next one. On 2 cores, spinning off took a 512 x 512 CT slice from 499-547 to 454-475 ms
+    /// on the int8 graphs (scripts/bench/engine/RESULTS.md). true may help a host with cores
+    /// to spare.
     pub spinning: bool,
     /// Number of inference jobs that run at the same time.
     pub workers: usize,

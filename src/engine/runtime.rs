@@ -266,7 +266,7 @@ impl Runtime {
                 .collect::<Result<Vec<_>, _>>()?
         };
         let (env, library) = process_environment(search)?;
-        tracing::info!(library = %library.display(), providers = ?providers, "ONNX Runtime loaded");
+        tracing::info!(library = %library.display(), providers = ?providers, intra_threads = threads.intra, spinning = threads.spinning, "ONNX Runtime loaded");
         Ok(Runtime {
             env,
             library,
