@@ -1,5 +1,10 @@
 use super::*;
 
+/// `text` parsed; panics with the reason when it is refused.
+fn parsed(text: &str) -> Manifest {
+    Manifest::parse(text, Path::new("m.toml")).unwrap()
+}
+
 /// Parsing `text` fails with a message containing `needle`.
 fn assert_refused(text: &str, needle: &str) {
     let e = Manifest::parse(text, Path::new("m.toml"))
@@ -33,7 +38,7 @@ seed = 1
 
 #[test]
 fn good_manifest_parses() {
-    let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+    let m = parsed(GOOD);
     assert_eq!(m.embed_size, [4, 4]);
     assert!(
         !m.decoder_image,
@@ -43,11 +48,7 @@ fn good_manifest_parses() {
         "low_res_size = [16, 16]",
         "low_res_size = [16, 16]\ndecoder_image = true",
     );
-    assert!(
-        Manifest::parse(&detail, Path::new("m.toml"))
-            .unwrap()
-            .decoder_image
-    );
+    assert!(parsed(&detail).decoder_image);
     let sam2 = detail
         .replace("contract = 1", "contract = 2")
         .replace("family = \"sam\"", "family = \"sam2\"");
@@ -60,14 +61,10 @@ fn good_manifest_parses() {
 
 #[test]
 fn int8_lists_graphs_of_the_manifest() {
-    let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+    let m = parsed(GOOD);
     assert!(m.int8.is_empty(), "no int8 variants unless listed");
     let with = |t: &str| format!("{GOOD}\n[int8]\n{t}\n");
-    let m = Manifest::parse(
-        &with(r#"graphs = ["image_encoder", "mask_decoder"]"#),
-        Path::new("m.toml"),
-    )
-    .unwrap();
+    let m = parsed(&with(r#"graphs = ["image_encoder", "mask_decoder"]"#));
     assert_eq!(m.int8, [GraphKind::ImageEncoder, GraphKind::MaskDecoder]);
     for (table, needle) in [
         (
@@ -91,28 +88,16 @@ bits = 4"#,
 
 #[test]
 fn shape_rules_parse_and_bad_ones_say_why() {
-    let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+    let m = parsed(GOOD);
     assert!(m.shape.is_empty(), "no shape rule unless listed");
     let with = |t: &str| format!("{GOOD}\n[[shape]]\n{t}\n");
-    let m = Manifest::parse(
-        &with(r#"objects = ["optic disc", "Fetal Head"]"#),
-        Path::new("m.toml"),
-    )
-    .unwrap();
+    let m = parsed(&with(r#"objects = ["optic disc", "Fetal Head"]"#));
     assert_eq!(m.shape[0].objects, ["optic disc", "Fetal Head"]);
     assert_eq!(m.shape[0].note, "");
     assert_eq!(m.shape[0].form, Form::Region, "the default form");
-    let m = Manifest::parse(
-        &with("form = \"convex\"\nobjects = [\"optic disc\"]"),
-        Path::new("m.toml"),
-    )
-    .unwrap();
+    let m = parsed(&with("form = \"convex\"\nobjects = [\"optic disc\"]"));
     assert_eq!(m.shape[0].form, Form::Convex);
-    let m = Manifest::parse(
-        &with("form = \"ellipse\"\nobjects = [\"optic cup\"]"),
-        Path::new("m.toml"),
-    )
-    .unwrap();
+    let m = parsed(&with("form = \"ellipse\"\nobjects = [\"optic cup\"]"));
     assert_eq!(m.shape[0].form, Form::Ellipse);
     for (table, needle) in [
         ("objects = []", "[[shape]] rule 1: objects must list"),
@@ -138,17 +123,13 @@ objects = ["disc"]"#,
 
 #[test]
 fn threshold_tables_parse_and_bad_ones_say_why() {
-    let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+    let m = parsed(GOOD);
     assert!(m.threshold.is_empty(), "every object at 0 unless listed");
     let with = |t: &str| format!("{GOOD}\n{t}\n");
-    let m = Manifest::parse(
-        &with(
-            "[[threshold]]\nobjects = [\"optic cup\"]\nlogit = 8.0\nnote = \"n\"\n\
+    let m = parsed(&with(
+        "[[threshold]]\nobjects = [\"optic cup\"]\nlogit = 8.0\nnote = \"n\"\n\
              [[threshold]]\nobjects = [\"optic disc\"]\nlogit = -4",
-        ),
-        Path::new("m.toml"),
-    )
-    .unwrap();
+    ));
     assert_eq!(m.threshold.len(), 2);
     assert_eq!((m.threshold[0].logit, m.threshold[1].logit), (8.0, -4.0));
     assert_eq!(m.threshold[0].objects, ["optic cup"]);
@@ -225,10 +206,10 @@ grid = 3
 
 #[test]
 fn weights_and_resolution_sections_parse_with_defaults() {
-    let m = Manifest::parse(GOOD, Path::new("m.toml")).unwrap();
+    let m = parsed(GOOD);
     assert!(m.weights.is_none());
     assert!(m.resolution.is_empty());
-    let m = Manifest::parse(&format!("{GOOD}{SECTIONS}"), Path::new("m.toml")).unwrap();
+    let m = parsed(&format!("{GOOD}{SECTIONS}"));
     let w = m.weights.unwrap();
     assert_eq!((w.file.as_str(), w.size), ("lite_medsam.pth", 39370479));
     assert_eq!(
