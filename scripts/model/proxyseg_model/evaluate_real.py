@@ -295,7 +295,7 @@ def main(argv=None):
             if old.get("support") != r["support"] or old.get("n_val") != r["n_val"]:
                 raise SystemExit(f"--reuse {args.reuse}: {ds} was evaluated on other cases")
             for k in ("copy", "box", "persam", "short", "no_selective_map", "no_ccm", "no_detail", "no_convex",
-                      "short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
+                      "no_calibration", "short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
                 if k in old:
                     r[k] = old[k]
             if args.prior_ppg_as:

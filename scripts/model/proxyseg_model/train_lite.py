@@ -10,8 +10,12 @@ Training families (each a data set's 16 training cases, realdata.split):
   drishti-gs        whole image (disc, cup)           drishti-gs@roi  crops around the disc
   drive             whole image (vessels)             drive@tiles     2 x 2 tiles (views.py)
   psfhs             whole image (symphysis, head)     hc18            whole image (head)
+  hc18@scale        the head zoomed out (0.55-0.9x, on a black field) and in (1.1-1.5x)
 Views per case: identity, horizontal flip, a random zoom crop, flip + contrast/gamma jitter
-(ROI views also jitter the crop's scale and centre, as a predicted anchor would).
+(ROI views also jitter the crop's scale and centre, as a predicted anchor would). Scale views
+(`@scale`) draw 6 per case, half zoomed out and half zoomed in, so that the heads of an
+episode's support and target differ in size more often than 16 cases alone allow (HC18's
+heads span 0.24-0.73 of the image side).
 
   python -m proxyseg_model.train_lite --minutes 40 --out runs/lite-ppg.pt
 """
@@ -51,7 +55,39 @@ RULES = {
 # worse (first bundle: 83.0 vs 92.0 whole-image) and did not help the cup (63.8 vs 66.3), so
 # disc and cup stay whole-image; tiles lift vessels (38.8 vs 31.3).
 SHIPPED_RULES = ("drive",)
-FAMILIES = ("drishti-gs", "drishti-gs@roi", "drive", "drive@tiles", "psfhs", "hc18")
+FAMILIES = ("drishti-gs", "drishti-gs@roi", "drive", "drive@tiles", "psfhs", "hc18", "hc18@scale")
+SCALE_VIEWS = 6  # views per case of an @scale family
+ZOOM_OUT, ZOOM_IN = (0.55, 0.9), (1.1, 1.5)
+
+
+def _rescale(display: np.ndarray, masks: np.ndarray, factor: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The case seen at `factor` times its size in a frame of the same size: below 1 the image
+    shrinks onto a black field at a random place (ultrasound's background is black); above 1 a
+    window of 1 / factor of each side is cut around a random point of the first object, so the
+    object may run off the frame as a large head does."""
+    h, w = display.shape[:2]
+    if factor < 1:
+        sh, sw = max(8, int(round(h * factor))), max(8, int(round(w * factor)))
+        t = torch.from_numpy(np.ascontiguousarray(display.transpose(2, 0, 1), dtype=np.float32))[None]
+        small = F.interpolate(t, size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)[0]
+        mk = F.interpolate(torch.from_numpy(masks.astype(np.float32))[None], size=(sh, sw), mode="bilinear",
+                           align_corners=False)[0] >= 0.5
+        y0, x0 = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
+        out_d = np.zeros_like(display, dtype=np.float32)
+        out_m = np.zeros_like(masks)
+        out_d[y0:y0 + sh, x0:x0 + sw] = small.numpy().transpose(1, 2, 0)
+        out_m[:, y0:y0 + sh, x0:x0 + sw] = mk.numpy()
+        return out_d, out_m
+    ch, cw = int(round(h / factor)), int(round(w / factor))
+    ys, xs = np.nonzero(masks[0])
+    if len(ys):
+        k = int(rng.integers(len(ys)))
+        cy, cx = ys[k], xs[k]
+    else:
+        cy, cx = h // 2, w // 2
+    y0 = int(np.clip(cy - rng.uniform(0.25, 0.75) * ch, 0, h - ch))
+    x0 = int(np.clip(cx - rng.uniform(0.25, 0.75) * cw, 0, w - cw))
+    return display[y0:y0 + ch, x0:x0 + cw], masks[:, y0:y0 + ch, x0:x0 + cw]
 
 
 def _jitter(display: np.ndarray, masks: np.ndarray, variant: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -82,9 +118,17 @@ def family_views(fam: str, cases: list[str], rng, variants: int = 4):
     """Yields (case index, position, display, masks) for a training family (tiles: half as
     many views of each case, each cut into its tiles)."""
     ds, _, mode = fam.partition("@")
+    count = {"tiles": max(2, variants // 2), "scale": SCALE_VIEWS}.get(mode, variants)
     for ci, case in enumerate(cases):
         display, masks = realdata.load_case(ds, case)
-        for v in range(variants if mode != "tiles" else max(2, variants // 2)):
+        for v in range(count):
+            if mode == "scale":  # zoomed out / in, every other one flipped, the last two toned
+                out = v < count // 2
+                f = rng.uniform(*(ZOOM_OUT if out else ZOOM_IN))
+                d, m = _jitter(display, masks, 3 if v >= count - 2 else v % 2, rng)
+                d, m = _rescale(d, m, f, rng)
+                yield ci, 0, np.ascontiguousarray(d, dtype=np.float32), np.ascontiguousarray(m)
+                continue
             d, m = _jitter(display, masks, v, rng)
             if mode == "roi":
                 rule = RULES[ds]
@@ -232,6 +276,11 @@ def train(args):
             raise SystemExit("--only-detail needs --detail")
         for n, p in model.named_parameters():
             p.requires_grad_(n.startswith("detail."))
+    if args.only_ppg:  # LoRA and the detail branch stay as resumed (and the memory graphs fit them)
+        if args.only_detail:
+            raise SystemExit("--only-ppg and --only-detail exclude each other")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith("ppg."))
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"lite: trainable {sum(p.numel() for p in params) / 1e6:.2f} M; views "
         + ", ".join(f"{f}={len(c['case'])}" for f, c in corpora.items()), fh)
@@ -280,7 +329,7 @@ def train(args):
     info = {"phase": "lite", "steps": step, "seconds": round(time.time() - t0), "final_loss_ema": ema,
             "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "readout_loss": 0.0 if args.only_detail else args.readout_loss, "families": fams, "overrides": overrides,
             "seed": args.seed, "train_per_set": realdata.TRAIN_PER_SET, "split_seed": realdata.SPLIT_SEED,
-            "detail": args.detail, "only_detail": args.only_detail, "hold_out": args.hold_out}
+            "detail": args.detail, "only_detail": args.only_detail, "only_ppg": args.only_ppg, "hold_out": args.hold_out}
     if args.resume:
         info.update({"resumed_from": str(args.resume), "total_steps": step + int(prior.get("total_steps", prior.get("steps", 0))),
                      "prior": {k: prior.get(k) for k in ("steps", "seconds", "optimizer", "lr", "seed")}})
@@ -349,6 +398,8 @@ def main(argv=None):
     ap.add_argument("--detail", action="store_true", help="with the detail branch (detail.py) on the mask decoder")
     ap.add_argument("--only-detail", action="store_true",
                     help="train the detail branch only (PPG and LoRA frozen as resumed)")
+    ap.add_argument("--only-ppg", action="store_true",
+                    help="train the PPG only (LoRA and the detail branch frozen as resumed)")
     ap.add_argument("--hold-out", type=int, default=0,
                     help="never draw the last N training-pool cases of each family (a check set for a choice)")
     ap.add_argument("--no-selective-map", action="store_true")

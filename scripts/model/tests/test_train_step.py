@@ -89,3 +89,26 @@ def test_slim_run_parts_round_trip(tmp_path):
     missing, unexpected = other.load_state_dict(ck["state"], strict=False)
     assert not unexpected and not any(k.startswith("ppg.") for k in missing)
     assert all(torch.equal(other.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_scale_views_shrink_and_enlarge_the_object():
+    """train_lite's @scale views: same frame size, the object's area scaled by ~factor^2, a
+    zoomed-out object whole on a black field, a zoomed-in one cut around one of its pixels."""
+    from proxyseg_model.train_lite import _rescale
+    h, w = 120, 160
+    yy, xx = np.mgrid[:h, :w]
+    masks = (((yy - 60) / 30.0) ** 2 + ((xx - 80) / 40.0) ** 2 <= 1)[None]
+    display = np.full((h, w, 3), 100.0, np.float32)
+    display[masks[0]] = 200.0
+    rng = np.random.default_rng(0)
+    area = masks[0].sum()
+    for f in (0.55, 0.8):
+        d, m = _rescale(display, masks, f, rng)
+        assert d.shape == display.shape and m.shape == masks.shape and m.dtype == masks.dtype
+        assert abs(m[0].sum() / area - f * f) < 0.06, (f, m[0].sum() / area)
+        assert abs((d[..., 0] == 0).mean() - (1 - f * f)) < 0.05  # the rest is a black field
+        assert d[m[0]].mean() > 190  # the object's pixels moved with its mask
+    for f in (1.1, 1.5):
+        d, m = _rescale(display, masks, f, rng)
+        assert d.shape[:2] == m.shape[1:] == (round(h / f), round(w / f))
+        assert m[0].any() and np.array_equal(d[..., 0] == 200.0, m[0])  # the crop of the same pixels

@@ -1,0 +1,83 @@
+"""Bundles compared on the training pool's held-out cases: the check set of a training choice.
+
+`train_lite --hold-out N` never draws the last N cases of each data set's training pool. This
+scores bundles on exactly those cases, the way evaluate_real scores the validation cases (the
+first 5 pool cases as the support set, the manifest's resolution views, [[threshold]] and
+[[shape]], float graphs), so a choice between training runs is made without the validation
+cases. `--zoom` adds each held-out case of the named sets seen smaller or larger (train_lite's
+`_rescale`, fixed seed): how a run copes with objects whose size the support pairs do not share.
+
+    python -m proxyseg_model.holdout --bundle ../../models/litemedsam-ppg /tmp/cand --hold-out 4 \\
+        --zoom hc18 --factors 0.6 0.8 1.25
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from . import realdata, views
+from .evaluate_real import run_ppg
+from .preprocess import prepare_image
+from .runtime import OrtBundle
+from .train_lite import _rescale
+
+
+class HeldOut:
+    """Targets in evaluate_real.Targets' form: the held-out cases, optionally rescaled."""
+
+    def __init__(self, ds: str, bundle: OrtBundle, hold_out: int, factor: float = 1.0):
+        self.names = realdata.split(ds)[0][-hold_out:]
+        self.items = []
+        for i, n in enumerate(self.names):
+            display, masks = realdata.load_case(ds, n)
+            if factor != 1.0:
+                display, masks = _rescale(display, masks, factor, np.random.default_rng([i, int(factor * 100)]))
+                display = np.ascontiguousarray(display, dtype=np.float32)
+                masks = np.ascontiguousarray(masks)
+            img, hw = prepare_image(display, bundle.S, bundle.mean, bundle.std)
+            self.items.append({"name": n, "display": display, "masks": masks, "image": img[None], "hw": hw,
+                               "emb": bundle.encode(img[None])})
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", nargs="+", required=True, help="bundle folders, scored side by side")
+    ap.add_argument("--hold-out", type=int, default=4)
+    ap.add_argument("--sets", nargs="+", default=list(realdata.DATASETS))
+    ap.add_argument("--zoom", nargs="*", default=[], help="data sets whose held-out cases are also rescaled")
+    ap.add_argument("--factors", nargs="*", type=float, default=[0.6, 0.8, 1.25])
+    ap.add_argument("--roi", nargs="*", default=[],
+                    help="objects given a roi second pass the manifest does not ship (views.Rule, --roi-anchor)")
+    ap.add_argument("--roi-anchor", default="optic disc")
+    ap.add_argument("--roi-scale", type=float, default=2.0)
+    args = ap.parse_args(argv)
+    rows = []  # (set, object, factor) -> per-bundle mean Dice
+    bundles = [OrtBundle(Path(b)) for b in args.bundle]
+    if args.roi:
+        for b in bundles:
+            b.rules = b.rules + [views.Rule("roi", args.roi, anchor=args.roi_anchor, scale=args.roi_scale)]
+    for ds in args.sets:
+        labels = list(realdata.DATASETS[ds].labels)
+        for f in [1.0] + (args.factors if ds in args.zoom else []):
+            means = []
+            for b in bundles:
+                scores = run_ppg(b, ds, HeldOut(ds, b, args.hold_out, f), views=True)
+                means.append(scores.mean(0) * 100)
+            for o, label in enumerate(labels):
+                rows.append((ds, label, f, [m[o] for m in means]))
+    head = "| set | object | zoom | " + " | ".join(Path(b).name or b for b in args.bundle) + " |"
+    print(head)
+    print("|" + "---|" * (3 + len(bundles)))
+    for ds, label, f, vals in rows:
+        print(f"| {ds} | {label} | {f:g} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    plain = [r[3] for r in rows if r[2] == 1.0]
+    print("| **mean, unzoomed** | | | " + " | ".join(f"**{v:.2f}**" for v in np.mean(plain, 0)) + " |")
+    if any(r[2] != 1.0 for r in rows):
+        zoomed = [r[3] for r in rows if r[2] != 1.0]
+        print("| **mean, zoomed** | | | " + " | ".join(f"**{v:.2f}**" for v in np.mean(zoomed, 0)) + " |")
+
+
+if __name__ == "__main__":
+    main()
