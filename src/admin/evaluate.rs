@@ -9,7 +9,10 @@
 //!   pairs included, |z| can never exceed (N-1)/sqrt(N), so a plain z > 3 would need N >= 11);
 //!   needs at least 3 other pairs with some spread;
 //! - `DiceOutlier`: the pair's Dice for an object is more than `max(2 sd, 0.2)` below that
-//!   object's mean Dice over the other pairs.
+//!   object's mean Dice over the other pairs;
+//! - `ShapeRuleOff`: the mask keeps its object from the form the bundle's `[[shape]]` rules
+//!   list (more than one region, or not convex enough for a convex or ellipse rule), so every
+//!   result of the set loses that form while the pair is in it (the segmenter says which).
 //!
 //! and one set-level flag per object (no pair: the pairs together teach the object poorly):
 //! - `PoorSet`: the object's mean leave-one-out Dice over all pairs is below
@@ -45,6 +48,9 @@ pub enum FlagKind {
     DiceOutlier,
     /// Set level: the object's mean leave-one-out Dice is below [`POOR_SET_DICE`].
     PoorSet,
+    /// The mask keeps its object from the form the bundle's `[[shape]]` rules list
+    /// ([`Segmenter::shape_blockers`]).
+    ShapeRuleOff,
 }
 
 /// One flagged mask (or, with no pair, one object of the whole set).
@@ -85,7 +91,8 @@ pub struct Report {
     pub object_mean: Vec<f64>,
     /// Mean over pairs and objects.
     pub mean: f64,
-    /// Every flag: mask flags first, then Dice outliers, then set-level flags.
+    /// Every flag: mask flags first, then shape-rule blockers, then Dice outliers, then set-level
+    /// flags.
     pub flags: Vec<Flag>,
 }
 
@@ -119,6 +126,9 @@ pub enum EvalError {
         /// What is wrong.
         source: StoredImageError,
     },
+    /// The bundle's `[[shape]]` rules could not be checked against the set's masks.
+    #[error("checking the bundle's shape rules: {0}")]
+    ShapeRules(SegmentError),
 }
 
 /// Why a stored support image could not be loaded for evaluation.
@@ -338,6 +348,15 @@ pub fn leave_one_out(
         .map(|j| mean(&pairs.iter().map(|p| p.dice[j]).collect::<Vec<_>>()))
         .collect();
     let mut flags = flag_masks(set);
+    let blockers = segmenter
+        .shape_blockers(set)
+        .map_err(EvalError::ShapeRules)?;
+    flags.extend(blockers.into_iter().map(|b| Flag {
+        pair: Some(b.pair),
+        object: b.object,
+        kind: FlagKind::ShapeRuleOff,
+        detail: b.detail,
+    }));
     flags.extend(flag_dice(set, &pairs));
     flags.extend(flag_poor_set(set, &object_mean, pairs.len()));
     Ok(Report {
@@ -351,6 +370,7 @@ pub fn leave_one_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::segment::ShapeBlocker;
     use crate::store::support::{default_code, ObjectDef, SupportPairData};
 
     fn square(n: usize, x0: usize, y0: usize, side: usize) -> Mask {
@@ -428,6 +448,64 @@ mod tests {
         fn track_refusal(&self, _: &str, _: &[&str]) -> Option<String> {
             Some("a test double does not track".into())
         }
+
+        fn shape_blockers(&self, _: &SupportSetData) -> Result<Vec<ShapeBlocker>, SegmentError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// [`UnionOfSupport`] whose bundle reports these shape-rule blockers (or fails to check).
+    struct WithBlockers(UnionOfSupport, Result<Vec<ShapeBlocker>, &'static str>);
+
+    impl Segmenter for WithBlockers {
+        fn segment(&self, s: &SupportSetData, i: &DicomImage) -> Result<Vec<Mask>, SegmentError> {
+            self.0.segment(s, i)
+        }
+
+        fn track_refusal(&self, b: &str, l: &[&str]) -> Option<String> {
+            self.0.track_refusal(b, l)
+        }
+
+        fn shape_blockers(&self, _: &SupportSetData) -> Result<Vec<ShapeBlocker>, SegmentError> {
+            self.1.clone().map_err(SegmentError::Result)
+        }
+    }
+
+    #[test]
+    fn a_mask_that_turns_a_shape_rule_off_is_flagged_for_its_pair() {
+        let s = set(vec![
+            square(32, 8, 8, 10),
+            square(32, 9, 8, 10),
+            square(32, 8, 9, 10),
+        ]);
+        let blocker = ShapeBlocker {
+            pair: 2,
+            object: 0,
+            detail: "it is 2 separate regions".into(),
+        };
+        let seg = WithBlockers(UnionOfSupport(Default::default()), Ok(vec![blocker]));
+        let r = leave_one_out(&s, &seg, |_| Ok(dummy_image())).unwrap();
+        let off: Vec<&Flag> = r
+            .flags
+            .iter()
+            .filter(|f| f.kind == FlagKind::ShapeRuleOff)
+            .collect();
+        assert_eq!(off.len(), 1, "{:?}", r.flags);
+        assert_eq!(
+            (off[0].pair, off[0].object, off[0].detail.as_str()),
+            (Some(2), 0, "it is 2 separate regions")
+        );
+        // no blockers, no flag; a bundle whose rules cannot be checked fails the evaluation
+        let clean = WithBlockers(UnionOfSupport(Default::default()), Ok(Vec::new()));
+        let r = leave_one_out(&s, &clean, |_| Ok(dummy_image())).unwrap();
+        assert!(r.flags.iter().all(|f| f.kind != FlagKind::ShapeRuleOff));
+        let broken = WithBlockers(UnionOfSupport(Default::default()), Err("no bundle"));
+        let e = leave_one_out(&s, &broken, |_| Ok(dummy_image())).unwrap_err();
+        assert!(matches!(e, EvalError::ShapeRules(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "checking the bundle's shape rules: no bundle"
+        );
     }
 
     fn dummy_image() -> DicomImage {

@@ -63,6 +63,22 @@ pub trait Segmenter: Send + Sync {
     /// object labels frame by frame even when its sequence mode asks for the memory bank; None
     /// when it can track.
     fn track_refusal(&self, bundle: &str, labels: &[&str]) -> Option<String>;
+
+    /// The masks of `set` that keep an object from the form its bundle's `[[shape]]` rules
+    /// list (`crate::engine::shape::form_blockers`); empty when the bundle lists none.
+    fn shape_blockers(&self, set: &SupportSetData) -> Result<Vec<ShapeBlocker>, SegmentError>;
+}
+
+/// A support mask that turns a bundle's `[[shape]]` rule off for its object: while the pair is
+/// in the set, every result of the set gets a weaker form (or none) for that object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeBlocker {
+    /// Pair number.
+    pub pair: u32,
+    /// 0-based object index.
+    pub object: usize,
+    /// What is wrong with the mask and what the set loses, with the numbers.
+    pub detail: String,
 }
 
 /// The admin API's handle on the engine. The API is served from before the engine loads
@@ -192,5 +208,44 @@ impl Segmenter for EngineSegmenter {
                 .map(|why| format!("{why} (bundle {name})")),
             Err(e) => Some(format!("bundle {name} cannot be used: {e}")),
         }
+    }
+
+    fn shape_blockers(&self, set: &SupportSetData) -> Result<Vec<ShapeBlocker>, SegmentError> {
+        let name = if set.bundle.trim().is_empty() {
+            &self.default_bundle
+        } else {
+            &set.bundle
+        };
+        let b = self.engine.bundle(name)?;
+        if b.manifest.shape.is_empty() {
+            return Ok(Vec::new());
+        }
+        let engine_set = crate::engine::SupportSet::from_stored(set)?;
+        let found = crate::engine::shape::form_blockers(
+            &b.manifest.shape,
+            &engine_set,
+            b.manifest.input_size,
+        );
+        Ok(found
+            .into_iter()
+            .map(|f| {
+                let label = &set.objects[f.object].label;
+                let gets = match f.given {
+                    Some(form) => format!("the {} form", form.name()),
+                    None => "no shape rule".to_string(),
+                };
+                ShapeBlocker {
+                    pair: set.pairs[f.pair].number,
+                    object: f.object,
+                    detail: format!(
+                        "{}: while this mask is in the set, bundle {name}'s {} rule for {label} is off \
+                         and every result gets {gets} for it (redraw the mask as one region, or \
+                         remove the pair)",
+                        f.reason,
+                        f.listed.name()
+                    ),
+                }
+            })
+            .collect())
     }
 }

@@ -630,6 +630,7 @@ pub fn report_to_pb(set: &support::SupportSetData, r: &evaluate::Report) -> pb::
                     evaluate::FlagKind::AreaOutlier => pb::FlagKind::AreaOutlier,
                     evaluate::FlagKind::DiceOutlier => pb::FlagKind::DiceOutlier,
                     evaluate::FlagKind::PoorSet => pb::FlagKind::PoorSet,
+                    evaluate::FlagKind::ShapeRuleOff => pb::FlagKind::ShapeRuleOff,
                 } as i32,
                 detail: f.detail.clone(),
             })

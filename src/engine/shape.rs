@@ -333,6 +333,100 @@ pub fn object_forms(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<O
         .collect()
 }
 
+/// A support mask that keeps a `[[shape]]` rule from its object: with it in the set the
+/// object gets `given` instead of `listed` (see [`object_forms`]). Admins see these in the
+/// support set's QC, since one loosely drawn mask changes what every result of the set gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormBlocker {
+    /// Index of the pair in the set's `pairs`.
+    pub pair: usize,
+    /// Object index.
+    pub object: usize,
+    /// The form the rules list for the object (the first of ellipse, convex, region).
+    pub listed: Form,
+    /// The form the set's masks give the object: `None` (no rule applies) or a weaker form.
+    pub given: Option<Form>,
+    /// What is wrong with the mask, with the numbers.
+    pub reason: String,
+}
+
+impl Form {
+    /// The manifest's name of the form.
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Region => "region",
+            Form::Convex => "convex",
+            Form::Ellipse => "ellipse",
+        }
+    }
+}
+
+/// Every support mask that keeps its object from the form its `[[shape]]` rules list (the
+/// checks of [`object_forms`], mask by mask): one that is more than one region on the
+/// `size x size` model grid, or, for a convex or ellipse rule, one that fills less than
+/// [`MIN_SOLIDITY`] of its hull. Empty masks are never blockers.
+pub fn form_blockers(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<FormBlocker> {
+    let given = object_forms(rules, set, size);
+    let mut out = Vec::new();
+    for (j, o) in set.objects.iter().enumerate() {
+        let listed: Vec<Form> = rules
+            .iter()
+            .filter(|r| r.objects.iter().any(|l| same_label(l, &o.label)))
+            .map(|r| r.form)
+            .collect();
+        let Some(&best) = [Form::Ellipse, Form::Convex, Form::Region]
+            .iter()
+            .find(|f| listed.contains(f))
+        else {
+            continue;
+        };
+        for (i, p) in set.pairs.iter().enumerate() {
+            let Some(m) = p.masks.get(j) else { continue };
+            let grid = Mask {
+                rows: size,
+                cols: size,
+                data: prepare_mask(&m.data, m.rows, m.cols, size)
+                    .iter()
+                    .map(|&v| u8::from(v > 0.5))
+                    .collect(),
+            };
+            if grid.area() == 0 {
+                continue;
+            }
+            let regions = region_count(&grid.data, size, size);
+            let reason = if regions > 1 {
+                format!("it is {regions} separate regions on the {size} x {size} model grid")
+            } else if best != Form::Region && solidity(&grid) < MIN_SOLIDITY {
+                format!(
+                    "it fills {:.3} of its convex hull on the {size} x {size} model grid \
+                     (a {} rule needs {MIN_SOLIDITY} or more)",
+                    solidity(&grid),
+                    best.name()
+                )
+            } else {
+                continue;
+            };
+            out.push(FormBlocker {
+                pair: i,
+                object: j,
+                listed: best,
+                given: given.get(j).copied().flatten(),
+                reason,
+            });
+        }
+    }
+    out
+}
+
+/// Number of 8-connected regions of the non-zero pixels.
+fn region_count(data: &[u8], rows: usize, cols: usize) -> usize {
+    let mut fg = Components::of(data, rows, cols);
+    let mut roots = fg.roots();
+    roots.sort_unstable();
+    roots.dedup();
+    roots.len()
+}
+
 /// Applies each object's form to its mask (mask order): [`keep_largest_region`], then
 /// [`fill_convex`] for [`Form::Convex`] or [`fill_ellipse`] for [`Form::Ellipse`].
 pub fn apply(forms: &[Option<Form>], masks: &mut [Mask]) {

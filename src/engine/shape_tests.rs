@@ -419,3 +419,62 @@ fn an_ellipse_rule_needs_convex_support_masks_and_wins_over_convex() {
     apply(&[Some(Form::Ellipse)], &mut masks);
     assert_eq!(masks[0], tiny);
 }
+
+#[test]
+fn form_blockers_name_each_mask_that_weakens_its_object_and_why() {
+    let rule = |form, objects: &[&str]| ShapeRule {
+        form,
+        objects: objects.iter().map(|s| s.to_string()).collect(),
+        note: String::new(),
+    };
+    let rules = [
+        rule(Form::Ellipse, &["cup"]),
+        rule(Form::Convex, &["disc"]),
+        rule(Form::Region, &["head"]),
+    ];
+    let blob = boxes(64, &[(10, 10, 40, 40)]);
+    let ell = boxes(64, &[(10, 10, 50, 20), (40, 10, 50, 50)]);
+    let two = boxes(64, &[(4, 4, 14, 14), (40, 40, 54, 54)]);
+    let empty = boxes(64, &[]);
+    let s = set(
+        &["cup", "disc", "head", "vessels"],
+        vec![
+            vec![blob.clone(), blob.clone(), blob.clone(), two.clone()],
+            vec![ell.clone(), two.clone(), ell.clone(), blob.clone()],
+            vec![empty, blob.clone(), two, blob],
+        ],
+    );
+    let found = form_blockers(&rules, &s, 32);
+    let got: Vec<(usize, usize, Form, Option<Form>)> = found
+        .iter()
+        .map(|b| (b.pair, b.object, b.listed, b.given))
+        .collect();
+    // cup: the L loses the ellipse (region form left); disc: two regions, no rule at all;
+    // head: an L is fine for a region rule, two regions are not; vessels: listed nowhere; the
+    // empty cup mask is never a blocker
+    assert_eq!(
+        got,
+        [
+            (1, 0, Form::Ellipse, Some(Form::Region)),
+            (1, 1, Form::Convex, None),
+            (2, 2, Form::Region, None),
+        ]
+    );
+    assert_eq!(
+        object_forms(&rules, &s, 32),
+        [Some(Form::Region), None, None, None]
+    );
+    assert!(
+        found[0].reason.contains("of its convex hull")
+            && found[0].reason.contains("ellipse rule needs 0.95"),
+        "{}",
+        found[0].reason
+    );
+    assert_eq!(
+        found[1].reason,
+        "it is 2 separate regions on the 32 x 32 model grid"
+    );
+    // a clean set has none
+    let clean = set(&["cup"], vec![vec![boxes(64, &[(10, 10, 40, 40)])]; 3]);
+    assert!(form_blockers(&rules, &clean, 32).is_empty());
+}

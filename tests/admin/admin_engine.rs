@@ -261,3 +261,107 @@ async fn evaluate_and_preview_with_the_engine() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 }
+
+/// A mask shaped as an L (two bars of a square of side `s` at (y0, x0)): one region that
+/// fills about 0.6 of its convex hull.
+fn l_shape(
+    rows: usize,
+    cols: usize,
+    y0: usize,
+    x0: usize,
+    s: usize,
+) -> proxyseg::store::support::Mask {
+    let mut m = square(rows, cols, 0, 0, 0);
+    let w = s / 4;
+    for y in y0..(y0 + s).min(rows) {
+        for x in x0..(x0 + s).min(cols) {
+            if x < x0 + w || y >= y0 + s - w {
+                m.data[y * cols + x] = 1;
+            }
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mask_that_turns_a_shape_rule_off_is_flagged_by_evaluate() {
+    // the bundle lists "blob" as convex; pair 3's blob is an L, which turns the rule off for the
+    // whole set: Evaluate says so for that pair (API and CLI), and for no other
+    let a = start_full("", &|models: &std::path::Path| {
+        make_bundle(models);
+        let manifest = models.join(BUNDLE).join("manifest.toml");
+        let mut text = std::fs::read_to_string(&manifest).unwrap();
+        text.push_str("\n[[shape]]\nform = \"convex\"\nobjects = [\"blob\"]\n");
+        std::fs::write(&manifest, text).unwrap();
+    });
+    let mut c = clients(&a.addr, ADMIN_TOKEN).await;
+    c.sets
+        .create(pb::CreateSupportSetRequest {
+            name: "shaped".into(),
+            bundle: BUNDLE.into(),
+            objects: vec![object("blob"), object("corner")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (i, (file, rows, cols)) in PAIRS[..3].iter().enumerate() {
+        let (r, q) = (*rows, *cols);
+        let side = r.min(q) / 2;
+        let blob = if i == 2 {
+            l_shape(r, q, r / 4, q / 4, side)
+        } else {
+            square(r, q, r / 4, q / 4, side)
+        };
+        // the corner object is listed by no rule: its L is nobody's business
+        let corner = l_shape(r, q, 0, 0, r.min(q) / 3);
+        add_pair(
+            &mut c.sets,
+            "shaped",
+            &pydicom(file),
+            &pngs(&[blob, corner]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{file}: {e:?}"));
+    }
+    let r = c
+        .sets
+        .evaluate(pb::EvaluateRequest {
+            name: "shaped".into(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let off: Vec<&pb::MaskFlag> = r
+        .flags
+        .iter()
+        .filter(|f| f.kind == pb::FlagKind::ShapeRuleOff as i32)
+        .collect();
+    assert_eq!(off.len(), 1, "{:?}", r.flags);
+    assert_eq!((off[0].pair_number, off[0].object_index), (3, 1));
+    assert!(
+        off[0].detail.contains("of its convex hull")
+            && off[0]
+                .detail
+                .contains("bundle admin-test's convex rule for blob is off")
+            && off[0].detail.contains("every result gets the region form"),
+        "{}",
+        off[0].detail
+    );
+    let tf = a.aux.path().join("admin.token");
+    std::fs::write(&tf, ADMIN_TOKEN).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"))
+        .args([
+            "admin",
+            "--endpoint",
+            &format!("http://{}", a.addr),
+            "--token-file",
+        ])
+        .arg(&tf)
+        .args(["support-set", "evaluate", "shaped"])
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("FLAG pair 3 object 1: it fills"), "{out}");
+}
