@@ -238,9 +238,9 @@ impl Segmenter for EngineSegmenter {
                     pair: set.pairs[f.pair].number,
                     object: f.object,
                     detail: format!(
-                        "{}: while this mask is in the set, bundle {name}'s {} rule for {label} is off \
-                         and every result gets {gets} for it (redraw the mask as one region, or \
-                         remove the pair)",
+                        "{label}: {}; while it is in the set, bundle {name}'s {} rule for \
+                         {label} is off and every result gets {gets} for it (redraw the mask, \
+                         or remove the pair)",
                         f.reason,
                         f.listed.name()
                     ),

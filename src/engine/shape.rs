@@ -395,10 +395,10 @@ pub fn form_blockers(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<
             }
             let regions = region_count(&grid.data, size, size);
             let reason = if regions > 1 {
-                format!("it is {regions} separate regions on the {size} x {size} model grid")
+                format!("the mask is {regions} separate regions on the {size} x {size} model grid")
             } else if best != Form::Region && solidity(&grid) < MIN_SOLIDITY {
                 format!(
-                    "it fills {:.3} of its convex hull on the {size} x {size} model grid \
+                    "the mask fills {:.3} of its convex hull on the {size} x {size} model grid \
                      (a {} rule needs {MIN_SOLIDITY} or more)",
                     solidity(&grid),
                     best.name()

@@ -472,7 +472,7 @@ fn form_blockers_name_each_mask_that_weakens_its_object_and_why() {
     );
     assert_eq!(
         found[1].reason,
-        "it is 2 separate regions on the 32 x 32 model grid"
+        "the mask is 2 separate regions on the 32 x 32 model grid"
     );
     // a clean set has none
     let clean = set(&["cup"], vec![vec![boxes(64, &[(10, 10, 40, 40)])]; 3]);

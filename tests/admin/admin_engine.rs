@@ -363,5 +363,8 @@ async fn a_mask_that_turns_a_shape_rule_off_is_flagged_by_evaluate() {
         .unwrap();
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("FLAG pair 3 object 1: it fills"), "{out}");
+    assert!(
+        out.contains("FLAG pair 3 object 1: blob: the mask fills"),
+        "{out}"
+    );
 }
