@@ -231,16 +231,16 @@ impl Segmenter for EngineSegmenter {
             .map(|f| {
                 let label = &set.objects[f.object].label;
                 let gets = match f.given {
-                    Some(form) => format!("the {} form", form.name()),
-                    None => "no shape rule".to_string(),
+                    Some(form) => format!("gets the {} form instead", form.name()),
+                    None => "keeps the shape the model predicted".to_string(),
                 };
                 ShapeBlocker {
                     pair: set.pairs[f.pair].number,
                     object: f.object,
                     detail: format!(
                         "{label}: {}; while it is in the set, bundle {name}'s {} rule for \
-                         {label} is off and every result gets {gets} for it (redraw the mask, \
-                         or remove the pair)",
+                         {label} is off: every result {gets} (redraw the mask, or remove the \
+                         pair)",
                         f.reason,
                         f.listed.name()
                     ),
