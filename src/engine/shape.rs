@@ -295,27 +295,15 @@ pub fn object_forms(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<O
         .iter()
         .enumerate()
         .map(|(j, o)| {
-            let listed: Vec<Form> = rules
-                .iter()
-                .filter(|r| r.objects.iter().any(|l| same_label(l, &o.label)))
-                .map(|r| r.form)
-                .collect();
+            let listed = listed_forms(rules, &o.label);
             if listed.is_empty() {
                 return None;
             }
             let mut grids = Vec::new();
             for p in &set.pairs {
-                let m = p.masks.get(j)?;
-                let data: Vec<u8> = prepare_mask(&m.data, m.rows, m.cols, size)
-                    .iter()
-                    .map(|&v| u8::from(v > 0.5))
-                    .collect();
-                if data.iter().any(|&v| v != 0) {
-                    grids.push(Mask {
-                        rows: size,
-                        cols: size,
-                        data,
-                    });
+                let grid = model_grid(p.masks.get(j)?, size);
+                if grid.area() != 0 {
+                    grids.push(grid);
                 }
             }
             if grids.is_empty() || !grids.iter().all(|g| is_one_region(&g.data, size, size)) {
@@ -369,11 +357,7 @@ pub fn form_blockers(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<
     let given = object_forms(rules, set, size);
     let mut out = Vec::new();
     for (j, o) in set.objects.iter().enumerate() {
-        let listed: Vec<Form> = rules
-            .iter()
-            .filter(|r| r.objects.iter().any(|l| same_label(l, &o.label)))
-            .map(|r| r.form)
-            .collect();
+        let listed = listed_forms(rules, &o.label);
         let Some(&best) = [Form::Ellipse, Form::Convex, Form::Region]
             .iter()
             .find(|f| listed.contains(f))
@@ -382,14 +366,7 @@ pub fn form_blockers(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<
         };
         for (i, p) in set.pairs.iter().enumerate() {
             let Some(m) = p.masks.get(j) else { continue };
-            let grid = Mask {
-                rows: size,
-                cols: size,
-                data: prepare_mask(&m.data, m.rows, m.cols, size)
-                    .iter()
-                    .map(|&v| u8::from(v > 0.5))
-                    .collect(),
-            };
+            let grid = model_grid(m, size);
             if grid.area() == 0 {
                 continue;
             }
@@ -416,6 +393,28 @@ pub fn form_blockers(rules: &[ShapeRule], set: &SupportSet, size: usize) -> Vec<
         }
     }
     out
+}
+
+/// The forms the rules that list `label` give it.
+fn listed_forms(rules: &[ShapeRule], label: &str) -> Vec<Form> {
+    rules
+        .iter()
+        .filter(|r| r.objects.iter().any(|l| same_label(l, label)))
+        .map(|r| r.form)
+        .collect()
+}
+
+/// A support mask on the `size x size` model grid, as the rules judge it (resized as the
+/// engine prepares support masks, then > 0.5).
+fn model_grid(m: &Mask, size: usize) -> Mask {
+    Mask {
+        rows: size,
+        cols: size,
+        data: prepare_mask(&m.data, m.rows, m.cols, size)
+            .iter()
+            .map(|&v| u8::from(v > 0.5))
+            .collect(),
+    }
 }
 
 /// Number of 8-connected regions of the non-zero pixels.

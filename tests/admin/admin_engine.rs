@@ -15,6 +15,26 @@ fn make_bundle(models: &std::path::Path) {
     crate::harness::engine::make_test_bundle(&models.join(BUNDLE), BUNDLE, "1");
 }
 
+/// `support-set evaluate <set>` through the CLI (text or JSON); it must succeed.
+fn cli_evaluate(a: &Admin, set: &str, json: bool) -> String {
+    let tf = a.aux.path().join("admin.token");
+    std::fs::write(&tf, ADMIN_TOKEN).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"));
+    cmd.args([
+        "admin",
+        "--endpoint",
+        &format!("http://{}", a.addr),
+        "--token-file",
+    ])
+    .arg(&tf);
+    if json {
+        cmd.arg("--json");
+    }
+    let o = cmd.args(["support-set", "evaluate", set]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
 /// (file, rows, cols): single-frame pydicom images of different sizes, grey and colour.
 const PAIRS: &[(&str, usize, usize)] = &[
     ("CT_small.dcm", 128, 128),
@@ -128,27 +148,7 @@ async fn evaluate_and_preview_with_the_engine() {
         (set_flags[0].object_index, set_flags[0].kind),
         (1, pb::FlagKind::PoorSet as i32)
     );
-    let tf = a.aux.path().join("admin.token");
-    std::fs::write(&tf, ADMIN_TOKEN).unwrap();
-    let cli = |json: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"));
-        cmd.args([
-            "admin",
-            "--endpoint",
-            &format!("http://{}", a.addr),
-            "--token-file",
-        ])
-        .arg(&tf);
-        if json {
-            cmd.arg("--json");
-        }
-        let o = cmd
-            .args(["support-set", "evaluate", "poor-set"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        String::from_utf8(o.stdout).unwrap()
-    };
+    let cli = |json: bool| cli_evaluate(&a, "poor-set", json);
     let out = cli(false);
     assert!(
         out.contains("FLAG POOR SET object 1: dot: mean leave-one-out Dice"),
@@ -348,21 +348,7 @@ async fn a_mask_that_turns_a_shape_rule_off_is_flagged_by_evaluate() {
         "{}",
         off[0].detail
     );
-    let tf = a.aux.path().join("admin.token");
-    std::fs::write(&tf, ADMIN_TOKEN).unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_proxyseg"))
-        .args([
-            "admin",
-            "--endpoint",
-            &format!("http://{}", a.addr),
-            "--token-file",
-        ])
-        .arg(&tf)
-        .args(["support-set", "evaluate", "shaped"])
-        .output()
-        .unwrap();
-    let out = text(&o);
-    assert!(o.status.success(), "{out}");
+    let out = cli_evaluate(&a, "shaped", false);
     assert!(
         out.contains("FLAG pair 3 object 1: blob: the mask fills"),
         "{out}"
