@@ -326,6 +326,10 @@ def train(args):
         if args.save_every and step % args.save_every == 0:
             save_run(model, args, {"phase": "lite", "steps": step, "partial": True})
     model.eval()
+    if step == 0 and args.resume:  # --minutes 0: a conversion (slim parts <-> full file), not a run
+        save_run(model, args, prior)
+        log(f"lite: {args.resume} saved unchanged (no steps) -> {args.slim_out or args.out}", fh)
+        return
     info = {"phase": "lite", "steps": step, "seconds": round(time.time() - t0), "final_loss_ema": ema,
             "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "readout_loss": 0.0 if args.only_detail else args.readout_loss, "families": fams, "overrides": overrides,
             "seed": args.seed, "train_per_set": realdata.TRAIN_PER_SET, "split_seed": realdata.SPLIT_SEED,
