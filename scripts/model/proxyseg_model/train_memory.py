@@ -1,6 +1,6 @@
 """Trains the bundled model's memory mode: LiteMemoryEncoder + LiteMemoryAttention on sequences.
 
-LiteMedSAM and the PPG (lite-ppg3-detail: its decoder LoRA and the detail branch, which reads
+LiteMedSAM and the PPG (lite-ppg4-lora since session 22: its decoder LoRA and the detail branch, which reads
 each frame's model input from the cache) are frozen; only the two memory modules train (issue 15 item 3). The sequences are memory_data.py's training split: the 16
 training-pool cases of each real data set moved by sequences.make_sequence, the ultrasound
 phantom's cine loops and the MR phantom's volumes (seeds disjoint from the held-out ones), with
@@ -34,7 +34,7 @@ from .lite_track import frame_slots
 from .losses import dice_loss, upscale
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
-PPG_CHECKPOINT = RUNS / "lite-ppg3-detail.pt"
+PPG_CHECKPOINT = RUNS / "lite-ppg4-lora.pt"
 S = 256
 
 

@@ -34,3 +34,17 @@ def test_a_wrong_table_is_refused_by_name(rules, says):
 def test_the_shipped_bundle_lists_its_thresholds():
     lite = Path(__file__).resolve().parents[3] / "models" / "litemedsam-ppg"
     assert tomllib.loads((lite / "manifest.toml").read_text())["threshold"] == threshold.SHIPPED
+
+
+def test_calibrate_lists_an_object_only_where_its_best_logit_gains_enough():
+    from proxyseg_model import calibrate
+    grid = [-2.0, 0.0, 3.0]
+    scores = {"optic cup": np.array([[0.70, 0.78, 0.81], [0.74, 0.80, 0.82]]),  # +2.5 at 3
+              "vessels": np.array([[0.73, 0.74, 0.70], [0.75, 0.74, 0.72]])}    # +0.0: 0 is best
+    rows = {r["label"]: r for r in calibrate.choose(scores, grid, min_gain=0.5)}
+    assert rows["optic cup"]["logit"] == 3.0 and rows["optic cup"]["listed"]
+    assert rows["optic cup"]["gain"] == pytest.approx(2.5)
+    assert rows["vessels"]["logit"] == 0.0 and not rows["vessels"]["listed"]
+    assert rows["vessels"]["cases"] == 2
+    # a gain under the bar is reported but not listed
+    assert not calibrate.choose(scores, grid, min_gain=3.0)[0]["listed"]
