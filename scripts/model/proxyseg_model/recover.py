@@ -1,7 +1,7 @@
 """Recovers the training checkpoints of a LiteMedSAM + PPG bundle from its committed graphs.
 
   python -m proxyseg_model.recover --bundle ../../models/litemedsam-ppg \\
-      --ppg-out runs/lite-ppg4-lora.pt --memory-out runs/litemem-d2.pt
+      --ppg-out runs/lite-ppg4-lora.pt --memory-out runs/litemem-e.pt
 
 Training state lives in the ignored runs/ folder, so a fresh clone (or a new machine) has none of
 it, and `train_lite --resume`, `train_memory --resume`, `memory_data` and device_train.sh would
