@@ -52,7 +52,9 @@ def scan(bundle: OrtBundle, ds: str, grid: list[float]) -> dict[str, np.ndarray]
             one[o] = forms[o]
             for g, t in enumerate(grid):
                 cut = [t if k == o else 0.0 for k in range(len(labels))]
-                m = shape.apply(one, threshold.masks(logits, cut)) if forms[o] else threshold.masks(logits, cut)
+                m = threshold.masks(logits, cut)
+                if forms[o]:
+                    m = shape.apply(one, m)
                 out[label][i, g] = dice(m[o], truth[o])
     return out
 
