@@ -8,7 +8,10 @@ cases. `--zoom` adds each held-out case of the named sets seen smaller or larger
 `_rescale`, fixed seed): how a run copes with objects whose size the support pairs do not share.
 
     python -m proxyseg_model.holdout --bundle ../../models/litemedsam-ppg /tmp/cand --hold-out 4 \\
-        --zoom hc18 --factors 0.6 0.8 1.25
+        --zoom hc18 --factors 0.6 0.8 1.25 --stability
+
+`--stability` adds, per object, the std over the 5 support pairs used one at a time (the
+single-pair stability of evaluate_real, on the held-out cases).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import realdata, views
-from .evaluate_real import run_ppg
+from .evaluate_real import N_SUPPORT, run_ppg
 from .preprocess import prepare_image
 from .runtime import OrtBundle
 from .train_lite import _rescale
@@ -52,8 +55,11 @@ def main(argv=None):
                     help="objects given a roi second pass the manifest does not ship (views.Rule, --roi-anchor)")
     ap.add_argument("--roi-anchor", default="optic disc")
     ap.add_argument("--roi-scale", type=float, default=2.0)
+    ap.add_argument("--stability", action="store_true",
+                    help="also the std over the 5 single support pairs (unzoomed held-out cases)")
     args = ap.parse_args(argv)
     rows = []  # (set, object, factor) -> per-bundle mean Dice
+    stab = []  # (set, object) -> per-bundle std over the single pairs
     bundles = [OrtBundle(Path(b)) for b in args.bundle]
     if args.roi:
         for b in bundles:
@@ -61,12 +67,18 @@ def main(argv=None):
     for ds in args.sets:
         labels = list(realdata.DATASETS[ds].labels)
         for f in [1.0] + (args.factors if ds in args.zoom else []):
-            means = []
+            means, stds = [], []
             for b in bundles:
-                scores = run_ppg(b, ds, HeldOut(ds, b, args.hold_out, f), views=True)
-                means.append(scores.mean(0) * 100)
+                held = HeldOut(ds, b, args.hold_out, f)
+                means.append(run_ppg(b, ds, held, views=True).mean(0) * 100)
+                if args.stability and f == 1.0:
+                    singles = np.stack([run_ppg(b, ds, held, views=True, pairs=[p]).mean(0) * 100
+                                        for p in range(N_SUPPORT)])
+                    stds.append(singles.std(0))
             for o, label in enumerate(labels):
                 rows.append((ds, label, f, [m[o] for m in means]))
+                if stds:
+                    stab.append((ds, label, [s_[o] for s_ in stds]))
     head = "| set | object | zoom | " + " | ".join(Path(b).name or b for b in args.bundle) + " |"
     print(head)
     print("|" + "---|" * (3 + len(bundles)))
@@ -77,6 +89,13 @@ def main(argv=None):
     if any(r[2] != 1.0 for r in rows):
         zoomed = [r[3] for r in rows if r[2] != 1.0]
         print("| **mean, zoomed** | | | " + " | ".join(f"**{v:.2f}**" for v in np.mean(zoomed, 0)) + " |")
+    if stab:
+        print("\nstd over the 5 single support pairs (held-out cases, Dice %)\n")
+        print("| set | object | " + " | ".join(Path(b).name or b for b in args.bundle) + " |")
+        print("|" + "---|" * (2 + len(bundles)))
+        for ds, label, vals in stab:
+            print(f"| {ds} | {label} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+        print("| **mean** | | " + " | ".join(f"**{v:.2f}**" for v in np.mean([r[2] for r in stab], 0)) + " |")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ Training families (each a data set's 16 training cases, realdata.split):
   drive             whole image (vessels)             drive@tiles     2 x 2 tiles (views.py)
   psfhs             whole image (symphysis, head)     hc18            whole image (head)
   hc18@scale        the head zoomed out (0.55-0.9x, on a black field) and in (1.1-1.5x)
+  drishti-gs@scale  the same for the fundus (zoomed in around the disc)
+  psfhs@scale       the same for PSFHS (zoomed in around the symphysis)
 Views per case: identity, horizontal flip, a random zoom crop, flip + contrast/gamma jitter
 (ROI views also jitter the crop's scale and centre, as a predicted anchor would). Scale views
 (`@scale`) draw 6 per case, half zoomed out and half zoomed in, so that the heads of an
@@ -55,7 +57,9 @@ RULES = {
 # worse (first bundle: 83.0 vs 92.0 whole-image) and did not help the cup (63.8 vs 66.3), so
 # disc and cup stay whole-image; tiles lift vessels (38.8 vs 31.3).
 SHIPPED_RULES = ("drive",)
-FAMILIES = ("drishti-gs", "drishti-gs@roi", "drive", "drive@tiles", "psfhs", "hc18", "hc18@scale")
+# new families go at the end: a family's index seeds its views (corpus), so cached corpora stay valid
+FAMILIES = ("drishti-gs", "drishti-gs@roi", "drive", "drive@tiles", "psfhs", "hc18", "hc18@scale",
+            "drishti-gs@scale", "psfhs@scale")
 SCALE_VIEWS = 6  # views per case of an @scale family
 ZOOM_OUT, ZOOM_IN = (0.55, 0.9), (1.1, 1.5)
 
@@ -198,10 +202,12 @@ def corpus(fam: str, seed: int = 0, cache: Path = RUNS / "cache", variants: int 
     return out
 
 
-def episode(rng, corp: dict, max_support: int, device: str = "cpu", hold_out: int = 0):
+def episode(rng, corp: dict, max_support: int, device: str = "cpu", hold_out: int = 0, single: float = 0.0):
     """Target view + 1..max_support support views of other cases at the same position, with
     all objects or a random non-empty subset in random order (as train.episode). `hold_out`:
     the last that many training-pool cases are never drawn (a check set for a choice).
+    `single`: the share of episodes with exactly one support view (the rest draw 1..max_support
+    uniformly), for a PPG that reads one pair as well as several (single-pair stability).
     Returns (target embeddings, support images, support masks, support embeddings, target
     masks, target image)."""
     n = len(corp["case"])
@@ -214,7 +220,9 @@ def episode(rng, corp: dict, max_support: int, device: str = "cpu", hold_out: in
                         & drawn)[0]
         if len(ok):
             break
-    sup = rng.choice(ok, min(len(ok), int(rng.integers(1, max_support + 1))), replace=False)
+    # (no draw at single = 0: earlier runs' episodes stay as they were)
+    count = 1 if single and rng.random() < single else int(rng.integers(1, max_support + 1))
+    sup = rng.choice(ok, min(len(ok), count), replace=False)
     kall = corp["masks"].shape[1]
     objs = list(range(kall))
     if kall > 1:
@@ -299,7 +307,8 @@ def train(args):
         for g in opt.param_groups:
             g["lr"] = lr
         fam = fams[step % len(fams)]
-        t_emb, si, sm, s_emb, tm, t_img = episode(rng, corpora[fam], args.max_support, dev, args.hold_out)
+        t_emb, si, sm, s_emb, tm, t_img = episode(rng, corpora[fam], args.max_support, dev, args.hold_out,
+                                                  args.single_support)
         with torch.set_grad_enabled(not args.only_detail):
             keys, values = model.ppg.encode_support(si, sm, s_emb)
             tokens, readout = model.ppg.generate_prompts(t_emb, keys, values, return_readout=True)
@@ -333,7 +342,8 @@ def train(args):
     info = {"phase": "lite", "steps": step, "seconds": round(time.time() - t0), "final_loss_ema": ema,
             "optimizer": args.optimizer, "lr": base_lr, "bce": args.bce, "readout_loss": 0.0 if args.only_detail else args.readout_loss, "families": fams, "overrides": overrides,
             "seed": args.seed, "train_per_set": realdata.TRAIN_PER_SET, "split_seed": realdata.SPLIT_SEED,
-            "detail": args.detail, "only_detail": args.only_detail, "only_ppg": args.only_ppg, "hold_out": args.hold_out}
+            "detail": args.detail, "only_detail": args.only_detail, "only_ppg": args.only_ppg, "hold_out": args.hold_out,
+            "max_support": args.max_support, "single_support": args.single_support}
     if args.resume:
         info.update({"resumed_from": str(args.resume), "total_steps": step + int(prior.get("total_steps", prior.get("steps", 0))),
                      "prior": {k: prior.get(k) for k in ("steps", "seconds", "optimizer", "lr", "seed")}})
@@ -399,6 +409,8 @@ def main(argv=None):
     ap.add_argument("--lora-rank", type=int, default=4)
     ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     ap.add_argument("--max-support", type=int, default=2)
+    ap.add_argument("--single-support", type=float, default=0.0,
+                    help="share of episodes with exactly one support view (the rest: 1..--max-support)")
     ap.add_argument("--detail", action="store_true", help="with the detail branch (detail.py) on the mask decoder")
     ap.add_argument("--only-detail", action="store_true",
                     help="train the detail branch only (PPG and LoRA frozen as resumed)")
