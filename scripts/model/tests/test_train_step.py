@@ -112,3 +112,44 @@ def test_scale_views_shrink_and_enlarge_the_object():
         d, m = _rescale(display, masks, f, rng)
         assert d.shape[:2] == m.shape[1:] == (round(h / f), round(w / f))
         assert m[0].any() and np.array_equal(d[..., 0] == 200.0, m[0])  # the crop of the same pixels
+
+
+def test_single_support_share_draws_one_pair_that_often():
+    """train_lite.episode: `single` is the share of one-pair episodes; the rest draw 1..max
+    uniformly; at single = 0 the draws are those of earlier runs (no extra random draw)."""
+    from proxyseg_model.train_lite import episode as lite_episode
+    n = 12
+    corp = {"case": torch.arange(n), "pos": torch.zeros(n, dtype=torch.long), "cases": [str(i) for i in range(n)],
+            "emb": torch.zeros(n, 4, 2, 2), "images": torch.zeros(n, 3, 8, 8), "masks": torch.ones(n, 1, 8, 8)}
+
+    def ones(single, draws=600, seed=0):
+        rng = np.random.default_rng(seed)
+        return np.mean([lite_episode(rng, corp, 3, single=single)[1].shape[0] == 1 for _ in range(draws)])
+
+    assert abs(ones(0.0) - 1 / 3) < 0.06
+    assert abs(ones(0.5) - (0.5 + 0.5 / 3)) < 0.06
+    assert ones(1.0) == 1.0
+    corp["images"] = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 8, 8).clone()
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(20):  # the default draws as before --single-support existed: target, count, pairs
+        t = int(b.integers(n))
+        ok = np.array([i for i in range(n) if i != t])
+        want = b.choice(ok, int(b.integers(1, 4)), replace=False)
+        got = lite_episode(a, corp, 3)[1][:, 0, 0, 0].long().numpy()
+        assert np.array_equal(got, want)
+
+
+def test_soup_mixes_floating_tensors_and_refuses_other_models():
+    """soup.mix: (1 - alpha) a + alpha b tensor by tensor; integer buffers from a; runs with
+    other tensors or shapes are refused."""
+    import pytest
+    from proxyseg_model.soup import mix
+    a = {"w": torch.zeros(2, 3), "n": torch.tensor([4])}
+    b = {"w": torch.ones(2, 3) * 2, "n": torch.tensor([9])}
+    m = mix(a, b, 0.25)
+    assert torch.allclose(m["w"], torch.full((2, 3), 0.5)) and m["n"].item() == 4
+    assert torch.equal(mix(a, b, 0.0)["w"], a["w"]) and torch.equal(mix(a, b, 1.0)["w"], b["w"])
+    with pytest.raises(SystemExit):
+        mix(a, {"w": b["w"]}, 0.5)
+    with pytest.raises(SystemExit):
+        mix(a, {"w": torch.ones(3, 2), "n": b["n"]}, 0.5)
