@@ -433,6 +433,8 @@ def main(argv=None):
     ap.add_argument("--litemedsam", default="", help="lite_medsam.pth (sha256-checked); default: the installed wheel's")
     ap.add_argument("--log", default="")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.single_support <= 1.0:
+        ap.error("--single-support is a share: 0..1")
     torch.set_num_threads(args.threads)
     if args.cache_only:
         for f in args.families:
