@@ -172,6 +172,8 @@ def main(argv=None):
     ap.add_argument("--no-shape", action="store_true",
                     help="score the raw masks, without the manifest's [[shape]] rules (not with --write)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--cache", type=Path, default=memory_data.CACHE,
+                    help="the held-out sequences' cache folder; a cache another bundle's graphs made is refused")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     man = tomllib.loads((a.bundle / "manifest.toml").read_text())
@@ -183,10 +185,10 @@ def main(argv=None):
     res = {}
     for kind in a.kinds:
         memory_data.build_cache(a.bundle, "val", kind,
-                                memory_data.VAL_REAL_CASES if kind == "real" else memory_data.VAL_PHANTOMS)
-        res.update(score(memory_data.load("val", kind), loop, [] if a.no_shape else man.get("shape", []),
+                                memory_data.VAL_REAL_CASES if kind == "real" else memory_data.VAL_PHANTOMS, a.cache)
+        res.update(score(memory_data.load("val", kind, a.cache), loop, [] if a.no_shape else man.get("shape", []),
                          man.get("threshold", [])))
-    cine = memory_data.load("val", "us-cine")[0]
+    cine = memory_data.load("val", "us-cine", a.cache)[0]
     ctx = memory_data.SupportContexts(OrtBundle(a.bundle)).get(("us-cine", None))
     ms = timing(loop, cine, ctx, repeats=2)
     if man.get("int8", {}).get("graphs"):  # what the engine runs on the CPU provider by default

@@ -125,9 +125,11 @@ def cache_sequence(bundle: OrtBundle, ctx: dict, displays: np.ndarray, masks: np
 
 
 def build_cache(bundle_dir: Path, split: str, kind: str, count: int = 0, out: Path = CACHE) -> Path:
-    """Caches one (split, kind) -> runs/memory-cache/<split>-<kind>.pt (a list of sequences)."""
+    """Caches one (split, kind) -> runs/memory-cache/<split>-<kind>.pt (a list of sequences).
+    An existing cache is used only if this bundle's graphs made it (`check_cache`)."""
     path = out / f"{split}-{kind}.pt"
     if path.exists():
+        check_cache(bundle_dir, split, kind, count, out)
         return path
     bundle = OrtBundle(bundle_dir)
     ctxs = SupportContexts(bundle)
@@ -179,6 +181,31 @@ def attach_images(bundle_dir: Path, kind: str, out: Path = CACHE, count: int = 0
     return len(seqs)
 
 
+# prompt tokens of the same frame through the same graphs (ONNX Runtime, fp32; cached in fp32)
+PROMPT_TOL = 1e-3
+
+
+def check_cache(bundle_dir: Path, split: str, kind: str, count: int = 0, out: Path = CACHE) -> None:
+    """Refuses a cache that this bundle's graphs did not make: the cache names no bundle, and one
+    built through another PPG (a candidate, the release before) would score a bundle with the
+    other's prompt tokens. The first frame of the first sequence is made and run through the
+    image encoder, support encoder and prompt generator again; its embeddings and prompt tokens
+    must match the cached ones (EMBEDDING_TOL, PROMPT_TOL)."""
+    path = out / f"{split}-{kind}.pt"
+    seqs = torch.load(path, weights_only=False, mmap=True)
+    group, name, _, displays, masks, key = next(sequences(kind, split, count))
+    if not seqs or (group, name) != (seqs[0]["group"], seqs[0]["name"]):
+        raise SystemExit(f"{path}: its sequences are not the ones memory_data makes today; delete it to rebuild it")
+    bundle = OrtBundle(bundle_dir)
+    again = cache_sequence(bundle, SupportContexts(bundle).get(key), displays[:1], masks[:1], keep_truth=False)
+    d_emb = float((again["emb"][0].float() - seqs[0]["emb"][0].float()).abs().max())
+    d_tok = float((again["prompts"][0].float() - seqs[0]["prompts"][0].float()).abs().max())
+    if d_emb > EMBEDDING_TOL or d_tok > PROMPT_TOL:
+        raise SystemExit(f"{path} was not made by {bundle_dir}'s graphs (frame 0 of {group}/{name}: embeddings "
+                         f"{d_emb:.3g}, prompt tokens {d_tok:.3g} from the cached ones): delete it to rebuild it "
+                         "for this bundle, or give this bundle its own cache folder (--cache)")
+
+
 def load(split: str, kind: str, out: Path = CACHE) -> list:
     return torch.load(out / f"{split}-{kind}.pt", weights_only=False)
 
@@ -192,16 +219,18 @@ def main(argv=None):
     ap.add_argument("--val-phantoms", type=int, default=VAL_PHANTOMS, help="held-out phantom sequences per kind")
     ap.add_argument("--attach-images", action="store_true",
                     help="add the model inputs to existing training caches that lack them (no re-encoding)")
+    ap.add_argument("--cache", type=Path, default=CACHE,
+                    help="cache folder (one per bundle: a cache another bundle's graphs made is refused)")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     if a.attach_images:
         for kind in a.kinds:
-            print(f"train-{kind}: images attached to {attach_images(a.bundle, kind)} sequences", flush=True)
+            print(f"train-{kind}: images attached to {attach_images(a.bundle, kind, a.cache)} sequences", flush=True)
         return
     for split in a.splits:
         for kind in a.kinds:
             count = 0 if split == "train" else (a.val_cases if kind == "real" else a.val_phantoms)
-            build_cache(a.bundle, split, kind, count)
+            build_cache(a.bundle, split, kind, count, a.cache)
 
 
 if __name__ == "__main__":

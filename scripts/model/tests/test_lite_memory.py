@@ -190,3 +190,21 @@ def test_attach_images_remakes_the_cached_inputs(tmp_path):
     with pytest.raises(SystemExit, match="rebuild the cache"):
         memory_data.attach_images(BUNDLE, "us-cine", out=tmp_path, count=1)
     assert "images" not in torch.load(path, weights_only=False)[0]  # nothing written
+
+
+def test_a_cache_made_by_other_graphs_is_refused(tmp_path):
+    """memory_data.build_cache reuses a cache only if this bundle's graphs made it: a cache whose
+    prompt tokens came from another PPG (a candidate, the release before) is refused by name,
+    so that evaluate_memory never scores a bundle with another bundle's prompt tokens."""
+    from proxyseg_model import memory_data
+    path = memory_data.build_cache(BUNDLE, "val", "us-cine", count=1, out=tmp_path)
+    assert memory_data.build_cache(BUNDLE, "val", "us-cine", count=1, out=tmp_path) == path  # its own: reused
+    seqs = torch.load(path, weights_only=False)
+    seqs[0]["prompts"] = seqs[0]["prompts"] * 1.01  # another PPG's tokens for the same frames
+    torch.save(seqs, path)
+    with pytest.raises(SystemExit, match="was not made by .*prompt tokens"):
+        memory_data.build_cache(BUNDLE, "val", "us-cine", count=1, out=tmp_path)
+    seqs[0]["name"] = "seed1"  # sequences this generator does not make
+    torch.save(seqs, path)
+    with pytest.raises(SystemExit, match="not the ones memory_data makes"):
+        memory_data.build_cache(BUNDLE, "val", "us-cine", count=1, out=tmp_path)
