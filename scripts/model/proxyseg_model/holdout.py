@@ -78,8 +78,9 @@ def main(argv=None):
             for o, label in enumerate(labels):
                 rows.append((ds, label, f, [m[o] for m in means]))
                 if stds:
-                    stab.append((ds, label, [s_[o] for s_ in stds]))
-    head = "| set | object | zoom | " + " | ".join(Path(b).name or b for b in args.bundle) + " |"
+                    stab.append((ds, label, [sd[o] for sd in stds]))
+    names = " | ".join(Path(b).name or b for b in args.bundle)
+    head = f"| set | object | zoom | {names} |"
     print(head)
     print("|" + "---|" * (3 + len(bundles)))
     for ds, label, f, vals in rows:
@@ -91,7 +92,7 @@ def main(argv=None):
         print("| **mean, zoomed** | | | " + " | ".join(f"**{v:.2f}**" for v in np.mean(zoomed, 0)) + " |")
     if stab:
         print("\nstd over the 5 single support pairs (held-out cases, Dice %)\n")
-        print("| set | object | " + " | ".join(Path(b).name or b for b in args.bundle) + " |")
+        print(f"| set | object | {names} |")
         print("|" + "---|" * (2 + len(bundles)))
         for ds, label, vals in stab:
             print(f"| {ds} | {label} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
