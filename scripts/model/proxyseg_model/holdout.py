@@ -11,7 +11,13 @@ cases. `--zoom` adds each held-out case of the named sets seen smaller or larger
         --zoom hc18 --factors 0.6 0.8 1.25 --stability
 
 `--stability` adds, per object, the std over the 5 support pairs used one at a time (the
-single-pair stability of evaluate_real, on the held-out cases).
+single-pair stability of evaluate_real, on the unzoomed check cases).
+
+`--choosing` adds each set's choosing cases (realdata.choosing: a fixed part of the validation
+cases that choices may see) to the unzoomed check cases, so an object is judged on 18-38 cases
+instead of 4; the zoomed rows stay on the held-out cases. With two or more bundles, a last
+table gives each object's paired difference against the first bundle with a 90 % bootstrap
+interval over the cases (how much of a difference the check set can tell from noise).
 """
 from __future__ import annotations
 
@@ -27,11 +33,24 @@ from .runtime import OrtBundle
 from .train_lite import _rescale
 
 
-class HeldOut:
-    """Targets in evaluate_real.Targets' form: the held-out cases, optionally rescaled."""
+def check_cases(ds: str, hold_out: int, with_choosing: bool) -> list[str]:
+    """The training pool's last `hold_out` cases, then the set's choosing cases if asked."""
+    return realdata.split(ds)[0][-hold_out:] + (realdata.choosing(ds) if with_choosing else [])
 
-    def __init__(self, ds: str, bundle: OrtBundle, hold_out: int, factor: float = 1.0):
-        self.names = realdata.split(ds)[0][-hold_out:]
+
+def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of b - a over paired cases and its 90 % bootstrap interval (5th, 95th percentile)."""
+    d = np.asarray(b, float) - np.asarray(a, float)
+    idx = np.random.default_rng(seed).integers(0, len(d), (draws, len(d)))
+    means = d[idx].mean(1)
+    return float(d.mean()), float(np.percentile(means, 5)), float(np.percentile(means, 95))
+
+
+class HeldOut:
+    """Targets in evaluate_real.Targets' form: check cases, optionally rescaled."""
+
+    def __init__(self, ds: str, bundle: OrtBundle, names: list[str], factor: float = 1.0):
+        self.names = names
         self.items = []
         for i, n in enumerate(self.names):
             display, masks = realdata.load_case(ds, n)
@@ -56,10 +75,15 @@ def main(argv=None):
     ap.add_argument("--roi-anchor", default="optic disc")
     ap.add_argument("--roi-scale", type=float, default=2.0)
     ap.add_argument("--stability", action="store_true",
-                    help="also the std over the 5 single support pairs (unzoomed held-out cases)")
+                    help="also the std over the 5 single support pairs (unzoomed check cases)")
+    ap.add_argument("--choosing", action="store_true",
+                    help="add the choosing cases (realdata.choosing) to the unzoomed check cases")
     args = ap.parse_args(argv)
-    rows = []  # (set, object, factor) -> per-bundle mean Dice
+    if len(set(args.bundle)) != len(args.bundle):
+        raise SystemExit("--bundle: a bundle named twice")
+    rows = []  # (set, object, factor, cases) -> per-bundle mean Dice
     stab = []  # (set, object) -> per-bundle std over the single pairs
+    paired = []  # (set, object) -> per-bundle Dice per unzoomed check case
     bundles = [OrtBundle(Path(b)) for b in args.bundle]
     if args.roi:
         for b in bundles:
@@ -67,36 +91,47 @@ def main(argv=None):
     for ds in args.sets:
         labels = list(realdata.DATASETS[ds].labels)
         for f in [1.0] + (args.factors if ds in args.zoom else []):
-            means, stds = [], []
+            names = check_cases(ds, args.hold_out, args.choosing and f == 1.0)
+            scores, stds = [], []
             for b in bundles:
-                held = HeldOut(ds, b, args.hold_out, f)
-                means.append(run_ppg(b, ds, held, views=True).mean(0) * 100)
+                held = HeldOut(ds, b, names, f)
+                scores.append(run_ppg(b, ds, held, views=True) * 100)
                 if args.stability and f == 1.0:
                     singles = np.stack([run_ppg(b, ds, held, views=True, pairs=[p]).mean(0) * 100
                                         for p in range(N_SUPPORT)])
                     stds.append(singles.std(0))
             for o, label in enumerate(labels):
-                rows.append((ds, label, f, [m[o] for m in means]))
+                rows.append((ds, label, f, len(names), [s[:, o].mean() for s in scores]))
                 if stds:
                     stab.append((ds, label, [sd[o] for sd in stds]))
+                if f == 1.0:
+                    paired.append((ds, label, [s[:, o] for s in scores]))
     names = " | ".join(Path(b).name or b for b in args.bundle)
-    head = f"| set | object | zoom | {names} |"
-    print(head)
-    print("|" + "---|" * (3 + len(bundles)))
-    for ds, label, f, vals in rows:
-        print(f"| {ds} | {label} | {f:g} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
-    plain = [r[3] for r in rows if r[2] == 1.0]
-    print("| **mean, unzoomed** | | | " + " | ".join(f"**{v:.2f}**" for v in np.mean(plain, 0)) + " |")
+    print(f"| set | object | zoom | cases | {names} |")
+    print("|" + "---|" * (4 + len(bundles)))
+    for ds, label, f, n, vals in rows:
+        print(f"| {ds} | {label} | {f:g} | {n} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    plain = [r[4] for r in rows if r[2] == 1.0]
+    print("| **mean, unzoomed** | | | | " + " | ".join(f"**{v:.2f}**" for v in np.mean(plain, 0)) + " |")
     if any(r[2] != 1.0 for r in rows):
-        zoomed = [r[3] for r in rows if r[2] != 1.0]
-        print("| **mean, zoomed** | | | " + " | ".join(f"**{v:.2f}**" for v in np.mean(zoomed, 0)) + " |")
+        zoomed = [r[4] for r in rows if r[2] != 1.0]
+        print("| **mean, zoomed** | | | | " + " | ".join(f"**{v:.2f}**" for v in np.mean(zoomed, 0)) + " |")
     if stab:
-        print("\nstd over the 5 single support pairs (held-out cases, Dice %)\n")
+        print("\nstd over the 5 single support pairs (unzoomed check cases, Dice %)\n")
         print(f"| set | object | {names} |")
         print("|" + "---|" * (2 + len(bundles)))
         for ds, label, vals in stab:
             print(f"| {ds} | {label} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
         print("| **mean** | | " + " | ".join(f"**{v:.2f}**" for v in np.mean([r[2] for r in stab], 0)) + " |")
+    if len(bundles) > 1:
+        print(f"\npaired difference against {Path(args.bundle[0]).name}, unzoomed check cases: "
+              "mean [90 % bootstrap interval]\n")
+        print("| set | object | cases | " + " | ".join(Path(b).name or b for b in args.bundle[1:]) + " |")
+        print("|" + "---|" * (2 + len(bundles)))
+        for ds, label, per in paired:
+            cells = [paired_interval(per[0], p) for p in per[1:]]
+            print(f"| {ds} | {label} | {len(per[0])} | "
+                  + " | ".join(f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" for m, lo, hi in cells) + " |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,15 @@ is (OP), grey through the percentile window (US MONOCHROME2 without a VOI window
 
 Split (paper protocol): per data set, a seeded permutation of the sorted case names; the
 first 16 are the few-shot training pool (support pairs come from it too), the rest are
-validation cases that are never trained on nor used for any choice.
+validation cases, never trained on.
+
+Choosing cases (from session 24): the last 4 of the training pool (`train_lite --hold-out 4`)
+were the only check set of a training choice, and 4 cases misjudged the optic cup three times.
+So a fixed part of each set's validation cases is set aside as choosing cases (`choosing`):
+a training or shipping choice may look at them; the reported figures are on the rest
+(`reporting`), which no choice sees. The choosing cases are drawn (CHOOSING_SEED) from the
+validation cases after the first MEMORY_CASES, which stay reporting cases because
+evaluate_memory's held-out sequences are made from them.
 """
 from __future__ import annotations
 
@@ -20,6 +28,10 @@ from .preprocess import to_display
 
 TRAIN_PER_SET = 16
 SPLIT_SEED = 0
+# choosing cases per data set (DRIVE's 4 validation cases are too few to share)
+CHOOSING = {"drishti-gs": 14, "drive": 0, "psfhs": 34, "hc18": 24}
+CHOOSING_SEED = 1
+MEMORY_CASES = 16  # memory_data.VAL_REAL_CASES: the first validation cases, always reporting
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,27 @@ def split(ds: str, root: Path | None = None) -> tuple[list[str], list[str]]:
     order = np.random.default_rng(SPLIT_SEED).permutation(len(names))
     picked = [names[i] for i in order]
     return sorted(picked[:TRAIN_PER_SET]), sorted(picked[TRAIN_PER_SET:])
+
+
+def validation_parts(ds: str, root: Path | None = None) -> tuple[list[str], list[str]]:
+    """(choosing cases, reporting cases) of a data set's validation cases, both sorted."""
+    val = split(ds, root)[1]
+    pool = val[MEMORY_CASES:]
+    n = CHOOSING.get(ds, 0)
+    if n > len(pool):
+        raise ValueError(f"{ds}: {n} choosing cases asked, {len(pool)} validation cases after the first {MEMORY_CASES}")
+    picked = set(pool[i] for i in np.random.default_rng(CHOOSING_SEED).permutation(len(pool))[:n])
+    return sorted(picked), [c for c in val if c not in picked]
+
+
+def choosing(ds: str, root: Path | None = None) -> list[str]:
+    """Validation cases a choice may look at (validation_parts)."""
+    return validation_parts(ds, root)[0]
+
+
+def reporting(ds: str, root: Path | None = None) -> list[str]:
+    """Validation cases the reported figures are on, which no choice sees (validation_parts)."""
+    return validation_parts(ds, root)[1]
 
 
 def load_case(ds: str, case: str, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
