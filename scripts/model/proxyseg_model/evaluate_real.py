@@ -2,7 +2,8 @@
 
 Writes <bundle>/evaluation.md and the manifest's [evaluation]. Per data set (realdata.py) the
 support set is the first 5 cases of the training pool (what an admin would curate); targets are
-all validation cases (never trained on, never used for a choice). Dice in % at the image's
+the validation cases (never trained on), or with `--cases reporting` only the part of them that no
+choice sees (realdata.reporting; `--cases choosing`: the rest). Dice in % at the image's
 native resolution, per object, for
   ppg          the bundle's graphs through ONNX Runtime, first pass + the manifest's resolution
                views (the path the Rust engine runs; runtime.OrtBundle.segment_views)
@@ -58,11 +59,34 @@ def support_cases(ds: str) -> list[str]:
     return realdata.split(ds)[0][:N_SUPPORT]
 
 
+CASES = ("validation", "reporting", "choosing")
+CASE_TEXT = {
+    "validation": "Validation cases (realdata.split) are never trained on; no choice used them until session 22, "
+                  "whose choice to ship the fine-tune lite-ppg4-lora saw them, and since session 24 their choosing "
+                  "part (realdata.choosing) is open to choices (scripts/model/STATUS.md).",
+    "reporting": "Reporting cases (realdata.reporting) are the validation cases less the choosing cases: never "
+                 "trained on, and no choice since session 24 has seen them (session 22's choice saw all validation "
+                 "cases: scripts/model/STATUS.md).",
+    "choosing": "Choosing cases (realdata.choosing) are validation cases that training and shipping choices may "
+                "look at: not an unseen test.",
+}
+
+
+def case_names(ds: str, cases: str) -> list[str]:
+    """A data set's cases of one kind: all validation cases, or their reporting or choosing part
+    (realdata.validation_parts)."""
+    if cases == "validation":
+        return realdata.split(ds)[1]
+    if cases not in CASES:
+        raise ValueError(f"cases: one of {', '.join(CASES)}, not {cases}")
+    return realdata.reporting(ds) if cases == "reporting" else realdata.choosing(ds)
+
+
 class Targets:
     """Validation cases of a data set, with their first-pass embeddings computed once."""
 
-    def __init__(self, ds: str, bundle: OrtBundle, limit: int = 0):
-        names = realdata.split(ds)[1]
+    def __init__(self, ds: str, bundle: OrtBundle, limit: int = 0, cases: str = "validation"):
+        names = case_names(ds, cases)
         self.names = names[:limit] if limit else names
         self.items = []
         for n in self.names:
@@ -242,6 +266,9 @@ def main(argv=None):
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--sets", nargs="+", default=list(realdata.DATASETS))
     ap.add_argument("--limit", type=int, default=0, help="at most this many validation cases per set (0 = all)")
+    ap.add_argument("--cases", choices=CASES, default="validation",
+                    help="all validation cases, or their reporting part (which no choice sees) or choosing part "
+                         "(realdata.validation_parts)")
     ap.add_argument("--no-map", nargs="*", default=[], help="PPG checkpoints w/o Selective Map, one per seed")
     ap.add_argument("--no-ccm", nargs="*", default=[], help="PPG checkpoints w/o CCM, one per seed")
     ap.add_argument("--short", nargs="*", default=[], help="full PPG on the ablations' schedule, one per seed")
@@ -269,7 +296,7 @@ def main(argv=None):
     res = merged or {"sets": {}, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for ds in args.sets:
         t0 = time.time()
-        tg = Targets(ds, bundle, args.limit)
+        tg = Targets(ds, bundle, args.limit, args.cases)
         spec = realdata.DATASETS[ds]
         if merged:
             r = res["sets"][ds]
@@ -277,12 +304,21 @@ def main(argv=None):
             print(ds, "ablations", {k: np.round(np.array(r[k]) * 100, 1).tolist() for k in
                                     ("short", "no_selective_map", "no_ccm") if k in r}, flush=True)
             continue
-        r = {"labels": list(spec.labels), "n_val": len(tg.items), "support": support_cases(ds)}
-        r["ppg"] = run_ppg(bundle, ds, tg, views=True).mean(0).tolist()
-        r["ppg_first"] = run_ppg(bundle, ds, tg, views=False).mean(0).tolist()
-        r["no_shape"] = run_ppg(bundle, ds, tg, views=True, shapes=False).mean(0).tolist()
+        r = {"labels": list(spec.labels), "n_val": len(tg.items), "support": support_cases(ds), "cases": args.cases,
+             "names": list(tg.names), "per_case": {}}
+
+        def keep(col: str, scores: np.ndarray) -> list:
+            """The column's mean per object; the per-case Dice go to --json too, so that a later
+            report on a part of these cases can be cut from them."""
+            r["per_case"][col] = np.round(scores, 5).tolist()
+            return scores.mean(0).tolist()
+
+        r["ppg"] = keep("ppg", run_ppg(bundle, ds, tg, views=True))
+        r["ppg_first"] = keep("ppg_first", run_ppg(bundle, ds, tg, views=False))
+        r["no_shape"] = keep("no_shape", run_ppg(bundle, ds, tg, views=True, shapes=False))
         if bundle8 is not None:  # the CPU int8 graphs: other embeddings, so their own targets
-            r["ppg_int8"] = run_ppg(bundle8, ds, Targets(ds, bundle8, args.limit), views=True).mean(0).tolist()
+            r["ppg_int8"] = keep("ppg_int8", run_ppg(bundle8, ds, Targets(ds, bundle8, args.limit, args.cases),
+                                                     views=True))
         from .train_lite import RULES
         cand = RULES.get(ds)
         if cand is not None and cand.to_toml() not in [x.to_toml() for x in bundle.rules]:
@@ -292,7 +328,8 @@ def main(argv=None):
             bundle.rules = shipped
         if ds in reused:
             old = reused[ds]
-            if old.get("support") != r["support"] or old.get("n_val") != r["n_val"]:
+            if (old.get("support") != r["support"] or old.get("n_val") != r["n_val"]
+                    or old.get("cases", "validation") != r["cases"]):
                 raise SystemExit(f"--reuse {args.reuse}: {ds} was evaluated on other cases")
             for k in ("copy", "box", "persam", "short", "no_selective_map", "no_ccm", "no_detail", "no_convex",
                       "no_calibration", "no_scale", "short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
@@ -301,10 +338,10 @@ def main(argv=None):
             if args.prior_ppg_as:
                 r[args.prior_ppg_as] = old["ppg"]
         else:
-            r["copy"] = run_copy(ds, tg).mean(0).tolist()
+            r["copy"] = keep("copy", run_copy(ds, tg))
         if base:
-            r["box"] = base.box(ds, tg).mean(0).tolist()
-            r["persam"] = base.persam(ds, tg, bundle).mean(0).tolist()
+            r["box"] = keep("box", base.box(ds, tg))
+            r["persam"] = keep("persam", base.persam(ds, tg, bundle))
         if not args.skip_stability:
             singles = np.stack([run_ppg(bundle, ds, tg, views=True, pairs=[p]).mean(0) for p in range(N_SUPPORT)])
             r["stability_mean"] = singles.mean(0).tolist()
@@ -314,7 +351,8 @@ def main(argv=None):
         r["seconds"] = round(time.time() - t0)
         res["sets"][ds] = r
         print(ds, json.dumps({k: (np.round(np.array(v) * 100, 1).tolist() if isinstance(v, list) and k not in
-                                   ("labels", "support") else v) for k, v in r.items()}), flush=True)
+                                   ("labels", "support", "names") else v) for k, v in r.items()
+                              if k != "per_case"}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     write_report(Path(args.bundle), res)
@@ -336,12 +374,15 @@ def write_report(bundle: Path, res: dict):
     # a mean only over columns every object has (ppg_roi / ppg_tiles exist for some objects only)
     mean = {c: float(np.mean([v[c] for v in per_obj])) for c in cols
             if c != "stability_std" and all(c in v for v in per_obj)}
-    head = "| data set | object | val cases | " + " | ".join(cols) + " |"
-    lines = ["# Evaluation: litemedsam-ppg on real validation cases", "",
-             f"Generated by `python -m proxyseg_model.evaluate_real` ({res['started']}). Dice in %, at native "
-             "resolution, per object, mean over each data set's validation cases (realdata.split: never trained "
-             "on; no choice used them until session 22, whose choice to ship the fine-tune lite-ppg4-lora saw "
-             "them: scripts/model/STATUS.md). Support set: the first 5 cases of the training pool.", "",
+    kinds = {r.get("cases", "validation") for r in res["sets"].values()}
+    if len(kinds) != 1:
+        raise SystemExit(f"the data sets were evaluated on different kinds of case ({', '.join(sorted(kinds))})")
+    kind = kinds.pop()
+    head = f"| data set | object | {kind} cases | " + " | ".join(cols) + " |"
+    lines = [f"# Evaluation: litemedsam-ppg on real {kind} cases", "",
+             f"Generated by `python -m proxyseg_model.evaluate_real --cases {kind}` ({res['started']}). Dice in %, "
+             f"at native resolution, per object, mean over each data set's {kind} cases. {CASE_TEXT[kind]} Support "
+             "set: the first 5 cases of the training pool.", "",
              head, "|" + "---|" * (3 + len(cols)), *rows,
              "| **mean** | | | " + " | ".join(f"**{mean[c]:.1f}**" if c in mean else "" for c in cols) + " |", "",
              "Columns: ppg = the bundle as shipped (first pass + the manifest's resolution views, ONNX "
@@ -374,6 +415,7 @@ def write_report(bundle: Path, res: dict):
     for ds, r in res["sets"].items():
         ev[ds] = {label: {c: round(r[c][o] * 100, 1) for c in cols if c in r} for o, label in enumerate(r["labels"])}
         ev[ds]["n_val"] = r["n_val"]
+        ev[ds]["cases"] = r.get("cases", "validation")
     m["evaluation"] = ev
     from .export import write_manifest
     write_manifest(mpath, m)

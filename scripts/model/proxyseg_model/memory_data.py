@@ -19,6 +19,8 @@ native-resolution truth that the evaluation scores).
 
   python -m proxyseg_model.memory_data --bundle ../../models/litemedsam-ppg
   python -m proxyseg_model.memory_data --bundle ../../models/litemedsam-ppg --splits train --attach-images
+  python -m proxyseg_model.memory_data --bundle /tmp/cand --cache runs/memory-cache-cand \
+      --prompts-from runs/memory-cache      # a candidate PPG: its own tokens, the same embeddings
 """
 from __future__ import annotations
 
@@ -71,14 +73,20 @@ def sequences(kind: str, split: str, count: int = 0, frames: int = FRAMES):
                 display, masks = realdata.load_case(ds, case)
                 seed = REAL_TRAIN_SEED + i if split == "train" else i
                 seq, truth = make_sequence(display, masks, frames, seed=seed, ultrasound=spec.modality == "US")
-                yield ds, case, list(spec.labels), seq, truth, (ds, case if split == "train" else None)
+                yield ds, case, list(spec.labels), seq, truth, support_key(split, ds, case)
         return
     n = count or (16 if split == "train" else VAL_PHANTOMS)
     labels = ["pubic symphysis", "fetal head"] if kind == "us-cine" else ["prostate"]
     for i in range(n):
         seed = PHANTOM_SEEDS[split] + i
         d, m = phantom_case(kind, seed, frames)
-        yield kind, f"seed{seed}", labels, d, m, (kind, None)
+        yield kind, f"seed{seed}", labels, d, m, support_key(split, kind, f"seed{seed}")
+
+
+def support_key(split: str, group: str, name: str) -> tuple:
+    """The support set of a sequence (SupportContexts): a training sequence of a real case
+    leaves its own case out of its set's support pairs; the others use the set's first pairs."""
+    return (group, name if split == "train" and group in realdata.DATASETS else None)
 
 
 class SupportContexts:
@@ -206,6 +214,51 @@ def check_cache(bundle_dir: Path, split: str, kind: str, count: int = 0, out: Pa
                          "for this bundle, or give this bundle its own cache folder (--cache)")
 
 
+def reprompt(bundle_dir: Path, split: str, kind: str, source: Path, count: int = 0, out: Path = CACHE) -> Path:
+    """Makes out/<split>-<kind>.pt from another bundle's cache of the same sequences, with this
+    bundle's prompt tokens. Only the PPG's tokens depend on the PPG: the embeddings, model inputs
+    and masks are the frozen encoder's and the sequence generator's, so the slow part of
+    `build_cache` (making every frame and encoding it, ~2 s a frame here) is skipped and only the
+    prompt generator runs (~40 ms a frame). The first frame of the first sequence is made and
+    encoded again first: the source must hold the sequences memory_data makes today, encoded by
+    this bundle's image encoder. The tokens come from the cached fp16 embeddings (measured
+    within 3.4e-4 of tokens from fp32 ones, under PROMPT_TOL), and the result must then pass
+    `check_cache` as a built cache does."""
+    path = out / f"{split}-{kind}.pt"
+    if path.exists():
+        check_cache(bundle_dir, split, kind, count, out)
+        return path
+    src = source / f"{split}-{kind}.pt"
+    if src.resolve() == path.resolve():
+        raise SystemExit(f"--prompts-from {source}: the same folder as --cache")
+    if not src.exists():
+        raise SystemExit(f"--prompts-from {source}: no {src.name} there to take the embeddings from")
+    seqs = torch.load(src, weights_only=False)
+    group, name, _, displays, _, key = next(sequences(kind, split, count))
+    if not seqs or (group, name) != (seqs[0]["group"], seqs[0]["name"]):
+        raise SystemExit(f"{src}: its sequences are not the ones memory_data makes today")
+    bundle = OrtBundle(bundle_dir)
+    img, _ = prepare_image(displays[0], bundle.S, bundle.mean, bundle.std)
+    diff = float(np.abs(bundle.encode(img[None])[0] - seqs[0]["emb"][0].float().numpy()).max())
+    if diff > EMBEDDING_TOL:
+        raise SystemExit(f"{src}: frame 0 of {group}/{name} encodes to embeddings {diff:.3g} away from the cached "
+                         f"ones (> {EMBEDDING_TOL}) through {bundle_dir}'s image encoder: build the cache instead")
+    ctxs, t0 = SupportContexts(bundle), time.time()
+    gen = bundle.sessions["prompt_generator"]
+    for i, seq in enumerate(seqs):
+        ctx = ctxs.get(support_key(split, seq["group"], seq["name"]))
+        seq["prompts"] = torch.stack([torch.from_numpy(gen.run(None, {
+            "image_embeddings": e[None].float().numpy(), "support_keys": ctx["support_keys"],
+            "support_values": ctx["support_values"]})[0]) for e in seq["emb"]])
+        print(f"{split}-{kind}: {seq['group']}/{seq['name']} re-prompted ({i + 1}) {time.time() - t0:.0f}s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(seqs, tmp)
+    tmp.replace(path)
+    check_cache(bundle_dir, split, kind, count, out)
+    return path
+
+
 def load(split: str, kind: str, out: Path = CACHE) -> list:
     return torch.load(out / f"{split}-{kind}.pt", weights_only=False)
 
@@ -221,8 +274,13 @@ def main(argv=None):
                     help="add the model inputs to existing training caches that lack them (no re-encoding)")
     ap.add_argument("--cache", type=Path, default=CACHE,
                     help="cache folder (one per bundle: a cache another bundle's graphs made is refused)")
+    ap.add_argument("--prompts-from", type=Path,
+                    help="a cache folder another bundle (same image encoder) made: reuse its embeddings and "
+                         "run only this bundle's prompt generator (reprompt)")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if a.prompts_from and a.attach_images:
+        raise SystemExit("--prompts-from and --attach-images exclude each other")
     if a.attach_images:
         for kind in a.kinds:
             print(f"train-{kind}: images attached to {attach_images(a.bundle, kind, a.cache)} sequences", flush=True)
@@ -230,7 +288,10 @@ def main(argv=None):
     for split in a.splits:
         for kind in a.kinds:
             count = 0 if split == "train" else (a.val_cases if kind == "real" else a.val_phantoms)
-            build_cache(a.bundle, split, kind, count, a.cache)
+            if a.prompts_from:
+                reprompt(a.bundle, split, kind, a.prompts_from, count, a.cache)
+            else:
+                build_cache(a.bundle, split, kind, count, a.cache)
 
 
 if __name__ == "__main__":

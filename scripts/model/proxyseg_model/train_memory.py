@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from . import memory_data
 from .lite_memory_attention import FRAME_SLOTS, LiteMemoryAttention
 from .lite_memory_encoder import MEMORY_DIM, MEMORY_SIZE, LiteMemoryEncoder
+from .litemedsam import PIXEL_MEAN, PIXEL_STD
 from .lite_track import frame_slots
 from .losses import dice_loss, upscale
 
@@ -79,13 +80,44 @@ def frozen_model(path: Path):
     return model
 
 
-def groups(kinds) -> dict:
-    """Cached training sequences by group (real data set or phantom kind)."""
+def groups(kinds, cache: Path = memory_data.CACHE, model=None) -> dict:
+    """Cached training sequences by group (real data set or phantom kind). With `model`, each
+    kind's cache must hold that model's prompt tokens (`check_prompts`)."""
     out = {}
     for kind in kinds:
-        for seq in memory_data.load("train", kind):
+        seqs = memory_data.load("train", kind, cache)
+        if model is not None:
+            check_prompts(model, seqs, cache / f"train-{kind}.pt")
+        for seq in seqs:
             out.setdefault(seq["group"], []).append(seq)
     return out
+
+
+# the torch PPG against the ONNX graph's tokens from fp16 embeddings (~1e-4 apart); another
+# PPG's tokens are ~1 away (memory_data.check_cache, session 23)
+PROMPT_CHECK_TOL = 1e-2
+
+
+def check_prompts(model, seqs: list, path: Path) -> None:
+    """Refuses a training cache whose prompt tokens the frozen model's PPG did not make: the
+    cache names no PPG, and memory modules trained on another PPG's tokens would be shipped
+    beside this one. Frame 0 of the first sequence: its support pairs (memory_data's rule)
+    through the torch image encoder and PPG, then the cached embeddings through the PPG."""
+    from .preprocess import prepare_image, prepare_mask
+    seq = seqs[0]
+    displays, masks = memory_data.SupportContexts.pairs(memory_data.support_key("train", seq["group"], seq["name"]))
+    size = model.img_size
+    imgs = torch.from_numpy(np.stack([prepare_image(d, size, PIXEL_MEAN, PIXEL_STD)[0] for d in displays]))
+    ms = torch.from_numpy(np.stack([np.stack([prepare_mask(x, size) for x in m]) for m in masks]).astype(np.float32))
+    with torch.no_grad():
+        keys, values = model.ppg.encode_support(imgs, ms, model.sam.encode(imgs))
+        tokens = model.ppg.generate_prompts(seq["emb"][:1].float(), keys, values)
+    diff = float((tokens - seq["prompts"][0].float()).abs().max())
+    if diff > PROMPT_CHECK_TOL:
+        raise SystemExit(f"{path}: its prompt tokens are not this PPG's (frame 0 of {seq['group']}/{seq['name']}: "
+                         f"{diff:.3g} from the frozen model's, > {PROMPT_CHECK_TOL}): make a cache through this "
+                         "PPG's bundle (memory_data --bundle <its export> --splits train --cache DIR, with "
+                         "--prompts-from the old folder) and pass --cache DIR")
 
 
 def group_weights(specs, names) -> dict:
@@ -197,7 +229,7 @@ def train(a):
         prior = ck.get("extra", {})
     enc.train()
     att.train()
-    data = groups(a.kinds)
+    data = groups(a.kinds, a.cache, model)
     names = sorted(data)
     weights = group_weights(a.group_weight, names)
     draw = np.array([weights[n] for n in names]) / sum(weights.values())
@@ -266,6 +298,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=50)
     ap.add_argument("--resume", type=Path)
+    ap.add_argument("--cache", type=Path, default=memory_data.CACHE,
+                    help="the training sequences' cache folder (memory_data --cache); its prompt tokens must be "
+                         "the --ppg checkpoint's")
     ap.add_argument("--out", type=Path, default=RUNS / "litemem.pt")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)

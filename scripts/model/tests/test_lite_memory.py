@@ -208,3 +208,45 @@ def test_a_cache_made_by_other_graphs_is_refused(tmp_path):
     torch.save(seqs, path)
     with pytest.raises(SystemExit, match="not the ones memory_data makes"):
         memory_data.build_cache(BUNDLE, "val", "us-cine", count=1, out=tmp_path)
+
+
+def test_reprompt_keeps_the_embeddings_and_makes_its_own_tokens(tmp_path):
+    """memory_data.reprompt takes another cache's embeddings and runs only this bundle's prompt
+    generator: from a cache holding another PPG's tokens it gives this bundle's tokens (those a
+    full build gives, within the check's tolerance), and the result passes build_cache's check.
+    A source whose embeddings this encoder does not make is refused, and nothing is written."""
+    from proxyseg_model import memory_data
+    own = memory_data.build_cache(BUNDLE, "val", "us-cine", count=1, out=tmp_path / "own")
+    seqs = torch.load(own, weights_only=False)
+    foreign = [dict(s, prompts=s["prompts"] * 1.01 + 0.5) for s in seqs]  # another PPG's tokens
+    (tmp_path / "foreign").mkdir()
+    torch.save(foreign, tmp_path / "foreign" / "val-us-cine.pt")
+    out = memory_data.reprompt(BUNDLE, "val", "us-cine", tmp_path / "foreign", count=1, out=tmp_path / "new")
+    made = torch.load(out, weights_only=False)
+    assert torch.equal(made[0]["emb"], seqs[0]["emb"]) and torch.equal(made[0]["truth"], seqs[0]["truth"])
+    assert float((made[0]["prompts"] - seqs[0]["prompts"]).abs().max()) < memory_data.PROMPT_TOL
+    assert memory_data.build_cache(BUNDLE, "val", "us-cine", count=1, out=tmp_path / "new") == out  # passes the check
+    with pytest.raises(SystemExit, match="same folder"):
+        memory_data.reprompt(BUNDLE, "val", "us-cine", tmp_path / "gone", count=1, out=tmp_path / "gone")
+    (tmp_path / "moved").mkdir()
+    torch.save([dict(s, emb=s["emb"] + 1) for s in seqs], tmp_path / "moved" / "val-us-cine.pt")
+    with pytest.raises(SystemExit, match="encodes to embeddings"):
+        memory_data.reprompt(BUNDLE, "val", "us-cine", tmp_path / "moved", count=1, out=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_train_memory_refuses_a_cache_of_another_ppg(tmp_path):
+    """train_memory trains around a frozen PPG checkpoint: a training cache whose prompt tokens
+    that PPG did not make is refused by name (the torch PPG against the cached tokens of frame 0),
+    and its own cache passes."""
+    from proxyseg_model import memory_data
+    from proxyseg_model.recover import recover_ppg
+    from proxyseg_model.train_memory import check_prompts, groups
+    model = recover_ppg(BUNDLE, None)[0].eval()
+    path = memory_data.build_cache(BUNDLE, "train", "us-cine", count=1, out=tmp_path)
+    data = groups(["us-cine"], tmp_path, model)  # its own: accepted
+    assert len(data["us-cine"]) == 1
+    seqs = torch.load(path, weights_only=False)
+    seqs[0]["prompts"] = seqs[0]["prompts"] * 1.01
+    with pytest.raises(SystemExit, match="not this PPG's"):
+        check_prompts(model, seqs, path)
