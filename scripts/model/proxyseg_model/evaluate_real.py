@@ -3,7 +3,7 @@
 Writes <bundle>/evaluation.md and the manifest's [evaluation]. Per data set (realdata.py) the
 support set is the first 5 cases of the training pool (what an admin would curate); targets are
 the validation cases (never trained on), or with `--cases reporting` only the part of them that no
-choice sees (realdata.reporting; `--cases choosing`: the rest). Dice in % at the image's
+choice sees (realdata.reporting; `--cases selection`: the rest). Dice in % at the image's
 native resolution, per object, for
   ppg          the bundle's graphs through ONNX Runtime, first pass + the manifest's resolution
                views (the path the Rust engine runs; runtime.OrtBundle.segment_views)
@@ -59,27 +59,27 @@ def support_cases(ds: str) -> list[str]:
     return realdata.split(ds)[0][:N_SUPPORT]
 
 
-CASES = ("validation", "reporting", "choosing")
+CASES = ("validation", "reporting", "selection")
 CASE_TEXT = {
     "validation": "Validation cases (realdata.split) are never trained on; no choice used them until session 22, "
-                  "whose choice to ship the fine-tune lite-ppg4-lora saw them, and since session 24 their choosing "
-                  "part (realdata.choosing) is open to choices (scripts/model/STATUS.md).",
-    "reporting": "Reporting cases (realdata.reporting) are the validation cases less the choosing cases: never "
+                  "whose choice to ship the fine-tune lite-ppg4-lora saw them, and since session 24 their selection "
+                  "part (realdata.selection) is open to choices (scripts/model/STATUS.md).",
+    "reporting": "Reporting cases (realdata.reporting) are the validation cases less the selection cases: never "
                  "trained on, and no choice since session 24 has seen them (session 22's choice saw all validation "
                  "cases: scripts/model/STATUS.md).",
-    "choosing": "Choosing cases (realdata.choosing) are validation cases that training and shipping choices may "
+    "selection": "Selection cases (realdata.selection) are validation cases that training and shipping choices may "
                 "look at: not an unseen test.",
 }
 
 
 def case_names(ds: str, cases: str) -> list[str]:
-    """A data set's cases of one kind: all validation cases, or their reporting or choosing part
+    """A data set's cases of one kind: all validation cases, or their reporting or selection part
     (realdata.validation_parts)."""
     if cases == "validation":
         return realdata.split(ds)[1]
     if cases not in CASES:
         raise ValueError(f"cases: one of {', '.join(CASES)}, not {cases}")
-    return realdata.reporting(ds) if cases == "reporting" else realdata.choosing(ds)
+    return realdata.reporting(ds) if cases == "reporting" else realdata.selection(ds)
 
 
 class Targets:
@@ -267,7 +267,7 @@ def main(argv=None):
     ap.add_argument("--sets", nargs="+", default=list(realdata.DATASETS))
     ap.add_argument("--limit", type=int, default=0, help="at most this many validation cases per set (0 = all)")
     ap.add_argument("--cases", choices=CASES, default="validation",
-                    help="all validation cases, or their reporting part (which no choice sees) or choosing part "
+                    help="all validation cases, or their reporting part (which no choice sees) or selection part "
                          "(realdata.validation_parts)")
     ap.add_argument("--no-map", nargs="*", default=[], help="PPG checkpoints w/o Selective Map, one per seed")
     ap.add_argument("--no-ccm", nargs="*", default=[], help="PPG checkpoints w/o CCM, one per seed")

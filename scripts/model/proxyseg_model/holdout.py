@@ -13,7 +13,7 @@ cases. `--zoom` adds each held-out case of the named sets seen smaller or larger
 `--stability` adds, per object, the std over the 5 support pairs used one at a time (the
 single-pair stability of evaluate_real, on the unzoomed check cases).
 
-`--choosing` adds each set's choosing cases (realdata.choosing: a fixed part of the validation
+`--selection` adds each set's selection cases (realdata.selection: a fixed part of the validation
 cases that choices may see) to the unzoomed check cases, so an object is judged on 18-38 cases
 instead of 4; the zoomed rows stay on the held-out cases. With two or more bundles, a last
 table gives each object's paired difference against the first bundle with a 90 % bootstrap
@@ -33,9 +33,9 @@ from .runtime import OrtBundle
 from .train_lite import _rescale
 
 
-def check_cases(ds: str, hold_out: int, with_choosing: bool) -> list[str]:
-    """The training pool's last `hold_out` cases, then the set's choosing cases if asked."""
-    return realdata.split(ds)[0][-hold_out:] + (realdata.choosing(ds) if with_choosing else [])
+def check_cases(ds: str, hold_out: int, with_selection: bool) -> list[str]:
+    """The training pool's last `hold_out` cases, then the set's selection cases if asked."""
+    return realdata.split(ds)[0][-hold_out:] + (realdata.selection(ds) if with_selection else [])
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -76,8 +76,8 @@ def main(argv=None):
     ap.add_argument("--roi-scale", type=float, default=2.0)
     ap.add_argument("--stability", action="store_true",
                     help="also the std over the 5 single support pairs (unzoomed check cases)")
-    ap.add_argument("--choosing", action="store_true",
-                    help="add the choosing cases (realdata.choosing) to the unzoomed check cases")
+    ap.add_argument("--selection", action="store_true",
+                    help="add the selection cases (realdata.selection) to the unzoomed check cases")
     args = ap.parse_args(argv)
     if len(set(args.bundle)) != len(args.bundle):
         raise SystemExit("--bundle: a bundle named twice")
@@ -91,7 +91,7 @@ def main(argv=None):
     for ds in args.sets:
         labels = list(realdata.DATASETS[ds].labels)
         for f in [1.0] + (args.factors if ds in args.zoom else []):
-            names = check_cases(ds, args.hold_out, args.choosing and f == 1.0)
+            names = check_cases(ds, args.hold_out, args.selection and f == 1.0)
             scores, stds = [], []
             for b in bundles:
                 held = HeldOut(ds, b, names, f)

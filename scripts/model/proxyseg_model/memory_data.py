@@ -40,7 +40,7 @@ from .sequences import make_sequence
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 CACHE = RUNS / "memory-cache"
 FRAMES = 8
-VAL_REAL_CASES = 16  # held-out real sequences per data set (DRIVE has 4 validation cases)
+VAL_REAL_CASES = realdata.MEMORY_CASES  # held-out real sequences per data set (DRIVE has 4 validation cases)
 VAL_PHANTOMS = 16  # held-out phantom sequences per kind
 N_SUPPORT = 5
 PHANTOM_SUPPORT_SEEDS = range(9000, 9005)

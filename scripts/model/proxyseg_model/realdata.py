@@ -8,11 +8,11 @@ Split (paper protocol): per data set, a seeded permutation of the sorted case na
 first 16 are the few-shot training pool (support pairs come from it too), the rest are
 validation cases, never trained on.
 
-Choosing cases (from session 24): the last 4 of the training pool (`train_lite --hold-out 4`)
+Selection cases (from session 24): the last 4 of the training pool (`train_lite --hold-out 4`)
 were the only check set of a training choice, and 4 cases misjudged the optic cup three times.
-So a fixed part of each set's validation cases is set aside as choosing cases (`choosing`):
+So a fixed part of each set's validation cases is set aside as selection cases (`selection`):
 a training or shipping choice may look at them; the reported figures are on the rest
-(`reporting`), which no choice sees. The choosing cases are drawn (CHOOSING_SEED) from the
+(`reporting`), which no choice sees. The selection cases are drawn (SELECTION_SEED) from the
 validation cases after the first MEMORY_CASES, which stay reporting cases because
 evaluate_memory's held-out sequences are made from them.
 """
@@ -28,10 +28,10 @@ from .preprocess import to_display
 
 TRAIN_PER_SET = 16
 SPLIT_SEED = 0
-# choosing cases per data set (DRIVE's 4 validation cases are too few to share)
-CHOOSING = {"drishti-gs": 14, "drive": 0, "psfhs": 34, "hc18": 24}
-CHOOSING_SEED = 1
-MEMORY_CASES = 16  # memory_data.VAL_REAL_CASES: the first validation cases, always reporting
+# selection cases per data set (DRIVE's 4 validation cases are too few to share)
+SELECTION = {"drishti-gs": 14, "drive": 0, "psfhs": 34, "hc18": 24}
+SELECTION_SEED = 1
+MEMORY_CASES = 16  # evaluate_memory's held-out real sequences (memory_data.VAL_REAL_CASES): always reporting
 
 
 @dataclass(frozen=True)
@@ -79,17 +79,17 @@ def split(ds: str, root: Path | None = None) -> tuple[list[str], list[str]]:
 
 
 def validation_parts(ds: str, root: Path | None = None) -> tuple[list[str], list[str]]:
-    """(choosing cases, reporting cases) of a data set's validation cases, both sorted."""
+    """(selection cases, reporting cases) of a data set's validation cases, both sorted."""
     val = split(ds, root)[1]
     pool = val[MEMORY_CASES:]
-    n = CHOOSING.get(ds, 0)
+    n = SELECTION.get(ds, 0)
     if n > len(pool):
-        raise ValueError(f"{ds}: {n} choosing cases asked, {len(pool)} validation cases after the first {MEMORY_CASES}")
-    picked = set(pool[i] for i in np.random.default_rng(CHOOSING_SEED).permutation(len(pool))[:n])
+        raise ValueError(f"{ds}: {n} selection cases asked, {len(pool)} validation cases after the first {MEMORY_CASES}")
+    picked = set(pool[i] for i in np.random.default_rng(SELECTION_SEED).permutation(len(pool))[:n])
     return sorted(picked), [c for c in val if c not in picked]
 
 
-def choosing(ds: str, root: Path | None = None) -> list[str]:
+def selection(ds: str, root: Path | None = None) -> list[str]:
     """Validation cases a choice may look at (validation_parts)."""
     return validation_parts(ds, root)[0]
 

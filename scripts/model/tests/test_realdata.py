@@ -1,9 +1,10 @@
-"""The real-data split: training pool, choosing cases, reporting cases (realdata.py), and the
+"""The real-data split: training pool, selection cases, reporting cases (realdata.py), and the
 check set's paired interval (holdout.py). Case folders are made empty in tmp_path: the split
 reads names only."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from proxyseg_model import realdata
 from proxyseg_model.holdout import paired_interval
@@ -16,30 +17,26 @@ def _root(tmp_path: Path, counts: dict) -> Path:
     return tmp_path
 
 
-def test_choosing_and_reporting_cases_split_the_validation_cases(tmp_path: Path):
+def test_selection_and_reporting_cases_split_the_validation_cases(tmp_path: Path):
     counts = {"drishti-gs": 50, "drive": 20, "psfhs": 150, "hc18": 100}
     root = _root(tmp_path, counts)
     for ds, n in counts.items():
         pool, val = realdata.split(ds, root)
-        choose, report = realdata.validation_parts(ds, root)
-        assert len(choose) == realdata.CHOOSING[ds]
-        assert sorted(choose + report) == val  # every validation case is one or the other
-        assert not set(choose) & set(report)
-        assert not set(choose) & set(pool)
-        # evaluate_memory's held-out sequences come from the first validation cases: never choosing
+        pick, report = realdata.validation_parts(ds, root)
+        assert len(pick) == realdata.SELECTION[ds]
+        assert sorted(pick + report) == val  # every validation case is one or the other
+        assert not set(pick) & set(report)
+        assert not set(pick) & set(pool)
+        # evaluate_memory's held-out sequences come from the first validation cases: never selection
         assert set(val[:realdata.MEMORY_CASES]) <= set(report)
-        assert realdata.validation_parts(ds, root) == (choose, report)  # fixed, not drawn per call
-        assert realdata.choosing(ds, root) == choose and realdata.reporting(ds, root) == report
+        assert realdata.validation_parts(ds, root) == (pick, report)  # fixed, not drawn per call
+        assert realdata.selection(ds, root) == pick and realdata.reporting(ds, root) == report
 
 
-def test_too_few_validation_cases_for_the_choosing_share_is_an_error(tmp_path: Path):
+def test_too_few_validation_cases_for_the_selection_share_is_an_error(tmp_path: Path):
     root = _root(tmp_path, {"psfhs": 40})  # 24 validation cases, 8 after the memory cases
-    try:
+    with pytest.raises(ValueError, match="34 selection cases asked, 8 validation cases"):
         realdata.validation_parts("psfhs", root)
-    except ValueError as e:
-        assert "34 choosing cases" in str(e)
-    else:
-        raise AssertionError("34 choosing cases out of 8 were accepted")
 
 
 def test_paired_interval_brackets_the_mean_difference():
