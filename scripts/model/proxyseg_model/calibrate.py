@@ -13,6 +13,11 @@ logit 0; the fetal head is judged over PSFHS and HC18 together (one label, one t
 
     python -m proxyseg_model.calibrate --bundle /tmp/cand2            # the table
     python -m proxyseg_model.calibrate --bundle /tmp/cand2 --python   # + threshold.SHIPPED's text
+    python -m proxyseg_model.calibrate --bundle /tmp/cand2 --write    # a candidate's own tables
+
+`--write` replaces the bundle's [[threshold]] tables with the listed ones, so that a candidate is
+judged at its own cut rather than the shipped model's (session 24: a fine-tune's cup at the
+shipped cut, 11, lost 2.1 Dice on the selection cases; its own best cut was 3).
 
 The scan keeps the bundle's current thresholds out of it: every object is scored on raw logits.
 """
@@ -75,13 +80,38 @@ def choose(scores: dict[str, np.ndarray], grid: list[float], min_gain: float) ->
     return rows
 
 
+def tables(rows: list[dict]) -> list[dict]:
+    """The listed rows as [[threshold]] tables (threshold.SHIPPED's form)."""
+    return [{"objects": [r["label"]], "logit": r["logit"],
+             "note": f"calibrate.py: {r['at_zero']:.1f} -> {r['best']:.1f} Dice on the choosing cases"}
+            for r in rows if r["listed"]]
+
+
+def write_tables(bundle: Path, rules: list[dict]) -> None:
+    """Replaces the manifest's [[threshold]] tables with `rules` (none: the key goes)."""
+    import tomllib
+
+    from .export import write_manifest
+    threshold.check(rules)
+    path = bundle / "manifest.toml"
+    m = tomllib.loads(path.read_text())
+    m.pop("threshold", None)
+    if rules:
+        m["threshold"] = rules
+    write_manifest(path, m)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--sets", nargs="+", default=list(realdata.DATASETS))
     ap.add_argument("--min-gain", type=float, default=0.5, help="Dice points over logit 0 that list an object")
     ap.add_argument("--python", action="store_true", help="also print the listed tables as threshold.SHIPPED")
+    ap.add_argument("--write", action="store_true",
+                    help="replace the bundle's [[threshold]] tables with the listed ones (all sets must be scanned)")
     args = ap.parse_args(argv)
+    if args.write and set(args.sets) != set(realdata.DATASETS):
+        raise SystemExit("--write: a label's table is chosen over all its data sets; leave --sets out")
     bundle = OrtBundle(Path(args.bundle))
     merged: dict[str, list[np.ndarray]] = {}
     for ds in args.sets:
@@ -97,6 +127,9 @@ def main(argv=None):
               f"{r['gain']:+.1f} | {'yes' if r['listed'] else 'no'} |")
     if args.python:
         print([{"objects": [r["label"]], "logit": r["logit"]} for r in rows if r["listed"]])
+    if args.write:
+        write_tables(Path(args.bundle), tables(rows))
+        print(f"{args.bundle}/manifest.toml: [[threshold]] = {[(t['objects'][0], t['logit']) for t in tables(rows)]}")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,26 @@ def test_calibrate_lists_an_object_only_where_its_best_logit_gains_enough():
     assert rows["vessels"]["cases"] == 2
     # a gain under the bar is reported but not listed
     assert not calibrate.choose(scores, grid, min_gain=3.0)[0]["listed"]
+
+
+def test_calibrate_writes_a_candidate_its_own_tables(tmp_path):
+    """calibrate --write: the listed rows replace the manifest's [[threshold]] tables (the rest of
+    the manifest as it was); no listed row removes them; a wrong table changes nothing."""
+    import shutil
+
+    from proxyseg_model.calibrate import tables, write_tables
+    src = Path(__file__).resolve().parents[3] / "models" / "litemedsam-ppg" / "manifest.toml"
+    shutil.copyfile(src, tmp_path / "manifest.toml")
+    before = tomllib.loads(src.read_text())
+    rows = [{"label": "optic cup", "cases": 11, "at_zero": 83.9, "logit": 3.0, "best": 84.9, "gain": 1.0, "listed": True},
+            {"label": "vessels", "cases": 11, "at_zero": 73.0, "logit": 1.0, "best": 73.1, "gain": 0.1, "listed": False}]
+    write_tables(tmp_path, tables(rows))
+    after = tomllib.loads((tmp_path / "manifest.toml").read_text())
+    assert after["threshold"] == [{"objects": ["optic cup"], "logit": 3.0,
+                                   "note": "calibrate.py: 83.9 -> 84.9 Dice on the choosing cases"}]
+    assert {k: v for k, v in after.items() if k != "threshold"} == {k: v for k, v in before.items() if k != "threshold"}
+    with pytest.raises(ValueError, match="listed twice"):
+        write_tables(tmp_path, tables(rows[:1]) * 2)
+    assert tomllib.loads((tmp_path / "manifest.toml").read_text()) == after
+    write_tables(tmp_path, [])
+    assert "threshold" not in tomllib.loads((tmp_path / "manifest.toml").read_text())
