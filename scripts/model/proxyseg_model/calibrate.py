@@ -128,8 +128,9 @@ def main(argv=None):
     if args.python:
         print([{"objects": [r["label"]], "logit": r["logit"]} for r in rows if r["listed"]])
     if args.write:
-        write_tables(Path(args.bundle), tables(rows))
-        print(f"{args.bundle}/manifest.toml: [[threshold]] = {[(t['objects'][0], t['logit']) for t in tables(rows)]}")
+        listed = tables(rows)
+        write_tables(Path(args.bundle), listed)
+        print(f"{args.bundle}/manifest.toml: [[threshold]] = {[(t['objects'][0], t['logit']) for t in listed]}")
 
 
 if __name__ == "__main__":

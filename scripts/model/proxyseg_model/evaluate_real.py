@@ -116,9 +116,7 @@ def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=Non
         if views:
             m, _, _ = bundle.segment_views(it["display"], ctxs, labels, it["emb"])
         else:
-            tokens = bundle.sessions["prompt_generator"].run(None, {
-                "image_embeddings": it["emb"], "support_keys": ctxs[""]["support_keys"],
-                "support_values": ctxs[""]["support_values"]})[0]
+            tokens = bundle.prompt_tokens(it["emb"], ctxs[""])
             logits, _ = bundle.decode(it["emb"], tokens, it["image"])
             _, lg = postprocess(logits, it["hw"], it["masks"].shape[1:], bundle.S)
             m = shape.apply(ctxs["forms"], threshold.masks(lg, ctxs["thresholds"]))

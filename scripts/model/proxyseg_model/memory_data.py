@@ -119,8 +119,7 @@ def cache_sequence(bundle: OrtBundle, ctx: dict, displays: np.ndarray, masks: np
     for d, m in zip(displays, masks):
         img, hw = prepare_image(d, bundle.S, bundle.mean, bundle.std)
         emb = bundle.encode(img[None])
-        tok = bundle.sessions["prompt_generator"].run(None, {
-            "image_embeddings": emb, "support_keys": ctx["support_keys"], "support_values": ctx["support_values"]})[0]
+        tok = bundle.prompt_tokens(emb, ctx)
         embs.append(torch.from_numpy(emb[0]).half())
         prompts.append(torch.from_numpy(tok))
         grid.append(torch.from_numpy(np.stack([prepare_mask(x, bundle.S) for x in m])).bool())
@@ -193,6 +192,15 @@ def attach_images(bundle_dir: Path, kind: str, out: Path = CACHE, count: int = 0
 PROMPT_TOL = 1e-3
 
 
+def first_sequence(path: Path, seqs: list, kind: str, split: str, count: int) -> tuple:
+    """The first sequence memory_data makes today for (split, kind), (group, name, displays, masks,
+    support key); a cache whose first sequence is another is refused."""
+    group, name, _, displays, masks, key = next(sequences(kind, split, count))
+    if not seqs or (group, name) != (seqs[0]["group"], seqs[0]["name"]):
+        raise SystemExit(f"{path}: its sequences are not the ones memory_data makes today; delete it to rebuild it")
+    return group, name, displays, masks, key
+
+
 def check_cache(bundle_dir: Path, split: str, kind: str, count: int = 0, out: Path = CACHE) -> None:
     """Refuses a cache that this bundle's graphs did not make: the cache names no bundle, and one
     built through another PPG (a candidate, the release before) would score a bundle with the
@@ -201,9 +209,7 @@ def check_cache(bundle_dir: Path, split: str, kind: str, count: int = 0, out: Pa
     must match the cached ones (EMBEDDING_TOL, PROMPT_TOL)."""
     path = out / f"{split}-{kind}.pt"
     seqs = torch.load(path, weights_only=False, mmap=True)
-    group, name, _, displays, masks, key = next(sequences(kind, split, count))
-    if not seqs or (group, name) != (seqs[0]["group"], seqs[0]["name"]):
-        raise SystemExit(f"{path}: its sequences are not the ones memory_data makes today; delete it to rebuild it")
+    group, name, displays, masks, key = first_sequence(path, seqs, kind, split, count)
     bundle = OrtBundle(bundle_dir)
     again = cache_sequence(bundle, SupportContexts(bundle).get(key), displays[:1], masks[:1], keep_truth=False)
     d_emb = float((again["emb"][0].float() - seqs[0]["emb"][0].float()).abs().max())
@@ -234,9 +240,7 @@ def reprompt(bundle_dir: Path, split: str, kind: str, source: Path, count: int =
     if not src.exists():
         raise SystemExit(f"--prompts-from {source}: no {src.name} there to take the embeddings from")
     seqs = torch.load(src, weights_only=False)
-    group, name, _, displays, _, key = next(sequences(kind, split, count))
-    if not seqs or (group, name) != (seqs[0]["group"], seqs[0]["name"]):
-        raise SystemExit(f"{src}: its sequences are not the ones memory_data makes today")
+    group, name, displays, _, _ = first_sequence(src, seqs, kind, split, count)
     bundle = OrtBundle(bundle_dir)
     img, _ = prepare_image(displays[0], bundle.S, bundle.mean, bundle.std)
     diff = float(np.abs(bundle.encode(img[None])[0] - seqs[0]["emb"][0].float().numpy()).max())
@@ -244,12 +248,10 @@ def reprompt(bundle_dir: Path, split: str, kind: str, source: Path, count: int =
         raise SystemExit(f"{src}: frame 0 of {group}/{name} encodes to embeddings {diff:.3g} away from the cached "
                          f"ones (> {EMBEDDING_TOL}) through {bundle_dir}'s image encoder: build the cache instead")
     ctxs, t0 = SupportContexts(bundle), time.time()
-    gen = bundle.sessions["prompt_generator"]
     for i, seq in enumerate(seqs):
         ctx = ctxs.get(support_key(split, seq["group"], seq["name"]))
-        seq["prompts"] = torch.stack([torch.from_numpy(gen.run(None, {
-            "image_embeddings": e[None].float().numpy(), "support_keys": ctx["support_keys"],
-            "support_values": ctx["support_values"]})[0]) for e in seq["emb"]])
+        seq["prompts"] = torch.stack([torch.from_numpy(bundle.prompt_tokens(e[None].float().numpy(), ctx))
+                                      for e in seq["emb"]])
         print(f"{split}-{kind}: {seq['group']}/{seq['name']} re-prompted ({i + 1}) {time.time() - t0:.0f}s", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -82,12 +82,16 @@ class OrtBundle:
             "support_embeddings": emb})
         return {"support_embeddings": emb, "support_keys": keys, "support_values": values}
 
+    def prompt_tokens(self, emb: np.ndarray, ctx: dict) -> np.ndarray:
+        """1 x C x h x w image embeddings + a support context -> K x T x C proxy prompt tokens."""
+        return self.sessions["prompt_generator"].run(None, {
+            "image_embeddings": emb, "support_keys": ctx["support_keys"], "support_values": ctx["support_values"]})[0]
+
     def segment_tensor(self, image: np.ndarray, ctx: dict, emb: np.ndarray | None = None) -> dict:
         """1 x 3 x S x S -> dict(image_embeddings, prompt_tokens, mask_logits, iou_scores).
         `emb`: the image's embeddings when already computed (they depend on the image only)."""
         emb = self.encode(image) if emb is None else emb
-        tokens = self.sessions["prompt_generator"].run(None, {
-            "image_embeddings": emb, "support_keys": ctx["support_keys"], "support_values": ctx["support_values"]})[0]
+        tokens = self.prompt_tokens(emb, ctx)
         logits, iou = self.decode(emb, tokens, image)
         return {"image_embeddings": emb, "prompt_tokens": tokens, "mask_logits": logits, "iou_scores": iou}
 
