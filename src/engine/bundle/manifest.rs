@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::{BundleError, GraphKind, CONTRACT_SAM2, CONTRACT_VERSION};
 use crate::engine::memory::MemorySpec;
+use crate::engine::mirror::MirrorRule;
 use crate::engine::shape::{Form, ShapeRule};
 use crate::engine::threshold::{self, ThresholdRule};
 use crate::engine::views::{ResolutionRule, Strategy};
@@ -65,6 +66,8 @@ struct RawManifest {
     shape: Vec<RawShape>,
     #[serde(default)]
     threshold: Vec<RawThreshold>,
+    #[serde(default)]
+    mirror: Option<RawMirror>,
 }
 
 /// Checked `[[shape]]` tables; the message names the rule that is wrong.
@@ -84,6 +87,32 @@ fn shape_rules(raw: Vec<RawShape>) -> Result<Vec<ShapeRule>, String> {
         .collect()
 }
 
+/// Checked `[[threshold]]` tables.
+fn threshold_rules(raw: Vec<RawThreshold>) -> Result<Vec<ThresholdRule>, String> {
+    let rules: Vec<ThresholdRule> = raw
+        .into_iter()
+        .map(|r| ThresholdRule {
+            objects: r.objects,
+            logit: r.logit,
+            note: r.note,
+        })
+        .collect();
+    threshold::check(&rules)?;
+    Ok(rules)
+}
+
+/// The checked `[mirror]` table, if any.
+fn mirror_rule(raw: Option<RawMirror>) -> Result<Option<MirrorRule>, String> {
+    raw.map(|r| {
+        let rule = MirrorRule {
+            objects: r.objects,
+            note: r.note,
+        };
+        rule.check().map(|()| rule)
+    })
+    .transpose()
+}
+
 /// One raw `[[shape]]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +130,15 @@ struct RawShape {
 struct RawThreshold {
     objects: Vec<String>,
     logit: f32,
+    #[serde(default)]
+    note: String,
+}
+
+/// The raw `[mirror]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMirror {
+    objects: Vec<String>,
     #[serde(default)]
     note: String,
 }
@@ -303,6 +341,9 @@ pub struct Manifest {
     /// Optional `[[threshold]]` tables (`objects`, `logit`, optional `note`): the logit the
     /// listed objects' masks are cut at, see [`crate::engine::threshold`]. Empty: all at 0.
     pub threshold: Vec<ThresholdRule>,
+    /// Optional `[mirror]` table (`objects`, optional `note`): objects that also take the
+    /// mirrored second look, see [`crate::engine::mirror`]. None: one look.
+    pub mirror: Option<MirrorRule>,
 }
 
 impl Manifest {
@@ -388,16 +429,8 @@ impl Manifest {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let shape = shape_rules(raw.shape).map_err(bad)?;
-        let threshold: Vec<ThresholdRule> = raw
-            .threshold
-            .into_iter()
-            .map(|r| ThresholdRule {
-                objects: r.objects,
-                logit: r.logit,
-                note: r.note,
-            })
-            .collect();
-        threshold::check(&threshold).map_err(bad)?;
+        let threshold = threshold_rules(raw.threshold).map_err(bad)?;
+        let mirror = mirror_rule(raw.mirror).map_err(bad)?;
         Ok(Manifest {
             contract: raw.contract,
             name: raw.name,
@@ -425,6 +458,7 @@ impl Manifest {
             int8,
             shape,
             threshold,
+            mirror,
         })
     }
 

@@ -162,6 +162,35 @@ fn threshold_tables_parse_and_bad_ones_say_why() {
 }
 
 #[test]
+fn a_mirror_table_parses_and_a_bad_one_says_why() {
+    assert!(
+        parsed(GOOD).mirror.is_none(),
+        "one look unless the table is there"
+    );
+    let with = |t: &str| format!("{GOOD}\n{t}\n");
+    let m = parsed(&with(
+        "[mirror]\nobjects = [\"optic disc\", \"optic cup\"]\nnote = \"n\"",
+    ));
+    let rule = m.mirror.expect("a [mirror] table");
+    assert_eq!(rule.objects, ["optic disc", "optic cup"]);
+    assert_eq!(rule.note, "n");
+    for (table, needle) in [
+        ("[mirror]\nobjects = []", "[mirror]: objects must list"),
+        (
+            "[mirror]\nobjects = [\"cup\", \"Cup\"]",
+            "[mirror]: \"Cup\" is listed twice",
+        ),
+        ("[mirror]\nnote = \"n\"", "missing field `objects`"),
+        (
+            "[mirror]\nobjects = [\"cup\"]\nlogit = 2.0",
+            "unknown field `logit`",
+        ),
+    ] {
+        assert_refused(&with(table), needle);
+    }
+}
+
+#[test]
 fn bad_manifests_say_why() {
     let cases = [
         ("contract = 1", "contract = 2", "contract = 2"),

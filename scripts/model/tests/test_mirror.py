@@ -1,0 +1,51 @@
+"""The mirrored second look (mirror.py; the Rust engine's src/engine/mirror.rs mirrors it):
+the manifest table's checks, which objects it takes, flips that keep images and masks aligned,
+and the merge of the two looks. The whole path through ONNX Runtime is checked against the
+Rust engine by the view fixtures (bundle_data --view-fixtures, tests/engine/engine_parity_views.rs)."""
+import numpy as np
+import pytest
+
+from proxyseg_model import mirror
+
+
+def test_the_table_is_checked_as_the_engine_checks_it():
+    mirror.check(None)
+    mirror.check(mirror.SHIPPED)
+    for bad, why in [({"objects": []}, "must list"), ({"objects": ["cup", " "]}, "must list"),
+                     ({"objects": ["cup", "Cup"]}, "listed twice"), ({"objects": ["cup"], "logit": 1}, "unknown key")]:
+        with pytest.raises(ValueError, match=why):
+            mirror.check(bad)
+
+
+def test_listed_objects_are_matched_case_insensitively_in_mask_order():
+    rule = {"objects": ["Optic Cup", "vessels"]}
+    assert mirror.object_indices(rule, ["optic disc", "optic cup"]) == [1]
+    assert mirror.object_indices(rule, ["fetal head"]) == []
+    assert mirror.object_indices(None, ["optic cup"]) == []
+
+
+def test_flips_keep_image_and_masks_aligned():
+    display = np.zeros((4, 6, 3), np.float32)
+    display[1, 0] = 255.0
+    masks = np.zeros((2, 4, 6), np.uint8)
+    masks[0, 1, 0] = 1
+    masks[1, 3, 5] = 1
+    d, m = mirror.flip_display(display), mirror.flip(masks)
+    assert d.shape == display.shape and m.shape == masks.shape
+    assert d[1, 5].tolist() == [255.0] * 3 and d.sum() == 3 * 255.0
+    assert m[0, 1, 5] == 1 and m[1, 3, 0] == 1 and m.sum() == 2
+    assert d.flags["C_CONTIGUOUS"] and m.flags["C_CONTIGUOUS"]
+    assert np.array_equal(mirror.flip_display(d), display)
+    assert np.array_equal(mirror.flip_display(display[..., 0])[1], display[1, ::-1, 0])  # grey displays too
+
+
+def test_merge_averages_the_listed_objects_with_the_second_look_mirrored_back():
+    first = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 2, 3)
+    second = np.full_like(first, 10.0)
+    second[:, :, 0] = -10.0  # the second look's left column is the frame's right column
+    out = mirror.merge(first, second, [1])
+    assert np.array_equal(out[0], first[0])  # not listed: the first look
+    assert np.array_equal(out[1, :, 2], (first[1, :, 2] - 10.0) / 2)
+    assert np.array_equal(out[1, :, :2], (first[1, :, :2] + 10.0) / 2)
+    assert out.dtype == np.float32
+    assert np.array_equal(first, np.arange(12, dtype=np.float32).reshape(2, 2, 3))  # inputs untouched
