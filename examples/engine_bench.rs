@@ -6,8 +6,10 @@
 //! BENCH_THREADS (intra-op threads, default 2), BENCH_PROVIDERS (default "cpu"), BENCH_INT8
 //! (`[engine] int8`: 1 runs the bundle's CPU int8 graphs and labels the rows "rust-int8";
 //! default 0, the float graphs), BENCH_SPINNING (`[engine] spinning`: 1 lets ONNX Runtime's
-//! idle threads spin and adds "-spin" to the label; default 0, as the daemon), BENCH_OUT (JSON lines file). Per input: decode (file -> display frames) and each engine stage, in ms
-//! per frame (the stages count the first pass; `views` is everything of the resolution views'
+//! idle threads spin and adds "-spin" to the label; default 0, as the daemon), BENCH_MIRROR
+//! (`[engine] mirror`: 0 takes one look where the manifest has a `[mirror]` table and adds
+//! "-onelook" to the label; default 1, as the daemon), BENCH_OUT (JSON lines file). Per input: decode (file -> display frames) and each engine stage, in ms
+//! per frame (the stages count the first pass, and the `[mirror]` second look when it runs; `views` is everything of the resolution views'
 //! second passes on crops, `view_passes` the crops per frame), images/s over the whole wall
 //! time, and the process's peak RSS at the end.
 
@@ -75,6 +77,7 @@ fn engine_benchmark() {
         .collect();
     let int8 = env("BENCH_INT8").is_some_and(|v| v == "1");
     let spinning = env("BENCH_SPINNING").is_some_and(|v| v == "1");
+    let mirror = env("BENCH_MIRROR").is_none_or(|v| v != "0");
     let data = tempfile::tempdir().unwrap();
     let cfg = EngineConfig {
         providers: providers.clone(),
@@ -83,6 +86,7 @@ fn engine_benchmark() {
         spinning,
         workers: 1,
         int8,
+        mirror,
         ..EngineConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -106,6 +110,8 @@ fn engine_benchmark() {
         (false, true) => "rust-spin",
         (true, true) => "rust-int8-spin",
     };
+    let one_look = !mirror && b.manifest.mirror.is_some();
+    let label = format!("{label}{}", if one_look { "-onelook" } else { "" });
     let provider = b
         .providers()
         .iter()

@@ -39,6 +39,13 @@ pub struct EngineConfig {
     /// Default true: on 2 CPU cores the shipped LiteMedSAM encoder runs in about 60 % of the
     /// time, at the Dice its `evaluation.md` states. false: the float graphs everywhere.
     pub int8: bool,
+    /// Segment a frame a second time mirrored left-right where the bundle's manifest has a
+    /// `[mirror]` table (`docs/bundles.md`), averaging the two looks for its objects. Default
+    /// true: the shipped LiteMedSAM bundle gains ~0.7-0.9 mean Dice and its spread over single
+    /// support pairs falls from 1.27 to 0.77. It doubles the time per frame: false gives one
+    /// look, at the Dice of its evaluation.md's `no_mirror` column (a CPU host that needs the
+    /// time more). Memory mode always takes one look.
+    pub mirror: bool,
 }
 
 /// The default of `[engine] default_bundle`: the LiteMedSAM bundle that ships with proxyseg.
@@ -56,6 +63,7 @@ impl Default for EngineConfig {
             batch: 4,
             default_bundle: DEFAULT_BUNDLE.into(),
             int8: true,
+            mirror: true,
         }
     }
 }

@@ -160,6 +160,8 @@ struct Inner {
     runtime: runtime::Runtime,
     /// The form the bundle's `[[shape]]` rules give each object of a support set, per context.
     shapes: shape::FormMemo,
+    /// `[engine] mirror`: whether a bundle's `[mirror]` second look runs.
+    mirror: bool,
 }
 
 /// The engine facade; cheap to clone (shared state behind an `Arc`).
@@ -209,6 +211,7 @@ impl Engine {
                 batch: cfg.batch.max(1),
                 runtime: rt,
                 shapes: shape::FormMemo::default(),
+                mirror: cfg.mirror,
             }),
         })
     }
@@ -348,8 +351,8 @@ impl Engine {
         Ok(passes)
     }
 
-    /// The mirrored second look for a set ([`mirror`]): None when the bundle's `[mirror]`
-    /// lists none of its objects; else the mirrored set's context and views, each computed
+    /// The mirrored second look for a set ([`mirror`]): None when `[engine] mirror` is off or
+    /// the bundle's `[mirror]` lists none of its objects; else the mirrored set's context and views, each computed
     /// once per set version and cached like the set's own (version `"{version}-mirror"`).
     async fn mirror_look(
         &self,
@@ -359,8 +362,8 @@ impl Engine {
     ) -> Result<Option<mirror::MirrorLook>, EngineError> {
         let labels: Vec<&str> = set.objects.iter().map(|o| o.label.as_str()).collect();
         let objects = match &b.manifest.mirror {
-            Some(rule) => rule.object_indices(&labels),
-            None => Vec::new(),
+            Some(rule) if self.inner.mirror => rule.object_indices(&labels),
+            _ => Vec::new(),
         };
         if objects.is_empty() {
             return Ok(None);

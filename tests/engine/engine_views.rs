@@ -355,6 +355,16 @@ fn the_mirrored_second_look_is_cached_symmetric_and_only_for_its_objects() {
             with.timings.view_passes, 10,
             "both looks' roi crop and tiles"
         );
+        // `[engine] mirror = false`: the same bundle takes one look.
+        let mut off = cpu_config(&tmp.path().join("b").join("models"));
+        off.mirror = false;
+        let one = Engine::new(&off, &tmp.path().join("var-c")).unwrap();
+        let single = segment(&one, &set, &frames).await;
+        assert_eq!(
+            single.frames, plain.frames,
+            "mirror off: the first look alone"
+        );
+        assert_eq!(one.support_stats().computed, 6);
         // The mirrored frame with the mirrored set: its two looks are this call's, swapped.
         let back = segment(&engine, &mirrored_set, &mirrored_frames).await;
         (plain, with, back, engine.support_stats())
