@@ -144,10 +144,18 @@ fn shipped_int8_graphs_agree_with_the_float_ones() {
     let doc = read_fixtures(&bundle);
     let models = bundle.parent().unwrap().to_path_buf();
     let data = tempfile::tempdir().unwrap();
-    let (f32e, i8e) = (
-        engine(&models, &data.path().join("f"), false),
-        engine(&models, &data.path().join("i"), true),
-    );
+    // One look: this checks the graphs' int8 derivation. With the [mirror] second look the
+    // phantom US frame (out of the model's domain) gets two looks that disagree, their mean
+    // sits near the cut over large areas, and the shape rules' largest region then flips
+    // between near-equal pieces (fetal head: Dice(int8, float) 0.71 with both looks, 0.99 with
+    // one; session 25). Real cases with both looks: evaluation.md's `ppg_int8` column.
+    let one_look = |int8: bool, dir: &str| {
+        let mut cfg = cpu_config(&models);
+        cfg.int8 = int8;
+        cfg.mirror = false;
+        Engine::new(&cfg, &data.path().join(dir)).expect("engine")
+    };
+    let (f32e, i8e) = (one_look(false, "f"), one_look(true, "i"));
     let b = i8e.bundle(&name).unwrap();
     for kind in [GraphKind::ImageEncoder, GraphKind::MaskDecoder] {
         assert!(
