@@ -119,6 +119,12 @@ fn engine_benchmark() {
         .collect::<Vec<_>>()
         .join(" ");
     let (set, _) = load_support_set(std::path::Path::new(&support)).expect("support set");
+    // 2 when the [mirror] second look runs for this set (`[engine] mirror` and a listed object)
+    let labels: Vec<&str> = set.objects.iter().map(|o| o.label.as_str()).collect();
+    let looks = match &b.manifest.mirror {
+        Some(r) if mirror && !r.object_indices(&labels).is_empty() => 2,
+        _ => 1,
+    };
     let t = Instant::now();
     let ctx_frames =
         frames_from_file(std::path::Path::new(inputs.split(',').next().unwrap())).unwrap();
@@ -165,7 +171,7 @@ fn engine_benchmark() {
             "{{\"impl\": \"{label}\", \"input\": \"{name}\", \"rows\": {}, \"cols\": {}, \"frames_per_file\": {}, \"frames\": {frames}, \
              \"decode_ms\": {:.3}, \"preprocess_ms\": {:.3}, \"image_encoder_ms\": {:.3}, \"prompt_generator_ms\": {:.3}, \
              \"mask_decoder_ms\": {:.3}, \"postprocess_ms\": {:.3}, \"views_ms\": {:.3}, \"view_passes\": {:.2}, \"total_ms\": {:.3}, \"images_per_s\": {:.3}, \
-             \"peak_rss_mb\": {:.1}, \"threads\": {threads}, \"providers\": \"{provider}\", \"support_context_s\": {warmup_s:.3}}}",
+             \"peak_rss_mb\": {:.1}, \"looks\": {looks}, \"threads\": {threads}, \"providers\": \"{provider}\", \"support_context_s\": {warmup_s:.3}}}",
             size.0,
             size.1,
             size.2,

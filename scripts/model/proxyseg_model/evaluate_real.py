@@ -374,6 +374,10 @@ def main(argv=None):
     write_report(Path(args.bundle), res)
 
 
+# The start of evaluate_memory.SECTION (evaluate_memory imports this module, so not imported here)
+MEMORY_SECTION = "## Memory mode"
+
+
 def write_report(bundle: Path, res: dict):
     """evaluation.md + the manifest's [evaluation] (Dice in %); `res` as saved by --json."""
     cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_shape", "no_convex", "no_calibration", "no_scale",
@@ -427,10 +431,17 @@ def write_report(bundle: Path, res: dict):
             if key in r:
                 lines.append(f"- {ds} {key}: " + "; ".join(
                     "/".join(f"{x * 100:.1f}" for x in s) for s in r[key]))
-    (bundle / "evaluation.md").write_text("\n".join(lines) + "\n")
+    # evaluate_memory.py's section and table are its own: kept as they are (it rewrites them)
+    path = bundle / "evaluation.md"
+    old = path.read_text() if path.exists() else ""
+    at = old.find("\n" + MEMORY_SECTION)
+    memory_text = old[at:].strip("\n") if at >= 0 else ""
+    path.write_text("\n".join(lines) + "\n" + ("\n" + memory_text + "\n" if memory_text else ""))
     mpath = bundle / "manifest.toml"
     m = tomllib.loads(mpath.read_text())
     ev = {"report": "evaluation.md", "metric": "Dice %", "mean": {c: round(v, 1) for c, v in mean.items()}}
+    if "memory" in m.get("evaluation", {}):
+        ev["memory"] = m["evaluation"]["memory"]
     for ds, r in res["sets"].items():
         ev[ds] = {label: {c: round(r[c][o] * 100, 1) for c in cols if c in r} for o, label in enumerate(r["labels"])}
         ev[ds]["n_val"] = r["n_val"]

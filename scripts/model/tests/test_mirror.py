@@ -49,3 +49,23 @@ def test_merge_averages_the_listed_objects_with_the_second_look_mirrored_back():
     assert np.array_equal(out[1, :, :2], (first[1, :, :2] + 10.0) / 2)
     assert out.dtype == np.float32
     assert np.array_equal(first, np.arange(12, dtype=np.float32).reshape(2, 2, 3))  # inputs untouched
+
+
+def test_a_regenerated_report_keeps_the_memory_section_and_table(tmp_path):
+    """evaluate_real's report is rewritten after a change such as [mirror]; evaluate_memory's
+    section of evaluation.md and its [evaluation.memory] table are that tool's, kept as they are."""
+    from proxyseg_model.evaluate_real import write_report
+    (tmp_path / "manifest.toml").write_text(
+        'name = "b"\n\n[evaluation]\nreport = "evaluation.md"\n\n[evaluation.memory]\nms_per_frame_memory = 759\n')
+    memory = "## Memory mode vs frame by frame (issue 15 item 3)\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+    (tmp_path / "evaluation.md").write_text("# old report\n\nold table\n\n" + memory)
+    res = {"started": "now", "sets": {"hc18": {"labels": ["fetal head"], "n_val": 2, "cases": "validation",
+                                               "ppg": [0.9], "no_mirror": [0.89]}}}
+    write_report(tmp_path, res)
+    text = (tmp_path / "evaluation.md").read_text()
+    assert "old table" not in text and "| hc18 | fetal head | 2 | 90.0 | 89.0 |" in text
+    assert text.endswith(memory) and text.count("## Memory mode") == 1
+    import tomllib
+    ev = tomllib.loads((tmp_path / "manifest.toml").read_text())["evaluation"]
+    assert ev["memory"] == {"ms_per_frame_memory": 759}
+    assert ev["mean"]["ppg"] == 90.0 and ev["hc18"]["fetal head"]["no_mirror"] == 89.0
