@@ -116,13 +116,8 @@ def run_ppg(bundle: OrtBundle, ds: str, targets: Targets, views: bool, pairs=Non
         sup = sup + [(mirror.flip_display(d), mirror.flip(m)) for d, m in sup]
     labels = list(spec.labels)
     if views:
-        rule = bundle.mirror_rule
-        if flip == "query-flip":
-            bundle.mirror_rule = {"objects": labels}
-        try:
-            ctxs = bundle.view_contexts([d for d, _ in sup], [m for _, m in sup], labels)
-        finally:
-            bundle.mirror_rule = rule
+        every = {"objects": labels} if flip == "query-flip" else None
+        ctxs = bundle.view_contexts([d for d, _ in sup], [m for _, m in sup], labels, mirror_rule=every)
     else:
         ctxs = {"": bundle.support_context(*bundle.prepare_pairs([d for d, _ in sup], [m for _, m in sup])),
                 "forms": shape.object_forms(bundle.shape_rules, labels, [m for _, m in sup], bundle.S),
@@ -374,10 +369,6 @@ def main(argv=None):
     write_report(Path(args.bundle), res)
 
 
-# The start of evaluate_memory.SECTION (evaluate_memory imports this module, so not imported here)
-MEMORY_SECTION = "## Memory mode"
-
-
 def write_report(bundle: Path, res: dict):
     """evaluation.md + the manifest's [evaluation] (Dice in %); `res` as saved by --json."""
     cols = [c for c in ("ppg", "ppg_int8", "ppg_first", "ppg_roi", "ppg_tiles", "no_shape", "no_convex", "no_calibration", "no_scale",
@@ -431,10 +422,12 @@ def write_report(bundle: Path, res: dict):
             if key in r:
                 lines.append(f"- {ds} {key}: " + "; ".join(
                     "/".join(f"{x * 100:.1f}" for x in s) for s in r[key]))
-    # evaluate_memory.py's section and table are its own: kept as they are (it rewrites them)
+    # evaluate_memory.py's section and table are its own: kept as they are (it rewrites them);
+    # imported here because evaluate_memory imports this module
+    from .evaluate_memory import SECTION
     path = bundle / "evaluation.md"
     old = path.read_text() if path.exists() else ""
-    at = old.find("\n" + MEMORY_SECTION)
+    at = old.find("\n" + SECTION)
     memory_text = old[at:].strip("\n") if at >= 0 else ""
     path.write_text("\n".join(lines) + "\n" + ("\n" + memory_text + "\n" if memory_text else ""))
     mpath = bundle / "manifest.toml"

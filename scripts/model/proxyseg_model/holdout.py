@@ -50,8 +50,8 @@ def check_cases(ds: str, hold_out: int, with_selection: bool, reporting: bool = 
 
 def bundle_spec(spec: str) -> tuple[str, str]:
     """`FOLDER` or `FOLDER:VARIANT` (evaluate_real.FLIPS) -> (folder, variant or "")."""
-    folder, _, variant = spec.rpartition(":") if spec.rsplit(":", 1)[-1] in FLIPS else ("", "", "")
-    return (folder, variant) if variant else (spec, "")
+    folder, sep, variant = spec.rpartition(":")
+    return (folder, variant) if sep and variant in FLIPS else (spec, "")
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:

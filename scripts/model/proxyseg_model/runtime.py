@@ -113,25 +113,27 @@ class OrtBundle:
         ms = np.stack([np.stack([prepare_mask(x, self.S) for x in m]) for m in masks])
         return imgs, ms
 
-    def view_contexts(self, displays, masks, labels):
+    def view_contexts(self, displays, masks, labels, mirror_rule: dict | None = None):
         """Support contexts for the first pass and every resolution view (views.py), computed
         once per support set: dict view-key -> context (None when no pair gives that view), under
         "forms" the form the manifest's [[shape]] rules give each object (shape.py) and under
         "thresholds" the logit each object's mask is cut at ([[threshold]], threshold.py); under
         "mirror" the same for the mirrored pairs when the manifest's [mirror] lists an object of
-        the set, under "mirror_objects" their indices (mirror.py)."""
+        the set, under "mirror_objects" their indices (mirror.py). `mirror_rule`: another [mirror]
+        table than the manifest's (holdout's query-flip variant)."""
         out = self.look_contexts(displays, masks, labels)
-        out["mirror_objects"] = mirror.object_indices(self.mirror_rule, labels)
+        out["forms"] = shape.object_forms(self.shape_rules, labels, masks, self.S)
+        out["thresholds"] = threshold.object_thresholds(self.threshold_rules, labels)
+        out["mirror_objects"] = mirror.object_indices(mirror_rule or self.mirror_rule, labels)
         if out["mirror_objects"]:
             out["mirror"] = self.look_contexts([mirror.flip_display(d) for d in displays],
                                                [mirror.flip(m) for m in masks], labels)
         return out
 
     def look_contexts(self, displays, masks, labels):
-        """view_contexts for one look (the pairs as given)."""
-        out = {"": self.support_context(*self.prepare_pairs(displays, masks)),
-               "forms": shape.object_forms(self.shape_rules, labels, masks, self.S),
-               "thresholds": threshold.object_thresholds(self.threshold_rules, labels)}
+        """The support contexts of one look (the pairs as given): the first pass's under "" and
+        each resolution view's."""
+        out = {"": self.support_context(*self.prepare_pairs(displays, masks))}
         for r, rule in enumerate(self.rules):
             objs = views.object_indices(rule, labels)
             if not objs:
