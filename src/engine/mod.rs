@@ -314,10 +314,24 @@ impl Engine {
         bundle: &str,
         set: &SupportSet,
     ) -> Result<Vec<ViewPass>, EngineError> {
+        self.view_passes_for(bundle, set, |_| true).await
+    }
+
+    /// [`Engine::view_passes`] for the matched rules `wanted` keeps (the mirrored look runs
+    /// only the views of the objects it lists); the others get no context.
+    async fn view_passes_for(
+        &self,
+        bundle: &str,
+        set: &SupportSet,
+        wanted: impl Fn(&views::MatchedRule) -> bool,
+    ) -> Result<Vec<ViewPass>, EngineError> {
         let b = self.bundle(bundle)?;
         let labels: Vec<&str> = set.objects.iter().map(|o| o.label.as_str()).collect();
         let mut passes = Vec::new();
         for rule in views::match_rules(&b.manifest.resolution, &labels) {
+            if !wanted(&rule) {
+                continue;
+            }
             let n = rule.rule.views();
             let mut contexts = Vec::with_capacity(n);
             for tile in 0..n {
@@ -369,10 +383,16 @@ impl Engine {
             return Ok(None);
         }
         let mirrored = mirror::support_set(set);
+        // Only the views of listed objects: the others' logits come from the first look.
+        let views = self
+            .view_passes_for(bundle, &mirrored, |r| {
+                r.objects.iter().any(|o| objects.contains(o))
+            })
+            .await?;
         Ok(Some(mirror::MirrorLook {
             objects,
             context: self.support_context(bundle, &mirrored).await?,
-            views: self.view_passes(bundle, &mirrored).await?,
+            views,
         }))
     }
 

@@ -1,8 +1,8 @@
 """The mirrored second look (`[mirror]` in a manifest): the reference of the Rust engine's
-`src/engine/mirror.rs`.
+`src/engine/mirror/`.
 
 A bundle may list objects that are segmented twice per frame: once as the frame is, once with
-the frame and every support pair mirrored left-right (the same resolution views, a support
+the frame and every support pair mirrored left-right (the resolution views of the listed objects, a support
 context of its own). The listed objects' final logits are the mean of the first look's and the
 second look's mirrored back; the [[threshold]] cuts and [[shape]] forms then apply as before.
 Other objects keep the first look's logits. Frame by frame only: memory mode (one memory bank
@@ -14,17 +14,19 @@ per sequence, in one orientation) does not take the second look.
 
 Session 25's rule E chose it (scripts/model/STATUS.md): on the check cases the mean over the 6
 objects rose 87.44 -> 88.36 and the mean single-pair std fell 1.27 -> 0.77, at twice the time
-per image.
+per image. Session 26's rule G took vessels off the list (no measurable gain for 5 more passes
+per DRIVE image). The second look runs only the resolution views of the objects it lists.
 """
 from __future__ import annotations
 
 import numpy as np
 
 # The shipped real bundle's table (export.py writes it).
-SHIPPED = {"objects": ["optic disc", "optic cup", "vessels", "pubic symphysis", "fetal head"],
+SHIPPED = {"objects": ["optic disc", "optic cup", "pubic symphysis", "fetal head"],
            "note": "each frame is also segmented mirrored left-right with the mirrored support set, and the "
                    "two looks' logits averaged (session 25, rule E: check-case mean 87.44 -> 88.36, single-pair "
-                   "std 1.27 -> 0.77; twice the time per image)"}
+                   "std 1.27 -> 0.77; twice the time per image); vessels not listed (session 26, rule G: +0.33 "
+                   "[-0.13, +0.76] on the check cases for 5 more passes per image)"}
 
 
 def check(rule: dict | None) -> None:

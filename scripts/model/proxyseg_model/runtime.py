@@ -127,16 +127,18 @@ class OrtBundle:
         out["mirror_objects"] = mirror.object_indices(mirror_rule or self.mirror_rule, labels)
         if out["mirror_objects"]:
             out["mirror"] = self.look_contexts([mirror.flip_display(d) for d in displays],
-                                               [mirror.flip(m) for m in masks], labels)
+                                               [mirror.flip(m) for m in masks], labels,
+                                               only=out["mirror_objects"])
         return out
 
-    def look_contexts(self, displays, masks, labels):
+    def look_contexts(self, displays, masks, labels, only: list[int] | None = None):
         """The support contexts of one look (the pairs as given): the first pass's under "" and
-        each resolution view's."""
+        each resolution view's; with `only` (object indices), only the views of those objects
+        (the mirrored look's: the others keep the first look's logits)."""
         out = {"": self.support_context(*self.prepare_pairs(displays, masks))}
         for r, rule in enumerate(self.rules):
             objs = views.object_indices(rule, labels)
-            if not objs:
+            if not objs or (only is not None and not set(objs) & set(only)):
                 continue
             if rule.strategy == "roi":
                 if rule.anchor.lower() not in [x.lower() for x in labels]:
@@ -178,8 +180,8 @@ class OrtBundle:
         rows, cols = display.shape[:2]
         for r, rule in enumerate(self.rules):
             objs = views.object_indices(rule, labels)
-            if not objs:
-                continue
+            if not objs or (rule.strategy != "roi" and f"tiles:{r}:0" not in ctxs):
+                continue  # no view context: a view the mirrored look does not take
             if rule.strategy == "roi":
                 ctx = ctxs.get(f"roi:{r}")
                 if ctx is None:

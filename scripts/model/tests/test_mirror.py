@@ -1,4 +1,4 @@
-"""The mirrored second look (mirror.py; the Rust engine's src/engine/mirror.rs mirrors it):
+"""The mirrored second look (mirror.py; the Rust engine's src/engine/mirror/ mirrors it):
 the manifest table's checks, which objects it takes, flips that keep images and masks aligned,
 and the merge of the two looks. The whole path through ONNX Runtime is checked against the
 Rust engine by the view fixtures (bundle_data --view-fixtures, tests/engine/engine_parity_views.rs)."""

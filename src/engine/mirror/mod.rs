@@ -1,7 +1,7 @@
 //! The mirrored second look: a bundle's `[mirror]` table lists objects that are segmented
 //! twice per frame, once as the frame is and once with the frame and every support pair
-//! mirrored left-right (the same resolution views; the mirrored set gets support contexts of
-//! its own, cached per set version like the first). The listed objects' final logits are the
+//! mirrored left-right (the resolution views of the objects it lists; the mirrored set gets
+//! support contexts of its own, cached per set version like the first). The listed objects' final logits are the
 //! mean of the two looks, the second mirrored back; the `[[threshold]]` cuts and `[[shape]]`
 //! forms then apply as before. Other objects keep the first look's logits.
 //!
