@@ -272,6 +272,28 @@ fn sequence_mode_and_memory_frames_parse_and_are_checked() {
 }
 
 #[test]
+fn review_agreement_defaults_to_0_8_and_must_be_a_dice() {
+    assert_eq!(Config::parse("").unwrap().pipeline.review_agreement, 0.8);
+    let off = Config::parse("[pipeline]\nreview_agreement = 0\n").unwrap();
+    assert_eq!(off.pipeline.review_agreement, 0.0);
+    assert!(
+        !off.validate()
+            .iter()
+            .any(|p| p.key == "pipeline.review_agreement"),
+        "0 turns the flags off"
+    );
+    for bad in ["1.5", "-0.1", "nan"] {
+        let c = Config::parse(&format!("[pipeline]\nreview_agreement = {bad}\n")).unwrap();
+        let problems = c.validate();
+        let p = problems
+            .iter()
+            .find(|p| p.key == "pipeline.review_agreement")
+            .unwrap_or_else(|| panic!("{bad} accepted: {problems:?}"));
+        assert!(p.to_string().contains("between 0 and 1"), "{p}");
+    }
+}
+
+#[test]
 fn engine_spinning_defaults_off_and_parses() {
     assert!(!Config::parse("").unwrap().engine.spinning);
     assert!(

@@ -192,6 +192,15 @@ impl Config {
         if self.pipeline.memory_frames == Some(0) {
             bad("pipeline.memory_frames", "must be at least 1".into());
         }
+        if !(0.0..=1.0).contains(&self.pipeline.review_agreement) {
+            bad(
+                "pipeline.review_agreement",
+                format!(
+                    "{} is not a Dice between 0 and 1 (0 turns review flags off)",
+                    self.pipeline.review_agreement
+                ),
+            );
+        }
         if self.pipeline.chunk_frames == 0 {
             bad("pipeline.chunk_frames", "must be at least 1".into());
         }

@@ -129,6 +129,7 @@ pub(super) fn describe_metrics(m: &crate::metrics::Metrics) {
         ("proxyseg_memory_reserved_bytes", "gauge", "Pixel memory the running jobs hold of pipeline.memory_budget_mb."),
         ("proxyseg_engine_ready", "gauge", "1 once the engine has loaded; 0 while it loads (DICOM is already served) or when it could not load."),
         ("proxyseg_memory_waits_total", "counter", "Jobs that waited for pixel memory other jobs held."),
+        ("proxyseg_review_flags_total", "counter", "Objects of jobs whose mirrored looks agreed less than [pipeline] review_agreement."),
         ("proxyseg_buffer_waits_total", "counter", "Associations that waited for receive-buffer memory (dicom.max_buffered_mb) other associations held."),
         ("proxyseg_support_cache_total", "counter", "Support-context cache lookups by result (hit, disk, computed)."),
         ("proxyseg_support_embeddings_total", "counter", "Support images encoded for a support context (computed) or taken from an earlier one (reused)."),

@@ -32,6 +32,7 @@ pub mod shape;
 pub mod support;
 pub mod support_cache;
 pub mod threshold;
+pub mod view_pass;
 pub mod views;
 
 use std::path::Path;

@@ -31,6 +31,9 @@ pub(super) struct SeriesSeg {
     pub(super) sop_uid: String,
     /// True when a memory bank tracked its sequences, false when every frame was on its own.
     pub(super) tracked: bool,
+    /// Per object (mask order), the lowest agreement of its mirrored looks over the series'
+    /// frames; `None` where no frame took two looks.
+    pub(super) lowest_agreement: Vec<Option<f32>>,
 }
 
 /// Segments one series and writes its SEG; None when every instance was skipped.
@@ -87,6 +90,7 @@ pub(super) async fn segment_series(
     let mut out = SeriesMasks {
         masks: vec![Vec::new(); sources.len()],
         sequence: Vec::new(),
+        lowest_agreement: vec![None; set.segments.len()],
     };
     for (instances, frames) in groups {
         out.sequence.clear();
@@ -118,6 +122,7 @@ pub(super) async fn segment_series(
         path,
         sop_uid,
         tracked,
+        lowest_agreement: out.lowest_agreement,
     }))
 }
 
@@ -326,6 +331,8 @@ struct SeriesMasks {
     /// (source, frame within it) of each frame of the sequence being segmented, in sequence
     /// order: a revised frame (frame 0 after its revisit) replaces the masks found here.
     sequence: Vec<(usize, usize)>,
+    /// Per object, the lowest look agreement so far ([`SeriesSeg::lowest_agreement`]).
+    lowest_agreement: Vec<Option<f32>>,
 }
 
 /// Segments chunks of a series' frames: per frame, or through a sequence's memory bank.
@@ -441,6 +448,7 @@ impl Chunks<'_> {
             );
         }
         for (o, fr) in owners.into_iter().zip(results) {
+            lowest(&mut out.lowest_agreement, &fr.look_agreement);
             out.sequence.push((o, out.masks[o].len()));
             out.masks[o].push(fr.masks.into_iter().map(|m| m.data).collect());
         }
@@ -454,6 +462,16 @@ impl Chunks<'_> {
             out.masks[o][f] = fr.masks.into_iter().map(|m| m.data).collect();
         }
         Ok(bank)
+    }
+}
+
+/// Keeps, per object, the lower of `so_far` and this frame's look agreement.
+pub(super) fn lowest(so_far: &mut [Option<f32>], frame: &[Option<f32>]) {
+    for (a, &b) in so_far.iter_mut().zip(frame) {
+        *a = match (*a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
     }
 }
 
@@ -505,4 +523,18 @@ fn seg_series_uid(job: &JobRow, series_uid: &str) -> String {
 
 fn short(version: &str) -> &str {
     &version[..version.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lowest;
+
+    #[test]
+    fn the_lowest_agreement_per_object_is_kept_across_frames() {
+        let mut so_far = vec![None; 3];
+        lowest(&mut so_far, &[Some(0.9), None, Some(0.7)]);
+        lowest(&mut so_far, &[Some(0.95), Some(0.5), Some(0.6)]);
+        lowest(&mut so_far, &[None, None, None]);
+        assert_eq!(so_far, vec![Some(0.9), Some(0.5), Some(0.6)]);
+    }
 }

@@ -19,7 +19,7 @@ use crate::dicom::seg;
 use crate::engine::Engine;
 use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
-use crate::pipeline::catalog::{Catalog, Route, SeriesInfo, StudyInfo};
+use crate::pipeline::catalog::{Catalog, LoadedSupportSet, Route, SeriesInfo, StudyInfo};
 use crate::sequence_mode::{self, ChosenMode};
 use crate::store::db::TypedWriteError;
 use crate::store::jobs::{self, JobState};
@@ -518,6 +518,7 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
         .map_err(|e| fail(format!("results dir: {e}")))?;
     let mut written = Vec::new();
     let mut tracked = 0;
+    let mut agreement = vec![None; set.segments.len()];
     let mut infer_time = Duration::ZERO;
     for series_uid in &job.series {
         let t0 = Instant::now();
@@ -528,6 +529,7 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
         };
         infer_time += t0.elapsed();
         tracked += usize::from(seg.tracked);
+        super::series::lowest(&mut agreement, &seg.lowest_agreement);
         written.push((seg.path, seg.sop_uid));
     }
     if written.is_empty() {
@@ -536,13 +538,14 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
         ));
     }
     if job.state == JobState::Matched.as_str() {
-        let detail = format!(
+        let mut detail = format!(
             "{} series in {:.2} s, sequence mode {}: {tracked} tracked through the memory bank, {} frame by frame",
             written.len(),
             infer_time.as_secs_f64(),
             job.sequence_mode,
             written.len() - tracked
         );
+        detail.push_str(&review_note(p, id, &job, &set, &agreement));
         write_transition(p, id, JobState::Inferred, detail, |_| Ok(())).await?;
         p.metrics
             .inc("proxyseg_jobs_total", &[("state", "inferred")]);
@@ -574,9 +577,60 @@ async fn segment_job(p: &Pipeline, id: i64) -> Result<usize, JobFailure> {
     Ok(n)
 }
 
+/// The `inferred` event's review note ("" when no object is flagged), logged and counted in
+/// `proxyseg_review_flags_total`; `lowest`: each object's lowest look agreement.
+fn review_note(
+    p: &Pipeline,
+    id: i64,
+    job: &JobRow,
+    set: &LoadedSupportSet,
+    lowest: &[Option<f32>],
+) -> String {
+    let cut = p.cfg.pipeline.review_agreement;
+    let labels: Vec<&str> = set.set.objects.iter().map(|o| o.label.as_str()).collect();
+    let flags = review_flags(&labels, lowest, cut);
+    if flags.is_empty() {
+        return String::new();
+    }
+    tracing::warn!(job = id, study = %job.key.study_uid, objects = %flags.join("; "), "review: mirrored looks disagree");
+    for _ in &flags {
+        p.metrics.inc("proxyseg_review_flags_total", &[]);
+    }
+    format!(
+        "; review: the mirrored looks agree less than {cut} on {}",
+        flags.join(", ")
+    )
+}
+
+/// The objects to review: `label (agreement)` for each whose lowest look agreement is below
+/// `cut` ([`crate::config::PipelineConfig::review_agreement`]; 0 flags nothing).
+fn review_flags(labels: &[&str], lowest: &[Option<f32>], cut: f32) -> Vec<String> {
+    labels
+        .iter()
+        .zip(lowest)
+        .filter_map(|(l, a)| a.filter(|&a| a < cut).map(|a| format!("{l:?} ({a:.2})")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::failure_reason;
+    use super::{failure_reason, review_flags};
+
+    #[test]
+    fn objects_under_the_review_cut_are_named_with_their_agreement() {
+        let labels = ["optic disc", "optic cup", "vessels"];
+        let lowest = [Some(0.95), Some(0.61), None];
+        assert_eq!(
+            review_flags(&labels, &lowest, 0.8),
+            vec!["\"optic cup\" (0.61)"]
+        );
+        assert_eq!(review_flags(&labels, &lowest, 0.96).len(), 2);
+        assert!(review_flags(&labels, &lowest, 0.0).is_empty(), "0: off");
+        assert!(
+            review_flags(&labels, &[None; 3], 1.0).is_empty(),
+            "one look: nothing to compare"
+        );
+    }
 
     #[test]
     fn failure_reasons_are_fixed_words() {

@@ -376,6 +376,7 @@ fn the_mirrored_second_look_is_cached_symmetric_and_only_for_its_objects() {
             single.frames, plain.frames,
             "mirror off: the first look alone"
         );
+        assert_eq!(single.frames[0].look_agreement, vec![None; 3]);
         assert_eq!(one.support_stats().computed, 6);
         // The mirrored frame with the mirrored set: its two looks are this call's, swapped.
         let back = segment(&engine, &mirrored_set, &mirrored_frames).await;
@@ -402,6 +403,14 @@ fn the_mirrored_second_look_is_cached_symmetric_and_only_for_its_objects() {
         );
         assert_eq!(with.frames[0].masks[o], plain.frames[0].masks[o]);
     }
+    // the looks' agreement: the cup's alone, the same either way round
+    let agree = &with.frames[0].look_agreement;
+    assert!(agree[0].is_none() && agree[2].is_none(), "{agree:?}");
+    assert!(
+        agree[1].is_some_and(|a| (0.0..=1.0).contains(&a)),
+        "{agree:?}"
+    );
+    assert_eq!(back.frames[0].look_agreement, *agree);
     let cup = |t: &proxyseg::engine::FrameTensors| t.final_logits.data[plane..2 * plane].to_vec();
     assert_ne!(cup(w), cup(p), "the cup took the second look");
     assert_eq!(

@@ -8,6 +8,7 @@ mod harness;
 
 mod e2e_orthanc;
 mod pipeline_e2e;
+mod review;
 mod sequence_mode;
 mod start_order;
 mod viewer_check;

@@ -69,3 +69,16 @@ def test_a_regenerated_report_keeps_the_memory_section_and_table(tmp_path):
     ev = tomllib.loads((tmp_path / "manifest.toml").read_text())["evaluation"]
     assert ev["memory"] == {"ms_per_frame_memory": 759}
     assert ev["mean"]["ppg"] == 90.0 and ev["hc18"]["fetal head"]["no_mirror"] == 89.0
+
+
+def test_look_agreement_is_the_dice_of_the_two_looks_masks():
+    """agreement.py's measure, as the engine's mirror::agreement computes it."""
+    from proxyseg_model.agreement import agreement
+    a = np.zeros((4, 4), np.uint8)
+    b = np.zeros((4, 4), np.uint8)
+    assert agreement(a, b) == 1.0  # both empty: the looks agree there is nothing
+    a[0, :2] = 1
+    assert agreement(a, b) == 0.0
+    b[0, 1:3] = 1
+    assert agreement(a, b) == 0.5  # 2 x 1 / (2 + 2)
+    assert agreement(a, a) == 1.0

@@ -270,6 +270,7 @@ fn frame_result(
     FrameResult {
         index,
         geometry: g,
+        look_agreement: vec![None; masks.len()],
         masks,
         iou_scores,
         tensors,

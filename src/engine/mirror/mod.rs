@@ -21,12 +21,13 @@
 
 mod look;
 
-pub(crate) use look::second_look;
+pub(crate) use look::take_second_look;
 pub use look::MirrorLook;
 
 use crate::dicom::pixels::Frame;
 
 use super::support::{Mask, SupportPair, SupportSet};
+use super::threshold;
 use super::views::{check_labels, same_label};
 
 /// The suffix of a mirrored set's version: its support contexts are cached apart from the set's.
@@ -121,6 +122,40 @@ pub fn merge(first: &mut [Vec<f32>], second: &[Vec<f32>], cols: usize, objects: 
     }
 }
 
+/// The two looks' agreement per object (mask order): for each listed object, the Dice between
+/// the first look's mask and the second look's mirrored back, each cut at the object's
+/// threshold ([`threshold::cut`]; before `[[shape]]`), 1 when both are empty; `None` for
+/// objects that take one look. A weak flag for a mask to review (session 26: on the check
+/// cases, objects under 0.8 had mean Dice 0.80 against 0.92), not an out-of-domain guard: a
+/// set applied to another set's images gets looks that agree on the wrong thing.
+pub fn agreement(
+    first: &[Vec<f32>],
+    second: &[Vec<f32>],
+    cols: usize,
+    objects: &[usize],
+    thresholds: &[f32],
+) -> Vec<Option<f32>> {
+    (0..first.len())
+        .map(|o| {
+            let b = second.get(o).filter(|_| objects.contains(&o))?;
+            let t = threshold::cut(thresholds, o);
+            let (mut both, mut total) = (0u64, 0u64);
+            for (ra, rb) in first[o].chunks_exact(cols).zip(b.chunks_exact(cols)) {
+                for (&x, &v) in ra.iter().zip(rb.iter().rev()) {
+                    let (ia, ib) = (x > t, v > t);
+                    both += u64::from(ia && ib);
+                    total += u64::from(ia) + u64::from(ib);
+                }
+            }
+            Some(if total == 0 {
+                1.0
+            } else {
+                (2 * both) as f32 / total as f32
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +229,33 @@ mod tests {
         merge(&mut first, &second, 2, &[0]);
         assert_eq!(first[0], vec![10.0, 6.0, 22.0, 18.0]);
         assert_eq!(first[1], vec![1.0; 4], "not listed: the first look");
+    }
+
+    #[test]
+    fn agreement_is_the_dice_of_the_two_looks_masks_at_each_cut() {
+        // 1 x 4 frame; object 0 listed with cut 0, object 1 listed with cut 5, object 2 not.
+        let first = vec![
+            vec![1.0f32, 1.0, -1.0, -1.0],
+            vec![6.0, 4.0, 4.0, 4.0],
+            vec![1.0; 4],
+        ];
+        // the second look as segmented (mirrored): its last column is the frame's first
+        let second = vec![
+            vec![-1.0f32, -1.0, 1.0, 1.0],
+            vec![-9.0, -9.0, 6.0, 9.0],
+            vec![-1.0; 4],
+        ];
+        let a = agreement(&first, &second, 4, &[0, 1], &[0.0, 5.0]);
+        assert_eq!(a[0], Some(1.0), "the same two pixels once mirrored back");
+        // first look {0}, second look back {0, 1}: 2 * 1 / 3
+        assert_eq!(a[1], Some(2.0 / 3.0));
+        assert_eq!(a[2], None, "not listed: one look");
+        let none = vec![vec![-1.0f32; 4]];
+        assert_eq!(agreement(&none, &none, 4, &[0], &[]), vec![Some(1.0)]);
+        assert_eq!(
+            agreement(&none, &[vec![1.0; 4]], 2, &[0], &[])[0],
+            Some(0.0)
+        );
     }
 
     #[test]
