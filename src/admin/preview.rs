@@ -79,10 +79,11 @@ impl pb::preview_server::Preview for Svc {
         let _slot = State::slot(&self.st.inference, "Preview", "max_concurrent_inference")?;
         let (rows, cols) = (img.rows, img.cols);
         let set2 = set.clone();
-        let got = tokio::task::spawn_blocking(move || seg.segment(&set2, &img))
-            .await
-            .map_err(internal)?
-            .map_err(|e| Status::internal(format!("segmentation failed: {e}")))?;
+        let (got, agreement) =
+            tokio::task::spawn_blocking(move || seg.segment_with_agreement(&set2, &img))
+                .await
+                .map_err(internal)?
+                .map_err(|e| Status::internal(format!("segmentation failed: {e}")))?;
         if got.len() != set.objects.len() || got.iter().any(|m| (m.rows, m.cols) != (rows, cols)) {
             return Err(internal(
                 "the engine returned masks of the wrong number or size",
@@ -97,6 +98,7 @@ impl pb::preview_server::Preview for Svc {
                 label: o.label.clone(),
                 png: masks::overlay_png(m, o.color),
                 pixels: m.area() as u64,
+                look_agreement: agreement.get(k).copied().flatten(),
             })
             .collect();
         Ok(Response::new(pb::PreviewResponse {

@@ -59,6 +59,18 @@ pub trait Segmenter: Send + Sync {
     /// Masks for `image`, one per object of `set`.
     fn segment(&self, set: &SupportSetData, image: &DicomImage) -> Result<Vec<Mask>, SegmentError>;
 
+    /// [`Segmenter::segment`] with each object's look agreement
+    /// (`crate::engine::mirror::agreement`; `None` where it took one look).
+    fn segment_with_agreement(
+        &self,
+        set: &SupportSetData,
+        image: &DicomImage,
+    ) -> Result<(Vec<Mask>, Vec<Option<f32>>), SegmentError> {
+        let masks = self.segment(set, image)?;
+        let none = vec![None; masks.len()];
+        Ok((masks, none))
+    }
+
     /// Why `bundle` (empty: the default bundle) would segment a series of a set with these
     /// object labels frame by frame even when its sequence mode asks for the memory bank; None
     /// when it can track.
@@ -174,6 +186,15 @@ fn first_frame(
 
 impl Segmenter for EngineSegmenter {
     fn segment(&self, set: &SupportSetData, image: &DicomImage) -> Result<Vec<Mask>, SegmentError> {
+        self.segment_with_agreement(set, image)
+            .map(|(masks, _)| masks)
+    }
+
+    fn segment_with_agreement(
+        &self,
+        set: &SupportSetData,
+        image: &DicomImage,
+    ) -> Result<(Vec<Mask>, Vec<Option<f32>>), SegmentError> {
         let frame = first_frame(
             crate::dicom::pixels::frames_from_object(&image.object),
             "image",
@@ -193,7 +214,7 @@ impl Segmenter for EngineSegmenter {
             .next()
             .ok_or(SegmentError::Result("the engine returned no frame"))?;
         // the engine's masks are the store's type, already 0/1
-        Ok(result.masks)
+        Ok((result.masks, result.look_agreement))
     }
 
     fn track_refusal(&self, bundle: &str, labels: &[&str]) -> Option<String> {

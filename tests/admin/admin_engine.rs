@@ -45,7 +45,14 @@ const PAIRS: &[(&str, usize, usize)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluate_and_preview_with_the_engine() {
-    let a = start_full("", &make_bundle);
+    // the centre takes the bundle's mirrored second look, the corner one look
+    let a = start_full("", &|models: &std::path::Path| {
+        make_bundle(models);
+        let manifest = models.join(BUNDLE).join("manifest.toml");
+        let mut text = std::fs::read_to_string(&manifest).unwrap();
+        text.push_str("\n[mirror]\nobjects = [\"centre\"]\n");
+        std::fs::write(&manifest, text).unwrap();
+    });
     let mut c = clients(&a.addr, ADMIN_TOKEN).await;
     c.sets
         .create(pb::CreateSupportSetRequest {
@@ -202,6 +209,11 @@ async fn evaluate_and_preview_with_the_engine() {
         assert_eq!((info.width, info.height), (320, 240));
         assert_eq!(info.color_type, png::ColorType::Rgba);
     }
+    let agreement: Vec<Option<f32>> = p.overlays.iter().map(|o| o.look_agreement).collect();
+    assert!(
+        agreement[0].is_some_and(|x| (0.0..=1.0).contains(&x)) && agreement[1].is_none(),
+        "the centre's two looks, the corner's one: {agreement:?}"
+    );
     // The same through the CLI, with the read-only token.
     let tf = a.aux.path().join("viewer.token");
     std::fs::write(&tf, VIEWER_TOKEN).unwrap();
@@ -222,6 +234,8 @@ async fn evaluate_and_preview_with_the_engine() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(out_dir.join("overlay-1.png").is_file() && out_dir.join("overlay-2.png").is_file());
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(said.matches("mirrored looks agree").count(), 1, "{said}");
     // Nothing changed but the audit log: each Preview is a read of the set, audited under
     // the reading token (review L9).
     let mut after = snapshot(&a);

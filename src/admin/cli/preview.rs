@@ -53,7 +53,8 @@ pub(super) async fn run(
         let p = out.join(format!("overlay-{}.png", o.object_index));
         std::fs::write(&p, &o.png).map_err(|e| CliError::Local(format!("{}: {e}", p.display())))?;
         files.push(json!({"object": o.object_index, "label": o.label,
-                          "pixels": o.pixels, "file": p.display().to_string()}));
+                          "pixels": o.pixels, "look_agreement": o.look_agreement,
+                          "file": p.display().to_string()}));
     }
     print(
         args,
@@ -66,10 +67,13 @@ pub(super) async fn run(
             );
             for o in &r.overlays {
                 s += &format!(
-                    "\n  {} ({}): {} px -> {}",
+                    "\n  {} ({}): {} px{} -> {}",
                     o.object_index,
                     o.label,
                     o.pixels,
+                    o.look_agreement
+                        .map(|a| format!(", mirrored looks agree {a:.2}"))
+                        .unwrap_or_default(),
                     out.join(format!("overlay-{}.png", o.object_index))
                         .display()
                 );
