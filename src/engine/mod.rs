@@ -383,18 +383,53 @@ impl Engine {
         if objects.is_empty() {
             return Ok(None);
         }
-        let mirrored = mirror::support_set(set);
         // Only the views of listed objects: the others' logits come from the first look.
-        let views = self
-            .view_passes_for(bundle, &mirrored, |r| {
-                r.objects.iter().any(|o| objects.contains(o))
-            })
-            .await?;
+        let wanted = |r: &views::MatchedRule| r.objects.iter().any(|o| objects.contains(o));
+        // Fast path: every context of the mirrored set in memory, no mirrored copy of its
+        // images (a fundus set is ~200 MB of pixels).
+        if let Some(look) = self.cached_mirror_look(b, set, &objects, wanted) {
+            return Ok(Some(look));
+        }
+        let mirrored = mirror::support_set(set);
+        let views = self.view_passes_for(bundle, &mirrored, wanted).await?;
         Ok(Some(mirror::MirrorLook {
             objects,
             context: self.support_context(bundle, &mirrored).await?,
             views,
         }))
+    }
+
+    /// The mirrored look of `set` when its first-pass context and the contexts of every view
+    /// `wanted` keeps are all in the memory cache; None otherwise (a view skipped for want of
+    /// pairs too: the caller then works it out from the mirrored set).
+    fn cached_mirror_look(
+        &self,
+        b: &Bundle,
+        set: &SupportSet,
+        objects: &[usize],
+        wanted: impl Fn(&views::MatchedRule) -> bool,
+    ) -> Option<mirror::MirrorLook> {
+        let key = context_key(b, &mirror::shell(set));
+        let context = self.inner.cache.get_memory(&key)?;
+        let labels: Vec<&str> = set.objects.iter().map(|o| o.label.as_str()).collect();
+        let mut passes = Vec::new();
+        for rule in views::match_rules(&b.manifest.resolution, &labels) {
+            if !wanted(&rule) {
+                continue;
+            }
+            let contexts = (0..rule.rule.views())
+                .map(|t| {
+                    let view = key.with_view(rule.rule.view_id(t));
+                    self.inner.cache.get_memory(&view)
+                })
+                .collect::<Option<Vec<_>>>()?;
+            passes.push(ViewPass { rule, contexts });
+        }
+        Some(mirror::MirrorLook {
+            objects: objects.to_vec(),
+            context,
+            views: passes,
+        })
     }
 
     /// One view's support context; `None` when `crop` leaves no pair (or fewer than the

@@ -92,9 +92,6 @@ pub fn mask(m: &Mask) -> Mask {
 /// The set with every pair mirrored, under the version `"{version}-mirror"`.
 pub fn support_set(set: &SupportSet) -> SupportSet {
     SupportSet {
-        name: set.name.clone(),
-        version: format!("{}{VERSION_SUFFIX}", set.version),
-        objects: set.objects.clone(),
         pairs: set
             .pairs
             .iter()
@@ -103,6 +100,17 @@ pub fn support_set(set: &SupportSet) -> SupportSet {
                 masks: p.masks.iter().map(mask).collect(),
             })
             .collect(),
+        ..shell(set)
+    }
+}
+
+/// The mirrored set's name, version and objects without its pairs: enough for its cache keys.
+pub fn shell(set: &SupportSet) -> SupportSet {
+    SupportSet {
+        name: set.name.clone(),
+        version: format!("{}{VERSION_SUFFIX}", set.version),
+        objects: set.objects.clone(),
+        pairs: Vec::new(),
     }
 }
 
