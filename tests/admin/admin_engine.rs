@@ -48,10 +48,10 @@ async fn evaluate_and_preview_with_the_engine() {
     // the centre takes the bundle's mirrored second look, the corner one look
     let a = start_full("", &|models: &std::path::Path| {
         make_bundle(models);
-        let manifest = models.join(BUNDLE).join("manifest.toml");
-        let mut text = std::fs::read_to_string(&manifest).unwrap();
-        text.push_str("\n[mirror]\nobjects = [\"centre\"]\n");
-        std::fs::write(&manifest, text).unwrap();
+        crate::harness::engine::append_manifest(
+            &models.join(BUNDLE),
+            "\n[mirror]\nobjects = [\"centre\"]\n",
+        );
     });
     let mut c = clients(&a.addr, ADMIN_TOKEN).await;
     c.sets
@@ -303,10 +303,10 @@ async fn a_mask_that_turns_a_shape_rule_off_is_flagged_by_evaluate() {
     // whole set: Evaluate says so for that pair (API and CLI), and for no other
     let a = start_full("", &|models: &std::path::Path| {
         make_bundle(models);
-        let manifest = models.join(BUNDLE).join("manifest.toml");
-        let mut text = std::fs::read_to_string(&manifest).unwrap();
-        text.push_str("\n[[shape]]\nform = \"convex\"\nobjects = [\"blob\"]\n");
-        std::fs::write(&manifest, text).unwrap();
+        crate::harness::engine::append_manifest(
+            &models.join(BUNDLE),
+            "\n[[shape]]\nform = \"convex\"\nobjects = [\"blob\"]\n",
+        );
     });
     let mut c = clients(&a.addr, ADMIN_TOKEN).await;
     c.sets
