@@ -58,6 +58,7 @@ fn views_match_the_python_reference() {
     let mut p = Parity::default();
     let (mut views_ran, mut shaped, mut convex, mut ellipse, mut cut) = (0, 0, 0, 0, 0);
     let mut mirrored = 0;
+    let mut agreements = 0;
     for case in cases {
         let cname = case["name"].as_str().unwrap();
         let (mut set, _) =
@@ -135,6 +136,30 @@ fn views_match_the_python_reference() {
             .flat_map(|m| m.data.iter().copied())
             .collect();
         p.masks(&tag, &got, load_u8(&bundle, &tensors["masks"]), agree_min);
+        // the looks' agreement per object: null where the reference took one look; else the
+        // same Dice within 0.005 (pixels at a cut may fall either side, as for the masks)
+        let want: Vec<Option<f64>> = case["look_agreement"]
+            .as_array()
+            .expect("look_agreement in the fixtures")
+            .iter()
+            .map(|v| v.as_f64())
+            .collect();
+        let same = want.len() == fr.look_agreement.len()
+            && want
+                .iter()
+                .zip(&fr.look_agreement)
+                .all(|(w, g)| match (w, g) {
+                    (Some(w), Some(g)) => (w - f64::from(*g)).abs() <= 0.005,
+                    (None, None) => true,
+                    _ => false,
+                });
+        if !same {
+            p.fail(format!(
+                "{tag}: look agreement {:?}, the reference {want:?}",
+                fr.look_agreement
+            ));
+        }
+        agreements += fr.look_agreement.iter().flatten().count();
         // the manifest's [[shape]] rules: a listed object whose support masks are one region
         // comes back as one region (and convex when its form is), while its raw logits > 0 had
         // more regions (the rule did something)
@@ -204,6 +229,10 @@ fn views_match_the_python_reference() {
     assert!(
         mirrored > 0,
         "no object took the [mirror] second look: the fixtures do not exercise it"
+    );
+    assert_eq!(
+        agreements, mirrored,
+        "every listed object has its looks' agreement"
     );
     assert!(
         views_ran > 0,

@@ -40,18 +40,11 @@ def looks(bundle: OrtBundle, display: np.ndarray, ctxs: dict, labels: list[str])
     first, _ = bundle.look_logits(display, ctxs, labels)
     second, _ = bundle.look_logits(mirror.flip_display(display), ctxs["mirror"], labels)
     cuts = ctxs["thresholds"]
-    a = threshold.masks(first, cuts)
-    b = threshold.masks(mirror.flip(second), cuts)
-    final = threshold.masks(mirror.merge(first, second, list(range(len(labels)))), cuts)
+    every = list(range(len(labels)))
+    final = threshold.masks(mirror.merge(first, second, every), cuts)
     if any(ctxs.get("forms", ())):
         final = shape.apply(ctxs["forms"], final)
-    return [agreement(a[o], b[o]) for o in range(len(labels))], final
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two masks; 1 when both are empty (the looks agree there is nothing)."""
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+    return mirror.look_agreement(first, second, every, cuts), final
 
 
 def main(argv=None):

@@ -192,7 +192,7 @@ def write_view_fixtures(bundle: Path, phantoms: Path):
         cases.append({"name": fam, "input": str(Path("..") / phantoms.name / rel), "frame": frame,
                       "support_set": str(Path("..") / phantoms.name / "support-sets" / name),
                       "support_pairs": list(range(1, FIXTURE_PAIRS + 1)), "objects": labels, "rules": applied,
-                      "orig_hw": list(disp.shape[:2]),
+                      "orig_hw": list(disp.shape[:2]), "look_agreement": first["look_agreement"],
                       "tensors": {"mask_logits": _save(fx, f"{p}-mask_logits.f32", first["mask_logits"], "f32"),
                                   "final_logits": _save(fx, f"{p}-final_logits.f32", final_logits, "f32"),
                                   "masks": _save(fx, f"{p}-masks.u8", final_masks, "u8")}})
@@ -207,7 +207,7 @@ def write_view_fixtures(bundle: Path, phantoms: Path):
                            "bundle's folder); support pairs `support_pairs` (1-based), all objects in order. "
                            "Per case: the first pass's mask_logits [K,1,4h,4w], the final per-object logits "
                            "[K,rows,cols] after the manifest's resolution views, and the final masks u8 (after the "
-                           "manifest's [[shape]] rules). "
+                           "manifest's [[shape]] rules); look_agreement per object, null where it took one look ([mirror]). "
                            "Computed with onnxruntime (CPU) through runtime.OrtBundle.segment_views."),
            "cases": cases}
     (fx / "fixtures.json").write_text(json.dumps(doc, indent=1))

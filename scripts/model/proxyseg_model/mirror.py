@@ -70,3 +70,19 @@ def merge(first: np.ndarray, second_mirrored: np.ndarray, objects: list[int]) ->
     for o in objects:
         out[o] = (first[o] + back[o]) * np.float32(0.5)
     return out
+
+
+def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two masks; 1 when both are empty (the looks agree there is nothing)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def look_agreement(first: np.ndarray, second_mirrored: np.ndarray, objects: list[int],
+                   cuts: list[float]) -> list[float | None]:
+    """Per object (mask order), the Dice between the first look's mask and the second look's
+    mirrored back, each cut at the object's threshold (before [[shape]]); None for objects that
+    take one look. The engine's `mirror::agreement` (FrameResult::look_agreement)."""
+    back = second_mirrored[:, :, ::-1]
+    return [mask_dice(first[o] > cuts[o], back[o] > cuts[o]) if o in objects else None
+            for o in range(len(first))]

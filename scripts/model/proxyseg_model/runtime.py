@@ -162,13 +162,17 @@ class OrtBundle:
         the masks are the logits > each object's threshold (ctxs["thresholds"], 0 when absent) with
         the [[shape]] rules applied (ctxs["forms"]).
         `emb`: the frame's first-pass embeddings, when already computed. With ctxs["mirror"],
-        the objects of ctxs["mirror_objects"] get the mean of this look and the mirrored one (mirror.py)."""
+        the objects of ctxs["mirror_objects"] get the mean of this look and the mirrored one (mirror.py),
+        and first["look_agreement"] how far the two looks agreed (None for one look)."""
         logits, first = self.look_logits(display, ctxs, labels, emb)
         objs = ctxs.get("mirror_objects") or []
+        cuts = ctxs.get("thresholds") or [0.0] * len(logits)
+        first["look_agreement"] = [None] * len(logits)
         if objs:
             second, _ = self.look_logits(mirror.flip_display(display), ctxs["mirror"], labels)
+            first["look_agreement"] = mirror.look_agreement(logits, second, objs, cuts)
             logits = mirror.merge(logits, second, objs)
-        masks = threshold.masks(logits, ctxs.get("thresholds") or [0.0] * len(logits))
+        masks = threshold.masks(logits, cuts)
         if any(ctxs.get("forms", ())):
             masks = shape.apply(ctxs["forms"], masks)
         return masks, logits, first

@@ -72,13 +72,15 @@ def test_a_regenerated_report_keeps_the_memory_section_and_table(tmp_path):
 
 
 def test_look_agreement_is_the_dice_of_the_two_looks_masks():
-    """agreement.py's measure, as the engine's mirror::agreement computes it."""
-    from proxyseg_model.agreement import agreement
+    """The engine's mirror::agreement, on its unit test's numbers."""
     a = np.zeros((4, 4), np.uint8)
     b = np.zeros((4, 4), np.uint8)
-    assert agreement(a, b) == 1.0  # both empty: the looks agree there is nothing
+    assert mirror.mask_dice(a, b) == 1.0  # both empty: the looks agree there is nothing
     a[0, :2] = 1
-    assert agreement(a, b) == 0.0
+    assert mirror.mask_dice(a, b) == 0.0
     b[0, 1:3] = 1
-    assert agreement(a, b) == 0.5  # 2 x 1 / (2 + 2)
-    assert agreement(a, a) == 1.0
+    assert mirror.mask_dice(a, b) == 0.5  # 2 x 1 / (2 + 2)
+    first = np.array([[[1, 1, -1, -1]], [[6, 4, 4, 4]], [[1, 1, 1, 1]]], np.float32)
+    second = np.array([[[-1, -1, 1, 1]], [[-9, -9, 6, 9]], [[-1, -1, -1, -1]]], np.float32)
+    got = mirror.look_agreement(first, second, [0, 1], [0.0, 5.0, 0.0])
+    assert got[0] == 1.0 and got[1] == pytest.approx(2 / 3) and got[2] is None
