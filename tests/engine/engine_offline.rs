@@ -51,6 +51,11 @@ fn segment_files_writes_png_and_raw_per_input() {
     make_inputs(tmp.path());
     let models = tmp.path().join("models");
     make_test_bundle(&models.join("test-tiny"), "test-tiny", "1");
+    // the lesion takes the mirrored second look: result.toml gives its looks' agreement
+    append_manifest(
+        &models.join("test-tiny"),
+        "[mirror]\nobjects = [\"lesion\"]\n",
+    );
     let mut cfg = Config {
         engine: cpu_config(&models),
         ..Config::default()
@@ -105,6 +110,10 @@ fn segment_files_writes_png_and_raw_per_input() {
         Some("lesion")
     );
     assert_eq!(doc["frames"].as_array().unwrap().len(), 1);
+    let agreement = doc["frames"][0]["look_agreement"]["lesion"]
+        .as_float()
+        .unwrap_or_else(|| panic!("no look agreement for the lesion:\n{toml}"));
+    assert!((0.0..=1.0).contains(&agreement), "{agreement}");
 
     let missing = rt
         .block_on(segment_files(
