@@ -55,6 +55,9 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
 }
 
+/// The tables the offline commands read ([`Config::load_offline`]).
+pub const OFFLINE_TABLES: [&str; 4] = ["storage", "pipeline", "engine", "seg"];
+
 /// A problem found in a config file, with the key that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -102,19 +105,33 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates a config file (paths in it are used as written).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::read_checked(path, false)
+        Config::read_checked(path, false, |_| true)
+    }
+
+    /// [`Config::load`] for the offline commands (`proxyseg segment`), which use only
+    /// [`OFFLINE_TABLES`]: a problem elsewhere (an admin tokens file not written yet, no DICOM
+    /// peer listed) does not stop them; the file must still parse.
+    pub fn load_offline(path: &Path) -> Result<Config, ConfigError> {
+        Config::read_checked(path, false, |p| {
+            let table = p.key.split(['.', '[']).next().unwrap_or_default();
+            OFFLINE_TABLES.contains(&table)
+        })
     }
 
     /// What `proxyseg config check` runs: [`Config::load`]'s checks plus
     /// [`Config::deployment_problems`] (what must be installed beside the config), every
     /// problem in one [`ConfigError::Invalid`].
     pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
-        Config::read_checked(path, true)
+        Config::read_checked(path, true, |_| true)
     }
 
     /// Reads and parses `path`, then collects [`Config::validate`]'s problems (and
     /// [`Config::deployment_problems`] with `deployment`).
-    fn read_checked(path: &Path, deployment: bool) -> Result<Config, ConfigError> {
+    fn read_checked(
+        path: &Path,
+        deployment: bool,
+        counts: impl Fn(&Problem) -> bool,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -127,6 +144,7 @@ impl Config {
         if deployment {
             problems.extend(cfg.deployment_problems());
         }
+        problems.retain(|p| counts(p));
         if problems.is_empty() {
             Ok(cfg)
         } else {

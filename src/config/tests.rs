@@ -304,3 +304,34 @@ fn engine_spinning_defaults_off_and_parses() {
     );
     assert!(Config::parse("[engine]\nspinning = \"yes\"\n").is_err());
 }
+
+#[test]
+fn offline_commands_check_only_the_tables_they_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxyseg.toml");
+    // no DICOM peer and an admin tokens file not written yet: the daemon refuses, `proxyseg
+    // segment` goes on
+    let daemon_only = format!(
+        "[admin]\nlisten = \"127.0.0.1:50051\"\ntokens_file = \"{}\"\n",
+        dir.path().join("missing-tokens").display()
+    );
+    std::fs::write(&path, &daemon_only).unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("admin.tokens_file") && e.contains("dicom.require_known_peers"),
+        "{e}"
+    );
+    assert!(Config::load_offline(&path).is_ok());
+    // a problem in a table it reads still stops it
+    std::fs::write(
+        &path,
+        format!("{daemon_only}\n[pipeline]\nreview_agreement = 2\n"),
+    )
+    .unwrap();
+    let e = Config::load_offline(&path).unwrap_err().to_string();
+    assert!(e.contains("pipeline.review_agreement"), "{e}");
+    assert!(!e.contains("admin.tokens_file"), "{e}");
+    // and a file that does not parse
+    std::fs::write(&path, "[engine\n").unwrap();
+    assert!(Config::load_offline(&path).is_err());
+}
