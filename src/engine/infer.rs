@@ -467,15 +467,10 @@ pub fn segment_frames(
                 if first.is_none() && opts.keep_tensors {
                     first = Some(stack(&logits, g.rows, g.cols));
                 }
-                let frame = (&chunk[i], max_batch);
-                look_agreement = mirror::take_second_look(
-                    bundle,
-                    look,
-                    frame,
-                    &mut logits,
-                    thresholds,
-                    timings,
-                )?;
+                let second = mirror::second_look(bundle, look, &chunk[i], max_batch, timings)?;
+                look_agreement =
+                    mirror::agreement(&logits, &second, g.cols, &look.objects, thresholds);
+                mirror::merge(&mut logits, &second, g.cols, &look.objects);
             }
             let t6 = Instant::now();
             let masks = threshold::masks(&logits, &g, thresholds);

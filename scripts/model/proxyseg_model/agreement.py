@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from . import mirror, realdata, shape, threshold
+from . import realdata
 from .evaluate_real import dice, support_cases
 from .holdout import check_cases
 from .runtime import OrtBundle
@@ -36,15 +36,9 @@ def contexts(bundle: OrtBundle, ds: str):
 
 
 def looks(bundle: OrtBundle, display: np.ndarray, ctxs: dict, labels: list[str]):
-    """-> (agreement per object, final masks K x H x W as segment_views gives them)."""
-    first, _ = bundle.look_logits(display, ctxs, labels)
-    second, _ = bundle.look_logits(mirror.flip_display(display), ctxs["mirror"], labels)
-    cuts = ctxs["thresholds"]
-    every = list(range(len(labels)))
-    final = threshold.masks(mirror.merge(first, second, every), cuts)
-    if any(ctxs.get("forms", ())):
-        final = shape.apply(ctxs["forms"], final)
-    return mirror.look_agreement(first, second, every, cuts), final
+    """-> (agreement per object, final masks K x H x W), as segment_views gives them."""
+    final, _, first = bundle.segment_views(display, ctxs, labels)
+    return first["look_agreement"], final
 
 
 def main(argv=None):

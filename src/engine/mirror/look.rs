@@ -27,7 +27,7 @@ pub struct MirrorLook {
 
 /// The mirrored frame through the mirrored set's context and views: its final logits per
 /// object, as segmented (still mirrored). Its stages count in `timings` like the first look's.
-fn second_look(
+pub(crate) fn second_look(
     bundle: &Bundle,
     look: &MirrorLook,
     frame: &Frame,
@@ -62,21 +62,4 @@ fn second_look(
         timings.views += t3.elapsed();
     }
     Ok(logits)
-}
-
-/// The second look for one frame (`frame`, the encoder's batch limit) whose first look left
-/// `logits`: averages it in for the look's objects and returns their agreement
-/// ([`super::agreement`], at the cuts `thresholds`).
-pub(crate) fn take_second_look(
-    bundle: &Bundle,
-    look: &MirrorLook,
-    (frame, max_batch): (&Frame, usize),
-    logits: &mut [Vec<f32>],
-    thresholds: &[f32],
-    timings: &mut StageTimings,
-) -> Result<Vec<Option<f32>>, EngineError> {
-    let second = second_look(bundle, look, frame, max_batch, timings)?;
-    let agreement = super::agreement(logits, &second, frame.cols, &look.objects, thresholds);
-    super::merge(logits, &second, frame.cols, &look.objects);
-    Ok(agreement)
 }

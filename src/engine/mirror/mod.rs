@@ -21,7 +21,7 @@
 
 mod look;
 
-pub(crate) use look::take_second_look;
+pub(crate) use look::second_look;
 pub use look::MirrorLook;
 
 use crate::dicom::pixels::Frame;
